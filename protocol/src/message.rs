@@ -1,0 +1,440 @@
+//! The envelope `{id, type, timestamp, payload}` and a typed payload for every message type.
+//!
+//! Owns: decoding untrusted bytes into typed messages (size check first, never a panic) and
+//! encoding them back. Must not: do I/O or decide policy.
+//!
+//! Compatibility rules:
+//! - unknown fields inside a payload are ignored, so older and newer peers interoperate;
+//! - optional fields are omitted when absent, so the seed's examples round-trip exactly;
+//! - an unknown `type` is a [`DecodeError::UnknownType`], answered with an `error` message.
+
+use crate::error::{DecodeError, ErrorBody};
+use crate::secret::Secret;
+use crate::time::now_rfc3339;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The protocol version this build speaks. Sent in `auth` and `auth_response`.
+///
+/// Version 1: the seed's messages plus `disconnect` and `command_progress`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest text message either side accepts, in bytes. Larger frames are refused
+/// before any parsing.
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Message type names, as they appear in the envelope's `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    // agent -> server
+    Auth,
+    Heartbeat,
+    CommandResponse,
+    CommandProgress,
+    Event,
+    Error,
+    // server -> agent
+    AuthResponse,
+    Command,
+    ConfigUpdate,
+    // either side
+    Disconnect,
+}
+
+impl MessageType {
+    pub const ALL: [MessageType; 10] = [
+        MessageType::Auth,
+        MessageType::Heartbeat,
+        MessageType::CommandResponse,
+        MessageType::CommandProgress,
+        MessageType::Event,
+        MessageType::Error,
+        MessageType::AuthResponse,
+        MessageType::Command,
+        MessageType::ConfigUpdate,
+        MessageType::Disconnect,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Auth => "auth",
+            MessageType::Heartbeat => "heartbeat",
+            MessageType::CommandResponse => "command_response",
+            MessageType::CommandProgress => "command_progress",
+            MessageType::Event => "event",
+            MessageType::Error => "error",
+            MessageType::AuthResponse => "auth_response",
+            MessageType::Command => "command",
+            MessageType::ConfigUpdate => "config_update",
+            MessageType::Disconnect => "disconnect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageType> {
+        MessageType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// `auth` (agent -> server): the first message on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthPayload {
+    pub agent_id: String,
+    pub auth_token: Secret,
+    /// The agent's software version.
+    pub version: String,
+    /// `docker` always; `swarm` when the daemon is a swarm node; `docker-compose` when a
+    /// compose CLI is present.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The newest protocol version the agent speaks. Absent means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+/// Settings the server gives the agent in `auth_response` and `config_update`.
+/// Every field is optional: a `config_update` carries only what changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// Seconds between heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<u64>,
+    /// Seconds a command may run before the agent answers `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_timeout: Option<u64>,
+}
+
+impl AgentSettings {
+    /// Applies the fields present in `update` on top of `self`.
+    pub fn merge(&mut self, update: &AgentSettings) {
+        if let Some(v) = update.heartbeat_interval {
+            self.heartbeat_interval = Some(v);
+        }
+        if let Some(v) = update.command_timeout {
+            self.command_timeout = Some(v);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStatus {
+    Authenticated,
+    Rejected,
+}
+
+/// `auth_response` (server -> agent). On `rejected` the server closes the socket after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthResponsePayload {
+    pub status: AuthStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<AgentSettings>,
+    /// The protocol version both sides will use: the lower of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+    /// Why the agent was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `heartbeat` (agent -> server). Every field is optional: a minimal agent may send `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_reachable: Option<bool>,
+    /// Round-trip time of the daemon's `/_ping`, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_ping_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers_running: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers_total: Option<u64>,
+    /// 1, 5 and 15 minute load averages from /proc/loadavg.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_average: Option<[f64; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_bytes: Option<u64>,
+    /// The agent's own resident set size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_rss_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_uptime_secs: Option<u64>,
+    /// Bytes the agent has sent and received on the WebSocket since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+    /// Docker events dropped because the agent's buffer was full while the link was down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_dropped: Option<u64>,
+    /// Commands running on the agent right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands_in_flight: Option<u64>,
+}
+
+/// `command` (server -> agent). The envelope id is the command id; the agent answers with
+/// exactly one `command_response` with the same id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandPayload {
+    /// An operation name of the catalog, e.g. `container.list`. See [`crate::Operation`].
+    pub operation: String,
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
+    pub params: Value,
+    /// Seconds the agent may spend; absent means the agent's `command_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// A key the agent remembers, so a command delivered twice runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn is_empty_object(v: &Value) -> bool {
+    v.as_object().is_some_and(|m| m.is_empty())
+}
+
+/// `command_response` (agent -> server).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandResponsePayload {
+    Success { data: Value },
+    Error { error: ErrorBody },
+}
+
+impl CommandResponsePayload {
+    pub fn from_result(result: Result<Value, ErrorBody>) -> Self {
+        match result {
+            Ok(data) => CommandResponsePayload::Success { data },
+            Err(error) => CommandResponsePayload::Error { error },
+        }
+    }
+
+    pub fn into_result(self) -> Result<Value, ErrorBody> {
+        match self {
+            CommandResponsePayload::Success { data } => Ok(data),
+            CommandResponsePayload::Error { error } => Err(error),
+        }
+    }
+}
+
+/// `command_progress` (agent -> server): intermediate output of a long command such as
+/// `image.pull`. The envelope id is the command's id. Zero or more precede the one
+/// `command_response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandProgressPayload {
+    pub data: Value,
+}
+
+/// `event` (agent -> server): one Docker event from the daemon's `/events` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPayload {
+    /// Docker's object type: `container`, `image`, `volume`, `network`, ...
+    #[serde(rename = "kind")]
+    pub kind: String,
+    /// Docker's action: `start`, `die`, `pull`, `destroy`, ...
+    pub action: String,
+    /// The object's id (or name for volumes and images).
+    #[serde(default)]
+    pub actor_id: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// Unix time in nanoseconds, from the daemon.
+    #[serde(default)]
+    pub time_nano: i64,
+}
+
+/// `error` (either side): a message could not be processed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    #[serde(flatten)]
+    pub error: ErrorBody,
+    /// The id of the message this error is about, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
+}
+
+/// `config_update` (server -> agent): new settings, applied at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigUpdatePayload {
+    pub config: AgentSettings,
+}
+
+/// `disconnect` (either side): a graceful goodbye before the close frame.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DisconnectPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A typed message: the envelope's `type` and `payload` together.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Auth(AuthPayload),
+    Heartbeat(HeartbeatPayload),
+    CommandResponse(CommandResponsePayload),
+    CommandProgress(CommandProgressPayload),
+    Event(EventPayload),
+    Error(ErrorPayload),
+    AuthResponse(AuthResponsePayload),
+    Command(CommandPayload),
+    ConfigUpdate(ConfigUpdatePayload),
+    Disconnect(DisconnectPayload),
+}
+
+impl Message {
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::Auth(_) => MessageType::Auth,
+            Message::Heartbeat(_) => MessageType::Heartbeat,
+            Message::CommandResponse(_) => MessageType::CommandResponse,
+            Message::CommandProgress(_) => MessageType::CommandProgress,
+            Message::Event(_) => MessageType::Event,
+            Message::Error(_) => MessageType::Error,
+            Message::AuthResponse(_) => MessageType::AuthResponse,
+            Message::Command(_) => MessageType::Command,
+            Message::ConfigUpdate(_) => MessageType::ConfigUpdate,
+            Message::Disconnect(_) => MessageType::Disconnect,
+        }
+    }
+
+    fn payload_value(&self) -> Value {
+        let v = match self {
+            Message::Auth(p) => serde_json::to_value(p),
+            Message::Heartbeat(p) => serde_json::to_value(p),
+            Message::CommandResponse(p) => serde_json::to_value(p),
+            Message::CommandProgress(p) => serde_json::to_value(p),
+            Message::Event(p) => serde_json::to_value(p),
+            Message::Error(p) => serde_json::to_value(p),
+            Message::AuthResponse(p) => serde_json::to_value(p),
+            Message::Command(p) => serde_json::to_value(p),
+            Message::ConfigUpdate(p) => serde_json::to_value(p),
+            Message::Disconnect(p) => serde_json::to_value(p),
+        };
+        // Our payload types serialise to JSON objects infallibly (string keys only).
+        v.unwrap_or(Value::Null)
+    }
+}
+
+/// The seed's envelope: `{id, type, timestamp, payload}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique per message; a `command_response` reuses its `command`'s id.
+    pub id: String,
+    /// RFC 3339, UTC (`2024-01-07T10:00:00Z`).
+    pub timestamp: String,
+    pub message: Message,
+}
+
+#[derive(Serialize)]
+struct RawOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: &'a str,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+struct RawIn {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    timestamp: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+impl Envelope {
+    /// A new envelope stamped with the current time.
+    pub fn new(id: impl Into<String>, message: Message) -> Self {
+        Envelope { id: id.into(), timestamp: now_rfc3339(), message }
+    }
+
+    pub fn message_type(&self) -> MessageType {
+        self.message.message_type()
+    }
+
+    /// The JSON value of the whole envelope.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(RawOut {
+            id: &self.id,
+            kind: self.message.message_type().as_str(),
+            timestamp: &self.timestamp,
+            payload: self.message.payload_value(),
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    /// The envelope as one JSON text, ready for a WebSocket text frame.
+    pub fn encode(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// Decodes one message from untrusted bytes. Checks the size before parsing.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        if bytes.len() > MAX_MESSAGE_SIZE {
+            return Err(DecodeError::TooLarge { size: bytes.len(), max: MAX_MESSAGE_SIZE });
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Envelope::from_value(value)
+    }
+
+    /// Decodes an already parsed JSON value.
+    pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
+        if !value.is_object() {
+            return Err(DecodeError::InvalidEnvelope("the message is not a JSON object".into()));
+        }
+        let raw: RawIn =
+            serde_json::from_value(value).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+        if raw.id.is_empty() || raw.id.len() > 256 {
+            return Err(DecodeError::InvalidEnvelope("id must be 1 to 256 characters".into()));
+        }
+        if crate::time::parse_rfc3339(&raw.timestamp).is_none() {
+            return Err(DecodeError::InvalidEnvelope(format!(
+                "timestamp {:?} is not RFC 3339",
+                raw.timestamp
+            )));
+        }
+        let kind = MessageType::parse(&raw.kind).ok_or(DecodeError::UnknownType(raw.kind))?;
+        let p = raw.payload;
+        let message = match kind {
+            MessageType::Auth => Message::Auth(payload(kind, p)?),
+            MessageType::Heartbeat => Message::Heartbeat(payload(kind, p)?),
+            MessageType::CommandResponse => Message::CommandResponse(payload(kind, p)?),
+            MessageType::CommandProgress => Message::CommandProgress(payload(kind, p)?),
+            MessageType::Event => Message::Event(payload(kind, p)?),
+            MessageType::Error => Message::Error(payload(kind, p)?),
+            MessageType::AuthResponse => Message::AuthResponse(payload(kind, p)?),
+            MessageType::Command => Message::Command(payload(kind, p)?),
+            MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
+            MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
+        };
+        Ok(Envelope { id: raw.id, timestamp: raw.timestamp, message })
+    }
+}
+
+fn payload<T: DeserializeOwned>(kind: MessageType, p: Value) -> Result<T, DecodeError> {
+    // A missing payload is an empty object, so `{}`-only messages may omit it.
+    let p = if p.is_null() { empty_object() } else { p };
+    if !p.is_object() {
+        return Err(DecodeError::InvalidPayload {
+            kind: kind.as_str(),
+            reason: "payload must be a JSON object".into(),
+        });
+    }
+    serde_json::from_value(p)
+        .map_err(|e| DecodeError::InvalidPayload { kind: kind.as_str(), reason: e.to_string() })
+}

@@ -1,0 +1,862 @@
+//! The operation catalog: every operation a `command` may name, with typed params.
+//!
+//! Owns: parameter names, types, defaults and validation. Params are snake_case and follow
+//! Docker's query names where Docker has one (`all`, `filters`, `tail`, `since`, `force`, `t`,
+//! `v`, ...). Unknown params are ignored (compatibility rule), wrong types are
+//! `invalid_params`. Must not: know how an operation reaches Docker (see [`crate::docker`]).
+
+use crate::error::{ErrorBody, ErrorCode};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Docker-style filters: `{"label": ["app=web"], "status": ["running"]}`.
+///
+/// Also accepts the seed's short form `{"label": "app=web"}` where a value is one string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Filters(pub BTreeMap<String, Vec<String>>);
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `filters` query value Docker expects: `{"label":{"app=web":true}}` is the legacy
+    /// form; the list form `{"label":["app=web"]}` is accepted by every API version we support.
+    pub fn to_query(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+impl<'de> Deserialize<'de> for Filters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum One {
+            Str(String),
+            List(Vec<String>),
+            // Docker's legacy form {"app=web": true}
+            Map(BTreeMap<String, bool>),
+        }
+        let raw: Option<BTreeMap<String, One>> = Option::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        for (k, v) in raw.unwrap_or_default() {
+            let list = match v {
+                One::Str(s) => vec![s],
+                One::List(l) => l,
+                One::Map(m) => m.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect(),
+            };
+            out.insert(k, list);
+        }
+        Ok(Filters(out))
+    }
+}
+
+/// A list of strings that may also be given as a single string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Option::<Raw>::deserialize(d)? {
+            None => StringList(Vec::new()),
+            Some(Raw::One(s)) => StringList(vec![s]),
+            Some(Raw::Many(v)) => StringList(v),
+        })
+    }
+}
+
+/// Environment as `["K=V"]` or `{"K": "V"}`; kept in Docker's `K=V` form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EnvList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for EnvList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Map(BTreeMap<String, String>),
+        }
+        Ok(match Option::<Raw>::deserialize(d)? {
+            None => EnvList(Vec::new()),
+            Some(Raw::List(v)) => EnvList(v),
+            Some(Raw::Map(m)) => EnvList(m.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        })
+    }
+}
+
+/// A number or a string (`tail: 100` or `tail: "all"`, `since: 1700000000` or `"10m"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NumOrString(pub String);
+
+impl<'de> Deserialize<'de> for NumOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(NumOrString(s)),
+            Value::Number(n) => Ok(NumOrString(n.to_string())),
+            other => Err(de::Error::custom(format!("expected a number or a string, got {other}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoParams {}
+
+/// `{ "id": "web-1" }`: a full id, a short id or a name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdParams {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FiltersParams {
+    #[serde(default, skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerListParams {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub size: bool,
+    #[serde(default, skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+}
+
+/// A published port: `"8080:80"`, `"127.0.0.1:8080:80/udp"`, `"80"`, or the object form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Obj {
+            #[serde(default)]
+            host_ip: Option<String>,
+            #[serde(default)]
+            host_port: Option<u16>,
+            container_port: u16,
+            #[serde(default)]
+            protocol: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Num(u16),
+            Obj(Obj),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(p) => Ok(PortSpec { host_ip: None, host_port: None, container_port: p, protocol: "tcp".into() }),
+            Raw::Text(s) => PortSpec::parse(&s).map_err(de::Error::custom),
+            Raw::Obj(o) => {
+                let protocol = o.protocol.unwrap_or_else(|| "tcp".into());
+                check_proto(&protocol).map_err(de::Error::custom)?;
+                Ok(PortSpec { host_ip: o.host_ip, host_port: o.host_port, container_port: o.container_port, protocol })
+            }
+        }
+    }
+}
+
+fn check_proto(p: &str) -> Result<(), String> {
+    match p {
+        "tcp" | "udp" | "sctp" => Ok(()),
+        _ => Err(format!("unknown port protocol {p:?} (tcp, udp or sctp)")),
+    }
+}
+
+impl PortSpec {
+    /// Parses Docker CLI's `-p` syntax: `[ip:][host_port:]container_port[/proto]`.
+    pub fn parse(s: &str) -> Result<PortSpec, String> {
+        let (rest, protocol) = match s.rsplit_once('/') {
+            Some((r, p)) => (r, p.to_string()),
+            None => (s, "tcp".to_string()),
+        };
+        check_proto(&protocol)?;
+        let port = |p: &str| p.parse::<u16>().map_err(|_| format!("invalid port {p:?} in {s:?}"));
+        // An IPv6 host ip is bracketed: [::1]:8080:80
+        let (host_ip, rest) = if let Some(stripped) = rest.strip_prefix('[') {
+            let (ip, r) = stripped.split_once("]:").ok_or_else(|| format!("invalid port spec {s:?}"))?;
+            (Some(ip.to_string()), r)
+        } else {
+            (None, rest)
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        match (host_ip, parts.as_slice()) {
+            (None, [c]) => Ok(PortSpec { host_ip: None, host_port: None, container_port: port(c)?, protocol }),
+            (ip, [h, c]) if ip.is_some() => Ok(PortSpec {
+                host_ip: ip,
+                host_port: if h.is_empty() { None } else { Some(port(h)?) },
+                container_port: port(c)?,
+                protocol,
+            }),
+            (None, [h, c]) => Ok(PortSpec { host_ip: None, host_port: Some(port(h)?), container_port: port(c)?, protocol }),
+            (None, [ip, h, c]) => Ok(PortSpec {
+                host_ip: Some(ip.to_string()),
+                host_port: if h.is_empty() { None } else { Some(port(h)?) },
+                container_port: port(c)?,
+                protocol,
+            }),
+            _ => Err(format!("invalid port spec {s:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountType {
+    Bind,
+    Volume,
+    Tmpfs,
+}
+
+/// A mount: `"/host/path:/in/container[:ro]"` (bind), `"volname:/data"` (volume), or the
+/// object form `{type, source, target, read_only}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountSpec {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl<'de> Deserialize<'de> for MountSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Obj {
+            #[serde(rename = "type")]
+            kind: MountType,
+            #[serde(default)]
+            source: String,
+            target: String,
+            #[serde(default)]
+            read_only: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Obj(Obj),
+        }
+        let m = match Raw::deserialize(d)? {
+            Raw::Text(s) => MountSpec::parse(&s).map_err(de::Error::custom)?,
+            Raw::Obj(o) => MountSpec { kind: o.kind, source: o.source, target: o.target, read_only: o.read_only },
+        };
+        if !m.target.starts_with('/') {
+            return Err(de::Error::custom(format!("mount target {:?} must be an absolute path", m.target)));
+        }
+        if m.kind != MountType::Tmpfs && m.source.is_empty() {
+            return Err(de::Error::custom("mount source is required"));
+        }
+        Ok(m)
+    }
+}
+
+impl MountSpec {
+    pub fn parse(s: &str) -> Result<MountSpec, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, opts) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, ""),
+            [src, dst, o] => (*src, *dst, *o),
+            _ => return Err(format!("invalid mount {s:?}: expected source:target[:ro]")),
+        };
+        let read_only = match opts {
+            "" | "rw" => false,
+            "ro" => true,
+            o => return Err(format!("invalid mount option {o:?} in {s:?} (ro or rw)")),
+        };
+        let kind = if source.starts_with('/') { MountType::Bind } else { MountType::Volume };
+        Ok(MountSpec { kind, source: source.into(), target: target.into(), read_only })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCreateParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<StringList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<StringList>,
+    #[serde(default, skip_serializing_if = "is_empty_env")]
+    pub env: EnvList,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    /// A network to attach to; `host` and `none` are Docker's special networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub tty: bool,
+    /// Docker's own create body, merged last, for anything not covered above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<Value>,
+}
+
+fn is_empty_env(e: &EnvList) -> bool {
+    e.0.is_empty()
+}
+
+/// `stop` and `restart`: `t` is Docker's seconds to wait before killing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopParams {
+    pub id: String,
+    #[serde(default, alias = "timeout", skip_serializing_if = "Option::is_none")]
+    pub t: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KillParams {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRemoveParams {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+    /// Remove anonymous volumes too (Docker's `v`).
+    #[serde(default, alias = "volumes")]
+    pub v: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenameParams {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopParams {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ps_args: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsParams {
+    pub id: String,
+    /// Lines from the end: a number or `"all"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<NumOrString>,
+    /// Unix seconds (or an RFC 3339 time / Go duration, as Docker takes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<NumOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<NumOrString>,
+    #[serde(default)]
+    pub timestamps: bool,
+    #[serde(default = "yes")]
+    pub stdout: bool,
+    #[serde(default = "yes")]
+    pub stderr: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecParams {
+    pub id: String,
+    pub cmd: StringList,
+    #[serde(default, skip_serializing_if = "is_empty_env")]
+    pub env: EnvList,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageListParams {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePullParams {
+    /// `busybox`, `busybox:1.36` or `registry.local/x/y@sha256:...` (Docker's `fromImage`).
+    #[serde(alias = "from_image")]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRemoveParams {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub noprune: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageTagParams {
+    pub id: String,
+    pub repo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeCreateParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRemoveParams {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkCreateParams {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Docker's own create body, merged last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConnectParams {
+    /// The network.
+    pub id: String,
+    /// The container: id or name.
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkDisconnectParams {
+    pub id: String,
+    pub container: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Every operation of the catalog with its typed params.
+///
+/// Serialised as `{"operation": "container.list", "params": {...}}`, which is exactly the
+/// `command` payload's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "operation", content = "params")]
+pub enum Operation {
+    #[serde(rename = "system.ping")]
+    SystemPing(NoParams),
+    #[serde(rename = "system.info")]
+    SystemInfo(NoParams),
+    #[serde(rename = "system.version")]
+    SystemVersion(NoParams),
+    #[serde(rename = "system.df")]
+    SystemDf(NoParams),
+
+    #[serde(rename = "container.list")]
+    ContainerList(ContainerListParams),
+    #[serde(rename = "container.inspect")]
+    ContainerInspect(IdParams),
+    #[serde(rename = "container.create")]
+    ContainerCreate(ContainerCreateParams),
+    #[serde(rename = "container.start")]
+    ContainerStart(IdParams),
+    #[serde(rename = "container.stop")]
+    ContainerStop(StopParams),
+    #[serde(rename = "container.restart")]
+    ContainerRestart(StopParams),
+    #[serde(rename = "container.kill")]
+    ContainerKill(KillParams),
+    #[serde(rename = "container.pause")]
+    ContainerPause(IdParams),
+    #[serde(rename = "container.unpause")]
+    ContainerUnpause(IdParams),
+    #[serde(rename = "container.remove")]
+    ContainerRemove(ContainerRemoveParams),
+    #[serde(rename = "container.rename")]
+    ContainerRename(RenameParams),
+    #[serde(rename = "container.prune")]
+    ContainerPrune(FiltersParams),
+    #[serde(rename = "container.top")]
+    ContainerTop(TopParams),
+    #[serde(rename = "container.logs")]
+    ContainerLogs(LogsParams),
+    #[serde(rename = "container.stats")]
+    ContainerStats(IdParams),
+    #[serde(rename = "container.exec")]
+    ContainerExec(ExecParams),
+
+    #[serde(rename = "image.list")]
+    ImageList(ImageListParams),
+    #[serde(rename = "image.inspect")]
+    ImageInspect(IdParams),
+    #[serde(rename = "image.pull")]
+    ImagePull(ImagePullParams),
+    #[serde(rename = "image.remove")]
+    ImageRemove(ImageRemoveParams),
+    #[serde(rename = "image.tag")]
+    ImageTag(ImageTagParams),
+    #[serde(rename = "image.prune")]
+    ImagePrune(FiltersParams),
+
+    #[serde(rename = "volume.list")]
+    VolumeList(FiltersParams),
+    #[serde(rename = "volume.inspect")]
+    VolumeInspect(IdParams),
+    #[serde(rename = "volume.create")]
+    VolumeCreate(VolumeCreateParams),
+    #[serde(rename = "volume.remove")]
+    VolumeRemove(VolumeRemoveParams),
+    #[serde(rename = "volume.prune")]
+    VolumePrune(FiltersParams),
+
+    #[serde(rename = "network.list")]
+    NetworkList(FiltersParams),
+    #[serde(rename = "network.inspect")]
+    NetworkInspect(IdParams),
+    #[serde(rename = "network.create")]
+    NetworkCreate(NetworkCreateParams),
+    #[serde(rename = "network.remove")]
+    NetworkRemove(IdParams),
+    #[serde(rename = "network.connect")]
+    NetworkConnect(NetworkConnectParams),
+    #[serde(rename = "network.disconnect")]
+    NetworkDisconnect(NetworkDisconnectParams),
+    #[serde(rename = "network.prune")]
+    NetworkPrune(FiltersParams),
+
+    #[serde(rename = "swarm.inspect")]
+    SwarmInspect(NoParams),
+    #[serde(rename = "service.list")]
+    ServiceList(FiltersParams),
+    #[serde(rename = "node.list")]
+    NodeList(FiltersParams),
+}
+
+/// What an operation does, for role checks: viewers may run `Read` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Every operation name of the catalog, in catalog order.
+pub const OPERATION_NAMES: &[&str] = &[
+    "system.ping",
+    "system.info",
+    "system.version",
+    "system.df",
+    "container.list",
+    "container.inspect",
+    "container.create",
+    "container.start",
+    "container.stop",
+    "container.restart",
+    "container.kill",
+    "container.pause",
+    "container.unpause",
+    "container.remove",
+    "container.rename",
+    "container.prune",
+    "container.top",
+    "container.logs",
+    "container.stats",
+    "container.exec",
+    "image.list",
+    "image.inspect",
+    "image.pull",
+    "image.remove",
+    "image.tag",
+    "image.prune",
+    "volume.list",
+    "volume.inspect",
+    "volume.create",
+    "volume.remove",
+    "volume.prune",
+    "network.list",
+    "network.inspect",
+    "network.create",
+    "network.remove",
+    "network.connect",
+    "network.disconnect",
+    "network.prune",
+    "swarm.inspect",
+    "service.list",
+    "node.list",
+];
+
+impl Operation {
+    /// Parses an operation name and its params (a JSON object, or null for none).
+    ///
+    /// Errors: `unsupported` for an unknown name, `invalid_params` for params that do not fit.
+    pub fn parse(name: &str, params: &Value) -> Result<Operation, ErrorBody> {
+        if !OPERATION_NAMES.contains(&name) {
+            return Err(ErrorBody::new(ErrorCode::Unsupported, format!("unknown operation {name:?}")));
+        }
+        let params = match params {
+            Value::Null => Value::Object(Default::default()),
+            Value::Object(_) => params.clone(),
+            _ => return Err(ErrorBody::invalid_params("params must be a JSON object")),
+        };
+        let op: Operation = serde_json::from_value(serde_json::json!({ "operation": name, "params": params }))
+            .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
+        op.validate()?;
+        Ok(op)
+    }
+
+    /// The catalog name, e.g. `container.list`.
+    pub fn name(&self) -> &'static str {
+        use Operation::*;
+        match self {
+            SystemPing(_) => "system.ping",
+            SystemInfo(_) => "system.info",
+            SystemVersion(_) => "system.version",
+            SystemDf(_) => "system.df",
+            ContainerList(_) => "container.list",
+            ContainerInspect(_) => "container.inspect",
+            ContainerCreate(_) => "container.create",
+            ContainerStart(_) => "container.start",
+            ContainerStop(_) => "container.stop",
+            ContainerRestart(_) => "container.restart",
+            ContainerKill(_) => "container.kill",
+            ContainerPause(_) => "container.pause",
+            ContainerUnpause(_) => "container.unpause",
+            ContainerRemove(_) => "container.remove",
+            ContainerRename(_) => "container.rename",
+            ContainerPrune(_) => "container.prune",
+            ContainerTop(_) => "container.top",
+            ContainerLogs(_) => "container.logs",
+            ContainerStats(_) => "container.stats",
+            ContainerExec(_) => "container.exec",
+            ImageList(_) => "image.list",
+            ImageInspect(_) => "image.inspect",
+            ImagePull(_) => "image.pull",
+            ImageRemove(_) => "image.remove",
+            ImageTag(_) => "image.tag",
+            ImagePrune(_) => "image.prune",
+            VolumeList(_) => "volume.list",
+            VolumeInspect(_) => "volume.inspect",
+            VolumeCreate(_) => "volume.create",
+            VolumeRemove(_) => "volume.remove",
+            VolumePrune(_) => "volume.prune",
+            NetworkList(_) => "network.list",
+            NetworkInspect(_) => "network.inspect",
+            NetworkCreate(_) => "network.create",
+            NetworkRemove(_) => "network.remove",
+            NetworkConnect(_) => "network.connect",
+            NetworkDisconnect(_) => "network.disconnect",
+            NetworkPrune(_) => "network.prune",
+            SwarmInspect(_) => "swarm.inspect",
+            ServiceList(_) => "service.list",
+            NodeList(_) => "node.list",
+        }
+    }
+
+    /// The params as a JSON object.
+    pub fn params(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut m)) => m.remove("params").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// Whether the operation only reads. Viewers may run read operations only.
+    pub fn access(&self) -> Access {
+        access_of(self.name())
+    }
+
+    /// The agent capability the operation needs, beyond `docker`.
+    pub fn required_capability(&self) -> Option<&'static str> {
+        match self {
+            Operation::SwarmInspect(_) | Operation::ServiceList(_) | Operation::NodeList(_) => Some("swarm"),
+            _ => None,
+        }
+    }
+
+    /// Checks values that serde's types cannot: object ids and names.
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        use Operation::*;
+        match self {
+            ContainerInspect(p) | ContainerStart(p) | ContainerPause(p) | ContainerUnpause(p) | ContainerStats(p)
+            | ImageInspect(p) | VolumeInspect(p) | NetworkInspect(p) | NetworkRemove(p) => check_id(&p.id),
+            ContainerStop(p) | ContainerRestart(p) => check_id(&p.id),
+            ContainerKill(p) => {
+                check_id(&p.id)?;
+                if let Some(s) = &p.signal {
+                    if s.is_empty() || s.len() > 16 || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+') {
+                        return Err(ErrorBody::invalid_params(format!("invalid signal {s:?}")));
+                    }
+                }
+                Ok(())
+            }
+            ContainerRemove(p) => check_id(&p.id),
+            ContainerRename(p) => {
+                check_id(&p.id)?;
+                check_name(&p.name)
+            }
+            ContainerTop(p) => check_id(&p.id),
+            ContainerLogs(p) => check_id(&p.id),
+            ContainerExec(p) => {
+                check_id(&p.id)?;
+                if p.cmd.0.is_empty() {
+                    return Err(ErrorBody::invalid_params("cmd must not be empty"));
+                }
+                Ok(())
+            }
+            ContainerCreate(p) => {
+                check_id(&p.image)?;
+                if let Some(n) = &p.name {
+                    check_name(n)?;
+                }
+                if let Some(rp) = &p.restart_policy {
+                    parse_restart_policy(rp)?;
+                }
+                if let Some(d) = &p.docker {
+                    if !d.is_object() {
+                        return Err(ErrorBody::invalid_params("docker must be a JSON object"));
+                    }
+                }
+                Ok(())
+            }
+            ImagePull(p) => check_id(&p.image),
+            ImageRemove(p) => check_id(&p.id),
+            ImageTag(p) => {
+                check_id(&p.id)?;
+                check_id(&p.repo)
+            }
+            VolumeCreate(p) => p.name.as_deref().map_or(Ok(()), check_name),
+            VolumeRemove(p) => check_id(&p.id),
+            NetworkCreate(p) => check_name(&p.name),
+            NetworkConnect(p) => {
+                check_id(&p.id)?;
+                check_id(&p.container)
+            }
+            NetworkDisconnect(p) => {
+                check_id(&p.id)?;
+                check_id(&p.container)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Read or write, by operation name (also for names that fail to parse).
+pub fn access_of(name: &str) -> Access {
+    match name {
+        "system.ping" | "system.info" | "system.version" | "system.df" | "container.list" | "container.inspect"
+        | "container.top" | "container.logs" | "container.stats" | "image.list" | "image.inspect" | "volume.list"
+        | "volume.inspect" | "network.list" | "network.inspect" | "swarm.inspect" | "service.list" | "node.list" => {
+            Access::Read
+        }
+        _ => Access::Write,
+    }
+}
+
+/// Checks an object reference (id, short id, name, or image reference). Refuses anything
+/// that could change the Docker API path: `..` segments, `?`, `#`, `%`, whitespace, controls.
+pub fn check_id(id: &str) -> Result<(), ErrorBody> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '@');
+    if id.is_empty() || id.len() > 512 {
+        return Err(ErrorBody::invalid_params("id must be 1 to 512 characters"));
+    }
+    if !id.chars().all(ok_char) || id.split('/').any(|seg| seg == ".." || seg == ".") || id.starts_with('/') {
+        return Err(ErrorBody::invalid_params(format!("invalid id {id:?}")));
+    }
+    Ok(())
+}
+
+/// Checks a new object name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn check_name(name: &str) -> Result<(), ErrorBody> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 255 || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(ErrorBody::invalid_params(format!(
+            "invalid name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `no`, `always`, `unless-stopped`, `on-failure` and `on-failure:N` into Docker's
+/// `RestartPolicy` object.
+pub fn parse_restart_policy(s: &str) -> Result<Value, ErrorBody> {
+    let (name, count) = match s.split_once(':') {
+        Some(("on-failure", n)) => (
+            "on-failure",
+            n.parse::<u32>().map_err(|_| ErrorBody::invalid_params(format!("invalid restart count in {s:?}")))?,
+        ),
+        Some(_) => return Err(ErrorBody::invalid_params(format!("invalid restart_policy {s:?}"))),
+        None => (s, 0),
+    };
+    match name {
+        "no" | "" => Ok(serde_json::json!({"Name": ""})),
+        "always" | "unless-stopped" | "on-failure" => Ok(serde_json::json!({"Name": name, "MaximumRetryCount": count})),
+        _ => Err(ErrorBody::invalid_params(format!(
+            "invalid restart_policy {s:?}: no, always, unless-stopped or on-failure[:N]"
+        ))),
+    }
+}

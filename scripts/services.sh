@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts the services the tests need: dockerd and PostgreSQL,
+# adds the rustup targets for the agent's edge builds, and builds the local test image.
+# Idempotent: running services are reused. Needs root on Debian.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+command -v musl-gcc >/dev/null 2>&1 || need_pkgs+=(musl-tools)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_pkgs+=(gcc-aarch64-linux-gnu)
+command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need_pkgs+=(gcc-arm-linux-gnueabihf)
+command -v qemu-aarch64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing: ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+installed_targets=$(rustup target list --installed)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf; do
+  grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+
+# --- dockerd -----------------------------------------------------------------
+# Besides the default unix socket, dockerd listens on a loopback TCP port so that
+# tests can reach the daemon over tcp:// (direct mode over TCP).
+DOCKER_TCP=${DOCKER_CTL_TEST_DOCKER_TCP:-127.0.0.1:23750}
+if ! docker version >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd -H unix:///var/run/docker.sock -H "tcp://${DOCKER_TCP}" >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 120); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+  docker version >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -20 /var/log/dockerd.log >&2; exit 1; }
+fi
+
+# --- PostgreSQL --------------------------------------------------------------
+PG_VER=$(ls /usr/lib/postgresql | sort -V | tail -1)
+if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
+  if ! pg_lsclusters -h | grep -q .; then
+    log "creating PostgreSQL cluster"
+    pg_createcluster "$PG_VER" main >/dev/null
+  fi
+  log "starting PostgreSQL"
+  cl=$(pg_lsclusters -h | head -1)
+  pg_ctlcluster "$(awk '{print $1}' <<<"$cl")" "$(awk '{print $2}' <<<"$cl")" start
+fi
+for _ in $(seq 1 60); do su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break; sleep 0.5; done
+su postgres -c "psql -qAtc 'select 1'" >/dev/null
+# A test role and database; tests create their own schema-isolated databases from it.
+su postgres -c "psql -qAt" <<'SQL' >/dev/null
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dockerctl') THEN
+    CREATE ROLE dockerctl LOGIN SUPERUSER PASSWORD 'dockerctl';
+  END IF;
+END $$;
+SQL
+su postgres -c "psql -qAtc \"SELECT 1 FROM pg_database WHERE datname='dockerctl'\"" | grep -q 1 \
+  || su postgres -c "createdb -O dockerctl dockerctl"
+
+# --- test image --------------------------------------------------------------
+IMAGE=docker-ctl-test/busybox:latest
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "building $IMAGE from busybox-static"
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/rootfs/bin" "$tmp/rootfs/tmp" "$tmp/rootfs/etc" "$tmp/rootfs/root"
+  cp /bin/busybox "$tmp/rootfs/bin/busybox"
+  for app in $(/bin/busybox --list); do
+    [ "$app" = busybox ] || ln -sf busybox "$tmp/rootfs/bin/$app"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$tmp/rootfs/etc/passwd"
+  echo 'root:x:0:' >"$tmp/rootfs/etc/group"
+  tar -C "$tmp/rootfs" -cf "$tmp/rootfs.tar" .
+  docker import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$IMAGE" >/dev/null
+  rm -rf "$tmp"
+fi
+log "ready: dockerd ($(docker version -f '{{.Server.APIVersion}}')), PostgreSQL $PG_VER, image $IMAGE"
