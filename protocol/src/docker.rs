@@ -72,7 +72,13 @@ pub struct DockerRequest {
 
 impl DockerRequest {
     fn new(method: Method, path: impl Into<String>) -> Self {
-        DockerRequest { method, path: path.into(), query: Vec::new(), body: None, progress: false }
+        DockerRequest {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            progress: false,
+        }
     }
 
     fn q(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -142,7 +148,12 @@ pub fn percent_encode(s: &str) -> String {
 /// Encodes an object reference for a path: keeps `/` `:` `@` (image references use them),
 /// escapes the rest. Ids were already checked by [`check_id`].
 fn path_id(id: &str) -> String {
-    id.split('/').map(percent_encode).collect::<Vec<_>>().join("/").replace("%3A", ":").replace("%40", "@")
+    id.split('/')
+        .map(percent_encode)
+        .collect::<Vec<_>>()
+        .join("/")
+        .replace("%3A", ":")
+        .replace("%40", "@")
 }
 
 /// The daemon's answer to one request.
@@ -156,19 +167,27 @@ pub struct DockerResponse {
 
 impl DockerResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
+    /// 2xx, or 101 from a daemon that upgraded an exec/attach stream.
     fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
+        (200..300).contains(&self.status) || self.status == 101
     }
 
     fn json(&self) -> Result<Value, ErrorBody> {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ErrorBody::new(ErrorCode::DockerError, format!("the daemon answered invalid JSON: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::DockerError,
+                format!("the daemon answered invalid JSON: {e}"),
+            )
+        })
     }
 }
 
@@ -188,12 +207,20 @@ pub trait Transport {
     ///
     /// Errors: `docker_unreachable` when the socket cannot be reached, `timeout` when the
     /// daemon does not answer in time.
-    fn call(&mut self, req: &DockerRequest, on_line: &mut dyn FnMut(&[u8])) -> Result<DockerResponse, ErrorBody>;
+    fn call(
+        &mut self,
+        req: &DockerRequest,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<DockerResponse, ErrorBody>;
 }
 
 /// Runs an operation to completion over a blocking transport. `progress` receives
 /// `image.pull` progress updates.
-pub fn run(op: Operation, transport: &mut dyn Transport, progress: &mut dyn FnMut(Value)) -> Result<Value, ErrorBody> {
+pub fn run(
+    op: Operation,
+    transport: &mut dyn Transport,
+    progress: &mut dyn FnMut(Value),
+) -> Result<Value, ErrorBody> {
     let mut plan = Plan::new(op);
     let mut answer = None;
     loop {
@@ -219,7 +246,12 @@ pub fn progress_from_line(line: &[u8]) -> Option<Value> {
     }
     let v: Value = serde_json::from_slice(line).ok()?;
     let mut out = Map::new();
-    for (from, to) in [("status", "status"), ("id", "layer"), ("progress", "progress"), ("error", "error")] {
+    for (from, to) in [
+        ("status", "status"),
+        ("id", "layer"),
+        ("progress", "progress"),
+        ("error", "error"),
+    ] {
         if let Some(x) = v.get(from) {
             out.insert(to.to_string(), x.clone());
         }
@@ -236,14 +268,23 @@ pub fn progress_from_line(line: &[u8]) -> Option<Value> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
 /// The error for a daemon that cannot be reached.
 pub fn unreachable(detail: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(ErrorCode::DockerUnreachable, format!("Docker daemon unreachable: {detail}"))
+    ErrorBody::new(
+        ErrorCode::DockerUnreachable,
+        format!("Docker daemon unreachable: {detail}"),
+    )
 }
 
 /// Maps a non-2xx daemon answer to our error, keeping the daemon's message.
@@ -318,7 +359,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(op: Operation) -> Plan {
-        Plan { op, stage: 0, memo: Value::Null }
+        Plan {
+            op,
+            stage: 0,
+            memo: Value::Null,
+        }
     }
 
     pub fn operation(&self) -> &Operation {
@@ -348,7 +393,9 @@ impl Plan {
             SystemDf(_) => R::new(Get, "/system/df"),
 
             ContainerList(p) => {
-                let r = R::new(Get, "/containers/json").q_bool("all", p.all).q_bool("size", p.size);
+                let r = R::new(Get, "/containers/json")
+                    .q_bool("all", p.all)
+                    .q_bool("size", p.size);
                 let r = match p.limit {
                     Some(l) => r.q("limit", l.to_string()),
                     None => r,
@@ -388,10 +435,11 @@ impl Plan {
             }
             ContainerPause(p) => R::new(Post, format!("/containers/{}/pause", path_id(&p.id))),
             ContainerUnpause(p) => R::new(Post, format!("/containers/{}/unpause", path_id(&p.id))),
-            ContainerRemove(p) => {
-                R::new(Delete, format!("/containers/{}", path_id(&p.id))).q_bool("force", p.force).q_bool("v", p.v)
-            }
-            ContainerRename(p) => R::new(Post, format!("/containers/{}/rename", path_id(&p.id))).q("name", p.name.clone()),
+            ContainerRemove(p) => R::new(Delete, format!("/containers/{}", path_id(&p.id)))
+                .q_bool("force", p.force)
+                .q_bool("v", p.v),
+            ContainerRename(p) => R::new(Post, format!("/containers/{}/rename", path_id(&p.id)))
+                .q("name", p.name.clone()),
             ContainerPrune(p) => R::new(Post, "/containers/prune").q_filters(&p.filters),
             ContainerTop(p) => {
                 let r = R::new(Get, format!("/containers/{}/top", path_id(&p.id)));
@@ -402,7 +450,9 @@ impl Plan {
             }
             // Logs and exec first inspect the container: logs need to know whether it has a TTY.
             ContainerLogs(p) => R::new(Get, format!("/containers/{}/json", path_id(&p.id))),
-            ContainerStats(p) => R::new(Get, format!("/containers/{}/stats", path_id(&p.id))).q("stream", "0"),
+            ContainerStats(p) => {
+                R::new(Get, format!("/containers/{}/stats", path_id(&p.id))).q("stream", "0")
+            }
             ContainerExec(p) => {
                 let mut body = json!({
                     "AttachStdin": false, "AttachStdout": true, "AttachStderr": true, "Tty": false,
@@ -420,7 +470,9 @@ impl Plan {
                 R::new(Post, format!("/containers/{}/exec", path_id(&p.id))).body(body)
             }
 
-            ImageList(p) => R::new(Get, "/images/json").q_bool("all", p.all).q_filters(&p.filters),
+            ImageList(p) => R::new(Get, "/images/json")
+                .q_bool("all", p.all)
+                .q_filters(&p.filters),
             ImageInspect(p) => R::new(Get, format!("/images/{}/json", path_id(&p.id))),
             ImagePull(p) => {
                 let r = R::new(Post, "/images/create").q("fromImage", p.image.clone());
@@ -439,7 +491,8 @@ impl Plan {
                 .q_bool("force", p.force)
                 .q_bool("noprune", p.noprune),
             ImageTag(p) => {
-                let r = R::new(Post, format!("/images/{}/tag", path_id(&p.id))).q("repo", p.repo.clone());
+                let r = R::new(Post, format!("/images/{}/tag", path_id(&p.id)))
+                    .q("repo", p.repo.clone());
                 match &p.tag {
                     Some(t) => r.q("tag", t.clone()),
                     None => r,
@@ -455,7 +508,9 @@ impl Plan {
                 "DriverOpts": p.driver_opts,
                 "Labels": p.labels,
             })),
-            VolumeRemove(p) => R::new(Delete, format!("/volumes/{}", path_id(&p.id))).q_bool("force", p.force),
+            VolumeRemove(p) => {
+                R::new(Delete, format!("/volumes/{}", path_id(&p.id))).q_bool("force", p.force)
+            }
             VolumePrune(p) => R::new(Post, "/volumes/prune").q_filters(&p.filters),
 
             NetworkList(p) => R::new(Get, "/networks").q_filters(&p.filters),
@@ -480,8 +535,10 @@ impl Plan {
                 }
                 R::new(Post, format!("/networks/{}/connect", path_id(&p.id))).body(body)
             }
-            NetworkDisconnect(p) => R::new(Post, format!("/networks/{}/disconnect", path_id(&p.id)))
-                .body(json!({ "Container": p.container, "Force": p.force })),
+            NetworkDisconnect(p) => {
+                R::new(Post, format!("/networks/{}/disconnect", path_id(&p.id)))
+                    .body(json!({ "Container": p.container, "Force": p.force }))
+            }
             NetworkPrune(p) => R::new(Post, "/networks/prune").q_filters(&p.filters),
 
             SwarmInspect(_) => R::new(Get, "/swarm"),
@@ -713,7 +770,9 @@ pub fn create_body(p: &ContainerCreateParams) -> Value {
     }
     if let Some(net) = &p.network {
         host.insert("NetworkMode".into(), json!(net));
-        if !matches!(net.as_str(), "host" | "none" | "bridge" | "default") && !net.starts_with("container:") {
+        if !matches!(net.as_str(), "host" | "none" | "bridge" | "default")
+            && !net.starts_with("container:")
+        {
             body["NetworkingConfig"] = json!({ "EndpointsConfig": { net.clone(): {} } });
         }
     }
@@ -766,7 +825,15 @@ pub fn container_summary(v: Value) -> Value {
     let name = strip_slash(v.get("Names").and_then(|n| n.get(0)));
     let mut out = with_summary(
         v,
-        &[("id", "Id"), ("image", "Image"), ("image_id", "ImageID"), ("status", "State"), ("status_text", "Status"), ("created", "Created"), ("labels", "Labels")],
+        &[
+            ("id", "Id"),
+            ("image", "Image"),
+            ("image_id", "ImageID"),
+            ("status", "State"),
+            ("status_text", "Status"),
+            ("created", "Created"),
+            ("labels", "Labels"),
+        ],
     );
     out["name"] = name;
     out
@@ -776,7 +843,10 @@ fn container_inspect(v: Value) -> Value {
     let name = strip_slash(v.get("Name"));
     let status = v.pointer("/State/Status").cloned().unwrap_or(Value::Null);
     let image = v.pointer("/Config/Image").cloned().unwrap_or(Value::Null);
-    let mut out = with_summary(v, &[("id", "Id"), ("image_id", "Image"), ("created", "Created")]);
+    let mut out = with_summary(
+        v,
+        &[("id", "Id"), ("image_id", "Image"), ("created", "Created")],
+    );
     out["name"] = name;
     out["status"] = status;
     out["image"] = image;
@@ -784,36 +854,79 @@ fn container_inspect(v: Value) -> Value {
 }
 
 fn image_summary(v: Value) -> Value {
-    with_summary(v, &[("id", "Id"), ("tags", "RepoTags"), ("size", "Size"), ("created", "Created"), ("labels", "Labels")])
+    with_summary(
+        v,
+        &[
+            ("id", "Id"),
+            ("tags", "RepoTags"),
+            ("size", "Size"),
+            ("created", "Created"),
+            ("labels", "Labels"),
+        ],
+    )
 }
 
 fn volume_summary(v: Value) -> Value {
-    let mut out =
-        with_summary(v, &[("name", "Name"), ("driver", "Driver"), ("mountpoint", "Mountpoint"), ("labels", "Labels"), ("scope", "Scope")]);
+    let mut out = with_summary(
+        v,
+        &[
+            ("name", "Name"),
+            ("driver", "Driver"),
+            ("mountpoint", "Mountpoint"),
+            ("labels", "Labels"),
+            ("scope", "Scope"),
+        ],
+    );
     out["id"] = out["name"].clone();
     out
 }
 
 fn network_summary(v: Value) -> Value {
-    with_summary(v, &[("id", "Id"), ("name", "Name"), ("driver", "Driver"), ("scope", "Scope"), ("internal", "Internal"), ("labels", "Labels")])
+    with_summary(
+        v,
+        &[
+            ("id", "Id"),
+            ("name", "Name"),
+            ("driver", "Driver"),
+            ("scope", "Scope"),
+            ("internal", "Internal"),
+            ("labels", "Labels"),
+        ],
+    )
 }
 
 /// `container.stats`: CPU percent and memory figures computed as `docker stats` does, plus
 /// the daemon's raw sample under `raw`.
 pub fn stats_summary(v: Value) -> Value {
     let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
-    let cpu_delta = f("/cpu_stats/cpu_usage/total_usage").unwrap_or(0.0) - f("/precpu_stats/cpu_usage/total_usage").unwrap_or(0.0);
-    let sys_delta = f("/cpu_stats/system_cpu_usage").unwrap_or(0.0) - f("/precpu_stats/system_cpu_usage").unwrap_or(0.0);
+    let cpu_delta = f("/cpu_stats/cpu_usage/total_usage").unwrap_or(0.0)
+        - f("/precpu_stats/cpu_usage/total_usage").unwrap_or(0.0);
+    let sys_delta = f("/cpu_stats/system_cpu_usage").unwrap_or(0.0)
+        - f("/precpu_stats/system_cpu_usage").unwrap_or(0.0);
     let cpus = f("/cpu_stats/online_cpus")
-        .or_else(|| v.pointer("/cpu_stats/cpu_usage/percpu_usage").and_then(Value::as_array).map(|a| a.len() as f64))
+        .or_else(|| {
+            v.pointer("/cpu_stats/cpu_usage/percpu_usage")
+                .and_then(Value::as_array)
+                .map(|a| a.len() as f64)
+        })
         .unwrap_or(1.0);
-    let cpu_percent = if sys_delta > 0.0 && cpu_delta >= 0.0 { cpu_delta / sys_delta * cpus * 100.0 } else { 0.0 };
+    let cpu_percent = if sys_delta > 0.0 && cpu_delta >= 0.0 {
+        cpu_delta / sys_delta * cpus * 100.0
+    } else {
+        0.0
+    };
     let usage = f("/memory_stats/usage").unwrap_or(0.0);
     // cgroup v1 counts page cache in usage; docker stats subtracts it.
-    let cache = f("/memory_stats/stats/total_inactive_file").or_else(|| f("/memory_stats/stats/inactive_file")).unwrap_or(0.0);
+    let cache = f("/memory_stats/stats/total_inactive_file")
+        .or_else(|| f("/memory_stats/stats/inactive_file"))
+        .unwrap_or(0.0);
     let mem = (usage - cache).max(0.0);
     let limit = f("/memory_stats/limit").unwrap_or(0.0);
-    let mem_percent = if limit > 0.0 { mem / limit * 100.0 } else { 0.0 };
+    let mem_percent = if limit > 0.0 {
+        mem / limit * 100.0
+    } else {
+        0.0
+    };
     let (mut rx, mut tx) = (0.0, 0.0);
     if let Some(nets) = v.get("networks").and_then(Value::as_object) {
         for n in nets.values() {
@@ -822,10 +935,18 @@ pub fn stats_summary(v: Value) -> Value {
         }
     }
     let (mut blk_r, mut blk_w) = (0.0, 0.0);
-    if let Some(items) = v.pointer("/blkio_stats/io_service_bytes_recursive").and_then(Value::as_array) {
+    if let Some(items) = v
+        .pointer("/blkio_stats/io_service_bytes_recursive")
+        .and_then(Value::as_array)
+    {
         for i in items {
             let val = i.get("value").and_then(Value::as_f64).unwrap_or(0.0);
-            match i.get("op").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+            match i
+                .get("op")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
                 Some("read") => blk_r += val,
                 Some("write") => blk_w += val,
                 _ => {}
@@ -860,9 +981,14 @@ fn pull_result(p: &ImagePullParams, body: &[u8]) -> Result<Value, ErrorBody> {
         if line.is_empty() {
             continue;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
         if let Some(err) = v.get("error").and_then(Value::as_str) {
-            let code = if err.contains("not found") || err.contains("does not exist") || err.contains("manifest unknown") {
+            let code = if err.contains("not found")
+                || err.contains("does not exist")
+                || err.contains("manifest unknown")
+            {
                 ErrorCode::NotFound
             } else {
                 ErrorCode::DockerError

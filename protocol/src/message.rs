@@ -357,7 +357,11 @@ struct RawIn {
 impl Envelope {
     /// A new envelope stamped with the current time.
     pub fn new(id: impl Into<String>, message: Message) -> Self {
-        Envelope { id: id.into(), timestamp: now_rfc3339(), message }
+        Envelope {
+            id: id.into(),
+            timestamp: now_rfc3339(),
+            message,
+        }
     }
 
     pub fn message_type(&self) -> MessageType {
@@ -383,7 +387,10 @@ impl Envelope {
     /// Decodes one message from untrusted bytes. Checks the size before parsing.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         if bytes.len() > MAX_MESSAGE_SIZE {
-            return Err(DecodeError::TooLarge { size: bytes.len(), max: MAX_MESSAGE_SIZE });
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                max: MAX_MESSAGE_SIZE,
+            });
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))?;
@@ -395,12 +402,16 @@ impl Envelope {
     /// Decodes an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
         if !value.is_object() {
-            return Err(DecodeError::InvalidEnvelope("the message is not a JSON object".into()));
+            return Err(DecodeError::InvalidEnvelope(
+                "the message is not a JSON object".into(),
+            ));
         }
-        let raw: RawIn =
-            serde_json::from_value(value).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+        let raw: RawIn = serde_json::from_value(value)
+            .map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
         if raw.id.is_empty() || raw.id.len() > 256 {
-            return Err(DecodeError::InvalidEnvelope("id must be 1 to 256 characters".into()));
+            return Err(DecodeError::InvalidEnvelope(
+                "id must be 1 to 256 characters".into(),
+            ));
         }
         if crate::time::parse_rfc3339(&raw.timestamp).is_none() {
             return Err(DecodeError::InvalidEnvelope(format!(
@@ -422,7 +433,11 @@ impl Envelope {
             MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
             MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
         };
-        Ok(Envelope { id: raw.id, timestamp: raw.timestamp, message })
+        Ok(Envelope {
+            id: raw.id,
+            timestamp: raw.timestamp,
+            message,
+        })
     }
 }
 
@@ -435,6 +450,8 @@ fn payload<T: DeserializeOwned>(kind: MessageType, p: Value) -> Result<T, Decode
             reason: "payload must be a JSON object".into(),
         });
     }
-    serde_json::from_value(p)
-        .map_err(|e| DecodeError::InvalidPayload { kind: kind.as_str(), reason: e.to_string() })
+    serde_json::from_value(p).map_err(|e| DecodeError::InvalidPayload {
+        kind: kind.as_str(),
+        reason: e.to_string(),
+    })
 }

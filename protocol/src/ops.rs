@@ -46,7 +46,11 @@ impl<'de> Deserialize<'de> for Filters {
             let list = match v {
                 One::Str(s) => vec![s],
                 One::List(l) => l,
-                One::Map(m) => m.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect(),
+                One::Map(m) => m
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(k, _)| k)
+                    .collect(),
             };
             out.insert(k, list);
         }
@@ -106,7 +110,9 @@ impl<'de> Deserialize<'de> for NumOrString {
         match Value::deserialize(d)? {
             Value::String(s) => Ok(NumOrString(s)),
             Value::Number(n) => Ok(NumOrString(n.to_string())),
-            other => Err(de::Error::custom(format!("expected a number or a string, got {other}"))),
+            other => Err(de::Error::custom(format!(
+                "expected a number or a string, got {other}"
+            ))),
         }
     }
 }
@@ -169,12 +175,22 @@ impl<'de> Deserialize<'de> for PortSpec {
             Obj(Obj),
         }
         match Raw::deserialize(d)? {
-            Raw::Num(p) => Ok(PortSpec { host_ip: None, host_port: None, container_port: p, protocol: "tcp".into() }),
+            Raw::Num(p) => Ok(PortSpec {
+                host_ip: None,
+                host_port: None,
+                container_port: p,
+                protocol: "tcp".into(),
+            }),
             Raw::Text(s) => PortSpec::parse(&s).map_err(de::Error::custom),
             Raw::Obj(o) => {
                 let protocol = o.protocol.unwrap_or_else(|| "tcp".into());
                 check_proto(&protocol).map_err(de::Error::custom)?;
-                Ok(PortSpec { host_ip: o.host_ip, host_port: o.host_port, container_port: o.container_port, protocol })
+                Ok(PortSpec {
+                    host_ip: o.host_ip,
+                    host_port: o.host_port,
+                    container_port: o.container_port,
+                    protocol,
+                })
             }
         }
     }
@@ -195,24 +211,39 @@ impl PortSpec {
             None => (s, "tcp".to_string()),
         };
         check_proto(&protocol)?;
-        let port = |p: &str| p.parse::<u16>().map_err(|_| format!("invalid port {p:?} in {s:?}"));
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("invalid port {p:?} in {s:?}"))
+        };
         // An IPv6 host ip is bracketed: [::1]:8080:80
         let (host_ip, rest) = if let Some(stripped) = rest.strip_prefix('[') {
-            let (ip, r) = stripped.split_once("]:").ok_or_else(|| format!("invalid port spec {s:?}"))?;
+            let (ip, r) = stripped
+                .split_once("]:")
+                .ok_or_else(|| format!("invalid port spec {s:?}"))?;
             (Some(ip.to_string()), r)
         } else {
             (None, rest)
         };
         let parts: Vec<&str> = rest.split(':').collect();
         match (host_ip, parts.as_slice()) {
-            (None, [c]) => Ok(PortSpec { host_ip: None, host_port: None, container_port: port(c)?, protocol }),
+            (None, [c]) => Ok(PortSpec {
+                host_ip: None,
+                host_port: None,
+                container_port: port(c)?,
+                protocol,
+            }),
             (ip, [h, c]) if ip.is_some() => Ok(PortSpec {
                 host_ip: ip,
                 host_port: if h.is_empty() { None } else { Some(port(h)?) },
                 container_port: port(c)?,
                 protocol,
             }),
-            (None, [h, c]) => Ok(PortSpec { host_ip: None, host_port: Some(port(h)?), container_port: port(c)?, protocol }),
+            (None, [h, c]) => Ok(PortSpec {
+                host_ip: None,
+                host_port: Some(port(h)?),
+                container_port: port(c)?,
+                protocol,
+            }),
             (None, [ip, h, c]) => Ok(PortSpec {
                 host_ip: Some(ip.to_string()),
                 host_port: if h.is_empty() { None } else { Some(port(h)?) },
@@ -265,10 +296,18 @@ impl<'de> Deserialize<'de> for MountSpec {
         }
         let m = match Raw::deserialize(d)? {
             Raw::Text(s) => MountSpec::parse(&s).map_err(de::Error::custom)?,
-            Raw::Obj(o) => MountSpec { kind: o.kind, source: o.source, target: o.target, read_only: o.read_only },
+            Raw::Obj(o) => MountSpec {
+                kind: o.kind,
+                source: o.source,
+                target: o.target,
+                read_only: o.read_only,
+            },
         };
         if !m.target.starts_with('/') {
-            return Err(de::Error::custom(format!("mount target {:?} must be an absolute path", m.target)));
+            return Err(de::Error::custom(format!(
+                "mount target {:?} must be an absolute path",
+                m.target
+            )));
         }
         if m.kind != MountType::Tmpfs && m.source.is_empty() {
             return Err(de::Error::custom("mount source is required"));
@@ -290,8 +329,17 @@ impl MountSpec {
             "ro" => true,
             o => return Err(format!("invalid mount option {o:?} in {s:?} (ro or rw)")),
         };
-        let kind = if source.starts_with('/') { MountType::Bind } else { MountType::Volume };
-        Ok(MountSpec { kind, source: source.into(), target: target.into(), read_only })
+        let kind = if source.starts_with('/') {
+            MountType::Bind
+        } else {
+            MountType::Volume
+        };
+        Ok(MountSpec {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        })
     }
 }
 
@@ -655,15 +703,19 @@ impl Operation {
     /// Errors: `unsupported` for an unknown name, `invalid_params` for params that do not fit.
     pub fn parse(name: &str, params: &Value) -> Result<Operation, ErrorBody> {
         if !OPERATION_NAMES.contains(&name) {
-            return Err(ErrorBody::new(ErrorCode::Unsupported, format!("unknown operation {name:?}")));
+            return Err(ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!("unknown operation {name:?}"),
+            ));
         }
         let params = match params {
             Value::Null => Value::Object(Default::default()),
             Value::Object(_) => params.clone(),
             _ => return Err(ErrorBody::invalid_params("params must be a JSON object")),
         };
-        let op: Operation = serde_json::from_value(serde_json::json!({ "operation": name, "params": params }))
-            .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
+        let op: Operation =
+            serde_json::from_value(serde_json::json!({ "operation": name, "params": params }))
+                .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
         op.validate()?;
         Ok(op)
     }
@@ -732,7 +784,9 @@ impl Operation {
     /// The agent capability the operation needs, beyond `docker`.
     pub fn required_capability(&self) -> Option<&'static str> {
         match self {
-            Operation::SwarmInspect(_) | Operation::ServiceList(_) | Operation::NodeList(_) => Some("swarm"),
+            Operation::SwarmInspect(_) | Operation::ServiceList(_) | Operation::NodeList(_) => {
+                Some("swarm")
+            }
             _ => None,
         }
     }
@@ -741,13 +795,17 @@ impl Operation {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         use Operation::*;
         match self {
-            ContainerInspect(p) | ContainerStart(p) | ContainerPause(p) | ContainerUnpause(p) | ContainerStats(p)
-            | ImageInspect(p) | VolumeInspect(p) | NetworkInspect(p) | NetworkRemove(p) => check_id(&p.id),
+            ContainerInspect(p) | ContainerStart(p) | ContainerPause(p) | ContainerUnpause(p)
+            | ContainerStats(p) | ImageInspect(p) | VolumeInspect(p) | NetworkInspect(p)
+            | NetworkRemove(p) => check_id(&p.id),
             ContainerStop(p) | ContainerRestart(p) => check_id(&p.id),
             ContainerKill(p) => {
                 check_id(&p.id)?;
                 if let Some(s) = &p.signal {
-                    if s.is_empty() || s.len() > 16 || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+') {
+                    if s.is_empty()
+                        || s.len() > 16
+                        || !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+')
+                    {
                         return Err(ErrorBody::invalid_params(format!("invalid signal {s:?}")));
                     }
                 }
@@ -807,11 +865,10 @@ impl Operation {
 /// Read or write, by operation name (also for names that fail to parse).
 pub fn access_of(name: &str) -> Access {
     match name {
-        "system.ping" | "system.info" | "system.version" | "system.df" | "container.list" | "container.inspect"
-        | "container.top" | "container.logs" | "container.stats" | "image.list" | "image.inspect" | "volume.list"
-        | "volume.inspect" | "network.list" | "network.inspect" | "swarm.inspect" | "service.list" | "node.list" => {
-            Access::Read
-        }
+        "system.ping" | "system.info" | "system.version" | "system.df" | "container.list"
+        | "container.inspect" | "container.top" | "container.logs" | "container.stats"
+        | "image.list" | "image.inspect" | "volume.list" | "volume.inspect" | "network.list"
+        | "network.inspect" | "swarm.inspect" | "service.list" | "node.list" => Access::Read,
         _ => Access::Write,
     }
 }
@@ -819,11 +876,15 @@ pub fn access_of(name: &str) -> Access {
 /// Checks an object reference (id, short id, name, or image reference). Refuses anything
 /// that could change the Docker API path: `..` segments, `?`, `#`, `%`, whitespace, controls.
 pub fn check_id(id: &str) -> Result<(), ErrorBody> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '@');
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '@');
     if id.is_empty() || id.len() > 512 {
         return Err(ErrorBody::invalid_params("id must be 1 to 512 characters"));
     }
-    if !id.chars().all(ok_char) || id.split('/').any(|seg| seg == ".." || seg == ".") || id.starts_with('/') {
+    if !id.chars().all(ok_char)
+        || id.split('/').any(|seg| seg == ".." || seg == ".")
+        || id.starts_with('/')
+    {
         return Err(ErrorBody::invalid_params(format!("invalid id {id:?}")));
     }
     Ok(())
@@ -833,7 +894,10 @@ pub fn check_id(id: &str) -> Result<(), ErrorBody> {
 pub fn check_name(name: &str) -> Result<(), ErrorBody> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || name.len() > 255 || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+    if !first_ok
+        || name.len() > 255
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
         return Err(ErrorBody::invalid_params(format!(
             "invalid name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"
         )));
@@ -847,14 +911,22 @@ pub fn parse_restart_policy(s: &str) -> Result<Value, ErrorBody> {
     let (name, count) = match s.split_once(':') {
         Some(("on-failure", n)) => (
             "on-failure",
-            n.parse::<u32>().map_err(|_| ErrorBody::invalid_params(format!("invalid restart count in {s:?}")))?,
+            n.parse::<u32>().map_err(|_| {
+                ErrorBody::invalid_params(format!("invalid restart count in {s:?}"))
+            })?,
         ),
-        Some(_) => return Err(ErrorBody::invalid_params(format!("invalid restart_policy {s:?}"))),
+        Some(_) => {
+            return Err(ErrorBody::invalid_params(format!(
+                "invalid restart_policy {s:?}"
+            )))
+        }
         None => (s, 0),
     };
     match name {
         "no" | "" => Ok(serde_json::json!({"Name": ""})),
-        "always" | "unless-stopped" | "on-failure" => Ok(serde_json::json!({"Name": name, "MaximumRetryCount": count})),
+        "always" | "unless-stopped" | "on-failure" => {
+            Ok(serde_json::json!({"Name": name, "MaximumRetryCount": count}))
+        }
         _ => Err(ErrorBody::invalid_params(format!(
             "invalid restart_policy {s:?}: no, always, unless-stopped or on-failure[:N]"
         ))),

@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     format_rfc3339(d.as_secs() as i64, d.subsec_millis())
 }
 
@@ -105,7 +107,10 @@ mod tests {
         assert_eq!(format_rfc3339(1_704_621_600, 0), "2024-01-07T10:00:00Z");
         assert_eq!(format_rfc3339(1_704_621_600, 5), "2024-01-07T10:00:00.005Z");
         assert_eq!(parse_rfc3339("2024-01-07T10:00:00Z"), Some(1_704_621_600));
-        assert_eq!(parse_rfc3339("2024-01-07T11:00:00.123+01:00"), Some(1_704_621_600));
+        assert_eq!(
+            parse_rfc3339("2024-01-07T11:00:00.123+01:00"),
+            Some(1_704_621_600)
+        );
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
     }
 
@@ -117,8 +122,16 @@ mod tests {
 
     #[test]
     fn rejects_non_rfc3339() {
-        for bad in ["", "yesterday", "2024-01-07", "2024-01-07T10:00:00", "2024-13-07T10:00:00Z",
-            "2024-01-07T10:00:00+0100", "2024-01-07T10:00:00.Z", "２０２４-01-07T10:00:00Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-01-07",
+            "2024-01-07T10:00:00",
+            "2024-13-07T10:00:00Z",
+            "2024-01-07T10:00:00+0100",
+            "2024-01-07T10:00:00.Z",
+            "２０２４-01-07T10:00:00Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -1,0 +1,325 @@
+//! The wire format: the seed's examples, a round trip for every message type, and every
+//! input check.
+
+mod common;
+
+use protocol::*;
+use serde_json::{json, Value};
+
+fn seed(name: &str) -> Value {
+    serde_json::from_slice(&common::read_fixture(name)).expect("fixture is JSON")
+}
+
+#[test]
+fn seed_examples_parse_into_typed_structs_and_serialise_back_equal() {
+    let names = [
+        "seed-auth.json",
+        "seed-auth-response.json",
+        "seed-command.json",
+        "seed-command-response.json",
+    ];
+    for name in names {
+        let original = seed(name);
+        let env = Envelope::decode(original.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(env.to_value(), original, "{name} does not round-trip");
+    }
+}
+
+#[test]
+fn seed_examples_have_the_expected_typed_content() {
+    let auth = Envelope::decode(seed("seed-auth.json").to_string().as_bytes()).unwrap();
+    let Message::Auth(a) = &auth.message else {
+        panic!("not auth")
+    };
+    assert_eq!(a.agent_id, "agent-prod-01");
+    assert_eq!(a.auth_token.expose(), "jwt-token-here");
+    assert_eq!(a.capabilities, ["docker", "docker-compose", "swarm"]);
+    assert_eq!(a.protocol_version, None);
+    assert!(
+        !format!("{auth:?}").contains("jwt-token-here"),
+        "Debug must mask the token"
+    );
+
+    let resp = Envelope::decode(seed("seed-auth-response.json").to_string().as_bytes()).unwrap();
+    let Message::AuthResponse(r) = &resp.message else {
+        panic!("not auth_response")
+    };
+    assert_eq!(r.status, AuthStatus::Authenticated);
+    assert_eq!(
+        r.config.as_ref().and_then(|c| c.heartbeat_interval),
+        Some(30)
+    );
+    assert_eq!(r.config.as_ref().and_then(|c| c.command_timeout), Some(300));
+
+    let cmd = Envelope::decode(seed("seed-command.json").to_string().as_bytes()).unwrap();
+    let Message::Command(c) = &cmd.message else {
+        panic!("not command")
+    };
+    let op = Operation::parse(&c.operation, &c.params).expect("seed operation parses");
+    let Operation::ContainerList(p) = op else {
+        panic!("not container.list")
+    };
+    assert!(p.all);
+    assert_eq!(p.filters.0.get("label"), Some(&vec!["app=web".to_string()]));
+
+    let cr = Envelope::decode(seed("seed-command-response.json").to_string().as_bytes()).unwrap();
+    let Message::CommandResponse(CommandResponsePayload::Success { data }) = &cr.message else {
+        panic!()
+    };
+    assert_eq!(data[0]["name"], "web-1");
+    assert_eq!(cr.id, cmd.id, "response id matches the command id");
+}
+
+fn one_of_each() -> Vec<Message> {
+    vec![
+        Message::Auth(AuthPayload {
+            agent_id: "a1".into(),
+            auth_token: Secret::new("t0k"),
+            version: "0.1.0".into(),
+            capabilities: vec!["docker".into()],
+            protocol_version: Some(PROTOCOL_VERSION),
+        }),
+        Message::Heartbeat(HeartbeatPayload::default()),
+        Message::Heartbeat(HeartbeatPayload {
+            docker_reachable: Some(true),
+            docker_ping_ms: Some(0.5),
+            docker_version: Some("20.10.24".into()),
+            containers_running: Some(2),
+            containers_total: Some(5),
+            load_average: Some([0.1, 0.2, 0.3]),
+            mem_total_bytes: Some(1 << 30),
+            mem_available_bytes: Some(1 << 29),
+            agent_rss_bytes: Some(3 << 20),
+            agent_uptime_secs: Some(60),
+            bytes_sent: Some(1000),
+            bytes_received: Some(2000),
+            events_dropped: Some(0),
+            commands_in_flight: Some(1),
+        }),
+        Message::CommandResponse(CommandResponsePayload::Success {
+            data: json!([{"id": "x"}]),
+        }),
+        Message::CommandResponse(CommandResponsePayload::Error {
+            error: ErrorBody::new(ErrorCode::NotFound, "No such container: x"),
+        }),
+        Message::CommandProgress(CommandProgressPayload {
+            data: json!({"status": "Downloading"}),
+        }),
+        Message::Event(EventPayload {
+            kind: "container".into(),
+            action: "start".into(),
+            actor_id: "abc".into(),
+            attributes: [("name".to_string(), "web-1".to_string())].into(),
+            time_nano: 1_700_000_000_000_000_000,
+        }),
+        Message::Error(ErrorPayload {
+            error: ErrorBody::invalid_params("bad"),
+            ref_id: Some("m1".into()),
+        }),
+        Message::AuthResponse(AuthResponsePayload {
+            status: AuthStatus::Rejected,
+            session_id: None,
+            config: None,
+            protocol_version: Some(1),
+            error: Some(ErrorBody::new(ErrorCode::Unauthorized, "invalid token")),
+        }),
+        Message::Command(CommandPayload {
+            operation: "container.stop".into(),
+            params: json!({"id": "web-1", "t": 5}),
+            timeout: Some(30),
+            idempotency_key: Some("k1".into()),
+        }),
+        Message::ConfigUpdate(ConfigUpdatePayload {
+            config: AgentSettings {
+                heartbeat_interval: Some(10),
+                command_timeout: None,
+            },
+        }),
+        Message::Disconnect(DisconnectPayload {
+            reason: Some("shutdown".into()),
+        }),
+    ]
+}
+
+#[test]
+fn every_message_type_round_trips() {
+    let msgs = one_of_each();
+    let mut seen: Vec<MessageType> = msgs.iter().map(Message::message_type).collect();
+    seen.sort_by_key(|t| t.as_str());
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        MessageType::ALL.len(),
+        "every message type is covered"
+    );
+    for m in msgs {
+        let env = Envelope::new("m-1", m);
+        let text = env.encode();
+        let back = Envelope::decode(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(back, env, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], env.message_type().as_str());
+        assert!(time::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_some());
+    }
+}
+
+#[test]
+fn a_minimal_heartbeat_is_an_empty_object() {
+    let env = Envelope::decode(
+        br#"{"id":"h","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{}}"#,
+    )
+    .expect("minimal heartbeat");
+    assert_eq!(env.message, Message::Heartbeat(HeartbeatPayload::default()));
+    assert_eq!(env.to_value()["payload"], json!({}));
+}
+
+#[test]
+fn unknown_payload_fields_are_ignored() {
+    let text = r#"{"id":"h","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z",
+        "payload":{"docker_reachable":true,"gpu_temp":71,"future":{"x":1}}}"#;
+    let env = Envelope::decode(text.as_bytes()).expect("newer agent's heartbeat decodes");
+    let Message::Heartbeat(h) = env.message else {
+        panic!()
+    };
+    assert_eq!(h.docker_reachable, Some(true));
+    let text = r#"{"id":"c","type":"command","timestamp":"2024-01-07T10:00:00Z",
+        "payload":{"operation":"system.ping","priority":"high"}}"#;
+    assert!(Envelope::decode(text.as_bytes()).is_ok());
+}
+
+#[test]
+fn unknown_error_codes_from_newer_peers_decode() {
+    let text = r#"{"id":"e","type":"error","timestamp":"2024-01-07T10:00:00Z",
+        "payload":{"code":"quota_exceeded","message":"x"}}"#;
+    let env = Envelope::decode(text.as_bytes()).unwrap();
+    let Message::Error(e) = env.message else {
+        panic!()
+    };
+    assert_eq!(e.error.code, ErrorCode::Unknown);
+}
+
+#[test]
+fn unknown_message_type_is_a_typed_error() {
+    let text =
+        r#"{"id":"x","type":"launch_missiles","timestamp":"2024-01-07T10:00:00Z","payload":{}}"#;
+    let err = Envelope::decode(text.as_bytes()).unwrap_err();
+    assert_eq!(err, DecodeError::UnknownType("launch_missiles".into()));
+    assert_eq!(err.to_error_body().code, ErrorCode::Unsupported);
+}
+
+#[test]
+fn wrong_payload_types_are_typed_errors() {
+    let cases = [
+        r#"{"id":"x","type":"auth","timestamp":"2024-01-07T10:00:00Z","payload":{"agent_id":5,"auth_token":"t","version":"1"}}"#,
+        r#"{"id":"x","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{"containers_running":"many"}}"#,
+        r#"{"id":"x","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":[1,2]}"#,
+        r#"{"id":"x","type":"command_response","timestamp":"2024-01-07T10:00:00Z","payload":{"status":"maybe"}}"#,
+        r#"{"id":"x","type":"auth_response","timestamp":"2024-01-07T10:00:00Z","payload":{"status":"authenticated","config":{"heartbeat_interval":-3}}}"#,
+    ];
+    for c in cases {
+        match Envelope::decode(c.as_bytes()) {
+            Err(DecodeError::InvalidPayload { .. }) => {}
+            other => panic!("{c}: expected InvalidPayload, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn missing_required_fields_are_typed_errors() {
+    let cases = [
+        (
+            r#"{"id":"x","type":"auth","timestamp":"2024-01-07T10:00:00Z","payload":{"agent_id":"a","version":"1"}}"#,
+            "auth_token",
+        ),
+        (
+            r#"{"id":"x","type":"command","timestamp":"2024-01-07T10:00:00Z","payload":{"params":{}}}"#,
+            "operation",
+        ),
+        (
+            r#"{"id":"x","type":"event","timestamp":"2024-01-07T10:00:00Z","payload":{"kind":"container"}}"#,
+            "action",
+        ),
+    ];
+    for (c, field) in cases {
+        let err = Envelope::decode(c.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::InvalidPayload { .. }),
+            "{c}: {err:?}"
+        );
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+    }
+    let no_id = r#"{"type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{}}"#;
+    assert!(matches!(
+        Envelope::decode(no_id.as_bytes()),
+        Err(DecodeError::InvalidEnvelope(_))
+    ));
+    let no_ts = r#"{"id":"x","type":"heartbeat","payload":{}}"#;
+    assert!(matches!(
+        Envelope::decode(no_ts.as_bytes()),
+        Err(DecodeError::InvalidEnvelope(_))
+    ));
+    let bad_ts = r#"{"id":"x","type":"heartbeat","timestamp":"yesterday","payload":{}}"#;
+    assert!(matches!(
+        Envelope::decode(bad_ts.as_bytes()),
+        Err(DecodeError::InvalidEnvelope(_))
+    ));
+    let num_id = r#"{"id":7,"type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{}}"#;
+    assert!(matches!(
+        Envelope::decode(num_id.as_bytes()),
+        Err(DecodeError::InvalidEnvelope(_))
+    ));
+}
+
+#[test]
+fn oversized_messages_are_refused_before_parsing() {
+    let big = vec![b' '; MAX_MESSAGE_SIZE + 1];
+    assert_eq!(
+        Envelope::decode(&big).unwrap_err(),
+        DecodeError::TooLarge {
+            size: MAX_MESSAGE_SIZE + 1,
+            max: MAX_MESSAGE_SIZE
+        }
+    );
+}
+
+#[test]
+fn malformed_input_never_panics() {
+    let mut nested = String::new();
+    for _ in 0..100_000 {
+        nested.push('[');
+    }
+    let cases: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"not json".to_vec(),
+        b"{\"id\":".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        nested.into_bytes(),
+        format!(
+            r#"{{"id":"x","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{}}}"#,
+            "[".repeat(5000)
+        )
+        .into_bytes(),
+    ];
+    for c in cases {
+        let r = Envelope::decode(&c);
+        assert!(
+            r.is_err(),
+            "{:?} should not decode",
+            String::from_utf8_lossy(&c[..c.len().min(40)])
+        );
+    }
+}
+
+#[test]
+fn invalid_utf8_is_malformed() {
+    let mut bytes = br#"{"id":"x","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{"docker_version":""#.to_vec();
+    bytes.extend_from_slice(&[0xc3, 0x28]);
+    bytes.extend_from_slice(br#""}}"#);
+    assert!(matches!(
+        Envelope::decode(&bytes),
+        Err(DecodeError::Malformed(_))
+    ));
+}
