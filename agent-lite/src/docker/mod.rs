@@ -1,0 +1,459 @@
+//! The blocking Docker Engine API client: HTTP/1.1 over the daemon's unix socket (or
+//! `tcp://host:port`), one connection per request.
+//!
+//! Owns: endpoints, API version negotiation (`/_ping`, then `/version`), timeouts and
+//! deadlines, and mapping transport failures to the protocol's error codes. Implements
+//! [`protocol::docker::Transport`] so `protocol::docker::run` executes catalog operations.
+//! Must not: decide which Docker requests an operation makes (that is `protocol::docker`).
+
+pub mod http;
+
+use http::{Framing, Head, HttpError, LineSplitter, ResponseReader};
+use protocol::docker::{DockerRequest, DockerResponse, Method, Transport};
+use protocol::{ErrorBody, ErrorCode};
+use serde_json::Value;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bodies larger than this are refused (logs and exec output are cut to 2 MiB by the
+/// mapping anyway).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The agent's User-Agent towards the daemon.
+const USER_AGENT: &str = concat!("docker-ctl-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`.
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///path`, `tcp://host:port`, or a bare absolute socket path.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if !p.starts_with('/') {
+                return Err(format!("docker socket {s:?}: unix:// needs an absolute path, e.g. unix:///var/run/docker.sock"));
+            }
+            Ok(Endpoint::Unix(PathBuf::from(p)))
+        } else if let Some(hp) = s.strip_prefix("tcp://") {
+            let hp = hp.trim_end_matches('/');
+            match hp.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !hp.contains('/') => Ok(Endpoint::Tcp(hp.to_string())),
+                _ => Err(format!("docker socket {s:?}: tcp:// needs host:port, e.g. tcp://127.0.0.1:2375")),
+            }
+        } else if s.starts_with('/') {
+            Ok(Endpoint::Unix(PathBuf::from(s)))
+        } else {
+            Err(format!("docker socket {s:?}: use unix:///path or tcp://host:port"))
+        }
+    }
+
+    fn host_header(&self) -> &str {
+        match self {
+            Endpoint::Unix(_) => "api.moby.localhost",
+            Endpoint::Tcp(hp) => hp,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
+        }
+    }
+}
+
+/// Why a Docker request failed before a daemon answer could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket is missing, refused, unreadable, or the connection broke. The daemon may be
+    /// down: report `docker_unreachable` and retry later.
+    #[error("Docker daemon unreachable at {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    /// No answer within the deadline. Report `timeout`.
+    #[error("the Docker daemon did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The daemon's bytes were not valid HTTP, or too large. Report `docker_error`.
+    #[error("bad answer from the Docker daemon: {0}")]
+    Protocol(String),
+    /// The daemon's API version is too old or unknown. Report `docker_error`.
+    #[error("{0}")]
+    Version(String),
+}
+
+impl From<Error> for ErrorBody {
+    fn from(e: Error) -> ErrorBody {
+        let code = match &e {
+            Error::Unreachable { .. } => ErrorCode::DockerUnreachable,
+            Error::Timeout(_) => ErrorCode::Timeout,
+            Error::Protocol(_) | Error::Version(_) => ErrorCode::DockerError,
+        };
+        ErrorBody::new(code, e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One connection to the daemon.
+#[derive(Debug)]
+pub enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_write_timeout(t),
+            Conn::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Closes both directions; a thread blocked reading it wakes up with end of stream.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(Shutdown::Both),
+            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// A connection whose reads respect both a per-read timeout and an overall deadline.
+pub struct Deadlined {
+    conn: Conn,
+    /// `None`: block forever (streams closed by a [`Closer`]).
+    io_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut t = self.io_timeout;
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+            }
+            t = Some(t.map_or(left, |t| t.min(left)));
+        }
+        self.conn.set_read_timeout(t.map(|t| t.max(Duration::from_millis(1))))?;
+        self.conn.read(buf)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// A response stream left open for the caller (e.g. `/events`).
+pub struct Stream {
+    pub head: Head,
+    framing: Framing,
+    reader: ResponseReader<Deadlined>,
+}
+
+impl Stream {
+    /// Reads the body until the daemon ends it or the connection is shut down, passing each
+    /// piece to `on_data`.
+    pub fn read_to_end(&mut self, on_data: &mut dyn FnMut(&[u8])) -> Result<(), HttpError> {
+        self.reader.read_body(self.framing, usize::MAX, on_data).map(|_| ())
+    }
+}
+
+/// A handle that closes a [`Stream`]'s connection from another thread.
+#[derive(Debug)]
+pub struct Closer(Conn);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// The Docker client. Cheap to clone; clones share the negotiated API version.
+#[derive(Debug, Clone)]
+pub struct DockerClient {
+    endpoint: Arc<Endpoint>,
+    timeout: Duration,
+    api_version: Arc<Mutex<Option<String>>>,
+}
+
+impl DockerClient {
+    /// `timeout` bounds connecting and each read or write.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+        DockerClient { endpoint: Arc::new(endpoint), timeout, api_version: Arc::new(Mutex::new(None)) }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn unreachable(&self, detail: impl std::fmt::Display) -> Error {
+        // The daemon may come back as another version: negotiate again next time.
+        if let Ok(mut v) = self.api_version.lock() {
+            *v = None;
+        }
+        Error::Unreachable { endpoint: self.endpoint.to_string(), detail: detail.to_string() }
+    }
+
+    fn connect(&self, deadline: Option<Instant>) -> Result<Conn> {
+        let t = match deadline {
+            Some(d) => self.timeout.min(d.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        };
+        if t.is_zero() {
+            return Err(Error::Timeout(self.timeout));
+        }
+        let conn = match &*self.endpoint {
+            Endpoint::Unix(path) => Conn::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(e))?),
+            Endpoint::Tcp(hp) => {
+                let addrs: Vec<_> = hp.to_socket_addrs().map_err(|e| self.unreachable(e))?.collect();
+                let mut last = None;
+                let mut found = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, t) {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                match found {
+                    Some(s) => Conn::Tcp(s),
+                    None => {
+                        return Err(self.unreachable(last.map_or_else(|| "no address".to_string(), |e| e.to_string())))
+                    }
+                }
+            }
+        };
+        conn.set_write_timeout(Some(t)).map_err(|e| self.unreachable(e))?;
+        Ok(conn)
+    }
+
+    /// Sends one request and reads the head. The caller reads the body.
+    fn start(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+    ) -> Result<(Head, ResponseReader<Deadlined>)> {
+        let mut conn = self.connect(deadline)?;
+        let mut req = format!(
+            "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n",
+            self.endpoint.host_header()
+        );
+        match body {
+            Some(b) => req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n", b.len())),
+            None if method == "POST" || method == "PUT" => req.push_str("Content-Length: 0\r\n\r\n"),
+            None => req.push_str("\r\n"),
+        }
+        let mut out = req.into_bytes();
+        if let Some(b) = body {
+            out.extend_from_slice(b);
+        }
+        conn.write_all(&out).and_then(|_| conn.flush()).map_err(|e| {
+            if is_timeout(&e) {
+                Error::Timeout(self.timeout)
+            } else {
+                self.unreachable(e)
+            }
+        })?;
+        let mut reader = ResponseReader::new(Deadlined { conn, io_timeout: Some(self.timeout), deadline });
+        let head = reader.read_head().map_err(|e| self.http_error(e))?;
+        Ok((head, reader))
+    }
+
+    fn http_error(&self, e: HttpError) -> Error {
+        match e {
+            HttpError::Io(e) if is_timeout(&e) => Error::Timeout(self.timeout),
+            HttpError::Io(e) => self.unreachable(e),
+            HttpError::Truncated(w) => self.unreachable(format!("connection closed {w}")),
+            HttpError::Invalid(m) => Error::Protocol(m),
+            HttpError::TooLarge(n) => Error::Protocol(format!("answer larger than {n} bytes")),
+        }
+    }
+
+    /// Sends a request to a full request target (`/v1.41/containers/json`) and returns the
+    /// whole answer. `on_data` sees the body of 2xx answers as it arrives.
+    pub fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<DockerResponse> {
+        let (head, mut reader) = self.start(method.as_str(), uri, body, deadline)?;
+        let framing = Framing::of(method == Method::Head, &head).map_err(|e| self.http_error(e))?;
+        let success = (200..300).contains(&head.status);
+        let mut collected = Vec::new();
+        reader
+            .read_body(framing, MAX_BODY, &mut |d| {
+                if success {
+                    on_data(d);
+                }
+                collected.extend_from_slice(d);
+            })
+            .map_err(|e| self.http_error(e))?;
+        Ok(DockerResponse { status: head.status, headers: head.headers, body: collected })
+    }
+
+    /// The API version to use: negotiated once with `/_ping` (its `Api-Version` header),
+    /// falling back to `/version`, and cached until the daemon becomes unreachable.
+    pub fn api_version(&self, deadline: Option<Instant>) -> Result<String> {
+        if let Some(v) = self.api_version.lock().ok().and_then(|g| g.clone()) {
+            return Ok(v);
+        }
+        let ping = self.send(Method::Get, "/_ping", None, deadline, &mut |_| {})?;
+        let daemon = match ping.header("api-version") {
+            Some(v) => v.to_string(),
+            None => {
+                let ver = self.send(Method::Get, "/version", None, deadline, &mut |_| {})?;
+                let v: Value = serde_json::from_slice(&ver.body)
+                    .map_err(|e| Error::Protocol(format!("/version answered invalid JSON: {e}")))?;
+                v.get("ApiVersion")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::Version("the daemon reports no API version in /_ping or /version".into()))?
+                    .to_string()
+            }
+        };
+        let v = protocol::docker::negotiate_api_version(&daemon).ok_or_else(|| {
+            Error::Version(format!(
+                "the daemon's API version {daemon:?} is not supported (need at least {})",
+                protocol::docker::MIN_API_VERSION
+            ))
+        })?;
+        log::debug!("docker API version {v} (daemon {daemon}, ours {})", protocol::docker::API_VERSION);
+        if let Ok(mut g) = self.api_version.lock() {
+            *g = Some(v.clone());
+        }
+        Ok(v)
+    }
+
+    /// `GET /_ping`: returns the round-trip time.
+    pub fn ping(&self, deadline: Option<Instant>) -> Result<Duration> {
+        let start = Instant::now();
+        let r = self.send(Method::Get, "/_ping", None, deadline, &mut |_| {})?;
+        if r.status != 200 {
+            return Err(Error::Protocol(format!("/_ping answered HTTP {}", r.status)));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// A versioned GET that must answer 2xx JSON.
+    pub fn get_json(&self, path: &str, deadline: Option<Instant>) -> Result<Value, ErrorBody> {
+        let v = self.api_version(deadline)?;
+        let r = self.send(Method::Get, &format!("/v{v}{path}"), None, deadline, &mut |_| {})?;
+        if !(200..300).contains(&r.status) {
+            return Err(protocol::docker::error_from_response(&r));
+        }
+        serde_json::from_slice(&r.body)
+            .map_err(|e| ErrorBody::new(ErrorCode::DockerError, format!("{path} answered invalid JSON: {e}")))
+    }
+
+    /// Opens a long-lived streaming GET (`/events`): no read timeout, ended by the daemon or
+    /// by [`Closer::close`]. Non-2xx answers are returned as errors with Docker's message.
+    pub fn stream(&self, path_and_query: &str) -> Result<(Stream, Closer), ErrorBody> {
+        let v = self.api_version(None)?;
+        let uri = format!("/v{v}{path_and_query}");
+        let (head, mut reader) = self.start("GET", &uri, None, None)?;
+        let framing = Framing::of(false, &head).map_err(|e| self.http_error(e))?;
+        if !(200..300).contains(&head.status) {
+            let mut body = Vec::new();
+            let _ = reader.read_body(framing, 64 * 1024, &mut |d| body.extend_from_slice(d));
+            return Err(protocol::docker::error_from_response(&DockerResponse {
+                status: head.status,
+                headers: head.headers,
+                body,
+            }));
+        }
+        // Events replayed by `since` may already sit in the reader's buffer: keep the reader.
+        reader.get_mut().io_timeout = None;
+        let closer = Closer(reader.get_mut().conn.try_clone().map_err(|e| self.unreachable(e))?);
+        Ok((Stream { head, framing, reader }, closer))
+    }
+
+    /// A [`Transport`] for one operation, with an overall deadline.
+    pub fn transport(&self, deadline: Option<Instant>) -> DockerTransport<'_> {
+        DockerTransport { client: self, deadline }
+    }
+}
+
+/// Runs catalog operations over a [`DockerClient`] with a deadline.
+pub struct DockerTransport<'a> {
+    client: &'a DockerClient,
+    deadline: Option<Instant>,
+}
+
+impl Transport for DockerTransport<'_> {
+    fn call(&mut self, req: &DockerRequest, on_line: &mut dyn FnMut(&[u8])) -> Result<DockerResponse, ErrorBody> {
+        let v = self.client.api_version(self.deadline)?;
+        let uri = req.uri(Some(&v));
+        let body = req.body_bytes();
+        let mut lines = LineSplitter::default();
+        let resp = self.client.send(req.method, &uri, body.as_deref(), self.deadline, &mut |d| {
+            if req.progress {
+                lines.feed(d, on_line);
+            }
+        })?;
+        if req.progress {
+            lines.finish(on_line);
+        }
+        Ok(resp)
+    }
+}
