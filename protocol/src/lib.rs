@@ -12,6 +12,7 @@ pub mod docker;
 pub mod error;
 pub mod message;
 pub mod ops;
+pub mod passthrough;
 pub mod secret;
 pub mod time;
 

@@ -41,10 +41,16 @@ pub enum MessageType {
     ConfigUpdate,
     // either side
     Disconnect,
+    // Docker API passthrough streams (protocol version 2)
+    StreamOpen,
+    StreamResponse,
+    StreamEnd,
+    StreamCancel,
+    StreamCredit,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 10] = [
+    pub const ALL: [MessageType; 15] = [
         MessageType::Auth,
         MessageType::Heartbeat,
         MessageType::CommandResponse,
@@ -55,6 +61,11 @@ impl MessageType {
         MessageType::Command,
         MessageType::ConfigUpdate,
         MessageType::Disconnect,
+        MessageType::StreamOpen,
+        MessageType::StreamResponse,
+        MessageType::StreamEnd,
+        MessageType::StreamCancel,
+        MessageType::StreamCredit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +80,11 @@ impl MessageType {
             MessageType::Command => "command",
             MessageType::ConfigUpdate => "config_update",
             MessageType::Disconnect => "disconnect",
+            MessageType::StreamOpen => "stream_open",
+            MessageType::StreamResponse => "stream_response",
+            MessageType::StreamEnd => "stream_end",
+            MessageType::StreamCancel => "stream_cancel",
+            MessageType::StreamCredit => "stream_credit",
         }
     }
 
@@ -276,6 +292,96 @@ pub struct DisconnectPayload {
     pub reason: Option<String>,
 }
 
+/// `stream_open` (server -> agent): start one Docker Engine API request on a new stream.
+/// The request body, if any, follows as binary data frames, then `stream_end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamOpenPayload {
+    pub stream_id: u32,
+    pub method: String,
+    /// Origin-form target: the path (with its `/vX.Y` prefix, if any) and the query.
+    pub path: String,
+    /// End-to-end request headers; hop-by-hop headers are already removed.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Whether a request body follows as data frames.
+    #[serde(default)]
+    pub body: bool,
+    /// The client asked to hijack the connection (`Upgrade: tcp`), as attach and exec do.
+    #[serde(default)]
+    pub upgrade: bool,
+}
+
+/// `stream_response` (agent -> server): the daemon's status and headers. For `101` the
+/// stream is hijacked: raw bytes flow both ways until each side sends `stream_end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamResponsePayload {
+    pub stream_id: u32,
+    pub status: u16,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// `stream_end` (either side): the sender will send no more data on this stream. With an
+/// `error`, the stream failed (for example the daemon connection broke).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEndPayload {
+    pub stream_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `stream_cancel` (either side): abort the stream in both directions now; the agent closes
+/// its daemon connection (for example when the CLI went away).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamCancelPayload {
+    pub stream_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `stream_credit` (either side): the receiver consumed `bytes` of this stream's data and the
+/// sender may send that much more. Each direction starts with [`STREAM_WINDOW`] bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamCreditPayload {
+    pub stream_id: u32,
+    pub bytes: u32,
+}
+
+/// The protocol version that adds passthrough streams.
+pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
+/// Bytes a sender may have in flight per stream and direction before it waits for credit.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest payload of one binary data frame.
+pub const STREAM_CHUNK: usize = 32 * 1024;
+/// The largest number of open streams per agent.
+pub const MAX_STREAMS: usize = 256;
+
+/// Encodes a binary data frame: the stream id as a big-endian u32, then the bytes.
+pub fn encode_data_frame(stream_id: u32, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + data.len());
+    f.extend_from_slice(&stream_id.to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// Decodes a binary data frame into its stream id and bytes.
+pub fn decode_data_frame(frame: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    if frame.len() < 4 {
+        return Err(DecodeError::Malformed(format!(
+            "binary frame of {} bytes has no stream id",
+            frame.len()
+        )));
+    }
+    if frame.len() > 4 + STREAM_CHUNK {
+        return Err(DecodeError::TooLarge {
+            size: frame.len(),
+            max: 4 + STREAM_CHUNK,
+        });
+    }
+    let id = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    Ok((id, &frame[4..]))
+}
+
 /// A typed message: the envelope's `type` and `payload` together.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -289,6 +395,11 @@ pub enum Message {
     Command(CommandPayload),
     ConfigUpdate(ConfigUpdatePayload),
     Disconnect(DisconnectPayload),
+    StreamOpen(StreamOpenPayload),
+    StreamResponse(StreamResponsePayload),
+    StreamEnd(StreamEndPayload),
+    StreamCancel(StreamCancelPayload),
+    StreamCredit(StreamCreditPayload),
 }
 
 impl Message {
@@ -304,6 +415,11 @@ impl Message {
             Message::Command(_) => MessageType::Command,
             Message::ConfigUpdate(_) => MessageType::ConfigUpdate,
             Message::Disconnect(_) => MessageType::Disconnect,
+            Message::StreamOpen(_) => MessageType::StreamOpen,
+            Message::StreamResponse(_) => MessageType::StreamResponse,
+            Message::StreamEnd(_) => MessageType::StreamEnd,
+            Message::StreamCancel(_) => MessageType::StreamCancel,
+            Message::StreamCredit(_) => MessageType::StreamCredit,
         }
     }
 
@@ -319,6 +435,11 @@ impl Message {
             Message::Command(p) => serde_json::to_value(p),
             Message::ConfigUpdate(p) => serde_json::to_value(p),
             Message::Disconnect(p) => serde_json::to_value(p),
+            Message::StreamOpen(p) => serde_json::to_value(p),
+            Message::StreamResponse(p) => serde_json::to_value(p),
+            Message::StreamEnd(p) => serde_json::to_value(p),
+            Message::StreamCancel(p) => serde_json::to_value(p),
+            Message::StreamCredit(p) => serde_json::to_value(p),
         };
         // Our payload types serialise to JSON objects infallibly (string keys only).
         v.unwrap_or(Value::Null)
@@ -432,6 +553,11 @@ impl Envelope {
             MessageType::Command => Message::Command(payload(kind, p)?),
             MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
             MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
+            MessageType::StreamOpen => Message::StreamOpen(payload(kind, p)?),
+            MessageType::StreamResponse => Message::StreamResponse(payload(kind, p)?),
+            MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
+            MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
+            MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
         };
         Ok(Envelope {
             id: raw.id,

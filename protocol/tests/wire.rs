@@ -139,6 +139,41 @@ fn one_of_each() -> Vec<Message> {
         Message::Disconnect(DisconnectPayload {
             reason: Some("shutdown".into()),
         }),
+        Message::StreamOpen(StreamOpenPayload {
+            stream_id: 7,
+            method: "POST".into(),
+            path: "/v1.41/exec/abc/start".into(),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: true,
+            upgrade: true,
+        }),
+        Message::StreamResponse(StreamResponsePayload {
+            stream_id: 7,
+            status: 101,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/vnd.docker.raw-stream".into(),
+            )],
+        }),
+        Message::StreamEnd(StreamEndPayload {
+            stream_id: 7,
+            error: None,
+        }),
+        Message::StreamEnd(StreamEndPayload {
+            stream_id: 8,
+            error: Some(ErrorBody::new(
+                ErrorCode::DockerUnreachable,
+                "socket closed",
+            )),
+        }),
+        Message::StreamCancel(StreamCancelPayload {
+            stream_id: 7,
+            reason: Some("client closed".into()),
+        }),
+        Message::StreamCredit(StreamCreditPayload {
+            stream_id: 7,
+            bytes: 65536,
+        }),
     ]
 }
 
@@ -321,5 +356,25 @@ fn invalid_utf8_is_malformed() {
     assert!(matches!(
         Envelope::decode(&bytes),
         Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn data_frames_carry_the_stream_id_and_are_bounded() {
+    let f = encode_data_frame(0x0102_0304, b"hello");
+    assert_eq!(&f[..4], &[1, 2, 3, 4]);
+    assert_eq!(decode_data_frame(&f).unwrap(), (0x0102_0304, &b"hello"[..]));
+    assert_eq!(
+        decode_data_frame(&encode_data_frame(9, b"")).unwrap(),
+        (9, &b""[..])
+    );
+    assert!(matches!(
+        decode_data_frame(&[0, 1]),
+        Err(DecodeError::Malformed(_))
+    ));
+    let big = encode_data_frame(1, &vec![0u8; STREAM_CHUNK + 1]);
+    assert!(matches!(
+        decode_data_frame(&big),
+        Err(DecodeError::TooLarge { .. })
     ));
 }
