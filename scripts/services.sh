@@ -15,6 +15,8 @@ command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_pkgs+=(gcc-aarch64-linu
 command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need_pkgs+=(gcc-arm-linux-gnueabihf)
 command -v qemu-aarch64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing: ${need_pkgs[*]}"
   apt-get update -qq

@@ -20,23 +20,37 @@ pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/debug/deps/e2e-xxxx -> target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary. `cargo test --workspace` builds them before any test runs.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is missing: build it with `cargo build --workspace --bins` (scripts/test.sh does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// A free loopback port: bound to 0 by the OS, then released for the child to bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Polls `cond` until it returns `Some` or the deadline passes.
@@ -46,7 +60,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -54,7 +71,14 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
 /// Fails the test with a clear message when dockerd is not reachable.
 pub fn require_docker() {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket", DOCKER_SOCKET, "http://localhost/_ping"])
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--unix-socket",
+            DOCKER_SOCKET,
+            "http://localhost/_ping",
+        ])
         .output()
         .expect("curl must be installed (scripts/services.sh installs it)");
     assert!(
@@ -67,11 +91,22 @@ pub fn require_docker() {
 /// Asks the daemon itself over its unix socket: `GET path`, JSON answer.
 pub fn docker_get(path: &str) -> Value {
     let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--max-time", "30", "--unix-socket", DOCKER_SOCKET])
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "--max-time",
+            "30",
+            "--unix-socket",
+            DOCKER_SOCKET,
+        ])
         .arg(format!("http://localhost{path}"))
         .output()
         .expect("curl");
-    assert!(out.status.success(), "docker GET {path}: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "docker GET {path}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     serde_json::from_slice(&out.stdout).expect("daemon JSON")
 }
 
@@ -82,15 +117,26 @@ pub fn docker_cli(args: &[&str]) -> (bool, String) {
         .env("DOCKER_HOST", format!("unix://{DOCKER_SOCKET}"))
         .output()
         .expect("docker CLI");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
 }
 
 /// A unique name for test objects, so parallel tests never collide.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    format!("{prefix}-{}-{}-{:x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        nanos
+    )
 }
 
 /// Removes Docker objects whose names were registered, even when the test panics.
@@ -157,7 +203,10 @@ impl Db {
     pub fn postgres() -> Db {
         let name = unique("e2e").replace('-', "_");
         psql(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {}: {e} (run scripts/services.sh)", pg_admin_url())
+            panic!(
+                "PostgreSQL is not reachable at {}: {e} (run scripts/services.sh)",
+                pg_admin_url()
+            )
         });
         let base = pg_admin_url();
         let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
@@ -183,7 +232,19 @@ pub struct Output(Arc<Mutex<Vec<String>>>);
 
 impl Output {
     fn capture(&self, child: &mut Child) {
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let sink = self.0.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -198,7 +259,10 @@ impl Output {
     }
 
     pub fn contains(&self, needle: &str) -> bool {
-        self.0.lock().map(|v| v.iter().any(|l| l.contains(needle))).unwrap_or(false)
+        self.0
+            .lock()
+            .map(|v| v.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
     }
 }
 
@@ -229,7 +293,10 @@ impl Server {
             admin_token,
             child: None,
             output: Output::default(),
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -252,9 +319,19 @@ impl Server {
             .env_remove("DATABASE_URL")
             .output()
             .expect("run docker-ctl-server token create");
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
-        let token = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
-        assert!(!token.is_empty() && !token.contains(char::is_whitespace), "token create printed {token:?}");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string();
+        assert!(
+            !token.is_empty() && !token.contains(char::is_whitespace),
+            "token create printed {token:?}"
+        );
         token
     }
 
@@ -282,14 +359,22 @@ impl Server {
         self.child = Some(child);
         let url = format!("{}/healthz", self.http());
         let out = self.output.clone();
-        wait_for(&format!("server healthz at {url}"), Duration::from_secs(30), || {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("server exited with {status}:\n{}", out.text());
+        wait_for(
+            &format!("server healthz at {url}"),
+            Duration::from_secs(30),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        panic!("server exited with {status}:\n{}", out.text());
+                    }
                 }
-            }
-            ureq::get(&url).call().ok().filter(|r| r.status() == 200).map(|_| ())
-        });
+                ureq::get(&url)
+                    .call()
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            },
+        );
     }
 
     pub fn http(&self) -> String {
@@ -323,19 +408,36 @@ impl Server {
         self.api_as(&self.admin_token, method, path, body)
     }
 
-    pub fn api_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         api_call(&self.http(), Some(token), method, path, body)
     }
 
     /// Creates an agent-mode host and an agent for it; returns (host_id, agent_id, token).
     pub fn enrol(&self, name: &str) -> (String, String, String) {
-        let (st, host) = self.api("POST", "/api/v1/hosts", Some(json!({"name": name, "connection_mode": "agent"})));
+        let (st, host) = self.api(
+            "POST",
+            "/api/v1/hosts",
+            Some(json!({"name": name, "connection_mode": "agent"})),
+        );
         assert_eq!(st, 201, "create host: {host}");
         let host_id = json_id(&host);
         let agent_id = format!("{name}-agent");
-        let (st, agent) = self.api("POST", "/api/v1/agents", Some(json!({"agent_id": agent_id, "host_id": host_id})));
+        let (st, agent) = self.api(
+            "POST",
+            "/api/v1/agents",
+            Some(json!({"agent_id": agent_id, "host_id": host_id})),
+        );
         assert_eq!(st, 201, "create agent: {agent}");
-        let token = agent["token"].as_str().expect("token shown once").to_string();
+        let token = agent["token"]
+            .as_str()
+            .expect("token shown once")
+            .to_string();
         (host_id, agent_id, token)
     }
 
@@ -364,7 +466,9 @@ impl Server {
 
     pub fn wait_status(&self, host_id: &str, want: &str, timeout: Duration) -> Duration {
         let t0 = Instant::now();
-        wait_for(&format!("host {host_id} {want}"), timeout, || (self.host_status(host_id) == want).then_some(()));
+        wait_for(&format!("host {host_id} {want}"), timeout, || {
+            (self.host_status(host_id) == want).then_some(())
+        });
         t0.elapsed()
     }
 }
@@ -389,7 +493,13 @@ pub fn json_id(v: &Value) -> String {
 }
 
 /// One API call with an optional bearer token. Non-2xx answers are returned, not errors.
-pub fn api_call(base: &str, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub fn api_call(
+    base: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -422,13 +532,18 @@ pub fn api_call(base: &str, token: Option<&str>, method: &str, path: &str, body:
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
-            r.header("Content-Type", "application/json").send(b.unwrap_or(json!({})).to_string())
+            r.header("Content-Type", "application/json")
+                .send(b.unwrap_or(json!({})).to_string())
         }
     };
     let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, v)
 }
 
@@ -443,11 +558,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(server_ws: &str, agent_id: &str, token: &str) -> Agent {
-        Self::start_program(vec![bin("docker-ctl-agent").display().to_string()], server_ws, agent_id, token)
+        Self::start_program(
+            vec![bin("docker-ctl-agent").display().to_string()],
+            server_ws,
+            agent_id,
+            token,
+        )
     }
 
     /// Starts an agent binary through a runner such as `qemu-aarch64`.
-    pub fn start_program(program: Vec<String>, server_ws: &str, agent_id: &str, token: &str) -> Agent {
+    pub fn start_program(
+        program: Vec<String>,
+        server_ws: &str,
+        agent_id: &str,
+        token: &str,
+    ) -> Agent {
         let config_dir = tempfile::tempdir().expect("tempdir");
         let cfg = config_dir.path().join("agent.yaml");
         std::fs::write(
@@ -461,7 +586,13 @@ impl Agent {
             ("DOCKER_CTL_E2E_AGENT".to_string(), agent_id.to_string()),
             ("DOCKER_CTL_E2E_TOKEN".to_string(), token.to_string()),
         ];
-        let mut a = Agent { child: None, output: Output::default(), config_dir, program, env };
+        let mut a = Agent {
+            child: None,
+            output: Output::default(),
+            config_dir,
+            program,
+            env,
+        };
         a.spawn();
         a
     }
@@ -497,7 +628,9 @@ impl Agent {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -9,21 +9,41 @@ use std::time::Duration;
 fn arm_agent_answers_container_list(target: &str, runner: &str) {
     require_docker();
     let bin = repo_root().join(format!("target/{target}/agent/docker-ctl-agent"));
-    assert!(bin.is_file(), "{} is missing: build it with scripts/build-agent.sh", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with scripts/build-agent.sh",
+        bin.display()
+    );
     let qemu = std::process::Command::new(runner).arg("--version").output();
-    assert!(qemu.is_ok_and(|o| o.status.success()), "{runner} is missing: install qemu-user (scripts/services.sh)");
+    assert!(
+        qemu.is_ok_and(|o| o.status.success()),
+        "{runner} is missing: install qemu-user (scripts/services.sh)"
+    );
 
     let server = Server::start(Db::Sqlite);
     let (host_id, agent_id, token) = server.enrol(&unique(&target.replace('_', "-")));
-    let _agent = Agent::start_program(vec![runner.to_string(), bin.display().to_string()], &server.ws(), &agent_id, &token);
+    let _agent = Agent::start_program(
+        vec![runner.to_string(), bin.display().to_string()],
+        &server.ws(),
+        &agent_id,
+        &token,
+    );
     // Emulation is slow: allow for it.
     server.wait_status(&host_id, "online", Duration::from_secs(60));
     let ours = server.op_ok(&host_id, "container.list", json!({"all": true}));
     let theirs = docker_get("/containers/json?all=1");
     let ids = |v: &serde_json::Value, k: &str| -> BTreeSet<String> {
-        v.as_array().unwrap().iter().map(|c| c[k].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[k].as_str().unwrap().to_string())
+            .collect()
     };
-    assert_eq!(ids(&ours, "id"), ids(&theirs, "Id"), "{target} agent lists what the daemon lists");
+    assert_eq!(
+        ids(&ours, "id"),
+        ids(&theirs, "Id"),
+        "{target} agent lists what the daemon lists"
+    );
     let (_, host) = server.api("GET", &format!("/api/v1/hosts/{host_id}"), None);
     assert_eq!(host["status"], "online");
 }

@@ -20,13 +20,29 @@ fn agent_tarball_installs_offline_and_the_installed_agent_checks_its_config() {
     let tarball = out.path().join(format!("{name}.tar.gz"));
     assert!(tarball.is_file(), "{} missing", tarball.display());
     let sums = std::fs::read_to_string(out.path().join("SHA256SUMS")).unwrap();
-    assert!(sums.contains(&format!("{name}.tar.gz")), "SHA256SUMS lists the tarball: {sums}");
+    assert!(
+        sums.contains(&format!("{name}.tar.gz")),
+        "SHA256SUMS lists the tarball: {sums}"
+    );
 
     let x = tempfile::tempdir().unwrap();
-    let st = Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(x.path()).status().unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(x.path())
+        .status()
+        .unwrap();
     assert!(st.success());
     let dir = x.path().join(&name);
-    for f in ["docker-ctl-agent", "agent.yaml.example", "docker-ctl-agent.service", "docker-ctl-agent.init", "install.sh", "SHA256SUMS"] {
+    for f in [
+        "docker-ctl-agent",
+        "agent.yaml.example",
+        "docker-ctl-agent.service",
+        "docker-ctl-agent.init",
+        "install.sh",
+        "SHA256SUMS",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing from the tarball");
     }
 
@@ -38,25 +54,52 @@ fn agent_tarball_installs_offline_and_the_installed_agent_checks_its_config() {
         .arg(dir.join("install.sh"))
         .arg("--root")
         .arg(root.path())
-        .args(["--init", "systemd", "--server", "wss://ctl.example.test", "--agent-id", "edge-7", "--token-file"])
+        .args([
+            "--init",
+            "systemd",
+            "--server",
+            "wss://ctl.example.test",
+            "--agent-id",
+            "edge-7",
+            "--token-file",
+        ])
         .arg(&token_file)
         .env("PATH", "/usr/bin:/bin")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "install.sh failed: {log}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "install.sh failed: {log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(log.contains("checksums verified"), "{log}");
 
     let bin = root.path().join("usr/local/bin/docker-ctl-agent");
     let conf = root.path().join("etc/docker-ctl/agent.yaml");
     let envf = root.path().join("etc/docker-ctl/agent.env");
-    assert!(root.path().join("etc/systemd/system/docker-ctl-agent.service").is_file());
+    assert!(root
+        .path()
+        .join("etc/systemd/system/docker-ctl-agent.service")
+        .is_file());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&envf).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&conf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&envf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     let env_text = std::fs::read_to_string(&envf).unwrap();
-    assert!(env_text.contains("AGENT_ID=edge-7") && env_text.contains("AGENT_AUTH_TOKEN=e2e-secret-token-value"));
+    assert!(
+        env_text.contains("AGENT_ID=edge-7")
+            && env_text.contains("AGENT_AUTH_TOKEN=e2e-secret-token-value")
+    );
 
     // The installed agent reads the installed config with the env file's values.
     let check = Command::new(&bin)
@@ -68,19 +111,46 @@ fn agent_tarball_installs_offline_and_the_installed_agent_checks_its_config() {
         .env("AGENT_AUTH_TOKEN", "e2e-secret-token-value")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(check.status.success(), "--check-config failed: {text}");
-    assert!(text.contains("wss://ctl.example.test"), "effective server url shown: {text}");
+    assert!(
+        text.contains("wss://ctl.example.test"),
+        "effective server url shown: {text}"
+    );
     assert!(text.contains("edge-7"), "agent id shown: {text}");
-    assert!(!text.contains("e2e-secret-token-value"), "the token must be masked: {text}");
+    assert!(
+        !text.contains("e2e-secret-token-value"),
+        "the token must be masked: {text}"
+    );
 
     // Without the token variable the config is invalid, and the error names the variable.
-    let bad = Command::new(&bin).arg("--config").arg(&conf).arg("--check-config").env_clear().env("AGENT_ID", "x").output().unwrap();
+    let bad = Command::new(&bin)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--check-config")
+        .env_clear()
+        .env("AGENT_ID", "x")
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("AGENT_AUTH_TOKEN"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("AGENT_AUTH_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     // Re-running keeps the existing config.
-    let again = Command::new("sh").arg(dir.join("install.sh")).arg("--root").arg(root.path()).args(["--init", "none"]).output().unwrap();
+    let again = Command::new("sh")
+        .arg(dir.join("install.sh"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["--init", "none"])
+        .output()
+        .unwrap();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("kept existing"));
 }

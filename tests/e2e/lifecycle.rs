@@ -34,14 +34,22 @@ on_both_stores!(switching_connection_mode_gives_the_same_answers);
 
 fn online_agent(server: &Server, name: &str) -> (String, String, String, Agent) {
     let (host_id, agent_id, token) = server.enrol(&unique(name));
-    assert_eq!(server.host_status(&host_id), "offline", "a new host is offline until its agent connects");
+    assert_eq!(
+        server.host_status(&host_id),
+        "offline",
+        "a new host is offline until its agent connects"
+    );
     let agent = Agent::start(&server.ws(), &agent_id, &token);
     server.wait_status(&host_id, "online", Duration::from_secs(20));
     (host_id, agent_id, token, agent)
 }
 
 fn names_of(list: &Value) -> BTreeSet<String> {
-    list.as_array().expect("a list").iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
 }
 
 fn enrol_and_run_the_full_lifecycle(db: Db) {
@@ -53,7 +61,12 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
     // The host shows what the agent reported.
     let (_, host) = server.api("GET", &format!("/api/v1/hosts/{host_id}"), None);
     assert_eq!(host["status"], "online");
-    assert!(host["capabilities"].as_array().is_some_and(|c| c.iter().any(|x| x == "docker")), "{host}");
+    assert!(
+        host["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "docker")),
+        "{host}"
+    );
     let (_, agents) = server.api("GET", "/api/v1/agents", None);
     assert!(agents.to_string().contains(&agent_id), "{agents}");
 
@@ -67,7 +80,10 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
                "cmd": ["sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 300"]}),
     );
     let id = created["id"].as_str().expect("created id").to_string();
-    assert_eq!(docker_get(&format!("/containers/{id}/json"))["Name"], format!("/{name}"));
+    assert_eq!(
+        docker_get(&format!("/containers/{id}/json"))["Name"],
+        format!("/{name}")
+    );
     let started = server.op_ok(&host_id, "container.start", json!({"id": name}));
     assert_eq!(started["changed"], true);
 
@@ -78,7 +94,13 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["id"].as_str().unwrap().into(), c["name"].as_str().unwrap().into(), c["status"].as_str().unwrap().into()))
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().into(),
+                c["name"].as_str().unwrap().into(),
+                c["status"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let theirs_set: BTreeSet<(String, String, String)> = theirs
         .as_array()
@@ -87,33 +109,55 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
         .map(|c| {
             (
                 c["Id"].as_str().unwrap().into(),
-                c["Names"][0].as_str().unwrap().trim_start_matches('/').into(),
+                c["Names"][0]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .into(),
                 c["State"].as_str().unwrap().into(),
             )
         })
         .collect();
     assert!(!ours_set.is_empty());
-    assert_eq!(ours_set, theirs_set, "container.list through the agent equals the daemon's list");
+    assert_eq!(
+        ours_set, theirs_set,
+        "container.list through the agent equals the daemon's list"
+    );
     assert!(names_of(&ours).contains(&name));
 
     // Filters in the seed's short form.
-    let filtered = server.op_ok(&host_id, "container.list", json!({"all": true, "filters": {"name": name}}));
+    let filtered = server.op_ok(
+        &host_id,
+        "container.list",
+        json!({"all": true, "filters": {"name": name}}),
+    );
     assert_eq!(names_of(&filtered), BTreeSet::from([name.clone()]));
 
     // inspect matches the daemon.
     let inspected = server.op_ok(&host_id, "container.inspect", json!({"id": name}));
-    assert_eq!(inspected["Id"], docker_get(&format!("/containers/{id}/json"))["Id"]);
+    assert_eq!(
+        inspected["Id"],
+        docker_get(&format!("/containers/{id}/json"))["Id"]
+    );
     assert_eq!(inspected["status"], "running");
 
     // logs, separated by stream.
     let logs = wait_for("container logs", Duration::from_secs(10), || {
         let l = server.op_ok(&host_id, "container.logs", json!({"id": name}));
-        (l["stdout"].as_str()? .contains("hello-out") && l["stderr"].as_str()?.contains("hello-err")).then_some(l)
+        (l["stdout"].as_str()?.contains("hello-out") && l["stderr"].as_str()?.contains("hello-err"))
+            .then_some(l)
     });
-    assert!(!logs["stdout"].as_str().unwrap().contains("hello-err"), "stderr is not mixed into stdout: {logs}");
+    assert!(
+        !logs["stdout"].as_str().unwrap().contains("hello-err"),
+        "stderr is not mixed into stdout: {logs}"
+    );
 
     // exec with exit code and both streams.
-    let ex = server.op_ok(&host_id, "container.exec", json!({"id": name, "cmd": ["sh", "-c", "echo in-exec; echo oops >&2; exit 7"]}));
+    let ex = server.op_ok(
+        &host_id,
+        "container.exec",
+        json!({"id": name, "cmd": ["sh", "-c", "echo in-exec; echo oops >&2; exit 7"]}),
+    );
     assert_eq!(ex["exit_code"], 7);
     assert_eq!(ex["stdout"], "in-exec\n");
     assert_eq!(ex["stderr"], "oops\n");
@@ -125,35 +169,69 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
     // stop, then the daemon agrees it is exited.
     let stopped = server.op_ok(&host_id, "container.stop", json!({"id": name, "t": 1}));
     assert_eq!(stopped["changed"], true);
-    assert_eq!(docker_get(&format!("/containers/{id}/json"))["State"]["Status"], "exited");
+    assert_eq!(
+        docker_get(&format!("/containers/{id}/json"))["State"]["Status"],
+        "exited"
+    );
 
     // errors keep the daemon's message and map to HTTP statuses.
-    let (st, body) = server.op(&host_id, "container.inspect", json!({"id": "no-such-container-e2e"}));
+    let (st, body) = server.op(
+        &host_id,
+        "container.inspect",
+        json!({"id": "no-such-container-e2e"}),
+    );
     assert_eq!(st, 404, "{body}");
     assert_eq!(body["status"], "error");
     assert_eq!(body["error"]["code"], "not_found");
-    assert!(body["error"]["message"].as_str().unwrap().contains("No such container: no-such-container-e2e"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("No such container: no-such-container-e2e"));
     let (st, body) = server.op(&host_id, "container.inspect", json!({"id": "../../info"}));
     assert_eq!(st, 400, "{body}");
     assert_eq!(body["error"]["code"], "invalid_params");
 
     // remove, then the daemon no longer has it.
-    server.op_ok(&host_id, "container.remove", json!({"id": name, "force": true}));
+    server.op_ok(
+        &host_id,
+        "container.remove",
+        json!({"id": name, "force": true}),
+    );
     let gone = docker_get("/containers/json?all=1");
-    assert!(!gone.as_array().unwrap().iter().any(|c| c["Id"] == id.as_str()), "the container is gone");
+    assert!(
+        !gone
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["Id"] == id.as_str()),
+        "the container is gone"
+    );
 
     // image.list matches the daemon.
     let images = server.op_ok(&host_id, "image.list", json!({}));
-    let ours: BTreeSet<String> = images.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
-    let theirs: BTreeSet<String> =
-        docker_get("/images/json").as_array().unwrap().iter().map(|i| i["Id"].as_str().unwrap().to_string()).collect();
+    let ours: BTreeSet<String> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let theirs: BTreeSet<String> = docker_get("/images/json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Id"].as_str().unwrap().to_string())
+        .collect();
     assert!(!ours.is_empty());
     assert_eq!(ours, theirs);
 
     // volume create/remove.
     let vol = unique("e2e-vol");
     cleanup.volume(&vol);
-    let v = server.op_ok(&host_id, "volume.create", json!({"name": vol, "labels": {"e2e": "1"}}));
+    let v = server.op_ok(
+        &host_id,
+        "volume.create",
+        json!({"name": vol, "labels": {"e2e": "1"}}),
+    );
     assert_eq!(v["name"], vol.as_str());
     assert_eq!(docker_get(&format!("/volumes/{vol}"))["Labels"]["e2e"], "1");
     let listed = server.op_ok(&host_id, "volume.list", json!({"filters": {"name": vol}}));
@@ -167,7 +245,10 @@ fn enrol_and_run_the_full_lifecycle(db: Db) {
     cleanup.network(&net);
     let n = server.op_ok(&host_id, "network.create", json!({"name": net}));
     let net_id = n["id"].as_str().unwrap().to_string();
-    assert_eq!(docker_get(&format!("/networks/{net_id}"))["Name"], net.as_str());
+    assert_eq!(
+        docker_get(&format!("/networks/{net_id}"))["Name"],
+        net.as_str()
+    );
     server.op_ok(&host_id, "network.remove", json!({"id": net}));
     let (st, _) = server.op(&host_id, "network.inspect", json!({"id": net_id}));
     assert_eq!(st, 404);
@@ -198,7 +279,10 @@ fn server_killed_and_restarted_agent_reconnects_by_itself(db: Db) {
     // The agent's backoff is capped at 2 s in these tests (max_delay), plus jitter.
     let took = server.wait_status(&host_id, "online", Duration::from_secs(15));
     eprintln!("server restart -> agent online again in {took:?}");
-    assert!(agent.is_running(), "the agent kept running through the outage");
+    assert!(
+        agent.is_running(),
+        "the agent kept running through the outage"
+    );
     server.op_ok(&host_id, "system.ping", json!({}));
 }
 
@@ -208,8 +292,11 @@ fn revoked_token_disconnects_and_rotation_has_a_grace_period(db: Db) {
 
     // Rotation: the new token works; the old one works during the grace period only.
     let (host_id, agent_id, old_token, mut agent) = online_agent(&server, "rot");
-    let (st, rotated) =
-        server.api("POST", &format!("/api/v1/agents/{agent_id}/rotate-token"), Some(json!({"grace_period_secs": 3})));
+    let (st, rotated) = server.api(
+        "POST",
+        &format!("/api/v1/agents/{agent_id}/rotate-token"),
+        Some(json!({"grace_period_secs": 3})),
+    );
     assert_eq!(st, 200, "{rotated}");
     let new_token = rotated["token"].as_str().expect("new token").to_string();
     assert_ne!(new_token, old_token);
@@ -223,7 +310,11 @@ fn revoked_token_disconnects_and_rotation_has_a_grace_period(db: Db) {
     std::thread::sleep(Duration::from_secs(4));
     let _refused = Agent::start(&server.ws(), &agent_id, &old_token);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(server.host_status(&host_id), "offline", "the old token is refused after the grace period");
+    assert_eq!(
+        server.host_status(&host_id),
+        "offline",
+        "the old token is refused after the grace period"
+    );
     drop(_refused);
     let _new_agent = Agent::start(&server.ws(), &agent_id, &new_token);
     server.wait_status(&host_id, "online", Duration::from_secs(10));
@@ -231,14 +322,16 @@ fn revoked_token_disconnects_and_rotation_has_a_grace_period(db: Db) {
     // Revocation closes the live session at once, and the agent cannot come back.
     let (st, body) = server.api("DELETE", &format!("/api/v1/agents/{agent_id}"), None);
     assert!(st == 200 || st == 204, "revoke: {st} {body}");
-    let took = wait_for("revoked agent disconnected", Duration::from_secs(5), || {
+    wait_for("revoked agent disconnected", Duration::from_secs(5), || {
         let (st, h) = server.api("GET", &format!("/api/v1/hosts/{host_id}"), None);
         (st == 404 || h["status"] != "online").then_some(())
     });
-    let _ = took;
     std::thread::sleep(Duration::from_secs(3));
     let (st, h) = server.api("GET", &format!("/api/v1/hosts/{host_id}"), None);
-    assert!(st == 404 || h["status"] == "offline", "revoked agent stays out: {h}");
+    assert!(
+        st == 404 || h["status"] == "offline",
+        "revoked agent stays out: {h}"
+    );
     let (st, body) = server.op(&host_id, "container.list", json!({}));
     assert!(st == 409 || st == 404, "{st} {body}");
 }
@@ -250,10 +343,23 @@ fn switching_connection_mode_gives_the_same_answers(db: Db) {
     let mut cleanup = DockerCleanup::default();
     let name = unique("e2e-mode");
     cleanup.container(&name);
-    docker_cli(&["create", "--name", &name, "--label", "e2e-mode=1", TEST_IMAGE, "sleep", "60"]);
+    docker_cli(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        "e2e-mode=1",
+        TEST_IMAGE,
+        "sleep",
+        "60",
+    ]);
 
     let ask = |h: &str| -> (Value, Value) {
-        let list = server.op_ok(h, "container.list", json!({"all": true, "filters": {"label": "e2e-mode=1"}}));
+        let list = server.op_ok(
+            h,
+            "container.list",
+            json!({"all": true, "filters": {"label": "e2e-mode=1"}}),
+        );
         let insp = server.op_ok(h, "container.inspect", json!({"id": name}));
         (list, insp)
     };
@@ -261,7 +367,8 @@ fn switching_connection_mode_gives_the_same_answers(db: Db) {
     assert_eq!(names_of(&via_agent_list), BTreeSet::from([name.clone()]));
 
     // Switch to direct mode over the unix socket, then over loopback TCP, then back.
-    let tcp = std::env::var("DOCKER_CTL_TEST_DOCKER_TCP").unwrap_or_else(|_| "127.0.0.1:23750".into());
+    let tcp =
+        std::env::var("DOCKER_CTL_TEST_DOCKER_TCP").unwrap_or_else(|_| "127.0.0.1:23750".into());
     for url in [format!("unix://{DOCKER_SOCKET}"), format!("tcp://{tcp}")] {
         let (st, body) = server.api(
             "PATCH",
@@ -270,12 +377,18 @@ fn switching_connection_mode_gives_the_same_answers(db: Db) {
         );
         assert_eq!(st, 200, "switch to direct {url}: {body}");
         let (direct_list, direct_inspect) = ask(&host_id);
-        assert_eq!(direct_list, via_agent_list, "container.list is the same through {url}");
+        assert_eq!(
+            direct_list, via_agent_list,
+            "container.list is the same through {url}"
+        );
         assert_eq!(direct_inspect["Id"], via_agent_inspect["Id"]);
         assert_eq!(direct_inspect["Config"], via_agent_inspect["Config"]);
     }
-    let (st, body) =
-        server.api("PATCH", &format!("/api/v1/hosts/{host_id}"), Some(json!({"connection_mode": "agent"})));
+    let (st, body) = server.api(
+        "PATCH",
+        &format!("/api/v1/hosts/{host_id}"),
+        Some(json!({"connection_mode": "agent"})),
+    );
     assert_eq!(st, 200, "rollback to agent: {body}");
     let (back_list, _) = ask(&host_id);
     assert_eq!(back_list, via_agent_list);
