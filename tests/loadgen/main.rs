@@ -1,0 +1,988 @@
+//! `docker-ctl-loadgen`: benchmarks for the server's capacity and the tunnel's latency.
+//!
+//! It starts its own `docker-ctl-server` (SQLite in a temp dir, or PostgreSQL), simulates
+//! agents that authenticate, heartbeat and answer commands the way a real agent does, and
+//! prints figures. Every loop is bounded in count and time; all traffic stays on loopback.
+//!
+//! ```text
+//! docker-ctl-loadgen capacity --agents 1000 [--rate 1000] [--duration 10] [--heartbeat 5] [--sweep]
+//! docker-ctl-loadgen storm    --agents 1000
+//! docker-ctl-loadgen latency  --calls 1000
+//! ```
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    AuthPayload, AuthStatus, CommandResponsePayload, Envelope, HeartbeatPayload, Message, Secret,
+    PROTOCOL_VERSION,
+};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Fail = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone, Debug)]
+struct Args {
+    mode: String,
+    agents: usize,
+    rate: u64,
+    duration: u64,
+    heartbeat: u64,
+    calls: usize,
+    sweep: bool,
+    database_url: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        mode: String::new(),
+        agents: 1000,
+        rate: 1000,
+        duration: 10,
+        heartbeat: 5,
+        calls: 1000,
+        sweep: false,
+        database_url: None,
+    };
+    let mut it = std::env::args().skip(1);
+    a.mode = it.next().unwrap_or_default();
+    while let Some(k) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{k} needs a value")))
+        };
+        match k.as_str() {
+            "--agents" => a.agents = val().parse().unwrap_or_else(|_| die("--agents: a number")),
+            "--rate" => a.rate = val().parse().unwrap_or_else(|_| die("--rate: a number")),
+            "--duration" => {
+                a.duration = val().parse().unwrap_or_else(|_| die("--duration: seconds"))
+            }
+            "--heartbeat" => {
+                a.heartbeat = val()
+                    .parse()
+                    .unwrap_or_else(|_| die("--heartbeat: seconds"))
+            }
+            "--calls" => a.calls = val().parse().unwrap_or_else(|_| die("--calls: a number")),
+            "--database-url" => a.database_url = Some(val()),
+            "--sweep" => a.sweep = true,
+            other => die(&format!("unknown option {other}")),
+        }
+    }
+    // Bounds: these are benchmarks on a 2-core machine, not soak tests.
+    a.agents = a.agents.clamp(1, 20_000);
+    a.rate = a.rate.clamp(1, 20_000);
+    a.duration = a.duration.clamp(1, 120);
+    a.calls = a.calls.clamp(1, 100_000);
+    a
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--sweep] [--database-url URL]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let r = rt.block_on(async {
+        match args.mode.as_str() {
+            "capacity" => capacity(&args).await,
+            "storm" => storm(&args).await,
+            "latency" => latency(&args).await,
+            _ => die("mode must be capacity, storm or latency"),
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("docker-ctl-loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+
+struct ServerProc {
+    child: std::process::Child,
+    addr: String,
+    data_dir: tempfile::TempDir,
+    database_url: Option<String>,
+    token: String,
+    env: Vec<(String, String)>,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe.parent().expect("bin dir").join(name);
+    if !p.is_file() {
+        die(&format!(
+            "{} not found: build the workspace binaries first",
+            p.display()
+        ));
+    }
+    p
+}
+
+impl ServerProc {
+    fn start(database_url: Option<String>, heartbeat: u64) -> Result<ServerProc, Fail> {
+        let data_dir = tempfile::tempdir()?;
+        let mut db_args = vec![
+            "--data-dir".to_string(),
+            data_dir.path().display().to_string(),
+        ];
+        if let Some(u) = &database_url {
+            db_args.extend(["--database-url".to_string(), u.clone()]);
+        }
+        let out = std::process::Command::new(bin("docker-ctl-server"))
+            .args(["token", "create", "--name", "loadgen", "--role", "admin"])
+            .args(&db_args)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("token create: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut s = ServerProc {
+            child: std::process::Command::new("true").spawn()?,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir,
+            database_url,
+            token,
+            env: vec![(
+                "DOCKER_CTL_HEARTBEAT_INTERVAL".into(),
+                heartbeat.to_string(),
+            )],
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), Fail> {
+        let mut cmd = std::process::Command::new(bin("docker-ctl-server"));
+        cmd.arg("serve")
+            .args(["--listen", &self.addr, "--data-dir"])
+            .arg(self.data_dir.path());
+        if let Some(u) = &self.database_url {
+            cmd.args(["--database-url", u]);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.child = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&self.addr).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("server did not start listening within 30 s".into())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Resident set size of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// CPU time (user + system) of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; here index 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+// ---------------------------------------------------------------------------------------
+// The REST API
+
+#[derive(Clone)]
+struct Api {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(addr: &str, token: &str) -> Api {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(512)
+                .build(http);
+        Api {
+            client,
+            base: format!("http://{addr}"),
+            token: token.to_string(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Fail> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))?;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(30), self.client.request(req)).await??;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, v))
+    }
+}
+
+fn id_of(v: &Value) -> String {
+    match &v["id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Creates N hosts with one agent each; returns (host_id, agent_id, token).
+async fn enrol_many(api: &Api, n: usize) -> Result<Vec<(String, String, String)>, Fail> {
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let api = api.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
+            let (st, host) = api
+                .call(
+                    "POST",
+                    "/api/v1/hosts",
+                    Some(json!({"name": format!("sim-{i}"), "connection_mode": "agent"})),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if st != 201 {
+                return Err(format!("create host: {st} {host}"));
+            }
+            let host_id = id_of(&host);
+            let agent_id = format!("sim-agent-{i}");
+            let (st, agent) = api
+                .call(
+                    "POST",
+                    "/api/v1/agents",
+                    Some(json!({"agent_id": agent_id, "host_id": host_id})),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if st != 201 {
+                return Err(format!("create agent: {st} {agent}"));
+            }
+            Ok((
+                host_id,
+                agent_id,
+                agent["token"].as_str().unwrap_or_default().to_string(),
+            ))
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await?.map_err(Fail::from)?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulated agents
+
+#[derive(Default)]
+struct Counters {
+    online: AtomicU64,
+    auth_ok: AtomicU64,
+    failed_handshakes: AtomicU64,
+    refused: AtomicU64,
+    commands: AtomicU64,
+    heartbeats: AtomicU64,
+    /// Milliseconds since the storm's start of each successful authentication.
+    arrivals: Mutex<Vec<u64>>,
+    /// Unix time (ms) of each agent's last heartbeat marker, for lag sampling.
+    stop: AtomicBool,
+}
+
+fn canned_containers() -> Value {
+    json!([
+        {"id": "4f1c0e0b5a2d", "name": "web-1", "image": "nginx:latest", "status": "running"},
+        {"id": "9a8b7c6d5e4f", "name": "db-1", "image": "postgres:16", "status": "running"},
+        {"id": "0123456789ab", "name": "job-7", "image": "busybox:latest", "status": "exited"}
+    ])
+}
+
+struct SimAgent {
+    ws_url: String,
+    agent_id: String,
+    token: String,
+    heartbeat: Duration,
+}
+
+/// One simulated agent: connects, authenticates, heartbeats, answers commands, and
+/// reconnects with the seed's backoff (base 1 s, factor 2, max 60 s, +10% jitter).
+async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
+    let mut attempt: u32 = 0;
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20);
+    while !c.stop.load(Ordering::Relaxed) {
+        let url = format!("{}/ws/agents/{}", a.ws_url, a.agent_id);
+        let connected = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), true),
+        )
+        .await;
+        let mut ws = match connected {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                let refused = matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                if refused {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                }
+                backoff(&mut attempt).await;
+                continue;
+            }
+            Err(_) => {
+                c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                backoff(&mut attempt).await;
+                continue;
+            }
+        };
+        let auth = Envelope::new(
+            format!("auth-{}", a.agent_id),
+            Message::Auth(AuthPayload {
+                agent_id: a.agent_id.clone(),
+                auth_token: Secret::new(a.token.clone()),
+                version: "loadgen".into(),
+                capabilities: vec!["docker".into()],
+                protocol_version: Some(PROTOCOL_VERSION),
+            }),
+        );
+        if ws.send(WsMessage::text(auth.encode())).await.is_err() {
+            c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+            backoff(&mut attempt).await;
+            continue;
+        }
+        let authed = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if let WsMessage::Text(t) = m {
+                    if let Ok(env) = Envelope::decode(t.as_bytes()) {
+                        if let Message::AuthResponse(r) = env.message {
+                            return r.status == AuthStatus::Authenticated;
+                        }
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !authed {
+            c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+            backoff(&mut attempt).await;
+            continue;
+        }
+        attempt = 0;
+        c.auth_ok.fetch_add(1, Ordering::Relaxed);
+        c.online.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut v) = c.arrivals.lock() {
+            v.push(t0.elapsed().as_millis() as u64);
+        }
+        // Spread heartbeats over the interval.
+        let offset =
+            Duration::from_millis(rand::random::<u64>() % a.heartbeat.as_millis().max(1) as u64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, a.heartbeat);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    n += 1;
+                    let hb = Envelope::new(format!("hb-{n}"), Message::Heartbeat(HeartbeatPayload {
+                        docker_reachable: Some(true),
+                        containers_running: Some(2),
+                        containers_total: Some(3),
+                        agent_uptime_secs: Some(n),
+                        ..Default::default()
+                    }));
+                    if ws.send(WsMessage::text(hb.encode())).await.is_err() { break; }
+                    c.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+                m = ws.next() => {
+                    match m {
+                        Some(Ok(WsMessage::Text(t))) => {
+                            if let Ok(env) = Envelope::decode(t.as_bytes()) {
+                                if let Message::Command(cmd) = env.message {
+                                    let data = match cmd.operation.as_str() {
+                                        "container.list" => canned_containers(),
+                                        "system.ping" => json!({"ok": true, "api_version": "1.41"}),
+                                        _ => json!({}),
+                                    };
+                                    let resp = Envelope::new(env.id, Message::CommandResponse(CommandResponsePayload::Success { data }));
+                                    if ws.send(WsMessage::text(resp.encode())).await.is_err() { break; }
+                                    c.commands.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+            if c.stop.load(Ordering::Relaxed) {
+                let _ = ws.close(None).await;
+                c.online.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        c.online.fetch_sub(1, Ordering::Relaxed);
+        backoff(&mut attempt).await;
+    }
+}
+
+async fn backoff(attempt: &mut u32) {
+    let base = 1.0f64 * 2f64.powi((*attempt).min(16) as i32);
+    let delay = base.min(60.0);
+    let jitter = delay * 0.1 * rand::random::<f64>();
+    *attempt += 1;
+    tokio::time::sleep(Duration::from_secs_f64(delay + jitter)).await;
+}
+
+async fn start_agents(
+    server: &ServerProc,
+    creds: &[(String, String, String)],
+    heartbeat: u64,
+    c: &Arc<Counters>,
+    t0: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::with_capacity(creds.len());
+    for (i, (_, agent_id, token)) in creds.iter().enumerate() {
+        let a = SimAgent {
+            ws_url: format!("ws://{}", server.addr),
+            agent_id: agent_id.clone(),
+            token: token.clone(),
+            heartbeat: Duration::from_secs(heartbeat),
+        };
+        handles.push(tokio::spawn(run_sim_agent(a, c.clone(), t0)));
+        // Ramp up: 1,000 connections per second at most while first connecting.
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    handles
+}
+
+async fn wait_online(c: &Counters, n: u64, timeout: Duration) -> Result<Duration, Fail> {
+    let t0 = Instant::now();
+    while c.online.load(Ordering::Relaxed) < n {
+        if t0.elapsed() > timeout {
+            return Err(format!(
+                "only {} of {n} agents online after {timeout:?}",
+                c.online.load(Ordering::Relaxed)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(t0.elapsed())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Sends commands to random hosts at `rate` per second for `secs`; returns (latencies ms, errors).
+async fn command_load(api: &Api, hosts: &[String], rate: u64, secs: u64) -> (Vec<f64>, u64) {
+    let total = rate * secs;
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let inflight = Arc::new(Semaphore::new(2048));
+    let hosts = Arc::new(hosts.to_vec());
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        // Open loop: request i is due at start + i * period, whatever happened before.
+        tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let api = api.clone();
+        let lat = lat.clone();
+        let errors = errors.clone();
+        let host = hosts[rand::random::<u64>() as usize % hosts.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = api
+                .call(
+                    "POST",
+                    &format!("/api/v1/hosts/{host}/operations"),
+                    Some(json!({"operation": "container.list", "params": {"all": true}})),
+                )
+                .await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            match r {
+                Ok((200, _)) => {
+                    if let Ok(mut v) = lat.lock() {
+                        v.push(ms)
+                    }
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v, errors.load(Ordering::Relaxed))
+}
+
+/// Heartbeat processing lag: how long after a heartbeat is sent the server shows it.
+async fn heartbeat_lag(
+    api: &Api,
+    server: &ServerProc,
+    creds: &[(String, String, String)],
+    samples: usize,
+) -> Vec<f64> {
+    let mut lags = Vec::new();
+    for (host_id, agent_id, token) in creds.iter().take(samples) {
+        // A dedicated connection per sample, so the marker is ours.
+        let url = format!("ws://{}/ws/agents/{agent_id}", server.addr);
+        let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        else {
+            continue;
+        };
+        let auth = Envelope::new(
+            "auth-lag",
+            Message::Auth(AuthPayload {
+                agent_id: agent_id.clone(),
+                auth_token: Secret::new(token.clone()),
+                version: "loadgen".into(),
+                capabilities: vec!["docker".into()],
+                protocol_version: Some(PROTOCOL_VERSION),
+            }),
+        );
+        if ws.send(WsMessage::text(auth.encode())).await.is_err() {
+            continue;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        let marker = 900_000_000 + rand::random::<u32>() as u64 % 1_000_000;
+        let hb = Envelope::new(
+            "hb-lag",
+            Message::Heartbeat(HeartbeatPayload {
+                agent_uptime_secs: Some(marker),
+                ..Default::default()
+            }),
+        );
+        let t = Instant::now();
+        if ws.send(WsMessage::text(hb.encode())).await.is_err() {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((200, h)) = api
+                .call("GET", &format!("/api/v1/hosts/{host_id}"), None)
+                .await
+            {
+                if h.to_string().contains(&marker.to_string()) {
+                    lags.push(t.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = ws.close(None).await;
+    }
+    lags.sort_by(|a, b| a.total_cmp(b));
+    lags
+}
+
+// ---------------------------------------------------------------------------------------
+// Modes
+
+async fn capacity(args: &Args) -> Result<(), Fail> {
+    let n = args.agents;
+    let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
+    let api = Api::new(&server.addr, &server.token);
+    let t_enrol = Instant::now();
+    let creds = enrol_many(&api, n).await?;
+    println!(
+        "enrolled {n} agents in {:.1} s",
+        t_enrol.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = rss_bytes(server.pid());
+
+    let c = Arc::new(Counters::default());
+    let t0 = Instant::now();
+    let handles = start_agents(&server, &creds, args.heartbeat, &c, t0).await;
+    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 100)).await?;
+    println!("{n} agents online in {:.1} s", up.as_secs_f64());
+    // Let every agent heartbeat at least twice, then measure idle memory and CPU.
+    tokio::time::sleep(Duration::from_secs(args.heartbeat * 2 + 1)).await;
+    let rss1 = rss_bytes(server.pid());
+    let cpu_a = cpu_secs(server.pid());
+    let hb_a = c.heartbeats.load(Ordering::Relaxed);
+    let idle_window = Duration::from_secs(args.heartbeat.max(5));
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = (cpu_secs(server.pid()) - cpu_a) / idle_window.as_secs_f64() * 100.0;
+    let hb_rate = (c.heartbeats.load(Ordering::Relaxed) - hb_a) as f64 / idle_window.as_secs_f64();
+
+    let lags = heartbeat_lag(&api, &server, &creds[..creds.len().min(20)], 20).await;
+    let hosts: Vec<String> = creds.iter().map(|(h, _, _)| h.clone()).collect();
+
+    let cpu_b = cpu_secs(server.pid());
+    let tl = Instant::now();
+    let (lat, errors) = command_load(&api, &hosts, args.rate, args.duration).await;
+    let load_cpu = (cpu_secs(server.pid()) - cpu_b) / tl.elapsed().as_secs_f64() * 100.0;
+    let rss2 = rss_bytes(server.pid());
+
+    println!(
+        "--- capacity: N = {n}, heartbeat every {} s ---",
+        args.heartbeat
+    );
+    println!(
+        "server RSS: before agents {:.1} MiB, {n} idle agents {:.1} MiB, under load {:.1} MiB",
+        mib(rss0),
+        mib(rss1),
+        mib(rss2)
+    );
+    println!(
+        "server RSS per agent: {:.1} KiB",
+        (rss1.saturating_sub(rss0)) as f64 / 1024.0 / n as f64
+    );
+    println!("server CPU: idle with heartbeats {:.1}% ({:.0} heartbeats/s), during commands {:.1}% (of one core)", idle_cpu, hb_rate, load_cpu);
+    println!(
+        "heartbeat processing lag (send -> visible in API, {} samples): p50 {:.1} ms, p99 {:.1} ms",
+        lags.len(),
+        percentile(&lags, 50.0),
+        percentile(&lags, 99.0)
+    );
+    println!(
+        "routed commands at {}/s for {} s: {} ok, {} errors, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.rate,
+        args.duration,
+        lat.len(),
+        errors,
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    if args.sweep {
+        let mut rate = args.rate;
+        let mut best = 0;
+        for _ in 0..6 {
+            let (l, e) = command_load(&api, &hosts, rate, 5).await;
+            let p99 = percentile(&l, 99.0);
+            println!("sweep: {rate}/s -> p99 {p99:.2} ms, {e} errors");
+            if p99 > 50.0 || e > 0 {
+                break;
+            }
+            best = rate;
+            rate *= 2;
+        }
+        println!("largest rate with p99 <= 50 ms: {best}/s");
+    }
+    c.stop.store(true, Ordering::Relaxed);
+    server.kill();
+    for h in handles {
+        h.abort();
+    }
+    Ok(())
+}
+
+async fn storm(args: &Args) -> Result<(), Fail> {
+    let n = args.agents;
+    let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
+    let api = Api::new(&server.addr, &server.token);
+    let creds = enrol_many(&api, n).await?;
+    let c = Arc::new(Counters::default());
+    let handles = start_agents(&server, &creds, args.heartbeat, &c, Instant::now()).await;
+    wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 100)).await?;
+    println!("{n} agents online; restarting the server");
+    let failed_before = c.failed_handshakes.load(Ordering::Relaxed);
+
+    server.kill();
+    let t0 = Instant::now();
+    // Agents notice the closed sockets at once and back off; restart while they wait.
+    let c2 = c.clone();
+    let drained = tokio::time::timeout(Duration::from_secs(30), async move {
+        while c2.online.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        return Err("agents did not notice the server going away within 30 s".into());
+    }
+    if let Ok(mut v) = c.arrivals.lock() {
+        v.clear();
+    }
+    let restart_at = t0.elapsed();
+    server.spawn()?;
+    let took = wait_online(&c, n as u64, Duration::from_secs(180)).await?;
+    let mut arrivals = c.arrivals.lock().map(|v| v.clone()).unwrap_or_default();
+    arrivals.sort_unstable();
+    let mut max_window = 0;
+    let mut j = 0;
+    for i in 0..arrivals.len() {
+        while arrivals[i] - arrivals[j] >= 100 {
+            j += 1;
+        }
+        max_window = max_window.max(i - j + 1);
+    }
+    let failed = c.failed_handshakes.load(Ordering::Relaxed) - failed_before;
+    println!("--- reconnect storm: N = {n} ---");
+    println!(
+        "server down for {:.2} s (kill to restart)",
+        restart_at.as_secs_f64()
+    );
+    println!(
+        "all {n} agents online again {:.2} s after the restart",
+        took.as_secs_f64()
+    );
+    println!(
+        "failed handshakes: {failed} (refused connections while down: {})",
+        c.refused.load(Ordering::Relaxed)
+    );
+    println!("largest number of arrivals in any 100 ms window: {max_window}");
+    c.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.abort();
+    }
+    Ok(())
+}
+
+async fn latency(args: &Args) -> Result<(), Fail> {
+    let server = ServerProc::start(args.database_url.clone(), 5)?;
+    let api = Api::new(&server.addr, &server.token);
+    let creds = enrol_many(&api, 1).await?;
+    let (host_id, agent_id, token) = creds[0].clone();
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  url: ws://{}\nagent:\n  id: {agent_id}\n  auth_token: {token}\ndocker:\n  socket: unix:///var/run/docker.sock\n  timeout: 30\nlogging:\n  level: warn\n",
+            server.addr
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut agent = std::process::Command::new(bin("docker-ctl-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = api
+            .call("GET", &format!("/api/v1/hosts/{host_id}"), None)
+            .await?;
+        if h["status"] == "online" {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = agent.kill();
+            return Err("the agent did not come online".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A container to inspect.
+    let name = format!("loadgen-lat-{}", std::process::id());
+    let _ = std::process::Command::new("docker")
+        .args([
+            "create",
+            "--name",
+            &name,
+            "docker-ctl-test/busybox:latest",
+            "true",
+        ])
+        .output();
+
+    let docker = DirectDocker::new();
+    let mut report = Vec::new();
+    for (op, params, path) in [
+        (
+            "container.list",
+            json!({"all": true}),
+            "/v1.41/containers/json?all=1".to_string(),
+        ),
+        (
+            "container.inspect",
+            json!({"id": name}),
+            format!("/v1.41/containers/{name}/json"),
+        ),
+    ] {
+        // Warm up both paths.
+        for _ in 0..20 {
+            let _ = api
+                .call(
+                    "POST",
+                    &format!("/api/v1/hosts/{host_id}/operations"),
+                    Some(json!({"operation": op, "params": params})),
+                )
+                .await;
+            let _ = docker.get(&path).await;
+        }
+        let mut tunnel = Vec::with_capacity(args.calls);
+        let mut direct = Vec::with_capacity(args.calls);
+        for _ in 0..args.calls {
+            let t = Instant::now();
+            let (st, _) = api
+                .call(
+                    "POST",
+                    &format!("/api/v1/hosts/{host_id}/operations"),
+                    Some(json!({"operation": op, "params": params})),
+                )
+                .await?;
+            if st != 200 {
+                return Err(format!("{op} through the tunnel answered {st}").into());
+            }
+            tunnel.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            docker.get(&path).await?;
+            direct.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        tunnel.sort_by(|a, b| a.total_cmp(b));
+        direct.sort_by(|a, b| a.total_cmp(b));
+        report.push((op, tunnel, direct));
+    }
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &name])
+        .output();
+    let agent_rss = rss_bytes(agent.id());
+    let server_rss = rss_bytes(server.pid());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    println!(
+        "--- latency: {} calls each, same machine, same run ---",
+        args.calls
+    );
+    for (op, t, d) in report {
+        let (tp50, tp99, dp50, dp99) = (
+            percentile(&t, 50.0),
+            percentile(&t, 99.0),
+            percentile(&d, 50.0),
+            percentile(&d, 99.0),
+        );
+        println!(
+            "{op}: through server+agent p50 {tp50:.3} ms p99 {tp99:.3} ms | direct socket p50 {dp50:.3} ms p99 {dp99:.3} ms | added p50 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x",
+            tp50 - dp50,
+            tp99 - dp99,
+            tp50 / dp50
+        );
+    }
+    println!(
+        "RSS after the run: agent {:.2} MiB, server {:.1} MiB",
+        mib(agent_rss),
+        mib(server_rss)
+    );
+    Ok(())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1024.0 / 1024.0
+}
+
+/// A keep-alive HTTP/1.1 client on the Docker socket, for the direct baseline.
+struct DirectDocker {
+    client: hyper_util::client::legacy::Client<
+        hyperlocal::UnixConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl DirectDocker {
+    fn new() -> DirectDocker {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyperlocal::UnixConnector);
+        DirectDocker { client }
+    }
+
+    async fn get(&self, path: &str) -> Result<bytes::Bytes, Fail> {
+        use http_body_util::BodyExt;
+        let uri: hyper::Uri = hyperlocal::Uri::new("/var/run/docker.sock", path).into();
+        let req = hyper::Request::get(uri).body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let resp = self.client.request(req).await?;
+        if !resp.status().is_success() {
+            return Err(format!("docker GET {path}: {}", resp.status()).into());
+        }
+        Ok(resp.into_body().collect().await?.to_bytes())
+    }
+}
