@@ -1,3 +1,190 @@
-//! docker-ctl-agent as a library: `run(config, shutdown)` runs the real agent in-process.
+//! docker-ctl-agent as a library. [`run`] runs the real agent in-process (the binary and the
+//! tests both call it).
+//!
+//! Threads: the session thread (the caller of `run`: WebSocket I/O, heartbeats, reconnects),
+//! a pool of command workers, one Docker events follower, and one health prober. No async
+//! runtime.
 
+pub mod config;
+pub mod connection;
 pub mod docker;
+pub mod health;
+pub mod log;
+pub mod ops;
+
+use config::Config;
+use docker::{Closer, DockerClient, Endpoint};
+use ops::events::EventBuffer;
+use protocol::Envelope;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A shutdown request that sleeping threads notice at once.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<(Mutex<bool>, Condvar, AtomicBool)>);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn trigger(&self) {
+        let (m, c, flag) = &*self.0;
+        flag.store(true, Ordering::SeqCst);
+        if let Ok(mut g) = m.lock() {
+            *g = true;
+        }
+        c.notify_all();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0 .2.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`; returns true when shutdown was requested.
+    pub fn wait(&self, d: Duration) -> bool {
+        let (m, c, _) = &*self.0;
+        let deadline = Instant::now() + d;
+        let Ok(mut g) = m.lock() else { return self.is_set() };
+        while !*g {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = match c.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(_) => return self.is_set(),
+            };
+        }
+        *g
+    }
+}
+
+/// Counters reported in heartbeats.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// Settings the server may change at any time.
+#[derive(Debug)]
+pub struct Settings {
+    pub heartbeat: AtomicU64,
+    pub command_timeout: AtomicU64,
+}
+
+/// State shared by the agent's threads. Built once by [`run`] and passed down.
+pub struct Agent {
+    pub config: Config,
+    pub docker: DockerClient,
+    pub settings: Settings,
+    pub stats: Arc<Stats>,
+    pub events: Arc<EventBuffer>,
+    pub dedup: Mutex<ops::Dedup>,
+    pub started: Instant,
+    snapshot: Mutex<health::Snapshot>,
+    id_prefix: String,
+    id_counter: AtomicU64,
+}
+
+impl Agent {
+    /// The latest health snapshot.
+    pub fn snapshot(&self) -> health::Snapshot {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// A fresh message id: `{kind}-{random}-{n}`.
+    pub fn next_id(&self, kind: &str) -> String {
+        format!("{kind}-{}-{}", self.id_prefix, self.id_counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Runs the agent until `shutdown` is triggered (returns `Ok`) or reconnecting gives up
+/// (returns the error). When it returns, helper threads are told to stop.
+pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    config.validate()?;
+    let url = connection::ServerUrl::parse(&config.server.url).map_err(anyhow::Error::msg)?;
+    if !config.server.verify_ssl {
+        ::log::warn!(
+            "!!! server.verify_ssl is false: the server's certificate is NOT verified and anyone on the path can impersonate it{} !!!",
+            if config.server.pin_sha256.is_some() { " (a pin is set, which still protects the link)" } else { "" }
+        );
+    }
+    let tls = if url.tls {
+        Some(connection::tls::client_config(&config.server)?)
+    } else {
+        ::log::warn!("server.url uses ws:// without TLS: the token and all traffic are readable on the network; use wss:// outside development");
+        None
+    };
+    let endpoint = Endpoint::parse(&config.docker.socket).map_err(anyhow::Error::msg)?;
+    let docker = DockerClient::new(endpoint, config.docker_timeout());
+    let id_prefix = format!("{:08x}", rand::random_range_u32());
+    let agent = Arc::new(Agent {
+        settings: Settings {
+            heartbeat: AtomicU64::new(config.agent.heartbeat_interval),
+            command_timeout: AtomicU64::new(config.agent.command_timeout),
+        },
+        events: Arc::new(EventBuffer::new(config.agent.event_buffer)),
+        stats: Arc::new(Stats::default()),
+        dedup: Mutex::new(ops::Dedup::default()),
+        started: Instant::now(),
+        snapshot: Mutex::new(health::Snapshot::default()),
+        docker,
+        config,
+        id_prefix,
+        id_counter: AtomicU64::new(1),
+    });
+    let probe_limit = agent.docker.timeout().min(Duration::from_secs(5));
+    let first = health::probe_docker(&agent.docker, probe_limit);
+    if !first.docker_reachable {
+        ::log::warn!("the Docker daemon at {} is not reachable yet; commands will fail until it is", agent.docker.endpoint());
+    }
+    if let Ok(mut s) = agent.snapshot.lock() {
+        *s = first;
+    }
+
+    let pool = ops::pool::Pool::new(agent.config.agent.workers, agent.config.agent.queue)?;
+    let closer: Arc<Mutex<Option<Closer>>> = Arc::new(Mutex::new(None));
+    {
+        let (a, sd) = (agent.clone(), shutdown.clone());
+        std::thread::Builder::new().name("health".into()).stack_size(256 * 1024).spawn(move || loop {
+            let every = Duration::from_secs(a.settings.heartbeat.load(Ordering::Relaxed).clamp(1, 30));
+            if sd.wait(every) {
+                return;
+            }
+            let s = health::probe_docker(&a.docker, probe_limit);
+            if let Ok(mut slot) = a.snapshot.lock() {
+                *slot = s;
+            }
+        })?;
+    }
+    {
+        let (d, b, c, sd) = (agent.docker.clone(), agent.events.clone(), closer.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("events".into())
+            .stack_size(256 * 1024)
+            .spawn(move || ops::events::follow(d, b, c, sd))?;
+    }
+    let (tx, rx) = channel::<Envelope>();
+    let result = connection::session::run_sessions(&agent, tls.as_ref(), &pool, &tx, &rx, &shutdown);
+    shutdown.trigger();
+    if let Ok(slot) = closer.lock() {
+        if let Some(c) = slot.as_ref() {
+            c.close();
+        }
+    }
+    result
+}
+
+mod rand {
+    //! Small random helpers over `rand` (OS-seeded).
+    use ::rand::{Rng, SeedableRng};
+
+    pub fn random_range_u32() -> u32 {
+        ::rand::rngs::StdRng::from_os_rng().random()
+    }
+}

@@ -1,1 +1,126 @@
-fn main() {}
+//! `docker-ctl-agent`: loads the config (see `agent_lite::config` for the precedence of
+//! flags, environment and file), installs the logger and signal handling, and runs the
+//! agent until SIGTERM or SIGINT.
+
+use agent_lite::config::{check_permissions, Config, Overrides};
+use agent_lite::Shutdown;
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_CONFIG: &str = "/etc/docker-ctl/agent.yaml";
+
+/// The docker-ctl edge agent: dials out to the control server and runs Docker commands.
+#[derive(Parser, Debug)]
+#[command(name = "docker-ctl-agent", version)]
+struct Args {
+    /// Config file (YAML). Optional when everything is given by flags or environment.
+    #[arg(long, env = "DOCKER_CTL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Server URL, e.g. wss://control.example.com (overrides server.url).
+    #[arg(long, env = "DOCKER_CTL_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Agent id (overrides agent.id).
+    #[arg(long, env = "DOCKER_CTL_AGENT_ID", value_name = "ID")]
+    agent_id: Option<String>,
+    /// Auth token (overrides agent.auth_token). Prefer the environment or the file: flags
+    /// are visible in the process list.
+    #[arg(long, env = "DOCKER_CTL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Docker endpoint: unix:///var/run/docker.sock or tcp://host:port (overrides docker.socket).
+    #[arg(long, env = "DOCKER_CTL_DOCKER_SOCKET", value_name = "ENDPOINT")]
+    docker_socket: Option<String>,
+    /// Validate the config, print the effective values (secrets masked) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load(args: &Args) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    let (mut config, path) = match &args.config {
+        Some(p) => (Config::load(p, &env)?, Some(p.clone())),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG);
+            if p.exists() {
+                (Config::load(&p, &env)?, Some(p))
+            } else {
+                (Config::empty(), None)
+            }
+        }
+    };
+    config.apply(&Overrides {
+        server: args.server.clone(),
+        agent_id: args.agent_id.clone(),
+        token: args.token.clone().map(Into::into),
+        docker_socket: args.docker_socket.clone(),
+    });
+    config.validate()?;
+    Ok((config, path))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (config, path) = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("docker-ctl-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        match &path {
+            Some(p) => println!("# config file: {}", p.display()),
+            None => println!("# no config file; flags, environment and defaults only"),
+        }
+        print!("{}", config.render());
+        if let Some(w) = path.as_deref().and_then(check_permissions) {
+            println!("# warning: {w}");
+        }
+        println!("# config OK");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = agent_lite::log::init(
+        &config.logging.level,
+        config.logging.file.as_deref(),
+        &[config.agent.auth_token.expose()],
+    )
+    .with_context(|| format!("opening the log file {:?}", config.logging.file))
+    {
+        eprintln!("docker-ctl-agent: {e:#}");
+        return ExitCode::from(2);
+    }
+    log::info!("docker-ctl-agent {} starting as {}", env!("CARGO_PKG_VERSION"), config.agent.id);
+    if let Some(w) = path.as_deref().and_then(check_permissions) {
+        log::warn!("{w}");
+    }
+    let shutdown = Shutdown::new();
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sd = shutdown.clone();
+    let spawned = std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("received signal {sig}; shutting down");
+            sd.trigger();
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    match agent_lite::run(config, shutdown) {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

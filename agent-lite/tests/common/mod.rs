@@ -16,3 +16,37 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+pub mod ws_server;
+
+use agent_lite::config::Config;
+
+/// A config pointing at a test server, with quick heartbeats and reconnects.
+pub fn agent_config(server_url: &str, agent_id: &str) -> Config {
+    let mut c = Config::empty();
+    c.server.url = server_url.to_string();
+    c.agent.id = agent_id.to_string();
+    c.agent.auth_token = "tok-very-secret-123".into();
+    c.agent.heartbeat_interval = 1;
+    c.agent.workers = 3;
+    c.docker.timeout = 30.0;
+    c.reconnection.max_delay = 8.0;
+    c
+}
+
+/// Runs the real agent in-process; returns its shutdown handle and thread.
+pub fn spawn_agent(config: Config) -> (agent_lite::Shutdown, std::thread::JoinHandle<anyhow::Result<()>>) {
+    let shutdown = agent_lite::Shutdown::new();
+    let sd = shutdown.clone();
+    let t = std::thread::spawn(move || agent_lite::run(config, sd));
+    (shutdown, t)
+}
+
+/// Joins the agent thread within `limit`.
+pub fn join_within(t: std::thread::JoinHandle<anyhow::Result<()>>, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !t.is_finished() {
+        assert!(Instant::now() < deadline, "the agent did not stop within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.join().expect("agent thread panicked")
+}

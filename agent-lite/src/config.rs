@@ -1,0 +1,627 @@
+//! The agent's configuration: the seed's `agent.yaml` plus optional extras, `${VAR}`
+//! expansion, overrides, and validation.
+//!
+//! # Precedence
+//!
+//! **CLI flag > environment variable > config file > built-in default**, per setting:
+//!
+//! | setting          | CLI flag          | environment variable       | file key         |
+//! |------------------|-------------------|----------------------------|------------------|
+//! | config file path | `--config`        | `DOCKER_CTL_CONFIG`        | (default `/etc/docker-ctl/agent.yaml`) |
+//! | server URL       | `--server`        | `DOCKER_CTL_SERVER`        | `server.url`     |
+//! | agent id         | `--agent-id`      | `DOCKER_CTL_AGENT_ID`      | `agent.id`       |
+//! | auth token       | `--token`         | `DOCKER_CTL_TOKEN`         | `agent.auth_token` |
+//! | Docker socket    | `--docker-socket` | `DOCKER_CTL_DOCKER_SOCKET` | `docker.socket`  |
+//!
+//! Inside the file, `${VAR}` in any string value is replaced by the environment variable
+//! `VAR`; an unset variable is an error naming it; `$$` is a literal `$`. Expansion applies
+//! to string values only, so the result is never re-parsed as YAML.
+//!
+//! Every section and key is checked: an unknown key is an error naming it. After parsing
+//! and overrides, [`Config::validate`] checks values. `docker-ctl-agent --check-config`
+//! prints the effective values with secrets masked.
+//!
+//! Owns: reading and checking settings. Must not: open connections or log secrets.
+
+use protocol::Secret;
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration could not be loaded. Each variant's message names the problem;
+/// the caller prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The YAML is invalid, a key is unknown, or a value has the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// `${VAR}` names a variable that is not set.
+    #[error("config file {path}: environment variable {var} is not set (used as ${{{var}}} in {key})")]
+    UnsetVar { path: PathBuf, var: String, key: String },
+    /// A value is out of range or missing.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub docker: DockerConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub reconnection: ReconnectionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `wss://host[:port][/base]`, or `ws://` for loopback and development.
+    #[serde(default)]
+    pub url: String,
+    /// `false` accepts any server certificate: only with a loud warning.
+    #[serde(default = "yes")]
+    pub verify_ssl: bool,
+    /// PEM file of CA certificates to trust instead of the built-in web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 (hex or base64) of the server certificate's public key (SPKI) or of the whole
+    /// certificate (DER). The connection fails unless it matches.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// PEM client certificate chain and key for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Seconds for TCP connect, TLS and WebSocket handshakes.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: f64,
+}
+
+fn d_connect_timeout() -> f64 {
+    10.0
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            url: String::new(),
+            verify_ssl: true,
+            ca_file: None,
+            pin_sha256: None,
+            client_cert: None,
+            client_key: None,
+            connect_timeout: d_connect_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub auth_token: Secret,
+    /// Commands running at once.
+    #[serde(default = "d_workers")]
+    pub workers: usize,
+    /// Commands waiting for a worker; more are refused with `rate_limited`.
+    #[serde(default = "d_queue")]
+    pub queue: usize,
+    /// Docker events kept while the link is down; older ones are dropped and counted.
+    #[serde(default = "d_event_buffer")]
+    pub event_buffer: usize,
+    /// Seconds between heartbeats until the server says otherwise.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval: u64,
+    /// Seconds a command may run until the server says otherwise.
+    #[serde(default = "d_command_timeout")]
+    pub command_timeout: u64,
+}
+
+fn d_workers() -> usize {
+    4
+}
+fn d_queue() -> usize {
+    64
+}
+fn d_event_buffer() -> usize {
+    1000
+}
+fn d_heartbeat() -> u64 {
+    30
+}
+fn d_command_timeout() -> u64 {
+    300
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            id: String::new(),
+            auth_token: Secret::default(),
+            workers: d_workers(),
+            queue: d_queue(),
+            event_buffer: d_event_buffer(),
+            heartbeat_interval: d_heartbeat(),
+            command_timeout: d_command_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://host:port`.
+    #[serde(default = "d_socket")]
+    pub socket: String,
+    /// Seconds for connecting to the daemon and for each read or write.
+    #[serde(default = "d_docker_timeout")]
+    pub timeout: f64,
+}
+
+fn d_socket() -> String {
+    "unix:///var/run/docker.sock".into()
+}
+fn d_docker_timeout() -> f64 {
+    300.0
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig { socket: d_socket(), timeout: d_docker_timeout() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default = "d_level")]
+    pub level: String,
+    /// Append to this file (created mode 0600) instead of stderr.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { level: d_level(), file: None }
+    }
+}
+
+/// The seed's ReconnectionStrategy: `min(base * factor^attempt, max) + up to jitter * delay`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectionConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Consecutive failed attempts before giving up; -1 means forever.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: i64,
+    #[serde(default = "d_base")]
+    pub base_delay: f64,
+    #[serde(default = "d_max")]
+    pub max_delay: f64,
+    #[serde(default = "d_factor")]
+    pub factor: f64,
+    /// Up to this fraction of the delay is added at random.
+    #[serde(default = "d_jitter")]
+    pub jitter: f64,
+    /// Seconds a connection must stay up to reset the attempt counter.
+    #[serde(default = "d_stable")]
+    pub stable_after: f64,
+}
+
+fn d_max_attempts() -> i64 {
+    -1
+}
+fn d_base() -> f64 {
+    1.0
+}
+fn d_max() -> f64 {
+    60.0
+}
+fn d_factor() -> f64 {
+    2.0
+}
+fn d_jitter() -> f64 {
+    0.1
+}
+fn d_stable() -> f64 {
+    30.0
+}
+
+impl Default for ReconnectionConfig {
+    fn default() -> Self {
+        ReconnectionConfig {
+            enabled: true,
+            max_attempts: d_max_attempts(),
+            base_delay: d_base(),
+            max_delay: d_max(),
+            factor: d_factor(),
+            jitter: d_jitter(),
+            stable_after: d_stable(),
+        }
+    }
+}
+
+impl ReconnectionConfig {
+    /// The delay before attempt `attempt` (0-based) without jitter.
+    pub fn base_delay_for(&self, attempt: u32) -> Duration {
+        let d = (self.base_delay * self.factor.powi(attempt.min(64) as i32)).min(self.max_delay);
+        Duration::from_secs_f64(d.max(0.0))
+    }
+
+    /// The delay with jitter; `r` is uniform in [0, 1).
+    pub fn delay_for(&self, attempt: u32, r: f64) -> Duration {
+        let d = self.base_delay_for(attempt);
+        d + d.mul_f64(self.jitter * r.clamp(0.0, 1.0))
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_secs_f64(self.max_delay.max(0.0))
+    }
+}
+
+/// Settings given on the command line or in the environment (see the precedence table).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub server: Option<String>,
+    pub agent_id: Option<String>,
+    pub token: Option<Secret>,
+    pub docker_socket: Option<String>,
+}
+
+impl Config {
+    /// Parses YAML text. `env` looks up variables for `${VAR}` expansion.
+    pub fn from_yaml(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let perr = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| perr(e.to_string()))?;
+        if value.is_null() {
+            value = serde_yaml_ng::Value::Mapping(Default::default());
+        }
+        expand(&mut value, "", path, env)?;
+        Config::deserialize(value).map_err(|e| perr(name_section(text, &e.to_string())))
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_yaml(&text, path, env)
+    }
+
+    /// A config made of defaults only (when no file exists and everything comes from flags).
+    pub fn empty() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            agent: AgentConfig::default(),
+            docker: DockerConfig::default(),
+            logging: LoggingConfig::default(),
+            reconnection: ReconnectionConfig::default(),
+        }
+    }
+
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.server {
+            self.server.url = v.clone();
+        }
+        if let Some(v) = &o.agent_id {
+            self.agent.id = v.clone();
+        }
+        if let Some(v) = &o.token {
+            self.agent.auth_token = v.clone();
+        }
+        if let Some(v) = &o.docker_socket {
+            self.docker.socket = v.clone();
+        }
+    }
+
+    /// Checks values after parsing and overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let url = &self.server.url;
+        if url.is_empty() {
+            return bad("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
+        }
+        if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+            return bad(format!("server.url {url:?} must start with wss:// or ws://"));
+        }
+        if let Err(e) = crate::connection::ServerUrl::parse(url) {
+            return bad(format!("server.url {url:?}: {e}"));
+        }
+        if self.agent.id.is_empty() {
+            return bad("agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID)".into());
+        }
+        if self.agent.id.len() > 255
+            || !self.agent.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(format!("agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'", self.agent.id));
+        }
+        if self.agent.auth_token.is_empty() {
+            return bad("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
+        }
+        if self.agent.workers == 0 || self.agent.workers > 256 {
+            return bad(format!("agent.workers must be 1 to 256, got {}", self.agent.workers));
+        }
+        if self.agent.queue == 0 {
+            return bad("agent.queue must be at least 1".into());
+        }
+        if self.agent.heartbeat_interval == 0 || self.agent.heartbeat_interval > 3600 {
+            return bad(format!("agent.heartbeat_interval must be 1 to 3600 seconds, got {}", self.agent.heartbeat_interval));
+        }
+        if self.agent.command_timeout == 0 {
+            return bad("agent.command_timeout must be at least 1 second".into());
+        }
+        if let Err(e) = crate::docker::Endpoint::parse(&self.docker.socket) {
+            return bad(e);
+        }
+        if !(self.docker.timeout > 0.0 && self.docker.timeout.is_finite()) {
+            return bad(format!("docker.timeout must be a positive number of seconds, got {}", self.docker.timeout));
+        }
+        if !(self.server.connect_timeout > 0.0 && self.server.connect_timeout.is_finite()) {
+            return bad("server.connect_timeout must be a positive number of seconds".into());
+        }
+        if crate::log::parse_level(&self.logging.level).is_none() {
+            return bad(format!("logging.level {:?} must be error, warn, info, debug or trace", self.logging.level));
+        }
+        let r = &self.reconnection;
+        if !(r.base_delay > 0.0 && r.max_delay >= r.base_delay && r.max_delay.is_finite()) {
+            return bad("reconnection: need 0 < base_delay <= max_delay".into());
+        }
+        if !(r.factor >= 1.0 && r.factor.is_finite()) {
+            return bad("reconnection.factor must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            return bad("reconnection.jitter must be between 0 and 1".into());
+        }
+        if r.max_attempts < -1 || r.max_attempts == 0 {
+            return bad("reconnection.max_attempts must be -1 (forever) or at least 1".into());
+        }
+        if !(r.stable_after >= 0.0 && r.stable_after.is_finite()) {
+            return bad("reconnection.stable_after must be a non-negative number of seconds".into());
+        }
+        if self.server.client_cert.is_some() != self.server.client_key.is_some() {
+            return bad("server.client_cert and server.client_key go together".into());
+        }
+        if let Some(pin) = &self.server.pin_sha256 {
+            if crate::connection::tls::parse_pin(pin).is_none() {
+                return bad("server.pin_sha256 must be a SHA-256 in hex (64 digits) or base64".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn docker_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.docker.timeout)
+    }
+
+    /// The effective values, secrets masked, as `--check-config` prints them.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let opt = |p: &Option<PathBuf>| p.as_ref().map_or("(none)".to_string(), |p| p.display().to_string());
+        let _ = writeln!(s, "server.url: {}", self.server.url);
+        let _ = writeln!(s, "server.verify_ssl: {}", self.server.verify_ssl);
+        let _ = writeln!(s, "server.ca_file: {}", opt(&self.server.ca_file));
+        let _ = writeln!(s, "server.pin_sha256: {}", self.server.pin_sha256.as_deref().unwrap_or("(none)"));
+        let _ = writeln!(s, "server.client_cert: {}", opt(&self.server.client_cert));
+        let _ = writeln!(s, "server.client_key: {}", opt(&self.server.client_key));
+        let _ = writeln!(s, "server.connect_timeout: {}", self.server.connect_timeout);
+        let _ = writeln!(s, "agent.id: {}", self.agent.id);
+        let _ = writeln!(s, "agent.auth_token: {}", self.agent.auth_token);
+        let _ = writeln!(s, "agent.workers: {}", self.agent.workers);
+        let _ = writeln!(s, "agent.queue: {}", self.agent.queue);
+        let _ = writeln!(s, "agent.event_buffer: {}", self.agent.event_buffer);
+        let _ = writeln!(s, "agent.heartbeat_interval: {}", self.agent.heartbeat_interval);
+        let _ = writeln!(s, "agent.command_timeout: {}", self.agent.command_timeout);
+        let _ = writeln!(s, "docker.socket: {}", self.docker.socket);
+        let _ = writeln!(s, "docker.timeout: {}", self.docker.timeout);
+        let _ = writeln!(s, "logging.level: {}", self.logging.level);
+        let _ = writeln!(s, "logging.file: {}", opt(&self.logging.file));
+        let r = &self.reconnection;
+        let _ = writeln!(s, "reconnection.enabled: {}", r.enabled);
+        let _ = writeln!(s, "reconnection.max_attempts: {}", r.max_attempts);
+        let _ = writeln!(s, "reconnection.base_delay: {}", r.base_delay);
+        let _ = writeln!(s, "reconnection.max_delay: {}", r.max_delay);
+        let _ = writeln!(s, "reconnection.factor: {}", r.factor);
+        let _ = writeln!(s, "reconnection.jitter: {}", r.jitter);
+        let _ = writeln!(s, "reconnection.stable_after: {}", r.stable_after);
+        s
+    }
+}
+
+/// serde names the unknown key but not its section: add the section when the key appears
+/// once under a known top-level section of the text.
+fn name_section(text: &str, message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
+    let Some(key) = rest.split('`').next() else { return message.to_string() };
+    let mut section = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if !line.starts_with(' ') && !line.starts_with('\t') && trimmed.ends_with(':') {
+            section = Some(trimmed.trim_end_matches(':').to_string());
+        } else if trimmed.starts_with(&format!("{key}:")) && line.len() != trimmed.len() {
+            if let Some(sec) = &section {
+                return format!("unknown key `{sec}.{key}` ({message})");
+            }
+        }
+    }
+    format!("unknown key `{key}` ({message})")
+}
+
+/// Expands `${VAR}` in every string value, in place.
+fn expand(v: &mut serde_yaml_ng::Value, key: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::String(s) => {
+            *s = expand_str(s, &|var| {
+                env(var).ok_or_else(|| ConfigError::UnsetVar { path: path.to_path_buf(), var: var.to_string(), key: key.to_string() })
+            })?;
+        }
+        Value::Mapping(m) => {
+            for (k, child) in m.iter_mut() {
+                let name = k.as_str().unwrap_or("?");
+                let full = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+                expand(child, &full, path, env)?;
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                expand(child, &format!("{key}[{i}]"), path, env)?;
+            }
+        }
+        Value::Tagged(t) => expand(&mut t.value, key, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `${VAR}` -> value, `$$` -> `$`; anything else is kept.
+pub fn expand_str<E>(s: &str, lookup: &dyn Fn(&str) -> Result<String, E>) -> Result<String, E> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            match body.find('}') {
+                Some(end) if !body[..end].is_empty() => {
+                    out.push_str(&lookup(&body[..end])?);
+                    rest = &body[end + 1..];
+                }
+                _ => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Warns when a config file holding the token can be read by group or others.
+pub fn check_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "config file {} has mode {:o} and holds the agent token: restrict it with `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "/work/shared/fixtures/seed-agent.yaml";
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        move |k| pairs.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
+    }
+
+    #[test]
+    fn seed_file_loads_as_is() {
+        let e = env(&[("AGENT_ID", "agent-prod-01"), ("AGENT_AUTH_TOKEN", "s3cret-token")]);
+        let c = Config::load(Path::new(SEED), &e).unwrap();
+        assert_eq!(c.server.url, "wss://control-platform.com");
+        assert!(c.server.verify_ssl);
+        assert_eq!(c.agent.id, "agent-prod-01");
+        assert_eq!(c.agent.auth_token.expose(), "s3cret-token");
+        assert_eq!(c.docker.socket, "unix:///var/run/docker.sock");
+        assert_eq!(c.docker.timeout, 300.0);
+        assert_eq!(c.logging.level, "info");
+        assert_eq!(c.logging.file, Some(PathBuf::from("/var/log/docker-ctl-agent.log")));
+        assert_eq!(c.reconnection, ReconnectionConfig::default());
+        c.validate().unwrap();
+        let shown = c.render();
+        assert!(!shown.contains("s3cret-token"));
+        assert!(shown.contains("agent.auth_token: ***"));
+        assert!(!format!("{c:?}").contains("s3cret-token"));
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let e = env(&[("AGENT_ID", "a")]);
+        let err = Config::load(Path::new(SEED), &e).unwrap_err().to_string();
+        assert!(err.contains("AGENT_AUTH_TOKEN") && err.contains("agent.auth_token"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = "server:\n  url: wss://x\n  verify_sll: false\nagent:\n  id: a\n  auth_token: t\n";
+        let err = Config::from_yaml(text, Path::new("a.yaml"), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("server.verify_sll"), "{err}");
+        let err = Config::from_yaml("bogus: 1\n", Path::new("a.yaml"), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn expansion_rules() {
+        let look = |k: &str| -> Result<String, String> { if k == "A" { Ok("x$y".into()) } else { Err(k.to_string()) } };
+        assert_eq!(expand_str("${A}-${A}", &look).unwrap(), "x$y-x$y");
+        assert_eq!(expand_str("$$HOME $5 ${", &look).unwrap(), "$HOME $5 ${");
+        assert_eq!(expand_str("${B}", &look).unwrap_err(), "B");
+    }
+
+    #[test]
+    fn overrides_and_validation() {
+        let mut c = Config::empty();
+        assert!(c.validate().unwrap_err().to_string().contains("server.url"));
+        c.apply(&Overrides {
+            server: Some("ws://127.0.0.1:1".into()),
+            agent_id: Some("a1".into()),
+            token: Some("t".into()),
+            docker_socket: Some("tcp://127.0.0.1:2375".into()),
+        });
+        c.validate().unwrap();
+        c.agent.workers = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("agent.workers"));
+        c.agent.workers = 2;
+        c.server.url = "http://x".into();
+        assert!(c.validate().is_err());
+        c.server.url = "wss://x".into();
+        c.docker.socket = "docker.sock".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn backoff_follows_the_seed() {
+        let r = ReconnectionConfig::default();
+        let secs: Vec<f64> = (0..8).map(|a| r.base_delay_for(a).as_secs_f64()).collect();
+        assert_eq!(secs, vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
+        assert_eq!(r.delay_for(3, 0.999_999).as_secs_f64().round(), 9.0);
+        assert!(r.delay_for(10, 1.0) <= Duration::from_secs(66));
+    }
+}

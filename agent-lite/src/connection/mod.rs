@@ -1,0 +1,204 @@
+//! The link to the server: dialing `{server.url}/ws/agents/{agent_id}` over TCP (+ TLS),
+//! the WebSocket session, and the reconnect policy.
+//!
+//! Owns: transport streams, handshakes, timeouts on the socket. Must not: run Docker
+//! requests on the session thread (commands go to the worker pool).
+
+pub mod session;
+pub mod tls;
+
+use crate::config::Config;
+use crate::Stats;
+use std::sync::atomic::Ordering;
+use anyhow::{anyhow, Context};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::WebSocket;
+
+/// A parsed `ws://` or `wss://` server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub tls: bool,
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (may be empty).
+    pub base: String,
+}
+
+impl ServerUrl {
+    pub fn parse(url: &str) -> Result<ServerUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err("the scheme must be wss:// or ws://".into());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') || path.contains('?') || path.contains('#') {
+            return Err("user info, query and fragment are not allowed".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+                None if after.is_empty() => default_port,
+                None => return Err("junk after the IPv6 host".into()),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("bad port {p:?}"))?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err("the host is missing".into());
+        }
+        Ok(ServerUrl { tls, host, port, base: path.trim_end_matches('/').to_string() })
+    }
+
+    /// `ws(s)://host:port/base/ws/agents/{agent_id}`.
+    pub fn agent_url(&self, agent_id: &str) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!(
+            "{}://{host}:{}{}/ws/agents/{}",
+            if self.tls { "wss" } else { "ws" },
+            self.port,
+            self.base,
+            protocol::docker::percent_encode(agent_id)
+        )
+    }
+}
+
+enum Inner {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+/// Plain TCP or TLS over TCP, counting the bytes that cross it.
+pub struct Stream {
+    inner: Inner,
+    stats: Arc<Stats>,
+}
+
+impl Stream {
+    /// The TCP socket underneath, for timeouts and shutdown.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Inner::Plain(s) => s,
+            Inner::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.inner {
+            Inner::Plain(s) => s.read(buf),
+            Inner::Tls(s) => s.read(buf),
+        }?;
+        self.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.inner {
+            Inner::Plain(s) => s.write(buf),
+            Inner::Tls(s) => s.write(buf),
+        }?;
+        self.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Plain(s) => s.flush(),
+            Inner::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The largest WebSocket message tungstenite will assemble. Bigger than
+/// [`protocol::MAX_MESSAGE_SIZE`] so that a too-large message can still be answered with an
+/// `error` instead of dropping the link.
+pub const WS_MAX_MESSAGE: usize = protocol::MAX_MESSAGE_SIZE * 2;
+
+/// Dials the server and completes the WebSocket handshake.
+pub fn dial(
+    config: &Config,
+    url: &ServerUrl,
+    tls: Option<&Arc<ClientConfig>>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<WebSocket<Stream>> {
+    let timeout = Duration::from_secs_f64(config.server.connect_timeout);
+    let addrs: Vec<_> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", url.host))?
+        .collect();
+    let mut last = anyhow!("{} resolved to no address", url.host);
+    let mut tcp = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = anyhow!(e).context(format!("connecting to {a}")),
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let stream = if url.tls {
+        let cfg = tls.ok_or_else(|| anyhow!("wss:// without a TLS config"))?;
+        let name = ServerName::try_from(url.host.clone()).map_err(|e| anyhow!("invalid TLS server name {:?}: {e}", url.host))?;
+        let conn = ClientConnection::new(cfg.clone(), name).context("starting TLS")?;
+        let mut s = StreamOwned::new(conn, tcp);
+        // Complete the TLS handshake here so certificate errors are reported as such.
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).context("TLS handshake")?;
+        }
+        Stream { inner: Inner::Tls(Box::new(s)), stats }
+    } else {
+        Stream { inner: Inner::Plain(tcp), stats }
+    };
+    let ws_config = WebSocketConfig::default().max_message_size(Some(WS_MAX_MESSAGE)).max_frame_size(Some(WS_MAX_MESSAGE));
+    let target = url.agent_url(&config.agent.id);
+    let (ws, _resp) = tungstenite::client::client_with_config(target.as_str(), stream, Some(ws_config)).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => anyhow!("WebSocket handshake with {target} failed: {e}"),
+        tungstenite::HandshakeError::Interrupted(_) => anyhow!("WebSocket handshake with {target} timed out"),
+    })?;
+    Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = ServerUrl::parse("wss://control-platform.com").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.base.as_str()), (true, "control-platform.com", 443, ""));
+        assert_eq!(u.agent_url("agent-prod-01"), "wss://control-platform.com:443/ws/agents/agent-prod-01");
+        let u = ServerUrl::parse("ws://127.0.0.1:8080/base/").unwrap();
+        assert_eq!(u.agent_url("a"), "ws://127.0.0.1:8080/base/ws/agents/a");
+        let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
+        assert_eq!(u.agent_url("a"), "wss://[::1]:9443/ws/agents/a");
+        for bad in ["http://x", "wss://", "wss://h:port", "wss://u@h", "wss://h/?q"] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

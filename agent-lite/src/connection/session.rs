@@ -1,0 +1,451 @@
+//! One WebSocket session: `auth`, then a single-threaded loop that reads server messages,
+//! sends what workers and the event follower queued, heartbeats and pings, and notices a
+//! dead link. Also the reconnect loop around sessions.
+//!
+//! Owns: message handling and timing on the link. Must not: block on Docker (commands go
+//! to the pool, health comes from the snapshot the health thread keeps fresh).
+
+use super::{dial, ServerUrl, Stream};
+use crate::ops::{self, pool::Pool};
+use crate::{Agent, Shutdown};
+use protocol::{
+    AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody, ErrorCode,
+    ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+};
+use rand::{Rng, SeedableRng};
+use rustls::ClientConfig;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::WebSocket;
+
+/// How long one read waits before the loop looks at its queues and timers.
+const TICK: Duration = Duration::from_millis(100);
+/// Messages sent per tick from each queue, so reading is never starved.
+const BATCH: usize = 64;
+/// How long the server has to answer `auth`.
+const AUTH_WAIT: Duration = Duration::from_secs(30);
+/// How long a graceful close waits for the server's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Shutdown was requested; `disconnect` and the close frame were sent.
+    Shutdown,
+    /// The server refused the credentials.
+    Rejected(String),
+    /// The link dropped or was found dead.
+    Lost { reason: String, authenticated: bool, lasted: Duration },
+}
+
+/// Runs sessions until shutdown, reconnecting per `reconnection.*` (the seed's
+/// ReconnectionStrategy). Returns an error when reconnecting is disabled or exhausted.
+pub fn run_sessions(
+    agent: &Arc<Agent>,
+    tls: Option<&Arc<ClientConfig>>,
+    pool: &Pool,
+    outbox_tx: &Sender<Envelope>,
+    outbox: &Receiver<Envelope>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let rc = &agent.config.reconnection;
+    let url = ServerUrl::parse(&agent.config.server.url).map_err(anyhow::Error::msg)?;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut attempt: u32 = 0;
+    loop {
+        if shutdown.is_set() {
+            return Ok(());
+        }
+        let target = url.agent_url(&agent.config.agent.id);
+        log::info!("connecting to {target}");
+        let wait = match dial(&agent.config, &url, tls, agent.stats.clone()) {
+            Err(e) => {
+                log::warn!("cannot connect to {target}: {e:#}");
+                None
+            }
+            Ok(ws) => match Session::new(agent, ws, pool, outbox_tx, outbox, shutdown).run() {
+                Outcome::Shutdown => return Ok(()),
+                Outcome::Rejected(why) => {
+                    log::error!(
+                        "the server rejected this agent's credentials: {why}. Check agent.id and agent.auth_token; retrying in {:?}",
+                        rc.max()
+                    );
+                    Some(rc.max())
+                }
+                Outcome::Lost { reason, authenticated, lasted } => {
+                    log::warn!("connection to the server lost after {lasted:.1?}: {reason}");
+                    if authenticated && lasted.as_secs_f64() >= rc.stable_after {
+                        attempt = 0;
+                    }
+                    None
+                }
+            },
+        };
+        if !rc.enabled {
+            anyhow::bail!("the connection ended and reconnection.enabled is false");
+        }
+        if rc.max_attempts >= 0 && i64::from(attempt) >= rc.max_attempts {
+            anyhow::bail!("gave up after {attempt} reconnection attempts (reconnection.max_attempts)");
+        }
+        let delay = wait.unwrap_or_else(|| rc.delay_for(attempt, rng.random::<f64>()));
+        attempt = attempt.saturating_add(1);
+        log::info!("reconnecting in {:.1}s (attempt {attempt})", delay.as_secs_f64());
+        if shutdown.wait(delay) {
+            return Ok(());
+        }
+    }
+}
+
+/// A read or write that may simply be retried: timed out, or interrupted by a signal.
+fn is_timeout(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io)
+        if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted))
+}
+
+fn is_interrupted(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::Interrupted)
+}
+
+struct Session<'a> {
+    agent: &'a Arc<Agent>,
+    ws: WebSocket<Stream>,
+    pool: &'a Pool,
+    outbox_tx: &'a Sender<Envelope>,
+    outbox: &'a Receiver<Envelope>,
+    shutdown: &'a Shutdown,
+    started: Instant,
+    last_rx: Instant,
+    authenticated: bool,
+}
+
+/// What handling one incoming frame asks the loop to do.
+enum Next {
+    Continue,
+    End(Outcome),
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        agent: &'a Arc<Agent>,
+        ws: WebSocket<Stream>,
+        pool: &'a Pool,
+        outbox_tx: &'a Sender<Envelope>,
+        outbox: &'a Receiver<Envelope>,
+        shutdown: &'a Shutdown,
+    ) -> Self {
+        let now = Instant::now();
+        Session { agent, ws, pool, outbox_tx, outbox, shutdown, started: now, last_rx: now, authenticated: false }
+    }
+
+    fn lost(&self, reason: impl Into<String>) -> Outcome {
+        Outcome::Lost { reason: reason.into(), authenticated: self.authenticated, lasted: self.started.elapsed() }
+    }
+
+    fn send(&mut self, env: Envelope) -> Result<(), Outcome> {
+        let text = env.encode();
+        match self.ws.send(tungstenite::Message::Text(text.into())) {
+            Ok(()) => Ok(()),
+            // Queued in tungstenite's buffer; the next flush continues.
+            Err(e) if is_interrupted(&e) => Ok(()),
+            Err(e) if is_timeout(&e) => Err(self.lost("the server stopped reading (write timed out)")),
+            Err(e) => Err(self.lost(format!("send failed: {e}"))),
+        }
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.agent.settings.heartbeat.load(Ordering::Relaxed).max(1))
+    }
+
+    fn run(mut self) -> Outcome {
+        match self.run_inner() {
+            Ok(o) | Err(o) => o,
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<Outcome, Outcome> {
+        let tcp = self.ws.get_ref().tcp();
+        let hb = self.heartbeat_interval();
+        tcp.set_read_timeout(Some(TICK)).map_err(|e| self.lost(e.to_string()))?;
+        tcp.set_write_timeout(Some(hb.max(Duration::from_secs(10)))).map_err(|e| self.lost(e.to_string()))?;
+
+        let auth = self.auth_envelope();
+        self.send(auth)?;
+        let auth_deadline = Instant::now() + AUTH_WAIT;
+        let mut next_hb = Instant::now();
+        loop {
+            if self.shutdown.is_set() {
+                return Ok(self.close());
+            }
+            match self.ws.read() {
+                Ok(msg) => {
+                    self.last_rx = Instant::now();
+                    if let Next::End(o) = self.on_frame(msg)? {
+                        return Ok(o);
+                    }
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                    return Err(self.lost("the server closed the connection"));
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    // tungstenite cannot resynchronise after refusing a frame: say why, then reconnect.
+                    log::warn!("the server sent a message larger than {} bytes: {e}", super::WS_MAX_MESSAGE);
+                    let body = ErrorBody::invalid_params(format!("message too large: {e}"));
+                    let _ = self.send(self.error_envelope(body, None));
+                    return Err(self.lost(format!("oversized message: {e}")));
+                }
+                Err(e) => return Err(self.lost(format!("read failed: {e}"))),
+            }
+            let now = Instant::now();
+            if !self.authenticated {
+                if now >= auth_deadline {
+                    return Err(self.lost(format!("no auth_response within {AUTH_WAIT:?}")));
+                }
+                continue;
+            }
+            self.drain_outbox()?;
+            self.drain_events()?;
+            let interval = self.heartbeat_interval();
+            if now >= next_hb {
+                let hb = self.heartbeat();
+                self.send(hb)?;
+                if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
+                    if !is_timeout(&e) {
+                        return Err(self.lost(format!("ping failed: {e}")));
+                    }
+                }
+                next_hb = now + interval;
+            } else if next_hb > now + interval {
+                // The interval was shortened by config_update.
+                next_hb = now + interval;
+            }
+            if self.last_rx.elapsed() > interval * 2 {
+                return Err(self.lost(format!(
+                    "nothing received from the server for {:.1?} (2x the heartbeat interval): the link is dead",
+                    self.last_rx.elapsed()
+                )));
+            }
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(e) if is_interrupted(&e) => {}
+                Err(e) if is_timeout(&e) => return Err(self.lost("the server stopped reading (write timed out)")),
+                Err(e) => return Err(self.lost(format!("flush failed: {e}"))),
+            }
+        }
+    }
+
+    fn auth_envelope(&self) -> Envelope {
+        let mut capabilities = vec!["docker".to_string()];
+        if self.agent.snapshot().swarm {
+            capabilities.push("swarm".into());
+        }
+        if crate::health::compose_available() {
+            capabilities.push("docker-compose".into());
+        }
+        log::debug!("authenticating as {} with capabilities {capabilities:?}", self.agent.config.agent.id);
+        Envelope::new(
+            self.agent.next_id("auth"),
+            Message::Auth(AuthPayload {
+                agent_id: self.agent.config.agent.id.clone(),
+                auth_token: self.agent.config.agent.auth_token.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                capabilities,
+                protocol_version: Some(PROTOCOL_VERSION),
+            }),
+        )
+    }
+
+    fn error_envelope(&self, error: ErrorBody, ref_id: Option<String>) -> Envelope {
+        Envelope::new(self.agent.next_id("err"), Message::Error(ErrorPayload { error, ref_id }))
+    }
+
+    fn on_frame(&mut self, msg: tungstenite::Message) -> Result<Next, Outcome> {
+        use tungstenite::Message as M;
+        let bytes: Vec<u8> = match msg {
+            M::Text(t) => t.as_bytes().to_vec(),
+            M::Binary(b) => {
+                log::warn!("the server sent a binary frame ({} bytes); the protocol is JSON text", b.len());
+                let body = ErrorBody::invalid_params("binary frames are not part of the protocol; send JSON text");
+                self.send(self.error_envelope(body, None))?;
+                return Ok(Next::Continue);
+            }
+            M::Close(frame) => {
+                let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
+                return Ok(Next::End(self.lost(format!("the server closed the connection {why}"))));
+            }
+            // tungstenite answers pings itself; pongs only refresh last_rx.
+            M::Ping(_) | M::Pong(_) | M::Frame(_) => return Ok(Next::Continue),
+        };
+        let env = match Envelope::decode(&bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                let ref_id = ref_id_of(&bytes, &e);
+                log::warn!("bad message from the server ({} bytes): {e}", bytes.len());
+                self.send(self.error_envelope(e.to_error_body(), ref_id))?;
+                return Ok(Next::Continue);
+            }
+        };
+        match env.message {
+            Message::AuthResponse(r) => {
+                if self.authenticated {
+                    log::warn!("ignoring a second auth_response");
+                    return Ok(Next::Continue);
+                }
+                match r.status {
+                    AuthStatus::Authenticated => {
+                        self.authenticated = true;
+                        if let Some(cfg) = &r.config {
+                            self.apply(cfg);
+                        }
+                        log::info!(
+                            "authenticated (session {}, protocol {})",
+                            r.session_id.as_deref().unwrap_or("-"),
+                            r.protocol_version.unwrap_or(1)
+                        );
+                    }
+                    AuthStatus::Rejected => {
+                        let why = r.error.map(|e| e.to_string()).unwrap_or_else(|| "no reason given".into());
+                        return Ok(Next::End(Outcome::Rejected(why)));
+                    }
+                }
+            }
+            Message::Command(cmd) => {
+                if !self.authenticated {
+                    let body = ErrorBody::new(ErrorCode::Unauthorized, "command before auth_response");
+                    self.send(self.error_envelope(body, Some(env.id)))?;
+                    return Ok(Next::Continue);
+                }
+                ops::dispatch(self.agent, self.pool, self.outbox_tx, env.id, cmd);
+            }
+            Message::ConfigUpdate(u) => {
+                self.apply(&u.config);
+            }
+            Message::Disconnect(d) => {
+                let why = d.reason.unwrap_or_else(|| "no reason given".into());
+                return Ok(Next::End(self.lost(format!("the server asked to disconnect: {why}"))));
+            }
+            Message::Error(e) => {
+                log::warn!("the server reported an error (about {}): {}", e.ref_id.as_deref().unwrap_or("-"), e.error);
+            }
+            other => {
+                let kind = other.message_type().as_str();
+                log::warn!("the server sent a {kind} message, which only agents send");
+                let body = ErrorBody::new(ErrorCode::Unsupported, format!("{kind} messages are sent by agents, not servers"));
+                self.send(self.error_envelope(body, Some(env.id)))?;
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    fn apply(&self, s: &AgentSettings) {
+        if let Some(h) = s.heartbeat_interval {
+            if (1..=3600).contains(&h) {
+                self.agent.settings.heartbeat.store(h, Ordering::Relaxed);
+                let _ = self.ws.get_ref().tcp().set_write_timeout(Some(Duration::from_secs(h.max(10))));
+            } else {
+                log::warn!("ignoring heartbeat_interval {h}: must be 1 to 3600 seconds");
+            }
+        }
+        if let Some(t) = s.command_timeout {
+            if t >= 1 {
+                self.agent.settings.command_timeout.store(t, Ordering::Relaxed);
+            }
+        }
+        log::info!(
+            "settings: heartbeat every {}s, command timeout {}s",
+            self.agent.settings.heartbeat.load(Ordering::Relaxed),
+            self.agent.settings.command_timeout.load(Ordering::Relaxed)
+        );
+    }
+
+    fn drain_outbox(&mut self) -> Result<(), Outcome> {
+        for _ in 0..BATCH {
+            match self.outbox.try_recv() {
+                Ok(env) => {
+                    if let Err(o) = self.send(env.clone()) {
+                        // Not delivered: keep it for the next connection.
+                        let _ = self.outbox_tx.send(env);
+                        return Err(o);
+                    }
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_events(&mut self) -> Result<(), Outcome> {
+        let events = self.agent.events.take(BATCH);
+        let mut it = events.into_iter();
+        while let Some(e) = it.next() {
+            let env = Envelope::new(self.agent.next_id("ev"), Message::Event(e.clone()));
+            if let Err(o) = self.send(env) {
+                let mut rest = vec![e];
+                rest.extend(it);
+                self.agent.events.put_back(rest);
+                return Err(o);
+            }
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&self) -> Envelope {
+        let snap = self.agent.snapshot();
+        let stats = &self.agent.stats;
+        let mut hb = HeartbeatPayload {
+            docker_reachable: Some(snap.docker_reachable),
+            docker_ping_ms: snap.docker_ping_ms,
+            docker_version: snap.docker_version,
+            containers_running: snap.containers_running,
+            containers_total: snap.containers_total,
+            agent_uptime_secs: Some(self.agent.started.elapsed().as_secs()),
+            bytes_sent: Some(stats.bytes_sent.load(Ordering::Relaxed)),
+            bytes_received: Some(stats.bytes_received.load(Ordering::Relaxed)),
+            events_dropped: Some(self.agent.events.dropped()),
+            commands_in_flight: Some(stats.in_flight.load(Ordering::Relaxed)),
+            ..Default::default()
+        };
+        crate::health::fill_host(&mut hb);
+        Envelope::new(self.agent.next_id("hb"), Message::Heartbeat(hb))
+    }
+
+    /// Sends `disconnect` and a normal close, then waits briefly for the server's close.
+    fn close(&mut self) -> Outcome {
+        log::info!("shutting down: sending disconnect");
+        let bye = Envelope::new(
+            self.agent.next_id("bye"),
+            Message::Disconnect(DisconnectPayload { reason: Some("agent shutting down".into()) }),
+        );
+        if self.authenticated {
+            // Answers already computed go out first.
+            let _ = self.drain_outbox();
+        }
+        let _ = self.send(bye);
+        let _ = self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "agent shutting down".into() }));
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {
+                    let _ = self.ws.flush();
+                }
+                Err(_) => break,
+            }
+        }
+        Outcome::Shutdown
+    }
+}
+
+/// The id of an undecodable message, when it has one (never for oversized messages).
+fn ref_id_of(bytes: &[u8], e: &DecodeError) -> Option<String> {
+    if matches!(e, DecodeError::TooLarge { .. }) || bytes.len() > MAX_MESSAGE_SIZE {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("id").and_then(|x| x.as_str()).filter(|s| s.len() <= 256).map(str::to_owned)
+}
