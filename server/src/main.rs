@@ -1,1 +1,95 @@
-fn main() {}
+//! `docker-ctl-server`: `serve`, `token create`, `quickstart`.
+
+use anyhow::Context;
+use clap::Parser;
+use server::config::{Cli, Command, Config, LogFormat, TokenCommand};
+use server::store::Store;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&args)?;
+            init_logging(config.log_format);
+            server::run(config, shutdown_signal()).await
+        }
+        Command::Token(TokenCommand::Create(args)) => {
+            let config = Config::load_common(&args.common)?;
+            init_logging(config.log_format);
+            let store = Store::open(config.database_url(), &config.data_dir)
+                .await
+                .context("opening the database")?;
+            let (_, token, _) = server::api::tokens_issue(
+                &store,
+                &args.name,
+                args.role,
+                args.expires_in,
+                Vec::new(),
+            )
+            .await?;
+            store.close().await;
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Quickstart(args) => {
+            init_logging(args.common.log_format.unwrap_or_default());
+            server::quickstart::run(args, shutdown_signal()).await
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_inner(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

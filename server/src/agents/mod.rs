@@ -1,0 +1,479 @@
+//! Agents that dial in: the [`AgentManager`] and the WebSocket endpoint ([`ws`]).
+//!
+//! Owns: the registry of live sessions (one per agent: a new connection replaces the old
+//! one), routing commands to a session and matching each `command_response` to its waiting
+//! request, the per-agent settings pushed with `config_update`, and shutdown of every
+//! session. Handlers and adapters ask the manager ("execute this on agent X", "is X
+//! online?", "disconnect X"); none of them touches the registry. That keeps "where is this
+//! agent's session" in one place, so a later multi-replica version can route to a session
+//! held by another replica behind the same interface.
+//! Must not: know HTTP or the REST API.
+
+pub mod ws;
+
+use protocol::{
+    AgentSettings, CommandPayload, ConfigUpdatePayload, DisconnectPayload, Envelope, ErrorBody,
+    ErrorCode, Message, Operation,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::audit::Auditor;
+use crate::auth::FailureLimiter;
+use crate::config::AgentConfig;
+use crate::feed::Feed;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+type Reply = oneshot::Sender<Result<Value, ErrorBody>>;
+
+/// One authenticated WebSocket session of an agent.
+#[derive(Debug)]
+pub struct Session {
+    /// `docker_agents.id`.
+    pub agent_ref: String,
+    /// The id the agent authenticated with.
+    pub agent_id: String,
+    pub host_id: Option<String>,
+    pub session_id: String,
+    pub version: String,
+    pub capabilities: Vec<String>,
+    /// Unix ms.
+    pub connected_at: i64,
+    tx: mpsc::Sender<Envelope>,
+    close: watch::Sender<Option<String>>,
+    pending: Mutex<HashMap<String, Reply>>,
+    /// False while the socket is open but heartbeats stopped (3 missed intervals).
+    online: AtomicBool,
+    /// Microseconds; 0 while unknown.
+    rtt_micros: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    command_timeout_ms: AtomicU64,
+}
+
+impl Session {
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    fn set_online(&self, v: bool) -> bool {
+        self.online.swap(v, Ordering::Relaxed)
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn set_rtt(&self, d: Duration) {
+        self.rtt_micros
+            .store((d.as_micros() as u64).max(1), Ordering::Relaxed);
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Asks the session to close (sends `disconnect` with `reason`, then a close frame).
+    pub fn close(&self, reason: &str) {
+        let _ = self.close.send(Some(reason.to_string()));
+    }
+
+    /// Completes the waiting command `id`. Returns false when nobody waits (late or unknown).
+    fn complete(&self, id: &str, result: Result<Value, ErrorBody>) -> bool {
+        let tx = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_pending(&self, id: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// Drops every waiting command: their callers get `outcome_unknown`.
+    fn fail_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+/// What the API shows about a live session.
+#[derive(Debug, Clone)]
+pub struct LiveStatus {
+    pub online: bool,
+    pub session_id: String,
+    pub rtt: Option<Duration>,
+    pub connected_at: i64,
+    pub version: String,
+    pub capabilities: Vec<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: AgentConfig,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) feed: Feed,
+    pub(crate) audit: Auditor,
+    pub(crate) auth_limiter: FailureLimiter,
+    pub(crate) server_id: String,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    shutting_down: AtomicBool,
+    emptied: tokio::sync::Notify,
+}
+
+/// The registry of live agent sessions and the command router.
+#[derive(Clone)]
+pub struct AgentManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AgentManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentManager")
+            .field("live", &self.live_count())
+            .finish()
+    }
+}
+
+/// Removes a waiting command when its caller stops waiting (timeout or dropped request).
+struct PendingGuard<'a> {
+    session: &'a Session,
+    id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.session
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl AgentManager {
+    pub fn new(
+        config: AgentConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+        feed: Feed,
+        audit: Auditor,
+        server_id: String,
+    ) -> AgentManager {
+        let auth_limiter = FailureLimiter::new(config.auth_failures_per_minute);
+        AgentManager {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                metrics,
+                feed,
+                audit,
+                auth_limiter,
+                server_id,
+                sessions: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
+                emptied: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.inner.config
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, agent_ref: &str) -> Option<Arc<Session>> {
+        self.sessions().get(agent_ref).cloned()
+    }
+
+    /// Number of live sessions.
+    pub fn live_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The live session of an agent (by `docker_agents.id`), if any.
+    pub fn status(&self, agent_ref: &str) -> Option<LiveStatus> {
+        self.get(agent_ref).map(|s| LiveStatus {
+            online: s.is_online(),
+            session_id: s.session_id.clone(),
+            rtt: s.rtt(),
+            connected_at: s.connected_at,
+            version: s.version.clone(),
+            capabilities: s.capabilities.clone(),
+        })
+    }
+
+    /// Whether the agent has a live session that is not silent.
+    pub fn is_online(&self, agent_ref: &str) -> bool {
+        self.get(agent_ref).is_some_and(|s| s.is_online())
+    }
+
+    /// An online agent of `host_id`, preferring `preferred`.
+    pub fn online_agent_for_host(&self, host_id: &str, preferred: Option<&str>) -> Option<String> {
+        if let Some(p) = preferred {
+            if self.is_online(p) {
+                return Some(p.to_string());
+            }
+        }
+        self.sessions()
+            .values()
+            .find(|s| s.is_online() && s.host_id.as_deref() == Some(host_id))
+            .map(|s| s.agent_ref.clone())
+    }
+
+    /// Runs `op` on the agent and waits for its `command_response`, at most `timeout`.
+    ///
+    /// Errors: `agent_offline` (no online session), `unsupported` (capability missing),
+    /// `rate_limited` (too many commands queued), `timeout`, `outcome_unknown` (the link
+    /// dropped while the command was in flight), or the agent's own error.
+    pub async fn execute(
+        &self,
+        agent_ref: &str,
+        op: &Operation,
+        timeout: Duration,
+    ) -> Result<Value, ErrorBody> {
+        let Some(s) = self.get(agent_ref).filter(|s| s.is_online()) else {
+            return Err(ErrorBody::new(
+                ErrorCode::AgentOffline,
+                "the host's agent is not connected",
+            ));
+        };
+        if let Some(cap) = op.required_capability() {
+            if !s.capabilities.iter().any(|c| c == cap) {
+                return Err(ErrorBody::new(
+                    ErrorCode::Unsupported,
+                    format!("{} needs the agent capability {cap:?}", op.name()),
+                ));
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= self.inner.config.max_pending_commands {
+                return Err(ErrorBody::new(
+                    ErrorCode::RateLimited,
+                    "too many commands in flight for this agent",
+                ));
+            }
+            pending.insert(id.clone(), tx);
+        }
+        let _guard = PendingGuard {
+            session: &s,
+            id: id.clone(),
+        };
+        let env = Envelope::new(
+            id.clone(),
+            Message::Command(CommandPayload {
+                operation: op.name().to_string(),
+                params: op.params(),
+                timeout: Some(timeout.as_secs().max(1)),
+                idempotency_key: Some(id.clone()),
+            }),
+        );
+        match s.tx.try_send(env) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::RateLimited,
+                    "the agent's send queue is full",
+                ))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::AgentOffline,
+                    "the host's agent is not connected",
+                ))
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ErrorBody::new(
+                ErrorCode::OutcomeUnknown,
+                "the agent disconnected while the command was in flight; it may or may not have run",
+            )),
+            Err(_) => Err(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!("the agent did not answer within {} s", timeout.as_secs_f64()),
+            )),
+        }
+    }
+
+    /// Closes the agent's live session at once (revocation, host deletion).
+    pub fn disconnect(&self, agent_ref: &str, reason: &str) -> bool {
+        match self.get(agent_ref) {
+            Some(s) => {
+                s.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies new settings to the live session and sends `config_update`.
+    pub fn push_settings(&self, agent_ref: &str, settings: AgentSettings) -> bool {
+        let Some(s) = self.get(agent_ref) else {
+            return false;
+        };
+        if let Some(h) = settings.heartbeat_interval {
+            s.heartbeat_ms.store(h.max(1) * 1000, Ordering::Relaxed);
+        }
+        if let Some(c) = settings.command_timeout {
+            s.command_timeout_ms
+                .store(c.max(1) * 1000, Ordering::Relaxed);
+        }
+        let env = Envelope::new(
+            uuid::Uuid::new_v4().to_string(),
+            Message::ConfigUpdate(ConfigUpdatePayload { config: settings }),
+        );
+        s.tx.try_send(env).is_ok()
+    }
+
+    /// Stops accepting agents, closes every session and waits (at most `deadline`) until
+    /// their cleanup ran.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let all: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for s in &all {
+            s.close("server shutting down");
+        }
+        let wait = async {
+            loop {
+                let notified = self.inner.emptied.notified();
+                if self.live_count() == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            tracing::warn!(
+                left = self.live_count(),
+                "agent sessions did not close before the deadline"
+            );
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Registers a new session; an older session of the same agent is closed.
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &self,
+        agent_ref: &str,
+        agent_id: &str,
+        host_id: Option<String>,
+        version: String,
+        capabilities: Vec<String>,
+        heartbeat: Duration,
+        command_timeout: Duration,
+    ) -> (
+        Arc<Session>,
+        mpsc::Receiver<Envelope>,
+        watch::Receiver<Option<String>>,
+    ) {
+        let (tx, rx) = mpsc::channel(self.inner.config.max_pending_commands.max(8) + 8);
+        let (close, close_rx) = watch::channel(None);
+        let session = Arc::new(Session {
+            agent_ref: agent_ref.to_string(),
+            agent_id: agent_id.to_string(),
+            host_id,
+            session_id: uuid::Uuid::new_v4().to_string(),
+            version,
+            capabilities,
+            connected_at: crate::store::now_ms(),
+            tx,
+            close,
+            pending: Mutex::new(HashMap::new()),
+            online: AtomicBool::new(true),
+            rtt_micros: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(heartbeat.as_millis() as u64),
+            command_timeout_ms: AtomicU64::new(command_timeout.as_millis() as u64),
+        });
+        let old = self
+            .sessions()
+            .insert(agent_ref.to_string(), session.clone());
+        if let Some(old) = old {
+            old.close("replaced by a newer connection of the same agent");
+            // Its waiting commands cannot be answered on the new socket.
+            old.fail_all();
+        }
+        (session, rx, close_rx)
+    }
+
+    /// Removes `session` if it is still the agent's current one. Returns whether it was.
+    fn unregister(&self, session: &Session) -> bool {
+        let removed = {
+            let mut map = self.sessions();
+            match map.get(&session.agent_ref) {
+                Some(cur) if cur.session_id == session.session_id => {
+                    map.remove(&session.agent_ref);
+                    true
+                }
+                _ => false,
+            }
+        };
+        session.fail_all();
+        self.inner.emptied.notify_waiters();
+        removed
+    }
+}
+
+/// Settings the agent is told about: the agent's overrides or the server's defaults.
+pub fn effective_settings(
+    config: &AgentConfig,
+    agent: &crate::store::Agent,
+) -> (Duration, Duration) {
+    let hb = agent
+        .heartbeat_interval
+        .filter(|v| *v > 0)
+        .map(|s| Duration::from_secs(s as u64))
+        .unwrap_or(config.heartbeat_interval.get());
+    let ct = agent
+        .command_timeout
+        .filter(|v| *v > 0)
+        .map(|s| Duration::from_secs(s as u64))
+        .unwrap_or(config.command_timeout.get());
+    (hb, ct)
+}
+
+pub(crate) fn disconnect_envelope(reason: &str) -> Envelope {
+    Envelope::new(
+        uuid::Uuid::new_v4().to_string(),
+        Message::Disconnect(DisconnectPayload {
+            reason: Some(reason.to_string()),
+        }),
+    )
+}

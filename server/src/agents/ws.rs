@@ -1,0 +1,670 @@
+//! `GET /ws/agents/{agent_id}`: the agent's WebSocket.
+//!
+//! Owns: the session's life: `auth` first (within `auth_timeout`), token and allowlist
+//! checks, the auth response, then one task per session that reads frames, writes queued
+//! commands, pings (RTT), watches heartbeats (offline after 3 missed intervals) and idle
+//! time, rate-limits the agent, and cleans up when the socket closes.
+//! Must not: run Docker operations itself (the agent does) or block on slow consumers.
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use protocol::{
+    AgentSettings, AuthPayload, AuthResponsePayload, AuthStatus, Envelope, ErrorBody, ErrorCode,
+    ErrorPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+};
+use serde_json::json;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{disconnect_envelope, effective_settings, AgentManager, Session};
+use crate::auth::{verify_agent_token, AgentAuthFailure};
+use crate::error::ApiError;
+use crate::metrics::Dir;
+use crate::store::{Agent, NewDockerEvent};
+use crate::{AppState, ClientIp};
+
+/// Close codes (RFC 6455).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The largest `auth` message accepted before the agent is known.
+const MAX_AUTH_SIZE: usize = 16 * 1024;
+
+pub async fn agent_ws(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    ClientIp(ip): ClientIp,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mgr = state.agents.clone();
+    if !mgr.config().enable_agent_mode {
+        return ApiError::not_found("agent mode is disabled on this server").into_response();
+    }
+    if mgr.is_shutting_down() {
+        return ApiError::new(ErrorCode::AgentOffline, "the server is shutting down")
+            .into_response();
+    }
+    // Small buffers: thousands of mostly idle agents. Writes go out at once (no batching).
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE_SIZE + 64 * 1024)
+        .max_message_size(MAX_MESSAGE_SIZE)
+        .max_frame_size(MAX_MESSAGE_SIZE)
+        .on_upgrade(move |socket| async move {
+            run(mgr, agent_id, ip, socket).await;
+        })
+}
+
+async fn send(mgr: &AgentManager, socket: &mut WebSocket, env: &Envelope) -> bool {
+    let text = env.encode();
+    mgr.inner.metrics.ws(Dir::Out, text.len());
+    socket.send(WsMessage::Text(text.into())).await.is_ok()
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.chars().take(100).collect::<String>().into(),
+    };
+    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+}
+
+fn error_env(ref_id: Option<String>, error: ErrorBody) -> Envelope {
+    Envelope::new(
+        uuid::Uuid::new_v4().to_string(),
+        Message::Error(ErrorPayload { error, ref_id }),
+    )
+}
+
+/// Reads and checks the first message. On failure the socket is answered and closed.
+async fn authenticate(
+    mgr: &AgentManager,
+    path_agent_id: &str,
+    ip: Option<IpAddr>,
+    socket: &mut WebSocket,
+) -> Option<(Envelope, AuthPayload, Agent)> {
+    let inner = &mgr.inner;
+    let first = tokio::time::timeout(inner.config.auth_timeout.get(), socket.recv()).await;
+    let text = match first {
+        Err(_) => {
+            record_failure(
+                mgr,
+                path_agent_id,
+                None,
+                ip,
+                "auth_timeout",
+                "no auth message in time",
+            )
+            .await;
+            let env = rejected(
+                "auth",
+                ErrorBody::new(ErrorCode::Timeout, "auth must be the first message"),
+            );
+            send(mgr, socket, &env).await;
+            close(socket, CLOSE_POLICY, "auth timeout").await;
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(WsMessage::Text(t)))) if t.len() <= MAX_AUTH_SIZE => t,
+        Ok(Some(Ok(WsMessage::Text(_)))) => {
+            record_failure(
+                mgr,
+                path_agent_id,
+                None,
+                ip,
+                "auth_invalid",
+                "auth message too large",
+            )
+            .await;
+            close(socket, CLOSE_TOO_BIG, "auth message too large").await;
+            return None;
+        }
+        Ok(Some(Ok(_))) => {
+            record_failure(
+                mgr,
+                path_agent_id,
+                None,
+                ip,
+                "auth_invalid",
+                "first frame is not a text auth message",
+            )
+            .await;
+            let env = rejected(
+                "auth",
+                ErrorBody::new(ErrorCode::Unauthorized, "the first message must be auth"),
+            );
+            send(mgr, socket, &env).await;
+            close(socket, CLOSE_POLICY, "not authenticated").await;
+            return None;
+        }
+    };
+    inner.metrics.ws(Dir::In, text.len());
+    let env = match Envelope::decode(text.as_bytes()) {
+        Ok(env) => env,
+        Err(e) => {
+            record_failure(mgr, path_agent_id, None, ip, "auth_invalid", &e.to_string()).await;
+            let env = rejected(
+                "auth",
+                ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    format!("the first message must be auth: {e}"),
+                ),
+            );
+            send(mgr, socket, &env).await;
+            close(socket, CLOSE_POLICY, "not authenticated").await;
+            return None;
+        }
+    };
+    let auth = match &env.message {
+        Message::Auth(a) => a.clone(),
+        other => {
+            let msg = format!(
+                "the first message must be auth, not {}",
+                other.message_type().as_str()
+            );
+            record_failure(mgr, path_agent_id, None, ip, "auth_invalid", &msg).await;
+            send(
+                mgr,
+                socket,
+                &rejected(&env.id, ErrorBody::new(ErrorCode::Unauthorized, msg)),
+            )
+            .await;
+            close(socket, CLOSE_POLICY, "not authenticated").await;
+            return None;
+        }
+    };
+    let check = async {
+        if ip.is_some_and(|ip| inner.auth_limiter.blocked(ip)) {
+            return Err((AgentAuthFailure::RateLimited, None));
+        }
+        if auth.agent_id != path_agent_id {
+            return Err((AgentAuthFailure::UnknownAgent, None));
+        }
+        let agent = match inner.store.get_agent(path_agent_id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                // Hash anyway so unknown and known agents take the same time.
+                let _ = crate::auth::hash_token(auth.auth_token.expose());
+                return Err((AgentAuthFailure::UnknownAgent, None));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                return Err((AgentAuthFailure::UnknownAgent, None));
+            }
+        };
+        match verify_agent_token(&agent, auth.auth_token.expose(), ip) {
+            Ok(()) => Ok(agent),
+            Err(f) => Err((f, Some(agent))),
+        }
+    };
+    match check.await {
+        Ok(agent) => Some((env, auth, agent)),
+        Err((failure, agent)) => {
+            let detail = if auth.agent_id != path_agent_id {
+                format!(
+                    "{} (path agent_id {:?} differs from auth agent_id {:?})",
+                    failure.as_str(),
+                    path_agent_id,
+                    auth.agent_id
+                )
+            } else {
+                failure.as_str().to_string()
+            };
+            record_failure(
+                mgr,
+                path_agent_id,
+                agent.as_ref(),
+                ip,
+                "auth_failed",
+                &detail,
+            )
+            .await;
+            let body = ErrorBody::new(failure.code(), failure.reason());
+            send(mgr, socket, &rejected(&env.id, body)).await;
+            close(socket, CLOSE_POLICY, failure.reason()).await;
+            None
+        }
+    }
+}
+
+fn rejected(id: &str, error: ErrorBody) -> Envelope {
+    Envelope::new(
+        id,
+        Message::AuthResponse(AuthResponsePayload {
+            status: AuthStatus::Rejected,
+            session_id: None,
+            config: None,
+            protocol_version: Some(PROTOCOL_VERSION),
+            error: Some(error),
+        }),
+    )
+}
+
+/// A failed authentication: agent_events, the audit log, the metrics and the IP limiter.
+async fn record_failure(
+    mgr: &AgentManager,
+    agent_id: &str,
+    agent: Option<&Agent>,
+    ip: Option<IpAddr>,
+    event: &str,
+    detail: &str,
+) {
+    let inner = &mgr.inner;
+    inner.metrics.auth_failure();
+    if let Some(ip) = ip {
+        inner.auth_limiter.record_failure(ip);
+    }
+    tracing::warn!(
+        agent_id,
+        ?ip,
+        reason = detail,
+        "agent authentication failed"
+    );
+    let data =
+        json!({ "agent_id": agent_id, "source_ip": ip.map(|i| i.to_string()), "reason": detail });
+    if let Err(e) = inner
+        .store
+        .add_agent_event(agent.map(|a| a.id.as_str()), event, &data)
+        .await
+    {
+        tracing::error!(error = %e, "could not record agent event");
+    }
+    let host = agent.and_then(|a| a.host_id.as_deref());
+    inner
+        .audit
+        .agent(
+            agent_id,
+            "agent.auth",
+            host,
+            "denied",
+            Some(event),
+            Some(json!({ "reason": detail })),
+            ip,
+        )
+        .await;
+}
+
+async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut socket: WebSocket) {
+    let Some((auth_env, auth, agent)) = authenticate(&mgr, &path_agent_id, ip, &mut socket).await
+    else {
+        return;
+    };
+    let inner = mgr.inner.clone();
+    let (heartbeat, command_timeout) = effective_settings(&inner.config, &agent);
+    let (session, mut rx, mut close_rx) = mgr.register(
+        &agent.id,
+        &agent.agent_id,
+        agent.host_id.clone(),
+        auth.version.clone(),
+        auth.capabilities.clone(),
+        heartbeat,
+        command_timeout,
+    );
+    let reconnection = agent.connected_at.is_some();
+    inner.metrics.agent_connected(reconnection);
+    if let Err(e) = inner
+        .store
+        .agent_connected(
+            &agent.id,
+            &session.session_id,
+            &inner.server_id,
+            &auth.version,
+            &auth.capabilities,
+        )
+        .await
+    {
+        tracing::error!(error = %e, "could not record agent connection");
+    }
+    let host = agent.host_id.clone();
+    let data = json!({ "session_id": session.session_id, "version": auth.version, "capabilities": auth.capabilities,
+        "source_ip": ip.map(|i| i.to_string()), "reconnection": reconnection });
+    let _ = inner
+        .store
+        .add_agent_event(Some(&agent.id), "connected", &data)
+        .await;
+    inner
+        .audit
+        .agent(
+            &agent.agent_id,
+            "agent.connect",
+            host.as_deref(),
+            "success",
+            None,
+            None,
+            ip,
+        )
+        .await;
+    tracing::info!(agent_id = %agent.agent_id, session = %session.session_id, version = %auth.version, "agent connected");
+
+    let reply = Envelope::new(
+        auth_env.id.clone(),
+        Message::AuthResponse(AuthResponsePayload {
+            status: AuthStatus::Authenticated,
+            session_id: Some(session.session_id.clone()),
+            config: Some(AgentSettings {
+                heartbeat_interval: Some(crate::config::Seconds(heartbeat).whole_secs()),
+                command_timeout: Some(crate::config::Seconds(command_timeout).whole_secs()),
+            }),
+            protocol_version: Some(auth.protocol_version.unwrap_or(1).min(PROTOCOL_VERSION)),
+            error: None,
+        }),
+    );
+    inner.feed.publish(
+        "agent_online",
+        host.as_deref(),
+        json!({ "agent_id": agent.agent_id, "version": auth.version, "capabilities": auth.capabilities }),
+    );
+    let reason = if send(&mgr, &mut socket, &reply).await {
+        session_loop(&mgr, &session, &mut socket, &mut rx, &mut close_rx).await
+    } else {
+        "send failed".to_string()
+    };
+
+    // Cleanup: the socket is gone (or being closed).
+    let current = mgr.unregister(&session);
+    inner.metrics.agent_disconnected();
+    if let Err(e) = inner
+        .store
+        .agent_disconnected(&agent.id, &session.session_id)
+        .await
+    {
+        tracing::error!(error = %e, "could not record agent disconnection");
+    }
+    let _ = inner
+        .store
+        .add_agent_event(
+            Some(&agent.id),
+            "disconnected",
+            &json!({ "session_id": session.session_id, "reason": reason }),
+        )
+        .await;
+    inner
+        .audit
+        .agent(
+            &agent.agent_id,
+            "agent.disconnect",
+            host.as_deref(),
+            "success",
+            None,
+            Some(json!({ "reason": reason })),
+            ip,
+        )
+        .await;
+    if current {
+        inner.feed.publish(
+            "agent_offline",
+            host.as_deref(),
+            json!({ "agent_id": agent.agent_id, "reason": reason }),
+        );
+    }
+    tracing::info!(agent_id = %agent.agent_id, session = %session.session_id, %reason, "agent disconnected");
+}
+
+/// A token bucket: `rate` per second, `2 * rate` burst.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64 * 2.0,
+            at: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The session's main loop. Returns why it ended.
+async fn session_loop(
+    mgr: &AgentManager,
+    session: &Arc<Session>,
+    socket: &mut WebSocket,
+    rx: &mut tokio::sync::mpsc::Receiver<Envelope>,
+    close_rx: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> String {
+    let inner = &mgr.inner;
+    let cfg = &inner.config;
+    let start = tokio::time::Instant::now();
+    let mut ping =
+        tokio::time::interval_at(start + cfg.ping_interval.get(), cfg.ping_interval.get());
+    let check_every =
+        (session.heartbeat_interval() / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let mut check = tokio::time::interval_at(start + check_every, check_every);
+    let mut last_inbound = Instant::now();
+    let mut last_heartbeat = Instant::now();
+    let mut ping_seq: u64 = 0;
+    let mut ping_sent: Option<(u64, Instant)> = None;
+    let mut bucket = Bucket::new(cfg.max_messages_per_second);
+    let mut strikes = 0u32;
+    loop {
+        tokio::select! {
+            frame = socket.recv() => {
+                let frame = match frame {
+                    None => return "socket closed".into(),
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
+                            close(socket, CLOSE_TOO_BIG, "message too large").await;
+                            return "message too large".into();
+                        }
+                        return format!("socket error: {text}");
+                    }
+                    Some(Ok(f)) => f,
+                };
+                last_inbound = Instant::now();
+                match frame {
+                    WsMessage::Text(t) => {
+                        inner.metrics.ws(Dir::In, t.len());
+                        if !bucket.take() {
+                            strikes += 1;
+                            if strikes > cfg.max_messages_per_second.saturating_mul(10) {
+                                close(socket, CLOSE_POLICY, "rate limit exceeded").await;
+                                return "rate limit exceeded".into();
+                            }
+                            let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
+                            send(mgr, socket, &err).await;
+                            continue;
+                        }
+                        strikes = 0;
+                        match Envelope::decode(t.as_bytes()) {
+                            Ok(env) => {
+                                if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat).await {
+                                    return reason;
+                                }
+                            }
+                            Err(e) => {
+                                let err = error_env(None, e.to_error_body());
+                                send(mgr, socket, &err).await;
+                            }
+                        }
+                    }
+                    WsMessage::Binary(b) => {
+                        inner.metrics.ws(Dir::In, b.len());
+                        let err = error_env(None, ErrorBody::invalid_params("binary frames are not supported; send JSON text"));
+                        send(mgr, socket, &err).await;
+                    }
+                    WsMessage::Pong(p) => {
+                        if let (Some((seq, at)), Ok(bytes)) = (ping_sent, <[u8; 8]>::try_from(p.as_ref())) {
+                            if u64::from_be_bytes(bytes) == seq {
+                                let rtt = at.elapsed();
+                                session.set_rtt(rtt);
+                                inner.metrics.rtt(rtt);
+                                ping_sent = None;
+                            }
+                        }
+                    }
+                    WsMessage::Ping(_) => {}
+                    WsMessage::Close(_) => return "agent closed the socket".into(),
+                }
+            }
+            out = rx.recv() => {
+                let Some(env) = out else { return "session dropped".into() };
+                if !send(mgr, socket, &env).await {
+                    return "send failed".into();
+                }
+            }
+            _ = ping.tick() => {
+                ping_seq += 1;
+                ping_sent = Some((ping_seq, Instant::now()));
+                if socket.send(WsMessage::Ping(ping_seq.to_be_bytes().to_vec().into())).await.is_err() {
+                    return "send failed".into();
+                }
+            }
+            _ = check.tick() => {
+                if last_inbound.elapsed() > cfg.websocket_timeout.get() {
+                    close(socket, CLOSE_GOING_AWAY, "idle timeout").await;
+                    return "idle timeout".into();
+                }
+                if session.is_online() && last_heartbeat.elapsed() > session.heartbeat_interval() * 3 {
+                    session.set_online(false);
+                    let secs = last_heartbeat.elapsed().as_secs_f64();
+                    tracing::warn!(agent_id = %session.agent_id, silent_secs = secs, "agent missed 3 heartbeats: offline");
+                    let _ = inner.store.agent_session_status(&session.agent_ref, &session.session_id, "offline").await;
+                    let _ = inner.store.add_agent_event(Some(&session.agent_ref), "heartbeat_missed",
+                        &json!({ "silent_secs": secs })).await;
+                    inner.feed.publish("agent_offline", session.host_id.as_deref(),
+                        json!({ "agent_id": session.agent_id, "reason": "missed heartbeats" }));
+                }
+            }
+            changed = close_rx.changed() => {
+                let reason = match changed {
+                    Ok(()) => close_rx.borrow().clone().unwrap_or_else(|| "closed".into()),
+                    Err(_) => "closed".into(),
+                };
+                send(mgr, socket, &disconnect_envelope(&reason)).await;
+                close(socket, CLOSE_NORMAL, &reason).await;
+                return reason;
+            }
+        }
+    }
+}
+
+/// Handles one decoded message. Returns `Some(reason)` to end the session.
+async fn handle(
+    mgr: &AgentManager,
+    session: &Arc<Session>,
+    socket: &mut WebSocket,
+    env: Envelope,
+    last_heartbeat: &mut Instant,
+) -> Option<String> {
+    let inner = &mgr.inner;
+    let host = session.host_id.as_deref();
+    match env.message {
+        Message::Heartbeat(hb) => {
+            *last_heartbeat = Instant::now();
+            if !session.set_online(true) {
+                tracing::info!(agent_id = %session.agent_id, "agent heartbeats resumed: online");
+                let _ = inner
+                    .store
+                    .add_agent_event(Some(&session.agent_ref), "heartbeat_resumed", &json!({}))
+                    .await;
+                inner.feed.publish(
+                    "agent_online",
+                    host,
+                    json!({ "agent_id": session.agent_id }),
+                );
+            }
+            let health = serde_json::to_value(&hb).unwrap_or_default();
+            let rtt_ms = session.rtt().map(|d| d.as_secs_f64() * 1000.0);
+            if let Err(e) = inner
+                .store
+                .agent_heartbeat(&session.agent_ref, &session.session_id, &health, rtt_ms)
+                .await
+            {
+                tracing::error!(error = %e, "could not store heartbeat");
+            }
+            inner.feed.publish(
+                "health",
+                host,
+                json!({ "agent_id": session.agent_id, "health": health, "rtt_ms": rtt_ms }),
+            );
+        }
+        Message::CommandResponse(r) => {
+            if !session.complete(&env.id, r.into_result()) {
+                tracing::debug!(agent_id = %session.agent_id, id = %env.id, "response for no waiting command (late or unknown)");
+            }
+        }
+        Message::CommandProgress(p) => {
+            if session.is_pending(&env.id) {
+                inner.feed.publish(
+                    "command_progress",
+                    host,
+                    json!({ "agent_id": session.agent_id, "command_id": env.id, "data": p.data }),
+                );
+            }
+        }
+        Message::Event(ev) => {
+            inner.metrics.docker_event();
+            if let Some(host_id) = host {
+                let rec = NewDockerEvent {
+                    host_id: host_id.to_string(),
+                    agent_id: Some(session.agent_id.clone()),
+                    kind: ev.kind.clone(),
+                    action: ev.action.clone(),
+                    actor_id: ev.actor_id.clone(),
+                    attributes: serde_json::to_value(&ev.attributes).unwrap_or_default(),
+                    time_nano: ev.time_nano,
+                };
+                if let Err(e) = inner.store.add_docker_event(&rec).await {
+                    tracing::error!(error = %e, "could not store Docker event");
+                }
+            }
+            inner.feed.publish(
+                "docker_event",
+                host,
+                json!({ "agent_id": session.agent_id, "event": ev }),
+            );
+        }
+        Message::Error(e) => {
+            tracing::warn!(agent_id = %session.agent_id, error = %e.error, ref_id = ?e.ref_id, "agent reported an error");
+            if let Some(r) = &e.ref_id {
+                session.complete(r, Err(e.error.clone()));
+            }
+        }
+        Message::Disconnect(d) => {
+            let reason = d.reason.unwrap_or_else(|| "agent disconnected".into());
+            close(socket, CLOSE_NORMAL, "bye").await;
+            return Some(format!("agent said goodbye: {reason}"));
+        }
+        Message::Auth(_) => {
+            let err = error_env(
+                Some(env.id),
+                ErrorBody::invalid_params("already authenticated"),
+            );
+            send(mgr, socket, &err).await;
+        }
+        other => {
+            let err = error_env(
+                Some(env.id),
+                ErrorBody::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "{} is a server-to-agent message",
+                        other.message_type().as_str()
+                    ),
+                ),
+            );
+            send(mgr, socket, &err).await;
+        }
+    }
+    None
+}

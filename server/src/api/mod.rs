@@ -1,0 +1,73 @@
+//! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
+//!
+//! Owns: routing, request and response JSON, role checks and auditing of user actions.
+//! Must not: reach Docker except through `hosts::Adapters`, or touch the agent registry
+//! except through `AgentManager`.
+
+mod agents;
+mod hosts;
+mod operations;
+mod records;
+mod stream;
+mod system;
+mod tokens;
+
+pub use tokens::issue_user_token as tokens_issue;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::AppState;
+
+/// Unix ms as RFC 3339, or null.
+pub(crate) fn ts(ms: Option<i64>) -> serde_json::Value {
+    match ms {
+        Some(ms) => serde_json::Value::String(protocol::time::format_rfc3339(
+            ms.div_euclid(1000),
+            ms.rem_euclid(1000) as u32,
+        )),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// Parses a time filter: Unix milliseconds or RFC 3339.
+pub(crate) fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    protocol::time::parse_rfc3339(s).map(|secs| secs * 1000)
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/ws/agents/{agent_id}", get(crate::agents::ws::agent_ws))
+        .route("/api/v1/hosts", get(hosts::list).post(hosts::create))
+        .route(
+            "/api/v1/hosts/{id}",
+            get(hosts::get_one)
+                .patch(hosts::patch)
+                .delete(hosts::delete),
+        )
+        .route("/api/v1/hosts/{id}/operations", post(operations::run))
+        .route("/api/v1/hosts/{id}/events", get(records::host_events))
+        .route("/api/v1/agents", get(agents::list).post(agents::create))
+        .route(
+            "/api/v1/agents/{agent_id}",
+            get(agents::get_one)
+                .patch(agents::patch)
+                .delete(agents::revoke),
+        )
+        .route(
+            "/api/v1/agents/{agent_id}/rotate-token",
+            post(agents::rotate),
+        )
+        .route("/api/v1/agents/{agent_id}/events", get(agents::events))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/audit", get(records::audit))
+        .route("/api/v1/commands/{id}", get(records::command))
+        .route("/api/v1/stream", get(stream::stream))
+}

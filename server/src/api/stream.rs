@@ -1,0 +1,76 @@
+//! `GET /api/v1/stream[?host_id=ID]`: a WebSocket that pushes agent online/offline changes,
+//! health and Docker events as JSON text messages. Authenticated with the same bearer token
+//! as the REST API (viewer and up).
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::store::Role;
+use crate::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    /// Only events of this host.
+    host_id: Option<String>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = q?;
+    // Subscribe before the upgrade so nothing published after the 101 is missed.
+    let rx = state.feed.subscribe();
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| run(socket, rx, q.host_id)))
+}
+
+async fn run(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::feed::FeedEvent>>,
+    host: Option<String>,
+) {
+    let hello = json!({ "type": "subscribed", "host_id": host });
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let text = match ev {
+                    Ok(ev) => {
+                        if host.as_deref().is_some_and(|h| ev.host_id.as_deref() != Some(h)) {
+                            continue;
+                        }
+                        ev.body.to_string()
+                    }
+                    Err(RecvError::Lagged(n)) => json!({ "type": "lagged", "missed": n }).to_string(),
+                    Err(RecvError::Closed) => return,
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}

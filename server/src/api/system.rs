@@ -1,0 +1,45 @@
+//! `/healthz`, `/readyz` and `/metrics`: unauthenticated, for probes and scrapers.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::AppState;
+
+/// The process is up.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The server can serve: the database answers and it is not shutting down.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db = state.store.ping().await;
+    let shutting_down = state.agents.is_shutting_down();
+    let ok = db.is_ok() && !shutting_down;
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "database": if db.is_ok() { "ok" } else { "unreachable" },
+        "shutting_down": shutting_down,
+        "agents_connected": state.agents.live_count(),
+    });
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

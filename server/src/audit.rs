@@ -1,0 +1,89 @@
+//! The audit log: who did what, on which host, with which outcome, when.
+//!
+//! Owns: building audit entries for user and agent actions and writing them. A failed write
+//! is logged, never turned into a failed request. Must not: record secrets or operation
+//! params (they may hold environment values).
+
+use serde_json::Value;
+use std::net::IpAddr;
+
+use crate::auth::Caller;
+use crate::store::{NewAudit, Store};
+
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    store: Store,
+}
+
+/// `success`, `error` or `denied`.
+pub fn outcome_of<T, E>(r: &Result<T, E>) -> &'static str {
+    if r.is_ok() {
+        "success"
+    } else {
+        "error"
+    }
+}
+
+impl Auditor {
+    pub fn new(store: Store) -> Auditor {
+        Auditor { store }
+    }
+
+    pub async fn record(&self, entry: NewAudit) {
+        if let Err(e) = self.store.add_audit(&entry).await {
+            tracing::error!(error = %e, action = %entry.action, "could not write the audit log");
+        }
+    }
+
+    /// A user's action.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn user(
+        &self,
+        caller: &Caller,
+        action: &str,
+        host_id: Option<&str>,
+        target: Option<&str>,
+        outcome: &str,
+        error_code: Option<&str>,
+        detail: Option<Value>,
+    ) {
+        self.record(NewAudit {
+            actor_kind: "user".into(),
+            actor: caller.user.clone(),
+            host_id: host_id.map(str::to_owned),
+            action: action.into(),
+            target: target.map(str::to_owned),
+            outcome: outcome.into(),
+            error_code: error_code.map(str::to_owned),
+            detail,
+            source_ip: caller.ip.map(|i| i.to_string()),
+        })
+        .await
+    }
+
+    /// An agent's action (connect, disconnect, failed auth).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn agent(
+        &self,
+        agent_id: &str,
+        action: &str,
+        host_id: Option<&str>,
+        outcome: &str,
+        error_code: Option<&str>,
+        detail: Option<Value>,
+        ip: Option<IpAddr>,
+    ) {
+        self.record(NewAudit {
+            actor_kind: "agent".into(),
+            actor: agent_id.to_string(),
+            host_id: host_id.map(str::to_owned),
+            action: action.into(),
+            target: Some(agent_id.to_string()),
+            outcome: outcome.into(),
+            error_code: error_code.map(str::to_owned),
+            detail,
+            source_ip: ip.map(|i| i.to_string()),
+        })
+        .await
+    }
+}

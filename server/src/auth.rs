@@ -1,0 +1,322 @@
+//! Authentication and authorisation.
+//!
+//! Owns: making tokens (256 random bits, shown once), hashing them (SHA-256: fine for
+//! high-entropy tokens), constant-time comparison, the [`Caller`] extractor for user API
+//! tokens (`Authorization: Bearer`), roles, CIDR allowlists and the per-IP limiter for
+//! failed authentications. Must not: log or return a token after it was shown once.
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use base64::Engine;
+use ipnet::IpNet;
+use protocol::{ErrorCode, Secret};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::store::{now_ms, Agent, Role};
+use crate::AppState;
+
+/// Prefix of user API tokens.
+pub const USER_TOKEN_PREFIX: &str = "dctl_u_";
+/// Prefix of agent tokens.
+pub const AGENT_TOKEN_PREFIX: &str = "dctl_a_";
+
+/// A new random token: `prefix` + base64url of 32 random bytes (256 bits).
+pub fn generate_token(prefix: &str) -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
+    Secret::new(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// The stored form of a token: hex SHA-256.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Constant-time equality of two hashes.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The first characters of a token, safe to show in listings.
+pub fn token_prefix(token: &str) -> String {
+    token.chars().take(USER_TOKEN_PREFIX.len() + 4).collect()
+}
+
+/// Whether `ip` is allowed by `allow` (an empty list allows everyone).
+pub fn ip_allowed(allow: &[IpNet], ip: Option<IpAddr>) -> bool {
+    if allow.is_empty() {
+        return true;
+    }
+    let Some(ip) = ip else { return false };
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    allow.iter().any(|n| n.contains(&ip))
+}
+
+/// Why an agent's token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAuthFailure {
+    UnknownAgent,
+    BadToken,
+    Expired,
+    Revoked,
+    NotAllowedFrom,
+    RateLimited,
+}
+
+impl AgentAuthFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            AgentAuthFailure::UnknownAgent | AgentAuthFailure::BadToken => {
+                "invalid agent id or token"
+            }
+            AgentAuthFailure::Expired => "token expired",
+            AgentAuthFailure::Revoked => "agent revoked",
+            AgentAuthFailure::NotAllowedFrom => "source address not allowed",
+            AgentAuthFailure::RateLimited => "too many failed authentications; retry later",
+        }
+    }
+    pub fn code(self) -> ErrorCode {
+        match self {
+            AgentAuthFailure::NotAllowedFrom => ErrorCode::Forbidden,
+            AgentAuthFailure::RateLimited => ErrorCode::RateLimited,
+            _ => ErrorCode::Unauthorized,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentAuthFailure::UnknownAgent => "unknown_agent",
+            AgentAuthFailure::BadToken => "bad_token",
+            AgentAuthFailure::Expired => "expired",
+            AgentAuthFailure::Revoked => "revoked",
+            AgentAuthFailure::NotAllowedFrom => "not_allowed_from",
+            AgentAuthFailure::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Checks an agent's presented token: the current one (unless expired), or the previous one
+/// within its grace period. Both comparisons always run, in constant time.
+pub fn verify_agent_token(
+    agent: &Agent,
+    presented: &str,
+    ip: Option<IpAddr>,
+) -> Result<(), AgentAuthFailure> {
+    let now = now_ms();
+    let h = hash_token(presented);
+    let current = hashes_equal(&h, &agent.auth_token_hash);
+    let previous = agent
+        .prev_token_hash
+        .as_deref()
+        .is_some_and(|p| hashes_equal(&h, p))
+        && agent.prev_token_valid_until.is_some_and(|t| t > now);
+    if agent.revoked_at.is_some() {
+        return Err(AgentAuthFailure::Revoked);
+    }
+    if !current && !previous {
+        return Err(AgentAuthFailure::BadToken);
+    }
+    if current && agent.token_expires_at.is_some_and(|t| t <= now) {
+        return Err(AgentAuthFailure::Expired);
+    }
+    if !ip_allowed(&agent.allowed_cidrs, ip) {
+        return Err(AgentAuthFailure::NotAllowedFrom);
+    }
+    Ok(())
+}
+
+/// Counts failed authentications per source IP in one-minute windows.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    per_minute: u32,
+    window: Duration,
+    map: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        FailureLimiter {
+            per_minute,
+            window: Duration::from_secs(60),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` has used up its failures for the current window.
+    pub fn blocked(&self, ip: IpAddr) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((start, n)) => start.elapsed() < self.window && *n >= self.per_minute,
+            None => false,
+        }
+    }
+
+    pub fn record_failure(&self, ip: IpAddr) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            let window = self.window;
+            map.retain(|_, (s, _)| s.elapsed() < window);
+        }
+        let e = map.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= self.window {
+            *e = (Instant::now(), 0);
+        }
+        e.1 = e.1.saturating_add(1);
+    }
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub user: String,
+    pub role: Role,
+    pub ip: Option<IpAddr>,
+}
+
+impl Caller {
+    /// Refuses with 403 unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role; the token has {}",
+                role.as_str(),
+                self.role.as_str()
+            )))
+        }
+    }
+}
+
+/// The source address of a request, when the server knows it.
+pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = source_ip(parts);
+        if ip.is_some_and(|ip| state.api_auth_limiter.blocked(ip)) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many failed authentications; retry later",
+            ));
+        }
+        let fail = |msg: &str| {
+            if let Some(ip) = ip {
+                state.api_auth_limiter.record_failure(ip);
+            }
+            ApiError::unauthorized(msg)
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = match header.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        }) {
+            Some(t) if !t.trim().is_empty() => t.trim(),
+            _ => {
+                return Err(fail(
+                    "missing bearer token: send Authorization: Bearer TOKEN",
+                ))
+            }
+        };
+        let hash = hash_token(token);
+        let record = state
+            .store
+            .find_api_token_by_hash(&hash)
+            .await
+            .map_err(ApiError::from)?;
+        let Some(t) = record.filter(|t| hashes_equal(&t.token_hash, &hash)) else {
+            return Err(fail("invalid token"));
+        };
+        if t.revoked_at.is_some() {
+            return Err(fail("token revoked"));
+        }
+        let now = now_ms();
+        if t.expires_at.is_some_and(|e| e <= now) {
+            return Err(fail("token expired"));
+        }
+        if !ip_allowed(&t.allowed_cidrs, ip) {
+            return Err(ApiError::forbidden(
+                "source address not allowed for this token",
+            ));
+        }
+        if t.last_used_at.is_none_or(|u| now - u > 60_000) {
+            if let Err(e) = state.store.touch_api_token(&t.id).await {
+                tracing::warn!(error = %e, "could not record token use");
+            }
+        }
+        Ok(Caller {
+            token_id: t.id,
+            user: t.user_name,
+            role: t.role,
+            ip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_256_bits_and_differ() {
+        let a = generate_token(AGENT_TOKEN_PREFIX);
+        let b = generate_token(AGENT_TOKEN_PREFIX);
+        assert_ne!(a.expose(), b.expose());
+        let body = a.expose().strip_prefix(AGENT_TOKEN_PREFIX).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap();
+        assert_eq!(raw.len(), 32);
+        assert_eq!(hash_token(a.expose()).len(), 64);
+    }
+
+    #[test]
+    fn allowlist_matches_v4_and_mapped_v6() {
+        let allow: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(ip_allowed(&allow, Some("10.1.2.3".parse().unwrap())));
+        assert!(ip_allowed(&allow, Some("::ffff:10.1.2.3".parse().unwrap())));
+        assert!(!ip_allowed(&allow, Some("127.0.0.1".parse().unwrap())));
+        assert!(!ip_allowed(&allow, None));
+        assert!(ip_allowed(&[], None));
+    }
+
+    #[test]
+    fn limiter_blocks_after_the_budget() {
+        let l = FailureLimiter::new(2);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(!l.blocked(ip));
+        l.record_failure(ip);
+        l.record_failure(ip);
+        assert!(l.blocked(ip));
+        assert!(!l.blocked("127.0.0.8".parse().unwrap()));
+    }
+}

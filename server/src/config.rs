@@ -1,0 +1,478 @@
+//! Command line and configuration.
+//!
+//! Owns: the clap CLI, the config file format, and building the one [`Config`] value that is
+//! passed down. Precedence, written down once: **CLI > environment > file > defaults**. clap
+//! already merges a flag with its environment variable; [`Config::load`] lays those values
+//! over the file as JSON and deserialises the result, so no field is merged by hand.
+//! Must not: keep global state.
+//!
+//! The file is YAML (`--config FILE`); `server/config.example.yaml` lists every key with its
+//! environment variable and default. Unknown keys are rejected by name.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use protocol::Secret;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::store::Role;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "docker-ctl-server",
+    version,
+    about = "docker-ctl control server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage user API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Start the server on the embedded SQLite default, create an admin token and, when
+    /// /var/run/docker.sock exists, a local host with a local agent. Runs until Ctrl-C.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a user API token and print only the token on stdout.
+    Create(TokenCreateArgs),
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL URL (postgres://...). Without it: an SQLite file under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the SQLite database and the encryption key file [default: ./data]
+    #[arg(long, env = "DOCKER_CTL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// YAML config file.
+    #[arg(long, env = "DOCKER_CTL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "DOCKER_CTL_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "DOCKER_CTL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve https and wss with rustls (needs --tls-key).
+    #[arg(long, env = "DOCKER_CTL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DOCKER_CTL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The seed's AGENT_CONFIG keys (and a few more), as flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// Seconds an agent socket may stay without any inbound frame before it is closed [default: 300]
+    #[arg(long, env = "DOCKER_CTL_WEBSOCKET_TIMEOUT")]
+    pub websocket_timeout: Option<f64>,
+    /// Seconds between agent heartbeats; 3 missed ones mark the agent offline [default: 30]
+    #[arg(long, env = "DOCKER_CTL_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<f64>,
+    /// Most agents enrolled for one host [default: 100]
+    #[arg(long, env = "DOCKER_CTL_MAX_AGENTS_PER_HOST")]
+    pub max_agents_per_host: Option<u32>,
+    /// Seconds a command may take [default: 300]
+    #[arg(long, env = "DOCKER_CTL_COMMAND_TIMEOUT")]
+    pub command_timeout: Option<f64>,
+    /// Accept agent connections and agent-mode hosts [default: true]
+    #[arg(long, env = "DOCKER_CTL_ENABLE_AGENT_MODE")]
+    pub enable_agent_mode: Option<bool>,
+    /// Seconds an agent has to send `auth` after connecting [default: 10]
+    #[arg(long, env = "DOCKER_CTL_AUTH_TIMEOUT")]
+    pub auth_timeout: Option<f64>,
+    /// Seconds an old agent token keeps working after a rotation [default: 300]
+    #[arg(long, env = "DOCKER_CTL_TOKEN_GRACE_PERIOD")]
+    pub token_grace_period: Option<f64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user's name.
+    #[arg(long)]
+    pub name: String,
+    /// admin, operator or viewer.
+    #[arg(long)]
+    pub role: Role,
+    /// Expire the token after this many seconds.
+    #[arg(long)]
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QuickstartArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "DOCKER_CTL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The Docker socket the local agent manages.
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// Path of the agent binary [default: next to this binary, then PATH]
+    #[arg(long, env = "DOCKER_CTL_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A duration written in seconds (fractions allowed) in files, flags and env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    pub const fn secs(s: u64) -> Seconds {
+        Seconds(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+    /// Whole seconds, at least 1 (what the agent is told).
+    pub fn whole_secs(self) -> u64 {
+        self.0.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0.as_secs_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "{v} is not a valid number of seconds"
+            )));
+        }
+        Ok(Seconds(Duration::from_secs_f64(v)))
+    }
+}
+
+/// The server's whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `listen` / `--listen` / `DOCKER_CTL_LISTEN`.
+    pub listen: SocketAddr,
+    /// `database_url` / `--database-url` / `DATABASE_URL`. None: SQLite in `data_dir`.
+    pub database_url: Option<Secret>,
+    /// `data_dir` / `--data-dir` / `DOCKER_CTL_DATA_DIR`.
+    pub data_dir: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Base64 of 32 bytes: the key that encrypts direct hosts' TLS client keys. None: the
+    /// 0600 file `data_dir/secret.key`, created on first start.
+    pub encryption_key: Option<Secret>,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_timeout: Seconds,
+    /// This replica's id (stored with each agent session). Default: a random id per start.
+    pub server_id: Option<String>,
+    /// Failed user-API authentications allowed per source IP and minute.
+    pub api_auth_failures_per_minute: u32,
+    pub agent: AgentConfig,
+}
+
+/// The seed's `AGENT_CONFIG` and the agent endpoint's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Seconds an agent socket may stay without any inbound frame (message or pong) before
+    /// the server closes it. Default 300.
+    pub websocket_timeout: Seconds,
+    /// Seconds between heartbeats the agent is told to keep. After 3 missed intervals the
+    /// agent is marked offline. Default 30.
+    pub heartbeat_interval: Seconds,
+    /// Most agents (not revoked) enrolled for one host. Default 100.
+    pub max_agents_per_host: u32,
+    /// Seconds a command may take before the API answers 504 timeout. Default 300.
+    pub command_timeout: Seconds,
+    /// Accept agent connections and route agent-mode hosts. Default true.
+    pub enable_agent_mode: bool,
+    /// Seconds an agent has after the upgrade to send `auth`. Default 10.
+    pub auth_timeout: Seconds,
+    /// Seconds between the server's WebSocket pings (at most 25). Default 25.
+    pub ping_interval: Seconds,
+    /// Seconds the previous token keeps working after a rotation. Default 300.
+    pub token_grace_period: Seconds,
+    /// Seconds a new agent token is valid. None (default): no expiry.
+    pub token_ttl: Option<Seconds>,
+    /// Messages per second an agent may send (burst: twice that). Default 100.
+    pub max_messages_per_second: u32,
+    /// Failed agent authentications allowed per source IP and minute. Default 10.
+    pub auth_failures_per_minute: u32,
+    /// Docker events kept per host. Default 1000.
+    pub event_retention_count: i64,
+    /// Seconds Docker events are kept. Default 604800 (7 days).
+    pub event_retention_age: Seconds,
+    /// Commands queued for one agent before new ones are refused with 429. Default 64.
+    pub max_pending_commands: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            tls_cert: None,
+            tls_key: None,
+            log_format: LogFormat::Text,
+            encryption_key: None,
+            shutdown_timeout: Seconds::secs(10),
+            server_id: None,
+            api_auth_failures_per_minute: 30,
+            agent: AgentConfig::default(),
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            websocket_timeout: Seconds::secs(300),
+            heartbeat_interval: Seconds::secs(30),
+            max_agents_per_host: 100,
+            command_timeout: Seconds::secs(300),
+            enable_agent_mode: true,
+            auth_timeout: Seconds::secs(10),
+            ping_interval: Seconds::secs(25),
+            token_grace_period: Seconds::secs(300),
+            token_ttl: None,
+            max_messages_per_second: 100,
+            auth_failures_per_minute: 10,
+            event_retention_count: 1000,
+            event_retention_age: Seconds::secs(7 * 24 * 3600),
+            max_pending_commands: 64,
+        }
+    }
+}
+
+fn put<T: Serialize>(m: &mut Map<String, Value>, key: &str, v: &Option<T>) {
+    if let Some(v) = v {
+        m.insert(key.to_string(), json!(v));
+    }
+}
+
+/// Lays `over` onto `base`, object key by key.
+fn overlay(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                overlay(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        put(&mut m, "database_url", &self.database_url);
+        put(&mut m, "data_dir", &self.data_dir);
+        put(&mut m, "log_format", &self.log_format);
+        m
+    }
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Value {
+        let mut m = self.common.overrides();
+        put(&mut m, "listen", &self.listen);
+        put(&mut m, "tls_cert", &self.tls_cert);
+        put(&mut m, "tls_key", &self.tls_key);
+        let a = &self.agent;
+        let mut am = Map::new();
+        put(&mut am, "websocket_timeout", &a.websocket_timeout);
+        put(&mut am, "heartbeat_interval", &a.heartbeat_interval);
+        put(&mut am, "max_agents_per_host", &a.max_agents_per_host);
+        put(&mut am, "command_timeout", &a.command_timeout);
+        put(&mut am, "enable_agent_mode", &a.enable_agent_mode);
+        put(&mut am, "auth_timeout", &a.auth_timeout);
+        put(&mut am, "token_grace_period", &a.token_grace_period);
+        if !am.is_empty() {
+            m.insert("agent".into(), Value::Object(am));
+        }
+        Value::Object(m)
+    }
+}
+
+impl Config {
+    /// Builds the config of `serve`: the file (if any), then the flags and environment.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        Config::from_layers(args.common.config.as_deref(), args.overrides())
+    }
+
+    /// The config of `token create`: same database, data dir and file as `serve`.
+    pub fn load_common(args: &CommonArgs) -> anyhow::Result<Config> {
+        Config::from_layers(args.config.as_deref(), Value::Object(args.overrides()))
+    }
+
+    /// `file` (YAML) overlaid with `overrides` (JSON of the CLI/env values that were given).
+    pub fn from_layers(file: Option<&Path>, overrides: Value) -> anyhow::Result<Config> {
+        let mut base = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let v: Value = serde_yaml_ng::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?;
+                match v {
+                    Value::Null => json!({}),
+                    Value::Object(_) => v,
+                    _ => bail!("config file {} must be a YAML mapping", path.display()),
+                }
+            }
+            None => json!({}),
+        };
+        overlay(&mut base, overrides);
+        let config: Config = serde_json::from_value(base).context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde's types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let a = &self.agent;
+        if a.ping_interval.get() > Duration::from_secs(25) || a.ping_interval.get().is_zero() {
+            bail!("agent.ping_interval must be between 0 and 25 seconds");
+        }
+        for (name, v) in [
+            ("agent.heartbeat_interval", a.heartbeat_interval),
+            ("agent.command_timeout", a.command_timeout),
+            ("agent.auth_timeout", a.auth_timeout),
+            ("agent.websocket_timeout", a.websocket_timeout),
+        ] {
+            if v.get().is_zero() {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        if a.max_agents_per_host == 0 {
+            bail!("agent.max_agents_per_host must be at least 1");
+        }
+        if a.max_messages_per_second == 0 {
+            bail!("agent.max_messages_per_second must be at least 1");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key go together");
+        }
+        if let Some(url) = &self.database_url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://")
+                || u.starts_with("postgresql://")
+                || u.starts_with("sqlite:"))
+            {
+                bail!("database_url must start with postgres://, postgresql:// or sqlite:");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(|s| s.expose())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = Config::from_layers(None, json!({})).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.agent.websocket_timeout, Seconds::secs(300));
+        assert_eq!(c.agent.heartbeat_interval, Seconds::secs(30));
+        assert_eq!(c.agent.max_agents_per_host, 100);
+        assert_eq!(c.agent.command_timeout, Seconds::secs(300));
+        assert!(c.agent.enable_agent_mode);
+    }
+
+    #[test]
+    fn cli_beats_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "listen: 127.0.0.1:9000\nagent:\n  heartbeat_interval: 5\n  command_timeout: 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            common: CommonArgs {
+                config: Some(f),
+                ..Default::default()
+            },
+            agent: AgentArgs {
+                heartbeat_interval: Some(2.5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(
+            c.agent.heartbeat_interval.get(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(c.agent.command_timeout, Seconds::secs(7));
+        assert_eq!(c.agent.max_agents_per_host, 100);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "agent:\n  heartbeat_intervall: 5\n").unwrap();
+        let err = Config::from_layers(Some(&f), json!({})).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("heartbeat_intervall"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn validation_refuses_a_slow_ping() {
+        let err = Config::from_layers(None, json!({"agent": {"ping_interval": 60}})).unwrap_err();
+        assert!(err.to_string().contains("ping_interval"));
+    }
+
+    #[test]
+    fn database_url_is_masked_in_debug() {
+        let c = Config::from_layers(None, json!({"database_url": "postgres://u:pw@h/db"})).unwrap();
+        assert!(!format!("{c:?}").contains("pw@"));
+    }
+}

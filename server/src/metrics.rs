@@ -1,0 +1,259 @@
+//! Prometheus metrics in the text exposition format, without a metrics library.
+//!
+//! Owns: the counters, gauges and histograms the seed asks for (agents connected, command
+//! latency by operation and outcome, reconnections, commands by outcome, WebSocket messages
+//! and bytes in and out, agent RTT) and rendering them for `GET /metrics`.
+//! Must not: use unbounded label values (labels are operation names and outcome codes).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+const RTT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, buckets: &[f64], v: f64) {
+        if self.counts.len() != buckets.len() {
+            self.counts = vec![0; buckets.len()];
+        }
+        for (i, b) in buckets.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str, buckets: &[f64]) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in buckets.iter().enumerate() {
+            let c = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let wrap = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{wrap} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{wrap} {}", self.count);
+    }
+}
+
+/// Direction of WebSocket traffic, from the server's point of view.
+#[derive(Debug, Clone, Copy)]
+pub enum Dir {
+    In,
+    Out,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    agents_connected: AtomicI64,
+    reconnections: AtomicU64,
+    auth_failures: AtomicU64,
+    ws_messages_in: AtomicU64,
+    ws_messages_out: AtomicU64,
+    ws_bytes_in: AtomicU64,
+    ws_bytes_out: AtomicU64,
+    docker_events: AtomicU64,
+    /// (operation, outcome) -> latency histogram; its count is the commands-by-outcome counter.
+    commands: Mutex<BTreeMap<(String, String), Histogram>>,
+    rtt: Mutex<Histogram>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn agent_connected(&self, reconnection: bool) {
+        self.agents_connected.fetch_add(1, Ordering::Relaxed);
+        if reconnection {
+            self.reconnections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn agent_disconnected(&self) {
+        self.agents_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn agents_connected(&self) -> i64 {
+        self.agents_connected.load(Ordering::Relaxed)
+    }
+
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn docker_event(&self) {
+        self.docker_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ws(&self, dir: Dir, bytes: usize) {
+        let (m, b) = match dir {
+            Dir::In => (&self.ws_messages_in, &self.ws_bytes_in),
+            Dir::Out => (&self.ws_messages_out, &self.ws_bytes_out),
+        };
+        m.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A finished command. `outcome` is `success` or an error code.
+    pub fn command(&self, operation: &str, outcome: &str, took: Duration) {
+        let mut m = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((operation.to_string(), outcome.to_string()))
+            .or_default()
+            .observe(LATENCY_BUCKETS, took.as_secs_f64());
+    }
+
+    pub fn rtt(&self, rtt: Duration) {
+        self.rtt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(RTT_BUCKETS, rtt.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "docker_ctl_agents_connected",
+            "Agents with a live authenticated session.",
+            self.agents_connected(),
+        );
+        counter(
+            &mut out,
+            "docker_ctl_agent_reconnections_total",
+            "Agent sessions opened by an agent that had connected before.",
+            self.reconnections.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "docker_ctl_agent_auth_failures_total",
+            "Refused agent authentications.",
+            self.auth_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "docker_ctl_docker_events_total",
+            "Docker events received from agents.",
+            self.docker_events.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP docker_ctl_ws_messages_total Agent WebSocket messages.\n# TYPE docker_ctl_ws_messages_total counter");
+        let _ = writeln!(
+            out,
+            "docker_ctl_ws_messages_total{{direction=\"in\"}} {}",
+            self.ws_messages_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "docker_ctl_ws_messages_total{{direction=\"out\"}} {}",
+            self.ws_messages_out.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP docker_ctl_ws_bytes_total Agent WebSocket payload bytes.\n# TYPE docker_ctl_ws_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "docker_ctl_ws_bytes_total{{direction=\"in\"}} {}",
+            self.ws_bytes_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "docker_ctl_ws_bytes_total{{direction=\"out\"}} {}",
+            self.ws_bytes_out.load(Ordering::Relaxed)
+        );
+
+        let cmds = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(out, "# HELP docker_ctl_commands_total Commands by operation and outcome.\n# TYPE docker_ctl_commands_total counter");
+        for ((op, outcome), h) in &cmds {
+            let _ = writeln!(
+                out,
+                "docker_ctl_commands_total{{operation=\"{}\",outcome=\"{}\"}} {}",
+                esc(op),
+                esc(outcome),
+                h.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP docker_ctl_command_duration_seconds Command latency by operation and outcome.\n# TYPE docker_ctl_command_duration_seconds histogram"
+        );
+        for ((op, outcome), h) in &cmds {
+            let labels = format!("operation=\"{}\",outcome=\"{}\"", esc(op), esc(outcome));
+            h.render(
+                &mut out,
+                "docker_ctl_command_duration_seconds",
+                &labels,
+                LATENCY_BUCKETS,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP docker_ctl_agent_rtt_seconds Agent round-trip time from WebSocket ping/pong.\n# TYPE docker_ctl_agent_rtt_seconds histogram"
+        );
+        let rtt = self.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        rtt.render(&mut out, "docker_ctl_agent_rtt_seconds", "", RTT_BUCKETS);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histograms_and_counters() {
+        let m = Metrics::default();
+        m.command("container.list", "success", Duration::from_millis(20));
+        m.command("container.list", "agent_offline", Duration::from_millis(1));
+        m.agent_connected(true);
+        m.ws(Dir::In, 10);
+        m.rtt(Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("docker_ctl_agents_connected 1"));
+        assert!(text.contains("docker_ctl_agent_reconnections_total 1"));
+        assert!(text.contains(
+            "docker_ctl_commands_total{operation=\"container.list\",outcome=\"success\"} 1"
+        ));
+        assert!(text.contains(
+            "docker_ctl_command_duration_seconds_bucket{operation=\"container.list\",outcome=\"success\",le=\"0.025\"} 1"
+        ));
+        assert!(text.contains("docker_ctl_ws_bytes_total{direction=\"in\"} 10"));
+        assert!(text.contains("docker_ctl_agent_rtt_seconds_count 1"));
+    }
+}

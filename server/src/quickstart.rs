@@ -1,0 +1,194 @@
+//! `docker-ctl-server quickstart`: one command from nothing to a managed local Docker.
+//!
+//! Starts the server on the embedded SQLite default in the data directory, creates an admin
+//! token and, when the local Docker socket exists, a host `local` with the agent
+//! `local-agent`, whose binary (`docker-ctl-agent`, next to this binary or on PATH) is
+//! started connected to this server. Prints the admin token and one curl line that lists the
+//! containers through the agent, then serves until Ctrl-C.
+
+use anyhow::Context;
+use serde_json::json;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use tokio::net::TcpListener;
+
+use crate::api::tokens_issue;
+use crate::auth::{generate_token, hash_token, AGENT_TOKEN_PREFIX};
+use crate::config::{Config, QuickstartArgs};
+use crate::store::{ConnectionMode, NewAgent, NewHost, Role};
+use crate::AppState;
+
+pub const HOST_NAME: &str = "local";
+pub const AGENT_ID: &str = "local-agent";
+pub const ADMIN_NAME: &str = "quickstart-admin";
+
+/// The agent binary: `explicit`, else next to this executable, else on PATH.
+pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    let name = "docker-ctl-agent";
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+pub async fn run(
+    args: QuickstartArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut overrides = serde_json::Map::new();
+    if let Some(d) = &args.common.data_dir {
+        overrides.insert("data_dir".into(), json!(d));
+    }
+    if let Some(l) = &args.listen {
+        overrides.insert("listen".into(), json!(l));
+    }
+    if let Some(f) = &args.common.log_format {
+        overrides.insert("log_format".into(), json!(f));
+    }
+    let mut config = Config::from_layers(
+        args.common.config.as_deref(),
+        serde_json::Value::Object(overrides),
+    )?;
+    if config.database_url.is_some() || args.common.database_url.is_some() {
+        tracing::warn!(
+            "quickstart always uses the embedded SQLite database; DATABASE_URL is ignored"
+        );
+    }
+    config.database_url = None;
+    let listen = config.listen;
+    let data_dir = config.data_dir.clone();
+    let state = AppState::new(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (_, admin, _) =
+        tokens_issue(&state.store, ADMIN_NAME, Role::Admin, None, Vec::new()).await?;
+
+    let mut child = None;
+    let mut host_id = None;
+    let mut note = String::new();
+    if args.docker_socket.exists() {
+        let host = match state
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == HOST_NAME)
+        {
+            Some(mut h) if h.connection_mode != ConnectionMode::Agent => {
+                h.connection_mode = ConnectionMode::Agent;
+                state.store.update_host(&h).await?
+            }
+            Some(h) => h,
+            None => {
+                state
+                    .store
+                    .create_host(&NewHost {
+                        name: HOST_NAME.into(),
+                        connection_mode: ConnectionMode::Agent,
+                        docker_url: Some(format!("unix://{}", args.docker_socket.display())),
+                        tls_ca: None,
+                        tls_cert: None,
+                        tls_key_enc: None,
+                        tls_server_name: None,
+                    })
+                    .await?
+            }
+        };
+        let token = generate_token(AGENT_TOKEN_PREFIX);
+        match state.store.get_agent(AGENT_ID).await? {
+            Some(a) if a.revoked_at.is_none() => {
+                state
+                    .store
+                    .rotate_agent_token(AGENT_ID, &hash_token(token.expose()), None, None)
+                    .await?;
+            }
+            _ => {
+                state
+                    .store
+                    .create_agent(&NewAgent {
+                        agent_id: AGENT_ID.into(),
+                        host_id: host.id.clone(),
+                        token_hash: hash_token(token.expose()),
+                        token_expires_at: None,
+                        allowed_cidrs: Vec::new(),
+                    })
+                    .await?;
+            }
+        }
+        host_id = Some(host.id.clone());
+        let env = [
+            ("DOCKER_CTL_SERVER", format!("ws://{addr}")),
+            ("DOCKER_CTL_AGENT_ID", AGENT_ID.to_string()),
+            ("DOCKER_CTL_TOKEN", token.expose().to_string()),
+            (
+                "DOCKER_CTL_DOCKER_SOCKET",
+                format!("unix://{}", args.docker_socket.display()),
+            ),
+        ];
+        match find_agent_binary(args.agent_bin.as_deref()) {
+            Some(bin) => {
+                let mut cmd = std::process::Command::new(&bin);
+                cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .stdin(std::process::Stdio::null());
+                match cmd.spawn() {
+                    Ok(c) => {
+                        tracing::info!(bin = %bin.display(), pid = c.id(), "started the local agent");
+                        child = Some(c);
+                    }
+                    Err(e) => note = format!("could not start {}: {e}", bin.display()),
+                }
+            }
+            None => {
+                let cmdline: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                note = format!(
+                    "docker-ctl-agent was not found next to this binary or on PATH; build it \
+                     (cargo build --release -p agent-lite) and start it with:\n  {} docker-ctl-agent",
+                    cmdline.join(" ")
+                );
+            }
+        }
+    } else {
+        note = format!(
+            "{} does not exist: no local host was created",
+            args.docker_socket.display()
+        );
+    }
+
+    println!(
+        "docker-ctl-server is listening on http://{addr} (data in {})",
+        data_dir.display()
+    );
+    println!("Admin token: {}", admin.expose());
+    if let Some(h) = &host_id {
+        println!("List the containers through the agent:");
+        println!(
+            "curl -s -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' -d '{{\"operation\":\"container.list\",\"params\":{{\"all\":true}}}}' http://{addr}/api/v1/hosts/{h}/operations",
+            admin.expose()
+        );
+    }
+    if !note.is_empty() {
+        println!("{note}");
+    }
+    println!("Press Ctrl-C to stop.");
+    let result = crate::serve(listener, state, shutdown).await;
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    result
+}
