@@ -17,7 +17,10 @@ async fn suite(db: &TestDb) {
     let u = store.upsert_user("alice", Role::Operator).await.unwrap();
     let u2 = store.upsert_user("alice", Role::Admin).await.unwrap();
     assert_eq!(u.id, u2.id);
-    assert_eq!(store.find_user("alice").await.unwrap().unwrap().role, Role::Admin);
+    assert_eq!(
+        store.find_user("alice").await.unwrap().unwrap().role,
+        Role::Admin
+    );
     let tid = store
         .insert_api_token(&NewApiToken {
             user_id: u.id.clone(),
@@ -29,9 +32,16 @@ async fn suite(db: &TestDb) {
         .await
         .unwrap();
     let t = store.find_api_token_by_hash("h1").await.unwrap().unwrap();
-    assert_eq!((t.id.as_str(), t.user_name.as_str(), t.role), (tid.as_str(), "alice", Role::Admin));
+    assert_eq!(
+        (t.id.as_str(), t.user_name.as_str(), t.role),
+        (tid.as_str(), "alice", Role::Admin)
+    );
     assert_eq!(t.allowed_cidrs.len(), 1);
-    assert!(store.find_api_token_by_hash("nope").await.unwrap().is_none());
+    assert!(store
+        .find_api_token_by_hash("nope")
+        .await
+        .unwrap()
+        .is_none());
     let dup = store
         .insert_api_token(&NewApiToken {
             user_id: u.id.clone(),
@@ -43,8 +53,17 @@ async fn suite(db: &TestDb) {
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     store.revoke_api_token(&tid).await.unwrap();
-    assert!(store.get_api_token(&tid).await.unwrap().unwrap().revoked_at.is_some());
-    assert!(matches!(store.revoke_api_token("missing").await, Err(StoreError::NotFound)));
+    assert!(store
+        .get_api_token(&tid)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert!(matches!(
+        store.revoke_api_token("missing").await,
+        Err(StoreError::NotFound)
+    ));
     assert_eq!(store.list_api_tokens().await.unwrap().len(), 1);
 
     // hosts
@@ -107,8 +126,14 @@ async fn suite(db: &TestDb) {
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))));
 
-    store.agent_connected(&a.id, "s1", "srv", "1.0", &["docker".to_string()]).await.unwrap();
-    store.agent_heartbeat(&a.id, "s1", &json!({"docker_reachable": true}), Some(1.5)).await.unwrap();
+    store
+        .agent_connected(&a.id, "s1", "srv", "1.0", &["docker".to_string()])
+        .await
+        .unwrap();
+    store
+        .agent_heartbeat(&a.id, "s1", &json!({"docker_reachable": true}), Some(1.5))
+        .await
+        .unwrap();
     let got = store.get_agent("edge-1").await.unwrap().unwrap();
     assert_eq!(got.status, "online");
     assert_eq!(got.capabilities, vec!["docker".to_string()]);
@@ -116,21 +141,45 @@ async fn suite(db: &TestDb) {
     assert_eq!(got.rtt_ms, Some(1.5));
     assert!(got.last_heartbeat.is_some() && got.connected_at.is_some());
     // A stale session cannot overwrite the current one.
-    store.agent_disconnected(&a.id, "old-session").await.unwrap();
-    assert_eq!(store.get_agent("edge-1").await.unwrap().unwrap().status, "online");
-    store.agent_session_status(&a.id, "s1", "offline").await.unwrap();
-    assert_eq!(store.get_agent("edge-1").await.unwrap().unwrap().status, "offline");
+    store
+        .agent_disconnected(&a.id, "old-session")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent("edge-1").await.unwrap().unwrap().status,
+        "online"
+    );
+    store
+        .agent_session_status(&a.id, "s1", "offline")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent("edge-1").await.unwrap().unwrap().status,
+        "offline"
+    );
     store.agent_disconnected(&a.id, "s1").await.unwrap();
     let got = store.get_agent("edge-1").await.unwrap().unwrap();
     assert_eq!(got.status, "disconnected");
     assert!(got.disconnected_at.is_some() && got.session_id.is_none());
 
-    store.rotate_agent_token("edge-1", "ah2", None, Some(now_ms() + 60_000)).await.unwrap();
+    store
+        .rotate_agent_token("edge-1", "ah2", None, Some(now_ms() + 60_000))
+        .await
+        .unwrap();
     let got = store.get_agent("edge-1").await.unwrap().unwrap();
-    assert_eq!((got.auth_token_hash.as_str(), got.prev_token_hash.as_deref()), ("ah2", Some("ah1")));
-    store.rotate_agent_token("edge-1", "ah3", Some(now_ms() + 5), None).await.unwrap();
+    assert_eq!(
+        (got.auth_token_hash.as_str(), got.prev_token_hash.as_deref()),
+        ("ah2", Some("ah1"))
+    );
+    store
+        .rotate_agent_token("edge-1", "ah3", Some(now_ms() + 5), None)
+        .await
+        .unwrap();
     let got = store.get_agent("edge-1").await.unwrap().unwrap();
-    assert_eq!((got.auth_token_hash.as_str(), got.prev_token_hash.as_deref()), ("ah3", None));
+    assert_eq!(
+        (got.auth_token_hash.as_str(), got.prev_token_hash.as_deref()),
+        ("ah3", None)
+    );
     assert!(got.token_expires_at.is_some());
 
     store
@@ -149,8 +198,14 @@ async fn suite(db: &TestDb) {
     assert_eq!(got.allowed_cidrs.len(), 1);
 
     store.revoke_agent("edge-1").await.unwrap();
-    assert!(matches!(store.revoke_agent("edge-1").await, Err(StoreError::NotFound)));
-    assert_eq!(store.get_agent("edge-1").await.unwrap().unwrap().status, "revoked");
+    assert!(matches!(
+        store.revoke_agent("edge-1").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.get_agent("edge-1").await.unwrap().unwrap().status,
+        "revoked"
+    );
     assert_eq!(store.count_active_agents(&h.id).await.unwrap(), 0);
     // A revoked agent can be enrolled again.
     let re = store
@@ -169,13 +224,25 @@ async fn suite(db: &TestDb) {
     assert_eq!(store.agents_of_host(&h.id).await.unwrap().len(), 1);
 
     // sessions left by a crashed run
-    store.agent_connected(&a.id, "s9", "srv", "1.0", &[]).await.unwrap();
+    store
+        .agent_connected(&a.id, "s9", "srv", "1.0", &[])
+        .await
+        .unwrap();
     assert_eq!(store.reset_sessions_of("srv").await.unwrap(), 1);
-    assert_eq!(store.get_agent("edge-1").await.unwrap().unwrap().status, "disconnected");
+    assert_eq!(
+        store.get_agent("edge-1").await.unwrap().unwrap().status,
+        "disconnected"
+    );
 
     // agent events
-    store.add_agent_event(Some(&a.id), "connected", &json!({"x": 1})).await.unwrap();
-    store.add_agent_event(None, "auth_failed", &json!({"agent_id": "ghost"})).await.unwrap();
+    store
+        .add_agent_event(Some(&a.id), "connected", &json!({"x": 1}))
+        .await
+        .unwrap();
+    store
+        .add_agent_event(None, "auth_failed", &json!({"agent_id": "ghost"}))
+        .await
+        .unwrap();
     let ev = store.list_agent_events(Some(&a.id), 10).await.unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].agent_id.as_deref(), Some("edge-1"));
@@ -199,14 +266,32 @@ async fn suite(db: &TestDb) {
     let all = store.list_docker_events(&h.id, 0, 100).await.unwrap();
     assert_eq!(all.len(), 5);
     assert_eq!(all[0].action, "a4", "newest first");
-    assert_eq!(store.list_docker_events(&h.id, all[1].seq, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_docker_events(&h.id, all[1].seq, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.prune_docker_events(3, 3_600_000).await.unwrap(), 2);
     let kept = store.list_docker_events(&h.id, 0, 100).await.unwrap();
-    assert_eq!(kept.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), vec!["a4", "a3", "a2"]);
-    assert_eq!(store.prune_docker_events(100, -1).await.unwrap(), 3, "age limit");
+    assert_eq!(
+        kept.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        vec!["a4", "a3", "a2"]
+    );
+    assert_eq!(
+        store.prune_docker_events(100, -1).await.unwrap(),
+        3,
+        "age limit"
+    );
 
     // audit log with filters
-    for (actor, action, outcome) in [("alice", "host.create", "success"), ("bob", "operation.container.list", "error"), ("alice", "agent.revoke", "success")] {
+    for (actor, action, outcome) in [
+        ("alice", "host.create", "success"),
+        ("bob", "operation.container.list", "error"),
+        ("alice", "agent.revoke", "success"),
+    ] {
         store
             .add_audit(&NewAudit {
                 actor_kind: "user".into(),
@@ -228,13 +313,45 @@ async fn suite(db: &TestDb) {
         ..Default::default()
     };
     assert_eq!(store.list_audit(&f(None, None)).await.unwrap().len(), 3);
-    assert_eq!(store.list_audit(&f(Some("alice"), None)).await.unwrap().len(), 2);
-    assert_eq!(store.list_audit(&f(Some("alice"), Some("error"))).await.unwrap().len(), 0);
-    let page = store.list_audit(&AuditFilter { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        store
+            .list_audit(&f(Some("alice"), None))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .list_audit(&f(Some("alice"), Some("error")))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    let page = store
+        .list_audit(&AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page[0].action, "agent.revoke");
-    let older = store.list_audit(&AuditFilter { before_seq: Some(page[0].seq), ..Default::default() }).await.unwrap();
+    let older = store
+        .list_audit(&AuditFilter {
+            before_seq: Some(page[0].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(older.len(), 2);
-    let since = store.list_audit(&AuditFilter { since: Some(now_ms() + 60_000), ..Default::default() }).await.unwrap();
+    let since = store
+        .list_audit(&AuditFilter {
+            since: Some(now_ms() + 60_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(since.is_empty());
 
     // commands
@@ -248,15 +365,33 @@ async fn suite(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(store.get_command("c1").await.unwrap().unwrap().status, "pending");
-    store.finish_command("c1", "error", Some("timeout"), 42).await.unwrap();
+    assert_eq!(
+        store.get_command("c1").await.unwrap().unwrap().status,
+        "pending"
+    );
+    store
+        .finish_command("c1", "error", Some("timeout"), 42)
+        .await
+        .unwrap();
     let c = store.get_command("c1").await.unwrap().unwrap();
-    assert_eq!((c.status.as_str(), c.error_code.as_deref(), c.duration_ms), ("error", Some("timeout"), Some(42)));
+    assert_eq!(
+        (c.status.as_str(), c.error_code.as_deref(), c.duration_ms),
+        ("error", Some("timeout"), Some(42))
+    );
 
     // Deleting the host keeps its agent (host_id set to NULL) and drops its events.
     store.delete_host(&h.id).await.unwrap();
-    assert!(matches!(store.delete_host(&h.id).await, Err(StoreError::NotFound)));
-    assert!(store.get_agent("edge-1").await.unwrap().unwrap().host_id.is_none());
+    assert!(matches!(
+        store.delete_host(&h.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store
+        .get_agent("edge-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .host_id
+        .is_none());
     store.close().await;
 }
 
@@ -268,7 +403,10 @@ async fn store_suite_on_sqlite() {
     let store = db.store().await;
     assert_eq!(store.backend(), Backend::Sqlite);
     assert!(db.dir.path().join("docker-ctl.db").exists());
-    assert!(db.dir.path().join("docker-ctl.db-wal").exists(), "the SQLite file runs in WAL mode");
+    assert!(
+        db.dir.path().join("docker-ctl.db-wal").exists(),
+        "the SQLite file runs in WAL mode"
+    );
 }
 
 #[tokio::test]

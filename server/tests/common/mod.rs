@@ -31,13 +31,18 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = Store::sqlite_url_in(dir.path());
-        TestDb { url, dir, pg_admin: None }
+        TestDb {
+            url,
+            dir,
+            pg_admin: None,
+        }
     }
 
     /// A fresh PostgreSQL database. Fails (never skips) when PostgreSQL is not reachable.
     pub async fn postgres() -> TestDb {
         use sqlx::Connection;
-        let admin = std::env::var("DOCKER_CTL_TEST_DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT.to_string());
+        let admin = std::env::var("DOCKER_CTL_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| PG_DEFAULT.to_string());
         let mut conn = match sqlx::postgres::PgConnection::connect(&admin).await {
             Ok(c) => c,
             Err(e) => panic!(
@@ -46,10 +51,20 @@ impl TestDb {
             ),
         };
         let name = format!("dctl_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("CREATE DATABASE");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
         conn.close().await.ok();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).expect("database URL with a path");
-        TestDb { url: format!("{base}/{name}"), dir: tempfile::tempdir().expect("tempdir"), pg_admin: Some((admin, name)) }
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .expect("database URL with a path");
+        TestDb {
+            url: format!("{base}/{name}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            pg_admin: Some((admin, name)),
+        }
     }
 
     pub async fn store(&self) -> Store {
@@ -62,11 +77,17 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg_admin.take() {
             // Async drop is not possible; a short-lived runtime on another thread does it.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(async move {
                     use sqlx::Connection;
                     let mut c = sqlx::postgres::PgConnection::connect(&admin).await.ok()?;
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await.ok()?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await
+                        .ok()?;
                     c.close().await.ok()
                 })
             })
@@ -85,7 +106,9 @@ pub fn test_config(db: &TestDb) -> Config {
 }
 
 pub async fn state_with(db: &TestDb, config: Config) -> AppState {
-    AppState::new(config).await.unwrap_or_else(|e| panic!("state for {}: {e:#}", db.url))
+    AppState::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("state for {}: {e:#}", db.url))
 }
 
 pub async fn state(db: &TestDb) -> AppState {
@@ -94,36 +117,65 @@ pub async fn state(db: &TestDb) -> AppState {
 
 /// A user token with `role`.
 pub async fn token(state: &AppState, name: &str, role: Role) -> String {
-    let (_, t, _) = server::api::tokens_issue(&state.store, name, role, None, Vec::new()).await.expect("token");
+    let (_, t, _) = server::api::tokens_issue(&state.store, name, role, None, Vec::new())
+        .await
+        .expect("token");
     t.expose().to_string()
 }
 
 /// One request through the router (no port). Returns the status and the JSON body (or the
 /// text as a JSON string).
-pub async fn call(state: &AppState, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+pub async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut b = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
     }
     let req = match body {
-        Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())),
+        Some(v) => b
+            .header("content-type", "application/json")
+            .body(Body::from(v.to_string())),
         None => b.body(Body::empty()),
     }
     .expect("request");
-    let resp = server::app(state.clone()).oneshot(req).await.expect("infallible");
+    let resp = server::app(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024).await.expect("body");
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
+        .await
+        .expect("body");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, v)
 }
 
 /// Creates an agent-mode host and an agent for it; returns (host_id, agent token).
 pub async fn enrol(state: &AppState, admin: &str, host: &str, agent_id: &str) -> (String, String) {
-    let (s, h) = call(state, "POST", "/api/v1/hosts", Some(admin), Some(json!({ "name": host, "connection_mode": "agent" }))).await;
+    let (s, h) = call(
+        state,
+        "POST",
+        "/api/v1/hosts",
+        Some(admin),
+        Some(json!({ "name": host, "connection_mode": "agent" })),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{h}");
     let host_id = h["id"].as_str().unwrap().to_string();
-    let (s, a) =
-        call(state, "POST", "/api/v1/agents", Some(admin), Some(json!({ "agent_id": agent_id, "host_id": host_id }))).await;
+    let (s, a) = call(
+        state,
+        "POST",
+        "/api/v1/agents",
+        Some(admin),
+        Some(json!({ "agent_id": agent_id, "host_id": host_id })),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{a}");
     (host_id, a["token"].as_str().unwrap().to_string())
 }
@@ -140,18 +192,28 @@ impl Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("shutdown in time").expect("join").expect("serve");
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("shutdown in time")
+            .expect("join")
+            .expect("serve");
     }
 }
 
 pub async fn spawn(state: &AppState) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, state.clone(), async move {
         let _ = rx.await;
     }));
-    Running { addr, stop: Some(tx), task }
+    Running {
+        addr,
+        stop: Some(tx),
+        task,
+    }
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -165,7 +227,10 @@ const RECV_DEADLINE: Duration = Duration::from_secs(10);
 
 impl FakeAgent {
     pub async fn connect(addr: SocketAddr, path_agent_id: &str) -> FakeAgent {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/agents/{path_agent_id}")).await.expect("ws connect");
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws/agents/{path_agent_id}"))
+                .await
+                .expect("ws connect");
         FakeAgent { ws }
     }
 
@@ -180,10 +245,16 @@ impl FakeAgent {
     /// The next protocol message; `None` when the server closed. Panics after 10 s.
     pub async fn recv(&mut self) -> Option<Envelope> {
         loop {
-            let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next()).await.expect("no message within 10 s");
+            let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next())
+                .await
+                .expect("no message within 10 s");
             match m {
                 None | Some(Err(_)) | Some(Ok(WsMsg::Close(_))) => return None,
-                Some(Ok(WsMsg::Text(t))) => return Some(Envelope::decode(t.as_bytes()).expect("server sent a valid envelope")),
+                Some(Ok(WsMsg::Text(t))) => {
+                    return Some(
+                        Envelope::decode(t.as_bytes()).expect("server sent a valid envelope"),
+                    )
+                }
                 Some(Ok(_)) => continue,
             }
         }
@@ -192,7 +263,9 @@ impl FakeAgent {
     /// Reads until the server closes; returns the close code (None for a bare EOF).
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
-            let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next()).await.expect("not closed within 10 s");
+            let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next())
+                .await
+                .expect("not closed within 10 s");
             match m {
                 None | Some(Err(_)) => return None,
                 Some(Ok(WsMsg::Close(f))) => return f.map(|f| u16::from(f.code)),
@@ -215,7 +288,11 @@ impl FakeAgent {
     }
 
     /// Connects and authenticates; returns the agent and the auth response.
-    pub async fn auth(addr: SocketAddr, agent_id: &str, token: &str) -> (FakeAgent, AuthResponsePayload) {
+    pub async fn auth(
+        addr: SocketAddr,
+        agent_id: &str,
+        token: &str,
+    ) -> (FakeAgent, AuthResponsePayload) {
         let mut a = FakeAgent::connect(addr, agent_id).await;
         a.send(&FakeAgent::auth_env(agent_id, token)).await;
         let resp = a.recv().await.expect("auth response");
