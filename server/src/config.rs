@@ -465,6 +465,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yaml");
+        let c = Config::from_layers(Some(&path), json!({})).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.agent.heartbeat_interval, d.agent.heartbeat_interval);
+        assert_eq!(c.agent.event_retention_age, d.agent.event_retention_age);
+        assert_eq!(c.agent.max_pending_commands, d.agent.max_pending_commands);
+    }
+
+    #[test]
     fn validation_refuses_a_slow_ping() {
         let err = Config::from_layers(None, json!({"agent": {"ping_interval": 60}})).unwrap_err();
         assert!(err.to_string().contains("ping_interval"));
