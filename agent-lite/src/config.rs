@@ -35,13 +35,22 @@ use std::time::Duration;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The YAML is invalid, a key is unknown, or a value has the wrong type.
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// `${VAR}` names a variable that is not set.
-    #[error("config file {path}: environment variable {var} is not set (used as ${{{var}}} in {key})")]
-    UnsetVar { path: PathBuf, var: String, key: String },
+    #[error(
+        "config file {path}: environment variable {var} is not set (used as ${{{var}}} in {key})"
+    )]
+    UnsetVar {
+        path: PathBuf,
+        var: String,
+        key: String,
+    },
     /// A value is out of range or missing.
     #[error("invalid config: {0}")]
     Invalid(String),
@@ -184,7 +193,10 @@ fn d_docker_timeout() -> f64 {
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        DockerConfig { socket: d_socket(), timeout: d_docker_timeout() }
+        DockerConfig {
+            socket: d_socket(),
+            timeout: d_docker_timeout(),
+        }
     }
 }
 
@@ -205,7 +217,10 @@ fn d_level() -> String {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { level: d_level(), file: None }
+        LoggingConfig {
+            level: d_level(),
+            file: None,
+        }
     }
 }
 
@@ -294,9 +309,17 @@ pub struct Overrides {
 
 impl Config {
     /// Parses YAML text. `env` looks up variables for `${VAR}` expansion.
-    pub fn from_yaml(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let perr = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
-        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| perr(e.to_string()))?;
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let perr = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| perr(e.to_string()))?;
         if value.is_null() {
             value = serde_yaml_ng::Value::Mapping(Default::default());
         }
@@ -306,8 +329,10 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::from_yaml(&text, path, env)
     }
 
@@ -345,7 +370,9 @@ impl Config {
             return bad("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
         }
         if !(url.starts_with("wss://") || url.starts_with("ws://")) {
-            return bad(format!("server.url {url:?} must start with wss:// or ws://"));
+            return bad(format!(
+                "server.url {url:?} must start with wss:// or ws://"
+            ));
         }
         if let Err(e) = crate::connection::ServerUrl::parse(url) {
             return bad(format!("server.url {url:?}: {e}"));
@@ -354,21 +381,34 @@ impl Config {
             return bad("agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID)".into());
         }
         if self.agent.id.len() > 255
-            || !self.agent.id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !self
+                .agent
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return bad(format!("agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'", self.agent.id));
+            return bad(format!(
+                "agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'",
+                self.agent.id
+            ));
         }
         if self.agent.auth_token.is_empty() {
             return bad("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
         }
         if self.agent.workers == 0 || self.agent.workers > 256 {
-            return bad(format!("agent.workers must be 1 to 256, got {}", self.agent.workers));
+            return bad(format!(
+                "agent.workers must be 1 to 256, got {}",
+                self.agent.workers
+            ));
         }
         if self.agent.queue == 0 {
             return bad("agent.queue must be at least 1".into());
         }
         if self.agent.heartbeat_interval == 0 || self.agent.heartbeat_interval > 3600 {
-            return bad(format!("agent.heartbeat_interval must be 1 to 3600 seconds, got {}", self.agent.heartbeat_interval));
+            return bad(format!(
+                "agent.heartbeat_interval must be 1 to 3600 seconds, got {}",
+                self.agent.heartbeat_interval
+            ));
         }
         if self.agent.command_timeout == 0 {
             return bad("agent.command_timeout must be at least 1 second".into());
@@ -377,13 +417,19 @@ impl Config {
             return bad(e);
         }
         if !(self.docker.timeout > 0.0 && self.docker.timeout.is_finite()) {
-            return bad(format!("docker.timeout must be a positive number of seconds, got {}", self.docker.timeout));
+            return bad(format!(
+                "docker.timeout must be a positive number of seconds, got {}",
+                self.docker.timeout
+            ));
         }
         if !(self.server.connect_timeout > 0.0 && self.server.connect_timeout.is_finite()) {
             return bad("server.connect_timeout must be a positive number of seconds".into());
         }
         if crate::log::parse_level(&self.logging.level).is_none() {
-            return bad(format!("logging.level {:?} must be error, warn, info, debug or trace", self.logging.level));
+            return bad(format!(
+                "logging.level {:?} must be error, warn, info, debug or trace",
+                self.logging.level
+            ));
         }
         let r = &self.reconnection;
         if !(r.base_delay > 0.0 && r.max_delay >= r.base_delay && r.max_delay.is_finite()) {
@@ -399,14 +445,18 @@ impl Config {
             return bad("reconnection.max_attempts must be -1 (forever) or at least 1".into());
         }
         if !(r.stable_after >= 0.0 && r.stable_after.is_finite()) {
-            return bad("reconnection.stable_after must be a non-negative number of seconds".into());
+            return bad(
+                "reconnection.stable_after must be a non-negative number of seconds".into(),
+            );
         }
         if self.server.client_cert.is_some() != self.server.client_key.is_some() {
             return bad("server.client_cert and server.client_key go together".into());
         }
         if let Some(pin) = &self.server.pin_sha256 {
             if crate::connection::tls::parse_pin(pin).is_none() {
-                return bad("server.pin_sha256 must be a SHA-256 in hex (64 digits) or base64".into());
+                return bad(
+                    "server.pin_sha256 must be a SHA-256 in hex (64 digits) or base64".into(),
+                );
             }
         }
         Ok(())
@@ -419,11 +469,18 @@ impl Config {
     /// The effective values, secrets masked, as `--check-config` prints them.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let opt = |p: &Option<PathBuf>| p.as_ref().map_or("(none)".to_string(), |p| p.display().to_string());
+        let opt = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("(none)".to_string(), |p| p.display().to_string())
+        };
         let _ = writeln!(s, "server.url: {}", self.server.url);
         let _ = writeln!(s, "server.verify_ssl: {}", self.server.verify_ssl);
         let _ = writeln!(s, "server.ca_file: {}", opt(&self.server.ca_file));
-        let _ = writeln!(s, "server.pin_sha256: {}", self.server.pin_sha256.as_deref().unwrap_or("(none)"));
+        let _ = writeln!(
+            s,
+            "server.pin_sha256: {}",
+            self.server.pin_sha256.as_deref().unwrap_or("(none)")
+        );
         let _ = writeln!(s, "server.client_cert: {}", opt(&self.server.client_cert));
         let _ = writeln!(s, "server.client_key: {}", opt(&self.server.client_key));
         let _ = writeln!(s, "server.connect_timeout: {}", self.server.connect_timeout);
@@ -432,7 +489,11 @@ impl Config {
         let _ = writeln!(s, "agent.workers: {}", self.agent.workers);
         let _ = writeln!(s, "agent.queue: {}", self.agent.queue);
         let _ = writeln!(s, "agent.event_buffer: {}", self.agent.event_buffer);
-        let _ = writeln!(s, "agent.heartbeat_interval: {}", self.agent.heartbeat_interval);
+        let _ = writeln!(
+            s,
+            "agent.heartbeat_interval: {}",
+            self.agent.heartbeat_interval
+        );
         let _ = writeln!(s, "agent.command_timeout: {}", self.agent.command_timeout);
         let _ = writeln!(s, "docker.socket: {}", self.docker.socket);
         let _ = writeln!(s, "docker.timeout: {}", self.docker.timeout);
@@ -453,8 +514,12 @@ impl Config {
 /// serde names the unknown key but not its section: add the section when the key appears
 /// once under a known top-level section of the text.
 fn name_section(text: &str, message: &str) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
-    let Some(key) = rest.split('`').next() else { return message.to_string() };
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some(key) = rest.split('`').next() else {
+        return message.to_string();
+    };
     let mut section = None;
     for line in text.lines() {
         let trimmed = line.trim_start();
@@ -470,18 +535,31 @@ fn name_section(text: &str, message: &str) -> String {
 }
 
 /// Expands `${VAR}` in every string value, in place.
-fn expand(v: &mut serde_yaml_ng::Value, key: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+fn expand(
+    v: &mut serde_yaml_ng::Value,
+    key: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     use serde_yaml_ng::Value;
     match v {
         Value::String(s) => {
             *s = expand_str(s, &|var| {
-                env(var).ok_or_else(|| ConfigError::UnsetVar { path: path.to_path_buf(), var: var.to_string(), key: key.to_string() })
+                env(var).ok_or_else(|| ConfigError::UnsetVar {
+                    path: path.to_path_buf(),
+                    var: var.to_string(),
+                    key: key.to_string(),
+                })
             })?;
         }
         Value::Mapping(m) => {
             for (k, child) in m.iter_mut() {
                 let name = k.as_str().unwrap_or("?");
-                let full = if key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+                let full = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
                 expand(child, &full, path, env)?;
             }
         }
@@ -547,13 +625,19 @@ mod tests {
     const SEED: &str = "/work/shared/fixtures/seed-agent.yaml";
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         move |k| pairs.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
     }
 
     #[test]
     fn seed_file_loads_as_is() {
-        let e = env(&[("AGENT_ID", "agent-prod-01"), ("AGENT_AUTH_TOKEN", "s3cret-token")]);
+        let e = env(&[
+            ("AGENT_ID", "agent-prod-01"),
+            ("AGENT_AUTH_TOKEN", "s3cret-token"),
+        ]);
         let c = Config::load(Path::new(SEED), &e).unwrap();
         assert_eq!(c.server.url, "wss://control-platform.com");
         assert!(c.server.verify_ssl);
@@ -562,7 +646,10 @@ mod tests {
         assert_eq!(c.docker.socket, "unix:///var/run/docker.sock");
         assert_eq!(c.docker.timeout, 300.0);
         assert_eq!(c.logging.level, "info");
-        assert_eq!(c.logging.file, Some(PathBuf::from("/var/log/docker-ctl-agent.log")));
+        assert_eq!(
+            c.logging.file,
+            Some(PathBuf::from("/var/log/docker-ctl-agent.log"))
+        );
         assert_eq!(c.reconnection, ReconnectionConfig::default());
         c.validate().unwrap();
         let shown = c.render();
@@ -575,21 +662,35 @@ mod tests {
     fn unset_variable_is_named() {
         let e = env(&[("AGENT_ID", "a")]);
         let err = Config::load(Path::new(SEED), &e).unwrap_err().to_string();
-        assert!(err.contains("AGENT_AUTH_TOKEN") && err.contains("agent.auth_token"), "{err}");
+        assert!(
+            err.contains("AGENT_AUTH_TOKEN") && err.contains("agent.auth_token"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let text = "server:\n  url: wss://x\n  verify_sll: false\nagent:\n  id: a\n  auth_token: t\n";
-        let err = Config::from_yaml(text, Path::new("a.yaml"), &env(&[])).unwrap_err().to_string();
+        let text =
+            "server:\n  url: wss://x\n  verify_sll: false\nagent:\n  id: a\n  auth_token: t\n";
+        let err = Config::from_yaml(text, Path::new("a.yaml"), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("server.verify_sll"), "{err}");
-        let err = Config::from_yaml("bogus: 1\n", Path::new("a.yaml"), &env(&[])).unwrap_err().to_string();
+        let err = Config::from_yaml("bogus: 1\n", Path::new("a.yaml"), &env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]
     fn expansion_rules() {
-        let look = |k: &str| -> Result<String, String> { if k == "A" { Ok("x$y".into()) } else { Err(k.to_string()) } };
+        let look = |k: &str| -> Result<String, String> {
+            if k == "A" {
+                Ok("x$y".into())
+            } else {
+                Err(k.to_string())
+            }
+        };
         assert_eq!(expand_str("${A}-${A}", &look).unwrap(), "x$y-x$y");
         assert_eq!(expand_str("$$HOME $5 ${", &look).unwrap(), "$HOME $5 ${");
         assert_eq!(expand_str("${B}", &look).unwrap_err(), "B");
@@ -607,7 +708,11 @@ mod tests {
         });
         c.validate().unwrap();
         c.agent.workers = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("agent.workers"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("agent.workers"));
         c.agent.workers = 2;
         c.server.url = "http://x".into();
         assert!(c.validate().is_err());

@@ -39,8 +39,14 @@ pub fn probe_docker(docker: &DockerClient, limit: Duration) -> Snapshot {
         Ok(info) => {
             s.containers_running = info.get("ContainersRunning").and_then(Value::as_u64);
             s.containers_total = info.get("Containers").and_then(Value::as_u64);
-            s.docker_version = info.get("ServerVersion").and_then(Value::as_str).map(str::to_owned);
-            s.swarm = info.pointer("/Swarm/LocalNodeState").and_then(Value::as_str) == Some("active");
+            s.docker_version = info
+                .get("ServerVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            s.swarm = info
+                .pointer("/Swarm/LocalNodeState")
+                .and_then(Value::as_str)
+                == Some("active");
         }
         Err(e) => log::debug!("docker /info failed: {e}"),
     }
@@ -61,7 +67,9 @@ pub fn fill_host(hb: &mut HeartbeatPayload) {
 
 /// The agent's resident set size.
 pub fn self_rss() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| kib_field(&s, "VmRSS:"))
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| kib_field(&s, "VmRSS:"))
 }
 
 pub fn parse_loadavg(s: &str) -> Option<[f64; 3]> {
@@ -98,7 +106,8 @@ pub fn compose_available() -> bool {
     ] {
         dirs.push(d.into());
     }
-    dirs.iter().any(|d| is_executable(&d.join("docker-compose")))
+    dirs.iter()
+        .any(|d| is_executable(&d.join("docker-compose")))
 }
 
 fn is_executable(p: &std::path::Path) -> bool {
@@ -112,7 +121,10 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(parse_loadavg("0.52 0.58 0.59 1/467 12345\n"), Some([0.52, 0.58, 0.59]));
+        assert_eq!(
+            parse_loadavg("0.52 0.58 0.59 1/467 12345\n"),
+            Some([0.52, 0.58, 0.59])
+        );
         assert_eq!(parse_loadavg("garbage"), None);
         let meminfo = "MemTotal:       16314508 kB\nMemFree:  1 kB\nMemAvailable:   10000000 kB\n";
         assert_eq!(kib_field(meminfo, "MemTotal:"), Some(16_314_508 * 1024));

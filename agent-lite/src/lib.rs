@@ -21,6 +21,29 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Why [`run`] stopped without a shutdown request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid: fix it and start again.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A setting could not be used (URL, Docker endpoint): fix it and start again.
+    #[error("{0}")]
+    Setup(String),
+    /// The TLS files or pin could not be used: fix the files the message names.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Reconnecting is disabled or its attempts are exhausted: the service manager may
+    /// restart the agent.
+    #[error("{0}")]
+    GaveUp(String),
+    /// A thread could not be started (out of memory or process limits).
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// A shutdown request that sleeping threads notice at once.
 #[derive(Clone, Default)]
 pub struct Shutdown(Arc<(Mutex<bool>, Condvar, AtomicBool)>);
@@ -47,7 +70,9 @@ impl Shutdown {
     pub fn wait(&self, d: Duration) -> bool {
         let (m, c, _) = &*self.0;
         let deadline = Instant::now() + d;
-        let Ok(mut g) = m.lock() else { return self.is_set() };
+        let Ok(mut g) = m.lock() else {
+            return self.is_set();
+        };
         while !*g {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -99,15 +124,19 @@ impl Agent {
 
     /// A fresh message id: `{kind}-{random}-{n}`.
     pub fn next_id(&self, kind: &str) -> String {
-        format!("{kind}-{}-{}", self.id_prefix, self.id_counter.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{kind}-{}-{}",
+            self.id_prefix,
+            self.id_counter.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
 /// Runs the agent until `shutdown` is triggered (returns `Ok`) or reconnecting gives up
 /// (returns the error). When it returns, helper threads are told to stop.
-pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     config.validate()?;
-    let url = connection::ServerUrl::parse(&config.server.url).map_err(anyhow::Error::msg)?;
+    let url = connection::ServerUrl::parse(&config.server.url).map_err(Error::Setup)?;
     if !config.server.verify_ssl {
         ::log::warn!(
             "!!! server.verify_ssl is false: the server's certificate is NOT verified and anyone on the path can impersonate it{} !!!",
@@ -120,9 +149,9 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         ::log::warn!("server.url uses ws:// without TLS: the token and all traffic are readable on the network; use wss:// outside development");
         None
     };
-    let endpoint = Endpoint::parse(&config.docker.socket).map_err(anyhow::Error::msg)?;
+    let endpoint = Endpoint::parse(&config.docker.socket).map_err(Error::Setup)?;
     let docker = DockerClient::new(endpoint, config.docker_timeout());
-    let id_prefix = format!("{:08x}", rand::random_range_u32());
+    let id_prefix = format!("{:08x}", (random_unit() * f64::from(u32::MAX)) as u32);
     let agent = Arc::new(Agent {
         settings: Settings {
             heartbeat: AtomicU64::new(config.agent.heartbeat_interval),
@@ -141,7 +170,10 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let probe_limit = agent.docker.timeout().min(Duration::from_secs(5));
     let first = health::probe_docker(&agent.docker, probe_limit);
     if !first.docker_reachable {
-        ::log::warn!("the Docker daemon at {} is not reachable yet; commands will fail until it is", agent.docker.endpoint());
+        ::log::warn!(
+            "the Docker daemon at {} is not reachable yet; commands will fail until it is",
+            agent.docker.endpoint()
+        );
     }
     if let Ok(mut s) = agent.snapshot.lock() {
         *s = first;
@@ -151,26 +183,36 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let closer: Arc<Mutex<Option<Closer>>> = Arc::new(Mutex::new(None));
     {
         let (a, sd) = (agent.clone(), shutdown.clone());
-        std::thread::Builder::new().name("health".into()).stack_size(256 * 1024).spawn(move || loop {
-            let every = Duration::from_secs(a.settings.heartbeat.load(Ordering::Relaxed).clamp(1, 30));
-            if sd.wait(every) {
-                return;
-            }
-            let s = health::probe_docker(&a.docker, probe_limit);
-            if let Ok(mut slot) = a.snapshot.lock() {
-                *slot = s;
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("health".into())
+            .stack_size(256 * 1024)
+            .spawn(move || loop {
+                let every =
+                    Duration::from_secs(a.settings.heartbeat.load(Ordering::Relaxed).clamp(1, 30));
+                if sd.wait(every) {
+                    return;
+                }
+                let s = health::probe_docker(&a.docker, probe_limit);
+                if let Ok(mut slot) = a.snapshot.lock() {
+                    *slot = s;
+                }
+            })?;
     }
     {
-        let (d, b, c, sd) = (agent.docker.clone(), agent.events.clone(), closer.clone(), shutdown.clone());
+        let (d, b, c, sd) = (
+            agent.docker.clone(),
+            agent.events.clone(),
+            closer.clone(),
+            shutdown.clone(),
+        );
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(256 * 1024)
             .spawn(move || ops::events::follow(d, b, c, sd))?;
     }
     let (tx, rx) = channel::<Envelope>();
-    let result = connection::session::run_sessions(&agent, tls.as_ref(), &pool, &tx, &rx, &shutdown);
+    let result =
+        connection::session::run_sessions(&agent, tls.as_ref(), &pool, &tx, &rx, &shutdown);
     shutdown.trigger();
     if let Ok(slot) = closer.lock() {
         if let Some(c) = slot.as_ref() {
@@ -180,11 +222,17 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     result
 }
 
-mod rand {
-    //! Small random helpers over `rand` (OS-seeded).
-    use ::rand::{Rng, SeedableRng};
-
-    pub fn random_range_u32() -> u32 {
-        ::rand::rngs::StdRng::from_os_rng().random()
-    }
+/// A uniform number in [0, 1) for backoff jitter and id prefixes. Not for secrets: it
+/// comes from std's randomly keyed SipHash (seeded from the OS), which saves the size of a
+/// second `rand` copy (tungstenite brings its own) on small targets.
+pub fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -65,7 +65,11 @@ impl Log for Logger {
 
 /// Opens a file for appending, creating it with mode 0600 (it may quote server messages).
 pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Installs the logger once per process. `secrets` (the token) are masked in every line.
@@ -80,7 +84,11 @@ pub fn init(level: &str, file: Option<&Path>, secrets: &[&str]) -> std::io::Resu
         level,
         out: Mutex::new(out),
         // Very short secrets would mask ordinary words; the token is validated non-empty.
-        secrets: secrets.iter().filter(|s| s.len() >= 4).map(|s| s.to_string()).collect(),
+        secrets: secrets
+            .iter()
+            .filter(|s| s.len() >= 4)
+            .map(|s| s.to_string())
+            .collect(),
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);

@@ -4,7 +4,6 @@
 
 use agent_lite::config::{check_permissions, Config, Overrides};
 use agent_lite::Shutdown;
-use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +25,12 @@ struct Args {
     agent_id: Option<String>,
     /// Auth token (overrides agent.auth_token). Prefer the environment or the file: flags
     /// are visible in the process list.
-    #[arg(long, env = "DOCKER_CTL_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DOCKER_CTL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Docker endpoint: unix:///var/run/docker.sock or tcp://host:port (overrides docker.socket).
     #[arg(long, env = "DOCKER_CTL_DOCKER_SOCKET", value_name = "ENDPOINT")]
@@ -36,7 +40,7 @@ struct Args {
     check_config: bool,
 }
 
-fn load(args: &Args) -> anyhow::Result<(Config, Option<PathBuf>)> {
+fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::ConfigError> {
     let env = |k: &str| std::env::var(k).ok();
     let (mut config, path) = match &args.config {
         Some(p) => (Config::load(p, &env)?, Some(p.clone())),
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
     let (config, path) = match load(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("docker-ctl-agent: {e:#}");
+            eprintln!("docker-ctl-agent: {e}");
             return ExitCode::from(2);
         }
     };
@@ -84,18 +88,29 @@ fn main() -> ExitCode {
         &config.logging.level,
         config.logging.file.as_deref(),
         &[config.agent.auth_token.expose()],
-    )
-    .with_context(|| format!("opening the log file {:?}", config.logging.file))
-    {
-        eprintln!("docker-ctl-agent: {e:#}");
+    ) {
+        let file = config
+            .logging
+            .file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        eprintln!("docker-ctl-agent: cannot open the log file {file}: {e}");
         return ExitCode::from(2);
     }
-    log::info!("docker-ctl-agent {} starting as {}", env!("CARGO_PKG_VERSION"), config.agent.id);
+    log::info!(
+        "docker-ctl-agent {} starting as {}",
+        env!("CARGO_PKG_VERSION"),
+        config.agent.id
+    );
     if let Some(w) = path.as_deref().and_then(check_permissions) {
         log::warn!("{w}");
     }
     let shutdown = Shutdown::new();
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
@@ -103,12 +118,15 @@ fn main() -> ExitCode {
         }
     };
     let sd = shutdown.clone();
-    let spawned = std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log::info!("received signal {sig}; shutting down");
-            sd.trigger();
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("received signal {sig}; shutting down");
+                sd.trigger();
+            }
+        });
     if let Err(e) = spawned {
         log::error!("cannot start the signal thread: {e}");
         return ExitCode::FAILURE;
@@ -119,7 +137,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("{e:#}");
+            log::error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -30,7 +30,9 @@ fn request_methods(raw: &[u8]) -> Vec<String> {
     while pos < raw.len() {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        let Ok(httparse::Status::Complete(n)) = req.parse(&raw[pos..]) else { break };
+        let Ok(httparse::Status::Complete(n)) = req.parse(&raw[pos..]) else {
+            break;
+        };
         methods.push(req.method.unwrap_or_default().to_string());
         let header = |name: &str| {
             req.headers
@@ -46,7 +48,9 @@ fn request_methods(raw: &[u8]) -> Vec<String> {
             pos += cl.parse::<usize>().unwrap_or(0);
         } else if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             loop {
-                let Ok(httparse::Status::Complete((m, size))) = httparse::parse_chunk_size(&raw[pos.min(raw.len())..]) else {
+                let Ok(httparse::Status::Complete((m, size))) =
+                    httparse::parse_chunk_size(&raw[pos.min(raw.len())..])
+                else {
                     return methods;
                 };
                 pos += m + size as usize + 2;
@@ -68,7 +72,11 @@ struct Parsed {
 
 fn parse_connection(reader: Box<dyn Read>, methods: &[String]) -> Parsed {
     let mut r = ResponseReader::new(reader);
-    let mut out = Parsed { statuses: Vec::new(), bodies: Vec::new(), end_error: None };
+    let mut out = Parsed {
+        statuses: Vec::new(),
+        bodies: Vec::new(),
+        end_error: None,
+    };
     let mut i = 0;
     loop {
         match r.at_eof() {
@@ -102,9 +110,12 @@ fn parse_connection(reader: Box<dyn Read>, methods: &[String]) -> Parsed {
 
 fn connections() -> Vec<(PathBuf, PathBuf)> {
     let mut out = Vec::new();
-    let dirs = std::fs::read_dir(FIXTURES).unwrap_or_else(|e| panic!("fixtures missing at {FIXTURES}: {e}"));
+    let dirs = std::fs::read_dir(FIXTURES)
+        .unwrap_or_else(|e| panic!("fixtures missing at {FIXTURES}: {e}"));
     for d in dirs.flatten() {
-        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
         for f in files.flatten() {
             let name = f.file_name().to_string_lossy().to_string();
             if let Some(n) = name.strip_suffix("-response.bin") {
@@ -120,20 +131,36 @@ fn truncated_or_streaming(resp: &Path) -> bool {
     let dir = resp.parent().unwrap();
     let truncated = std::fs::read_to_string(dir.join("TRUNCATED.txt")).unwrap_or_default();
     let command = std::fs::read_to_string(dir.join("command.txt")).unwrap_or_default();
-    truncated.contains(resp.file_name().unwrap().to_str().unwrap()) || command.contains("timeout 2 docker")
+    truncated.contains(resp.file_name().unwrap().to_str().unwrap())
+        || command.contains("timeout 2 docker")
 }
 
 #[test]
 fn every_recorded_response_parses() {
     let conns = connections();
-    assert!(conns.len() >= 20, "expected the recorded connections, found {}", conns.len());
+    assert!(
+        conns.len() >= 20,
+        "expected the recorded connections, found {}",
+        conns.len()
+    );
     for (resp, req) in &conns {
         let raw = std::fs::read(resp).unwrap();
         let methods = request_methods(&std::fs::read(req).unwrap_or_default());
         assert!(!methods.is_empty(), "{}: no request parsed", req.display());
         let whole = parse_connection(Box::new(io::Cursor::new(raw.clone())), &methods);
-        let trickled = parse_connection(Box::new(Trickle { data: raw, pos: 0, step: 0 }), &methods);
-        assert!(!whole.statuses.is_empty(), "{}: no response", resp.display());
+        let trickled = parse_connection(
+            Box::new(Trickle {
+                data: raw,
+                pos: 0,
+                step: 0,
+            }),
+            &methods,
+        );
+        assert!(
+            !whole.statuses.is_empty(),
+            "{}: no response",
+            resp.display()
+        );
         assert_eq!(whole.statuses, trickled.statuses, "{}", resp.display());
         assert_eq!(whole.bodies, trickled.bodies, "{}", resp.display());
         match &whole.end_error {
@@ -142,7 +169,12 @@ fn every_recorded_response_parses() {
             Some(e) => panic!("{}: {e}", resp.display()),
         }
         if whole.end_error.is_none() && !whole.statuses.contains(&101) {
-            assert_eq!(whole.statuses.len(), methods.len(), "{}: one response per request", resp.display());
+            assert_eq!(
+                whole.statuses.len(),
+                methods.len(),
+                "{}: one response per request",
+                resp.display()
+            );
         }
     }
 }
@@ -151,7 +183,14 @@ fn parse_fixture(dir: &str, n: &str) -> Parsed {
     let base = Path::new(FIXTURES).join(dir);
     let methods = request_methods(&std::fs::read(base.join(format!("{n}-request.bin"))).unwrap());
     let raw = std::fs::read(base.join(format!("{n}-response.bin"))).unwrap();
-    parse_connection(Box::new(Trickle { data: raw, pos: 0, step: 0 }), &methods)
+    parse_connection(
+        Box::new(Trickle {
+            data: raw,
+            pos: 0,
+            step: 0,
+        }),
+        &methods,
+    )
 }
 
 #[test]
@@ -159,9 +198,16 @@ fn inspect_missing_gives_dockers_404_message() {
     let p = parse_fixture("inspect-missing", "001");
     assert!(p.end_error.is_none());
     assert_eq!(p.statuses[0], 200, "HEAD /_ping");
-    assert!(p.bodies[0].is_empty(), "HEAD has no body even with Content-Length");
+    assert!(
+        p.bodies[0].is_empty(),
+        "HEAD has no body even with Content-Length"
+    );
     assert_eq!(p.statuses[1], 404);
-    let resp = protocol::DockerResponse { status: 404, headers: vec![], body: p.bodies[1].clone() };
+    let resp = protocol::DockerResponse {
+        status: 404,
+        headers: vec![],
+        body: p.bodies[1].clone(),
+    };
     let e = protocol::docker::error_from_response(&resp);
     assert_eq!(e.code, protocol::ErrorCode::NotFound);
     assert_eq!(e.message, "No such container: no-such-container-xyz");
@@ -195,9 +241,20 @@ fn chunked_logs_and_events_stream_decode() {
 
     // `logs -f`: a chunked stream cut by the CLI; every frame before the cut decodes.
     let p = parse_fixture("logs-follow", "001");
-    assert!(matches!(p.end_error, None | Some(HttpError::Truncated(_))), "{:?}", p.end_error);
+    assert!(
+        matches!(p.end_error, None | Some(HttpError::Truncated(_))),
+        "{:?}",
+        p.end_error
+    );
     let (out, _) = protocol::docker::demux(p.bodies.last().unwrap());
-    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     assert!(!lines.is_empty(), "no log lines decoded");
-    assert!(lines.iter().all(|l| l.starts_with(b"line-")), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        lines.iter().all(|l| l.starts_with(b"line-")),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
 }

@@ -9,12 +9,11 @@ pub mod tls;
 
 use crate::config::Config;
 use crate::Stats;
-use std::sync::atomic::Ordering;
-use anyhow::{anyhow, Context};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tungstenite::protocol::WebSocketConfig;
@@ -58,19 +57,31 @@ impl ServerUrl {
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("bad port {p:?}"))?),
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("bad port {p:?}"))?,
+                ),
                 None => (authority.to_string(), default_port),
             }
         };
         if host.is_empty() {
             return Err("the host is missing".into());
         }
-        Ok(ServerUrl { tls, host, port, base: path.trim_end_matches('/').to_string() })
+        Ok(ServerUrl {
+            tls,
+            host,
+            port,
+            base: path.trim_end_matches('/').to_string(),
+        })
     }
 
     /// `ws(s)://host:port/base/ws/agents/{agent_id}`.
     pub fn agent_url(&self, agent_id: &str) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!(
             "{}://{host}:{}{}/ws/agents/{}",
             if self.tls { "wss" } else { "ws" },
@@ -108,7 +119,9 @@ impl Read for Stream {
             Inner::Plain(s) => s.read(buf),
             Inner::Tls(s) => s.read(buf),
         }?;
-        self.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_received
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -141,13 +154,13 @@ pub fn dial(
     url: &ServerUrl,
     tls: Option<&Arc<ClientConfig>>,
     stats: Arc<Stats>,
-) -> anyhow::Result<WebSocket<Stream>> {
+) -> Result<WebSocket<Stream>, String> {
     let timeout = Duration::from_secs_f64(config.server.connect_timeout);
     let addrs: Vec<_> = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .with_context(|| format!("resolving {}", url.host))?
+        .map_err(|e| format!("resolving {}: {e}", url.host))?
         .collect();
-    let mut last = anyhow!("{} resolved to no address", url.host);
+    let mut last = format!("{} resolved to no address", url.host);
     let mut tcp = None;
     for a in &addrs {
         match TcpStream::connect_timeout(a, timeout) {
@@ -155,32 +168,52 @@ pub fn dial(
                 tcp = Some(s);
                 break;
             }
-            Err(e) => last = anyhow!(e).context(format!("connecting to {a}")),
+            Err(e) => last = format!("connecting to {a}: {e}"),
         }
     }
     let tcp = tcp.ok_or(last)?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(timeout))?;
-    tcp.set_write_timeout(Some(timeout))?;
+    let io = |e: io::Error| format!("socket setup: {e}");
+    tcp.set_nodelay(true).map_err(io)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(io)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(io)?;
     let stream = if url.tls {
-        let cfg = tls.ok_or_else(|| anyhow!("wss:// without a TLS config"))?;
-        let name = ServerName::try_from(url.host.clone()).map_err(|e| anyhow!("invalid TLS server name {:?}: {e}", url.host))?;
-        let conn = ClientConnection::new(cfg.clone(), name).context("starting TLS")?;
+        let cfg = tls.ok_or_else(|| "wss:// without a TLS config".to_string())?;
+        let name = ServerName::try_from(url.host.clone())
+            .map_err(|e| format!("invalid TLS server name {:?}: {e}", url.host))?;
+        let conn =
+            ClientConnection::new(cfg.clone(), name).map_err(|e| format!("starting TLS: {e}"))?;
         let mut s = StreamOwned::new(conn, tcp);
         // Complete the TLS handshake here so certificate errors are reported as such.
         while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).context("TLS handshake")?;
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| format!("TLS handshake with {}: {e}", url.host))?;
         }
-        Stream { inner: Inner::Tls(Box::new(s)), stats }
+        Stream {
+            inner: Inner::Tls(Box::new(s)),
+            stats,
+        }
     } else {
-        Stream { inner: Inner::Plain(tcp), stats }
+        Stream {
+            inner: Inner::Plain(tcp),
+            stats,
+        }
     };
-    let ws_config = WebSocketConfig::default().max_message_size(Some(WS_MAX_MESSAGE)).max_frame_size(Some(WS_MAX_MESSAGE));
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(WS_MAX_MESSAGE))
+        .max_frame_size(Some(WS_MAX_MESSAGE));
     let target = url.agent_url(&config.agent.id);
-    let (ws, _resp) = tungstenite::client::client_with_config(target.as_str(), stream, Some(ws_config)).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => anyhow!("WebSocket handshake with {target} failed: {e}"),
-        tungstenite::HandshakeError::Interrupted(_) => anyhow!("WebSocket handshake with {target} timed out"),
-    })?;
+    let (ws, _resp) =
+        tungstenite::client::client_with_config(target.as_str(), stream, Some(ws_config)).map_err(
+            |e| match e {
+                tungstenite::HandshakeError::Failure(e) => {
+                    format!("WebSocket handshake with {target} failed: {e}")
+                }
+                tungstenite::HandshakeError::Interrupted(_) => {
+                    format!("WebSocket handshake with {target} timed out")
+                }
+            },
+        )?;
     Ok(ws)
 }
 
@@ -191,13 +224,25 @@ mod tests {
     #[test]
     fn urls() {
         let u = ServerUrl::parse("wss://control-platform.com").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.base.as_str()), (true, "control-platform.com", 443, ""));
-        assert_eq!(u.agent_url("agent-prod-01"), "wss://control-platform.com:443/ws/agents/agent-prod-01");
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base.as_str()),
+            (true, "control-platform.com", 443, "")
+        );
+        assert_eq!(
+            u.agent_url("agent-prod-01"),
+            "wss://control-platform.com:443/ws/agents/agent-prod-01"
+        );
         let u = ServerUrl::parse("ws://127.0.0.1:8080/base/").unwrap();
         assert_eq!(u.agent_url("a"), "ws://127.0.0.1:8080/base/ws/agents/a");
         let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
         assert_eq!(u.agent_url("a"), "wss://[::1]:9443/ws/agents/a");
-        for bad in ["http://x", "wss://", "wss://h:port", "wss://u@h", "wss://h/?q"] {
+        for bad in [
+            "http://x",
+            "wss://",
+            "wss://h:port",
+            "wss://u@h",
+            "wss://h/?q",
+        ] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
     }

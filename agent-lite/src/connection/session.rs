@@ -9,10 +9,9 @@ use super::{dial, ServerUrl, Stream};
 use crate::ops::{self, pool::Pool};
 use crate::{Agent, Shutdown};
 use protocol::{
-    AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody, ErrorCode,
-    ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+    AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody,
+    ErrorCode, ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
 };
-use rand::{Rng, SeedableRng};
 use rustls::ClientConfig;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -40,7 +39,11 @@ pub enum Outcome {
     /// The server refused the credentials.
     Rejected(String),
     /// The link dropped or was found dead.
-    Lost { reason: String, authenticated: bool, lasted: Duration },
+    Lost {
+        reason: String,
+        authenticated: bool,
+        lasted: Duration,
+    },
 }
 
 /// Runs sessions until shutdown, reconnecting per `reconnection.*` (the seed's
@@ -52,10 +55,9 @@ pub fn run_sessions(
     outbox_tx: &Sender<Envelope>,
     outbox: &Receiver<Envelope>,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::Error> {
     let rc = &agent.config.reconnection;
-    let url = ServerUrl::parse(&agent.config.server.url).map_err(anyhow::Error::msg)?;
-    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let url = ServerUrl::parse(&agent.config.server.url).map_err(crate::Error::Setup)?;
     let mut attempt: u32 = 0;
     loop {
         if shutdown.is_set() {
@@ -65,7 +67,7 @@ pub fn run_sessions(
         log::info!("connecting to {target}");
         let wait = match dial(&agent.config, &url, tls, agent.stats.clone()) {
             Err(e) => {
-                log::warn!("cannot connect to {target}: {e:#}");
+                log::warn!("cannot connect to {target}: {e}");
                 None
             }
             Ok(ws) => match Session::new(agent, ws, pool, outbox_tx, outbox, shutdown).run() {
@@ -77,7 +79,11 @@ pub fn run_sessions(
                     );
                     Some(rc.max())
                 }
-                Outcome::Lost { reason, authenticated, lasted } => {
+                Outcome::Lost {
+                    reason,
+                    authenticated,
+                    lasted,
+                } => {
                     log::warn!("connection to the server lost after {lasted:.1?}: {reason}");
                     if authenticated && lasted.as_secs_f64() >= rc.stable_after {
                         attempt = 0;
@@ -87,14 +93,21 @@ pub fn run_sessions(
             },
         };
         if !rc.enabled {
-            anyhow::bail!("the connection ended and reconnection.enabled is false");
+            return Err(crate::Error::GaveUp(
+                "the connection ended and reconnection.enabled is false".into(),
+            ));
         }
         if rc.max_attempts >= 0 && i64::from(attempt) >= rc.max_attempts {
-            anyhow::bail!("gave up after {attempt} reconnection attempts (reconnection.max_attempts)");
+            return Err(crate::Error::GaveUp(format!(
+                "gave up after {attempt} reconnection attempts (reconnection.max_attempts)"
+            )));
         }
-        let delay = wait.unwrap_or_else(|| rc.delay_for(attempt, rng.random::<f64>()));
+        let delay = wait.unwrap_or_else(|| rc.delay_for(attempt, crate::random_unit()));
         attempt = attempt.saturating_add(1);
-        log::info!("reconnecting in {:.1}s (attempt {attempt})", delay.as_secs_f64());
+        log::info!(
+            "reconnecting in {:.1}s (attempt {attempt})",
+            delay.as_secs_f64()
+        );
         if shutdown.wait(delay) {
             return Ok(());
         }
@@ -139,11 +152,25 @@ impl<'a> Session<'a> {
         shutdown: &'a Shutdown,
     ) -> Self {
         let now = Instant::now();
-        Session { agent, ws, pool, outbox_tx, outbox, shutdown, started: now, last_rx: now, authenticated: false }
+        Session {
+            agent,
+            ws,
+            pool,
+            outbox_tx,
+            outbox,
+            shutdown,
+            started: now,
+            last_rx: now,
+            authenticated: false,
+        }
     }
 
     fn lost(&self, reason: impl Into<String>) -> Outcome {
-        Outcome::Lost { reason: reason.into(), authenticated: self.authenticated, lasted: self.started.elapsed() }
+        Outcome::Lost {
+            reason: reason.into(),
+            authenticated: self.authenticated,
+            lasted: self.started.elapsed(),
+        }
     }
 
     fn send(&mut self, env: Envelope) -> Result<(), Outcome> {
@@ -152,7 +179,9 @@ impl<'a> Session<'a> {
             Ok(()) => Ok(()),
             // Queued in tungstenite's buffer; the next flush continues.
             Err(e) if is_interrupted(&e) => Ok(()),
-            Err(e) if is_timeout(&e) => Err(self.lost("the server stopped reading (write timed out)")),
+            Err(e) if is_timeout(&e) => {
+                Err(self.lost("the server stopped reading (write timed out)"))
+            }
             Err(e) => Err(self.lost(format!("send failed: {e}"))),
         }
     }
@@ -170,8 +199,10 @@ impl<'a> Session<'a> {
     fn run_inner(&mut self) -> Result<Outcome, Outcome> {
         let tcp = self.ws.get_ref().tcp();
         let hb = self.heartbeat_interval();
-        tcp.set_read_timeout(Some(TICK)).map_err(|e| self.lost(e.to_string()))?;
-        tcp.set_write_timeout(Some(hb.max(Duration::from_secs(10)))).map_err(|e| self.lost(e.to_string()))?;
+        tcp.set_read_timeout(Some(TICK))
+            .map_err(|e| self.lost(e.to_string()))?;
+        tcp.set_write_timeout(Some(hb.max(Duration::from_secs(10))))
+            .map_err(|e| self.lost(e.to_string()))?;
 
         let auth = self.auth_envelope();
         self.send(auth)?;
@@ -189,12 +220,16 @@ impl<'a> Session<'a> {
                     }
                 }
                 Err(e) if is_timeout(&e) => {}
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
                     return Err(self.lost("the server closed the connection"));
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
                     // tungstenite cannot resynchronise after refusing a frame: say why, then reconnect.
-                    log::warn!("the server sent a message larger than {} bytes: {e}", super::WS_MAX_MESSAGE);
+                    log::warn!(
+                        "the server sent a message larger than {} bytes: {e}",
+                        super::WS_MAX_MESSAGE
+                    );
                     let body = ErrorBody::invalid_params(format!("message too large: {e}"));
                     let _ = self.send(self.error_envelope(body, None));
                     return Err(self.lost(format!("oversized message: {e}")));
@@ -233,7 +268,9 @@ impl<'a> Session<'a> {
             match self.ws.flush() {
                 Ok(()) => {}
                 Err(e) if is_interrupted(&e) => {}
-                Err(e) if is_timeout(&e) => return Err(self.lost("the server stopped reading (write timed out)")),
+                Err(e) if is_timeout(&e) => {
+                    return Err(self.lost("the server stopped reading (write timed out)"))
+                }
                 Err(e) => return Err(self.lost(format!("flush failed: {e}"))),
             }
         }
@@ -247,7 +284,10 @@ impl<'a> Session<'a> {
         if crate::health::compose_available() {
             capabilities.push("docker-compose".into());
         }
-        log::debug!("authenticating as {} with capabilities {capabilities:?}", self.agent.config.agent.id);
+        log::debug!(
+            "authenticating as {} with capabilities {capabilities:?}",
+            self.agent.config.agent.id
+        );
         Envelope::new(
             self.agent.next_id("auth"),
             Message::Auth(AuthPayload {
@@ -261,7 +301,10 @@ impl<'a> Session<'a> {
     }
 
     fn error_envelope(&self, error: ErrorBody, ref_id: Option<String>) -> Envelope {
-        Envelope::new(self.agent.next_id("err"), Message::Error(ErrorPayload { error, ref_id }))
+        Envelope::new(
+            self.agent.next_id("err"),
+            Message::Error(ErrorPayload { error, ref_id }),
+        )
     }
 
     fn on_frame(&mut self, msg: tungstenite::Message) -> Result<Next, Outcome> {
@@ -269,14 +312,23 @@ impl<'a> Session<'a> {
         let bytes: Vec<u8> = match msg {
             M::Text(t) => t.as_bytes().to_vec(),
             M::Binary(b) => {
-                log::warn!("the server sent a binary frame ({} bytes); the protocol is JSON text", b.len());
-                let body = ErrorBody::invalid_params("binary frames are not part of the protocol; send JSON text");
+                log::warn!(
+                    "the server sent a binary frame ({} bytes); the protocol is JSON text",
+                    b.len()
+                );
+                let body = ErrorBody::invalid_params(
+                    "binary frames are not part of the protocol; send JSON text",
+                );
                 self.send(self.error_envelope(body, None))?;
                 return Ok(Next::Continue);
             }
             M::Close(frame) => {
-                let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
-                return Ok(Next::End(self.lost(format!("the server closed the connection {why}"))));
+                let why = frame
+                    .map(|f| format!("{} {}", f.code, f.reason))
+                    .unwrap_or_default();
+                return Ok(Next::End(
+                    self.lost(format!("the server closed the connection {why}")),
+                ));
             }
             // tungstenite answers pings itself; pongs only refresh last_rx.
             M::Ping(_) | M::Pong(_) | M::Frame(_) => return Ok(Next::Continue),
@@ -309,14 +361,18 @@ impl<'a> Session<'a> {
                         );
                     }
                     AuthStatus::Rejected => {
-                        let why = r.error.map(|e| e.to_string()).unwrap_or_else(|| "no reason given".into());
+                        let why = r
+                            .error
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| "no reason given".into());
                         return Ok(Next::End(Outcome::Rejected(why)));
                     }
                 }
             }
             Message::Command(cmd) => {
                 if !self.authenticated {
-                    let body = ErrorBody::new(ErrorCode::Unauthorized, "command before auth_response");
+                    let body =
+                        ErrorBody::new(ErrorCode::Unauthorized, "command before auth_response");
                     self.send(self.error_envelope(body, Some(env.id)))?;
                     return Ok(Next::Continue);
                 }
@@ -327,15 +383,24 @@ impl<'a> Session<'a> {
             }
             Message::Disconnect(d) => {
                 let why = d.reason.unwrap_or_else(|| "no reason given".into());
-                return Ok(Next::End(self.lost(format!("the server asked to disconnect: {why}"))));
+                return Ok(Next::End(
+                    self.lost(format!("the server asked to disconnect: {why}")),
+                ));
             }
             Message::Error(e) => {
-                log::warn!("the server reported an error (about {}): {}", e.ref_id.as_deref().unwrap_or("-"), e.error);
+                log::warn!(
+                    "the server reported an error (about {}): {}",
+                    e.ref_id.as_deref().unwrap_or("-"),
+                    e.error
+                );
             }
             other => {
                 let kind = other.message_type().as_str();
-                log::warn!("the server sent a {kind} message, which only agents send");
-                let body = ErrorBody::new(ErrorCode::Unsupported, format!("{kind} messages are sent by agents, not servers"));
+                log::warn!("the server sent a {kind} message, which this agent does not handle");
+                let body = ErrorBody::new(
+                    ErrorCode::Unsupported,
+                    format!("this agent does not handle {kind} messages"),
+                );
                 self.send(self.error_envelope(body, Some(env.id)))?;
             }
         }
@@ -346,14 +411,21 @@ impl<'a> Session<'a> {
         if let Some(h) = s.heartbeat_interval {
             if (1..=3600).contains(&h) {
                 self.agent.settings.heartbeat.store(h, Ordering::Relaxed);
-                let _ = self.ws.get_ref().tcp().set_write_timeout(Some(Duration::from_secs(h.max(10))));
+                let _ = self
+                    .ws
+                    .get_ref()
+                    .tcp()
+                    .set_write_timeout(Some(Duration::from_secs(h.max(10))));
             } else {
                 log::warn!("ignoring heartbeat_interval {h}: must be 1 to 3600 seconds");
             }
         }
         if let Some(t) = s.command_timeout {
             if t >= 1 {
-                self.agent.settings.command_timeout.store(t, Ordering::Relaxed);
+                self.agent
+                    .settings
+                    .command_timeout
+                    .store(t, Ordering::Relaxed);
             }
         }
         log::info!(
@@ -419,14 +491,19 @@ impl<'a> Session<'a> {
         log::info!("shutting down: sending disconnect");
         let bye = Envelope::new(
             self.agent.next_id("bye"),
-            Message::Disconnect(DisconnectPayload { reason: Some("agent shutting down".into()) }),
+            Message::Disconnect(DisconnectPayload {
+                reason: Some("agent shutting down".into()),
+            }),
         );
         if self.authenticated {
             // Answers already computed go out first.
             let _ = self.drain_outbox();
         }
         let _ = self.send(bye);
-        let _ = self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "agent shutting down".into() }));
+        let _ = self.ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "agent shutting down".into(),
+        }));
         let deadline = Instant::now() + CLOSE_WAIT;
         while Instant::now() < deadline {
             match self.ws.read() {
@@ -447,5 +524,8 @@ fn ref_id_of(bytes: &[u8], e: &DecodeError) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    v.get("id").and_then(|x| x.as_str()).filter(|s| s.len() <= 256).map(str::to_owned)
+    v.get("id")
+        .and_then(|x| x.as_str())
+        .filter(|s| s.len() <= 256)
+        .map(str::to_owned)
 }

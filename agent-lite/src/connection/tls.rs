@@ -4,7 +4,7 @@
 //! Owns: building the one `rustls::ClientConfig` the agent uses. Must not: log key material.
 
 use crate::config::ServerConfig;
-use anyhow::{anyhow, Context};
+use crate::Error;
 use base64::Engine as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -17,16 +17,24 @@ use std::sync::Arc;
 
 /// Parses a pin given as 64 hex digits (colons allowed) or base64 of 32 bytes.
 pub fn parse_pin(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim().trim_start_matches("sha256/").trim_start_matches("sha256:");
+    let s = s
+        .trim()
+        .trim_start_matches("sha256/")
+        .trim_start_matches("sha256:");
     let hexed: String = s.chars().filter(|c| *c != ':').collect();
     if let Ok(b) = hex::decode(&hexed) {
         return b.try_into().ok();
     }
-    base64::engine::general_purpose::STANDARD.decode(s).ok()?.try_into().ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 /// Builds the client TLS config from `server.*`.
-pub fn client_config(cfg: &ServerConfig) -> anyhow::Result<Arc<ClientConfig>> {
+pub fn client_config(cfg: &ServerConfig) -> Result<Arc<ClientConfig>, Error> {
+    let tls = |m: String| Error::Tls(m);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algs = provider.signature_verification_algorithms;
     let inner: Arc<dyn ServerCertVerifier> = if cfg.verify_ssl {
@@ -36,56 +44,72 @@ pub fn client_config(cfg: &ServerConfig) -> anyhow::Result<Arc<ClientConfig>> {
                 let certs = read_certs(path)?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {
-                    return Err(anyhow!("server.ca_file {}: no usable CA certificate", path.display()));
+                    return Err(tls(format!(
+                        "server.ca_file {}: no usable CA certificate",
+                        path.display()
+                    )));
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
-            .context("building the certificate verifier")?
+            .map_err(|e| tls(format!("building the certificate verifier: {e}")))?
     } else {
         Arc::new(AcceptAnyCert { algs })
     };
     let verifier: Arc<dyn ServerCertVerifier> = match &cfg.pin_sha256 {
         Some(pin) => {
-            let pin = parse_pin(pin).ok_or_else(|| anyhow!("server.pin_sha256 is not a SHA-256 in hex or base64"))?;
+            let pin = parse_pin(pin)
+                .ok_or_else(|| tls("server.pin_sha256 is not a SHA-256 in hex or base64".into()))?;
             Arc::new(Pinned { inner, pin })
         }
         None => inner,
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .map_err(|e| tls(format!("TLS protocol versions: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert), Some(key)) => {
             let certs = read_certs(cert)?;
             let key = read_key(key)?;
-            builder.with_client_auth_cert(certs, key).context("server.client_cert / client_key do not match")?
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| tls(format!("server.client_cert / client_key: {e}")))?
         }
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }
 
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let data =
+        std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
+        .map_err(|e| {
+            Error::Tls(format!(
+                "parsing PEM certificates in {}: {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(anyhow!("{}: no PEM certificate found", path.display()));
+        return Err(Error::Tls(format!(
+            "{}: no PEM certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    let data =
+        std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .with_context(|| format!("parsing the PEM key in {}", path.display()))?
-        .ok_or_else(|| anyhow!("{}: no PEM private key found", path.display()))
+        .map_err(|e| Error::Tls(format!("parsing the PEM key in {}: {e}", path.display())))?
+        .ok_or_else(|| Error::Tls(format!("{}: no PEM private key found", path.display())))
 }
 
 /// Reads one DER TLV at the start of `b`: (tag, header length, content length).
@@ -145,15 +169,19 @@ impl ServerCertVerifier for Pinned {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         let cert_hash: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        let spki_hash: Option<[u8; 32]> = spki_of(end_entity.as_ref()).map(|s| Sha256::digest(s).into());
+        let spki_hash: Option<[u8; 32]> =
+            spki_of(end_entity.as_ref()).map(|s| Sha256::digest(s).into());
         if cert_hash == self.pin || spki_hash == Some(self.pin) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "server certificate does not match server.pin_sha256 (its key's SHA-256 is {})",
-                spki_hash.map(hex::encode).unwrap_or_else(|| "unknown".into())
+                spki_hash
+                    .map(hex::encode)
+                    .unwrap_or_else(|| "unknown".into())
             )))
         }
     }
@@ -242,9 +270,19 @@ mod tests {
     #[test]
     fn default_config_builds_with_webpki_roots() {
         client_config(&ServerConfig::default()).unwrap();
-        let insecure = ServerConfig { verify_ssl: false, pin_sha256: Some("00".repeat(32)), ..Default::default() };
+        let insecure = ServerConfig {
+            verify_ssl: false,
+            pin_sha256: Some("00".repeat(32)),
+            ..Default::default()
+        };
         client_config(&insecure).unwrap();
-        let missing = ServerConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..Default::default() };
-        assert!(client_config(&missing).unwrap_err().to_string().contains("/nonexistent/ca.pem"));
+        let missing = ServerConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(client_config(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/ca.pem"));
     }
 }

@@ -41,7 +41,10 @@ pub struct Head {
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -57,7 +60,10 @@ pub enum Framing {
 impl Framing {
     /// Decides the framing from the request method and the response head.
     pub fn of(head_request: bool, head: &Head) -> Result<Framing, HttpError> {
-        if head_request || (100..200).contains(&head.status) && head.status != 101 || matches!(head.status, 204 | 304) {
+        if head_request
+            || (100..200).contains(&head.status) && head.status != 101
+            || matches!(head.status, 204 | 304)
+        {
             return Ok(Framing::None);
         }
         if head.status == 101 {
@@ -65,13 +71,19 @@ impl Framing {
             return Ok(Framing::ToEof);
         }
         if let Some(te) = head.header("transfer-encoding") {
-            if te.split(',').any(|t| t.trim().eq_ignore_ascii_case("chunked")) {
+            if te
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("chunked"))
+            {
                 return Ok(Framing::Chunked);
             }
             return Ok(Framing::ToEof);
         }
         if let Some(cl) = head.header("content-length") {
-            let n = cl.trim().parse::<u64>().map_err(|_| HttpError::Invalid(format!("bad Content-Length {cl:?}")))?;
+            let n = cl
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| HttpError::Invalid(format!("bad Content-Length {cl:?}")))?;
             return Ok(Framing::Length(n));
         }
         Ok(Framing::ToEof)
@@ -89,7 +101,11 @@ pub struct ResponseReader<R> {
 
 impl<R: Read> ResponseReader<R> {
     pub fn new(inner: R) -> Self {
-        ResponseReader { inner, buf: Vec::with_capacity(8 * 1024), pos: 0 }
+        ResponseReader {
+            inner,
+            buf: Vec::with_capacity(8 * 1024),
+            pos: 0,
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -156,18 +172,27 @@ impl<R: Read> ResponseReader<R> {
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(self.pending()) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.ok_or_else(|| HttpError::Invalid("no status code".into()))?;
+                    let status = resp
+                        .code
+                        .ok_or_else(|| HttpError::Invalid("no status code".into()))?;
                     let headers = resp
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     self.consume(n);
                     return Ok(Head { status, headers });
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.pending().len() > MAX_HEAD {
-                        return Err(HttpError::Invalid(format!("response head larger than {MAX_HEAD} bytes")));
+                        return Err(HttpError::Invalid(format!(
+                            "response head larger than {MAX_HEAD} bytes"
+                        )));
                     }
                 }
                 Err(e) => return Err(HttpError::Invalid(e.to_string())),
@@ -362,21 +387,32 @@ mod tests {
 
     fn read_all(bytes: &[u8], trickle: bool, head_req: bool) -> Result<(Head, Vec<u8>), HttpError> {
         let reader: Box<dyn Read> = if trickle {
-            Box::new(Trickle { data: bytes.to_vec(), pos: 0, step: 0 })
+            Box::new(Trickle {
+                data: bytes.to_vec(),
+                pos: 0,
+                step: 0,
+            })
         } else {
             Box::new(io::Cursor::new(bytes.to_vec()))
         };
         let mut r = ResponseReader::new(reader);
         let head = r.read_head()?;
         let mut body = Vec::new();
-        r.read_body(Framing::of(head_req, &head)?, 1 << 20, &mut |d| body.extend_from_slice(d))?;
+        r.read_body(Framing::of(head_req, &head)?, 1 << 20, &mut |d| {
+            body.extend_from_slice(d)
+        })?;
         Ok((head, body))
     }
 
     #[test]
     fn content_length_body() {
         for trickle in [false, true] {
-            let (h, b) = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nApi-Version: 1.41\r\n\r\nhelloEXTRA", trickle, false).unwrap();
+            let (h, b) = read_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nApi-Version: 1.41\r\n\r\nhelloEXTRA",
+                trickle,
+                false,
+            )
+            .unwrap();
             assert_eq!(h.status, 200);
             assert_eq!(h.header("API-VERSION"), Some("1.41"));
             assert_eq!(b, b"hello");
@@ -398,9 +434,15 @@ mod tests {
         assert_eq!(b, b"\x01\0\0\0\0\0\0\x03out");
         let (h, b) = read_all(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false).unwrap();
         assert_eq!((h.status, b.len()), (304, 0));
-        let (h, b) = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", false, true).unwrap();
+        let (h, b) =
+            read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", false, true).unwrap();
         assert_eq!((h.status, b.len()), (200, 0));
-        let (h, _) = read_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", true, false).unwrap();
+        let (h, _) = read_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            true,
+            false,
+        )
+        .unwrap();
         assert_eq!(h.status, 201);
     }
 
@@ -409,13 +451,34 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"", "no response"),
             (b"HTTP/1.1 200 OK\r\nContent-Le", "head"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "Content-Length"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "in a chunk"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde", "after a chunk"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX", "CRLF"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", "chunk size line"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "Content-Length"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+                "Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                "in a chunk",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde",
+                "after a chunk",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdeXX",
+                "CRLF",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+                "chunk size line",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "Content-Length",
+            ),
             (b"SSH-2.0-OpenSSH\r\n\r\n", "invalid HTTP"),
             (b"HTTP/1.1 2000 OK\r\n\r\n", "invalid HTTP"),
         ];
@@ -424,7 +487,11 @@ mod tests {
             for trickle in [false, true] {
                 match read_all(raw, trickle, false) {
                     Ok(x) => panic!("{:?} parsed as {x:?}", String::from_utf8_lossy(raw)),
-                    Err(e) => assert!(e.to_string().contains(want), "{:?}: {e} (want {want})", String::from_utf8_lossy(raw)),
+                    Err(e) => assert!(
+                        e.to_string().contains(want),
+                        "{:?}: {e} (want {want})",
+                        String::from_utf8_lossy(raw)
+                    ),
                 }
             }
         }
@@ -432,15 +499,21 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let mut r = ResponseReader::new(io::Cursor::new(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec()));
+        let mut r = ResponseReader::new(io::Cursor::new(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec(),
+        ));
         let h = r.read_head().unwrap();
-        let e = r.read_body(Framing::of(false, &h).unwrap(), 10, &mut |_| {}).unwrap_err();
+        let e = r
+            .read_body(Framing::of(false, &h).unwrap(), 10, &mut |_| {})
+            .unwrap_err();
         assert!(matches!(e, HttpError::TooLarge(10)));
         let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
         while huge.len() <= MAX_HEAD {
             huge.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
-        let e = ResponseReader::new(io::Cursor::new(huge)).read_head().unwrap_err();
+        let e = ResponseReader::new(io::Cursor::new(huge))
+            .read_head()
+            .unwrap_err();
         assert!(matches!(e, HttpError::Invalid(_)), "{e}");
     }
 
@@ -452,6 +525,13 @@ mod tests {
             s.feed(piece, &mut |l| lines.push(l.to_vec()));
         }
         s.finish(&mut |l| lines.push(l.to_vec()));
-        assert_eq!(lines, vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec(), b"{\"c\":3}".to_vec()]);
+        assert_eq!(
+            lines,
+            vec![
+                b"{\"a\":1}".to_vec(),
+                b"{\"b\":2}".to_vec(),
+                b"{\"c\":3}".to_vec()
+            ]
+        );
     }
 }

@@ -45,13 +45,19 @@ impl Endpoint {
         } else if let Some(hp) = s.strip_prefix("tcp://") {
             let hp = hp.trim_end_matches('/');
             match hp.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !hp.contains('/') => Ok(Endpoint::Tcp(hp.to_string())),
-                _ => Err(format!("docker socket {s:?}: tcp:// needs host:port, e.g. tcp://127.0.0.1:2375")),
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !hp.contains('/') => {
+                    Ok(Endpoint::Tcp(hp.to_string()))
+                }
+                _ => Err(format!(
+                    "docker socket {s:?}: tcp:// needs host:port, e.g. tcp://127.0.0.1:2375"
+                )),
             }
         } else if s.starts_with('/') {
             Ok(Endpoint::Unix(PathBuf::from(s)))
         } else {
-            Err(format!("docker socket {s:?}: use unix:///path or tcp://host:port"))
+            Err(format!(
+                "docker socket {s:?}: use unix:///path or tcp://host:port"
+            ))
         }
     }
 
@@ -184,13 +190,17 @@ impl Read for Deadlined {
             }
             t = Some(t.map_or(left, |t| t.min(left)));
         }
-        self.conn.set_read_timeout(t.map(|t| t.max(Duration::from_millis(1))))?;
+        self.conn
+            .set_read_timeout(t.map(|t| t.max(Duration::from_millis(1))))?;
         self.conn.read(buf)
     }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// A response stream left open for the caller (e.g. `/events`).
@@ -204,7 +214,9 @@ impl Stream {
     /// Reads the body until the daemon ends it or the connection is shut down, passing each
     /// piece to `on_data`.
     pub fn read_to_end(&mut self, on_data: &mut dyn FnMut(&[u8])) -> Result<(), HttpError> {
-        self.reader.read_body(self.framing, usize::MAX, on_data).map(|_| ())
+        self.reader
+            .read_body(self.framing, usize::MAX, on_data)
+            .map(|_| ())
     }
 }
 
@@ -229,7 +241,11 @@ pub struct DockerClient {
 impl DockerClient {
     /// `timeout` bounds connecting and each read or write.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
-        DockerClient { endpoint: Arc::new(endpoint), timeout, api_version: Arc::new(Mutex::new(None)) }
+        DockerClient {
+            endpoint: Arc::new(endpoint),
+            timeout,
+            api_version: Arc::new(Mutex::new(None)),
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -245,21 +261,31 @@ impl DockerClient {
         if let Ok(mut v) = self.api_version.lock() {
             *v = None;
         }
-        Error::Unreachable { endpoint: self.endpoint.to_string(), detail: detail.to_string() }
+        Error::Unreachable {
+            endpoint: self.endpoint.to_string(),
+            detail: detail.to_string(),
+        }
     }
 
     fn connect(&self, deadline: Option<Instant>) -> Result<Conn> {
         let t = match deadline {
-            Some(d) => self.timeout.min(d.saturating_duration_since(Instant::now())),
+            Some(d) => self
+                .timeout
+                .min(d.saturating_duration_since(Instant::now())),
             None => self.timeout,
         };
         if t.is_zero() {
             return Err(Error::Timeout(self.timeout));
         }
         let conn = match &*self.endpoint {
-            Endpoint::Unix(path) => Conn::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(e))?),
+            Endpoint::Unix(path) => {
+                Conn::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(e))?)
+            }
             Endpoint::Tcp(hp) => {
-                let addrs: Vec<_> = hp.to_socket_addrs().map_err(|e| self.unreachable(e))?.collect();
+                let addrs: Vec<_> = hp
+                    .to_socket_addrs()
+                    .map_err(|e| self.unreachable(e))?
+                    .collect();
                 let mut last = None;
                 let mut found = None;
                 for a in addrs {
@@ -275,12 +301,15 @@ impl DockerClient {
                 match found {
                     Some(s) => Conn::Tcp(s),
                     None => {
-                        return Err(self.unreachable(last.map_or_else(|| "no address".to_string(), |e| e.to_string())))
+                        return Err(self.unreachable(
+                            last.map_or_else(|| "no address".to_string(), |e| e.to_string()),
+                        ))
                     }
                 }
             }
         };
-        conn.set_write_timeout(Some(t)).map_err(|e| self.unreachable(e))?;
+        conn.set_write_timeout(Some(t))
+            .map_err(|e| self.unreachable(e))?;
         Ok(conn)
     }
 
@@ -298,22 +327,33 @@ impl DockerClient {
             self.endpoint.host_header()
         );
         match body {
-            Some(b) => req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n", b.len())),
-            None if method == "POST" || method == "PUT" => req.push_str("Content-Length: 0\r\n\r\n"),
+            Some(b) => req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            )),
+            None if method == "POST" || method == "PUT" => {
+                req.push_str("Content-Length: 0\r\n\r\n")
+            }
             None => req.push_str("\r\n"),
         }
         let mut out = req.into_bytes();
         if let Some(b) = body {
             out.extend_from_slice(b);
         }
-        conn.write_all(&out).and_then(|_| conn.flush()).map_err(|e| {
-            if is_timeout(&e) {
-                Error::Timeout(self.timeout)
-            } else {
-                self.unreachable(e)
-            }
-        })?;
-        let mut reader = ResponseReader::new(Deadlined { conn, io_timeout: Some(self.timeout), deadline });
+        conn.write_all(&out)
+            .and_then(|_| conn.flush())
+            .map_err(|e| {
+                if is_timeout(&e) {
+                    Error::Timeout(self.timeout)
+                } else {
+                    self.unreachable(e)
+                }
+            })?;
+        let mut reader = ResponseReader::new(Deadlined {
+            conn,
+            io_timeout: Some(self.timeout),
+            deadline,
+        });
         let head = reader.read_head().map_err(|e| self.http_error(e))?;
         Ok((head, reader))
     }
@@ -350,7 +390,11 @@ impl DockerClient {
                 collected.extend_from_slice(d);
             })
             .map_err(|e| self.http_error(e))?;
-        Ok(DockerResponse { status: head.status, headers: head.headers, body: collected })
+        Ok(DockerResponse {
+            status: head.status,
+            headers: head.headers,
+            body: collected,
+        })
     }
 
     /// The API version to use: negotiated once with `/_ping` (its `Api-Version` header),
@@ -368,7 +412,11 @@ impl DockerClient {
                     .map_err(|e| Error::Protocol(format!("/version answered invalid JSON: {e}")))?;
                 v.get("ApiVersion")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| Error::Version("the daemon reports no API version in /_ping or /version".into()))?
+                    .ok_or_else(|| {
+                        Error::Version(
+                            "the daemon reports no API version in /_ping or /version".into(),
+                        )
+                    })?
                     .to_string()
             }
         };
@@ -378,7 +426,10 @@ impl DockerClient {
                 protocol::docker::MIN_API_VERSION
             ))
         })?;
-        log::debug!("docker API version {v} (daemon {daemon}, ours {})", protocol::docker::API_VERSION);
+        log::debug!(
+            "docker API version {v} (daemon {daemon}, ours {})",
+            protocol::docker::API_VERSION
+        );
         if let Ok(mut g) = self.api_version.lock() {
             *g = Some(v.clone());
         }
@@ -390,7 +441,10 @@ impl DockerClient {
         let start = Instant::now();
         let r = self.send(Method::Get, "/_ping", None, deadline, &mut |_| {})?;
         if r.status != 200 {
-            return Err(Error::Protocol(format!("/_ping answered HTTP {}", r.status)));
+            return Err(Error::Protocol(format!(
+                "/_ping answered HTTP {}",
+                r.status
+            )));
         }
         Ok(start.elapsed())
     }
@@ -398,12 +452,22 @@ impl DockerClient {
     /// A versioned GET that must answer 2xx JSON.
     pub fn get_json(&self, path: &str, deadline: Option<Instant>) -> Result<Value, ErrorBody> {
         let v = self.api_version(deadline)?;
-        let r = self.send(Method::Get, &format!("/v{v}{path}"), None, deadline, &mut |_| {})?;
+        let r = self.send(
+            Method::Get,
+            &format!("/v{v}{path}"),
+            None,
+            deadline,
+            &mut |_| {},
+        )?;
         if !(200..300).contains(&r.status) {
             return Err(protocol::docker::error_from_response(&r));
         }
-        serde_json::from_slice(&r.body)
-            .map_err(|e| ErrorBody::new(ErrorCode::DockerError, format!("{path} answered invalid JSON: {e}")))
+        serde_json::from_slice(&r.body).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::DockerError,
+                format!("{path} answered invalid JSON: {e}"),
+            )
+        })
     }
 
     /// Opens a long-lived streaming GET (`/events`): no read timeout, ended by the daemon or
@@ -424,13 +488,29 @@ impl DockerClient {
         }
         // Events replayed by `since` may already sit in the reader's buffer: keep the reader.
         reader.get_mut().io_timeout = None;
-        let closer = Closer(reader.get_mut().conn.try_clone().map_err(|e| self.unreachable(e))?);
-        Ok((Stream { head, framing, reader }, closer))
+        let closer = Closer(
+            reader
+                .get_mut()
+                .conn
+                .try_clone()
+                .map_err(|e| self.unreachable(e))?,
+        );
+        Ok((
+            Stream {
+                head,
+                framing,
+                reader,
+            },
+            closer,
+        ))
     }
 
     /// A [`Transport`] for one operation, with an overall deadline.
     pub fn transport(&self, deadline: Option<Instant>) -> DockerTransport<'_> {
-        DockerTransport { client: self, deadline }
+        DockerTransport {
+            client: self,
+            deadline,
+        }
     }
 }
 
@@ -441,16 +521,22 @@ pub struct DockerTransport<'a> {
 }
 
 impl Transport for DockerTransport<'_> {
-    fn call(&mut self, req: &DockerRequest, on_line: &mut dyn FnMut(&[u8])) -> Result<DockerResponse, ErrorBody> {
+    fn call(
+        &mut self,
+        req: &DockerRequest,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<DockerResponse, ErrorBody> {
         let v = self.client.api_version(self.deadline)?;
         let uri = req.uri(Some(&v));
         let body = req.body_bytes();
         let mut lines = LineSplitter::default();
-        let resp = self.client.send(req.method, &uri, body.as_deref(), self.deadline, &mut |d| {
-            if req.progress {
-                lines.feed(d, on_line);
-            }
-        })?;
+        let resp =
+            self.client
+                .send(req.method, &uri, body.as_deref(), self.deadline, &mut |d| {
+                    if req.progress {
+                        lines.feed(d, on_line);
+                    }
+                })?;
         if req.progress {
             lines.finish(on_line);
         }

@@ -25,7 +25,11 @@ pub struct EventBuffer {
 
 impl EventBuffer {
     pub fn new(capacity: usize) -> Self {
-        EventBuffer { queue: Mutex::new(VecDeque::new()), capacity: capacity.max(1), dropped: AtomicU64::new(0) }
+        EventBuffer {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+        }
     }
 
     pub fn push(&self, e: EventPayload) {
@@ -79,7 +83,12 @@ impl EventBuffer {
 pub fn parse_event(line: &[u8]) -> Option<EventPayload> {
     let v: Value = serde_json::from_slice(line).ok()?;
     let kind = v.get("Type").and_then(Value::as_str)?.to_string();
-    let action = v.get("Action").or_else(|| v.get("status")).and_then(Value::as_str).unwrap_or_default().to_string();
+    let action = v
+        .get("Action")
+        .or_else(|| v.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let actor = v.get("Actor");
     let actor_id = actor
         .and_then(|a| a.get("ID"))
@@ -88,7 +97,10 @@ pub fn parse_event(line: &[u8]) -> Option<EventPayload> {
         .unwrap_or_default()
         .to_string();
     let mut attributes = BTreeMap::new();
-    if let Some(attrs) = actor.and_then(|a| a.get("Attributes")).and_then(Value::as_object) {
+    if let Some(attrs) = actor
+        .and_then(|a| a.get("Attributes"))
+        .and_then(Value::as_object)
+    {
         for (k, val) in attrs {
             if let Some(s) = val.as_str() {
                 attributes.insert(k.clone(), s.to_string());
@@ -98,9 +110,19 @@ pub fn parse_event(line: &[u8]) -> Option<EventPayload> {
     let time_nano = v
         .get("timeNano")
         .and_then(Value::as_i64)
-        .or_else(|| v.get("time").and_then(Value::as_i64).map(|t| t * 1_000_000_000))
+        .or_else(|| {
+            v.get("time")
+                .and_then(Value::as_i64)
+                .map(|t| t * 1_000_000_000)
+        })
         .unwrap_or(0);
-    Some(EventPayload { kind, action, actor_id, attributes, time_nano })
+    Some(EventPayload {
+        kind,
+        action,
+        actor_id,
+        attributes,
+        time_nano,
+    })
 }
 
 /// Remembers where the stream got to, so a resubscription with `since` neither loses nor
@@ -134,16 +156,28 @@ impl Cursor {
 
     /// The `since` query value: `seconds.nanoseconds`.
     pub fn since_param(&self) -> String {
-        format!("{}.{:09}", self.since_nano / 1_000_000_000, self.since_nano % 1_000_000_000)
+        format!(
+            "{}.{:09}",
+            self.since_nano / 1_000_000_000,
+            self.since_nano % 1_000_000_000
+        )
     }
 }
 
 fn now_nano() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Follows `/events` until shutdown. `closer` lets the owner break a blocked read.
-pub fn follow(docker: DockerClient, buffer: Arc<EventBuffer>, closer: Arc<Mutex<Option<Closer>>>, shutdown: Shutdown) {
+pub fn follow(
+    docker: DockerClient,
+    buffer: Arc<EventBuffer>,
+    closer: Arc<Mutex<Option<Closer>>>,
+    shutdown: Shutdown,
+) {
     let filters = serde_json::json!({ "type": KINDS }).to_string();
     let filters = protocol::docker::percent_encode(&filters);
     let mut cursor = Cursor::default();
@@ -205,7 +239,13 @@ mod tests {
     use super::*;
 
     fn ev(t: i64, id: &str) -> EventPayload {
-        EventPayload { kind: "container".into(), action: "start".into(), actor_id: id.into(), attributes: Default::default(), time_nano: t }
+        EventPayload {
+            kind: "container".into(),
+            action: "start".into(),
+            actor_id: id.into(),
+            attributes: Default::default(),
+            time_nano: t,
+        }
     }
 
     #[test]
@@ -216,7 +256,10 @@ mod tests {
         }
         assert_eq!(b.dropped(), 2);
         let got = b.take(10);
-        assert_eq!(got.iter().map(|e| e.time_nano).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            got.iter().map(|e| e.time_nano).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert!(b.is_empty());
     }
 
@@ -235,7 +278,10 @@ mod tests {
     fn parses_docker_events() {
         let line = br#"{"status":"start","id":"abc","from":"img","Type":"container","Action":"start","Actor":{"ID":"abc","Attributes":{"name":"web-1","image":"img"}},"scope":"local","time":1700000000,"timeNano":1700000000123456789}"#;
         let e = parse_event(line).unwrap();
-        assert_eq!((e.kind.as_str(), e.action.as_str(), e.actor_id.as_str()), ("container", "start", "abc"));
+        assert_eq!(
+            (e.kind.as_str(), e.action.as_str(), e.actor_id.as_str()),
+            ("container", "start", "abc")
+        );
         assert_eq!(e.attributes.get("name").map(String::as_str), Some("web-1"));
         assert_eq!(e.time_nano, 1_700_000_000_123_456_789);
         assert!(parse_event(b"not json").is_none());

@@ -10,7 +10,8 @@ pub mod pool;
 
 use crate::Agent;
 use protocol::{
-    CommandPayload, CommandProgressPayload, CommandResponsePayload, Envelope, ErrorBody, ErrorCode, Message, Operation,
+    CommandPayload, CommandProgressPayload, CommandResponsePayload, Envelope, ErrorBody, ErrorCode,
+    Message, Operation,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -55,7 +56,12 @@ impl Dedup {
         if let Some(k) = key {
             self.keys.insert(k.to_string(), id.to_string());
             if self.keys.len() > REMEMBER * 2 {
-                let live: HashSet<&String> = self.done.iter().map(|(d, _)| d).chain(self.in_flight.iter()).collect();
+                let live: HashSet<&String> = self
+                    .done
+                    .iter()
+                    .map(|(d, _)| d)
+                    .chain(self.in_flight.iter())
+                    .collect();
                 self.keys.retain(|_, v| live.contains(v));
             }
         }
@@ -73,18 +79,30 @@ impl Dedup {
 
 /// Accepts one `command` from the session thread. Never blocks: the command runs on the
 /// pool, or is answered at once (duplicate, queue full).
-pub fn dispatch(agent: &Arc<Agent>, pool: &pool::Pool, outbox: &Sender<Envelope>, id: String, cmd: CommandPayload) {
+pub fn dispatch(
+    agent: &Arc<Agent>,
+    pool: &pool::Pool,
+    outbox: &Sender<Envelope>,
+    id: String,
+    cmd: CommandPayload,
+) {
     let seen = match agent.dedup.lock() {
         Ok(mut d) => d.check(&id, cmd.idempotency_key.as_deref()),
         Err(_) => Seen::New,
     };
     match seen {
         Seen::Running => {
-            log::warn!("command {id} ({}) is already running; ignoring the duplicate", cmd.operation);
+            log::warn!(
+                "command {id} ({}) is already running; ignoring the duplicate",
+                cmd.operation
+            );
             return;
         }
         Seen::Answered(r) => {
-            log::info!("command {id} ({}) was already answered; sending the same answer again", cmd.operation);
+            log::info!(
+                "command {id} ({}) was already answered; sending the same answer again",
+                cmd.operation
+            );
             let _ = outbox.send(Envelope::new(id, Message::CommandResponse(r)));
             return;
         }
@@ -102,7 +120,10 @@ pub fn dispatch(agent: &Arc<Agent>, pool: &pool::Pool, outbox: &Sender<Envelope>
     });
     if pool.submit(job).is_err() {
         let resp = CommandResponsePayload::Error {
-            error: ErrorBody::new(ErrorCode::RateLimited, "the agent's command queue is full; retry later"),
+            error: ErrorBody::new(
+                ErrorCode::RateLimited,
+                "the agent's command queue is full; retry later",
+            ),
         };
         if let Ok(mut d) = agent.dedup.lock() {
             d.finish(&id, &resp);
@@ -113,9 +134,17 @@ pub fn dispatch(agent: &Arc<Agent>, pool: &pool::Pool, outbox: &Sender<Envelope>
 }
 
 /// Runs one command to completion on the calling (worker) thread.
-pub fn execute(agent: &Agent, id: &str, cmd: &CommandPayload, outbox: &Sender<Envelope>) -> Result<serde_json::Value, ErrorBody> {
+pub fn execute(
+    agent: &Agent,
+    id: &str,
+    cmd: &CommandPayload,
+    outbox: &Sender<Envelope>,
+) -> Result<serde_json::Value, ErrorBody> {
     let op = Operation::parse(&cmd.operation, &cmd.params)?;
-    let secs = cmd.timeout.unwrap_or_else(|| agent.settings.command_timeout.load(Ordering::Relaxed)).max(1);
+    let secs = cmd
+        .timeout
+        .unwrap_or_else(|| agent.settings.command_timeout.load(Ordering::Relaxed))
+        .max(1);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     log::debug!("command {id}: {} (timeout {secs}s)", op.name());
@@ -128,20 +157,38 @@ pub fn execute(agent: &Agent, id: &str, cmd: &CommandPayload, outbox: &Sender<En
         };
         if due {
             last_sent = Some((Instant::now(), status));
-            let _ = outbox.send(Envelope::new(id, Message::CommandProgress(CommandProgressPayload { data: p })));
+            let _ = outbox.send(Envelope::new(
+                id,
+                Message::CommandProgress(CommandProgressPayload { data: p }),
+            ));
         }
     };
-    let result = protocol::docker::run(op, &mut agent.docker.transport(Some(deadline)), &mut progress);
+    let result = protocol::docker::run(
+        op,
+        &mut agent.docker.transport(Some(deadline)),
+        &mut progress,
+    );
     let result = match result {
         Err(e) if e.code == ErrorCode::Timeout => Err(ErrorBody::new(
             ErrorCode::Timeout,
-            format!("{} did not finish within {secs}s: {}", cmd.operation, e.message),
+            format!(
+                "{} did not finish within {secs}s: {}",
+                cmd.operation, e.message
+            ),
         )),
         r => r,
     };
     match &result {
-        Ok(_) => log::debug!("command {id}: {} ok in {:?}", cmd.operation, started.elapsed()),
-        Err(e) => log::info!("command {id}: {} failed in {:?}: {e}", cmd.operation, started.elapsed()),
+        Ok(_) => log::debug!(
+            "command {id}: {} ok in {:?}",
+            cmd.operation,
+            started.elapsed()
+        ),
+        Err(e) => log::info!(
+            "command {id}: {} failed in {:?}: {e}",
+            cmd.operation,
+            started.elapsed()
+        ),
     }
     result
 }
@@ -156,7 +203,9 @@ mod tests {
         assert!(matches!(d.check("c1", Some("k")), Seen::New));
         assert!(matches!(d.check("c1", None), Seen::Running));
         assert!(matches!(d.check("c2", Some("k")), Seen::Running));
-        let r = CommandResponsePayload::Success { data: serde_json::json!(1) };
+        let r = CommandResponsePayload::Success {
+            data: serde_json::json!(1),
+        };
         d.finish("c1", &r);
         assert!(matches!(d.check("c1", None), Seen::Answered(_)));
         assert!(matches!(d.check("c3", Some("k")), Seen::Answered(_)));

@@ -20,16 +20,19 @@ impl Pool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers.max(1) {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
-            thread::Builder::new().name(format!("worker-{i}")).stack_size(256 * 1024).spawn(move || loop {
-                let job = match rx.lock() {
-                    Ok(r) => r.recv(),
-                    Err(_) => return,
-                };
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return,
-                }
-            })?;
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
         }
         Ok(Pool { tx })
     }
@@ -55,17 +58,20 @@ mod tests {
         let (gate_tx, gate_rx) = channel::<()>();
         let gate_rx = Arc::new(Mutex::new(gate_rx));
         let (done_tx, done_rx) = channel();
-        for _ in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut accepted = 0;
+        while accepted < 2 {
+            assert!(Instant::now() < deadline, "jobs not accepted");
             let (g, d) = (gate_rx.clone(), done_tx.clone());
-            pool.submit(Box::new(move || {
+            let job: Job = Box::new(move || {
                 let _ = g.lock().map(|r| r.recv_timeout(Duration::from_secs(5)));
                 let _ = d.send(());
-            }))
-            .ok()
-            .unwrap();
+            });
+            if pool.submit(job).is_ok() {
+                accepted += 1;
+            }
         }
         // Both workers are busy (or about to be); one more fits the queue, then it is full.
-        let deadline = Instant::now() + Duration::from_secs(5);
         let mut refused = false;
         while Instant::now() < deadline && !refused {
             refused = pool.submit(Box::new(|| {})).is_err();

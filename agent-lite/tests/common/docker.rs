@@ -12,7 +12,9 @@ pub const SOCKET: &str = "/var/run/docker.sock";
 /// Fails the test with a clear message when dockerd is not there.
 pub fn require_docker() {
     if let Err(e) = std::os::unix::net::UnixStream::connect(SOCKET) {
-        panic!("this test needs dockerd at unix://{SOCKET} ({e}); start it with scripts/services.sh");
+        panic!(
+            "this test needs dockerd at unix://{SOCKET} ({e}); start it with scripts/services.sh"
+        );
     }
 }
 
@@ -29,8 +31,15 @@ pub fn op(c: &DockerClient, name: &str, params: Value) -> Result<Value, ErrorBod
 
 pub fn unique(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    format!("{prefix}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Removes what a test created, even when the test panics.
@@ -41,26 +50,38 @@ pub struct Cleanup<'a> {
 
 impl<'a> Cleanup<'a> {
     pub fn new(c: &'a DockerClient) -> Self {
-        Cleanup { c, items: Vec::new() }
+        Cleanup {
+            c,
+            items: Vec::new(),
+        }
     }
     pub fn container(&mut self, id: &str) {
-        self.items.push(("container.remove", serde_json::json!({"id": id, "force": true, "v": true})));
+        self.items.push((
+            "container.remove",
+            serde_json::json!({"id": id, "force": true, "v": true}),
+        ));
     }
     pub fn image(&mut self, id: &str) {
-        self.items.push(("image.remove", serde_json::json!({"id": id})));
+        self.items
+            .push(("image.remove", serde_json::json!({"id": id})));
     }
     pub fn volume(&mut self, id: &str) {
-        self.items.push(("volume.remove", serde_json::json!({"id": id, "force": true})));
+        self.items.push((
+            "volume.remove",
+            serde_json::json!({"id": id, "force": true}),
+        ));
     }
     pub fn network(&mut self, id: &str) {
-        self.items.push(("network.remove", serde_json::json!({"id": id})));
+        self.items
+            .push(("network.remove", serde_json::json!({"id": id})));
     }
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         // Containers first (they hold networks and volumes).
-        self.items.sort_by_key(|(n, _)| if *n == "container.remove" { 0 } else { 1 });
+        self.items
+            .sort_by_key(|(n, _)| if *n == "container.remove" { 0 } else { 1 });
         for (name, params) in self.items.drain(..) {
             let _ = op(self.c, name, params);
         }

@@ -12,7 +12,10 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -34,7 +37,12 @@ pub fn agent_config(server_url: &str, agent_id: &str) -> Config {
 }
 
 /// Runs the real agent in-process; returns its shutdown handle and thread.
-pub fn spawn_agent(config: Config) -> (agent_lite::Shutdown, std::thread::JoinHandle<anyhow::Result<()>>) {
+pub fn spawn_agent(
+    config: Config,
+) -> (
+    agent_lite::Shutdown,
+    std::thread::JoinHandle<agent_lite::Result<()>>,
+) {
     let shutdown = agent_lite::Shutdown::new();
     let sd = shutdown.clone();
     let t = std::thread::spawn(move || agent_lite::run(config, sd));
@@ -42,10 +50,16 @@ pub fn spawn_agent(config: Config) -> (agent_lite::Shutdown, std::thread::JoinHa
 }
 
 /// Joins the agent thread within `limit`.
-pub fn join_within(t: std::thread::JoinHandle<anyhow::Result<()>>, limit: Duration) -> anyhow::Result<()> {
+pub fn join_within(
+    t: std::thread::JoinHandle<agent_lite::Result<()>>,
+    limit: Duration,
+) -> agent_lite::Result<()> {
     let deadline = Instant::now() + limit;
     while !t.is_finished() {
-        assert!(Instant::now() < deadline, "the agent did not stop within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     t.join().expect("agent thread panicked")

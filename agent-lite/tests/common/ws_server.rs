@@ -1,6 +1,8 @@
 //! A small WebSocket server for tests and the budget script: tungstenite server side on a
 //! port-0 loopback listener; each accepted agent connection is handed to the test.
 #![allow(dead_code)]
+// Test helper: tungstenite's handshake callback type and a by-value Envelope are fine here.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
 use protocol::{AgentSettings, AuthPayload, AuthResponsePayload, AuthStatus, Envelope, Message};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -57,14 +59,28 @@ impl TestServer {
                     Ok(resp)
                 };
                 if let Ok(ws) = tungstenite::accept_hdr(stream, cb) {
-                    let _ = ws.get_ref().set_read_timeout(Some(Duration::from_millis(20)));
-                    if tx.send(ServerConn { ws, path, accepted: Instant::now() }).is_err() {
+                    let _ = ws
+                        .get_ref()
+                        .set_read_timeout(Some(Duration::from_millis(20)));
+                    if tx
+                        .send(ServerConn {
+                            ws,
+                            path,
+                            accepted: Instant::now(),
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
         });
-        TestServer { addr, stop, conns, thread: Some(thread) }
+        TestServer {
+            addr,
+            stop,
+            conns,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -73,7 +89,9 @@ impl TestServer {
 
     /// The next agent connection, or a test failure after `limit`.
     pub fn next_conn(&self, limit: Duration) -> ServerConn {
-        self.conns.recv_timeout(limit).unwrap_or_else(|_| panic!("no agent connected within {limit:?}"))
+        self.conns
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("no agent connected within {limit:?}"))
     }
 
     pub fn try_next_conn(&self, limit: Duration) -> Option<ServerConn> {
@@ -112,12 +130,20 @@ impl ServerConn {
         loop {
             match self.ws.read() {
                 Ok(tungstenite::Message::Text(t)) => {
-                    let env = Envelope::decode(t.as_bytes()).unwrap_or_else(|e| panic!("agent sent an invalid message: {e}: {t}"));
+                    let env = Envelope::decode(t.as_bytes())
+                        .unwrap_or_else(|e| panic!("agent sent an invalid message: {e}: {t}"));
                     return Some(Frame::Msg(env));
                 }
-                Ok(tungstenite::Message::Close(f)) => return Some(Frame::Close(f.map(|f| u16::from(f.code)))),
+                Ok(tungstenite::Message::Close(f)) => {
+                    return Some(Frame::Close(f.map(|f| u16::from(f.code))))
+                }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     let _ = self.ws.flush();
                 }
                 Err(_) => return Some(Frame::Gone),
@@ -129,7 +155,12 @@ impl ServerConn {
     }
 
     /// The next message for which `pred` holds, skipping others; fails after `limit`.
-    pub fn expect(&mut self, limit: Duration, what: &str, mut pred: impl FnMut(&Envelope) -> bool) -> Envelope {
+    pub fn expect(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Envelope) -> bool,
+    ) -> Envelope {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -147,19 +178,28 @@ impl ServerConn {
     }
 
     pub fn send_text(&mut self, text: &str) {
-        self.ws.send(tungstenite::Message::Text(text.to_string().into())).expect("server send");
+        self.ws
+            .send(tungstenite::Message::Text(text.to_string().into()))
+            .expect("server send");
     }
 
     /// Reads `auth` and answers `authenticated` with the given heartbeat interval.
     pub fn accept_auth(&mut self, heartbeat: u64) -> AuthPayload {
-        let env = self.expect(Duration::from_secs(10), "auth", |e| matches!(e.message, Message::Auth(_)));
-        let Message::Auth(auth) = env.message else { unreachable!() };
+        let env = self.expect(Duration::from_secs(10), "auth", |e| {
+            matches!(e.message, Message::Auth(_))
+        });
+        let Message::Auth(auth) = env.message else {
+            unreachable!()
+        };
         self.send(&Envelope::new(
             env.id,
             Message::AuthResponse(AuthResponsePayload {
                 status: AuthStatus::Authenticated,
                 session_id: Some("session-test".into()),
-                config: Some(AgentSettings { heartbeat_interval: Some(heartbeat), command_timeout: Some(60) }),
+                config: Some(AgentSettings {
+                    heartbeat_interval: Some(heartbeat),
+                    command_timeout: Some(60),
+                }),
                 protocol_version: Some(protocol::PROTOCOL_VERSION),
                 error: None,
             }),
@@ -168,7 +208,9 @@ impl ServerConn {
     }
 
     pub fn reject_auth(&mut self, why: &str) {
-        let env = self.expect(Duration::from_secs(10), "auth", |e| matches!(e.message, Message::Auth(_)));
+        let env = self.expect(Duration::from_secs(10), "auth", |e| {
+            matches!(e.message, Message::Auth(_))
+        });
         self.send(&Envelope::new(
             env.id,
             Message::AuthResponse(AuthResponsePayload {
@@ -176,7 +218,10 @@ impl ServerConn {
                 session_id: None,
                 config: None,
                 protocol_version: None,
-                error: Some(protocol::ErrorBody::new(protocol::ErrorCode::Unauthorized, why)),
+                error: Some(protocol::ErrorBody::new(
+                    protocol::ErrorCode::Unauthorized,
+                    why,
+                )),
             }),
         ));
         let _ = self.ws.close(None);
@@ -184,13 +229,28 @@ impl ServerConn {
     }
 
     /// Sends a command and returns the one response to it, skipping other messages.
-    pub fn command(&mut self, id: &str, operation: &str, params: serde_json::Value, limit: Duration) -> protocol::CommandResponsePayload {
+    pub fn command(
+        &mut self,
+        id: &str,
+        operation: &str,
+        params: serde_json::Value,
+        limit: Duration,
+    ) -> protocol::CommandResponsePayload {
         self.send(&Envelope::new(
             id,
-            Message::Command(protocol::CommandPayload { operation: operation.into(), params, timeout: None, idempotency_key: None }),
+            Message::Command(protocol::CommandPayload {
+                operation: operation.into(),
+                params,
+                timeout: None,
+                idempotency_key: None,
+            }),
         ));
-        let env = self.expect(limit, &format!("command_response {id}"), |e| e.id == id && matches!(e.message, Message::CommandResponse(_)));
-        let Message::CommandResponse(r) = env.message else { unreachable!() };
+        let env = self.expect(limit, &format!("command_response {id}"), |e| {
+            e.id == id && matches!(e.message, Message::CommandResponse(_))
+        });
+        let Message::CommandResponse(r) = env.message else {
+            unreachable!()
+        };
         r
     }
 }
