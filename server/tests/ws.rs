@@ -894,3 +894,29 @@ async fn user_stream_rejects_bad_tokens_on_a_real_socket() {
     let _ = a.ws.send(WsMsg::text("late")).await;
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_agent_rate_limit() {
+    let db = TestDb::sqlite();
+    let mut cfg = test_config(&db);
+    cfg.agent.max_messages_per_second = 1;
+    let st = state_with(&db, cfg).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (_, tok) = enrol(&st, &admin, "edge", "edge-1").await;
+    let srv = spawn(&st).await;
+    let (mut a, _) = FakeAgent::auth(srv.addr, "edge-1", &tok).await;
+    // Burst of 2, then refused with rate_limited (the session stays).
+    for i in 0..5 {
+        a.send(&Envelope::new(
+            format!("hb-{i}"),
+            Message::Heartbeat(HeartbeatPayload::default()),
+        ))
+        .await;
+    }
+    match a.recv().await.map(|e| e.message) {
+        Some(Message::Error(e)) => assert_eq!(e.error.code, ErrorCode::RateLimited),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(st.agents.live_count(), 1);
+    srv.shutdown().await;
+}
