@@ -258,6 +258,16 @@ impl Output {
         self.0.lock().map(|v| v.join("\n")).unwrap_or_default()
     }
 
+    /// The address from the server's JSON log line `{"fields":{"message":"listening","addr":...}}`.
+    pub fn listening_addr(&self) -> Option<String> {
+        let lines = self.0.lock().ok()?;
+        lines.iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "listening")
+                .then(|| v["fields"]["addr"].as_str().map(str::to_string))?
+        })
+    }
+
     pub fn contains(&self, needle: &str) -> bool {
         self.0
             .lock()
@@ -289,7 +299,9 @@ impl Server {
         let mut s = Server {
             db,
             data_dir,
-            addr: format!("127.0.0.1:{}", free_port()),
+            // Port 0 on the first start: the server logs the address it bound, and restarts
+            // reuse it so agents find the server again.
+            addr: "127.0.0.1:0".to_string(),
             admin_token,
             child: None,
             output: Output::default(),
@@ -342,11 +354,16 @@ impl Server {
     fn spawn(&mut self) {
         let mut cmd = Command::new(bin("docker-ctl-server"));
         cmd.arg("serve")
-            .args(["--listen", &self.addr])
+            .args([
+                "--listen",
+                &self.addr,
+                "--log-format",
+                "json",
+                "--heartbeat-interval",
+                "1",
+            ])
             .args(Self::db_args(&self.db, self.data_dir.path()))
             .env_remove("DATABASE_URL")
-            .env("DOCKER_CTL_HEARTBEAT_INTERVAL", "1")
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -357,8 +374,22 @@ impl Server {
         self.output = Output::default();
         self.output.capture(&mut child);
         self.child = Some(child);
-        let url = format!("{}/healthz", self.http());
         let out = self.output.clone();
+        if self.addr.ends_with(":0") {
+            self.addr = wait_for(
+                "the server's listening address",
+                Duration::from_secs(30),
+                || {
+                    if let Some(c) = self.child.as_mut() {
+                        if let Ok(Some(status)) = c.try_wait() {
+                            panic!("server exited with {status}:\n{}", out.text());
+                        }
+                    }
+                    out.listening_addr()
+                },
+            );
+        }
+        let url = format!("{}/healthz", self.http());
         wait_for(
             &format!("server healthz at {url}"),
             Duration::from_secs(30),
