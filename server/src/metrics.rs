@@ -80,6 +80,21 @@ pub struct Metrics {
     /// (operation, outcome) -> latency histogram; its count is the commands-by-outcome counter.
     commands: Mutex<BTreeMap<(String, String), Histogram>>,
     rtt: Mutex<Histogram>,
+    /// (action, outcome) -> Docker API passthrough requests.
+    passthrough: Mutex<BTreeMap<(String, String), u64>>,
+    passthrough_bytes_up: AtomicU64,
+    passthrough_bytes_down: AtomicU64,
+    passthrough_open: AtomicI64,
+}
+
+/// Keeps the open-passthrough gauge up while alive.
+#[derive(Debug)]
+pub struct OpenPassthrough(std::sync::Arc<Metrics>);
+
+impl Drop for OpenPassthrough {
+    fn drop(&mut self) {
+        self.0.passthrough_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -127,6 +142,31 @@ impl Metrics {
         m.entry((operation.to_string(), outcome.to_string()))
             .or_default()
             .observe(LATENCY_BUCKETS, took.as_secs_f64());
+    }
+
+    /// A finished (or refused) Docker API passthrough request. `action` is a route action of
+    /// `protocol::passthrough` (or `unknown`); `outcome` is `success`, `client_error`,
+    /// `server_error`, `denied`, `refused` or an error code.
+    pub fn passthrough(&self, action: &str, outcome: &str) {
+        let mut m = self.passthrough.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((action.to_string(), outcome.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Passthrough body bytes: `up` from the client to the daemon, else down.
+    pub fn passthrough_bytes(&self, up: bool, bytes: u64) {
+        let c = if up {
+            &self.passthrough_bytes_up
+        } else {
+            &self.passthrough_bytes_down
+        };
+        c.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts an open passthrough exchange until the guard is dropped.
+    pub fn passthrough_opened(self: &std::sync::Arc<Self>) -> OpenPassthrough {
+        self.passthrough_open.fetch_add(1, Ordering::Relaxed);
+        OpenPassthrough(self.clone())
     }
 
     pub fn rtt(&self, rtt: Duration) {
@@ -228,6 +268,38 @@ impl Metrics {
         );
         let rtt = self.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone();
         rtt.render(&mut out, "docker_ctl_agent_rtt_seconds", "", RTT_BUCKETS);
+
+        let pt = self
+            .passthrough
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(out, "# HELP docker_ctl_passthrough_requests_total Docker API passthrough requests by action and outcome.\n# TYPE docker_ctl_passthrough_requests_total counter");
+        for ((action, outcome), n) in &pt {
+            let _ = writeln!(
+                out,
+                "docker_ctl_passthrough_requests_total{{action=\"{}\",outcome=\"{}\"}} {n}",
+                esc(action),
+                esc(outcome)
+            );
+        }
+        let _ = writeln!(out, "# HELP docker_ctl_passthrough_bytes_total Docker API passthrough body bytes (up: client to daemon).\n# TYPE docker_ctl_passthrough_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "docker_ctl_passthrough_bytes_total{{direction=\"up\"}} {}",
+            self.passthrough_bytes_up.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "docker_ctl_passthrough_bytes_total{{direction=\"down\"}} {}",
+            self.passthrough_bytes_down.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "docker_ctl_passthrough_open",
+            "Docker API passthrough exchanges in progress (streams and hijacked connections).",
+            self.passthrough_open.load(Ordering::Relaxed),
+        );
         out
     }
 }

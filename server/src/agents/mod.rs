@@ -9,7 +9,10 @@
 //! held by another replica behind the same interface.
 //! Must not: know HTTP or the REST API.
 
+pub mod streams;
 pub mod ws;
+
+pub use streams::{AgentStream, StreamHead, StreamReader, StreamRequest, StreamWriter};
 
 use protocol::{
     AgentSettings, CommandPayload, ConfigUpdatePayload, DisconnectPayload, Envelope, ErrorBody,
@@ -45,6 +48,14 @@ pub struct Session {
     /// Unix ms.
     pub connected_at: i64,
     tx: mpsc::Sender<Envelope>,
+    /// Stream control (`stream_open`, `stream_credit`, `stream_cancel`): after commands,
+    /// before data.
+    stream_tx: mpsc::UnboundedSender<Envelope>,
+    /// Stream data frames and `stream_end`: sent when no control message waits.
+    data_tx: mpsc::Sender<streams::DataOut>,
+    /// The protocol version agreed in `auth_response`.
+    pub protocol_version: u32,
+    streams: streams::Table,
     close: watch::Sender<Option<String>>,
     pending: Mutex<HashMap<String, Reply>>,
     /// False while the socket is open but heartbeats stopped (3 missed intervals).
@@ -112,12 +123,19 @@ impl Session {
             .contains_key(id)
     }
 
-    /// Drops every waiting command: their callers get `outcome_unknown`.
-    fn fail_all(&self) {
+    /// Drops every waiting command (their callers get `outcome_unknown`) and fails every
+    /// open stream.
+    fn fail_all(&self, reason: &str) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.streams.fail_all(reason);
+    }
+
+    /// Open passthrough streams.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
     }
 }
 
@@ -329,6 +347,32 @@ impl AgentManager {
         }
     }
 
+    /// Opens a Docker API passthrough stream on the agent's live session.
+    ///
+    /// Errors: `agent_offline` (no online session), `unsupported` (the agent speaks a protocol
+    /// older than [`protocol::STREAMS_PROTOCOL_VERSION`]), `rate_limited` (too many open
+    /// streams on this agent).
+    pub fn open_stream(
+        &self,
+        agent_ref: &str,
+        req: StreamRequest,
+    ) -> Result<AgentStream, ErrorBody> {
+        let Some(s) = self.get(agent_ref).filter(|s| s.is_online()) else {
+            return Err(ErrorBody::new(
+                ErrorCode::AgentOffline,
+                "the host's agent is not connected",
+            ));
+        };
+        streams::open(&s, req)
+    }
+
+    /// The command timeout of the agent's live session (the server's default otherwise).
+    pub fn command_timeout_of(&self, agent_ref: &str) -> Duration {
+        self.get(agent_ref)
+            .map(|s| s.command_timeout())
+            .unwrap_or(self.inner.config.command_timeout.get())
+    }
+
     /// Closes the agent's live session at once (revocation, host deletion).
     pub fn disconnect(&self, agent_ref: &str, reason: &str) -> bool {
         match self.get(agent_ref) {
@@ -399,12 +443,13 @@ impl AgentManager {
         capabilities: Vec<String>,
         heartbeat: Duration,
         command_timeout: Duration,
-    ) -> (
-        Arc<Session>,
-        mpsc::Receiver<Envelope>,
-        watch::Receiver<Option<String>>,
-    ) {
+        protocol_version: u32,
+    ) -> (Arc<Session>, Queues) {
         let (tx, rx) = mpsc::channel(self.inner.config.max_pending_commands.max(8) + 8);
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        // A few frames: enough to keep the socket busy, small enough that control never
+        // waits behind much data.
+        let (data_tx, data_rx) = mpsc::channel(8);
         let (close, close_rx) = watch::channel(None);
         let session = Arc::new(Session {
             agent_ref: agent_ref.to_string(),
@@ -415,6 +460,10 @@ impl AgentManager {
             capabilities,
             connected_at: crate::store::now_ms(),
             tx,
+            stream_tx,
+            data_tx,
+            protocol_version,
+            streams: streams::Table::default(),
             close,
             pending: Mutex::new(HashMap::new()),
             online: AtomicBool::new(true),
@@ -428,9 +477,17 @@ impl AgentManager {
         if let Some(old) = old {
             old.close("replaced by a newer connection of the same agent");
             // Its waiting commands cannot be answered on the new socket.
-            old.fail_all();
+            old.fail_all("replaced by a newer connection of the same agent");
         }
-        (session, rx, close_rx)
+        (
+            session,
+            Queues {
+                commands: rx,
+                stream_control: stream_rx,
+                data: data_rx,
+                close: close_rx,
+            },
+        )
     }
 
     /// Removes `session` if it is still the agent's current one. Returns whether it was.
@@ -445,10 +502,19 @@ impl AgentManager {
                 _ => false,
             }
         };
-        session.fail_all();
+        session.fail_all("the agent disconnected");
         self.inner.emptied.notify_waiters();
         removed
     }
+}
+
+/// The receiving ends of a session's outbound queues, drained by the session loop in
+/// priority order: commands and other control, stream control, then data.
+pub(crate) struct Queues {
+    pub(crate) commands: mpsc::Receiver<Envelope>,
+    pub(crate) stream_control: mpsc::UnboundedReceiver<Envelope>,
+    pub(crate) data: mpsc::Receiver<streams::DataOut>,
+    pub(crate) close: watch::Receiver<Option<String>>,
 }
 
 /// Settings the agent is told about: the agent's overrides or the server's defaults.

@@ -11,14 +11,16 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use protocol::{
     AgentSettings, AuthPayload, AuthResponsePayload, AuthStatus, Envelope, ErrorBody, ErrorCode,
-    ErrorPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+    ErrorPayload, Message, StreamCancelPayload, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+    STREAMS_PROTOCOL_VERSION,
 };
 use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{disconnect_envelope, effective_settings, AgentManager, Session};
+use super::streams::{DataOut, Inbound, Routed, StreamHead};
+use super::{disconnect_envelope, effective_settings, AgentManager, Queues, Session};
 use crate::auth::{verify_agent_token, AgentAuthFailure};
 use crate::error::ApiError;
 use crate::metrics::Dir;
@@ -30,6 +32,14 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The protocol version this server speaks: the protocol crate's, and at least the one that
+/// adds passthrough streams (implemented here).
+pub const SERVER_PROTOCOL_VERSION: u32 = if PROTOCOL_VERSION > STREAMS_PROTOCOL_VERSION {
+    PROTOCOL_VERSION
+} else {
+    STREAMS_PROTOCOL_VERSION
+};
 
 /// The largest `auth` message accepted before the agent is known.
 const MAX_AUTH_SIZE: usize = 16 * 1024;
@@ -238,7 +248,7 @@ fn rejected(id: &str, error: ErrorBody) -> Envelope {
             status: AuthStatus::Rejected,
             session_id: None,
             config: None,
-            protocol_version: Some(PROTOCOL_VERSION),
+            protocol_version: Some(SERVER_PROTOCOL_VERSION),
             error: Some(error),
         }),
     )
@@ -295,7 +305,11 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
     };
     let inner = mgr.inner.clone();
     let (heartbeat, command_timeout) = effective_settings(&inner.config, &agent);
-    let (session, mut rx, mut close_rx) = mgr.register(
+    let agreed = auth
+        .protocol_version
+        .unwrap_or(1)
+        .min(SERVER_PROTOCOL_VERSION);
+    let (session, mut queues) = mgr.register(
         &agent.id,
         &agent.agent_id,
         agent.host_id.clone(),
@@ -303,6 +317,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         auth.capabilities.clone(),
         heartbeat,
         command_timeout,
+        agreed,
     );
     let reconnection = agent.connected_at.is_some();
     inner.metrics.agent_connected(reconnection);
@@ -349,7 +364,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
                 heartbeat_interval: Some(crate::config::Seconds(heartbeat).whole_secs()),
                 command_timeout: Some(crate::config::Seconds(command_timeout).whole_secs()),
             }),
-            protocol_version: Some(auth.protocol_version.unwrap_or(1).min(PROTOCOL_VERSION)),
+            protocol_version: Some(agreed),
             error: None,
         }),
     );
@@ -359,7 +374,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         json!({ "agent_id": agent.agent_id, "version": auth.version, "capabilities": auth.capabilities }),
     );
     let reason = if send(&mgr, &mut socket, &reply).await {
-        session_loop(&mgr, &session, &mut socket, &mut rx, &mut close_rx).await
+        session_loop(&mgr, &session, &mut socket, &mut queues).await
     } else {
         "send failed".to_string()
     };
@@ -438,9 +453,14 @@ async fn session_loop(
     mgr: &AgentManager,
     session: &Arc<Session>,
     socket: &mut WebSocket,
-    rx: &mut tokio::sync::mpsc::Receiver<Envelope>,
-    close_rx: &mut tokio::sync::watch::Receiver<Option<String>>,
+    queues: &mut Queues,
 ) -> String {
+    let Queues {
+        commands: rx,
+        stream_control,
+        data,
+        close: close_rx,
+    } = queues;
     let inner = &mgr.inner;
     let cfg = &inner.config;
     let start = tokio::time::Instant::now();
@@ -456,7 +476,30 @@ async fn session_loop(
     let mut bucket = Bucket::new(cfg.max_messages_per_second);
     let mut strikes = 0u32;
     loop {
+        // Priority: close, commands and other control, stream control, inbound frames,
+        // timers, then stream data, so a busy stream never delays heartbeats or commands.
         tokio::select! {
+            biased;
+            changed = close_rx.changed() => {
+                let reason = match changed {
+                    Ok(()) => close_rx.borrow().clone().unwrap_or_else(|| "closed".into()),
+                    Err(_) => "closed".into(),
+                };
+                send(mgr, socket, &disconnect_envelope(&reason)).await;
+                close(socket, CLOSE_NORMAL, &reason).await;
+                return reason;
+            }
+            out = rx.recv() => {
+                let Some(env) = out else { return "session dropped".into() };
+                if !send(mgr, socket, &env).await {
+                    return "send failed".into();
+                }
+            }
+            Some(env) = stream_control.recv() => {
+                if !send(mgr, socket, &env).await {
+                    return "send failed".into();
+                }
+            }
             frame = socket.recv() => {
                 let frame = match frame {
                     None => return "socket closed".into(),
@@ -474,7 +517,11 @@ async fn session_loop(
                 match frame {
                     WsMessage::Text(t) => {
                         inner.metrics.ws(Dir::In, t.len());
-                        if !bucket.take() {
+                        let decoded = Envelope::decode(t.as_bytes());
+                        // Stream control is paced by flow control, not by the message budget.
+                        let streaming = session.protocol_version >= STREAMS_PROTOCOL_VERSION
+                            && decoded.as_ref().is_ok_and(|e| is_stream_message(&e.message));
+                        if !streaming && !bucket.take() {
                             strikes += 1;
                             if strikes > cfg.max_messages_per_second.saturating_mul(10) {
                                 close(socket, CLOSE_POLICY, "rate limit exceeded").await;
@@ -484,8 +531,10 @@ async fn session_loop(
                             send(mgr, socket, &err).await;
                             continue;
                         }
-                        strikes = 0;
-                        match Envelope::decode(t.as_bytes()) {
+                        if !streaming {
+                            strikes = 0;
+                        }
+                        match decoded {
                             Ok(env) => {
                                 if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat).await {
                                     return reason;
@@ -499,8 +548,21 @@ async fn session_loop(
                     }
                     WsMessage::Binary(b) => {
                         inner.metrics.ws(Dir::In, b.len());
-                        let err = error_env(None, ErrorBody::invalid_params("binary frames are not supported; send JSON text"));
-                        send(mgr, socket, &err).await;
+                        if session.protocol_version < STREAMS_PROTOCOL_VERSION {
+                            let err = error_env(None, ErrorBody::invalid_params("binary frames are not supported; send JSON text"));
+                            send(mgr, socket, &err).await;
+                            continue;
+                        }
+                        match protocol::decode_data_frame(&b) {
+                            Ok((id, bytes)) => {
+                                let r = session.streams.data(id, bytes);
+                                after_route(mgr, session, socket, id, r).await;
+                            }
+                            Err(e) => {
+                                let err = error_env(None, e.to_error_body());
+                                send(mgr, socket, &err).await;
+                            }
+                        }
                     }
                     WsMessage::Pong(p) => {
                         if let (Some((seq, at)), Ok(bytes)) = (ping_sent, <[u8; 8]>::try_from(p.as_ref())) {
@@ -514,12 +576,6 @@ async fn session_loop(
                     }
                     WsMessage::Ping(_) => {}
                     WsMessage::Close(_) => return "agent closed the socket".into(),
-                }
-            }
-            out = rx.recv() => {
-                let Some(env) = out else { return "session dropped".into() };
-                if !send(mgr, socket, &env).await {
-                    return "send failed".into();
                 }
             }
             _ = ping.tick() => {
@@ -545,17 +601,65 @@ async fn session_loop(
                         json!({ "agent_id": session.agent_id, "reason": "missed heartbeats" }));
                 }
             }
-            changed = close_rx.changed() => {
-                let reason = match changed {
-                    Ok(()) => close_rx.borrow().clone().unwrap_or_else(|| "closed".into()),
-                    Err(_) => "closed".into(),
+            Some(out) = data.recv() => {
+                let ok = match out {
+                    DataOut::Data(id, bytes) => {
+                        let frame = protocol::encode_data_frame(id, &bytes);
+                        inner.metrics.ws(Dir::Out, frame.len());
+                        socket.send(WsMessage::Binary(frame.into())).await.is_ok()
+                    }
+                    DataOut::Text(env) => send(mgr, socket, &env).await,
                 };
-                send(mgr, socket, &disconnect_envelope(&reason)).await;
-                close(socket, CLOSE_NORMAL, &reason).await;
-                return reason;
+                if !ok {
+                    return "send failed".into();
+                }
             }
         }
     }
+}
+
+/// Sends `stream_cancel` for a stream the agent named but we do not (or no longer) know.
+async fn cancel_unknown(mgr: &AgentManager, socket: &mut WebSocket, id: u32, why: &str) {
+    let env = Envelope::new(
+        uuid::Uuid::new_v4().to_string(),
+        Message::StreamCancel(StreamCancelPayload {
+            stream_id: id,
+            reason: Some(why.to_string()),
+        }),
+    );
+    send(mgr, socket, &env).await;
+}
+
+/// Acts on what [`super::streams::Table`] said about an inbound stream frame.
+async fn after_route(
+    mgr: &AgentManager,
+    session: &Session,
+    socket: &mut WebSocket,
+    id: u32,
+    r: Routed,
+) {
+    match r {
+        Routed::Delivered | Routed::Stale => {}
+        Routed::Unknown => cancel_unknown(mgr, socket, id, "unknown stream id").await,
+        Routed::Overrun => {
+            tracing::warn!(agent_id = %session.agent_id, stream = id, "agent overran the stream window: cancelling");
+            session.streams.control(
+                id,
+                Inbound::Cancel(Some("the agent overran the flow-control window".into())),
+            );
+            cancel_unknown(mgr, socket, id, "flow-control window exceeded").await;
+        }
+    }
+}
+
+fn is_stream_message(m: &Message) -> bool {
+    matches!(
+        m,
+        Message::StreamResponse(_)
+            | Message::StreamEnd(_)
+            | Message::StreamCancel(_)
+            | Message::StreamCredit(_)
+    )
 }
 
 /// Handles one decoded message. Returns `Some(reason)` to end the session.
@@ -644,6 +748,28 @@ async fn handle(
             let reason = d.reason.unwrap_or_else(|| "agent disconnected".into());
             close(socket, CLOSE_NORMAL, "bye").await;
             return Some(format!("agent said goodbye: {reason}"));
+        }
+        Message::StreamResponse(r) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
+            let head = StreamHead {
+                status: r.status,
+                headers: r.headers,
+            };
+            let routed = session.streams.control(r.stream_id, Inbound::Head(head));
+            after_route(mgr, session, socket, r.stream_id, routed).await;
+        }
+        Message::StreamEnd(e) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
+            let routed = session.streams.control(e.stream_id, Inbound::End(e.error));
+            after_route(mgr, session, socket, e.stream_id, routed).await;
+        }
+        Message::StreamCancel(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
+            // Never answer a cancel with a cancel.
+            let _ = session
+                .streams
+                .control(c.stream_id, Inbound::Cancel(c.reason));
+        }
+        Message::StreamCredit(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
+            let routed = session.streams.credit(c.stream_id, c.bytes);
+            after_route(mgr, session, socket, c.stream_id, routed).await;
         }
         Message::Auth(_) => {
             let err = error_env(

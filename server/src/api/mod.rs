@@ -5,6 +5,7 @@
 //! except through `AgentManager`.
 
 mod agents;
+mod docker;
 mod hosts;
 mod operations;
 mod records;
@@ -14,7 +15,7 @@ mod tokens;
 
 pub use tokens::issue_user_token as tokens_issue;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 use crate::AppState;
@@ -53,6 +54,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/hosts/{id}/operations", post(operations::run))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
+        .route("/api/v1/hosts/{id}/docker", any(docker::passthrough))
+        .route(
+            "/api/v1/hosts/{id}/docker/{*rest}",
+            any(docker::passthrough),
+        )
         .route("/api/v1/agents", get(agents::list).post(agents::create))
         .route(
             "/api/v1/agents/{agent_id}",

@@ -84,14 +84,80 @@ pub struct TlsMaterial {
     pub server_name: Option<String>,
 }
 
-enum Transport {
-    Unix(String, Client<hyperlocal::UnixConnector, Full<Bytes>>),
-    Tcp(String, Client<HttpConnector, Full<Bytes>>),
-    Https(String, Client<TlsConnector, Full<Bytes>>),
+enum Transport<B> {
+    Unix(String, Client<hyperlocal::UnixConnector, B>),
+    Tcp(String, Client<HttpConnector, B>),
+    Https(String, Client<TlsConnector, B>),
 }
 
+impl<B> Transport<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn build(
+        endpoint: &Endpoint,
+        tls: Option<&(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ) -> Result<Self, ErrorBody> {
+        Ok(match endpoint {
+            Endpoint::Unix(path) => Transport::Unix(
+                path.clone(),
+                Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
+            ),
+            Endpoint::Tcp(auth) => {
+                let mut c = HttpConnector::new();
+                c.set_nodelay(true);
+                c.set_connect_timeout(Some(Duration::from_secs(10)));
+                Transport::Tcp(auth.clone(), Client::builder(TokioExecutor::new()).build(c))
+            }
+            Endpoint::Https(auth) => {
+                let (config, server_name) =
+                    tls.ok_or_else(|| ErrorBody::internal("https without TLS settings"))?;
+                let connector = TlsConnector {
+                    config: config.clone(),
+                    server_name: server_name.clone(),
+                };
+                Transport::Https(
+                    auth.clone(),
+                    Client::builder(TokioExecutor::new()).build(connector),
+                )
+            }
+        })
+    }
+
+    /// Sends `req`, whose URI is origin-form (`/v1.41/info?x=1`), to the daemon.
+    async fn request(
+        &self,
+        mut req: hyper::Request<B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ErrorBody> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let uri: Result<hyper::Uri, _> = match self {
+            Transport::Unix(path, _) => Ok(hyperlocal::Uri::new(path, &target).into()),
+            Transport::Tcp(auth, _) => format!("http://{auth}{target}").parse(),
+            Transport::Https(auth, _) => format!("https://{auth}{target}").parse(),
+        };
+        *req.uri_mut() = uri.map_err(|e| ErrorBody::internal(e.to_string()))?;
+        let result = match self {
+            Transport::Unix(_, c) => c.request(req).await,
+            Transport::Tcp(_, c) => c.request(req).await,
+            Transport::Https(_, c) => c.request(req).await,
+        };
+        result.map_err(|e| unreachable(error_chain(&e)))
+    }
+}
+
+/// The request body type of passthrough requests: the client's body, streamed.
+pub type ProxyBody = axum::body::Body;
+
 pub struct DirectHostAdapter {
-    transport: Transport,
+    transport: Transport<Full<Bytes>>,
+    /// A second pool for the Docker API passthrough, whose bodies stream.
+    proxy: Transport<ProxyBody>,
     api_version: OnceCell<String>,
 }
 
@@ -120,20 +186,10 @@ impl DirectHostAdapter {
 
     pub fn new(url: &str, tls: TlsMaterial) -> Result<Self, ErrorBody> {
         let endpoint = Endpoint::parse(url).map_err(ErrorBody::invalid_params)?;
-        let transport = match endpoint {
-            Endpoint::Unix(path) => Transport::Unix(
-                path,
-                Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
-            ),
-            Endpoint::Tcp(auth) => {
-                let mut c = HttpConnector::new();
-                c.set_nodelay(true);
-                c.set_connect_timeout(Some(Duration::from_secs(10)));
-                Transport::Tcp(auth, Client::builder(TokioExecutor::new()).build(c))
-            }
+        let tls_settings = match &endpoint {
             Endpoint::Https(auth) => {
                 let config = client_tls_config(&tls).map_err(ErrorBody::invalid_params)?;
-                let default_name = auth.rsplit_once(':').map(|(h, _)| h).unwrap_or(&auth);
+                let default_name = auth.rsplit_once(':').map(|(h, _)| h).unwrap_or(auth);
                 let default_name = default_name
                     .trim_start_matches('[')
                     .trim_end_matches(']')
@@ -142,17 +198,25 @@ impl DirectHostAdapter {
                 let server_name = ServerName::try_from(name.clone()).map_err(|_| {
                     ErrorBody::invalid_params(format!("invalid TLS server name {name:?}"))
                 })?;
-                let connector = TlsConnector {
-                    config: Arc::new(config),
-                    server_name,
-                };
-                Transport::Https(auth, Client::builder(TokioExecutor::new()).build(connector))
+                Some((Arc::new(config), server_name))
             }
+            _ => None,
         };
         Ok(DirectHostAdapter {
-            transport,
+            transport: Transport::build(&endpoint, tls_settings.as_ref())?,
+            proxy: Transport::build(&endpoint, tls_settings.as_ref())?,
             api_version: OnceCell::new(),
         })
+    }
+
+    /// Forwards one Docker API request (origin-form URI, end-to-end headers, streamed body)
+    /// and returns the daemon's response head with its body still streaming. For a hijack,
+    /// the caller adds `Connection: Upgrade` and uses `hyper::upgrade::on` on the response.
+    pub async fn proxy(
+        &self,
+        req: hyper::Request<ProxyBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ErrorBody> {
+        self.proxy.request(req).await
     }
 
     /// Sends one request and reads the whole answer.
@@ -167,31 +231,11 @@ impl DirectHostAdapter {
         if req.body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
-        let result = match &self.transport {
-            Transport::Unix(path, client) => {
-                let uri: hyper::Uri = hyperlocal::Uri::new(path, &target).into();
-                let r = builder
-                    .uri(uri)
-                    .body(Full::new(body))
-                    .map_err(|e| ErrorBody::internal(e.to_string()))?;
-                client.request(r).await
-            }
-            Transport::Tcp(auth, client) => {
-                let r = builder
-                    .uri(format!("http://{auth}{target}"))
-                    .body(Full::new(body))
-                    .map_err(|e| ErrorBody::internal(e.to_string()))?;
-                client.request(r).await
-            }
-            Transport::Https(auth, client) => {
-                let r = builder
-                    .uri(format!("https://{auth}{target}"))
-                    .body(Full::new(body))
-                    .map_err(|e| ErrorBody::internal(e.to_string()))?;
-                client.request(r).await
-            }
-        };
-        let resp = result.map_err(|e| unreachable(error_chain(&e)))?;
+        let r = builder
+            .uri(target)
+            .body(Full::new(body))
+            .map_err(|e| ErrorBody::internal(e.to_string()))?;
+        let resp = self.transport.request(r).await?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()

@@ -1,0 +1,626 @@
+//! Docker API passthrough streams multiplexed over an agent's WebSocket (protocol version 2).
+//!
+//! Owns: the per-session table of open streams (ids, inbound routing, flow-control windows in
+//! both directions) and [`AgentStream`], the handle a passthrough request holds: wait for the
+//! response head, send request bytes (≤ `STREAM_CHUNK` per frame, never more than the agent's
+//! credit), read response bytes (granting credit as they are consumed), and cancel on drop.
+//! Must not: know HTTP or axum; the API layer turns a stream into an HTTP exchange.
+//!
+//! Ordering: `stream_open`, `stream_credit` and `stream_cancel` travel on the session's stream
+//! control queue (ahead of data); `stream_end` travels on the data queue right after the
+//! stream's last data frame, so it never overtakes data.
+
+use bytes::Bytes;
+use protocol::{
+    Envelope, ErrorBody, ErrorCode, Message, StreamCancelPayload, StreamCreditPayload,
+    StreamEndPayload, StreamOpenPayload, MAX_STREAMS, STREAM_CHUNK, STREAM_WINDOW,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+use super::Session;
+
+/// Credit is granted back in batches of this many consumed bytes.
+const CREDIT_BATCH: u32 = STREAM_WINDOW / 4;
+
+/// What the session writer sends after the control queues are empty.
+#[derive(Debug)]
+pub(crate) enum DataOut {
+    /// A binary data frame.
+    Data(u32, Bytes),
+    /// A text message that must follow the stream's data (`stream_end`).
+    Text(Envelope),
+}
+
+/// The daemon's status line and end-to-end headers, as the agent reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+/// One passthrough request to open on an agent.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    pub method: String,
+    /// Origin-form target below the host's base path: `/v1.41/containers/json?all=1`.
+    pub path: String,
+    /// End-to-end headers only.
+    pub headers: Vec<(String, String)>,
+    /// A request body follows (data frames, then `stream_end`).
+    pub body: bool,
+    /// The client asked to hijack the connection.
+    pub upgrade: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Head(StreamHead),
+    Data(Bytes),
+    End(Option<ErrorBody>),
+    Cancel(Option<String>),
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Inbound>,
+    /// Our send window: permits are bytes we may still send.
+    credit: Arc<Semaphore>,
+    /// Bytes received and not yet credited back (the agent's use of our window).
+    unacked: Arc<AtomicU64>,
+}
+
+/// The open streams of one session.
+pub(crate) struct Table {
+    slots: Mutex<HashMap<u32, Slot>>,
+    next_id: AtomicU32,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("open", &self.len()).finish()
+    }
+}
+
+/// What the session loop should do about an inbound frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Routed {
+    Delivered,
+    /// A stream we closed recently: its in-flight frames are dropped silently.
+    Stale,
+    /// An id we never opened: answer `stream_cancel`.
+    Unknown,
+    /// The agent overran our window: cancel the stream.
+    Overrun,
+}
+
+impl Table {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    fn classify_missing(&self, id: u32) -> Routed {
+        if id != 0 && id < self.next_id.load(Ordering::Relaxed) {
+            Routed::Stale
+        } else {
+            Routed::Unknown
+        }
+    }
+
+    /// Routes a binary data frame of the agent.
+    pub(crate) fn data(&self, id: u32, data: &[u8]) -> Routed {
+        let slots = self.slots();
+        let Some(slot) = slots.get(&id) else {
+            drop(slots);
+            return self.classify_missing(id);
+        };
+        let used = slot.unacked.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+        if used > STREAM_WINDOW as u64 {
+            return Routed::Overrun;
+        }
+        let _ = slot.tx.send(Inbound::Data(Bytes::copy_from_slice(data)));
+        Routed::Delivered
+    }
+
+    /// Routes a stream control message of the agent (`stream_response`, `stream_end`,
+    /// `stream_cancel`).
+    pub(crate) fn control(&self, id: u32, msg: Inbound) -> Routed {
+        let mut slots = self.slots();
+        let remove = matches!(msg, Inbound::Cancel(_));
+        let Some(slot) = slots.get(&id) else {
+            drop(slots);
+            return self.classify_missing(id);
+        };
+        let _ = slot.tx.send(msg);
+        if remove {
+            if let Some(slot) = slots.remove(&id) {
+                slot.credit.close();
+            }
+        }
+        Routed::Delivered
+    }
+
+    /// `stream_credit` of the agent: we may send that much more.
+    pub(crate) fn credit(&self, id: u32, bytes: u32) -> Routed {
+        let slots = self.slots();
+        match slots.get(&id) {
+            Some(slot) => {
+                // Never let a confused peer grow the window without bound.
+                let room =
+                    (4 * STREAM_WINDOW as usize).saturating_sub(slot.credit.available_permits());
+                slot.credit.add_permits((bytes as usize).min(room));
+                Routed::Delivered
+            }
+            None => {
+                drop(slots);
+                self.classify_missing(id)
+            }
+        }
+    }
+
+    fn remove(&self, id: u32) {
+        if let Some(slot) = self.slots().remove(&id) {
+            slot.credit.close();
+        }
+    }
+
+    /// The session ended: every open stream fails.
+    pub(crate) fn fail_all(&self, reason: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        let all: Vec<Slot> = self.slots().drain().map(|(_, s)| s).collect();
+        for slot in all {
+            let _ = slot.tx.send(Inbound::End(Some(ErrorBody::new(
+                ErrorCode::DockerUnreachable,
+                format!("the agent's connection closed: {reason}"),
+            ))));
+            slot.credit.close();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Flags {
+    sent_end: bool,
+    got_end: bool,
+    cancelled: bool,
+}
+
+struct Shared {
+    session: Arc<Session>,
+    id: u32,
+    flags: Mutex<Flags>,
+    credit: Arc<Semaphore>,
+    unacked: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Aborts the stream in both directions (once).
+    fn cancel(&self, reason: &str) {
+        {
+            let mut f = self.flags();
+            if f.cancelled {
+                return;
+            }
+            f.cancelled = true;
+        }
+        self.session.streams.remove(self.id);
+        let env = Envelope::new(
+            format!("sc-{}", uuid::Uuid::new_v4().simple()),
+            Message::StreamCancel(StreamCancelPayload {
+                stream_id: self.id,
+                reason: Some(reason.to_string()),
+            }),
+        );
+        let _ = self.session.stream_tx.send(env);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.session.streams.remove(self.id);
+    }
+}
+
+/// An open passthrough stream. Split it with [`AgentStream::split`] once the head arrived.
+pub struct AgentStream {
+    shared: Arc<Shared>,
+    /// `None` once handed to the reader.
+    rx: Option<mpsc::UnboundedReceiver<Inbound>>,
+    writer_done: bool,
+}
+
+impl std::fmt::Debug for AgentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentStream")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+/// Opens a stream on `session`. Errors: `unsupported` (protocol < 2), `rate_limited` (too
+/// many open streams), `agent_offline` (the session is closing).
+pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentStream, ErrorBody> {
+    if session.protocol_version < protocol::STREAMS_PROTOCOL_VERSION {
+        return Err(ErrorBody::new(
+            ErrorCode::Unsupported,
+            format!(
+                "the host's agent speaks protocol version {} and cannot carry Docker API streams \
+                 (version {} needed): upgrade the agent",
+                session.protocol_version,
+                protocol::STREAMS_PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let table = &session.streams;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let credit = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
+    let unacked = Arc::new(AtomicU64::new(0));
+    let id = {
+        let mut slots = table.slots();
+        if table.closed.load(Ordering::SeqCst) {
+            return Err(ErrorBody::new(
+                ErrorCode::AgentOffline,
+                "the agent's connection is closing",
+            ));
+        }
+        if slots.len() >= MAX_STREAMS {
+            return Err(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!("too many open Docker API streams on this agent (at most {MAX_STREAMS})"),
+            ));
+        }
+        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
+        slots.insert(
+            id,
+            Slot {
+                tx,
+                credit: credit.clone(),
+                unacked: unacked.clone(),
+            },
+        );
+        id
+    };
+    let env = Envelope::new(
+        format!("so-{id}"),
+        Message::StreamOpen(StreamOpenPayload {
+            stream_id: id,
+            method: req.method,
+            path: req.path,
+            headers: req.headers,
+            body: req.body,
+            upgrade: req.upgrade,
+        }),
+    );
+    let shared = Arc::new(Shared {
+        session: session.clone(),
+        id,
+        flags: Mutex::new(Flags {
+            sent_end: !req.body,
+            ..Flags::default()
+        }),
+        credit,
+        unacked,
+        bytes_out: Arc::new(AtomicU64::new(0)),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    });
+    if session.stream_tx.send(env).is_err() {
+        return Err(ErrorBody::new(
+            ErrorCode::AgentOffline,
+            "the host's agent is not connected",
+        ));
+    }
+    Ok(AgentStream {
+        shared,
+        rx: Some(rx),
+        writer_done: !req.body,
+    })
+}
+
+impl AgentStream {
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// A writer for the request body (or, after a `101`, the client's raw bytes).
+    pub fn writer(&mut self) -> StreamWriter {
+        self.writer_done = true;
+        StreamWriter {
+            shared: self.shared.clone(),
+            done: false,
+        }
+    }
+
+    /// Waits for `stream_response`. `timeout` bounds the wait; it starts when `started`
+    /// resolves (the request body was sent), so a long upload does not count.
+    pub async fn head(
+        &mut self,
+        timeout: Duration,
+        started: impl std::future::Future<Output = ()>,
+    ) -> Result<StreamHead, ErrorBody> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(ErrorBody::internal("the stream's reader was already taken"));
+        };
+        let shared = &self.shared;
+        let wait = async {
+            match rx.recv().await {
+                Some(Inbound::Head(h)) => Ok(h),
+                Some(Inbound::Data(_)) => Err(ErrorBody::new(
+                    ErrorCode::DockerError,
+                    "the agent sent data before the response head",
+                )),
+                Some(Inbound::End(Some(e))) => Err(e),
+                Some(Inbound::End(None)) => Err(ErrorBody::new(
+                    ErrorCode::DockerError,
+                    "the agent ended the stream without a response",
+                )),
+                Some(Inbound::Cancel(reason)) => {
+                    shared.flags().cancelled = true;
+                    Err(ErrorBody::new(
+                        ErrorCode::DockerError,
+                        format!(
+                            "the agent cancelled the request: {}",
+                            reason.unwrap_or_else(|| "no reason given".into())
+                        ),
+                    ))
+                }
+                None => Err(ErrorBody::new(
+                    ErrorCode::DockerUnreachable,
+                    "the agent's connection closed",
+                )),
+            }
+        };
+        let deadline = async {
+            started.await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            r = wait => r,
+            _ = deadline => Err(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!("the agent did not answer within {} s", timeout.as_secs_f64()),
+            )),
+        }
+    }
+
+    /// The response body reader (after the head).
+    pub fn reader(mut self) -> StreamReader {
+        // A request body that was never taken by a writer counts as sent.
+        if !self.writer_done {
+            self.shared.flags().sent_end = true;
+        }
+        let rx = self.rx.take().unwrap_or_else(|| {
+            // Unreachable by construction; an already closed channel reads as "closed".
+            mpsc::unbounded_channel().1
+        });
+        StreamReader {
+            shared: self.shared.clone(),
+            rx,
+            consumed: 0,
+            last: 0,
+        }
+    }
+
+    /// Aborts the stream now.
+    pub fn cancel(&self, reason: &str) {
+        self.shared.cancel(reason);
+    }
+
+    /// Bytes sent to the agent so far and received from it.
+    pub fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.shared.bytes_out.clone(), self.shared.bytes_in.clone())
+    }
+
+    /// Reopens the client-to-agent direction after a `101` (raw bytes follow).
+    pub fn reopen_for_upgrade(&mut self) {
+        self.shared.flags().sent_end = false;
+        self.writer_done = false;
+    }
+}
+
+impl Drop for AgentStream {
+    fn drop(&mut self) {
+        // Dropped before its reader was taken: the exchange did not happen (the client went
+        // away, a timeout, an error), so the agent must stop too.
+        if self.rx.is_some() {
+            let f = self.shared.flags();
+            let done = f.got_end && f.sent_end;
+            let cancelled = f.cancelled;
+            drop(f);
+            if !done && !cancelled {
+                self.shared.cancel("the request was abandoned");
+            }
+        }
+    }
+}
+
+/// Sends request bytes to the agent, respecting its credit.
+pub struct StreamWriter {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl StreamWriter {
+    fn closed_error(&self) -> ErrorBody {
+        ErrorBody::new(ErrorCode::DockerUnreachable, "the stream was closed")
+    }
+
+    /// Sends `data` in frames of at most `STREAM_CHUNK` bytes, waiting for credit.
+    pub async fn write(&mut self, mut data: Bytes) -> Result<(), ErrorBody> {
+        while !data.is_empty() {
+            let n = data.len().min(STREAM_CHUNK);
+            let chunk = data.split_to(n);
+            let permit = self
+                .shared
+                .credit
+                .acquire_many(n as u32)
+                .await
+                .map_err(|_| self.closed_error())?;
+            permit.forget();
+            self.shared
+                .session
+                .data_tx
+                .send(DataOut::Data(self.shared.id, chunk))
+                .await
+                .map_err(|_| self.closed_error())?;
+            self.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// No more data from our side (`stream_end`, after the data already queued).
+    pub async fn end(mut self) -> Result<(), ErrorBody> {
+        self.done = true;
+        self.shared.flags().sent_end = true;
+        let env = Envelope::new(
+            format!("se-{}", self.shared.id),
+            Message::StreamEnd(StreamEndPayload {
+                stream_id: self.shared.id,
+                error: None,
+            }),
+        );
+        self.shared
+            .session
+            .data_tx
+            .send(DataOut::Text(env))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Aborts the stream (the client's body broke).
+    pub fn cancel(mut self, reason: &str) {
+        self.done = true;
+        self.shared.cancel(reason);
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.cancel("the client's request body ended early");
+        }
+    }
+}
+
+/// Reads the response bytes of a stream and grants credit as they are consumed.
+pub struct StreamReader {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    consumed: u32,
+    last: u32,
+}
+
+impl StreamReader {
+    fn grant(&mut self, force: bool) {
+        if self.consumed == 0 || (!force && self.consumed < CREDIT_BATCH) {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.consumed);
+        self.shared
+            .unacked
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+        let env = Envelope::new(
+            format!("sk-{}", self.shared.id),
+            Message::StreamCredit(StreamCreditPayload {
+                stream_id: self.shared.id,
+                bytes,
+            }),
+        );
+        let _ = self.shared.session.stream_tx.send(env);
+    }
+
+    /// The next chunk; `None` at a clean end. Calling it again means the previous chunk was
+    /// consumed, so its bytes are credited back.
+    pub async fn next(&mut self) -> Option<Result<Bytes, ErrorBody>> {
+        self.consumed += std::mem::take(&mut self.last);
+        self.grant(false);
+        let item = match self.rx.try_recv() {
+            Ok(i) => Some(i),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // About to wait: give back what was consumed so the agent never stalls on us.
+                self.grant(true);
+                self.rx.recv().await
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+        match item {
+            Some(Inbound::Data(b)) => {
+                self.last = b.len() as u32;
+                self.shared
+                    .bytes_in
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+                Some(Ok(b))
+            }
+            Some(Inbound::End(None)) => {
+                self.shared.flags().got_end = true;
+                None
+            }
+            Some(Inbound::End(Some(e))) => {
+                self.shared.flags().got_end = true;
+                Some(Err(e))
+            }
+            Some(Inbound::Cancel(reason)) => {
+                self.shared.flags().cancelled = true;
+                Some(Err(ErrorBody::new(
+                    ErrorCode::DockerError,
+                    format!(
+                        "the agent cancelled the stream: {}",
+                        reason.unwrap_or_else(|| "no reason given".into())
+                    ),
+                )))
+            }
+            Some(Inbound::Head(_)) => Some(Err(ErrorBody::new(
+                ErrorCode::DockerError,
+                "the agent sent a second response head",
+            ))),
+            None => Some(Err(ErrorBody::new(
+                ErrorCode::DockerUnreachable,
+                "the stream was closed",
+            ))),
+        }
+    }
+
+    /// Whether the agent ended its direction cleanly.
+    pub fn ended(&self) -> bool {
+        self.shared.flags().got_end
+    }
+
+    /// Aborts the stream.
+    pub fn cancel(&self, reason: &str) {
+        self.shared.cancel(reason);
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        let f = self.shared.flags();
+        let got_end = f.got_end;
+        let cancelled = f.cancelled;
+        drop(f);
+        if !got_end && !cancelled {
+            self.shared.cancel("the client closed the connection");
+        }
+    }
+}
