@@ -416,3 +416,64 @@ fn sigterm_sends_disconnect_and_exits_zero() {
         "the token leaked into the logs:\n{logs}"
     );
 }
+
+#[test]
+fn events_are_buffered_while_the_link_is_down_and_drops_are_counted() {
+    require_docker();
+    let server = TestServer::start();
+    let addr = server.addr;
+    let mut cfg = agent_config(&server.url(), &unique("agent-evbuf"));
+    cfg.agent.event_buffer = 2;
+    let (shutdown, agent) = spawn_agent(cfg);
+    let mut conn = server.next_conn(S10);
+    conn.accept_auth(1);
+    conn.expect(S10, "heartbeat", |e| {
+        matches!(e.message, Message::Heartbeat(_))
+    });
+    drop(conn);
+    drop(server);
+    // While the link is down: several events for one container.
+    let c = client();
+    let mut cleanup = Cleanup::new(&c);
+    let name = unique("agent-evbuf-ctr");
+    let id = op(
+        &c,
+        "container.create",
+        json!({"name": name, "image": "docker-ctl-test/busybox:latest", "cmd": ["true"]}),
+    )
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cleanup.container(&id);
+    op(&c, "container.start", json!({"id": id})).unwrap();
+    op(
+        &c,
+        "container.rename",
+        json!({"id": id, "name": unique("agent-evbuf-renamed")}),
+    )
+    .unwrap();
+    let server = TestServer::restart_on(addr);
+    let mut conn = server.next_conn(Duration::from_secs(20));
+    conn.accept_auth(1);
+    // The buffered events go out first, then the first heartbeat (same loop turn), which
+    // reports the drops. Other tests' events may share the buffer, so count them all.
+    let mut before_first_heartbeat = 0;
+    let hb = loop {
+        let env = conn.expect(S10, "heartbeat", |e| {
+            matches!(e.message, Message::Heartbeat(_) | Message::Event(_))
+        });
+        match env.message {
+            Message::Event(_) => before_first_heartbeat += 1,
+            Message::Heartbeat(hb) => break hb,
+            _ => {}
+        }
+    };
+    assert!(hb.events_dropped.unwrap_or(0) >= 1, "{hb:?}");
+    assert!(
+        (1..=2).contains(&before_first_heartbeat),
+        "the buffer keeps at most 2 events: {before_first_heartbeat}"
+    );
+    shutdown.trigger();
+    join_within(agent, Duration::from_secs(5)).unwrap();
+}
