@@ -19,7 +19,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 
 for t in "${targets[@]}"; do
   echo "[build-agent] $t" >&2
-  cargo build --profile agent -p agent-lite --bin docker-ctl-agent --target "$t"
+  cargo build --locked --profile agent -p agent-lite --bin docker-ctl-agent --target "$t"
   out="dist/agent/$t"
   mkdir -p "$out"
   cp "$target_dir/$t/agent/docker-ctl-agent" "$out/docker-ctl-agent"
