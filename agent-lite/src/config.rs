@@ -659,6 +659,19 @@ mod tests {
     }
 
     #[test]
+    fn annotated_example_lists_every_default() {
+        let e = env(&[("AGENT_ID", "a1"), ("AGENT_AUTH_TOKEN", "tok")]);
+        let text = include_str!("../agent.yaml.example");
+        let c = Config::from_yaml(text, Path::new("agent.yaml.example"), &e).unwrap();
+        c.validate().unwrap();
+        let mut d = Config::empty();
+        d.server.url = "wss://control.example.com".into();
+        d.agent.id = "a1".into();
+        d.agent.auth_token = "tok".into();
+        assert_eq!(c, d, "the example's values must be the defaults");
+    }
+
+    #[test]
     fn unset_variable_is_named() {
         let e = env(&[("AGENT_ID", "a")]);
         let err = Config::load(Path::new(SEED), &e).unwrap_err().to_string();
