@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 /// The protocol version this build speaks. Sent in `auth` and `auth_response`.
 ///
 /// Version 1: the seed's messages plus `disconnect` and `command_progress`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: Docker API passthrough streams (`stream_*` messages and binary data frames).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest text message either side accepts, in bytes. Larger frames are refused
 /// before any parsing.
