@@ -35,7 +35,7 @@ for t in $targets; do
   stage=$(mktemp -d)
   mkdir -p "$stage/$name"
   cp "$target_dir/$t/agent/docker-ctl-agent" "$stage/$name/"
-  cp scripts/dist/agent.yaml.example scripts/dist/docker-ctl-agent.service scripts/dist/install.sh "$stage/$name/"
+  cp agent-lite/agent.yaml.example scripts/dist/docker-ctl-agent.service scripts/dist/install.sh "$stage/$name/"
   cp scripts/dist/docker-ctl-agent.init "$stage/$name/docker-ctl-agent.init"
   chmod 0755 "$stage/$name/docker-ctl-agent" "$stage/$name/install.sh" "$stage/$name/docker-ctl-agent.init"
   (cd "$stage/$name" && sha256sum docker-ctl-agent agent.yaml.example docker-ctl-agent.service docker-ctl-agent.init install.sh >SHA256SUMS)

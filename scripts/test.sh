@@ -29,5 +29,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "dependency checks"
 bash scripts/check-deps.sh
 
+step "agent edge builds (static; the ARM ones run under qemu in the tests)"
+bash scripts/build-agent.sh
+
 step "cargo test"
 cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"

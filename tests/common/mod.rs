@@ -597,6 +597,23 @@ impl Agent {
         )
     }
 
+    /// Starts the agent with extra top-level YAML appended to its config (e.g. a `policy:`).
+    pub fn start_with_config(
+        server_ws: &str,
+        agent_id: &str,
+        token: &str,
+        extra_yaml: &str,
+    ) -> Agent {
+        let mut a = Self::start(server_ws, agent_id, token);
+        a.kill();
+        let cfg = a.config_dir.path().join("agent.yaml");
+        let mut text = std::fs::read_to_string(&cfg).expect("read agent.yaml");
+        text.push_str(extra_yaml);
+        std::fs::write(&cfg, text).expect("write agent.yaml");
+        a.spawn();
+        a
+    }
+
     /// Starts an agent binary through a runner such as `qemu-aarch64`.
     pub fn start_program(
         program: Vec<String>,
@@ -681,4 +698,107 @@ impl Drop for Agent {
 fn set_mode_0600(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+}
+
+/// The official docker CLI (28.x, `/usr/local/bin/docker`) pointed at a host's passthrough
+/// endpoint, with the user's token in `HttpHeaders` of its own `config.json`.
+pub struct DockerCli {
+    pub host: String,
+    pub config: tempfile::TempDir,
+}
+
+/// The docker CLI binary the passthrough tests drive.
+pub fn docker_cli_path() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("DOCKER_CTL_TEST_DOCKER_CLI")
+            .unwrap_or_else(|_| "/usr/local/bin/docker".into()),
+    );
+    assert!(p.is_file(), "the docker CLI is missing at {}", p.display());
+    p
+}
+
+impl DockerCli {
+    pub fn new(server: &Server, host_id: &str, token: &str) -> DockerCli {
+        let config = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            config.path().join("config.json"),
+            json!({"HttpHeaders": {"Authorization": format!("Bearer {token}")}}).to_string(),
+        )
+        .expect("write config.json");
+        DockerCli {
+            host: format!("tcp://{}/api/v1/hosts/{host_id}/docker", server.addr),
+            config,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(docker_cli_path());
+        c.arg("--config").arg(self.config.path()).args(args);
+        c.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_BUILDKIT", "0")
+            .env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    /// Runs the CLI: (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the CLI and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(
+            code,
+            0,
+            "docker {}: exit {code}\nstdout: {out}\nstderr: {err}",
+            args.join(" ")
+        );
+        out
+    }
+
+    /// Runs a CLI command line under `script`, which gives it a pseudo-terminal (for `-it`),
+    /// sized 45 rows by 123 columns. `stdin` lines are typed into the terminal.
+    /// Returns (exit code, what the terminal showed).
+    pub fn run_tty(&self, cmdline: &str, stdin: &str) -> (i32, String) {
+        let full = format!(
+            "stty cols 123 rows 45 2>/dev/null; {} --config {} {cmdline}",
+            docker_cli_path().display(),
+            self.config.path().display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qefc", &full, "/dev/null"])
+            .env("DOCKER_HOST", &self.host)
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs the CLI in a pty");
+        {
+            use std::io::Write;
+            let mut sin = child.stdin.take().expect("stdin");
+            // Give the remote shell time to start before typing each line.
+            for line in stdin.split_inclusive('\n') {
+                std::thread::sleep(Duration::from_millis(400));
+                let _ = sin.write_all(line.as_bytes());
+                let _ = sin.flush();
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let out = child.wait_with_output().expect("script output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
 }

@@ -4,3 +4,4 @@
 mod arm;
 mod dist;
 mod lifecycle;
+mod passthrough;
