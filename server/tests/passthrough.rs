@@ -429,7 +429,7 @@ async fn roles_allowlist_and_path_hygiene() {
         ("GET", format!("{base}/v1.41/containers/json?all=1"), 200),
         (
             "GET",
-            format!("/api/v1/hosts/no-such-host/docker/_ping"),
+            "/api/v1/hosts/no-such-host/docker/_ping".to_string(),
             404,
         ),
     ];

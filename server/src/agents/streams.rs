@@ -32,7 +32,7 @@ pub(crate) enum DataOut {
     /// A binary data frame.
     Data(u32, Bytes),
     /// A text message that must follow the stream's data (`stream_end`).
-    Text(Envelope),
+    Text(Box<Envelope>),
 }
 
 /// The daemon's status line and end-to-end headers, as the agent reported them.
@@ -467,18 +467,26 @@ impl StreamWriter {
         ErrorBody::new(ErrorCode::DockerUnreachable, "the stream was closed")
     }
 
-    /// Sends `data` in frames of at most `STREAM_CHUNK` bytes, waiting for credit.
+    /// Sends `data` in frames of at most `STREAM_CHUNK` bytes, never more than the agent's
+    /// credit: waits while the window is used up, and uses whatever part of it is left.
     pub async fn write(&mut self, mut data: Bytes) -> Result<(), ErrorBody> {
         while !data.is_empty() {
-            let n = data.len().min(STREAM_CHUNK);
-            let chunk = data.split_to(n);
-            let permit = self
-                .shared
-                .credit
-                .acquire_many(n as u32)
+            let credit = &self.shared.credit;
+            credit
+                .acquire()
                 .await
-                .map_err(|_| self.closed_error())?;
-            permit.forget();
+                .map_err(|_| self.closed_error())?
+                .forget();
+            let want = data.len().min(STREAM_CHUNK);
+            let extra = (want - 1).min(credit.available_permits());
+            if extra > 0 {
+                credit
+                    .try_acquire_many(extra as u32)
+                    .map_err(|_| self.closed_error())?
+                    .forget();
+            }
+            let n = 1 + extra;
+            let chunk = data.split_to(n);
             self.shared
                 .session
                 .data_tx
@@ -504,7 +512,7 @@ impl StreamWriter {
         self.shared
             .session
             .data_tx
-            .send(DataOut::Text(env))
+            .send(DataOut::Text(Box::new(env)))
             .await
             .map_err(|_| self.closed_error())
     }
