@@ -73,6 +73,9 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub reconnection: ReconnectionConfig,
+    /// The agent's local policy, which the server cannot override (see [`crate::policy`]).
+    #[serde(default)]
+    pub policy: crate::policy::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -344,6 +347,7 @@ impl Config {
             docker: DockerConfig::default(),
             logging: LoggingConfig::default(),
             reconnection: ReconnectionConfig::default(),
+            policy: crate::policy::Policy::default(),
         }
     }
 
@@ -452,6 +456,17 @@ impl Config {
         if self.server.client_cert.is_some() != self.server.client_key.is_some() {
             return bad("server.client_cert and server.client_key go together".into());
         }
+        if let Some(l) = &self.policy.allowed_operations {
+            if l.iter().any(String::is_empty) {
+                return bad("policy.allowed_operations has an empty entry".into());
+            }
+        }
+        if let Some((k, _)) = self.policy.container_labels.iter().find(|(k, _)| k.is_empty()) {
+            return bad(format!("policy.container_labels has an empty key {k:?}"));
+        }
+        if self.policy.redact_env && self.policy.redact_env_patterns.is_empty() {
+            return bad("policy.redact_env is true but policy.redact_env_patterns is empty".into());
+        }
         if let Some(pin) = &self.server.pin_sha256 {
             if crate::connection::tls::parse_pin(pin).is_none() {
                 return bad(
@@ -507,6 +522,22 @@ impl Config {
         let _ = writeln!(s, "reconnection.factor: {}", r.factor);
         let _ = writeln!(s, "reconnection.jitter: {}", r.jitter);
         let _ = writeln!(s, "reconnection.stable_after: {}", r.stable_after);
+        let p = &self.policy;
+        let _ = writeln!(
+            s,
+            "policy.allowed_operations: {}",
+            p.allowed_operations
+                .as_ref()
+                .map_or("(all)".to_string(), |l| format!("{l:?}"))
+        );
+        let _ = writeln!(s, "policy.deny_exec: {}", p.deny_exec);
+        let _ = writeln!(s, "policy.deny_attach: {}", p.deny_attach);
+        let _ = writeln!(s, "policy.deny_privileged: {}", p.deny_privileged);
+        let _ = writeln!(s, "policy.deny_host_network: {}", p.deny_host_network);
+        let _ = writeln!(s, "policy.deny_host_mounts: {}", p.deny_host_mounts);
+        let _ = writeln!(s, "policy.container_labels: {:?}", p.container_labels);
+        let _ = writeln!(s, "policy.redact_env: {}", p.redact_env);
+        let _ = writeln!(s, "policy.redact_env_patterns: {:?}", p.redact_env_patterns);
         s
     }
 }

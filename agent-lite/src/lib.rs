@@ -11,6 +11,8 @@ pub mod docker;
 pub mod health;
 pub mod log;
 pub mod ops;
+pub mod passthrough;
+pub mod policy;
 
 use config::Config;
 use docker::{Closer, DockerClient, Endpoint};

@@ -7,6 +7,7 @@
 
 use super::{dial, ServerUrl, Stream};
 use crate::ops::{self, pool::Pool};
+use crate::passthrough::{Hub, Item, Out};
 use crate::{Agent, Shutdown};
 use protocol::{
     AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody,
@@ -30,6 +31,13 @@ const BATCH: usize = 64;
 const AUTH_WAIT: Duration = Duration::from_secs(30);
 /// How long a graceful close waits for the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The read wait while passthrough streams are open: stream threads queue data at any time,
+/// and the session thread only sends between reads.
+const STREAM_TICK: Duration = Duration::from_millis(5);
+/// The read wait while output is still queued.
+const BUSY_TICK: Duration = Duration::from_millis(1);
+/// Data bytes sent per loop turn, so reading, control messages and heartbeats keep moving.
+const DATA_BUDGET: usize = 256 * 1024;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -134,6 +142,9 @@ struct Session<'a> {
     started: Instant,
     last_rx: Instant,
     authenticated: bool,
+    /// Docker API passthrough streams of this session.
+    hub: Arc<Hub>,
+    read_timeout: Duration,
 }
 
 /// What handling one incoming frame asks the loop to do.
@@ -162,6 +173,8 @@ impl<'a> Session<'a> {
             started: now,
             last_rx: now,
             authenticated: false,
+            hub: Hub::new(agent.clone()),
+            read_timeout: TICK,
         }
     }
 
@@ -191,9 +204,67 @@ impl<'a> Session<'a> {
     }
 
     fn run(mut self) -> Outcome {
-        match self.run_inner() {
+        let outcome = match self.run_inner() {
             Ok(o) | Err(o) => o,
+        };
+        // Streams live and die with the session: their daemon connections close now.
+        self.hub.close_all();
+        outcome
+    }
+
+    /// Sets the socket's read wait: long when idle, short while streams may queue output.
+    fn tune_read_timeout(&mut self) -> Result<(), Outcome> {
+        let want = if !self.authenticated {
+            TICK
+        } else if self.hub.has_output() {
+            BUSY_TICK
+        } else if self.hub.open_count() > 0 {
+            STREAM_TICK
+        } else {
+            TICK
+        };
+        if want != self.read_timeout {
+            self.ws
+                .get_ref()
+                .tcp()
+                .set_read_timeout(Some(want))
+                .map_err(|e| self.lost(e.to_string()))?;
+            self.read_timeout = want;
         }
+        Ok(())
+    }
+
+    /// Queues one message in tungstenite's buffer (the loop flushes).
+    fn write(&mut self, msg: tungstenite::Message) -> Result<(), Outcome> {
+        match self.ws.write(msg) {
+            Ok(()) => Ok(()),
+            Err(e) if is_interrupted(&e) => Ok(()),
+            Err(e) if is_timeout(&e) => {
+                Err(self.lost("the server stopped reading (write timed out)"))
+            }
+            Err(e) => Err(self.lost(format!("send failed: {e}"))),
+        }
+    }
+
+    /// Sends what the streams queued: control messages first, then data up to
+    /// [`DATA_BUDGET`] bytes, checking for control messages before every data frame.
+    fn pump_streams(&mut self) -> Result<(), Outcome> {
+        let mut budget = DATA_BUDGET;
+        while let Some(item) = self.hub.pop(budget > 0) {
+            match item {
+                Item::Control(env) => {
+                    self.write(tungstenite::Message::Text(env.encode().into()))?
+                }
+                Item::Data(Out::Frame(f)) => {
+                    budget = budget.saturating_sub(f.len());
+                    self.write(tungstenite::Message::Binary(f.into()))?
+                }
+                Item::Data(Out::Text(env)) => {
+                    self.write(tungstenite::Message::Text(env.encode().into()))?
+                }
+            }
+        }
+        Ok(())
     }
 
     fn run_inner(&mut self) -> Result<Outcome, Outcome> {
@@ -212,6 +283,7 @@ impl<'a> Session<'a> {
             if self.shutdown.is_set() {
                 return Ok(self.close());
             }
+            self.tune_read_timeout()?;
             match self.ws.read() {
                 Ok(msg) => {
                     self.last_rx = Instant::now();
@@ -245,6 +317,7 @@ impl<'a> Session<'a> {
             }
             self.drain_outbox()?;
             self.drain_events()?;
+            self.pump_streams()?;
             let interval = self.heartbeat_interval();
             if now >= next_hb {
                 let hb = self.heartbeat();
@@ -312,14 +385,18 @@ impl<'a> Session<'a> {
         let bytes: Vec<u8> = match msg {
             M::Text(t) => t.as_bytes().to_vec(),
             M::Binary(b) => {
-                log::warn!(
-                    "the server sent a binary frame ({} bytes); the protocol is JSON text",
-                    b.len()
-                );
-                let body = ErrorBody::invalid_params(
-                    "binary frames are not part of the protocol; send JSON text",
-                );
-                self.send(self.error_envelope(body, None))?;
+                match protocol::decode_data_frame(&b) {
+                    Ok((id, data)) if self.authenticated => self.hub.on_data(id, data),
+                    Ok(_) => {
+                        let body =
+                            ErrorBody::new(ErrorCode::Unauthorized, "stream data before auth_response");
+                        self.send(self.error_envelope(body, None))?;
+                    }
+                    Err(e) => {
+                        log::warn!("bad binary frame from the server ({} bytes): {e}", b.len());
+                        self.send(self.error_envelope(e.to_error_body(), None))?;
+                    }
+                }
                 return Ok(Next::Continue);
             }
             M::Close(frame) => {
@@ -381,6 +458,18 @@ impl<'a> Session<'a> {
             Message::ConfigUpdate(u) => {
                 self.apply(&u.config);
             }
+            Message::StreamOpen(open) => {
+                if !self.authenticated {
+                    let body =
+                        ErrorBody::new(ErrorCode::Unauthorized, "stream_open before auth_response");
+                    self.send(self.error_envelope(body, Some(env.id)))?;
+                    return Ok(Next::Continue);
+                }
+                self.hub.on_open(open);
+            }
+            Message::StreamEnd(e) => self.hub.on_end(e.stream_id, e.error),
+            Message::StreamCancel(c) => self.hub.on_cancel(c.stream_id, c.reason.as_deref()),
+            Message::StreamCredit(c) => self.hub.on_credit(c.stream_id, c.bytes),
             Message::Disconnect(d) => {
                 let why = d.reason.unwrap_or_else(|| "no reason given".into());
                 return Ok(Next::End(

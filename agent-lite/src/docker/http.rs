@@ -97,6 +97,8 @@ pub struct ResponseReader<R> {
     buf: Vec<u8>,
     /// Start of unconsumed bytes in `buf`.
     pos: usize,
+    /// Bytes asked for per read.
+    read_size: usize,
 }
 
 impl<R: Read> ResponseReader<R> {
@@ -105,7 +107,14 @@ impl<R: Read> ResponseReader<R> {
             inner,
             buf: Vec::with_capacity(8 * 1024),
             pos: 0,
+            read_size: 8 * 1024,
         }
+    }
+
+    /// Reads up to `n` bytes per call (passthrough streams read in 32 KiB pieces).
+    pub fn with_read_size(mut self, n: usize) -> Self {
+        self.read_size = n.max(512);
+        self
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -133,17 +142,17 @@ impl<R: Read> ResponseReader<R> {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        let mut tmp = [0u8; 8 * 1024];
-        loop {
-            match self.inner.read(&mut tmp) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&tmp[..n]);
-                    return Ok(n);
-                }
+        // Read straight into the buffer: no stack copy, so small thread stacks suffice.
+        let start = self.buf.len();
+        self.buf.resize(start + self.read_size, 0);
+        let r = loop {
+            match self.inner.read(&mut self.buf[start..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                r => break r,
             }
-        }
+        };
+        self.buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
     }
 
     /// Whether the connection has no more bytes at all (clean end between responses).

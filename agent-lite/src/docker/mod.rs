@@ -131,7 +131,7 @@ impl Conn {
         }
     }
 
-    fn try_clone(&self) -> io::Result<Conn> {
+    pub fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
@@ -143,6 +143,14 @@ impl Conn {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(Shutdown::Both),
             Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    /// Half-closes: the daemon reads end of stream, and can still answer.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(Shutdown::Write),
+            Conn::Tcp(s) => s.shutdown(Shutdown::Write),
         };
     }
 }
@@ -265,6 +273,12 @@ impl DockerClient {
             endpoint: self.endpoint.to_string(),
             detail: detail.to_string(),
         }
+    }
+
+    /// A new connection for a passthrough stream: writes time out after `docker.timeout`,
+    /// reads never do (the stream ends when the daemon or a [`Conn::shutdown`] ends it).
+    pub fn connect_raw(&self) -> Result<Conn> {
+        self.connect(None)
     }
 
     fn connect(&self, deadline: Option<Instant>) -> Result<Conn> {

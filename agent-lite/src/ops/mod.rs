@@ -140,12 +140,19 @@ pub fn execute(
     cmd: &CommandPayload,
     outbox: &Sender<Envelope>,
 ) -> Result<serde_json::Value, ErrorBody> {
-    let op = Operation::parse(&cmd.operation, &cmd.params)?;
     let secs = cmd
         .timeout
         .unwrap_or_else(|| agent.settings.command_timeout.load(Ordering::Relaxed))
         .max(1);
     let deadline = Instant::now() + Duration::from_secs(secs);
+    // The local policy first: it may refuse, add label filters or labels.
+    let mut params = cmd.params.clone();
+    let policy = &agent.config.policy;
+    if let Err(e) = policy.check_command(agent, &cmd.operation, &mut params, deadline) {
+        log::info!("command {id}: {} refused: {e}", cmd.operation);
+        return Err(e);
+    }
+    let op = Operation::parse(&cmd.operation, &params)?;
     let started = Instant::now();
     log::debug!("command {id}: {} (timeout {secs}s)", op.name());
     let mut last_sent: Option<(Instant, Option<serde_json::Value>)> = None;
@@ -169,6 +176,10 @@ pub fn execute(
         &mut progress,
     );
     let result = match result {
+        Ok(mut v) if cmd.operation == "container.inspect" => {
+            policy.redact(&mut v);
+            Ok(v)
+        }
         Err(e) if e.code == ErrorCode::Timeout => Err(ErrorBody::new(
             ErrorCode::Timeout,
             format!(

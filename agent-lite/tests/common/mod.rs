@@ -19,6 +19,7 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+pub mod tunnel;
 pub mod ws_server;
 
 use agent_lite::config::Config;

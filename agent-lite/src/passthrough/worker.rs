@@ -1,0 +1,332 @@
+//! One passthrough stream on its own thread: a new daemon connection, the request (its body
+//! buffered when small and inspectable, streamed chunked when large), the response head as
+//! `stream_response`, and the body as data frames within the server's credit. After a `101`
+//! the connection is hijacked: raw bytes flow both ways, and the server's `stream_end`
+//! half-closes the daemon socket.
+//!
+//! Owns: HTTP framing towards the daemon for one stream. Must not: touch the WebSocket.
+
+use super::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
+use crate::docker::http::{Framing, HttpError, ResponseReader};
+use crate::docker::Conn;
+use protocol::passthrough::{is_hop_by_hop, Route, Shape};
+use protocol::{ErrorBody, ErrorCode, StreamOpenPayload, STREAM_CHUNK};
+use std::io::Write;
+use std::sync::Arc;
+
+/// How the request body reaches the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyMode {
+    None,
+    /// Collected (bounded), then sent with a Content-Length.
+    Buffered,
+    /// Streamed with chunked transfer coding.
+    Chunked,
+    /// Streamed as is: the server forwarded a Content-Length.
+    Length(u64),
+}
+
+/// Largest inspect answer the agent buffers to redact environment values.
+const REDACT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Runs the stream to its end, then closes the daemon connection and forgets the stream.
+pub(super) fn run(
+    hub: Arc<Hub>,
+    ctl: Arc<Ctl>,
+    open: StreamOpenPayload,
+    route: Route,
+    rx: UpRx,
+) {
+    let id = ctl.id;
+    if let Err(e) = serve(&hub, &ctl, &open, &route, rx) {
+        if !ctl.is_cancelled() {
+            log::debug!("stream {id}: {e}");
+            hub.end(&ctl, Some(e));
+        }
+    }
+    ctl.finish();
+    hub.remove(&ctl);
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn valid_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+fn unreachable(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::DockerUnreachable,
+        format!("the Docker daemon connection failed: {e}"),
+    )
+}
+
+/// Collects a request body of the server until its `stream_end`, crediting as it arrives.
+/// `Ok(None)`: the stream was cancelled. `Err`: larger than [`BODY_LIMIT`].
+fn collect(hub: &Hub, ctl: &Ctl, rx: &UpRx) -> Result<Option<Vec<u8>>, ()> {
+    let mut body = Vec::new();
+    loop {
+        match rx.recv() {
+            Ok(Up::Data(d)) => {
+                if body.len() + d.len() > BODY_LIMIT {
+                    return Err(());
+                }
+                body.extend_from_slice(&d);
+                hub.grant(ctl, d.len());
+            }
+            Ok(Up::End) => return Ok(Some(body)),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+fn serve(
+    hub: &Arc<Hub>,
+    ctl: &Arc<Ctl>,
+    open: &StreamOpenPayload,
+    route: &Route,
+    rx: UpRx,
+) -> Result<(), ErrorBody> {
+    let agent = &hub.agent;
+    let policy = &agent.config.policy;
+    let upgrade = open.upgrade && route.shape == Shape::Upgrade;
+    let forwarded_len = header(&open.headers, "content-length").and_then(|v| v.trim().parse().ok());
+    let mode = match (open.body, forwarded_len) {
+        (false, _) => BodyMode::None,
+        (true, Some(n)) => BodyMode::Length(n),
+        (true, None) if streams_body(route.shape) => BodyMode::Chunked,
+        (true, None) => BodyMode::Buffered,
+    };
+    let (path, query) = match open.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (open.path.as_str(), None),
+    };
+
+    // Policy that needs the daemon: the object's labels.
+    if let Err((status, why)) = crate::policy::check_object(agent, route, query) {
+        hub.refuse(ctl, status, &why);
+        return Ok(());
+    }
+    let target = match policy.rewrite_query(route, query) {
+        Some(q) => format!("{path}?{q}"),
+        None => open.path.clone(),
+    };
+
+    let mut rx = Some(rx);
+    let mut body = None;
+    if mode == BodyMode::Buffered {
+        let Some(r) = rx.as_ref() else {
+            return Ok(());
+        };
+        match collect(hub, ctl, r) {
+            Ok(Some(b)) => body = Some(b),
+            Ok(None) => return Ok(()),
+            Err(()) => {
+                hub.refuse(
+                    ctl,
+                    413,
+                    &format!("the request body is larger than the agent's limit of {BODY_LIMIT} bytes"),
+                );
+                return Ok(());
+            }
+        }
+        if route.action == "container.create" {
+            match policy.check_create_body(body.as_deref().unwrap_or_default()) {
+                Ok(Some(rewritten)) => body = Some(rewritten),
+                Ok(None) => {}
+                Err(crate::policy::BodyRefusal::Forbidden(rule)) => {
+                    hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
+                    return Ok(());
+                }
+                Err(crate::policy::BodyRefusal::Invalid(why)) => {
+                    hub.refuse(ctl, 400, &why);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    let conn = agent.docker.connect_raw().map_err(ErrorBody::from)?;
+    if !ctl.set_conn(conn.try_clone().map_err(unreachable)?) {
+        return Ok(());
+    }
+
+    // The request head.
+    let mut head = format!("{} {target} HTTP/1.1\r\nHost: docker\r\n", open.method);
+    for (k, v) in &open.headers {
+        if is_hop_by_hop(k) || !valid_header(k, v) {
+            continue;
+        }
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    match mode {
+        BodyMode::None if matches!(open.method.as_str(), "POST" | "PUT") => {
+            head.push_str("Content-Length: 0\r\n")
+        }
+        BodyMode::None => {}
+        BodyMode::Buffered => {
+            let n = body.as_ref().map_or(0, Vec::len);
+            head.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        BodyMode::Chunked => head.push_str("Transfer-Encoding: chunked\r\n"),
+        BodyMode::Length(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+    }
+    if upgrade {
+        head.push_str("Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n");
+    } else {
+        head.push_str("Connection: close\r\n\r\n");
+    }
+    let mut out = head.into_bytes();
+    if let Some(b) = &body {
+        out.extend_from_slice(b);
+    }
+    let mut w = conn.try_clone().map_err(unreachable)?;
+    w.write_all(&out).map_err(unreachable)?;
+    drop(out);
+    drop(body);
+
+    // Streamed request bodies are written by a second thread while the answer is read.
+    if matches!(mode, BodyMode::Chunked | BodyMode::Length(_)) {
+        if let Some(r) = rx.take() {
+            spawn_writer(hub, ctl, w, r, mode == BodyMode::Chunked, false)?;
+        }
+    }
+
+    let mut reader = ResponseReader::new(conn).with_read_size(STREAM_CHUNK);
+    let resp = match reader.read_head() {
+        Ok(h) => h,
+        Err(_) if ctl.is_cancelled() => return Ok(()),
+        Err(e) => return Err(unreachable(e)),
+    };
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k))
+        .map(|(k, v)| (canonical(k), v.clone()))
+        .collect();
+    let hijacked = resp.status == 101 && upgrade;
+    let framing = if hijacked {
+        Framing::ToEof
+    } else {
+        Framing::of(open.method.eq_ignore_ascii_case("HEAD"), &resp).map_err(unreachable)?
+    };
+    hub.respond(ctl, resp.status, headers);
+    if hijacked {
+        log::debug!("stream {}: hijacked ({})", ctl.id, route.action);
+        if let Some(r) = rx.take() {
+            let w = reader.get_mut().try_clone().map_err(unreachable)?;
+            spawn_writer(hub, ctl, w, r, false, true)?;
+        }
+    }
+
+    let redact = (200..300).contains(&resp.status) && policy.redacts(route);
+    let mut ok = true;
+    let result = if redact {
+        let mut buf = Vec::new();
+        let r = reader.read_body(framing, REDACT_LIMIT, &mut |d| buf.extend_from_slice(d));
+        if r.is_ok() {
+            let out = crate::policy::redact_inspect_bytes(&buf, &policy.redact_env_patterns)
+                .unwrap_or(buf);
+            ok = hub.send_data(ctl, &out);
+        }
+        r
+    } else {
+        reader.read_body(framing, usize::MAX, &mut |d| {
+            if ok && !hub.send_data(ctl, d) {
+                ok = false;
+                ctl.cancel();
+            }
+        })
+    };
+    if !ok || ctl.is_cancelled() {
+        return Ok(());
+    }
+    match result {
+        Ok(_) => {
+            hub.end(ctl, None);
+            Ok(())
+        }
+        Err(HttpError::TooLarge(n)) => Err(ErrorBody::new(
+            ErrorCode::DockerError,
+            format!("the answer is larger than {n} bytes"),
+        )),
+        Err(e) => Err(unreachable(e)),
+    }
+}
+
+/// `api-version` -> `Api-Version`, as dockerd spells its headers.
+fn canonical(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c });
+        upper = c == '-';
+    }
+    out
+}
+
+/// Writes the server's data to the daemon on another thread: a chunked request body, a
+/// forwarded-length body, or a hijacked connection's input (`stream_end` half-closes).
+fn spawn_writer(
+    hub: &Arc<Hub>,
+    ctl: &Arc<Ctl>,
+    mut conn: Conn,
+    rx: UpRx,
+    chunked: bool,
+    hijacked: bool,
+) -> Result<(), ErrorBody> {
+    let (hub, ctl) = (hub.clone(), ctl.clone());
+    let name = format!("stream-{}-in", ctl.id);
+    spawn_up(name, move || {
+        let mut frame = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(Up::Data(d)) => {
+                    let r = if chunked {
+                        frame.clear();
+                        frame.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+                        frame.extend_from_slice(&d);
+                        frame.extend_from_slice(b"\r\n");
+                        conn.write_all(&frame)
+                    } else {
+                        conn.write_all(&d)
+                    };
+                    if let Err(e) = r {
+                        log::debug!("stream {}: writing to the daemon: {e}", ctl.id);
+                        return;
+                    }
+                    hub.grant(&ctl, d.len());
+                }
+                Ok(Up::End) => {
+                    if chunked {
+                        let _ = conn.write_all(b"0\r\n\r\n");
+                    }
+                    if hijacked {
+                        conn.shutdown_write();
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::RateLimited,
+            format!("the agent cannot start a thread: {e}"),
+        )
+    })
+}
