@@ -393,3 +393,32 @@ fn heartbeats_and_commands_flow_while_a_stream_is_saturated() {
     assert!(answered, "the command was not answered while the stream was busy");
     t.cancel(sid);
 }
+
+#[test]
+fn at_most_max_streams_are_open() {
+    let mut s = setup("pt-max", |_| {});
+    let t = &mut s.tunnel;
+    let mut ids = Vec::new();
+    for _ in 0..protocol::MAX_STREAMS {
+        ids.push(t.open(Request::get("/v1.41/events")));
+    }
+    t.until(Duration::from_secs(60), "every stream answered", |t| {
+        ids.iter()
+            .all(|id| t.streams.get(id).is_some_and(|s| s.status.is_some()))
+    });
+    let extra = t.open(Request::get("/v1.41/events"));
+    let r = t.finish(extra, S30);
+    assert!(r.status.is_none());
+    let e = r.end_error.expect("an error");
+    assert_eq!(e.code, protocol::ErrorCode::RateLimited, "{e}");
+    // Once one ends, a new stream fits again.
+    t.cancel(ids[0]);
+    common::wait_for(S30, || {
+        let id = t.open(Request::get("/_ping"));
+        let r = t.finish(id, S30);
+        (r.status == Some(200)).then_some(())
+    });
+    for id in ids {
+        t.cancel(id);
+    }
+}
