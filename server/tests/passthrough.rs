@@ -238,6 +238,10 @@ async fn everyday_commands(docker_url: &str) {
         .ok(&["inspect", "--format", "{{.State.Running}}", &name])
         .await;
     assert_eq!(inspect.trim(), "true");
+    let stats = s
+        .ok(&["stats", "--no-stream", "--format", "{{.Name}}", &name])
+        .await;
+    assert_eq!(stats.trim(), name);
 
     // logs keeps stdout and stderr apart (multiplexed stream through the proxy)
     let mut logs = None;
@@ -745,6 +749,23 @@ async fn exec_it_and_run_it_rm_through_a_real_tty() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("typed-42"), "{out:?}");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // attach to a container's TTY: keystrokes in, output and exit code out
+    let attached = unique("dctl-attach");
+    let _cleanup2 = Cleanup(vec![attached.clone()]);
+    s.ok(&["run", "-dit", "--name", &attached, IMAGE, "sh"])
+        .await;
+    let out = with_tty(
+        &s,
+        &format!("attach {attached}"),
+        b"echo attached-$((2+2))\nexit 4\n",
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("attached-4"),
+        "{out:?}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
 
     let out = with_tty(
         &s,

@@ -285,12 +285,13 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
             return docker_error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error");
         }
     };
-    let upgrade = route.shape == Shape::Upgrade && wants_upgrade(&parts.headers);
-    let on_upgrade = if upgrade {
+    // Only a real connection can be hijacked (not, say, a request routed in-process).
+    let on_upgrade = if route.shape == Shape::Upgrade && wants_upgrade(&parts.headers) {
         parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
+    let upgrade = on_upgrade.is_some();
     let target = match &query {
         Some(q) => format!("{below}?{q}"),
         None => below.clone(),
