@@ -229,3 +229,59 @@ async fn direct_over_https_with_a_client_certificate() {
     .await;
     assert_eq!(s, StatusCode::BAD_GATEWAY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_cli_through_a_direct_https_host() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let front = mtls_docker_front(pki.path()).await;
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let p = pki.path();
+    let (s, h) = call(&st, "POST", "/api/v1/hosts", Some(&admin), Some(json!({
+        "name": "tls", "docker_url": format!("https://localhost:{}", front.port()),
+        "tls_ca": read(p, "ca.crt"), "tls_cert": read(p, "client.crt"), "tls_key": read(p, "client.key"),
+    }))).await;
+    assert_eq!(s, StatusCode::CREATED, "{h}");
+    let id = h["id"].as_str().unwrap().to_string();
+    let srv = spawn(&st).await;
+    let cfg = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cfg.path().join("config.json"),
+        json!({"HttpHeaders": {"Authorization": format!("Bearer {admin}")}}).to_string(),
+    )
+    .unwrap();
+    let docker_host = format!("tcp://{}/api/v1/hosts/{id}/docker", srv.addr);
+    let run = |args: &'static [&'static str]| {
+        let (docker_host, cfg) = (docker_host.clone(), cfg.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("/usr/local/bin/docker")
+                .env("DOCKER_HOST", docker_host)
+                .arg("--config")
+                .arg(cfg)
+                .args(args)
+                .output()
+                .expect("the docker CLI at /usr/local/bin/docker")
+        })
+    };
+    let out = run(&["version", "--format", "{{.Server.APIVersion}}"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    // attach (hijacked) + wait + remove, all through the TLS connection to the daemon
+    let out = run(&[
+        "run",
+        "--rm",
+        "docker-ctl-test/busybox:latest",
+        "sh",
+        "-c",
+        "echo over-tls; exit 3",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls\n");
+    srv.shutdown().await;
+}
