@@ -262,7 +262,10 @@ pub fn classify(method: &str, path: &str) -> Result<Route, Refusal> {
 }
 
 /// Hop-by-hop headers that a proxy must not forward (RFC 9110 §7.6.1), plus `host`, which
-/// each hop sets itself. `upgrade` and `connection` are rebuilt for hijacked streams.
+/// each hop sets itself, `authorization` (the user's token stays on the server) and
+/// `content-length` (bodies are re-framed per hop; the server forwards a request's
+/// Content-Length explicitly so the agent can send the body exactly delimited).
+/// `upgrade` and `connection` are rebuilt for hijacked streams.
 pub fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),

@@ -84,7 +84,10 @@ fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|(k, _)| {
-            !is_hop_by_hop(k.as_str()) && !connection_named.iter().any(|c| c == k.as_str())
+            // The request's Content-Length is kept: the agent then sends the body with it
+            // (dockerd must see an exactly delimited body before it hijacks an exec/attach).
+            (*k == header::CONTENT_LENGTH || !is_hop_by_hop(k.as_str()))
+                && !connection_named.iter().any(|c| c == k.as_str())
         })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect()
