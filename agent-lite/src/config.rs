@@ -461,7 +461,12 @@ impl Config {
                 return bad("policy.allowed_operations has an empty entry".into());
             }
         }
-        if let Some((k, _)) = self.policy.container_labels.iter().find(|(k, _)| k.is_empty()) {
+        if let Some((k, _)) = self
+            .policy
+            .container_labels
+            .iter()
+            .find(|(k, _)| k.is_empty())
+        {
             return bad(format!("policy.container_labels has an empty key {k:?}"));
         }
         if self.policy.redact_env && self.policy.redact_env_patterns.is_empty() {

@@ -5,6 +5,7 @@
 //! a pool of command workers, one Docker events follower, and one health prober. No async
 //! runtime.
 
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod docker;

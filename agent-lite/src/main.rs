@@ -2,43 +2,13 @@
 //! flags, environment and file), installs the logger and signal handling, and runs the
 //! agent until SIGTERM or SIGINT.
 
+use agent_lite::cli::{Args, Parsed};
 use agent_lite::config::{check_permissions, Config, Overrides};
 use agent_lite::Shutdown;
-use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG: &str = "/etc/docker-ctl/agent.yaml";
-
-/// The docker-ctl edge agent: dials out to the control server and runs Docker commands.
-#[derive(Parser, Debug)]
-#[command(name = "docker-ctl-agent", version)]
-struct Args {
-    /// Config file (YAML). Optional when everything is given by flags or environment.
-    #[arg(long, env = "DOCKER_CTL_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Server URL, e.g. wss://control.example.com (overrides server.url).
-    #[arg(long, env = "DOCKER_CTL_SERVER", value_name = "URL")]
-    server: Option<String>,
-    /// Agent id (overrides agent.id).
-    #[arg(long, env = "DOCKER_CTL_AGENT_ID", value_name = "ID")]
-    agent_id: Option<String>,
-    /// Auth token (overrides agent.auth_token). Prefer the environment or the file: flags
-    /// are visible in the process list.
-    #[arg(
-        long,
-        env = "DOCKER_CTL_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-    /// Docker endpoint: unix:///var/run/docker.sock or tcp://host:port (overrides docker.socket).
-    #[arg(long, env = "DOCKER_CTL_DOCKER_SOCKET", value_name = "ENDPOINT")]
-    docker_socket: Option<String>,
-    /// Validate the config, print the effective values (secrets masked) and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::ConfigError> {
     let env = |k: &str| std::env::var(k).ok();
@@ -64,7 +34,18 @@ fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::Co
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let env = |k: &str| std::env::var(k).ok();
+    let args = match agent_lite::cli::parse(std::env::args().skip(1), &env) {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let (config, path) = match load(&args) {
         Ok(c) => c,
         Err(e) => {

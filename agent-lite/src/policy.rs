@@ -380,10 +380,7 @@ impl Policy {
             return Ok(());
         }
         let v = agent.docker.get_json(
-            &format!(
-                "/containers/{}/json",
-                protocol::docker::percent_encode(id)
-            ),
+            &format!("/containers/{}/json", protocol::docker::percent_encode(id)),
             deadline,
         )?;
         if self.labels_match(v.pointer("/Config/Labels")) {
@@ -458,7 +455,11 @@ pub fn percent_decode(s: &str) -> String {
 
 /// The passthrough checks that need the daemon: the labels of the container (or the exec's
 /// container) a route names. `Err((status, message))` answers the stream.
-pub fn check_object(agent: &Agent, route: &Route, query: Option<&str>) -> Result<(), (u16, String)> {
+pub fn check_object(
+    agent: &Agent,
+    route: &Route,
+    query: Option<&str>,
+) -> Result<(), (u16, String)> {
     let policy = &agent.config.policy;
     if policy.container_labels.is_empty() {
         return Ok(());
@@ -533,24 +534,42 @@ mod tests {
             ..Policy::default()
         };
         assert!(p.check_action("container.list").is_ok());
-        assert!(p.check_action("image.list").unwrap_err().contains("allowed_operations"));
+        assert!(p
+            .check_action("image.list")
+            .unwrap_err()
+            .contains("allowed_operations"));
         assert_eq!(p.check_action("container.exec").unwrap_err(), "deny_exec");
         p.deny_host_mounts = true;
         p.deny_privileged = true;
         p.deny_host_network = true;
-        let body = |hc: Value| json!({"Image": "x", "HostConfig": hc}).to_string().into_bytes();
+        let body = |hc: Value| {
+            json!({"Image": "x", "HostConfig": hc})
+                .to_string()
+                .into_bytes()
+        };
         let refuse = |b: Vec<u8>| match p.check_create_body(&b) {
             Err(BodyRefusal::Forbidden(r)) => r,
             other => panic!("{other:?}"),
         };
         assert_eq!(refuse(body(json!({"Privileged": true}))), "deny_privileged");
-        assert_eq!(refuse(body(json!({"NetworkMode": "host"}))), "deny_host_network");
-        assert_eq!(refuse(body(json!({"Binds": ["/etc:/x"]}))), "deny_host_mounts");
         assert_eq!(
-            refuse(body(json!({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]}))),
+            refuse(body(json!({"NetworkMode": "host"}))),
+            "deny_host_network"
+        );
+        assert_eq!(
+            refuse(body(json!({"Binds": ["/etc:/x"]}))),
             "deny_host_mounts"
         );
-        assert!(p.check_create_body(&body(json!({"Binds": ["vol:/x"]}))).unwrap().is_none());
+        assert_eq!(
+            refuse(body(
+                json!({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]})
+            )),
+            "deny_host_mounts"
+        );
+        assert!(p
+            .check_create_body(&body(json!({"Binds": ["vol:/x"]})))
+            .unwrap()
+            .is_none());
         p.container_labels.insert("team".into(), "a".into());
         let out = p.check_create_body(&body(json!({}))).unwrap().unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -562,8 +581,16 @@ mod tests {
         let mut p = Policy::default();
         p.container_labels.insert("team".into(), "a".into());
         let r = protocol::passthrough::classify("GET", "/v1.41/containers/json").unwrap();
-        let q = p.rewrite_query(&r, Some("all=1&filters=%7B%22status%22%3A%5B%22running%22%5D%7D")).unwrap();
-        let f = q.split('&').find_map(|x| x.strip_prefix("filters=")).unwrap();
+        let q = p
+            .rewrite_query(
+                &r,
+                Some("all=1&filters=%7B%22status%22%3A%5B%22running%22%5D%7D"),
+            )
+            .unwrap();
+        let f = q
+            .split('&')
+            .find_map(|x| x.strip_prefix("filters="))
+            .unwrap();
         let v: Value = serde_json::from_str(&percent_decode(f)).unwrap();
         assert_eq!(v, json!({"status": ["running"], "label": ["team=a"]}));
         assert!(q.starts_with("all=1&"));
@@ -575,6 +602,9 @@ mod tests {
     fn redaction() {
         let mut v = json!({"Config": {"Env": ["PATH=/bin", "DB_PASSWORD=hunter2", "api_token=x", "PLAIN"]}});
         assert!(redact_value(&mut v, &d_patterns()));
-        assert_eq!(v["Config"]["Env"], json!(["PATH=/bin", "DB_PASSWORD=***", "api_token=***", "PLAIN"]));
+        assert_eq!(
+            v["Config"]["Env"],
+            json!(["PATH=/bin", "DB_PASSWORD=***", "api_token=***", "PLAIN"])
+        );
     }
 }

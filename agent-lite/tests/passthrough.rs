@@ -86,7 +86,11 @@ fn demux(raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (out, err)
 }
 
-fn running_container<'a>(cleanup: &mut Cleanup<'a>, c: &'a agent_lite::docker::DockerClient, cmd: &[&str]) -> String {
+fn running_container<'a>(
+    cleanup: &mut Cleanup<'a>,
+    c: &'a agent_lite::docker::DockerClient,
+    cmd: &[&str],
+) -> String {
     let created = op(
         c,
         "container.create",
@@ -105,7 +109,12 @@ fn ping_version_and_listing() {
     let t = &mut s.tunnel;
     let ping = t.request(Request::new("HEAD", "/_ping"));
     assert_eq!(ping.status, Some(200));
-    assert_eq!(ping.header("Api-Version"), Some("1.41"), "{:?}", ping.headers);
+    assert_eq!(
+        ping.header("Api-Version"),
+        Some("1.41"),
+        "{:?}",
+        ping.headers
+    );
     assert!(ping.header("Ostype").is_some() && ping.header("Docker-Experimental").is_some());
     assert!(ping.data.is_empty() && ping.end_error.is_none());
     // Hop-by-hop headers are not forwarded.
@@ -196,12 +205,17 @@ fn archive_upload_chunked_and_download_with_path_stat() {
     let data = &get.data;
     assert!(data.len() >= 512 + content.len());
     let size = usize::from_str_radix(
-        std::str::from_utf8(&data[124..135]).unwrap().trim_matches('\0'),
+        std::str::from_utf8(&data[124..135])
+            .unwrap()
+            .trim_matches('\0'),
         8,
     )
     .unwrap();
     assert_eq!(size, content.len());
-    assert!(data[512..512 + content.len()] == content[..], "content differs");
+    assert!(
+        data[512..512 + content.len()] == content[..],
+        "content differs"
+    );
 }
 
 #[test]
@@ -226,7 +240,9 @@ fn image_save_streams_within_the_window_and_resumes_on_credit() {
     assert!(!t.streams[&id].ended);
     // Credit for 64 KiB: exactly that much more.
     t.credit(id, 64 * 1024);
-    t.until(S30, "64 KiB more", |t| t.streams[&id].data.len() >= w + 64 * 1024);
+    t.until(S30, "64 KiB more", |t| {
+        t.streams[&id].data.len() >= w + 64 * 1024
+    });
     let quiet_until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < quiet_until {
         t.pump(Duration::from_millis(50));
@@ -237,7 +253,11 @@ fn image_save_streams_within_the_window_and_resumes_on_credit() {
     t.credit(id, pending);
     t.state(id).auto_credit = true;
     let done = t.finish(id, S30);
-    assert!(done.ended && done.end_error.is_none(), "{:?}", done.end_error);
+    assert!(
+        done.ended && done.end_error.is_none(),
+        "{:?}",
+        done.end_error
+    );
     // Same bytes as the daemon gives directly.
     let direct = client()
         .send(
@@ -288,7 +308,11 @@ fn exec_start_hijacks_with_half_close_and_exit_code() {
     // Half-close: cat sees end of input, then the process exits.
     t.end(sid);
     let done = t.finish(sid, S30);
-    assert!(done.ended && done.end_error.is_none(), "{:?}", done.end_error);
+    assert!(
+        done.ended && done.end_error.is_none(),
+        "{:?}",
+        done.end_error
+    );
     let (out, err) = demux(&done.data);
     assert_eq!(String::from_utf8_lossy(&out), "hello through the tunnel\n");
     assert_eq!(String::from_utf8_lossy(&err), "err\n");
@@ -387,10 +411,14 @@ fn heartbeats_and_commands_flow_while_a_stream_is_saturated() {
         "heartbeats while saturated: {}",
         t.heartbeats.len()
     );
-    let answered = t.others.iter().any(|e| {
-        e.id == "cmd-ping" && matches!(e.message, Message::CommandResponse(_))
-    });
-    assert!(answered, "the command was not answered while the stream was busy");
+    let answered = t
+        .others
+        .iter()
+        .any(|e| e.id == "cmd-ping" && matches!(e.message, Message::CommandResponse(_)));
+    assert!(
+        answered,
+        "the command was not answered while the stream was busy"
+    );
     t.cancel(sid);
 }
 

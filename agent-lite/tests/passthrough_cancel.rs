@@ -68,7 +68,10 @@ fn cancel_and_session_end_close_daemon_connections() {
         t.pump(Duration::from_millis(20));
         (sockets() <= baseline).then_some(())
     });
-    eprintln!("daemon connection closed {:?} after stream_cancel", cancelled.elapsed());
+    eprintln!(
+        "daemon connection closed {:?} after stream_cancel",
+        cancelled.elapsed()
+    );
     // And nothing more arrives for the stream while the container keeps logging.
     let before = t.streams[&sid].data.len();
     let until = Instant::now() + Duration::from_millis(600);
@@ -76,7 +79,10 @@ fn cancel_and_session_end_close_daemon_connections() {
         t.pump(Duration::from_millis(50));
     }
     assert_eq!(t.streams[&sid].data.len(), before, "data after cancel");
-    assert!(!t.streams[&sid].ended, "a cancelled stream sends no stream_end");
+    assert!(
+        !t.streams[&sid].ended,
+        "a cancelled stream sends no stream_end"
+    );
 
     // Two more follows, then the session drops: the agent cancels both.
     let a = t.open(Request::get(&path));

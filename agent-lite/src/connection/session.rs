@@ -252,15 +252,13 @@ impl<'a> Session<'a> {
         let mut budget = DATA_BUDGET;
         while let Some(item) = self.hub.pop(budget > 0) {
             match item {
-                Item::Control(env) => {
-                    self.write(tungstenite::Message::Text(env.encode().into()))?
-                }
+                Item::Control(text) => self.write(tungstenite::Message::Text(text.into()))?,
                 Item::Data(Out::Frame(f)) => {
                     budget = budget.saturating_sub(f.len());
                     self.write(tungstenite::Message::Binary(f.into()))?
                 }
-                Item::Data(Out::Text(env)) => {
-                    self.write(tungstenite::Message::Text(env.encode().into()))?
+                Item::Data(Out::Text(text)) => {
+                    self.write(tungstenite::Message::Text(text.into()))?
                 }
             }
         }
@@ -388,8 +386,10 @@ impl<'a> Session<'a> {
                 match protocol::decode_data_frame(&b) {
                     Ok((id, data)) if self.authenticated => self.hub.on_data(id, data),
                     Ok(_) => {
-                        let body =
-                            ErrorBody::new(ErrorCode::Unauthorized, "stream data before auth_response");
+                        let body = ErrorBody::new(
+                            ErrorCode::Unauthorized,
+                            "stream data before auth_response",
+                        );
                         self.send(self.error_envelope(body, None))?;
                     }
                     Err(e) => {

@@ -17,7 +17,7 @@ pub mod worker;
 
 use crate::docker::Conn;
 use crate::Agent;
-use protocol::passthrough::{classify, check_query, Refusal, Shape};
+use protocol::passthrough::{check_query, classify, Refusal, Shape};
 use protocol::{
     encode_data_frame, Envelope, ErrorBody, ErrorCode, Message, StreamCancelPayload,
     StreamCreditPayload, StreamEndPayload, StreamOpenPayload, StreamResponsePayload, MAX_STREAMS,
@@ -52,20 +52,21 @@ pub enum Up {
 pub enum Out {
     /// An encoded binary data frame.
     Frame(Vec<u8>),
-    /// A text message that must follow the stream's data (`stream_end`).
-    Text(Envelope),
+    /// An encoded text message that must follow the stream's data (`stream_end`).
+    Text(String),
 }
 
 /// What the session thread sends next.
 #[derive(Debug)]
 pub enum Item {
-    Control(Envelope),
+    /// An encoded text message.
+    Control(String),
     Data(Out),
 }
 
 #[derive(Default)]
 struct Queues {
-    control: VecDeque<Envelope>,
+    control: VecDeque<String>,
     data: VecDeque<Out>,
     data_bytes: usize,
 }
@@ -229,8 +230,8 @@ impl Hub {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let env = self.envelope("sc", m);
-        self.q().control.push_back(env);
+        let text = self.envelope("sc", m).encode();
+        self.q().control.push_back(text);
     }
 
     /// Queues data (waiting for room in the queue); false when the stream or session ended.
@@ -302,7 +303,7 @@ impl Hub {
                 error,
             }),
         );
-        self.push_data(ctl, Out::Text(env));
+        self.push_data(ctl, Out::Text(env.encode()));
     }
 
     /// Answers a stream with a Docker-style JSON error (`{"message": ...}`), as the CLI
@@ -355,7 +356,7 @@ impl Hub {
                 error: None,
             }),
         );
-        self.push_data_now(Out::Text(env));
+        self.push_data_now(Out::Text(env.encode()));
     }
 
     fn end_now(&self, id: u32, error: ErrorBody) {
@@ -366,7 +367,7 @@ impl Hub {
                 error: Some(error),
             }),
         );
-        self.push_data_now(Out::Text(env));
+        self.push_data_now(Out::Text(env.encode()));
     }
 
     /// `stream_open`: validates, applies the local policy, and starts the stream's thread.
@@ -400,8 +401,8 @@ impl Hub {
             Some((p, q)) => (p, Some(q)),
             None => (open.path.as_str(), None),
         };
-        let checked = classify(&open.method, path)
-            .and_then(|r| query.map_or(Ok(()), check_query).map(|_| r));
+        let checked =
+            classify(&open.method, path).and_then(|r| query.map_or(Ok(()), check_query).map(|_| r));
         let route = match checked {
             Ok(r) => r,
             Err(e) => {
@@ -425,12 +426,7 @@ impl Hub {
         let (tx, rx) = channel();
         let ctl = Arc::new(Ctl::new(id, tx));
         self.streams().insert(id, ctl.clone());
-        log::debug!(
-            "stream {id}: {} {} ({})",
-            open.method,
-            path,
-            route.action
-        );
+        log::debug!("stream {id}: {} {} ({})", open.method, path, route.action);
         let (hub, c) = (self.clone(), ctl.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("stream-{id}"))
@@ -548,7 +544,9 @@ fn json_headers() -> Vec<(String, String)> {
 
 /// `{"message": "..."}\n`, as dockerd writes errors.
 pub fn error_json(message: &str) -> Vec<u8> {
-    let mut v = serde_json::json!({ "message": message }).to_string().into_bytes();
+    let mut v = serde_json::json!({ "message": message })
+        .to_string()
+        .into_bytes();
     v.push(b'\n');
     v
 }

@@ -30,13 +30,7 @@ enum BodyMode {
 const REDACT_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Runs the stream to its end, then closes the daemon connection and forgets the stream.
-pub(super) fn run(
-    hub: Arc<Hub>,
-    ctl: Arc<Ctl>,
-    open: StreamOpenPayload,
-    route: Route,
-    rx: UpRx,
-) {
+pub(super) fn run(hub: Arc<Hub>, ctl: Arc<Ctl>, open: StreamOpenPayload, route: Route, rx: UpRx) {
     let id = ctl.id;
     if let Err(e) = serve(&hub, &ctl, &open, &route, rx) {
         if !ctl.is_cancelled() {
@@ -134,7 +128,9 @@ fn serve(
                 hub.refuse(
                     ctl,
                     413,
-                    &format!("the request body is larger than the agent's limit of {BODY_LIMIT} bytes"),
+                    &format!(
+                        "the request body is larger than the agent's limit of {BODY_LIMIT} bytes"
+                    ),
                 );
                 return Ok(());
             }
