@@ -12,6 +12,14 @@ fn agent_tarball_installs_offline_and_the_installed_agent_checks_its_config() {
         .arg(repo_root().join("scripts/dist.sh"))
         .args(["--targets", target, "--no-server", "--out"])
         .arg(out.path())
+        // cargo test sets CARGO_* variables that would make the nested build start over.
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| {
+            !k.starts_with("CARGO_") || k == "CARGO_HOME" || k == "CARGO_TARGET_DIR"
+        }))
+        .env_remove("CARGO")
+        .env_remove("OUT_DIR")
+        .env_remove("RUSTC_BOOTSTRAP")
         .status()
         .expect("run scripts/dist.sh");
     assert!(st.success(), "scripts/dist.sh failed");
