@@ -21,6 +21,26 @@
 //! and overrides, [`Config::validate`] checks values. `docker-ctl-agent --check-config`
 //! prints the effective values with secrets masked.
 //!
+//! # Local policy (`policy:`)
+//!
+//! Enforced by the agent for catalog operations and Docker API passthrough streams alike;
+//! the server cannot override it. A refusal is `forbidden` (operations) or HTTP 403 with
+//! `{"message": "forbidden by agent policy: <rule>"}` (passthrough), naming the rule:
+//!
+//! | key | default | effect |
+//! |---|---|---|
+//! | `allowed_operations` | absent (all) | only these actions: catalog operation names and passthrough route actions (`protocol::passthrough::Route::action`); `container.*` and `*` are wildcards |
+//! | `deny_exec` | false | refuse exec create, start and resize |
+//! | `deny_attach` | false | refuse attach (`docker attach`, `docker run -it`) |
+//! | `deny_privileged` | false | refuse privileged containers (create) and privileged exec |
+//! | `deny_host_network` | false | refuse `HostConfig.NetworkMode: host` in creates |
+//! | `deny_host_mounts` | false | refuse bind mounts of host paths in creates (`Binds` with a host path, `Mounts` of type bind) |
+//! | `container_labels` | `{}` | namespace isolation: lists get a label filter, operations on one container inspect it first and refuse others, creates get the labels, pushed container events are filtered |
+//! | `redact_env` | false | replace env values whose names match `redact_env_patterns` by `***` in container inspect output |
+//! | `redact_env_patterns` | `*PASSWORD*`, `*SECRET*`, `*TOKEN*`, `*KEY*` | case-insensitive globs of env names |
+//!
+//! `agent.yaml.example` documents every key with its default.
+//!
 //! Owns: reading and checking settings. Must not: open connections or log secrets.
 
 use protocol::Secret;

@@ -310,6 +310,28 @@ impl Policy {
         Ok(())
     }
 
+    /// `deny_privileged` for exec create bodies (`docker exec --privileged`).
+    pub fn check_exec_body(&self, body: &[u8]) -> Result<(), String> {
+        if !self.deny_privileged {
+            return Ok(());
+        }
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if v.get("Privileged").and_then(Value::as_bool) == Some(true) {
+            return Err("deny_privileged".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a Docker event may be pushed to the server: with `container_labels`, container
+    /// events only of containers carrying them (Docker puts labels in the attributes).
+    pub fn event_visible(&self, e: &protocol::EventPayload) -> bool {
+        e.kind != "container"
+            || self
+                .container_labels
+                .iter()
+                .all(|(k, v)| e.attributes.get(k).is_some_and(|x| x == v))
+    }
+
     /// Whether answers of this passthrough route get env values redacted.
     pub fn redacts(&self, route: &Route) -> bool {
         self.redact_env && route.action == "container.inspect"
@@ -325,6 +347,12 @@ impl Policy {
         deadline: Instant,
     ) -> Result<(), ErrorBody> {
         self.check_action(operation).map_err(|r| forbidden(&r))?;
+        if self.deny_privileged
+            && operation == "container.exec"
+            && params.get("privileged").and_then(Value::as_bool) == Some(true)
+        {
+            return Err(forbidden("deny_privileged"));
+        }
         if operation == "container.create" {
             if let Ok(protocol::Operation::ContainerCreate(p)) =
                 protocol::Operation::parse(operation, params)

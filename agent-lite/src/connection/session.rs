@@ -544,6 +544,9 @@ impl<'a> Session<'a> {
         let events = self.agent.events.take(BATCH);
         let mut it = events.into_iter();
         while let Some(e) = it.next() {
+            if !self.agent.config.policy.event_visible(&e) {
+                continue;
+            }
             let env = Envelope::new(self.agent.next_id("ev"), Message::Event(e.clone()));
             if let Err(o) = self.send(env) {
                 let mut rest = vec![e];

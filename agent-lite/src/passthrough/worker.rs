@@ -94,11 +94,13 @@ fn serve(
     let policy = &agent.config.policy;
     let upgrade = open.upgrade && route.shape == Shape::Upgrade;
     let forwarded_len = header(&open.headers, "content-length").and_then(|v| v.trim().parse().ok());
+    // Bodies of plain and upgrade routes are small JSON: always buffered (and inspected for
+    // policy), whatever length the server forwarded.
     let mode = match (open.body, forwarded_len) {
         (false, _) => BodyMode::None,
+        (true, _) if !streams_body(route.shape) => BodyMode::Buffered,
         (true, Some(n)) => BodyMode::Length(n),
-        (true, None) if streams_body(route.shape) => BodyMode::Chunked,
-        (true, None) => BodyMode::Buffered,
+        (true, None) => BodyMode::Chunked,
     };
     let (path, query) = match open.path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -132,6 +134,12 @@ fn serve(
                         "the request body is larger than the agent's limit of {BODY_LIMIT} bytes"
                     ),
                 );
+                return Ok(());
+            }
+        }
+        if route.action == "container.exec" && route.path.ends_with("/exec") {
+            if let Err(rule) = policy.check_exec_body(body.as_deref().unwrap_or_default()) {
+                hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
                 return Ok(());
             }
         }
