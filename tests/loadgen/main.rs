@@ -177,9 +177,13 @@ impl ServerProc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.path().join("server.log"))?;
         cmd.env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stdout(log.try_clone()?)
+            .stderr(log);
         self.child = cmd.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -204,6 +208,15 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         self.kill();
+        if std::env::var_os("LOADGEN_SHOW_SERVER_LOG").is_some() {
+            let log = std::fs::read_to_string(self.data_dir.path().join("server.log"))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- server log (last lines) ---");
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
@@ -721,6 +734,10 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
         "server RSS per agent: {:.1} KiB",
         (rss1.saturating_sub(rss0)) as f64 / 1024.0 / n as f64
     );
+    println!(
+        "METRIC server_rss_per_agent_kib {:.2}",
+        (rss1.saturating_sub(rss0)) as f64 / 1024.0 / n as f64
+    );
     println!("server CPU: idle with heartbeats {:.1}% ({:.0} heartbeats/s), during commands {:.1}% (of one core)", idle_cpu, hb_rate, load_cpu);
     println!(
         "heartbeat processing lag (send -> visible in API, {} samples): p50 {:.1} ms, p99 {:.1} ms",
@@ -738,6 +755,9 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
         percentile(&lat, 99.0),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    println!("METRIC command_p50_ms {:.3}", percentile(&lat, 50.0));
+    println!("METRIC command_p99_ms {:.3}", percentile(&lat, 99.0));
+    println!("METRIC command_errors {errors}");
     if args.sweep {
         let mut rate = args.rate;
         let mut best = 0;
@@ -817,6 +837,9 @@ async fn storm(args: &Args) -> Result<(), Fail> {
         c.refused.load(Ordering::Relaxed)
     );
     println!("largest number of arrivals in any 100 ms window: {max_window}");
+    println!("METRIC storm_failed_handshakes {failed}");
+    println!("METRIC storm_all_online_secs {:.3}", took.as_secs_f64());
+    println!("METRIC storm_max_arrivals_100ms {max_window}");
     c.stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.abort();
@@ -945,6 +968,11 @@ async fn latency(args: &Args) -> Result<(), Fail> {
             tp50 - dp50,
             tp99 - dp99,
             tp50 / dp50
+        );
+        println!(
+            "METRIC {}_added_p50_ms {:.3}",
+            op.replace('.', "_"),
+            tp50 - dp50
         );
     }
     println!(

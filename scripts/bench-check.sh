@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Quick benchmark regression guard (not run by CI: these machines are noisy). Runs the quick
+# versions of the benchmarks in docs/benchmarks.md and exits non-zero when a target is missed:
+#   - agent: stripped aarch64-musl size <= 2.0 MiB, idle RSS <= 4 MiB (scripts/agent-budget.sh)
+#   - latency: container.list through server+agent adds <= 1 ms at p50 over the direct socket
+#   - capacity: 1,000 simulated agents, <= 25 KiB server RSS per agent, p99 <= 10 ms at
+#     1,000 commands/s
+# Needs dockerd (scripts/services.sh). Builds release binaries first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build --release -p server -p agent-lite -p docker-ctl-tests --bins
+lg=./target/release/docker-ctl-loadgen
+fail=0
+check() { # name value op limit
+  if awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { exit !((op == "<=") ? (v <= l) : (v >= l)) }'; then
+    printf 'PASS %-32s %10s (target %s %s)\n' "$1" "$2" "$3" "$4"
+  else
+    printf 'FAIL %-32s %10s (target %s %s)\n' "$1" "$2" "$3" "$4"; fail=1
+  fi
+}
+metric() { grep "^METRIC $1 " <<<"$2" | awk '{print $3}' | tail -1; }
+
+echo "== agent size and idle RSS"
+IDLE_SECS=${IDLE_SECS:-60} bash scripts/agent-budget.sh || fail=1
+
+echo "== latency overhead (1,000 calls)"
+out=$("$lg" latency --calls 1000 | tee /dev/stderr)
+check container_list_added_p50_ms "$(metric container_list_added_p50_ms "$out")" "<=" 1.0
+check container_inspect_added_p50_ms "$(metric container_inspect_added_p50_ms "$out")" "<=" 1.0
+
+echo "== capacity (1,000 agents, 1,000 commands/s)"
+out=$("$lg" capacity --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee /dev/stderr)
+check server_rss_per_agent_kib "$(metric server_rss_per_agent_kib "$out")" "<=" 25
+check command_p99_ms "$(metric command_p99_ms "$out")" "<=" 10
+check command_errors "$(metric command_errors "$out")" "<=" 0
+
+[ "$fail" = 0 ] && echo "bench-check: all targets met" || echo "bench-check: targets missed" >&2
+exit "$fail"
