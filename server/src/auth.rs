@@ -77,6 +77,8 @@ pub enum AgentAuthFailure {
     Revoked,
     NotAllowedFrom,
     RateLimited,
+    /// The agent signs its messages and the `auth` message's signature was missing or bad.
+    BadSignature,
 }
 
 impl AgentAuthFailure {
@@ -89,6 +91,7 @@ impl AgentAuthFailure {
             AgentAuthFailure::Revoked => "agent revoked",
             AgentAuthFailure::NotAllowedFrom => "source address not allowed",
             AgentAuthFailure::RateLimited => "too many failed authentications; retry later",
+            AgentAuthFailure::BadSignature => "missing, bad, replayed or stale message signature",
         }
     }
     pub fn code(self) -> ErrorCode {
@@ -106,6 +109,7 @@ impl AgentAuthFailure {
             AgentAuthFailure::Revoked => "revoked",
             AgentAuthFailure::NotAllowedFrom => "not_allowed_from",
             AgentAuthFailure::RateLimited => "rate_limited",
+            AgentAuthFailure::BadSignature => "bad_signature",
         }
     }
 }

@@ -38,9 +38,24 @@ pub enum Command {
     /// Manage user API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Start the server on the embedded SQLite default, create an admin token and, when
     /// /var/run/docker.sock exists, a local host with a local agent. Runs until Ctrl-C.
     Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the audit hash chain; report changed or deleted entries (exit 1 if any).
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +219,12 @@ pub struct Config {
     pub server_id: Option<String>,
     /// Failed user-API authentications allowed per source IP and minute.
     pub api_auth_failures_per_minute: u32,
+    /// REST requests per second allowed per API token (burst: twice that); more get 429.
+    /// Default 100.
+    pub api_requests_per_second: u32,
+    /// Seconds a client has to send a request's headers before the connection is closed
+    /// (slowloris). Default 30.
+    pub http_header_timeout: Seconds,
     pub agent: AgentConfig,
 }
 
@@ -241,6 +262,13 @@ pub struct AgentConfig {
     pub event_retention_age: Seconds,
     /// Commands queued for one agent before new ones are refused with 429. Default 64.
     pub max_pending_commands: usize,
+    /// Seconds a signed message's timestamp may differ from the server's clock. Default 60.
+    pub signature_window: Seconds,
+    /// Messages with a bad signature before the server closes the socket. Default 5.
+    pub max_bad_signatures: u32,
+    /// Seconds finished command records are kept (idempotency keys are honoured as long as
+    /// their record exists). Default 604800 (7 days).
+    pub command_retention_age: Seconds,
 }
 
 impl Default for Config {
@@ -256,6 +284,8 @@ impl Default for Config {
             shutdown_timeout: Seconds::secs(10),
             server_id: None,
             api_auth_failures_per_minute: 30,
+            api_requests_per_second: 100,
+            http_header_timeout: Seconds::secs(30),
             agent: AgentConfig::default(),
         }
     }
@@ -278,6 +308,9 @@ impl Default for AgentConfig {
             event_retention_count: 1000,
             event_retention_age: Seconds::secs(7 * 24 * 3600),
             max_pending_commands: 64,
+            signature_window: Seconds::secs(60),
+            max_bad_signatures: 5,
+            command_retention_age: Seconds::secs(7 * 24 * 3600),
         }
     }
 }
@@ -383,6 +416,15 @@ impl Config {
         }
         if a.max_agents_per_host == 0 {
             bail!("agent.max_agents_per_host must be at least 1");
+        }
+        if self.api_requests_per_second == 0 {
+            bail!("api_requests_per_second must be at least 1");
+        }
+        if self.http_header_timeout.get().is_zero() {
+            bail!("http_header_timeout must be greater than 0");
+        }
+        if a.signature_window.get().is_zero() {
+            bail!("agent.signature_window must be greater than 0");
         }
         if a.max_messages_per_second == 0 {
             bail!("agent.max_messages_per_second must be at least 1");

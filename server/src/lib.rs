@@ -101,7 +101,16 @@ impl AppState {
             feed.clone(),
             audit.clone(),
             server_id,
+            keys.clone(),
         );
+        match store.fail_orphaned_commands().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                n,
+                "commands in flight when the server stopped: marked outcome_unknown"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
+        }
         let adapters = Adapters::new(agents.clone(), keys.clone());
         let api_auth_limiter = Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute));
         Ok(AppState {
@@ -204,6 +213,7 @@ pub async fn serve(
     tracing::info!(%addr, tls = tls.is_some(), "listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let retention = tokio::spawn(retention_loop(state.clone(), stop_rx));
+    let header_timeout = state.config.http_header_timeout.get();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -232,7 +242,7 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
+                .header_read_timeout(header_timeout);
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -337,6 +347,14 @@ async fn retention_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(pruned = n, "pruned Docker events"),
                     Err(e) => tracing::warn!(error = %e, "pruning Docker events failed"),
+                }
+                match state.store.expire_due_commands().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(n, "expired queued commands"),
+                    Err(e) => tracing::warn!(error = %e, "expiring queued commands failed"),
+                }
+                if let Err(e) = state.store.prune_commands(a.command_retention_age.get().as_millis() as i64).await {
+                    tracing::warn!(error = %e, "pruning command records failed");
                 }
             }
             _ = stop.changed() => return,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use server::config::{Cli, Command, Config, LogFormat, TokenCommand};
+use server::config::{AuditCommand, Cli, Command, Config, LogFormat, TokenCommand};
 use server::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -66,6 +66,43 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             println!("{}", token.expose());
             Ok(())
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let config = Config::load_common(&args.common)?;
+            init_logging(config.log_format);
+            let store = Store::open(config.database_url(), &config.data_dir)
+                .await
+                .context("opening the database")?;
+            let report = store.verify_audit_chain().await;
+            store.close().await;
+            let r = report.context("reading the audit log")?;
+            println!(
+                "verified {} entries ({} older entries without a hash); head seq {} hash {}",
+                r.verified,
+                r.unchained,
+                r.head_seq,
+                if r.head_hash.is_empty() {
+                    "-"
+                } else {
+                    &r.head_hash
+                }
+            );
+            for id in &r.changed {
+                println!("CHANGED entry {id}");
+            }
+            for id in &r.deleted {
+                println!("DELETED entry {id}");
+            }
+            for p in &r.problems {
+                println!("PROBLEM {p}");
+            }
+            if r.ok() {
+                println!("audit log OK");
+                Ok(())
+            } else {
+                println!("audit log TAMPERED");
+                std::process::exit(1)
+            }
         }
         Command::Quickstart(args) => {
             init_logging(args.common.log_format.unwrap_or_default());

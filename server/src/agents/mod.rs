@@ -9,6 +9,8 @@
 //! held by another replica behind the same interface.
 //! Must not: know HTTP or the REST API.
 
+pub mod queue;
+pub mod signing;
 pub mod streams;
 pub mod ws;
 
@@ -28,11 +30,31 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::audit::Auditor;
 use crate::auth::FailureLimiter;
 use crate::config::AgentConfig;
+use crate::crypto::KeyBox;
 use crate::feed::Feed;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 type Reply = oneshot::Sender<Result<Value, ErrorBody>>;
+
+/// A command sent now (not queued) whose requester waits: kept until its answer arrives so
+/// it can be sent again, with the same idempotency key, when the agent reconnects.
+#[derive(Debug)]
+struct Flight {
+    agent_ref: String,
+    payload: CommandPayload,
+    /// The session it was last sent on.
+    session_id: String,
+    /// The link dropped at least once while it was in flight.
+    link_dropped: bool,
+    order: u64,
+}
+
+/// Someone waiting for a command's answer, and the host the answer must come from.
+struct Watcher {
+    host_id: Option<String>,
+    tx: Reply,
+}
 
 /// One authenticated WebSocket session of an agent.
 #[derive(Debug)]
@@ -57,7 +79,12 @@ pub struct Session {
     pub protocol_version: u32,
     streams: streams::Table,
     close: watch::Sender<Option<String>>,
-    pending: Mutex<HashMap<String, Reply>>,
+    /// Turns false when the session ended (after cleanup started).
+    alive: watch::Sender<bool>,
+    /// The HMAC signer when the agent signs its messages.
+    signer: Option<signing::Signer>,
+    /// A heartbeat is being written to the database.
+    heartbeat_write: AtomicBool,
     /// False while the socket is open but heartbeats stopped (3 missed intervals).
     online: AtomicBool,
     /// Microseconds; 0 while unknown.
@@ -100,37 +127,22 @@ impl Session {
         let _ = self.close.send(Some(reason.to_string()));
     }
 
-    /// Completes the waiting command `id`. Returns false when nobody waits (late or unknown).
-    fn complete(&self, id: &str, result: Result<Value, ErrorBody>) -> bool {
-        let tx = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(result);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn is_pending(&self, id: &str) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
-    }
-
-    /// Drops every waiting command (their callers get `outcome_unknown`) and fails every
-    /// open stream.
+    /// Fails every open stream (the socket is gone). Commands in flight stay: they are
+    /// sent again when the agent reconnects.
     fn fail_all(&self, reason: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         self.streams.fail_all(reason);
+        let _ = self.alive.send(false);
+    }
+
+    /// Whether the session still runs.
+    pub fn is_alive(&self) -> bool {
+        *self.alive.borrow()
+    }
+
+    /// Completes when the session has ended.
+    pub async fn ended(&self) {
+        let mut rx = self.alive.subscribe();
+        let _ = rx.wait_for(|v| !*v).await;
     }
 
     /// Open passthrough streams.
@@ -158,7 +170,14 @@ pub(crate) struct Inner {
     pub(crate) audit: Auditor,
     pub(crate) auth_limiter: FailureLimiter,
     pub(crate) server_id: String,
+    pub(crate) keys: KeyBox,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    flights: Mutex<HashMap<String, Flight>>,
+    watchers: Mutex<HashMap<String, Vec<Watcher>>>,
+    /// Hosts whose queue is being delivered, and whether new work arrived meanwhile.
+    pub(crate) deliverers: Mutex<HashMap<String, bool>>,
+    pub(crate) nonces: signing::NonceCache,
+    flight_order: AtomicU64,
     shutting_down: AtomicBool,
     emptied: tokio::sync::Notify,
 }
@@ -177,20 +196,28 @@ impl std::fmt::Debug for AgentManager {
     }
 }
 
-/// Removes a waiting command when its caller stops waiting (timeout or dropped request).
-struct PendingGuard<'a> {
-    session: &'a Session,
+/// Forgets a flight and its watchers when its requester stops waiting (answer, timeout or
+/// dropped request).
+struct FlightGuard<'a> {
+    mgr: &'a AgentManager,
     id: String,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
-        self.session
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        self.mgr.flights().remove(&self.id);
+        self.mgr.watchers().remove(&self.id);
     }
+}
+
+/// What to run on an agent now.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// The command id (the envelope id).
+    pub id: String,
+    pub idempotency_key: String,
+    pub host_id: Option<String>,
+    pub timeout: Duration,
 }
 
 impl AgentManager {
@@ -201,6 +228,7 @@ impl AgentManager {
         feed: Feed,
         audit: Auditor,
         server_id: String,
+        keys: KeyBox,
     ) -> AgentManager {
         let auth_limiter = FailureLimiter::new(config.auth_failures_per_minute);
         AgentManager {
@@ -212,7 +240,13 @@ impl AgentManager {
                 audit,
                 auth_limiter,
                 server_id,
+                keys,
                 sessions: Mutex::new(HashMap::new()),
+                flights: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
+                deliverers: Mutex::new(HashMap::new()),
+                nonces: signing::NonceCache::default(),
+                flight_order: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 emptied: tokio::sync::Notify::new(),
             }),
@@ -228,6 +262,71 @@ impl AgentManager {
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
+        self.inner.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Watcher>>> {
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers interest in the answer to command `id`, which must come from an agent of
+    /// `host_id`.
+    pub(crate) fn watch(
+        &self,
+        id: &str,
+        host_id: Option<&str>,
+    ) -> oneshot::Receiver<Result<Value, ErrorBody>> {
+        let (tx, rx) = oneshot::channel();
+        self.watchers()
+            .entry(id.to_string())
+            .or_default()
+            .push(Watcher {
+                host_id: host_id.map(str::to_owned),
+                tx,
+            });
+        rx
+    }
+
+    /// Whether somebody waits for command `id`.
+    pub(crate) fn is_watched(&self, id: &str) -> bool {
+        self.watchers().contains_key(id)
+    }
+
+    /// An answer from `session` to command `id`: hands it to every watcher. Returns whether
+    /// anybody waited. Answers from an agent of another host are ignored.
+    pub(crate) fn deliver_answer(
+        &self,
+        session: &Session,
+        id: &str,
+        result: Result<Value, ErrorBody>,
+    ) -> bool {
+        let ws = {
+            let mut map = self.watchers();
+            match map.get(id) {
+                Some(ws) if ws.iter().all(|w| w.host_id == session.host_id) => map.remove(id),
+                Some(_) => {
+                    tracing::warn!(agent_id = %session.agent_id, id, "answer for a command of another host: ignored");
+                    return false;
+                }
+                None => None,
+            }
+        };
+        self.flights().remove(id);
+        match ws {
+            Some(ws) => {
+                for w in ws {
+                    let _ = w.tx.send(result.clone());
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn get(&self, agent_ref: &str) -> Option<Arc<Session>> {
@@ -269,16 +368,39 @@ impl AgentManager {
             .map(|s| s.agent_ref.clone())
     }
 
-    /// Runs `op` on the agent and waits for its `command_response`, at most `timeout`.
-    ///
-    /// Errors: `agent_offline` (no online session), `unsupported` (capability missing),
-    /// `rate_limited` (too many commands queued), `timeout`, `outcome_unknown` (the link
-    /// dropped while the command was in flight), or the agent's own error.
+    /// Runs `op` on the agent and waits for its `command_response`, at most `timeout`, with
+    /// a fresh command id as the idempotency key. See [`AgentManager::run`].
     pub async fn execute(
         &self,
         agent_ref: &str,
         op: &Operation,
         timeout: Duration,
+    ) -> Result<Value, ErrorBody> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let host_id = self.get(agent_ref).and_then(|s| s.host_id.clone());
+        let spec = CommandSpec {
+            idempotency_key: id.clone(),
+            id,
+            host_id,
+            timeout,
+        };
+        self.run(agent_ref, op, &spec).await
+    }
+
+    /// Sends `op` to the agent's live session now and waits for its `command_response`, at
+    /// most `spec.timeout`. When the link drops meanwhile, the request keeps waiting: the
+    /// command is sent again, with the same idempotency key, as soon as the agent
+    /// reconnects, and its real answer is returned.
+    ///
+    /// Errors: `agent_offline` (no online session), `unsupported` (capability missing),
+    /// `rate_limited` (too many commands in flight), `timeout` (the link stayed up but no
+    /// answer came), `outcome_unknown` (the link dropped while the command was in flight and
+    /// no answer came in time: it may or may not have run), or the agent's own error.
+    pub async fn run(
+        &self,
+        agent_ref: &str,
+        op: &Operation,
+        spec: &CommandSpec,
     ) -> Result<Value, ErrorBody> {
         let Some(s) = self.get(agent_ref).filter(|s| s.is_online()) else {
             return Err(ErrorBody::new(
@@ -286,39 +408,42 @@ impl AgentManager {
                 "the host's agent is not connected",
             ));
         };
-        if let Some(cap) = op.required_capability() {
-            if !s.capabilities.iter().any(|c| c == cap) {
-                return Err(ErrorBody::new(
-                    ErrorCode::Unsupported,
-                    format!("{} needs the agent capability {cap:?}", op.name()),
-                ));
-            }
-        }
-        let id = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
+        check_capability(&s, op)?;
+        let payload = CommandPayload {
+            operation: op.name().to_string(),
+            params: op.params(),
+            timeout: Some(spec.timeout.as_secs().max(1)),
+            idempotency_key: Some(spec.idempotency_key.clone()),
+        };
         {
-            let mut pending = s.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.len() >= self.inner.config.max_pending_commands {
+            let mut flights = self.flights();
+            let mine = flights
+                .values()
+                .filter(|f| f.agent_ref == agent_ref)
+                .count();
+            if mine >= self.inner.config.max_pending_commands {
                 return Err(ErrorBody::new(
                     ErrorCode::RateLimited,
                     "too many commands in flight for this agent",
                 ));
             }
-            pending.insert(id.clone(), tx);
+            flights.insert(
+                spec.id.clone(),
+                Flight {
+                    agent_ref: agent_ref.to_string(),
+                    payload: payload.clone(),
+                    session_id: s.session_id.clone(),
+                    link_dropped: false,
+                    order: self.inner.flight_order.fetch_add(1, Ordering::Relaxed),
+                },
+            );
         }
-        let _guard = PendingGuard {
-            session: &s,
-            id: id.clone(),
+        let rx = self.watch(&spec.id, spec.host_id.as_deref().or(s.host_id.as_deref()));
+        let _guard = FlightGuard {
+            mgr: self,
+            id: spec.id.clone(),
         };
-        let env = Envelope::new(
-            id.clone(),
-            Message::Command(CommandPayload {
-                operation: op.name().to_string(),
-                params: op.params(),
-                timeout: Some(timeout.as_secs().max(1)),
-                idempotency_key: Some(id.clone()),
-            }),
-        );
+        let env = Envelope::new(spec.id.clone(), Message::Command(payload));
         match s.tx.try_send(env) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -327,23 +452,30 @@ impl AgentManager {
                     "the agent's send queue is full",
                 ))
             }
+            // The session is ending: the command goes out again when the agent is back.
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(ErrorBody::new(
-                    ErrorCode::AgentOffline,
-                    "the host's agent is not connected",
-                ))
+                if let Some(f) = self.flights().get_mut(&spec.id) {
+                    f.link_dropped = true;
+                }
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout(spec.timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ErrorBody::new(
-                ErrorCode::OutcomeUnknown,
-                "the agent disconnected while the command was in flight; it may or may not have run",
-            )),
-            Err(_) => Err(ErrorBody::new(
-                ErrorCode::Timeout,
-                format!("the agent did not answer within {} s", timeout.as_secs_f64()),
-            )),
+            Ok(Err(_)) => Err(outcome_unknown()),
+            Err(_) => {
+                let dropped = self.flights().get(&spec.id).is_some_and(|f| f.link_dropped);
+                if dropped {
+                    Err(outcome_unknown())
+                } else {
+                    Err(ErrorBody::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the agent did not answer within {} s",
+                            spec.timeout.as_secs_f64()
+                        ),
+                    ))
+                }
+            }
         }
     }
 
@@ -444,6 +576,7 @@ impl AgentManager {
         heartbeat: Duration,
         command_timeout: Duration,
         protocol_version: u32,
+        signer: Option<signing::Signer>,
     ) -> (Arc<Session>, Queues) {
         let (tx, rx) = mpsc::channel(self.inner.config.max_pending_commands.max(8) + 8);
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
@@ -451,6 +584,7 @@ impl AgentManager {
         // waits behind much data.
         let (data_tx, data_rx) = mpsc::channel(8);
         let (close, close_rx) = watch::channel(None);
+        let (alive, _) = watch::channel(true);
         let session = Arc::new(Session {
             agent_ref: agent_ref.to_string(),
             agent_id: agent_id.to_string(),
@@ -465,7 +599,9 @@ impl AgentManager {
             protocol_version,
             streams: streams::Table::default(),
             close,
-            pending: Mutex::new(HashMap::new()),
+            alive,
+            signer,
+            heartbeat_write: AtomicBool::new(false),
             online: AtomicBool::new(true),
             rtt_micros: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(heartbeat.as_millis() as u64),
@@ -476,9 +612,9 @@ impl AgentManager {
             .insert(agent_ref.to_string(), session.clone());
         if let Some(old) = old {
             old.close("replaced by a newer connection of the same agent");
-            // Its waiting commands cannot be answered on the new socket.
             old.fail_all("replaced by a newer connection of the same agent");
         }
+        self.resend_flights(&session);
         (
             session,
             Queues {
@@ -503,8 +639,59 @@ impl AgentManager {
             }
         };
         session.fail_all("the agent disconnected");
+        for f in self.flights().values_mut() {
+            if f.session_id == session.session_id {
+                f.link_dropped = true;
+            }
+        }
         self.inner.emptied.notify_waiters();
         removed
+    }
+
+    /// Sends the commands that were in flight when the agent's previous session ended
+    /// again on `session`, in their original order and with their idempotency keys.
+    fn resend_flights(&self, session: &Arc<Session>) {
+        let mut again: Vec<(u64, String, CommandPayload)> = {
+            let mut flights = self.flights();
+            flights
+                .iter_mut()
+                .filter(|(_, f)| {
+                    f.agent_ref == session.agent_ref && f.session_id != session.session_id
+                })
+                .map(|(id, f)| {
+                    f.link_dropped = true;
+                    f.session_id = session.session_id.clone();
+                    (f.order, id.clone(), f.payload.clone())
+                })
+                .collect()
+        };
+        if again.is_empty() {
+            return;
+        }
+        again.sort_by_key(|(o, _, _)| *o);
+        tracing::info!(agent_id = %session.agent_id, n = again.len(), "sending commands in flight again after reconnection");
+        let tx = session.tx.clone();
+        tokio::spawn(async move {
+            for (_, id, payload) in again {
+                if tx
+                    .send(Envelope::new(id, Message::Command(payload)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The live session that should serve `host_id` (preferring `preferred`).
+    pub(crate) fn session_for_host(
+        &self,
+        host_id: &str,
+        preferred: Option<&str>,
+    ) -> Option<Arc<Session>> {
+        let r = self.online_agent_for_host(host_id, preferred)?;
+        self.get(&r)
     }
 }
 
@@ -533,6 +720,26 @@ pub fn effective_settings(
         .map(|s| Duration::from_secs(s as u64))
         .unwrap_or(config.command_timeout.get());
     (hb, ct)
+}
+
+fn outcome_unknown() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::OutcomeUnknown,
+        "the link to the agent dropped while the command was in flight and no answer arrived in time; \
+         it may or may not have run",
+    )
+}
+
+pub(crate) fn check_capability(s: &Session, op: &Operation) -> Result<(), ErrorBody> {
+    if let Some(cap) = op.required_capability() {
+        if !s.capabilities.iter().any(|c| c == cap) {
+            return Err(ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!("{} needs the agent capability {cap:?}", op.name()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn disconnect_envelope(reason: &str) -> Envelope {

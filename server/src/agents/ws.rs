@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::signing::{SigError, Signer};
 use super::streams::{DataOut, Inbound, Routed, StreamHead};
 use super::{disconnect_envelope, effective_settings, AgentManager, Queues, Session};
 use crate::auth::{verify_agent_token, AgentAuthFailure};
@@ -70,7 +71,24 @@ pub async fn agent_ws(
 }
 
 async fn send(mgr: &AgentManager, socket: &mut WebSocket, env: &Envelope) -> bool {
-    let text = env.encode();
+    send_signed(mgr, None, socket, env).await
+}
+
+/// Sends `env`, with `nonce` and `sig` when the agent signs its messages.
+async fn send_signed(
+    mgr: &AgentManager,
+    signer: Option<&Signer>,
+    socket: &mut WebSocket,
+    env: &Envelope,
+) -> bool {
+    let text = match signer {
+        None => env.encode(),
+        Some(s) => {
+            let mut v = env.to_value();
+            s.sign_envelope(&mut v);
+            v.to_string()
+        }
+    };
     mgr.inner.metrics.ws(Dir::Out, text.len());
     socket.send(WsMessage::Text(text.into())).await.is_ok()
 }
@@ -206,10 +224,23 @@ async fn authenticate(
                 return Err((AgentAuthFailure::UnknownAgent, None));
             }
         };
-        match verify_agent_token(&agent, auth.auth_token.expose(), ip) {
-            Ok(()) => Ok(agent),
-            Err(f) => Err((f, Some(agent))),
+        if let Err(f) = verify_agent_token(&agent, auth.auth_token.expose(), ip) {
+            return Err((f, Some(agent)));
         }
+        // A signing agent signs its auth message too.
+        if let Some(signer) = signer_of(mgr, &agent) {
+            let raw: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Err(e) = signer.verify(
+                &raw,
+                inner.config.signature_window.get(),
+                &inner.nonces,
+                &agent.id,
+            ) {
+                tracing::warn!(agent_id = %agent.agent_id, reason = e.message(), "auth message signature refused");
+                return Err((AgentAuthFailure::BadSignature, Some(agent)));
+            }
+        }
+        Ok(agent)
     };
     match check.await {
         Ok(agent) => Some((env, auth, agent)),
@@ -237,6 +268,19 @@ async fn authenticate(
             send(mgr, socket, &rejected(&env.id, body)).await;
             close(socket, CLOSE_POLICY, failure.reason()).await;
             None
+        }
+    }
+}
+
+/// The agent's signer, when it has a signing key (decrypted with the at-rest key).
+pub(crate) fn signer_of(mgr: &AgentManager, agent: &Agent) -> Option<Signer> {
+    let enc = agent.signing_key_enc.as_deref()?;
+    match mgr.inner.keys.decrypt(enc) {
+        Ok(k) => Signer::from_hex(k.expose()),
+        Err(e) => {
+            tracing::error!(agent_id = %agent.agent_id, error = %e, "cannot decrypt the agent's signing key");
+            // Fail closed: a key that cannot be read verifies nothing.
+            Signer::from_hex(&super::signing::generate_key_hex())
         }
     }
 }
@@ -309,6 +353,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         .protocol_version
         .unwrap_or(1)
         .min(SERVER_PROTOCOL_VERSION);
+    let signer = signer_of(&mgr, &agent);
     let (session, mut queues) = mgr.register(
         &agent.id,
         &agent.agent_id,
@@ -318,6 +363,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         heartbeat,
         command_timeout,
         agreed,
+        signer,
     );
     let reconnection = agent.connected_at.is_some();
     inner.metrics.agent_connected(reconnection);
@@ -373,7 +419,11 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         host.as_deref(),
         json!({ "agent_id": agent.agent_id, "version": auth.version, "capabilities": auth.capabilities }),
     );
-    let reason = if send(&mgr, &mut socket, &reply).await {
+    let reason = if send_signed(&mgr, session.signer.as_ref(), &mut socket, &reply).await {
+        // Queued commands for this host go out now, in order, after the auth response.
+        if let Some(h) = &host {
+            mgr.kick_queue(h);
+        }
         session_loop(&mgr, &session, &mut socket, &mut queues).await
     } else {
         "send failed".to_string()
@@ -475,6 +525,7 @@ async fn session_loop(
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut bucket = Bucket::new(cfg.max_messages_per_second);
     let mut strikes = 0u32;
+    let mut bad_sigs = 0u32;
     loop {
         // Priority: close, commands and other control, stream control, inbound frames,
         // timers, then stream data, so a busy stream never delays heartbeats or commands.
@@ -485,18 +536,18 @@ async fn session_loop(
                     Ok(()) => close_rx.borrow().clone().unwrap_or_else(|| "closed".into()),
                     Err(_) => "closed".into(),
                 };
-                send(mgr, socket, &disconnect_envelope(&reason)).await;
+                send_signed(mgr, session.signer.as_ref(), socket, &disconnect_envelope(&reason)).await;
                 close(socket, CLOSE_NORMAL, &reason).await;
                 return reason;
             }
             out = rx.recv() => {
                 let Some(env) = out else { return "session dropped".into() };
-                if !send(mgr, socket, &env).await {
+                if !send_signed(mgr, session.signer.as_ref(), socket, &env).await {
                     return "send failed".into();
                 }
             }
             Some(env) = stream_control.recv() => {
-                if !send(mgr, socket, &env).await {
+                if !send_signed(mgr, session.signer.as_ref(), socket, &env).await {
                     return "send failed".into();
                 }
             }
@@ -517,7 +568,24 @@ async fn session_loop(
                 match frame {
                     WsMessage::Text(t) => {
                         inner.metrics.ws(Dir::In, t.len());
-                        let decoded = Envelope::decode(t.as_bytes());
+                        let decoded = match &session.signer {
+                            None => Envelope::decode(t.as_bytes()),
+                            Some(signer) => match verify_signed(mgr, session, signer, t.as_bytes()) {
+                                Ok(v) => Envelope::from_value(v),
+                                Err(e) => {
+                                    bad_sigs += 1;
+                                    inner.metrics.auth_failure();
+                                    tracing::warn!(agent_id = %session.agent_id, reason = e.message(), "message signature refused");
+                                    let err = error_env(None, ErrorBody::new(ErrorCode::Unauthorized, e.message()));
+                                    send_signed(mgr, session.signer.as_ref(), socket, &err).await;
+                                    if bad_sigs >= cfg.max_bad_signatures.max(1) {
+                                        close(socket, CLOSE_POLICY, "too many bad signatures").await;
+                                        return "too many bad signatures".into();
+                                    }
+                                    continue;
+                                }
+                            },
+                        };
                         // Stream control is paced by flow control, not by the message budget.
                         let streaming = session.protocol_version >= STREAMS_PROTOCOL_VERSION
                             && decoded.as_ref().is_ok_and(|e| is_stream_message(&e.message));
@@ -528,7 +596,7 @@ async fn session_loop(
                                 return "rate limit exceeded".into();
                             }
                             let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
-                            send(mgr, socket, &err).await;
+                            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             continue;
                         }
                         if !streaming {
@@ -542,7 +610,7 @@ async fn session_loop(
                             }
                             Err(e) => {
                                 let err = error_env(None, e.to_error_body());
-                                send(mgr, socket, &err).await;
+                                send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             }
                         }
                     }
@@ -550,7 +618,7 @@ async fn session_loop(
                         inner.metrics.ws(Dir::In, b.len());
                         if session.protocol_version < STREAMS_PROTOCOL_VERSION {
                             let err = error_env(None, ErrorBody::invalid_params("binary frames are not supported; send JSON text"));
-                            send(mgr, socket, &err).await;
+                            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             continue;
                         }
                         match protocol::decode_data_frame(&b) {
@@ -560,7 +628,7 @@ async fn session_loop(
                             }
                             Err(e) => {
                                 let err = error_env(None, e.to_error_body());
-                                send(mgr, socket, &err).await;
+                                send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             }
                         }
                     }
@@ -608,7 +676,7 @@ async fn session_loop(
                         inner.metrics.ws(Dir::Out, frame.len());
                         socket.send(WsMessage::Binary(frame.into())).await.is_ok()
                     }
-                    DataOut::Text(env) => send(mgr, socket, &env).await,
+                    DataOut::Text(env) => send_signed(mgr, session.signer.as_ref(), socket, &env).await,
                 };
                 if !ok {
                     return "send failed".into();
@@ -618,8 +686,31 @@ async fn session_loop(
     }
 }
 
+/// Parses a text frame of a signing agent and checks its signature, timestamp and nonce.
+fn verify_signed(
+    mgr: &AgentManager,
+    session: &Session,
+    signer: &Signer,
+    bytes: &[u8],
+) -> Result<serde_json::Value, SigError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| SigError::Missing)?;
+    signer.verify(
+        &v,
+        mgr.inner.config.signature_window.get(),
+        &mgr.inner.nonces,
+        &session.agent_ref,
+    )?;
+    Ok(v)
+}
+
 /// Sends `stream_cancel` for a stream the agent named but we do not (or no longer) know.
-async fn cancel_unknown(mgr: &AgentManager, socket: &mut WebSocket, id: u32, why: &str) {
+async fn cancel_unknown(
+    mgr: &AgentManager,
+    session: &Session,
+    socket: &mut WebSocket,
+    id: u32,
+    why: &str,
+) {
     let env = Envelope::new(
         uuid::Uuid::new_v4().to_string(),
         Message::StreamCancel(StreamCancelPayload {
@@ -627,7 +718,7 @@ async fn cancel_unknown(mgr: &AgentManager, socket: &mut WebSocket, id: u32, why
             reason: Some(why.to_string()),
         }),
     );
-    send(mgr, socket, &env).await;
+    send_signed(mgr, session.signer.as_ref(), socket, &env).await;
 }
 
 /// Acts on what [`super::streams::Table`] said about an inbound stream frame.
@@ -640,14 +731,14 @@ async fn after_route(
 ) {
     match r {
         Routed::Delivered | Routed::Stale => {}
-        Routed::Unknown => cancel_unknown(mgr, socket, id, "unknown stream id").await,
+        Routed::Unknown => cancel_unknown(mgr, session, socket, id, "unknown stream id").await,
         Routed::Overrun => {
             tracing::warn!(agent_id = %session.agent_id, stream = id, "agent overran the stream window: cancelling");
             session.streams.control(
                 id,
                 Inbound::Cancel(Some("the agent overran the flow-control window".into())),
             );
-            cancel_unknown(mgr, socket, id, "flow-control window exceeded").await;
+            cancel_unknown(mgr, session, socket, id, "flow-control window exceeded").await;
         }
     }
 }
@@ -689,12 +780,33 @@ async fn handle(
             }
             let health = serde_json::to_value(&hb).unwrap_or_default();
             let rtt_ms = session.rtt().map(|d| d.as_secs_f64() * 1000.0);
-            if let Err(e) = inner
-                .store
-                .agent_heartbeat(&session.agent_ref, &session.session_id, &health, rtt_ms)
-                .await
+            // Stored off the session loop, one write at a time: a slow or unreachable
+            // database skips heartbeats instead of stalling the session.
+            if !session
+                .heartbeat_write
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
-                tracing::error!(error = %e, "could not store heartbeat");
+                let store = inner.store.clone();
+                let s = session.clone();
+                let health = health.clone();
+                tokio::spawn(async move {
+                    let w = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        store.agent_heartbeat(&s.agent_ref, &s.session_id, &health, rtt_ms),
+                    )
+                    .await;
+                    match w {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not store heartbeat (skipped)")
+                        }
+                        Err(_) => tracing::warn!("storing a heartbeat timed out (skipped)"),
+                    }
+                    s.heartbeat_write
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
+            } else {
+                tracing::debug!(agent_id = %session.agent_id, "previous heartbeat still being stored: skipped");
             }
             inner.feed.publish(
                 "health",
@@ -703,12 +815,25 @@ async fn handle(
             );
         }
         Message::CommandResponse(r) => {
-            if !session.complete(&env.id, r.into_result()) {
-                tracing::debug!(agent_id = %session.agent_id, id = %env.id, "response for no waiting command (late or unknown)");
+            let result = r.into_result();
+            if !mgr.deliver_answer(session, &env.id, result.clone()) {
+                // Nobody waits any more (late answer, or after a server restart): still
+                // store it, if the command is one of this host's.
+                tracing::debug!(agent_id = %session.agent_id, id = %env.id, "answer for no waiting command: storing it");
+                let store = inner.store.clone();
+                let host = session.host_id.clone();
+                let id = env.id.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(c)) = store.get_command(&id).await {
+                        if c.host_id.is_some() && c.host_id == host {
+                            let _ = store.complete_command(&id, &result, None).await;
+                        }
+                    }
+                });
             }
         }
         Message::CommandProgress(p) => {
-            if session.is_pending(&env.id) {
+            if mgr.is_watched(&env.id) {
                 inner.feed.publish(
                     "command_progress",
                     host,
@@ -741,7 +866,7 @@ async fn handle(
         Message::Error(e) => {
             tracing::warn!(agent_id = %session.agent_id, error = %e.error, ref_id = ?e.ref_id, "agent reported an error");
             if let Some(r) = &e.ref_id {
-                session.complete(r, Err(e.error.clone()));
+                mgr.deliver_answer(session, r, Err(e.error.clone()));
             }
         }
         Message::Disconnect(d) => {
@@ -776,7 +901,7 @@ async fn handle(
                 Some(env.id),
                 ErrorBody::invalid_params("already authenticated"),
             );
-            send(mgr, socket, &err).await;
+            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
         }
         other => {
             let err = error_env(
@@ -789,7 +914,7 @@ async fn handle(
                     ),
                 ),
             );
-            send(mgr, socket, &err).await;
+            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
         }
     }
     None

@@ -7,7 +7,7 @@
 mod agents;
 mod docker;
 mod hosts;
-mod operations;
+pub(crate) mod operations;
 mod records;
 mod stream;
 mod system;
@@ -54,6 +54,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/hosts/{id}/operations", post(operations::run))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
+        .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(docker::passthrough))
         .route(
             "/api/v1/hosts/{id}/docker/{*rest}",
@@ -74,6 +75,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/api/v1/audit", get(records::audit))
+        .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))
         .route("/api/v1/stream", get(stream::stream))
 }

@@ -1,5 +1,5 @@
 //! Read-only views: `GET /api/v1/audit`, `GET /api/v1/hosts/{id}/events`,
-//! `GET /api/v1/commands/{id}`.
+//! `GET /api/v1/commands/{id}`, `GET /api/v1/hosts/{id}/commands`, `GET /api/v1/audit/verify`.
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{parse_time, ts};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{AuditFilter, Role};
+use crate::store::{now_ms, AuditFilter, CommandRecord, Role};
 use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +104,43 @@ pub async fn host_events(
     Ok(Json(json!({ "events": items })))
 }
 
+/// A command as the API shows it. The result is shown to callers whose role could have run
+/// the operation.
+pub(crate) fn command_json(c: &CommandRecord, caller: &Caller) -> Value {
+    let needed = match protocol::ops::access_of(&c.operation) {
+        protocol::Access::Read => Role::Viewer,
+        protocol::Access::Write => Role::Operator,
+    };
+    let state = c.state.clone().unwrap_or_else(|| match c.status.as_str() {
+        "success" => "succeeded".into(),
+        "pending" => "sent".into(),
+        _ => "failed".into(),
+    });
+    let (result, error) = match super::operations::stored_result(c) {
+        Some(Ok(data)) if caller.role >= needed => (data, Value::Null),
+        Some(Ok(_)) => (Value::Null, Value::Null),
+        Some(Err(e)) => (Value::Null, serde_json::to_value(e).unwrap_or_default()),
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "id": c.id, "command_id": c.id, "host_id": c.host_id, "agent_id": c.agent_id, "operation": c.operation,
+        "requested_by": c.requested_by, "created_by": c.requested_by, "state": state, "status": c.status,
+        "error_code": c.error_code, "result": result, "error": error, "queued": c.queued,
+        "idempotency_key": c.idempotency_key, "attempts": c.attempts,
+        "created_at": ts(Some(c.created_at)), "sent_at": ts(c.sent_at), "completed_at": ts(c.completed_at),
+        "expires_at": ts(c.expires_at), "updated_at": ts(c.updated_at), "duration_ms": c.duration_ms,
+    })
+}
+
+/// A queued command past its expiry is shown (and stored) as expired at once.
+async fn expire_if_due(state: &AppState, c: CommandRecord) -> ApiResult<CommandRecord> {
+    if c.state.as_deref() == Some("queued") && c.expires_at.is_some_and(|e| e < now_ms()) {
+        state.store.expire_command(&c.id).await?;
+        return Ok(state.store.get_command(&c.id).await?.unwrap_or(c));
+    }
+    Ok(c)
+}
+
 pub async fn command(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,9 +152,55 @@ pub async fn command(
         .get_command(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("command not found"))?;
+    let c = expire_if_due(&state, c).await?;
+    Ok(Json(command_json(&c, &caller)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+pub const COMMAND_STATES: [&str; 5] = ["queued", "sent", "succeeded", "failed", "expired"];
+
+pub async fn host_commands(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<CommandsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = q?;
+    if let Some(s) = &q.state {
+        if !COMMAND_STATES.contains(&s.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "state must be one of {}",
+                COMMAND_STATES.join(", ")
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let host = super::hosts::load(&state, &id).await?;
+    let _ = state.store.expire_due_commands().await;
+    let rows = state
+        .store
+        .list_host_commands(&host.id, q.state.as_deref(), limit)
+        .await?;
+    let items: Vec<Value> = rows.iter().map(|c| command_json(c, &caller)).collect();
+    Ok(Json(json!({ "commands": items })))
+}
+
+/// `GET /api/v1/audit/verify` (admin): walks the audit chain.
+pub async fn audit_verify(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    let r = state.store.verify_audit_chain().await?;
     Ok(Json(json!({
-        "id": c.id, "host_id": c.host_id, "agent_id": c.agent_id, "operation": c.operation,
-        "requested_by": c.requested_by, "status": c.status, "error_code": c.error_code,
-        "created_at": ts(Some(c.created_at)), "completed_at": ts(c.completed_at), "duration_ms": c.duration_ms,
+        "ok": r.ok(), "verified": r.verified, "unchained": r.unchained, "changed": r.changed,
+        "deleted": r.deleted, "problems": r.problems, "head_seq": r.head_seq, "head_hash": r.head_hash,
     })))
 }

@@ -8,6 +8,8 @@
 //! Portability rules: runtime `sqlx::query` with `$N` binds only, ids are TEXT, times are
 //! BIGINT Unix milliseconds, JSON is TEXT, integers are BIGINT (decoded as `i64`).
 
+mod audit_chain;
+mod commands;
 mod records;
 
 pub use records::*;
@@ -86,6 +88,8 @@ fn parse_json(s: Option<String>) -> Value {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Serialises audit appends within this process (see `audit_chain`).
+    audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -156,7 +160,11 @@ impl Store {
             }),
         };
         let pool = opts.connect(url).await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            audit_lock: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -443,7 +451,7 @@ impl Store {
 
     const AGENT_COLS: &'static str = "id, agent_id, host_id, auth_token_hash, token_expires_at, prev_token_hash, \
         prev_token_valid_until, revoked_at, allowed_cidrs, heartbeat_interval, command_timeout, status, session_id, \
-        version, capabilities, health, rtt_ms, last_heartbeat, connected_at, disconnected_at, created_at, updated_at";
+        version, capabilities, health, rtt_ms, last_heartbeat, connected_at, disconnected_at, created_at, updated_at, signing_key_enc";
 
     fn agent_row(r: &AnyRow) -> Result<Agent> {
         let cidrs: Option<String> = r.try_get("allowed_cidrs")?;
@@ -473,6 +481,7 @@ impl Store {
             disconnected_at: r.try_get("disconnected_at")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            signing_key_enc: r.try_get("signing_key_enc")?,
         })
     }
 
@@ -481,7 +490,13 @@ impl Store {
     pub async fn create_agent(&self, a: &NewAgent) -> Result<Agent> {
         let now = now_ms();
         let cidrs = serde_json::to_string(&a.allowed_cidrs).unwrap_or_else(|_| "[]".into());
-        let mut tx = self.pool.begin().await?;
+        // SQLite: take the write lock up front. A deferred transaction that reads and then
+        // writes fails at once with SQLITE_BUSY when another writer committed meanwhile (the
+        // busy timeout does not apply to that upgrade).
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         let existing: Option<(String, Option<i64>)> =
             sqlx::query("SELECT id, revoked_at FROM docker_agents WHERE agent_id = $1")
                 .bind(&a.agent_id)
@@ -672,6 +687,22 @@ impl Store {
         .bind(agent_id)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Sets (or with `None` clears) the agent's encrypted signing key.
+    pub async fn set_agent_signing_key(&self, agent_id: &str, enc: Option<&str>) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE docker_agents SET signing_key_enc = $1, updated_at = $2 WHERE agent_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(enc)
+        .bind(now_ms())
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         Ok(())
     }
 
@@ -923,26 +954,6 @@ impl Store {
 
     // ----- audit log --------------------------------------------------------------------
 
-    pub async fn add_audit(&self, e: &NewAudit) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, source_ip) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(now_ms())
-        .bind(&e.actor_kind)
-        .bind(&e.actor)
-        .bind(&e.host_id)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&e.error_code)
-        .bind(e.detail.as_ref().map(json_text))
-        .bind(&e.source_ip)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Audit entries matching every given filter, newest first.
     pub async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let mut sql = String::from(
@@ -1042,34 +1053,9 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>> {
-        let row = sqlx::query(
-            "SELECT id, host_id, agent_id, operation, requested_by, status, error_code, created_at, completed_at, \
-             duration_ms FROM commands WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(CommandRecord {
-                id: r.try_get("id")?,
-                host_id: r.try_get("host_id")?,
-                agent_id: r.try_get("agent_id")?,
-                operation: r.try_get("operation")?,
-                requested_by: r.try_get("requested_by")?,
-                status: r.try_get("status")?,
-                error_code: r.try_get("error_code")?,
-                created_at: r.try_get("created_at")?,
-                completed_at: r.try_get("completed_at")?,
-                duration_ms: r.try_get("duration_ms")?,
-            })
-        })
-        .transpose()
-    }
 }
 
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     Int(i64),
 }

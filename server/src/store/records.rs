@@ -219,6 +219,8 @@ pub struct Agent {
     pub disconnected_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The HMAC signing key, encrypted at rest. None: the agent does not sign.
+    pub signing_key_enc: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -368,9 +370,85 @@ pub struct CommandRecord {
     pub agent_id: Option<String>,
     pub operation: String,
     pub requested_by: Option<String>,
+    /// Legacy: `pending`, `success` or `error`.
     pub status: String,
     pub error_code: Option<String>,
     pub created_at: i64,
     pub completed_at: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// `queued`, `sent`, `succeeded`, `failed` or `expired` (None for rows older than the
+    /// queue).
+    pub state: Option<String>,
+    /// Creation order.
+    pub seq: Option<i64>,
+    /// Sent with `"queue": true`: kept until delivered or expired.
+    pub queued: bool,
+    /// `docker_agents.id` of the agent it was (or will be) sent to.
+    pub agent_ref: Option<String>,
+    /// The params, encrypted at rest. Never serialised.
+    #[serde(skip)]
+    pub params_enc: Option<String>,
+    pub timeout_secs: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    /// Whether the client chose the idempotency key.
+    pub client_key: bool,
+    /// `{"status":"success","data":..}` or `{"status":"error","error":{..}}` once finished.
+    pub result: Value,
+    pub attempts: i64,
+    pub sent_at: Option<i64>,
+    pub updated_at: Option<i64>,
+}
+
+/// A command as the API creates it: state `queued` (or `sent` when it goes out at once).
+#[derive(Clone, PartialEq)]
+pub struct NewQueuedCommand {
+    pub id: String,
+    pub host_id: String,
+    /// The external agent id (shown in the API).
+    pub agent_id: Option<String>,
+    pub agent_ref: Option<String>,
+    pub operation: String,
+    pub params_enc: Option<String>,
+    pub requested_by: String,
+    pub queued: bool,
+    pub timeout_secs: i64,
+    pub expires_at: i64,
+    pub idempotency_key: String,
+    pub client_key: bool,
+}
+
+impl std::fmt::Debug for NewQueuedCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewQueuedCommand")
+            .field("id", &self.id)
+            .field("host_id", &self.host_id)
+            .field("operation", &self.operation)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AuditVerifyReport {
+    /// Entries whose hash was checked.
+    pub verified: u64,
+    /// Entries written before the chain existed (no hash).
+    pub unchained: u64,
+    /// Entries whose content no longer matches their hash.
+    pub changed: Vec<i64>,
+    /// Entries missing from the chain (by sequence number).
+    pub deleted: Vec<i64>,
+    /// Other breaks of the chain, in words.
+    pub problems: Vec<String>,
+    /// The hash of the newest entry (anchor it elsewhere to detect a rewritten chain).
+    pub head_hash: String,
+    pub head_seq: i64,
+}
+
+impl AuditVerifyReport {
+    pub fn ok(&self) -> bool {
+        self.changed.is_empty() && self.deleted.is_empty() && self.problems.is_empty()
+    }
 }

@@ -1,0 +1,241 @@
+//! The tamper-evident audit log: every entry stores the SHA-256 of the previous entry and its
+//! own hash over a canonical serialisation that includes that previous hash. The one row of
+//! `audit_head` holds the newest entry's sequence number and hash.
+//!
+//! Appends are serialised twice: a process-wide async mutex, and in the database by updating
+//! the `audit_head` row first inside the transaction (a row lock on PostgreSQL, the write lock
+//! on SQLite), so two server processes on one database cannot fork the chain either.
+//!
+//! What it proves: an entry changed or deleted with SQL (without recomputing every later hash)
+//! is found by [`Store::verify_audit_chain`]. Whoever can rewrite the whole table can also
+//! recompute the chain; anchoring the head hash elsewhere (it is printed by `audit verify`)
+//! detects that too.
+
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{json_text, now_ms, AuditVerifyReport, NewAudit, Result, Store};
+
+/// The `prev_hash` of the first chained entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The stored columns of one entry, as hashed.
+struct Fields {
+    seq: i64,
+    at: i64,
+    actor_kind: String,
+    actor: String,
+    host_id: Option<String>,
+    action: String,
+    target: Option<String>,
+    outcome: String,
+    error_code: Option<String>,
+    detail: Option<String>,
+    source_ip: Option<String>,
+}
+
+/// SHA-256 (hex) over the canonical serialisation: a JSON array of a version tag, every
+/// column as stored, and the previous hash.
+fn entry_hash(f: &Fields, prev_hash: &str) -> String {
+    let canonical = serde_json::json!([
+        "audit-v1",
+        f.seq,
+        f.at,
+        f.actor_kind,
+        f.actor,
+        f.host_id,
+        f.action,
+        f.target,
+        f.outcome,
+        f.error_code,
+        f.detail,
+        f.source_ip,
+        prev_hash
+    ])
+    .to_string();
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+fn fields(r: &AnyRow) -> Result<Fields> {
+    Ok(Fields {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        actor_kind: r.try_get("actor_kind")?,
+        actor: r.try_get("actor")?,
+        host_id: r.try_get("host_id")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: r.try_get("outcome")?,
+        error_code: r.try_get("error_code")?,
+        detail: r.try_get("detail")?,
+        source_ip: r.try_get("source_ip")?,
+    })
+}
+
+impl Store {
+    /// Appends one entry to the chain.
+    pub async fn add_audit(&self, e: &NewAudit) -> Result<()> {
+        let _one_writer = self.audit_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        // Write first: this takes the head row's lock before anything is read.
+        sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1")
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head_seq: i64 = head.try_get("seq")?;
+        let head_hash: String = head.try_get("hash")?;
+        let max: Option<i64> = sqlx::query("SELECT MAX(seq) AS m FROM audit_log")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("m")?;
+        let prev = if head_hash.is_empty() {
+            GENESIS.to_string()
+        } else {
+            head_hash
+        };
+        let f = Fields {
+            seq: head_seq.max(max.unwrap_or(0)) + 1,
+            at: now_ms(),
+            actor_kind: e.actor_kind.clone(),
+            actor: e.actor.clone(),
+            host_id: e.host_id.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            outcome: e.outcome.clone(),
+            error_code: e.error_code.clone(),
+            detail: e.detail.as_ref().map(json_text),
+            source_ip: e.source_ip.clone(),
+        };
+        let hash = entry_hash(&f, &prev);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, \
+             source_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(f.seq)
+        .bind(f.at)
+        .bind(&f.actor_kind)
+        .bind(&f.actor)
+        .bind(&f.host_id)
+        .bind(&f.action)
+        .bind(&f.target)
+        .bind(&f.outcome)
+        .bind(&f.error_code)
+        .bind(&f.detail)
+        .bind(&f.source_ip)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(f.seq)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Walks the whole chain and reports every changed or deleted entry.
+    pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
+        let mut report = AuditVerifyReport::default();
+        report.unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>("n")? as u64;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let (head_seq, head_hash) = match head {
+            Some(h) => (h.try_get::<i64, _>("seq")?, h.try_get::<String, _>("hash")?),
+            None => {
+                report.problems.push("the audit_head row is missing".into());
+                (0, String::new())
+            }
+        };
+        report.head_seq = head_seq;
+        report.head_hash = head_hash.clone();
+        let mut expected_prev = GENESIS.to_string();
+        // The sequence number of the previous chained entry (None before the first).
+        let mut prev_seq: Option<i64> = None;
+        // The last unchained (legacy) sequence number: the chain starts after it.
+        let legacy_max: Option<i64> =
+            sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE hash IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("m")?;
+        let mut after = i64::MIN;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, source_ip, \
+                 prev_hash, hash FROM audit_log WHERE hash IS NOT NULL AND seq > $1 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let f = fields(r)?;
+                let prev_hash: Option<String> = r.try_get("prev_hash")?;
+                let hash: String = r.try_get("hash")?;
+                let prev_hash = prev_hash.unwrap_or_default();
+                after = f.seq;
+                report.verified += 1;
+                if entry_hash(&f, &prev_hash) != hash {
+                    report.changed.push(f.seq);
+                }
+                if prev_hash != expected_prev {
+                    // The link to the previous entry is broken: what lies between is gone.
+                    let from = prev_seq.or(legacy_max).unwrap_or(0) + 1;
+                    let missing: Vec<i64> = (from..f.seq).collect();
+                    if missing.is_empty() || missing.len() > 10_000 {
+                        report.problems.push(format!(
+                            "entry {} does not follow the entry before it (prev_hash mismatch)",
+                            f.seq
+                        ));
+                        if missing.is_empty() {
+                            report.changed.push(f.seq);
+                        }
+                    }
+                    if missing.len() <= 10_000 {
+                        report.deleted.extend(missing);
+                    }
+                }
+                expected_prev = hash;
+                prev_seq = Some(f.seq);
+            }
+        }
+        // The head names the newest entry: entries deleted at the end show here.
+        let last = prev_seq.unwrap_or(legacy_max.unwrap_or(0));
+        let last_hash = if prev_seq.is_some() {
+            expected_prev.clone()
+        } else {
+            String::new()
+        };
+        if head_seq > last || (head_seq == last && head_hash != last_hash) {
+            if head_seq > last {
+                report
+                    .deleted
+                    .extend((last + 1)..=head_seq.min(last + 10_000));
+            } else {
+                report
+                    .problems
+                    .push("the newest entry does not match the chain head".into());
+            }
+        } else if head_seq < last {
+            report.problems.push(format!(
+                "entries after the chain head ({head_seq}) were written outside the chain"
+            ));
+        }
+        report.changed.sort_unstable();
+        report.changed.dedup();
+        report.deleted.sort_unstable();
+        report.deleted.dedup();
+        Ok(report)
+    }
+}
