@@ -450,3 +450,30 @@ fn at_most_max_streams_are_open() {
         t.cancel(id);
     }
 }
+
+#[test]
+fn a_small_request_adds_little_latency() {
+    let mut s = setup("pt-latency", |_| {});
+    let t = &mut s.tunnel;
+    // Let the session settle into its idle read wait first.
+    t.until(S30, "a heartbeat", |t| !t.heartbeats.is_empty());
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let r = t.request(Request::new("HEAD", "/_ping"));
+        assert_eq!(r.status, Some(200));
+        times.push(start.elapsed());
+        // Idle again between requests, as a CLI command's requests are.
+        let until = Instant::now() + Duration::from_millis(150);
+        while Instant::now() < until {
+            t.pump(Duration::from_millis(20));
+        }
+    }
+    times.sort();
+    eprintln!("HEAD /_ping through the agent: {times:?}");
+    assert!(
+        times[5] < Duration::from_millis(50),
+        "median {:?}",
+        times[5]
+    );
+}
