@@ -184,6 +184,41 @@ impl FailureLimiter {
     }
 }
 
+/// Token buckets per key (an API token): `rate` per second, a burst of twice that.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    map: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter {
+            rate: per_second.max(1) as f64,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`; false when its bucket is empty.
+    pub fn take(&self, key: &str) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        let burst = self.rate * 2.0;
+        let now = Instant::now();
+        let e = map.entry(key.to_string()).or_insert((burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -270,6 +305,12 @@ impl FromRequestParts<AppState> for Caller {
         if !ip_allowed(&t.allowed_cidrs, ip) {
             return Err(ApiError::forbidden(
                 "source address not allowed for this token",
+            ));
+        }
+        if !state.api_rate.take(&t.id) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many requests for this token; slow down",
             ));
         }
         if t.last_used_at.is_none_or(|u| now - u > 60_000) {

@@ -220,7 +220,7 @@ pub struct Config {
     /// Failed user-API authentications allowed per source IP and minute.
     pub api_auth_failures_per_minute: u32,
     /// REST requests per second allowed per API token (burst: twice that); more get 429.
-    /// Default 100.
+    /// Default 200.
     pub api_requests_per_second: u32,
     /// Seconds a client has to send a request's headers before the connection is closed
     /// (slowloris). Default 30.
@@ -284,7 +284,7 @@ impl Default for Config {
             shutdown_timeout: Seconds::secs(10),
             server_id: None,
             api_auth_failures_per_minute: 30,
-            api_requests_per_second: 100,
+            api_requests_per_second: 200,
             http_header_timeout: Seconds::secs(30),
             agent: AgentConfig::default(),
         }

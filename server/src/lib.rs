@@ -56,6 +56,8 @@ pub struct AppState {
     pub audit: Auditor,
     pub keys: KeyBox,
     pub api_auth_limiter: Arc<FailureLimiter>,
+    /// REST requests per API token.
+    pub api_rate: Arc<auth::RateLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -113,7 +115,9 @@ impl AppState {
         }
         let adapters = Adapters::new(agents.clone(), keys.clone());
         let api_auth_limiter = Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute));
+        let api_rate = Arc::new(auth::RateLimiter::new(config.api_requests_per_second));
         Ok(AppState {
+            api_rate,
             config: Arc::new(config),
             store,
             agents,

@@ -556,6 +556,10 @@ async fn session_loop(
                     None => return "socket closed".into(),
                     Some(Err(e)) => {
                         let text = e.to_string();
+                        if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+                            close(socket, 1007, "invalid UTF-8 in a text frame").await;
+                            return "invalid UTF-8 in a text frame".into();
+                        }
                         if text.contains("too long") || text.contains("Space limit") || text.contains("capacity") {
                             close(socket, CLOSE_TOO_BIG, "message too large").await;
                             return "message too large".into();

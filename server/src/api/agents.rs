@@ -26,6 +26,9 @@ pub struct CreateAgent {
     /// Seconds until the token expires (default: the server's `agent.token_ttl`, or never).
     #[serde(default)]
     expires_in: Option<u64>,
+    /// Give the agent an HMAC signing key (shown once): every message is then signed.
+    #[serde(default)]
+    signing: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +42,9 @@ pub struct PatchAgent {
     /// Seconds; 0 returns to the server default.
     #[serde(default)]
     command_timeout: Option<u64>,
+    /// `false` turns message signing off (rotate-signing-key turns it on).
+    #[serde(default)]
+    signing: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +104,7 @@ pub(crate) fn agent_json(state: &AppState, a: &Agent) -> Value {
         "allowed_cidrs": a.allowed_cidrs,
         "heartbeat_interval": a.heartbeat_interval,
         "command_timeout": a.command_timeout,
+        "signing": a.signing_key_enc.is_some(),
         "created_at": ts(Some(a.created_at)),
     })
 }
@@ -159,19 +166,81 @@ pub async fn create(
         )
         .await;
     let agent = result?;
+    let signing_key = if b.signing {
+        Some(new_signing_key(&state, &agent.agent_id).await?)
+    } else {
+        None
+    };
     let _ = state
         .store
-        .add_agent_event(Some(&agent.id), "enrolled", &json!({ "by": caller.user }))
+        .add_agent_event(
+            Some(&agent.id),
+            "enrolled",
+            &json!({ "by": caller.user, "signing": b.signing }),
+        )
         .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "agent_id": agent.agent_id,
-            "host_id": host.id,
-            "token": token.expose(),
-            "token_expires_at": ts(expires_at),
-        })),
-    ))
+    let mut body = json!({
+        "agent_id": agent.agent_id,
+        "host_id": host.id,
+        "token": token.expose(),
+        "token_expires_at": ts(expires_at),
+        "signing": b.signing,
+    });
+    if let Some(k) = signing_key {
+        body["signing_key"] = json!(k.expose());
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Generates, encrypts and stores a new signing key; returns it (to show once).
+async fn new_signing_key(state: &AppState, agent_id: &str) -> ApiResult<protocol::Secret> {
+    let key = protocol::Secret::new(crate::agents::signing::generate_key_hex());
+    let enc = state
+        .keys
+        .encrypt(key.expose())
+        .map_err(ApiError::internal)?;
+    state
+        .store
+        .set_agent_signing_key(agent_id, Some(&enc))
+        .await?;
+    Ok(key)
+}
+
+/// `POST /api/v1/agents/{agent_id}/rotate-signing-key`: a new HMAC key (shown once); signing
+/// is on from now. The live session closes: the agent must reconnect with the new key.
+pub async fn rotate_signing_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    let a = load(&state, &agent_id).await?;
+    if a.revoked_at.is_some() {
+        return Err(ApiError::conflict("the agent is revoked"));
+    }
+    let result = new_signing_key(&state, &agent_id).await;
+    state
+        .audit
+        .user(
+            &caller,
+            "agent.rotate_signing_key",
+            a.host_id.as_deref(),
+            Some(&agent_id),
+            crate::audit::outcome_of(&result),
+            None,
+            None,
+        )
+        .await;
+    let key = result?;
+    let disconnected = state
+        .agents
+        .disconnect(&a.id, "signing key rotated; reconnect with the new key");
+    Ok(Json(json!({
+        "agent_id": agent_id,
+        "signing": true,
+        "signing_key": key.expose(),
+        "disconnected": disconnected,
+    })))
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
@@ -251,6 +320,17 @@ pub async fn patch(
         )
         .await;
     result?;
+    if p.signing == Some(true) {
+        return Err(ApiError::bad_request(
+            "turn signing on with POST /api/v1/agents/{agent_id}/rotate-signing-key (the key is shown once)",
+        ));
+    }
+    if p.signing == Some(false) && a.signing_key_enc.is_some() {
+        state.store.set_agent_signing_key(&agent_id, None).await?;
+        state
+            .agents
+            .disconnect(&a.id, "message signing turned off; reconnect");
+    }
     let updated = load(&state, &agent_id).await?;
     if p.heartbeat_interval.is_some() || p.command_timeout.is_some() {
         let (hb, ct) = crate::agents::effective_settings(&state.config.agent, &updated);

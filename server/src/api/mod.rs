@@ -71,6 +71,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/agents/{agent_id}/rotate-token",
             post(agents::rotate),
         )
+        .route(
+            "/api/v1/agents/{agent_id}/rotate-signing-key",
+            post(agents::rotate_signing_key),
+        )
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

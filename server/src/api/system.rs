@@ -15,12 +15,19 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// The server can serve: the database answers and it is not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let db = state.store.ping().await;
+    // Bounded: a database that does not answer is as bad as one that refuses.
+    let db = match tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the database did not answer within 3 s".to_string()),
+    };
     let shutting_down = state.agents.is_shutting_down();
     let ok = db.is_ok() && !shutting_down;
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
         "database": if db.is_ok() { "ok" } else { "unreachable" },
+        "database_error": db.as_ref().err(),
         "shutting_down": shutting_down,
         "agents_connected": state.agents.live_count(),
     });
