@@ -141,11 +141,14 @@ impl Store {
 
     /// Walks the whole chain and reports every changed or deleted entry.
     pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
-        let mut report = AuditVerifyReport::default();
-        report.unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
+        let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
             .fetch_one(&self.pool)
             .await?
             .try_get::<i64, _>("n")? as u64;
+        let mut report = AuditVerifyReport {
+            unchained,
+            ..Default::default()
+        };
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?;
