@@ -162,7 +162,7 @@ fn running_containers_run_stop_rm_run_it_and_attach() {
     let (exists, _) = docker_cli(&["inspect", &rm_name]);
     assert!(!exists, "--rm removed the container");
 
-    // attach: stdin goes in, stdout comes out.
+    // attach, input side: stdin typed into `docker attach` reaches the container's process.
     let att = unique("pt-attach");
     s.cleanup.container(&att);
     s.cli.ok(&[
@@ -174,7 +174,7 @@ fn running_containers_run_stop_rm_run_it_and_attach() {
         TEST_IMAGE,
         "sh",
         "-c",
-        "read line; echo got-$line",
+        "read line; echo got-$line; sleep 300",
     ]);
     let mut child = s
         .cli
@@ -188,12 +188,48 @@ fn running_containers_run_stop_rm_run_it_and_attach() {
         let mut sin = child.stdin.take().unwrap();
         writeln!(sin, "hello").unwrap();
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("got-hello"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    wait_for(
+        "the attached input reached the container",
+        Duration::from_secs(20),
+        || {
+            let (_, logs) = docker_cli(&["logs", &att]);
+            logs.contains("got-hello").then_some(())
+        },
     );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // attach, output side: what the container prints arrives through the hijacked stream.
+    let ticker = s.running(
+        "pt-tick",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done",
+        ],
+    );
+    let mut child = s
+        .cli
+        .command(&["attach", "--no-stdin", &ticker])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut ticks = 0;
+    let t0 = Instant::now();
+    while ticks < 3 && t0.elapsed() < Duration::from_secs(20) {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.starts_with("tick-") {
+            ticks += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ticks, 3, "docker attach shows the container's output live");
 }
 
 #[test]
@@ -234,10 +270,27 @@ fn logs_follow_and_events_stream_live() {
             let _ = tx.send((line, Instant::now()));
         }
     });
+    // The follow is live once a line written now shows up: write a sync marker until it does.
+    let mut n = 0;
+    wait_for("logs -f attached", Duration::from_secs(20), || {
+        n += 1;
+        docker_cli(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            &format!("echo sync-{n} > /proc/1/fd/1"),
+        ]);
+        while let Ok((line, _)) = rx.recv_timeout(Duration::from_millis(300)) {
+            if line.starts_with("sync-") {
+                return Some(());
+            }
+        }
+        None
+    });
     let mut latencies = Vec::new();
     for i in 0..5 {
         let marker = format!("live-{i}");
-        let sent = Instant::now();
         docker_cli(&[
             "exec",
             &name,
@@ -246,15 +299,14 @@ fn logs_follow_and_events_stream_live() {
             &format!("echo {marker} > /proc/1/fd/1"),
         ]);
         let written = Instant::now();
-        let (_, at) = loop {
+        let at = loop {
             let (line, at) = rx
                 .recv_timeout(Duration::from_secs(10))
                 .expect("followed line arrives");
             if line == marker {
-                break (line, at);
+                break at;
             }
         };
-        let _ = sent;
         latencies.push(at.saturating_duration_since(written));
     }
     eprintln!("logs -f: line written -> shown at the CLI: {latencies:?}");
