@@ -14,6 +14,7 @@ pub mod message;
 pub mod ops;
 pub mod passthrough;
 pub mod secret;
+pub mod signing;
 pub mod time;
 
 pub use docker::{DockerRequest, DockerResponse, Plan, Step, Transport};

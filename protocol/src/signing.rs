@@ -1,0 +1,268 @@
+//! Optional message signing (the seed's HMAC option): HMAC-SHA256 over a canonical form of
+//! each envelope, with a nonce and a timestamp window against replay.
+//!
+//! A signed envelope carries two extra top-level fields, which unsigned peers ignore:
+//!
+//! ```json
+//! {"id": "...", "type": "...", "timestamp": "...", "payload": {...},
+//!  "nonce": "9f2c4e1a7b3d5f60", "sig": "<64 hex digits>"}
+//! ```
+//!
+//! `sig` is the lowercase hex HMAC-SHA256, under the agent's signing key, of
+//! `id \n type \n timestamp \n nonce \n canonical(payload)`, where `canonical` is JSON with
+//! object keys sorted at every level and no whitespace.
+//!
+//! Owns: the canonical form, signing and verification. The caller keeps the nonce cache
+//! (bounded) and supplies the clock and the nonce. Must not: do I/O.
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// How far a signed message's timestamp may be from the receiver's clock, in seconds.
+pub const TIMESTAMP_WINDOW_SECS: i64 = 60;
+
+/// Why a signed message was refused. Answer with an `error` (code `forbidden`); after a few,
+/// close the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the message is not a JSON envelope")]
+    Malformed,
+    #[error("the message is not signed")]
+    Missing,
+    #[error("the signature does not match")]
+    BadSignature,
+    #[error("the message's timestamp is outside the {TIMESTAMP_WINDOW_SECS} s window")]
+    Stale,
+    #[error("the nonce was already used (replay)")]
+    Replayed,
+}
+
+/// Writes `v` as JSON with object keys sorted at every level and no whitespace.
+pub fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn signing_input(env: &Value, nonce: &str) -> Option<String> {
+    let id = env.get("id")?.as_str()?;
+    let kind = env.get("type")?.as_str()?;
+    let ts = env.get("timestamp")?.as_str()?;
+    let mut s = format!("{id}\n{kind}\n{ts}\n{nonce}\n");
+    canonical_json(env.get("payload").unwrap_or(&Value::Null), &mut s);
+    Some(s)
+}
+
+fn mac(key: &[u8], input: &str) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(input.as_bytes());
+    m
+}
+
+/// Signs an encoded envelope: returns the same JSON with `nonce` and `sig` added.
+/// `nonce` must be unique per message for this key (for example 16 random hex digits).
+pub fn sign(key: &[u8], encoded: &str, nonce: &str) -> Result<String, SignatureError> {
+    let mut env: Value = serde_json::from_str(encoded).map_err(|_| SignatureError::Malformed)?;
+    let input = signing_input(&env, nonce).ok_or(SignatureError::Malformed)?;
+    let tag = mac(key, &input).finalize().into_bytes();
+    let obj = env.as_object_mut().ok_or(SignatureError::Malformed)?;
+    obj.insert("nonce".into(), Value::String(nonce.to_string()));
+    obj.insert("sig".into(), Value::String(hex::encode(tag)));
+    Ok(env.to_string())
+}
+
+/// Verifies a signed message. `now_secs` is the receiver's Unix time; `seen` decides whether
+/// the nonce was used before (and records it): return `true` for a fresh nonce.
+/// The signature is compared in constant time.
+pub fn verify(
+    key: &[u8],
+    raw: &[u8],
+    now_secs: i64,
+    seen: &mut dyn FnMut(&str) -> bool,
+) -> Result<(), SignatureError> {
+    let env: Value = serde_json::from_slice(raw).map_err(|_| SignatureError::Malformed)?;
+    let nonce = env
+        .get("nonce")
+        .and_then(Value::as_str)
+        .ok_or(SignatureError::Missing)?;
+    let sig = env
+        .get("sig")
+        .and_then(Value::as_str)
+        .ok_or(SignatureError::Missing)?;
+    if nonce.is_empty() || nonce.len() > 128 {
+        return Err(SignatureError::Malformed);
+    }
+    let tag = hex::decode(sig).map_err(|_| SignatureError::BadSignature)?;
+    let input = signing_input(&env, nonce).ok_or(SignatureError::Malformed)?;
+    mac(key, &input)
+        .verify_slice(&tag)
+        .map_err(|_| SignatureError::BadSignature)?;
+    let ts = env
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(crate::time::parse_rfc3339);
+    match ts {
+        Some(t) if (t - now_secs).abs() <= TIMESTAMP_WINDOW_SECS => {}
+        _ => return Err(SignatureError::Stale),
+    }
+    if !seen(nonce) {
+        return Err(SignatureError::Replayed);
+    }
+    Ok(())
+}
+
+/// A bounded memory of recently seen nonces, for [`verify`]'s `seen` callback. Nonces older
+/// than the timestamp window need not be kept: their messages are refused as stale anyway.
+#[derive(Debug, Default)]
+pub struct NonceCache {
+    order: std::collections::VecDeque<(i64, String)>,
+    set: std::collections::HashSet<String>,
+}
+
+impl NonceCache {
+    /// Records `nonce` seen at `now_secs`; `false` when it was already seen.
+    pub fn check_and_insert(&mut self, nonce: &str, now_secs: i64) -> bool {
+        while let Some((t, _)) = self.order.front() {
+            if now_secs - *t > 2 * TIMESTAMP_WINDOW_SECS || self.order.len() > 100_000 {
+                if let Some((_, n)) = self.order.pop_front() {
+                    self.set.remove(&n);
+                }
+            } else {
+                break;
+            }
+        }
+        if self.set.contains(nonce) {
+            return false;
+        }
+        self.set.insert(nonce.to_string());
+        self.order.push_back((now_secs, nonce.to_string()));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Envelope, HeartbeatPayload, Message};
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn signed_heartbeat(nonce: &str) -> (String, i64) {
+        let env = Envelope::new(
+            "hb-1",
+            Message::Heartbeat(HeartbeatPayload {
+                docker_reachable: Some(true),
+                ..Default::default()
+            }),
+        );
+        let now = crate::time::parse_rfc3339(&env.timestamp).unwrap();
+        (sign(KEY, &env.encode(), nonce).unwrap(), now)
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":"q"}}"#).unwrap();
+        let mut s = String::new();
+        canonical_json(&v, &mut s);
+        assert_eq!(s, r#"{"a":{"c":"q","z":[{"x":2,"y":1}]},"b":1}"#);
+    }
+
+    #[test]
+    fn a_signed_message_verifies_and_still_decodes() {
+        let (text, now) = signed_heartbeat("n-1");
+        let mut cache = NonceCache::default();
+        assert_eq!(
+            verify(KEY, text.as_bytes(), now, &mut |n| cache
+                .check_and_insert(n, now)),
+            Ok(())
+        );
+        assert!(
+            Envelope::decode(text.as_bytes()).is_ok(),
+            "unsigned peers ignore the extra fields"
+        );
+    }
+
+    #[test]
+    fn altered_replayed_stale_and_unsigned_messages_are_refused() {
+        let (text, now) = signed_heartbeat("n-2");
+        let mut cache = NonceCache::default();
+        let altered = text.replace("\"docker_reachable\":true", "\"docker_reachable\":false");
+        assert_ne!(altered, text);
+        assert_eq!(
+            verify(KEY, altered.as_bytes(), now, &mut |n| cache
+                .check_and_insert(n, now)),
+            Err(SignatureError::BadSignature)
+        );
+        assert_eq!(
+            verify(b"another key", text.as_bytes(), now, &mut |_| true),
+            Err(SignatureError::BadSignature)
+        );
+        assert_eq!(
+            verify(KEY, text.as_bytes(), now, &mut |n| cache
+                .check_and_insert(n, now)),
+            Ok(())
+        );
+        assert_eq!(
+            verify(KEY, text.as_bytes(), now, &mut |n| cache
+                .check_and_insert(n, now)),
+            Err(SignatureError::Replayed)
+        );
+        assert_eq!(
+            verify(KEY, text.as_bytes(), now + 3600, &mut |_| true),
+            Err(SignatureError::Stale)
+        );
+        let plain = Envelope::new("x", Message::Heartbeat(HeartbeatPayload::default())).encode();
+        assert_eq!(
+            verify(KEY, plain.as_bytes(), now, &mut |_| true),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify(KEY, b"garbage", now, &mut |_| true),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_nonce_cache_is_bounded_by_time() {
+        let mut c = NonceCache::default();
+        assert!(c.check_and_insert("a", 0));
+        assert!(!c.check_and_insert("a", 1));
+        assert!(c.check_and_insert("b", 1000));
+        assert_eq!(c.len(), 1, "old nonces are forgotten");
+    }
+}
