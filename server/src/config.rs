@@ -262,8 +262,6 @@ pub struct AgentConfig {
     pub event_retention_age: Seconds,
     /// Commands queued for one agent before new ones are refused with 429. Default 64.
     pub max_pending_commands: usize,
-    /// Seconds a signed message's timestamp may differ from the server's clock. Default 60.
-    pub signature_window: Seconds,
     /// Messages with a bad signature before the server closes the socket. Default 5.
     pub max_bad_signatures: u32,
     /// Seconds finished command records are kept (idempotency keys are honoured as long as
@@ -308,7 +306,6 @@ impl Default for AgentConfig {
             event_retention_count: 1000,
             event_retention_age: Seconds::secs(7 * 24 * 3600),
             max_pending_commands: 64,
-            signature_window: Seconds::secs(60),
             max_bad_signatures: 5,
             command_retention_age: Seconds::secs(7 * 24 * 3600),
         }
@@ -422,9 +419,6 @@ impl Config {
         }
         if self.http_header_timeout.get().is_zero() {
             bail!("http_header_timeout must be greater than 0");
-        }
-        if a.signature_window.get().is_zero() {
-            bail!("agent.signature_window must be greater than 0");
         }
         if a.max_messages_per_second == 0 {
             bail!("agent.max_messages_per_second must be at least 1");

@@ -1,93 +1,37 @@
-//! Optional per-agent message signing (HMAC-SHA256).
+//! Optional per-agent message signing (HMAC-SHA256), on top of [`protocol::signing`].
 //!
 //! When an agent has a signing key, every JSON envelope in both directions carries two more
-//! top-level fields: `nonce` (random, unique per message, 16 to 128 characters) and `sig`
-//! (lowercase hex of HMAC-SHA256(key, signing input)). The signing input is
-//!
-//! ```text
-//! id|type|timestamp|nonce|canonical-payload
-//! ```
-//!
-//! where canonical-payload is the payload as compact JSON with object keys sorted
-//! (recursively) and serde_json's number and string formatting. The receiver rejects a bad
-//! signature, a nonce it has seen in the window, and a timestamp more than the window away
-//! from its clock. Binary data frames of passthrough streams are not envelopes and are not
-//! signed.
-//!
-//! These helpers belong in the protocol crate so the agent can share them; until they move,
-//! the server keeps its copy here.
+//! top-level fields, `nonce` and `sig`, as defined by `protocol::signing` (the one definition
+//! the agent shares): `sig` is the hex HMAC-SHA256 of
+//! `id \n type \n timestamp \n nonce \n canonical(payload)`. The server adds what the
+//! protocol crate leaves to its caller: the per-agent key (encrypted at rest), fresh nonces,
+//! and a per-agent nonce cache that outlives a session (so a message cannot be replayed on a
+//! new connection within the window). Binary data frames of passthrough streams are not
+//! envelopes and are not signed.
 
-use hmac::{Hmac, Mac};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
-use sha2::Sha256;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-type HmacSha256 = Hmac<Sha256>;
+pub use protocol::signing::{canonical_json, TIMESTAMP_WINDOW_SECS};
 
 /// The length of a signing key in bytes (shown to the operator as 64 hex characters).
 pub const KEY_LEN: usize = 32;
 
+/// The accepted distance between a message's timestamp and the receiver's clock.
+pub const WINDOW: Duration = Duration::from_secs(TIMESTAMP_WINDOW_SECS as u64);
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// A fresh random signing key, as hex.
 pub fn generate_key_hex() -> String {
-    let mut key = [0u8; KEY_LEN];
-    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut key);
-    hex::encode(key)
-}
-
-/// Compact JSON with object keys sorted at every level.
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write_canonical(&m[k.as_str()], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// `id|type|timestamp|nonce|canonical-payload`.
-pub fn signing_input(
-    id: &str,
-    kind: &str,
-    timestamp: &str,
-    nonce: &str,
-    payload: &Value,
-) -> String {
-    let payload = if payload.is_null() {
-        "{}".to_string()
-    } else {
-        canonical_json(payload)
-    };
-    format!("{id}|{kind}|{timestamp}|{nonce}|{payload}")
+    random_hex(KEY_LEN)
 }
 
 /// A per-agent signing key. `Debug` never shows it.
@@ -122,6 +66,13 @@ impl SigError {
     }
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 impl Signer {
     /// From 64 hex characters.
     pub fn from_hex(hex_key: &str) -> Option<Signer> {
@@ -131,82 +82,32 @@ impl Signer {
         })
     }
 
-    fn mac(&self, input: &str) -> HmacSha256 {
-        // HMAC accepts keys of any length; ours is 32 bytes.
-        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        m.update(input.as_bytes());
-        m
+    /// Signs an encoded envelope: the same JSON with `nonce` and `sig` added.
+    pub fn sign_text(&self, encoded: &str) -> String {
+        protocol::signing::sign(&self.key, encoded, &random_hex(16))
+            .unwrap_or_else(|_| encoded.to_string())
     }
 
-    /// The hex signature of `input`.
-    pub fn sign(&self, input: &str) -> String {
-        hex::encode(self.mac(input).finalize().into_bytes())
-    }
-
-    /// Adds `nonce` and `sig` to an encoded envelope (a JSON object).
+    /// Adds `nonce` and `sig` to an envelope held as JSON.
     pub fn sign_envelope(&self, env: &mut Value) {
-        let mut n = [0u8; 16];
-        rand::rngs::StdRng::from_os_rng().fill_bytes(&mut n);
-        let nonce = hex::encode(n);
-        let text = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let input = signing_input(
-            &text("id"),
-            &text("type"),
-            &text("timestamp"),
-            &nonce,
-            env.get("payload").unwrap_or(&Value::Null),
-        );
-        let sig = self.sign(&input);
-        if let Some(m) = env.as_object_mut() {
-            m.insert("nonce".into(), Value::String(nonce));
-            m.insert("sig".into(), Value::String(sig));
+        if let Ok(v) = serde_json::from_str(&self.sign_text(&env.to_string())) {
+            *env = v;
         }
     }
 
-    /// Checks a received envelope (already parsed as JSON): signature (constant time), then
-    /// timestamp window, then nonce freshness (recorded in `nonces` under `agent`).
-    pub fn verify(
-        &self,
-        env: &Value,
-        window: Duration,
-        nonces: &NonceCache,
-        agent: &str,
-    ) -> Result<(), SigError> {
-        let text = |k: &str| env.get(k).and_then(Value::as_str);
-        let (Some(nonce), Some(sig)) = (text("nonce"), text("sig")) else {
-            return Err(SigError::Missing);
-        };
-        if !(16..=128).contains(&nonce.len()) {
-            return Err(SigError::Missing);
-        }
-        let input = signing_input(
-            text("id").unwrap_or(""),
-            text("type").unwrap_or(""),
-            text("timestamp").unwrap_or(""),
-            nonce,
-            env.get("payload").unwrap_or(&Value::Null),
-        );
-        let Ok(raw_sig) = hex::decode(sig) else {
-            return Err(SigError::BadSignature);
-        };
-        self.mac(&input)
-            .verify_slice(&raw_sig)
-            .map_err(|_| SigError::BadSignature)?;
-        let ts = text("timestamp")
-            .and_then(protocol::time::parse_rfc3339)
-            .ok_or(SigError::Stale)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if (now - ts).unsigned_abs() > window.as_secs() {
-            return Err(SigError::Stale);
-        }
-        if !nonces.insert(agent, nonce, window) {
-            return Err(SigError::Replayed);
-        }
-        Ok(())
+    /// Checks a received message: signature (constant time), timestamp window, then nonce
+    /// freshness (recorded in `nonces` under `agent`).
+    pub fn verify(&self, raw: &[u8], nonces: &NonceCache, agent: &str) -> Result<(), SigError> {
+        use protocol::signing::SignatureError as E;
+        protocol::signing::verify(&self.key, raw, now_secs(), &mut |n| {
+            nonces.insert(agent, n, WINDOW)
+        })
+        .map_err(|e| match e {
+            E::Malformed | E::Missing => SigError::Missing,
+            E::BadSignature => SigError::BadSignature,
+            E::Stale => SigError::Stale,
+            E::Replayed => SigError::Replayed,
+        })
     }
 }
 
@@ -254,27 +155,23 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let v = json!({"b": 1, "a": {"d": [1, {"z": 0, "y": "x"}], "c": null}});
-        assert_eq!(
-            canonical_json(&v),
-            r#"{"a":{"c":null,"d":[1,{"y":"x","z":0}]},"b":1}"#
-        );
-    }
-
-    #[test]
     fn sign_then_verify_and_tamper() {
         let s = Signer::from_hex(&generate_key_hex()).unwrap();
         let nonces = NonceCache::default();
-        let mut env = json!({"id": "1", "type": "heartbeat", "timestamp": protocol::time::now_rfc3339(),
+        let env = json!({"id": "1", "type": "heartbeat", "timestamp": protocol::time::now_rfc3339(),
             "payload": {"docker_reachable": true}});
-        s.sign_envelope(&mut env);
-        let w = Duration::from_secs(60);
-        assert_eq!(s.verify(&env, w, &nonces, "a"), Ok(()));
-        assert_eq!(s.verify(&env, w, &nonces, "a"), Err(SigError::Replayed));
-        let mut bad = env.clone();
+        let signed = s.sign_text(&env.to_string());
+        assert_eq!(s.verify(signed.as_bytes(), &nonces, "a"), Ok(()));
+        assert_eq!(
+            s.verify(signed.as_bytes(), &nonces, "a"),
+            Err(SigError::Replayed)
+        );
+        let mut bad: Value = serde_json::from_str(&signed).unwrap();
         bad["payload"]["docker_reachable"] = json!(false);
-        assert_eq!(s.verify(&bad, w, &nonces, "a"), Err(SigError::BadSignature));
+        assert_eq!(
+            s.verify(bad.to_string().as_bytes(), &nonces, "a"),
+            Err(SigError::BadSignature)
+        );
         assert!(!format!("{s:?}").contains(&hex::encode(s.key)));
     }
 }

@@ -83,11 +83,7 @@ async fn send_signed(
 ) -> bool {
     let text = match signer {
         None => env.encode(),
-        Some(s) => {
-            let mut v = env.to_value();
-            s.sign_envelope(&mut v);
-            v.to_string()
-        }
+        Some(s) => s.sign_text(&env.encode()),
     };
     mgr.inner.metrics.ws(Dir::Out, text.len());
     socket.send(WsMessage::Text(text.into())).await.is_ok()
@@ -229,13 +225,7 @@ async fn authenticate(
         }
         // A signing agent signs its auth message too.
         if let Some(signer) = signer_of(mgr, &agent) {
-            let raw: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if let Err(e) = signer.verify(
-                &raw,
-                inner.config.signature_window.get(),
-                &inner.nonces,
-                &agent.id,
-            ) {
+            if let Err(e) = signer.verify(text.as_bytes(), &inner.nonces, &agent.id) {
                 tracing::warn!(agent_id = %agent.agent_id, reason = e.message(), "auth message signature refused");
                 return Err((AgentAuthFailure::BadSignature, Some(agent)));
             }
@@ -697,14 +687,8 @@ fn verify_signed(
     signer: &Signer,
     bytes: &[u8],
 ) -> Result<serde_json::Value, SigError> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| SigError::Missing)?;
-    signer.verify(
-        &v,
-        mgr.inner.config.signature_window.get(),
-        &mgr.inner.nonces,
-        &session.agent_ref,
-    )?;
-    Ok(v)
+    signer.verify(bytes, &mgr.inner.nonces, &session.agent_ref)?;
+    serde_json::from_slice(bytes).map_err(|_| SigError::Missing)
 }
 
 /// Sends `stream_cancel` for a stream the agent named but we do not (or no longer) know.
