@@ -48,7 +48,7 @@ for _ in $(seq 100); do [ -s "$work/server.log" ] && break; sleep 0.1; done
 url=$(head -1 "$work/server.log")
 case "$url" in ws://*) ;; *) echo "test server did not start: $(cat "$work/server.log")" >&2; exit 1 ;; esac
 
-DOCKER_CTL_TOKEN=budget-token-0123456789 "$x86" --server "$url" --agent-id budget-agent \
+DOCKER_CTL_TOKEN=budget-token-0123456789 DOCKER_CTL_STATE_FILE="$work/agent-state.json" "$x86" --server "$url" --agent-id budget-agent \
   --docker-socket unix:///var/run/docker.sock 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do grep -q '^authenticated' "$work/server.log" && break; sleep 0.1; done

@@ -12,6 +12,18 @@
 //! | agent id         | `--agent-id`      | `DOCKER_CTL_AGENT_ID`      | `agent.id`       |
 //! | auth token       | `--token`         | `DOCKER_CTL_TOKEN`         | `agent.auth_token` |
 //! | Docker socket    | `--docker-socket` | `DOCKER_CTL_DOCKER_SOCKET` | `docker.socket`  |
+//! | signing key      | (none: flags show in `ps`) | `DOCKER_CTL_SIGNING_KEY` | `agent.signing_key` |
+//! | state file       | (none)            | `DOCKER_CTL_STATE_FILE`    | `agent.state_file` |
+//!
+//! `agent.signing_key` (optional): the per-agent HMAC key the server shows once, 64 hex
+//! digits (or base64). When set, every JSON envelope the agent sends is signed and every
+//! one it receives must carry a valid signature (see `protocol::signing`); binary data
+//! frames of passthrough streams are not signed (TLS protects them). Masked everywhere.
+//!
+//! `agent.state_file` (optional): where idempotency keys are kept across restarts (see
+//! [`crate::state`]). When set, its directory must be writable (created when missing) or
+//! the agent refuses to start; when absent, `/var/lib/docker-ctl/agent-state.json`, then
+//! `$HOME/.local/state/docker-ctl/agent-state.json`, then memory only (with a warning).
 //!
 //! Inside the file, `${VAR}` in any string value is replaced by the environment variable
 //! `VAR`; an unset variable is an error naming it; `$$` is a literal `$`. Expansion applies
@@ -164,6 +176,12 @@ pub struct AgentConfig {
     /// Seconds a command may run until the server says otherwise.
     #[serde(default = "d_command_timeout")]
     pub command_timeout: u64,
+    /// The per-agent HMAC signing key (hex or base64); absent: messages are not signed.
+    #[serde(default)]
+    pub signing_key: Option<Secret>,
+    /// The state file (idempotency keys); absent: the default with fallbacks.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 fn d_workers() -> usize {
@@ -192,6 +210,8 @@ impl Default for AgentConfig {
             event_buffer: d_event_buffer(),
             heartbeat_interval: d_heartbeat(),
             command_timeout: d_command_timeout(),
+            signing_key: None,
+            state_file: None,
         }
     }
 }
@@ -328,6 +348,8 @@ pub struct Overrides {
     pub agent_id: Option<String>,
     pub token: Option<Secret>,
     pub docker_socket: Option<String>,
+    pub signing_key: Option<Secret>,
+    pub state_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -384,6 +406,12 @@ impl Config {
         if let Some(v) = &o.docker_socket {
             self.docker.socket = v.clone();
         }
+        if let Some(v) = &o.signing_key {
+            self.agent.signing_key = Some(v.clone());
+        }
+        if let Some(v) = &o.state_file {
+            self.agent.state_file = Some(v.clone());
+        }
     }
 
     /// Checks values after parsing and overrides.
@@ -436,6 +464,19 @@ impl Config {
         }
         if self.agent.command_timeout == 0 {
             return bad("agent.command_timeout must be at least 1 second".into());
+        }
+        if let Some(k) = &self.agent.signing_key {
+            if let Err(e) = parse_signing_key(k) {
+                return bad(e);
+            }
+        }
+        if let Some(p) = &self.agent.state_file {
+            if p.as_os_str().is_empty() || p.file_name().is_none() {
+                return bad(format!(
+                    "agent.state_file {:?} must be a file path",
+                    p.display()
+                ));
+            }
         }
         if let Err(e) = crate::docker::Endpoint::parse(&self.docker.socket) {
             return bad(e);
@@ -535,6 +576,23 @@ impl Config {
             self.agent.heartbeat_interval
         );
         let _ = writeln!(s, "agent.command_timeout: {}", self.agent.command_timeout);
+        let _ = writeln!(
+            s,
+            "agent.signing_key: {}",
+            self.agent
+                .signing_key
+                .as_ref()
+                .map_or("(none: messages are not signed)".to_string(), |k| k
+                    .to_string())
+        );
+        let _ = writeln!(
+            s,
+            "agent.state_file: {}",
+            self.agent.state_file.as_ref().map_or(
+                format!("(default {}, with fallbacks)", crate::state::DEFAULT_PATH),
+                |p| p.display().to_string()
+            )
+        );
         let _ = writeln!(s, "docker.socket: {}", self.docker.socket);
         let _ = writeln!(s, "docker.timeout: {}", self.docker.timeout);
         let _ = writeln!(s, "logging.level: {}", self.logging.level);
@@ -565,6 +623,30 @@ impl Config {
         let _ = writeln!(s, "policy.redact_env_patterns: {:?}", p.redact_env_patterns);
         s
     }
+}
+
+/// The signing key's bytes: 64 hex digits (what the server shows), any even number of hex
+/// digits, or base64. At least 16 bytes. The error never contains the key.
+pub fn parse_signing_key(k: &Secret) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let t = k.expose().trim();
+    let bytes = if !t.is_empty() && t.len() % 2 == 0 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(t).map_err(|_| "agent.signing_key: invalid hex".to_string())?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .map_err(|_| {
+                "agent.signing_key must be hex (64 digits, as the server shows it) or base64"
+                    .to_string()
+            })?
+    };
+    if bytes.len() < 16 {
+        return Err(format!(
+            "agent.signing_key is too short ({} bytes; the server's keys are 32)",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// serde names the unknown key but not its section: add the section when the key appears
@@ -774,6 +856,7 @@ mod tests {
             agent_id: Some("a1".into()),
             token: Some("t".into()),
             docker_socket: Some("tcp://127.0.0.1:2375".into()),
+            ..Default::default()
         });
         c.validate().unwrap();
         c.agent.workers = 0;
@@ -787,6 +870,46 @@ mod tests {
         assert!(c.validate().is_err());
         c.server.url = "wss://x".into();
         c.docker.socket = "docker.sock".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn signing_key_and_state_file() {
+        let mut c = Config::empty();
+        c.apply(&Overrides {
+            server: Some("ws://127.0.0.1:1".into()),
+            agent_id: Some("a1".into()),
+            token: Some("t".into()),
+            signing_key: Some(Secret::new("ab".repeat(32))),
+            state_file: Some(PathBuf::from("/tmp/x/state.json")),
+            ..Default::default()
+        });
+        c.validate().unwrap();
+        assert_eq!(
+            parse_signing_key(c.agent.signing_key.as_ref().unwrap()).unwrap(),
+            vec![0xab; 32]
+        );
+        let shown = c.render();
+        assert!(shown.contains("agent.signing_key: ***"), "{shown}");
+        assert!(!shown.contains(&"ab".repeat(32)));
+        assert!(!format!("{c:?}").contains(&"ab".repeat(32)));
+        assert!(shown.contains("agent.state_file: /tmp/x/state.json"));
+        assert_eq!(
+            parse_signing_key(&Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="))
+                .unwrap(),
+            (0u8..32).collect::<Vec<_>>()
+        );
+        for bad in ["", "abcd", "not a key!", "zz"] {
+            let err = parse_signing_key(&Secret::new(bad)).unwrap_err();
+            assert!(err.contains("agent.signing_key"), "{err}");
+            if bad.len() > 2 {
+                assert!(!err.contains(bad));
+            }
+        }
+        c.agent.signing_key = Some(Secret::new("short"));
+        assert!(c.validate().is_err());
+        c.agent.signing_key = None;
+        c.agent.state_file = Some(PathBuf::from(""));
         assert!(c.validate().is_err());
     }
 

@@ -14,13 +14,12 @@ pub mod log;
 pub mod ops;
 pub mod passthrough;
 pub mod policy;
+pub mod state;
 
 use config::Config;
 use docker::{Closer, DockerClient, Endpoint};
 use ops::events::EventBuffer;
-use protocol::Envelope;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::channel;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,7 +112,15 @@ pub struct Agent {
     pub stats: Arc<Stats>,
     pub events: Arc<EventBuffer>,
     pub dedup: Mutex<ops::Dedup>,
+    /// Responses and progress for the server, kept while the link is down.
+    pub outbox: ops::outbox::Outbox,
+    /// The HMAC key when messages are signed.
+    pub signing: Option<SigningKey>,
+    /// Nonces of verified messages (replay protection across sessions).
+    pub nonces: Mutex<protocol::signing::NonceCache>,
     pub started: Instant,
+    state_file: state::StateFile,
+    state_writer: Mutex<()>,
     snapshot: Mutex<health::Snapshot>,
     id_prefix: String,
     id_counter: AtomicU64,
@@ -123,6 +130,36 @@ impl Agent {
     /// The latest health snapshot.
     pub fn snapshot(&self) -> health::Snapshot {
         self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Writes the idempotency keys to the state file (atomically; one writer at a time,
+    /// each writing the latest state).
+    pub fn save_state(&self) {
+        let Some(path) = self.state_file.path() else {
+            return;
+        };
+        let Ok(_w) = self.state_writer.lock() else {
+            return;
+        };
+        let text = match self.dedup.lock() {
+            Ok(d) => d.keys.encode(),
+            Err(_) => return,
+        };
+        if let Err(e) = self.state_file.save(&text) {
+            ::log::error!(
+                "cannot write the state file {}: {e}; idempotency keys may be forgotten on restart",
+                path.display()
+            );
+        }
+    }
+
+    /// A fresh nonce for a signed message: 16 random hex digits and a counter.
+    pub fn next_nonce(&self) -> String {
+        format!(
+            "{:016x}{:x}",
+            random_u64(),
+            self.id_counter.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// A fresh message id: `{kind}-{random}-{n}`.
@@ -155,6 +192,19 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let endpoint = Endpoint::parse(&config.docker.socket).map_err(Error::Setup)?;
     let docker = DockerClient::new(endpoint, config.docker_timeout());
     let id_prefix = format!("{:08x}", (random_unit() * f64::from(u32::MAX)) as u32);
+    let signing = match &config.agent.signing_key {
+        Some(k) => Some(SigningKey(
+            config::parse_signing_key(k).map_err(Error::Setup)?,
+        )),
+        None => None,
+    };
+    if signing.is_some() {
+        ::log::info!("message signing is on: every JSON message is signed and must be signed");
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let state_file =
+        state::StateFile::choose(config.agent.state_file.as_deref(), &env).map_err(Error::Setup)?;
+    let keys = state_file.load(state::now_secs());
     let agent = Arc::new(Agent {
         settings: Settings {
             heartbeat: AtomicU64::new(config.agent.heartbeat_interval),
@@ -162,8 +212,13 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         },
         events: Arc::new(EventBuffer::new(config.agent.event_buffer)),
         stats: Arc::new(Stats::default()),
-        dedup: Mutex::new(ops::Dedup::default()),
+        dedup: Mutex::new(ops::Dedup::with_keys(keys)),
+        outbox: ops::outbox::Outbox::default(),
+        signing,
+        nonces: Mutex::new(protocol::signing::NonceCache::default()),
         started: Instant::now(),
+        state_file,
+        state_writer: Mutex::new(()),
         snapshot: Mutex::new(health::Snapshot::default()),
         docker,
         config,
@@ -213,9 +268,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
             .stack_size(256 * 1024)
             .spawn(move || ops::events::follow(d, b, c, sd))?;
     }
-    let (tx, rx) = channel::<Envelope>();
-    let result =
-        connection::session::run_sessions(&agent, tls.as_ref(), &pool, &tx, &rx, &shutdown);
+    let result = connection::session::run_sessions(&agent, tls.as_ref(), &pool, &shutdown);
     shutdown.trigger();
     if let Ok(slot) = closer.lock() {
         if let Some(c) = slot.as_ref() {
@@ -225,10 +278,24 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     result
 }
 
-/// A uniform number in [0, 1) for backoff jitter and id prefixes. Not for secrets: it
-/// comes from std's randomly keyed SipHash (seeded from the OS), which saves the size of a
-/// second `rand` copy (tungstenite brings its own) on small targets.
-pub fn random_unit() -> f64 {
+/// The per-agent HMAC key. `Debug` never shows it.
+pub struct SigningKey(Vec<u8>);
+
+impl SigningKey {
+    /// The key bytes. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(***)")
+    }
+}
+
+/// 64 bits from std's randomly keyed SipHash, mixed with the clock (see [`random_unit`]).
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -237,5 +304,12 @@ pub fn random_unit() -> f64 {
             .map(|d| d.as_nanos())
             .unwrap_or(0),
     );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    h.finish()
+}
+
+/// A uniform number in [0, 1) for backoff jitter and id prefixes. Not for secrets: it
+/// comes from std's randomly keyed SipHash (seeded from the OS), which saves the size of a
+/// second `rand` copy (tungstenite brings its own) on small targets.
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }

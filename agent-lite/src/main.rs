@@ -28,6 +28,13 @@ fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::Co
         agent_id: args.agent_id.clone(),
         token: args.token.clone().map(Into::into),
         docker_socket: args.docker_socket.clone(),
+        // No flags for these: a key on the command line shows in the process list.
+        signing_key: env("DOCKER_CTL_SIGNING_KEY")
+            .filter(|v| !v.is_empty())
+            .map(Into::into),
+        state_file: env("DOCKER_CTL_STATE_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
     });
     config.validate()?;
     Ok((config, path))
@@ -68,7 +75,10 @@ fn main() -> ExitCode {
     if let Err(e) = agent_lite::log::init(
         &config.logging.level,
         config.logging.file.as_deref(),
-        &[config.agent.auth_token.expose()],
+        &[
+            config.agent.auth_token.expose(),
+            config.agent.signing_key.as_ref().map_or("", |k| k.expose()),
+        ],
     ) {
         let file = config
             .logging

@@ -19,6 +19,8 @@ fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
         "DOCKER_CTL_AGENT_ID",
         "DOCKER_CTL_TOKEN",
         "DOCKER_CTL_DOCKER_SOCKET",
+        "DOCKER_CTL_SIGNING_KEY",
+        "DOCKER_CTL_STATE_FILE",
         "AGENT_ID",
         "AGENT_AUTH_TOKEN",
     ] {
@@ -148,6 +150,40 @@ fn precedence_is_cli_then_env_then_file_and_loose_modes_warn() {
 }
 
 #[test]
+fn signing_key_and_state_file_from_the_environment_are_masked_and_checked() {
+    let key = "0f".repeat(32);
+    let env = [
+        ("DOCKER_CTL_SERVER", "wss://env.example"),
+        ("DOCKER_CTL_AGENT_ID", "a1"),
+        ("DOCKER_CTL_TOKEN", "tok-env-1"),
+        ("DOCKER_CTL_SIGNING_KEY", key.as_str()),
+        ("DOCKER_CTL_STATE_FILE", "/tmp/docker-ctl-cli-test/state.json"),
+    ];
+    let o = agent(&["--check-config"], &env);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("agent.signing_key: ***"), "{out}");
+    assert!(!out.contains(&key), "the signing key leaked: {out}");
+    assert!(
+        out.contains("agent.state_file: /tmp/docker-ctl-cli-test/state.json"),
+        "{out}"
+    );
+    let mut bad = env;
+    bad[3] = ("DOCKER_CTL_SIGNING_KEY", "not-a-key!");
+    let o = agent(&["--check-config"], &bad);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("agent.signing_key"), "{out}");
+    assert!(!out.contains("not-a-key!"), "{out}");
+    let o = agent(&["--check-config"], &env[..3]);
+    let out = text(&o);
+    assert!(
+        out.contains("agent.signing_key: (none") && out.contains("agent.state_file: (default"),
+        "{out}"
+    );
+}
+
+#[test]
 fn log_file_is_private_and_never_holds_the_token() {
     common::docker::require_docker();
     let server = common::ws_server::TestServer::start();
@@ -157,8 +193,9 @@ fn log_file_is_private_and_never_holds_the_token() {
     std::fs::write(
         &cfg,
         format!(
-            "server:\n  url: {}\nagent:\n  id: log-agent\n  auth_token: ${{LOG_TEST_TOKEN}}\nlogging:\n  level: debug\n  file: {}\n",
+            "server:\n  url: {}\nagent:\n  id: log-agent\n  auth_token: ${{LOG_TEST_TOKEN}}\n  state_file: {}\nlogging:\n  level: debug\n  file: {}\n",
             server.url(),
+            dir.path().join("state.json").display(),
             log.display()
         ),
     )

@@ -369,6 +369,7 @@ fn sigterm_sends_disconnect_and_exits_zero() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_docker-ctl-agent"))
         .args(["--server", &server.url(), "--agent-id", &id])
         .env("DOCKER_CTL_TOKEN", "tok-very-secret-123")
+        .env("DOCKER_CTL_STATE_FILE", common::state_path(&id))
         .env("DOCKER_CTL_CONFIG", "/nonexistent-so-defaults-apply.yaml")
         .env_remove("DOCKER_CTL_CONFIG")
         .stderr(std::process::Stdio::piped())

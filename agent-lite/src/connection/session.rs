@@ -16,7 +16,6 @@ use protocol::{
 use rustls::ClientConfig;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -38,6 +37,8 @@ const STREAM_TICK: Duration = Duration::from_millis(5);
 const BUSY_TICK: Duration = Duration::from_millis(1);
 /// Data bytes sent per loop turn, so reading, control messages and heartbeats keep moving.
 const DATA_BUDGET: usize = 256 * 1024;
+/// Messages in a row that fail signature verification before the agent drops the link.
+pub const MAX_BAD_SIGNATURES: u32 = 5;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -60,8 +61,6 @@ pub fn run_sessions(
     agent: &Arc<Agent>,
     tls: Option<&Arc<ClientConfig>>,
     pool: &Pool,
-    outbox_tx: &Sender<Envelope>,
-    outbox: &Receiver<Envelope>,
     shutdown: &Shutdown,
 ) -> Result<(), crate::Error> {
     let rc = &agent.config.reconnection;
@@ -78,7 +77,7 @@ pub fn run_sessions(
                 log::warn!("cannot connect to {target}: {e}");
                 None
             }
-            Ok(ws) => match Session::new(agent, ws, pool, outbox_tx, outbox, shutdown).run() {
+            Ok(ws) => match Session::new(agent, ws, pool, shutdown).run() {
                 Outcome::Shutdown => return Ok(()),
                 Outcome::Rejected(why) => {
                     log::error!(
@@ -136,8 +135,6 @@ struct Session<'a> {
     agent: &'a Arc<Agent>,
     ws: WebSocket<Stream>,
     pool: &'a Pool,
-    outbox_tx: &'a Sender<Envelope>,
-    outbox: &'a Receiver<Envelope>,
     shutdown: &'a Shutdown,
     started: Instant,
     last_rx: Instant,
@@ -145,6 +142,8 @@ struct Session<'a> {
     /// Docker API passthrough streams of this session.
     hub: Arc<Hub>,
     read_timeout: Duration,
+    /// Received messages in a row that failed signature verification.
+    bad_signatures: u32,
 }
 
 /// What handling one incoming frame asks the loop to do.
@@ -158,8 +157,6 @@ impl<'a> Session<'a> {
         agent: &'a Arc<Agent>,
         ws: WebSocket<Stream>,
         pool: &'a Pool,
-        outbox_tx: &'a Sender<Envelope>,
-        outbox: &'a Receiver<Envelope>,
         shutdown: &'a Shutdown,
     ) -> Self {
         let now = Instant::now();
@@ -167,15 +164,48 @@ impl<'a> Session<'a> {
             agent,
             ws,
             pool,
-            outbox_tx,
-            outbox,
             shutdown,
             started: now,
             last_rx: now,
             authenticated: false,
             hub: Hub::new(agent.clone()),
             read_timeout: TICK,
+            bad_signatures: 0,
         }
+    }
+
+    /// Signs an encoded envelope when signing is on (see `protocol::signing`).
+    fn seal(&self, text: String) -> String {
+        match &self.agent.signing {
+            Some(key) => {
+                let nonce = self.agent.next_nonce();
+                match protocol::signing::sign(key.expose(), &text, &nonce) {
+                    Ok(signed) => signed,
+                    Err(e) => {
+                        // Our own envelopes always encode as objects; send it unsigned
+                        // (the server refuses it) rather than lose it silently.
+                        log::error!("cannot sign an outgoing message: {e}");
+                        text
+                    }
+                }
+            }
+            None => text,
+        }
+    }
+
+    /// Verifies a received JSON message when signing is on.
+    fn verify(&self, bytes: &[u8]) -> Result<(), protocol::signing::SignatureError> {
+        let Some(key) = &self.agent.signing else {
+            return Ok(());
+        };
+        let now = crate::state::now_secs() as i64;
+        let mut nonces = match self.agent.nonces.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        protocol::signing::verify(key.expose(), bytes, now, &mut |n| {
+            nonces.check_and_insert(n, now)
+        })
     }
 
     fn lost(&self, reason: impl Into<String>) -> Outcome {
@@ -187,7 +217,7 @@ impl<'a> Session<'a> {
     }
 
     fn send(&mut self, env: Envelope) -> Result<(), Outcome> {
-        let text = env.encode();
+        let text = self.seal(env.encode());
         match self.ws.send(tungstenite::Message::Text(text.into())) {
             Ok(()) => Ok(()),
             // Queued in tungstenite's buffer; the next flush continues.
@@ -252,12 +282,16 @@ impl<'a> Session<'a> {
         let mut budget = DATA_BUDGET;
         while let Some(item) = self.hub.pop(budget > 0) {
             match item {
-                Item::Control(text) => self.write(tungstenite::Message::Text(text.into()))?,
+                Item::Control(text) => {
+                    let text = self.seal(text);
+                    self.write(tungstenite::Message::Text(text.into()))?
+                }
                 Item::Data(Out::Frame(f)) => {
                     budget = budget.saturating_sub(f.len());
                     self.write(tungstenite::Message::Binary(f.into()))?
                 }
                 Item::Data(Out::Text(text)) => {
+                    let text = self.seal(text);
                     self.write(tungstenite::Message::Text(text.into()))?
                 }
             }
@@ -410,6 +444,32 @@ impl<'a> Session<'a> {
             // tungstenite answers pings itself; pongs only refresh last_rx.
             M::Ping(_) | M::Pong(_) | M::Frame(_) => return Ok(Next::Continue),
         };
+        if let Err(e) = self.verify(&bytes) {
+            self.bad_signatures += 1;
+            let ref_id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|x| x.as_str()).map(str::to_owned))
+                .filter(|s| s.len() <= 256);
+            log::warn!(
+                "refused a message from the server ({} bytes, id {}): {e} ({} in a row)",
+                bytes.len(),
+                ref_id.as_deref().unwrap_or("-"),
+                self.bad_signatures
+            );
+            let body = ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("message refused, not executed: {e}"),
+            );
+            self.send(self.error_envelope(body, ref_id))?;
+            if self.bad_signatures >= MAX_BAD_SIGNATURES {
+                return Ok(Next::End(self.lost(format!(
+                    "{} messages in a row failed signature verification",
+                    self.bad_signatures
+                ))));
+            }
+            return Ok(Next::Continue);
+        }
+        self.bad_signatures = 0;
         let env = match Envelope::decode(&bytes) {
             Ok(env) => env,
             Err(e) => {
@@ -453,7 +513,7 @@ impl<'a> Session<'a> {
                     self.send(self.error_envelope(body, Some(env.id)))?;
                     return Ok(Next::Continue);
                 }
-                ops::dispatch(self.agent, self.pool, self.outbox_tx, env.id, cmd);
+                ops::dispatch(self.agent, self.pool, env.id, cmd);
             }
             Message::ConfigUpdate(u) => {
                 self.apply(&u.config);
@@ -526,15 +586,13 @@ impl<'a> Session<'a> {
 
     fn drain_outbox(&mut self) -> Result<(), Outcome> {
         for _ in 0..BATCH {
-            match self.outbox.try_recv() {
-                Ok(env) => {
-                    if let Err(o) = self.send(env.clone()) {
-                        // Not delivered: keep it for the next connection.
-                        let _ = self.outbox_tx.send(env);
-                        return Err(o);
-                    }
-                }
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            let Some(env) = self.agent.outbox.pop() else {
+                break;
+            };
+            if let Err(o) = self.send(env.clone()) {
+                // Not delivered: keep it for the next connection.
+                self.agent.outbox.put_back(env);
+                return Err(o);
             }
         }
         Ok(())

@@ -34,7 +34,16 @@ pub fn agent_config(server_url: &str, agent_id: &str) -> Config {
     c.agent.workers = 3;
     c.docker.timeout = 30.0;
     c.reconnection.max_delay = 8.0;
+    // Each agent its own state file, never the system default.
+    c.agent.state_file = Some(state_path(agent_id));
     c
+}
+
+/// A per-agent state file under the temporary directory.
+pub fn state_path(agent_id: &str) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("docker-ctl-agent-tests")
+        .join(format!("{agent_id}.json"))
 }
 
 /// Runs the real agent in-process; returns its shutdown handle and thread.
