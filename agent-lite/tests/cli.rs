@@ -157,7 +157,10 @@ fn signing_key_and_state_file_from_the_environment_are_masked_and_checked() {
         ("DOCKER_CTL_AGENT_ID", "a1"),
         ("DOCKER_CTL_TOKEN", "tok-env-1"),
         ("DOCKER_CTL_SIGNING_KEY", key.as_str()),
-        ("DOCKER_CTL_STATE_FILE", "/tmp/docker-ctl-cli-test/state.json"),
+        (
+            "DOCKER_CTL_STATE_FILE",
+            "/tmp/docker-ctl-cli-test/state.json",
+        ),
     ];
     let o = agent(&["--check-config"], &env);
     let out = text(&o);
