@@ -154,6 +154,33 @@ impl ServerConn {
         }
     }
 
+    /// The next text message as sent (e.g. to check its signature), skipping pings;
+    /// `Err` with the frame when the connection ended; `Ok(None)` on timeout.
+    pub fn next_text(&mut self, limit: Duration) -> Result<Option<String>, Frame> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => return Ok(Some(t.to_string())),
+                Ok(tungstenite::Message::Close(f)) => {
+                    return Err(Frame::Close(f.map(|f| u16::from(f.code))))
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let _ = self.ws.flush();
+                }
+                Err(_) => return Err(Frame::Gone),
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
     /// The next message for which `pred` holds, skipping others; fails after `limit`.
     pub fn expect(
         &mut self,
