@@ -39,6 +39,13 @@ pub fn agent_config(server_url: &str, agent_id: &str) -> Config {
     c
 }
 
+/// `dir/name`, which does not exist yet.
+pub fn unique_path(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    assert!(!p.exists(), "{} exists already", p.display());
+    p
+}
+
 /// A per-agent state file under the temporary directory.
 pub fn state_path(agent_id: &str) -> std::path::PathBuf {
     std::env::temp_dir()
