@@ -31,13 +31,9 @@ done
 # --- dockerd -----------------------------------------------------------------
 # Besides the default unix socket, dockerd listens on a loopback TCP port so that
 # tests can reach the daemon over tcp:// (direct mode over TCP).
-DOCKER_TCP=${DOCKER_CTL_TEST_DOCKER_TCP:-127.0.0.1:23750}
 if ! docker version >/dev/null 2>&1; then
   log "starting dockerd"
-  mkdir -p /var/log
-  nohup dockerd -H unix:///var/run/docker.sock -H "tcp://${DOCKER_TCP}" >/var/log/dockerd.log 2>&1 &
-  for _ in $(seq 1 120); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
-  docker version >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -20 /var/log/dockerd.log >&2; exit 1; }
+  bash "$(dirname "$0")/dockerd.sh" start
 fi
 
 # --- PostgreSQL --------------------------------------------------------------
