@@ -360,7 +360,7 @@ fn switching_connection_mode_gives_the_same_answers(db: Db) {
         "--name",
         &name,
         "--label",
-        "e2e-mode=1",
+        &format!("e2e-mode={name}"),
         TEST_IMAGE,
         "sleep",
         "60",
@@ -370,7 +370,7 @@ fn switching_connection_mode_gives_the_same_answers(db: Db) {
         let list = server.op_ok(
             h,
             "container.list",
-            json!({"all": true, "filters": {"label": "e2e-mode=1"}}),
+            json!({"all": true, "filters": {"label": format!("e2e-mode={name}")}}),
         );
         let insp = server.op_ok(h, "container.inspect", json!({"id": name}));
         (list, insp)
