@@ -10,7 +10,7 @@
 //!
 //! `sig` is the lowercase hex HMAC-SHA256, under the agent's signing key, of
 //! `id \n type \n timestamp \n nonce \n canonical(payload)`, where `canonical` is JSON with
-//! object keys sorted at every level and no whitespace.
+//! object keys sorted at every level and no whitespace (an absent payload is `null`).
 //!
 //! Owns: the canonical form, signing and verification. The caller keeps the nonce cache
 //! (bounded) and supplies the clock and the nonce. Must not: do I/O.
@@ -22,10 +22,24 @@ use sha2::Sha256;
 /// How far a signed message's timestamp may be from the receiver's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECS: i64 = 60;
 
-/// Why a signed message was refused. Answer with an `error` (code `forbidden`); after a few,
-/// close the connection.
+/// The length of a per-agent signing key, in bytes. Keys travel as 64 hex digits.
+pub const KEY_LEN: usize = 32;
+
+/// Parses a signing key written as 64 hex digits.
+pub fn parse_key(text: &str) -> Result<Vec<u8>, SignatureError> {
+    let key = hex::decode(text.trim()).map_err(|_| SignatureError::BadKey)?;
+    if key.len() != KEY_LEN {
+        return Err(SignatureError::BadKey);
+    }
+    Ok(key)
+}
+
+/// Why a signed message was refused. Answer with an `error` (code `unauthorized`: the message
+/// could not be authenticated) and do not act on it; after a few, close the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    #[error("the signing key must be {KEY_LEN} bytes written as {} hex digits", KEY_LEN * 2)]
+    BadKey,
     #[error("the message is not a JSON envelope")]
     Malformed,
     #[error("the message is not signed")]
@@ -255,6 +269,13 @@ mod tests {
             verify(KEY, b"garbage", now, &mut |_| true),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn keys_are_64_hex_digits() {
+        assert_eq!(parse_key(&"ab".repeat(32)).unwrap().len(), KEY_LEN);
+        assert_eq!(parse_key("abcd"), Err(SignatureError::BadKey));
+        assert_eq!(parse_key(&"zz".repeat(32)), Err(SignatureError::BadKey));
     }
 
     #[test]

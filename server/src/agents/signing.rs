@@ -103,7 +103,7 @@ impl Signer {
             nonces.insert(agent, n, WINDOW)
         })
         .map_err(|e| match e {
-            E::Malformed | E::Missing => SigError::Missing,
+            E::Malformed | E::Missing | E::BadKey => SigError::Missing,
             E::BadSignature => SigError::BadSignature,
             E::Stale => SigError::Stale,
             E::Replayed => SigError::Replayed,
