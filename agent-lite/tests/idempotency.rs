@@ -441,3 +441,81 @@ fn a_corrupt_state_file_is_reported_and_replaced() {
     shutdown.trigger();
     join_within(agent, S10).unwrap();
 }
+
+#[test]
+fn a_command_running_when_the_agent_is_killed_is_not_run_again_after_the_restart() {
+    require_docker();
+    let c = client();
+    let mut cleanup = Cleanup::new(&c);
+    let ctr = op(
+        &c,
+        "container.create",
+        json!({"name": unique("idem-kill"), "image": IMAGE, "cmd": ["sleep", "300"]}),
+    )
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cleanup.container(&ctr);
+    op(&c, "container.start", json!({"id": ctr})).unwrap();
+    let server = TestServer::start();
+    let agent_id = unique("agent-kill");
+    let state = state_path(&agent_id);
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_docker-ctl-agent"))
+            .args(["--server", &server.url(), "--agent-id", &agent_id])
+            .env("DOCKER_CTL_TOKEN", "tok-very-secret-123")
+            .env("DOCKER_CTL_STATE_FILE", &state)
+            .env_remove("DOCKER_CTL_CONFIG")
+            .env_remove("DOCKER_CTL_SIGNING_KEY")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run docker-ctl-agent")
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let key = unique("key-kill");
+    let exec = json!({"id": ctr, "cmd": ["sh", "-c", "echo run >> /tmp/runs; sleep 30"]});
+    {
+        let _child = Kill(start());
+        let mut conn = server.next_conn(S10);
+        conn.accept_auth(1);
+        send_keyed(&mut conn, "k-1", "container.exec", exec.clone(), &key);
+        wait_for(S10, || {
+            op(
+                &c,
+                "container.exec",
+                json!({"id": ctr, "cmd": ["cat", "/tmp/runs"]}),
+            )
+            .ok()
+            .filter(|v| v.to_string().contains("run"))
+        });
+        // SIGKILL while the command runs.
+    }
+    let _child = Kill(start());
+    let mut conn = server.next_conn(S10);
+    conn.accept_auth(1);
+    send_keyed(&mut conn, "k-1", "container.exec", exec, &key);
+    match one(&collect(&mut conn, &["k-1"], 1, S20), "k-1") {
+        CommandResponsePayload::Error { error } => {
+            assert_eq!(error.code, protocol::ErrorCode::OutcomeUnknown, "{error:?}")
+        }
+        other => panic!("expected outcome_unknown, got {other:?}"),
+    }
+    let runs = op(
+        &c,
+        "container.exec",
+        json!({"id": ctr, "cmd": ["sh", "-c", "wc -l < /tmp/runs"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        runs["stdout"].as_str().map(str::trim),
+        Some("1"),
+        "not run again: {runs}"
+    );
+}
