@@ -16,7 +16,7 @@
 //! | state file       | (none)            | `DOCKER_CTL_STATE_FILE`    | `agent.state_file` |
 //!
 //! `agent.signing_key` (optional): the per-agent HMAC key the server shows once, 64 hex
-//! digits (or base64). When set, every JSON envelope the agent sends is signed and every
+//! digits (or its 32 bytes in base64). When set, every JSON envelope the agent sends is signed and every
 //! one it receives must carry a valid signature (see `protocol::signing`); binary data
 //! frames of passthrough streams are not signed (TLS protects them). Masked everywhere.
 //!
@@ -625,28 +625,23 @@ impl Config {
     }
 }
 
-/// The signing key's bytes: 64 hex digits (what the server shows), any even number of hex
-/// digits, or base64. At least 16 bytes. The error never contains the key.
+/// The signing key's bytes: 64 hex digits, as the server shows it
+/// (`protocol::signing::parse_key`), or the same 32 bytes in base64. The error never
+/// contains the key.
 pub fn parse_signing_key(k: &Secret) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
+    use protocol::signing::{parse_key, KEY_LEN};
     let t = k.expose().trim();
-    let bytes = if !t.is_empty() && t.len() % 2 == 0 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(t).map_err(|_| "agent.signing_key: invalid hex".to_string())?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(t)
-            .map_err(|_| {
-                "agent.signing_key must be hex (64 digits, as the server shows it) or base64"
-                    .to_string()
-            })?
-    };
-    if bytes.len() < 16 {
-        return Err(format!(
-            "agent.signing_key is too short ({} bytes; the server's keys are 32)",
-            bytes.len()
-        ));
+    if let Ok(key) = parse_key(t) {
+        return Ok(key);
     }
-    Ok(bytes)
+    match base64::engine::general_purpose::STANDARD.decode(t) {
+        Ok(key) if key.len() == KEY_LEN => Ok(key),
+        _ => Err(format!(
+            "agent.signing_key must be {} hex digits as the server shows it (or {KEY_LEN} bytes in base64)",
+            KEY_LEN * 2
+        )),
+    }
 }
 
 /// serde names the unknown key but not its section: add the section when the key appears
@@ -906,7 +901,7 @@ mod tests {
                 assert!(!err.contains(bad));
             }
         }
-        c.agent.signing_key = Some(Secret::new("short"));
+        c.agent.signing_key = Some(Secret::new("ab".repeat(16)));
         assert!(c.validate().is_err());
         c.agent.signing_key = None;
         c.agent.state_file = Some(PathBuf::from(""));

@@ -1,5 +1,5 @@
 //! Optional HMAC message signing (`agent.signing_key`): the agent signs every JSON message
-//! and refuses (error `forbidden`, not executed) altered, replayed, stale and unsigned ones;
+//! and refuses (error `unauthorized`, not executed) altered, replayed, stale and unsigned ones;
 //! after 5 refusals in a row it drops the link and reconnects. Needs dockerd.
 
 mod common;
@@ -112,7 +112,7 @@ fn command(id: &str, operation: &str, params: serde_json::Value) -> Envelope {
 fn refused(m: &Message, why: &str) {
     match m {
         Message::Error(p) => {
-            assert_eq!(p.error.code, ErrorCode::Forbidden, "{p:?}");
+            assert_eq!(p.error.code, ErrorCode::Unauthorized, "{p:?}");
             assert!(p.error.message.contains(why), "{p:?}");
             assert!(p.error.message.contains("not executed"), "{p:?}");
         }
@@ -272,7 +272,7 @@ fn an_unsigned_auth_response_is_refused_when_a_key_is_configured() {
     let Message::Error(p) = env.message else {
         unreachable!()
     };
-    assert_eq!(p.error.code, ErrorCode::Forbidden);
+    assert_eq!(p.error.code, ErrorCode::Unauthorized);
     assert!(p.error.message.contains("not signed"), "{p:?}");
     // Commands are not run either (no auth, and unsigned).
     conn.send(&command("u-1", "system.ping", json!({})));

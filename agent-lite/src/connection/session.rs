@@ -456,8 +456,9 @@ impl<'a> Session<'a> {
                 ref_id.as_deref().unwrap_or("-"),
                 self.bad_signatures
             );
+            // protocol::signing: the message could not be authenticated.
             let body = ErrorBody::new(
-                ErrorCode::Forbidden,
+                ErrorCode::Unauthorized,
                 format!("message refused, not executed: {e}"),
             );
             self.send(self.error_envelope(body, ref_id))?;
