@@ -693,9 +693,13 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
     let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
     let api = Api::new(&server.addr, &server.token);
     let t_enrol = Instant::now();
-    let creds = enrol_many(&api, n).await?;
+    // 20 more agents only for sampling the heartbeat lag, so sampling never replaces the
+    // session of an agent that takes commands.
+    let mut creds = enrol_many(&api, n + 20).await?;
+    let lag_creds = creds.split_off(n);
     println!(
-        "enrolled {n} agents in {:.1} s",
+        "enrolled {} agents in {:.1} s",
+        n + 20,
         t_enrol.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -716,7 +720,7 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
     let idle_cpu = (cpu_secs(server.pid()) - cpu_a) / idle_window.as_secs_f64() * 100.0;
     let hb_rate = (c.heartbeats.load(Ordering::Relaxed) - hb_a) as f64 / idle_window.as_secs_f64();
 
-    let lags = heartbeat_lag(&api, &server, &creds[..creds.len().min(20)], 20).await;
+    let lags = heartbeat_lag(&api, &server, &lag_creds, 20).await;
     let hosts: Vec<String> = creds.iter().map(|(h, _, _)| h.clone()).collect();
 
     let cpu_b = cpu_secs(server.pid());
