@@ -6,6 +6,10 @@
 //! the `audit_head` row first inside the transaction (a row lock on PostgreSQL, the write lock
 //! on SQLite), so two server processes on one database cannot fork the chain either.
 //!
+//! Appends are group-committed: a caller queues its entry, and whoever holds the writer lock
+//! writes every queued entry in one transaction. Each caller returns only once its entry is
+//! committed, but under load one transaction carries many entries instead of one each.
+//!
 //! What it proves: an entry changed or deleted with SQL (without recomputing every later hash)
 //! is found by [`Store::verify_audit_chain`]. Whoever can rewrite the whole table can also
 //! recompute the chain; anchoring the head hash elsewhere (it is printed by `audit verify`)
@@ -15,7 +19,13 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{json_text, now_ms, AuditVerifyReport, NewAudit, Result, Store};
+use super::{json_text, now_ms, AuditVerifyReport, NewAudit, Result, Store, StoreError};
+
+/// An entry waiting for the next group commit, and where to say it was committed.
+pub(crate) struct Pending {
+    entry: NewAudit,
+    done: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
+}
 
 /// The `prev_hash` of the first chained entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -74,9 +84,43 @@ fn fields(r: &AnyRow) -> Result<Fields> {
 }
 
 impl Store {
-    /// Appends one entry to the chain.
+    /// Appends one entry to the chain; returns once it is committed.
     pub async fn add_audit(&self, e: &NewAudit) -> Result<()> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.audit_pending
+            .lock()
+            .map_err(|_| StoreError::Conflict("audit queue poisoned".into()))?
+            .push(Pending {
+                entry: e.clone(),
+                done: tx,
+            });
         let _one_writer = self.audit_lock.lock().await;
+        // A previous writer may have committed our entry while we waited for the lock.
+        if let Ok(r) = rx.try_recv() {
+            return r.map_err(StoreError::Conflict);
+        }
+        let batch: Vec<Pending> = match self.audit_pending.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return Err(StoreError::Conflict("audit queue poisoned".into())),
+        };
+        let entries: Vec<&NewAudit> = batch.iter().map(|p| &p.entry).collect();
+        let result = self.write_audit_batch(&entries).await;
+        let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        for p in batch {
+            let _ = p.done.send(shared.clone());
+        }
+        match rx.try_recv() {
+            Ok(r) => r.map_err(StoreError::Conflict),
+            // Our entry was in this batch: the send above cannot have failed.
+            Err(_) => result,
+        }
+    }
+
+    /// Writes `entries` as consecutive links of the chain in one transaction.
+    async fn write_audit_batch(&self, entries: &[&NewAudit]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         // Write first: this takes the head row's lock before anything is read.
         sqlx::query("UPDATE audit_head SET updated_at = $1 WHERE id = 1")
@@ -92,47 +136,52 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get("m")?;
-        let prev = if head_hash.is_empty() {
+        let mut prev = if head_hash.is_empty() {
             GENESIS.to_string()
         } else {
             head_hash
         };
-        let f = Fields {
-            seq: head_seq.max(max.unwrap_or(0)) + 1,
-            at: now_ms(),
-            actor_kind: e.actor_kind.clone(),
-            actor: e.actor.clone(),
-            host_id: e.host_id.clone(),
-            action: e.action.clone(),
-            target: e.target.clone(),
-            outcome: e.outcome.clone(),
-            error_code: e.error_code.clone(),
-            detail: e.detail.as_ref().map(json_text),
-            source_ip: e.source_ip.clone(),
-        };
-        let hash = entry_hash(&f, &prev);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, \
-             source_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(f.seq)
-        .bind(f.at)
-        .bind(&f.actor_kind)
-        .bind(&f.actor)
-        .bind(&f.host_id)
-        .bind(&f.action)
-        .bind(&f.target)
-        .bind(&f.outcome)
-        .bind(&f.error_code)
-        .bind(&f.detail)
-        .bind(&f.source_ip)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        let mut seq = head_seq.max(max.unwrap_or(0));
+        for e in entries {
+            seq += 1;
+            let f = Fields {
+                seq,
+                at: now_ms(),
+                actor_kind: e.actor_kind.clone(),
+                actor: e.actor.clone(),
+                host_id: e.host_id.clone(),
+                action: e.action.clone(),
+                target: e.target.clone(),
+                outcome: e.outcome.clone(),
+                error_code: e.error_code.clone(),
+                detail: e.detail.as_ref().map(json_text),
+                source_ip: e.source_ip.clone(),
+            };
+            let hash = entry_hash(&f, &prev);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, \
+                 source_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
             .bind(f.seq)
+            .bind(f.at)
+            .bind(&f.actor_kind)
+            .bind(&f.actor)
+            .bind(&f.host_id)
+            .bind(&f.action)
+            .bind(&f.target)
+            .bind(&f.outcome)
+            .bind(&f.error_code)
+            .bind(&f.detail)
+            .bind(&f.source_ip)
+            .bind(&prev)
             .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+        }
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(&prev)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

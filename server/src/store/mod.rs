@@ -90,6 +90,8 @@ pub struct Store {
     backend: Backend,
     /// Serialises audit appends within this process (see `audit_chain`).
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Audit entries waiting for the next group commit (see `audit_chain.rs`).
+    audit_pending: std::sync::Arc<std::sync::Mutex<Vec<audit_chain::Pending>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,6 +166,7 @@ impl Store {
             pool,
             backend,
             audit_lock: Default::default(),
+            audit_pending: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
