@@ -15,6 +15,7 @@ pub mod ops;
 pub mod passthrough;
 pub mod policy;
 pub mod state;
+pub mod waker;
 
 use config::Config;
 use docker::{Closer, DockerClient, Endpoint};
@@ -48,7 +49,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A shutdown request that sleeping threads notice at once.
 #[derive(Clone, Default)]
-pub struct Shutdown(Arc<(Mutex<bool>, Condvar, AtomicBool)>);
+pub struct Shutdown(Arc<ShutdownInner>);
+
+#[derive(Default)]
+struct ShutdownInner {
+    set: Mutex<bool>,
+    cv: Condvar,
+    flag: AtomicBool,
+    /// Woken on trigger: the session thread sleeps in `poll`, not on the condvar.
+    wakers: Mutex<Vec<Arc<waker::Waker>>>,
+}
 
 impl Shutdown {
     pub fn new() -> Self {
@@ -56,21 +66,34 @@ impl Shutdown {
     }
 
     pub fn trigger(&self) {
-        let (m, c, flag) = &*self.0;
-        flag.store(true, Ordering::SeqCst);
-        if let Ok(mut g) = m.lock() {
+        let i = &*self.0;
+        i.flag.store(true, Ordering::SeqCst);
+        if let Ok(mut g) = i.set.lock() {
             *g = true;
         }
-        c.notify_all();
+        i.cv.notify_all();
+        if let Ok(w) = i.wakers.lock() {
+            w.iter().for_each(|w| w.wake());
+        }
+    }
+
+    /// Wakes `w` when shutdown is triggered (at once when it already was).
+    pub fn add_waker(&self, w: Arc<waker::Waker>) {
+        if let Ok(mut ws) = self.0.wakers.lock() {
+            ws.push(w.clone());
+        }
+        if self.is_set() {
+            w.wake();
+        }
     }
 
     pub fn is_set(&self) -> bool {
-        self.0 .2.load(Ordering::SeqCst)
+        self.0.flag.load(Ordering::SeqCst)
     }
 
     /// Sleeps up to `d`; returns true when shutdown was requested.
     pub fn wait(&self, d: Duration) -> bool {
-        let (m, c, _) = &*self.0;
+        let (m, c) = (&self.0.set, &self.0.cv);
         let deadline = Instant::now() + d;
         let Ok(mut g) = m.lock() else {
             return self.is_set();
@@ -111,6 +134,8 @@ pub struct Agent {
     pub settings: Settings,
     pub stats: Arc<Stats>,
     pub events: Arc<EventBuffer>,
+    /// Wakes the session thread when something is queued for the server.
+    pub waker: Arc<waker::Waker>,
     pub dedup: Mutex<ops::Dedup>,
     /// Responses and progress for the server, kept while the link is down.
     pub outbox: ops::outbox::Outbox,
@@ -205,15 +230,20 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let state_file =
         state::StateFile::choose(config.agent.state_file.as_deref(), &env).map_err(Error::Setup)?;
     let keys = state_file.load(state::now_secs());
+    let waker = Arc::new(
+        waker::Waker::new().map_err(|e| Error::Setup(format!("cannot create a pipe: {e}")))?,
+    );
+    shutdown.add_waker(waker.clone());
     let agent = Arc::new(Agent {
         settings: Settings {
             heartbeat: AtomicU64::new(config.agent.heartbeat_interval),
             command_timeout: AtomicU64::new(config.agent.command_timeout),
         },
-        events: Arc::new(EventBuffer::new(config.agent.event_buffer)),
+        events: Arc::new(EventBuffer::new(config.agent.event_buffer).with_waker(waker.clone())),
         stats: Arc::new(Stats::default()),
         dedup: Mutex::new(ops::Dedup::with_keys(keys)),
-        outbox: ops::outbox::Outbox::default(),
+        outbox: ops::outbox::Outbox::default().with_waker(waker.clone()),
+        waker,
         signing,
         nonces: Mutex::new(protocol::signing::NonceCache::default()),
         started: Instant::now(),

@@ -9,13 +9,15 @@ pub mod tls;
 
 use crate::config::Config;
 use crate::Stats;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::WebSocket;
 
@@ -92,9 +94,57 @@ impl ServerUrl {
     }
 }
 
+/// The TCP socket under the WebSocket. After [`Stream::set_nonblocking`], reads return
+/// `WouldBlock` at once (the session reads only after `poll` said the socket is readable,
+/// and until it would block), while writes still wait for room, up to the write timeout.
+struct Sock {
+    tcp: TcpStream,
+    nonblocking: bool,
+    write_timeout: Option<Duration>,
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.nonblocking {
+            return self.tcp.write(buf);
+        }
+        let deadline = self.write_timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.tcp.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                    }
+                    Timespec::try_from(left).ok()
+                }
+                None => None,
+            };
+            let mut fds = [PollFd::new(&self.tcp, PollFlags::OUT)];
+            match poll(&mut fds, left.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 enum Inner {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Plain(Sock),
+    Tls(Box<StreamOwned<ClientConnection, Sock>>),
 }
 
 /// Plain TCP or TLS over TCP, counting the bytes that cross it.
@@ -104,12 +154,39 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The TCP socket underneath, for timeouts and shutdown.
-    pub fn tcp(&self) -> &TcpStream {
+    fn sock(&self) -> &Sock {
         match &self.inner {
             Inner::Plain(s) => s,
             Inner::Tls(s) => s.get_ref(),
         }
+    }
+
+    fn sock_mut(&mut self) -> &mut Sock {
+        match &mut self.inner {
+            Inner::Plain(s) => s,
+            Inner::Tls(s) => s.get_mut(),
+        }
+    }
+
+    /// The TCP socket underneath, to poll it and shut it down.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.sock().tcp
+    }
+
+    /// Reads return `WouldBlock` when nothing is there; writes keep blocking (see [`Sock`]).
+    pub fn set_nonblocking(&mut self) -> io::Result<()> {
+        let sock = self.sock_mut();
+        sock.tcp.set_nonblocking(true)?;
+        sock.nonblocking = true;
+        Ok(())
+    }
+
+    /// How long a write may wait for the server to read.
+    pub fn set_write_timeout(&mut self, t: Duration) -> io::Result<()> {
+        let sock = self.sock_mut();
+        sock.tcp.set_write_timeout(Some(t))?;
+        sock.write_timeout = Some(t);
+        Ok(())
     }
 }
 
@@ -176,6 +253,11 @@ pub fn dial(
     tcp.set_nodelay(true).map_err(io)?;
     tcp.set_read_timeout(Some(timeout)).map_err(io)?;
     tcp.set_write_timeout(Some(timeout)).map_err(io)?;
+    let tcp = Sock {
+        tcp,
+        nonblocking: false,
+        write_timeout: Some(timeout),
+    };
     let stream = if url.tls {
         let cfg = tls.ok_or_else(|| "wss:// without a TLS config".to_string())?;
         let name = ServerName::try_from(url.host.clone())

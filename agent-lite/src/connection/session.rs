@@ -2,6 +2,10 @@
 //! sends what workers and the event follower queued, heartbeats and pings, and notices a
 //! dead link. Also the reconnect loop around sessions.
 //!
+//! The loop sleeps in `poll` on the socket and the agent's [`Waker`](crate::waker::Waker)
+//! until the server sent something, something was queued for the server, or the next
+//! deadline (heartbeat, dead link, auth) is due: no polling when idle, no delay for answers.
+//!
 //! Owns: message handling and timing on the link. Must not: block on Docker (commands go
 //! to the pool, health comes from the snapshot the health thread keeps fresh).
 
@@ -13,6 +17,8 @@ use protocol::{
     AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody,
     ErrorCode, ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
 };
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use rustls::ClientConfig;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -22,19 +28,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::WebSocket;
 
-/// How long one read waits before the loop looks at its queues and timers.
-const TICK: Duration = Duration::from_millis(100);
-/// Messages sent per tick from each queue, so reading is never starved.
+/// Messages sent per loop turn from each queue, so reading is never starved.
 const BATCH: usize = 64;
+/// Frames read per loop turn, so sending and heartbeats are never starved.
+const READ_BATCH: usize = 256;
 /// How long the server has to answer `auth`.
 const AUTH_WAIT: Duration = Duration::from_secs(30);
 /// How long a graceful close waits for the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// The read wait while passthrough streams are open: stream threads queue data at any time,
-/// and the session thread only sends between reads.
-const STREAM_TICK: Duration = Duration::from_millis(5);
-/// The read wait while output is still queued.
-const BUSY_TICK: Duration = Duration::from_millis(1);
 /// Data bytes sent per loop turn, so reading, control messages and heartbeats keep moving.
 const DATA_BUDGET: usize = 256 * 1024;
 /// Messages in a row that fail signature verification before the agent drops the link.
@@ -141,7 +142,6 @@ struct Session<'a> {
     authenticated: bool,
     /// Docker API passthrough streams of this session.
     hub: Arc<Hub>,
-    read_timeout: Duration,
     /// Received messages in a row that failed signature verification.
     bad_signatures: u32,
 }
@@ -149,6 +149,15 @@ struct Session<'a> {
 /// What handling one incoming frame asks the loop to do.
 enum Next {
     Continue,
+    End(Outcome),
+}
+
+/// How reading what arrived ended.
+enum Read {
+    /// Nothing more until the socket is readable again.
+    Drained,
+    /// Stopped early (batch limit, signal): more may be buffered where `poll` cannot see it.
+    More,
     End(Outcome),
 }
 
@@ -169,7 +178,6 @@ impl<'a> Session<'a> {
             last_rx: now,
             authenticated: false,
             hub: Hub::new(agent.clone()),
-            read_timeout: TICK,
             bad_signatures: 0,
         }
     }
@@ -242,26 +250,63 @@ impl<'a> Session<'a> {
         outcome
     }
 
-    /// Sets the socket's read wait: long when idle, short while streams may queue output.
-    fn tune_read_timeout(&mut self) -> Result<(), Outcome> {
-        let want = if !self.authenticated {
-            TICK
-        } else if self.hub.has_output() {
-            BUSY_TICK
-        } else if self.hub.open_count() > 0 {
-            STREAM_TICK
-        } else {
-            TICK
-        };
-        if want != self.read_timeout {
-            self.ws
-                .get_ref()
-                .tcp()
-                .set_read_timeout(Some(want))
-                .map_err(|e| self.lost(e.to_string()))?;
-            self.read_timeout = want;
+    /// Sleeps until the socket is readable, the waker was woken (something was queued for
+    /// the server, or shutdown) or `timeout` passed. True when the socket is readable (or
+    /// failed: the next read says how).
+    fn wait(&self, timeout: Duration, waker: bool) -> Result<bool, Outcome> {
+        let ts = Timespec::try_from(timeout).ok();
+        let tcp = self.ws.get_ref().tcp();
+        let mut fds = [PollFd::new(tcp, PollFlags::IN), self.agent.waker.poll_fd()];
+        let n = if waker { 2 } else { 1 };
+        match poll(&mut fds[..n], ts.as_ref()) {
+            Ok(_) => {}
+            Err(Errno::INTR) => return Ok(false),
+            Err(e) => return Err(self.lost(format!("poll failed: {e}"))),
         }
-        Ok(())
+        if waker && !fds[1].revents().is_empty() {
+            // Before the queues are looked at: what is queued from now on wakes again.
+            self.agent.waker.drain();
+        }
+        Ok(!fds[0].revents().is_empty())
+    }
+
+    /// Reads and handles the frames that arrived, until the socket would block. The socket
+    /// is non-blocking for reads: TLS and WebSocket buffers may hold frames `poll` cannot
+    /// see, so reading goes on until the stream itself says there is nothing more.
+    fn read_available(&mut self) -> Result<Read, Outcome> {
+        for _ in 0..READ_BATCH {
+            match self.ws.read() {
+                Ok(msg) => {
+                    self.last_rx = Instant::now();
+                    if let Next::End(o) = self.on_frame(msg)? {
+                        return Ok(Read::End(o));
+                    }
+                }
+                Err(e) if is_interrupted(&e) => return Ok(Read::More),
+                Err(e) if is_timeout(&e) => return Ok(Read::Drained),
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
+                    return Err(self.lost("the server closed the connection"));
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    // tungstenite cannot resynchronise after refusing a frame: say why, then reconnect.
+                    log::warn!(
+                        "the server sent a message larger than {} bytes: {e}",
+                        super::WS_MAX_MESSAGE
+                    );
+                    let body = ErrorBody::invalid_params(format!("message too large: {e}"));
+                    let _ = self.send(self.error_envelope(body, None));
+                    return Err(self.lost(format!("oversized message: {e}")));
+                }
+                Err(e) => return Err(self.lost(format!("read failed: {e}"))),
+            }
+        }
+        Ok(Read::More)
+    }
+
+    /// Whether output is still queued after a turn (a queue's per-turn limit was reached).
+    fn output_pending(&self) -> bool {
+        self.hub.has_output() || !self.agent.outbox.is_empty() || !self.agent.events.is_empty()
     }
 
     /// Queues one message in tungstenite's buffer (the loop flushes).
@@ -300,76 +345,68 @@ impl<'a> Session<'a> {
     }
 
     fn run_inner(&mut self) -> Result<Outcome, Outcome> {
-        let tcp = self.ws.get_ref().tcp();
         let hb = self.heartbeat_interval();
-        tcp.set_read_timeout(Some(TICK))
-            .map_err(|e| self.lost(e.to_string()))?;
-        tcp.set_write_timeout(Some(hb.max(Duration::from_secs(10))))
-            .map_err(|e| self.lost(e.to_string()))?;
+        let stream = self.ws.get_mut();
+        let setup = stream
+            .set_nonblocking()
+            .and_then(|()| stream.set_write_timeout(hb.max(Duration::from_secs(10))));
+        setup.map_err(|e| self.lost(e.to_string()))?;
 
         let auth = self.auth_envelope();
         self.send(auth)?;
         let auth_deadline = Instant::now() + AUTH_WAIT;
         let mut next_hb = Instant::now();
+        // The handshake may have buffered more than the upgrade response.
+        let mut readable = true;
         loop {
             if self.shutdown.is_set() {
                 return Ok(self.close());
             }
-            self.tune_read_timeout()?;
-            match self.ws.read() {
-                Ok(msg) => {
-                    self.last_rx = Instant::now();
-                    if let Next::End(o) = self.on_frame(msg)? {
-                        return Ok(o);
-                    }
+            let mut more_input = false;
+            if readable {
+                match self.read_available()? {
+                    Read::Drained => {}
+                    Read::More => more_input = true,
+                    Read::End(o) => return Ok(o),
                 }
-                Err(e) if is_timeout(&e) => {}
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => {
-                    return Err(self.lost("the server closed the connection"));
-                }
-                Err(tungstenite::Error::Capacity(e)) => {
-                    // tungstenite cannot resynchronise after refusing a frame: say why, then reconnect.
-                    log::warn!(
-                        "the server sent a message larger than {} bytes: {e}",
-                        super::WS_MAX_MESSAGE
-                    );
-                    let body = ErrorBody::invalid_params(format!("message too large: {e}"));
-                    let _ = self.send(self.error_envelope(body, None));
-                    return Err(self.lost(format!("oversized message: {e}")));
-                }
-                Err(e) => return Err(self.lost(format!("read failed: {e}"))),
             }
             let now = Instant::now();
-            if !self.authenticated {
+            let until = if !self.authenticated {
                 if now >= auth_deadline {
                     return Err(self.lost(format!("no auth_response within {AUTH_WAIT:?}")));
                 }
-                continue;
-            }
-            self.drain_outbox()?;
-            self.drain_events()?;
-            self.pump_streams()?;
-            let interval = self.heartbeat_interval();
-            if now >= next_hb {
-                let hb = self.heartbeat();
-                self.send(hb)?;
-                if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
-                    if !is_timeout(&e) {
-                        return Err(self.lost(format!("ping failed: {e}")));
+                auth_deadline
+            } else {
+                self.drain_outbox()?;
+                self.drain_events()?;
+                self.pump_streams()?;
+                let interval = self.heartbeat_interval();
+                if now >= next_hb {
+                    let hb = self.heartbeat();
+                    self.send(hb)?;
+                    if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
+                        if !is_timeout(&e) {
+                            return Err(self.lost(format!("ping failed: {e}")));
+                        }
                     }
+                    next_hb = now + interval;
+                } else if next_hb > now + interval {
+                    // The interval was shortened by config_update.
+                    next_hb = now + interval;
                 }
-                next_hb = now + interval;
-            } else if next_hb > now + interval {
-                // The interval was shortened by config_update.
-                next_hb = now + interval;
-            }
-            if self.last_rx.elapsed() > interval * 2 {
-                return Err(self.lost(format!(
-                    "nothing received from the server for {:.1?} (2x the heartbeat interval): the link is dead",
-                    self.last_rx.elapsed()
-                )));
-            }
+                if self.last_rx.elapsed() > interval * 2 {
+                    return Err(self.lost(format!(
+                        "nothing received from the server for {:.1?} (2x the heartbeat interval): the link is dead",
+                        self.last_rx.elapsed()
+                    )));
+                }
+                if self.output_pending() {
+                    now
+                } else {
+                    // Just past the dead-link limit, so the check above fires.
+                    next_hb.min(self.last_rx + interval * 2 + Duration::from_millis(1))
+                }
+            };
             match self.ws.flush() {
                 Ok(()) => {}
                 Err(e) if is_interrupted(&e) => {}
@@ -378,6 +415,12 @@ impl<'a> Session<'a> {
                 }
                 Err(e) => return Err(self.lost(format!("flush failed: {e}"))),
             }
+            let timeout = if more_input {
+                Duration::ZERO
+            } else {
+                until.saturating_duration_since(Instant::now())
+            };
+            readable = self.wait(timeout, true)? || more_input;
         }
     }
 
@@ -557,15 +600,14 @@ impl<'a> Session<'a> {
         Ok(Next::Continue)
     }
 
-    fn apply(&self, s: &AgentSettings) {
+    fn apply(&mut self, s: &AgentSettings) {
         if let Some(h) = s.heartbeat_interval {
             if (1..=3600).contains(&h) {
                 self.agent.settings.heartbeat.store(h, Ordering::Relaxed);
                 let _ = self
                     .ws
-                    .get_ref()
-                    .tcp()
-                    .set_write_timeout(Some(Duration::from_secs(h.max(10))));
+                    .get_mut()
+                    .set_write_timeout(Duration::from_secs(h.max(10)));
             } else {
                 log::warn!("ignoring heartbeat_interval {h}: must be 1 to 3600 seconds");
             }
@@ -656,11 +698,18 @@ impl<'a> Session<'a> {
             reason: "agent shutting down".into(),
         }));
         let deadline = Instant::now() + CLOSE_WAIT;
-        while Instant::now() < deadline {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             match self.ws.read() {
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => {
                     let _ = self.ws.flush();
+                    if self.wait(left, false).is_err() {
+                        break;
+                    }
                 }
                 Err(_) => break,
             }

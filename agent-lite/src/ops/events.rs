@@ -5,6 +5,7 @@
 //! Must not: write to the WebSocket (the session drains the buffer while the link is up).
 
 use crate::docker::{http::LineSplitter, Closer, DockerClient};
+use crate::waker::Waker;
 use crate::Shutdown;
 use protocol::EventPayload;
 use serde_json::Value;
@@ -21,6 +22,8 @@ pub struct EventBuffer {
     queue: Mutex<VecDeque<EventPayload>>,
     capacity: usize,
     dropped: AtomicU64,
+    /// Woken for every buffered event.
+    waker: Option<Arc<Waker>>,
 }
 
 impl EventBuffer {
@@ -29,7 +32,14 @@ impl EventBuffer {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
+            waker: None,
         }
+    }
+
+    /// Wakes `w` whenever an event is buffered.
+    pub fn with_waker(mut self, w: Arc<Waker>) -> Self {
+        self.waker = Some(w);
+        self
     }
 
     pub fn push(&self, e: EventPayload) {
@@ -39,6 +49,9 @@ impl EventBuffer {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
             q.push_back(e);
+        }
+        if let Some(w) = &self.waker {
+            w.wake();
         }
     }
 

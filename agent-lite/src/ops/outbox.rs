@@ -9,10 +9,11 @@
 //!
 //! Owns: the queue. Must not: write to the WebSocket.
 
+use crate::waker::Waker;
 use protocol::{Envelope, Message};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Messages kept at most.
 pub const CAPACITY: usize = 1024;
@@ -21,6 +22,8 @@ pub struct Outbox {
     queue: Mutex<VecDeque<Envelope>>,
     capacity: usize,
     dropped: AtomicU64,
+    /// Woken for every queued message.
+    waker: Option<Arc<Waker>>,
 }
 
 impl Default for Outbox {
@@ -35,7 +38,14 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
+            waker: None,
         }
+    }
+
+    /// Wakes `w` whenever a message is queued.
+    pub fn with_waker(mut self, w: Arc<Waker>) -> Self {
+        self.waker = Some(w);
+        self
     }
 
     /// Queues a message at the back.
@@ -61,6 +71,10 @@ impl Outbox {
             }
         }
         q.push_back(env);
+        drop(q);
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
     }
 
     /// The oldest message.

@@ -232,6 +232,7 @@ impl Hub {
         }
         let text = self.envelope("sc", m).encode();
         self.q().control.push_back(text);
+        self.agent.waker.wake();
     }
 
     /// Queues data (waiting for room in the queue); false when the stream or session ended.
@@ -253,6 +254,8 @@ impl Hub {
             q.data_bytes += f.len();
         }
         q.data.push_back(out);
+        drop(q);
+        self.agent.waker.wake();
         true
     }
 
@@ -266,6 +269,8 @@ impl Hub {
             q.data_bytes += f.len();
         }
         q.data.push_back(out);
+        drop(q);
+        self.agent.waker.wake();
     }
 
     /// Sends response bytes: frames of at most `STREAM_CHUNK`, each within the server's
