@@ -300,6 +300,11 @@ impl AgentManager {
 
     /// An answer from `session` to command `id`: hands it to every watcher. Returns whether
     /// anybody waited. Answers from an agent of another host are ignored.
+    /// Whether a request is waiting for the answer to command `id`.
+    pub(crate) fn awaits_answer(&self, id: &str) -> bool {
+        self.watchers().contains_key(id)
+    }
+
     pub(crate) fn deliver_answer(
         &self,
         session: &Session,

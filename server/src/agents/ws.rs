@@ -583,6 +583,13 @@ async fn session_loop(
                         // Stream control is paced by flow control, not by the message budget.
                         let streaming = session.protocol_version >= STREAMS_PROTOCOL_VERSION
                             && decoded.as_ref().is_ok_and(|e| is_stream_message(&e.message));
+                        // Answers to commands the server sent are paced by the server itself:
+                        // only answers nobody waits for count against the budget.
+                        let awaited = decoded.as_ref().is_ok_and(|e| {
+                            matches!(e.message, Message::CommandResponse(_) | Message::CommandProgress(_))
+                                && mgr.awaits_answer(&e.id)
+                        });
+                        let streaming = streaming || awaited;
                         if !streaming && !bucket.take() {
                             strikes += 1;
                             if strikes > cfg.max_messages_per_second.saturating_mul(10) {
