@@ -34,3 +34,6 @@ bash scripts/build-agent.sh
 
 step "cargo test"
 cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
+
+step "fuzz targets (a bounded run of each)"
+bash scripts/fuzz.sh "${FUZZ_SECS:-15}"
