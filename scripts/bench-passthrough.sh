@@ -34,7 +34,7 @@ addr=$(grep '"listening"' "$work/server.log" | sed -E 's/.*"addr":"([^"]+)".*/\1
 api() { curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' "$@"; }
 host=$(api -d '{"name":"bench","connection_mode":"agent"}' "http://$addr/api/v1/hosts" | sed -E 's/.*"id":"([^"]+)".*/\1/')
 atoken=$(api -d "{\"agent_id\":\"bench-agent\",\"host_id\":\"$host\"}" "http://$addr/api/v1/agents" | sed -E 's/.*"token":"([^"]+)".*/\1/')
-DOCKER_CTL_SERVER="ws://$addr" DOCKER_CTL_AGENT_ID=bench-agent DOCKER_CTL_TOKEN="$atoken" \
+DOCKER_CTL_SERVER="ws://$addr" DOCKER_CTL_AGENT_ID=bench-agent DOCKER_CTL_TOKEN="$atoken" DOCKER_CTL_STATE_FILE="$work/state.json" \
   "$agent" --docker-socket unix:///var/run/docker.sock >"$work/agent.log" 2>&1 &
 agent_pid=$!; pids+=("$agent_pid")
 for _ in $(seq 200); do api "http://$addr/api/v1/hosts/$host" | grep -q '"status":"online"' && break; sleep 0.05; done

@@ -274,15 +274,26 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         std::thread::Builder::new()
             .name("health".into())
             .stack_size(256 * 1024)
-            .spawn(move || loop {
-                let every =
-                    Duration::from_secs(a.settings.heartbeat.load(Ordering::Relaxed).clamp(1, 30));
-                if sd.wait(every) {
-                    return;
-                }
-                let s = health::probe_docker(&a.docker, probe_limit);
-                if let Ok(mut slot) = a.snapshot.lock() {
-                    *slot = s;
+            .spawn(move || {
+                // Probe once per heartbeat interval. The interval can change at any time (the
+                // server's auth_response or config_update), so wait in one-second slices and
+                // compare with the current one.
+                let mut last = Instant::now();
+                loop {
+                    if sd.wait(Duration::from_secs(1)) {
+                        return;
+                    }
+                    let every = Duration::from_secs(
+                        a.settings.heartbeat.load(Ordering::Relaxed).clamp(1, 30),
+                    );
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let s = health::probe_docker(&a.docker, probe_limit);
+                    if let Ok(mut slot) = a.snapshot.lock() {
+                        *slot = s;
+                    }
                 }
             })?;
     }

@@ -630,6 +630,11 @@ impl Agent {
         .expect("write agent.yaml");
         set_mode_0600(&cfg);
         let env = vec![
+            // Each agent keeps its own idempotency memory.
+            (
+                "DOCKER_CTL_STATE_FILE".to_string(),
+                config_dir.path().join("state.json").display().to_string(),
+            ),
             ("DOCKER_CTL_E2E_SERVER".to_string(), server_ws.to_string()),
             ("DOCKER_CTL_E2E_AGENT".to_string(), agent_id.to_string()),
             ("DOCKER_CTL_E2E_TOKEN".to_string(), token.to_string()),

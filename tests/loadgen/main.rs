@@ -877,6 +877,7 @@ async fn latency(args: &Args) -> Result<(), Fail> {
     let mut agent = std::process::Command::new(bin("docker-ctl-agent"))
         .arg("--config")
         .arg(&cfg)
+        .env("DOCKER_CTL_STATE_FILE", dir.path().join("state.json"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
