@@ -421,8 +421,12 @@ fn a_partition_is_detected_as_half_open_and_the_agent_reconnects_after_it_heals(
         "partition healed: the agent was online again {:?} after the heal",
         back.elapsed()
     );
-    let after = agent.output.text().matches("authenticated").count();
-    assert!(after > before, "the agent authenticated again");
+    // The server sees the new session before the agent has logged its auth_response.
+    wait_for(
+        "the agent authenticated again",
+        Duration::from_secs(10),
+        || (agent.output.text().matches("authenticated").count() > before).then_some(()),
+    );
     server.op_ok(&host_id, "system.ping", json!({}));
 }
 
