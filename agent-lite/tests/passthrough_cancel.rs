@@ -63,8 +63,10 @@ fn cancel_and_session_end_close_daemon_connections() {
     assert!(sockets() > baseline, "the follow holds a daemon connection");
     let cancelled = Instant::now();
     t.cancel(sid);
-    // The daemon connection closes promptly.
-    wait_for(Duration::from_secs(2), || {
+    // The daemon connection closes promptly (the time is printed below). The limit is
+    // generous because the count is of every socket of this process, and the in-process
+    // agent's health probe opens short-lived daemon connections of its own.
+    wait_for(Duration::from_secs(10), || {
         t.pump(Duration::from_millis(20));
         (sockets() <= baseline).then_some(())
     });
