@@ -33,7 +33,7 @@ step "agent edge builds (static; the ARM ones run under qemu in the tests)"
 bash scripts/build-agent.sh
 
 step "cargo test"
-cargo test --workspace -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 
 step "fuzz targets (a bounded run of each)"
 bash scripts/fuzz.sh "${FUZZ_SECS:-15}"
