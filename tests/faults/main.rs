@@ -54,6 +54,42 @@ fn marker_lines(container: &str) -> usize {
     out.lines().filter(|l| *l == "ran").count()
 }
 
+/// A running test container and a slow marker exec in flight on it (started by the API on
+/// another thread); returns once the exec runs inside the container.
+fn exec_in_flight(
+    server: &Server,
+    host_id: &str,
+    prefix: &str,
+) -> (
+    DockerCleanup,
+    String,
+    std::thread::JoinHandle<(u16, serde_json::Value)>,
+) {
+    let mut cleanup = DockerCleanup::default();
+    let c = unique(prefix);
+    cleanup.container(&c);
+    assert!(docker_cli(&["run", "-d", "--name", &c, TEST_IMAGE, "sleep", "300"]).0);
+    let pending = slow_marker_exec(
+        server.http(),
+        server.admin_token.clone(),
+        host_id.to_string(),
+        c.clone(),
+    );
+    wait_for("the exec started", Duration::from_secs(10), || {
+        let (_, ps) = docker_cli(&["top", &c]);
+        ps.contains("sleep 2").then_some(())
+    });
+    (cleanup, c, pending)
+}
+
+/// Waits for the marker exec to finish and checks it ran exactly once.
+fn ran_exactly_once(c: &str) {
+    wait_for("the exec finished", Duration::from_secs(10), || {
+        (marker_lines(c) >= 1).then_some(())
+    });
+    assert_eq!(marker_lines(c), 1, "the command ran exactly once");
+}
+
 #[test]
 fn agent_sigkilled_mid_command_gives_a_definite_outcome_and_runs_at_most_once() {
     let _g = serial();
@@ -61,22 +97,8 @@ fn agent_sigkilled_mid_command_gives_a_definite_outcome_and_runs_at_most_once() 
     // A short command timeout: the requester waits that long for the agent to come back.
     let server = Server::start_with(Db::Sqlite, &[("DOCKER_CTL_COMMAND_TIMEOUT", "8")]);
     let (host_id, _agent_id, _token, mut agent) = online(&server, "f-akill");
-    let mut cleanup = DockerCleanup::default();
-    let c = unique("f-akill");
-    cleanup.container(&c);
-    assert!(docker_cli(&["run", "-d", "--name", &c, TEST_IMAGE, "sleep", "300"]).0);
-
-    let pending = slow_marker_exec(
-        server.http(),
-        server.admin_token.clone(),
-        host_id.clone(),
-        c.clone(),
-    );
-    // Wait until the exec is running inside the container, then kill the agent.
-    wait_for("the exec started", Duration::from_secs(10), || {
-        let (_, ps) = docker_cli(&["top", &c]);
-        ps.contains("sleep 2").then_some(())
-    });
+    // Kill the agent while the exec runs inside the container.
+    let (_cleanup, c, pending) = exec_in_flight(&server, &host_id, "f-akill");
     agent.kill();
     let t0 = Instant::now();
     let (status, body) = pending.join().expect("requester thread");
@@ -101,10 +123,7 @@ fn agent_sigkilled_mid_command_gives_a_definite_outcome_and_runs_at_most_once() 
     agent.restart();
     server.wait_status(&host_id, "online", Duration::from_secs(20));
     // Docker's exec keeps running without the agent; it ran once, not twice.
-    wait_for("the exec finished", Duration::from_secs(10), || {
-        (marker_lines(&c) >= 1).then_some(())
-    });
-    assert_eq!(marker_lines(&c), 1, "the command ran exactly once");
+    ran_exactly_once(&c);
     server.op_ok(&host_id, "system.ping", json!({}));
 }
 
@@ -114,30 +133,13 @@ fn server_sigkilled_mid_command_agent_recovers_and_the_command_ran_once() {
     require_docker();
     let mut server = Server::start(Db::Sqlite);
     let (host_id, _agent_id, _token, mut agent) = online(&server, "f-skill");
-    let mut cleanup = DockerCleanup::default();
-    let c = unique("f-skill");
-    cleanup.container(&c);
-    assert!(docker_cli(&["run", "-d", "--name", &c, TEST_IMAGE, "sleep", "300"]).0);
-
-    let pending = slow_marker_exec(
-        server.http(),
-        server.admin_token.clone(),
-        host_id.clone(),
-        c.clone(),
-    );
-    wait_for("the exec started", Duration::from_secs(10), || {
-        let (_, ps) = docker_cli(&["top", &c]);
-        ps.contains("sleep 2").then_some(())
-    });
+    let (_cleanup, c, pending) = exec_in_flight(&server, &host_id, "f-skill");
     server.kill();
     let _ = pending.join(); // the requester's connection broke with the server: that is definite
     server.restart();
     server.wait_status(&host_id, "online", Duration::from_secs(20));
     assert!(agent.is_running());
-    wait_for("the exec finished", Duration::from_secs(10), || {
-        (marker_lines(&c) >= 1).then_some(())
-    });
-    assert_eq!(marker_lines(&c), 1, "the command ran exactly once");
+    ran_exactly_once(&c);
     server.op_ok(&host_id, "container.inspect", json!({"id": c}));
 }
 
