@@ -44,16 +44,29 @@ impl Waker {
 
     /// Empties the pipe. Call before looking at the queues: what is queued after this
     /// wakes the next poll.
+    ///
+    /// The pipe is emptied before `pending` is cleared. The other order loses wake-ups: a
+    /// `wake` between the clear and the read writes a byte that the read then swallows,
+    /// leaving `pending` set with an empty pipe, so every later `wake` is skipped and the
+    /// poller sleeps with work queued. In this order a `wake` that still sees `pending` set
+    /// came before the clear, and its work is visible to the caller's look at the queues.
     pub fn drain(&self) {
-        self.pending.store(false, Ordering::SeqCst);
+        self.drain_with(|| {});
+    }
+
+    /// [`Waker::drain`], running `meanwhile` at the point where another thread's `wake` can
+    /// interleave (tests use it to place one there).
+    fn drain_with(&self, meanwhile: impl FnOnce()) {
         let mut buf = [0u8; 64];
         loop {
             match rustix::io::read(&self.rx, &mut buf) {
                 Ok(n) if n == buf.len() => continue,
                 Err(Errno::INTR) => continue,
-                _ => return,
+                _ => break,
             }
         }
+        meanwhile();
+        self.pending.store(false, Ordering::SeqCst);
     }
 
     /// The read end, to poll for input.
@@ -89,5 +102,23 @@ mod tests {
         assert!(ready(&w));
         w.drain();
         assert!(!ready(&w));
+    }
+
+    /// A `wake` that lands inside `drain` must not swallow the wake-ups after it (the lost
+    /// wake-up of a drain that cleared `pending` before emptying the pipe: that `wake` wrote
+    /// a byte the read then ate, leaving `pending` set with an empty pipe for good).
+    #[test]
+    fn a_wake_during_drain_does_not_disable_later_wakes() {
+        let w = Waker::new().unwrap();
+        w.wake();
+        w.drain_with(|| w.wake());
+        // That racing wake's work was queued before drain returned, so the caller sees it;
+        // what is queued from now on must wake the poller.
+        w.wake();
+        assert!(ready(&w), "a wake after drain did not reach the pipe");
+        w.drain();
+        assert!(!ready(&w));
+        w.wake();
+        assert!(ready(&w));
     }
 }
