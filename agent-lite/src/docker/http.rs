@@ -6,6 +6,7 @@
 //! open sockets (the caller gives a reader, so tests feed canned bytes).
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 /// The most header bytes we accept before the blank line.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -90,25 +91,47 @@ impl Framing {
     }
 }
 
+/// A byte source that can say whether more bytes arrive within a short wait, so that
+/// [`ResponseReader::read_body_coalesced`] can join pieces without delaying them long.
+pub trait WaitReadable {
+    /// True when bytes can be read (or the end reached) within `timeout` (zero: right now).
+    fn wait_readable(&self, timeout: Duration) -> bool;
+}
+
 /// Reads successive responses from one connection, keeping bytes read past the current
 /// message for the next one.
 pub struct ResponseReader<R> {
     inner: R,
+    /// Read bytes are `buf[pos..end]`; `buf` only grows (zeroed once), so a read never
+    /// clears memory it is about to overwrite.
     buf: Vec<u8>,
     /// Start of unconsumed bytes in `buf`.
     pos: usize,
+    /// End of read bytes in `buf`.
+    end: usize,
     /// Bytes asked for per read.
     read_size: usize,
+    /// See [`ResponseReader::read_body_coalesced`].
+    hold: Duration,
 }
 
 impl<R: Read> ResponseReader<R> {
     pub fn new(inner: R) -> Self {
         ResponseReader {
             inner,
-            buf: Vec::with_capacity(8 * 1024),
+            buf: Vec::new(),
             pos: 0,
+            end: 0,
             read_size: 8 * 1024,
+            hold: COALESCE_HOLD,
         }
+    }
+
+    /// How long [`ResponseReader::read_body_coalesced`] may hold bytes (default
+    /// [`COALESCE_HOLD`]).
+    pub fn with_coalesce_hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// Reads up to `n` bytes per call (passthrough streams read in 32 KiB pieces).
@@ -122,36 +145,41 @@ impl<R: Read> ResponseReader<R> {
     }
 
     fn pending(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.pos..self.end]
     }
 
     fn consume(&mut self, n: usize) {
         self.pos += n;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos == self.end {
             self.pos = 0;
+            self.end = 0;
         }
     }
 
     /// Reads more bytes into the buffer. Returns 0 at end of stream.
     fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos == self.end {
             self.pos = 0;
+            self.end = 0;
         } else if self.pos > 32 * 1024 {
-            self.buf.drain(..self.pos);
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
         }
         // Read straight into the buffer: no stack copy, so small thread stacks suffice.
-        let start = self.buf.len();
-        self.buf.resize(start + self.read_size, 0);
+        let want = self.end + self.read_size;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
         let r = loop {
-            match self.inner.read(&mut self.buf[start..]) {
+            match self.inner.read(&mut self.buf[self.end..want]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r,
             }
         };
-        self.buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        if let Ok(n) = r {
+            self.end += n;
+        }
         r
     }
 
@@ -224,42 +252,68 @@ impl<R: Read> ResponseReader<R> {
         limit: usize,
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<u64, HttpError> {
-        let mut total: u64 = 0;
-        let mut emit = |data: &[u8], total: &mut u64| -> Result<(), HttpError> {
-            *total += data.len() as u64;
-            if *total > limit as u64 {
-                return Err(HttpError::TooLarge(limit));
+        let mut sink = Sink::new(0, limit, on_data);
+        self.body_into(framing, &mut sink, None)?;
+        sink.flush();
+        Ok(sink.total)
+    }
+
+    /// Reads more. What the sink collected goes out first unless more bytes arrive before
+    /// its oldest byte is `hold` old (a read that could wait never holds data longer).
+    fn fill_after(
+        &mut self,
+        sink: &mut Sink<'_>,
+        hold: Option<&dyn Fn(&R, Duration) -> bool>,
+    ) -> io::Result<usize> {
+        if let (Some(ready), Some(since)) = (hold, sink.since) {
+            // Short naps rather than a wait that wakes at the first byte: a log written a
+            // line at a time would otherwise cost a wake-up per line.
+            loop {
+                if ready(&self.inner, Duration::ZERO) {
+                    break;
+                }
+                let left = self.hold.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    sink.flush();
+                    break;
+                }
+                std::thread::sleep(left.min(HOLD_NAP));
             }
-            if !data.is_empty() {
-                on_data(data);
-            }
-            Ok(())
-        };
+        } else {
+            sink.flush();
+        }
+        self.fill()
+    }
+
+    fn body_into(
+        &mut self,
+        framing: Framing,
+        sink: &mut Sink<'_>,
+        hold: Option<&dyn Fn(&R, Duration) -> bool>,
+    ) -> Result<(), HttpError> {
         match framing {
             Framing::None => {}
             Framing::Length(mut left) => {
-                if left > limit as u64 {
-                    return Err(HttpError::TooLarge(limit));
+                if left > sink.limit as u64 {
+                    return Err(HttpError::TooLarge(sink.limit));
                 }
                 while left > 0 {
-                    if self.pending().is_empty() && self.fill()? == 0 {
+                    if self.pending().is_empty() && self.fill_after(sink, hold)? == 0 {
                         return Err(HttpError::Truncated("in a Content-Length body"));
                     }
                     let take = (self.pending().len() as u64).min(left) as usize;
-                    let data = self.buf[self.pos..self.pos + take].to_vec();
+                    sink.push(&self.buf[self.pos..self.pos + take])?;
                     self.consume(take);
                     left -= take as u64;
-                    emit(&data, &mut total)?;
                 }
             }
             Framing::ToEof => loop {
-                if self.pending().is_empty() && self.fill()? == 0 {
+                if self.pending().is_empty() && self.fill_after(sink, hold)? == 0 {
                     break;
                 }
-                let data = self.pending().to_vec();
-                let n = data.len();
+                let n = self.pending().len();
+                sink.push(&self.buf[self.pos..self.pos + n])?;
                 self.consume(n);
-                emit(&data, &mut total)?;
             },
             Framing::Chunked => loop {
                 let size = loop {
@@ -272,7 +326,7 @@ impl<R: Read> ResponseReader<R> {
                             if self.pending().len() > 1024 {
                                 return Err(HttpError::Invalid("chunk size line too long".into()));
                             }
-                            if self.fill()? == 0 {
+                            if self.fill_after(sink, hold)? == 0 {
                                 return Err(HttpError::Truncated("in a chunk size line"));
                             }
                         }
@@ -280,39 +334,34 @@ impl<R: Read> ResponseReader<R> {
                     }
                 };
                 if size == 0 {
+                    sink.flush();
                     self.skip_trailers()?;
                     break;
                 }
-                if total + size > limit as u64 {
-                    return Err(HttpError::TooLarge(limit));
+                if sink.total + size > sink.limit as u64 {
+                    return Err(HttpError::TooLarge(sink.limit));
                 }
                 let mut left = size;
                 while left > 0 {
-                    if self.pending().is_empty() && self.fill()? == 0 {
+                    if self.pending().is_empty() && self.fill_after(sink, hold)? == 0 {
                         return Err(HttpError::Truncated("in a chunk"));
                     }
                     let take = (self.pending().len() as u64).min(left) as usize;
-                    let data = self.buf[self.pos..self.pos + take].to_vec();
+                    sink.push(&self.buf[self.pos..self.pos + take])?;
                     self.consume(take);
                     left -= take as u64;
-                    emit(&data, &mut total)?;
                 }
-                self.expect_crlf()?;
+                while self.pending().len() < 2 {
+                    if self.fill_after(sink, hold)? == 0 {
+                        return Err(HttpError::Truncated("after a chunk"));
+                    }
+                }
+                if &self.pending()[..2] != b"\r\n" {
+                    return Err(HttpError::Invalid("chunk not followed by CRLF".into()));
+                }
+                self.consume(2);
             },
         }
-        Ok(total)
-    }
-
-    fn expect_crlf(&mut self) -> Result<(), HttpError> {
-        while self.pending().len() < 2 {
-            if self.fill()? == 0 {
-                return Err(HttpError::Truncated("after a chunk"));
-            }
-        }
-        if &self.pending()[..2] != b"\r\n" {
-            return Err(HttpError::Invalid("chunk not followed by CRLF".into()));
-        }
-        self.consume(2);
         Ok(())
     }
 
@@ -333,6 +382,92 @@ impl<R: Read> ResponseReader<R> {
                 return Err(HttpError::Truncated("in the chunked trailer"));
             }
         }
+    }
+}
+
+/// How long body bytes may wait in [`ResponseReader::read_body_coalesced`] for more to join
+/// them: the most latency it adds to a followed log or an interactive session.
+pub const COALESCE_HOLD: Duration = Duration::from_millis(2);
+/// How long one nap within the hold lasts.
+const HOLD_NAP: Duration = Duration::from_micros(250);
+
+impl<R: Read + WaitReadable> ResponseReader<R> {
+    /// [`ResponseReader::read_body`], joining small pieces into pieces of up to `cap` bytes:
+    /// a busy log that dockerd writes as one HTTP chunk per line travels in a few large
+    /// pieces instead of one per line. Collected bytes go out when `cap` is reached, at the
+    /// end, and whenever the source has nothing more within the hold ([`COALESCE_HOLD`]) of the oldest
+    /// collected byte, so `docker logs -f` and an interactive exec stay prompt.
+    pub fn read_body_coalesced(
+        &mut self,
+        framing: Framing,
+        limit: usize,
+        cap: usize,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<u64, HttpError> {
+        let mut sink = Sink::new(cap, limit, on_data);
+        let ready = |r: &R, t: Duration| r.wait_readable(t);
+        self.body_into(framing, &mut sink, Some(&ready))?;
+        sink.flush();
+        Ok(sink.total)
+    }
+}
+
+/// Where [`ResponseReader::read_body_coalesced`] puts body bytes: straight through, or
+/// collected up to `cap` bytes.
+struct Sink<'a> {
+    out: Vec<u8>,
+    /// When the oldest byte in `out` arrived.
+    since: Option<Instant>,
+    cap: usize,
+    total: u64,
+    limit: usize,
+    on_data: &'a mut dyn FnMut(&[u8]),
+}
+
+impl<'a> Sink<'a> {
+    fn new(cap: usize, limit: usize, on_data: &'a mut dyn FnMut(&[u8])) -> Self {
+        Sink {
+            out: Vec::new(),
+            since: None,
+            cap,
+            total: 0,
+            limit,
+            on_data,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) -> Result<(), HttpError> {
+        self.total += data.len() as u64;
+        if self.total > self.limit as u64 {
+            return Err(HttpError::TooLarge(self.limit));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.out.is_empty() && data.len() >= self.cap {
+            (self.on_data)(data);
+            return Ok(());
+        }
+        if self.out.len() + data.len() > self.cap {
+            self.flush();
+        }
+        if data.len() >= self.cap {
+            (self.on_data)(data);
+        } else {
+            if self.out.is_empty() {
+                self.since = Some(Instant::now());
+            }
+            self.out.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            (self.on_data)(&self.out);
+            self.out.clear();
+        }
+        self.since = None;
     }
 }
 
@@ -542,5 +677,133 @@ mod tests {
                 b"{\"c\":3}".to_vec()
             ]
         );
+    }
+
+    /// A reader that hands out one script entry per call and records, for each call, how
+    /// many pieces the body callback had received by then.
+    struct Scripted {
+        parts: std::collections::VecDeque<Vec<u8>>,
+        pieces: std::rc::Rc<std::cell::Cell<usize>>,
+        seen_at_read: Vec<usize>,
+        ready_within_hold: bool,
+    }
+
+    /// Bytes never show up within the hold: every collected piece goes out before a read.
+    impl WaitReadable for Scripted {
+        fn wait_readable(&self, _: Duration) -> bool {
+            self.ready_within_hold
+        }
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.seen_at_read.push(self.pieces.get());
+            let Some(mut p) = self.parts.pop_front() else {
+                return Ok(0);
+            };
+            let n = p.len().min(out.len());
+            out[..n].copy_from_slice(&p[..n]);
+            if n < p.len() {
+                self.parts.push_front(p.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    fn chunked(lines: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for l in lines {
+            v.extend_from_slice(format!("{:x}\r\n", l.len()).as_bytes());
+            v.extend_from_slice(l);
+            v.extend_from_slice(b"\r\n");
+        }
+        v
+    }
+
+    /// Reads a chunked body of a 1,000-line burst, then one late line, then the end, each
+    /// part in its own read; returns the pieces handed on and, per read, how many pieces
+    /// had been handed on before it.
+    fn coalesce_run(ready_within_hold: bool) -> (Vec<Vec<u8>>, Vec<usize>) {
+        let line = [b'x'; 100];
+        let burst: Vec<&[u8]> = (0..1000).map(|_| &line[..]).collect();
+        let pieces = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        head.extend_from_slice(&chunked(&burst));
+        let parts: std::collections::VecDeque<Vec<u8>> =
+            [head, chunked(&[b"late line\n"]), b"0\r\n\r\n".to_vec()]
+                .into_iter()
+                .collect();
+        let mut r = ResponseReader::new(Scripted {
+            parts,
+            pieces: pieces.clone(),
+            seen_at_read: Vec::new(),
+            ready_within_hold,
+        })
+        .with_read_size(1 << 20)
+        // Not ready: the hold runs out at once. Ready: it never would.
+        .with_coalesce_hold(Duration::from_millis(if ready_within_hold {
+            600_000
+        } else {
+            1
+        }));
+        let h = r.read_head().unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let total = r
+            .read_body_coalesced(
+                Framing::of(false, &h).unwrap(),
+                usize::MAX,
+                32 * 1024,
+                &mut |d| {
+                    got.push(d.to_vec());
+                    pieces.set(pieces.get() + 1);
+                },
+            )
+            .unwrap();
+        assert_eq!(total, 100 * 1000 + 10);
+        assert_eq!(got.concat().len(), 100_010);
+        let seen = r.get_mut().seen_at_read.clone();
+        (got, seen)
+    }
+
+    /// Many one-line chunks that arrived together travel as a few large pieces, and when
+    /// nothing more comes within the hold, what arrived is handed on before the reader waits
+    /// (a followed log's latency).
+    #[test]
+    fn coalesced_body_joins_small_chunks_and_hands_them_on_before_waiting() {
+        let (got, seen) = coalesce_run(false);
+        // 100,000 bytes of the burst in pieces of at most 32 KiB: 4, not 1,000.
+        let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![32700, 32700, 32700, 1900, 10], "{sizes:?}");
+        assert_eq!(got.last().unwrap(), b"late line\n");
+        // Reads: the head and burst, the late line, the last chunk. Before the second read
+        // every burst byte was out; before the third, the late line was.
+        assert_eq!(seen, vec![0, 4, 5], "pieces handed on before each read");
+    }
+
+    /// When more bytes arrive within the hold, they join the collected piece.
+    #[test]
+    fn coalesced_body_holds_a_piece_briefly_when_more_is_arriving() {
+        let (got, seen) = coalesce_run(true);
+        let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![32700, 32700, 32700, 1910], "{sizes:?}");
+        assert_eq!(seen, vec![0, 3, 3]);
+    }
+
+    #[test]
+    fn uncoalesced_body_passes_each_piece() {
+        let raw = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            chunked(&[b"a", b"bc", b"def"]),
+            b"0\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        let mut r = ResponseReader::new(io::Cursor::new(raw));
+        let h = r.read_head().unwrap();
+        let mut got = Vec::new();
+        r.read_body(Framing::of(false, &h).unwrap(), 100, &mut |d| {
+            got.push(d.to_vec())
+        })
+        .unwrap();
+        assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec(), b"def".to_vec()]);
     }
 }

@@ -155,6 +155,19 @@ impl Conn {
     }
 }
 
+impl http::WaitReadable for Conn {
+    fn wait_readable(&self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let ts = Timespec::try_from(timeout).ok();
+        let mut fds = [match self {
+            Conn::Unix(s) => PollFd::new(s, PollFlags::IN),
+            Conn::Tcp(s) => PollFd::new(s, PollFlags::IN),
+        }];
+        // An error reads as "ready": the read that follows reports it.
+        poll(&mut fds, ts.as_ref()).map_or(true, |n| n > 0)
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

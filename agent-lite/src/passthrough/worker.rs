@@ -247,7 +247,7 @@ fn serve(
         }
         r
     } else {
-        reader.read_body(framing, usize::MAX, &mut |d| {
+        reader.read_body_coalesced(framing, usize::MAX, STREAM_CHUNK, &mut |d| {
             if ok && !hub.send_data(ctl, d) {
                 ok = false;
                 ctl.cancel();
