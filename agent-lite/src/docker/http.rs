@@ -91,6 +91,9 @@ impl Framing {
     }
 }
 
+/// Whether a source has bytes within a wait (see [`WaitReadable`]).
+type Ready<'a, R> = &'a dyn Fn(&R, Duration) -> bool;
+
 /// A byte source that can say whether more bytes arrive within a short wait, so that
 /// [`ResponseReader::read_body_coalesced`] can join pieces without delaying them long.
 pub trait WaitReadable {
@@ -263,7 +266,7 @@ impl<R: Read> ResponseReader<R> {
     fn fill_after(
         &mut self,
         sink: &mut Sink<'_>,
-        hold: Option<&dyn Fn(&R, Duration) -> bool>,
+        hold: Option<Ready<'_, R>>,
     ) -> io::Result<usize> {
         if let (Some(ready), Some(since)) = (hold, sink.since) {
             // Short naps rather than a wait that wakes at the first byte: a log written a
@@ -289,7 +292,7 @@ impl<R: Read> ResponseReader<R> {
         &mut self,
         framing: Framing,
         sink: &mut Sink<'_>,
-        hold: Option<&dyn Fn(&R, Duration) -> bool>,
+        hold: Option<Ready<'_, R>>,
     ) -> Result<(), HttpError> {
         match framing {
             Framing::None => {}
