@@ -35,6 +35,33 @@ impl Auditor {
         }
     }
 
+    /// [`Auditor::user`] without waiting for the commit: the entry is queued for the next
+    /// group commit (reads of the log see it). For reads, whose answer should not wait for
+    /// the audit log; changes use [`Auditor::user`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn user_background(
+        &self,
+        caller: &Caller,
+        action: &str,
+        host_id: Option<&str>,
+        target: Option<&str>,
+        outcome: &str,
+        error_code: Option<&str>,
+        detail: Option<Value>,
+    ) {
+        self.store.add_audit_background(NewAudit {
+            actor_kind: "user".into(),
+            actor: caller.user.clone(),
+            host_id: host_id.map(str::to_owned),
+            action: action.into(),
+            target: target.map(str::to_owned),
+            outcome: outcome.into(),
+            error_code: error_code.map(str::to_owned),
+            detail,
+            source_ip: caller.ip.map(|i| i.to_string()),
+        });
+    }
+
     /// A user's action.
     #[allow(clippy::too_many_arguments)]
     pub async fn user(

@@ -53,6 +53,14 @@ async fn suite(db: &TestDb) {
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     store.revoke_api_token(&tid).await.unwrap();
+    // The token was read (and cached) above: the revocation shows at once all the same.
+    assert!(store
+        .find_api_token_by_hash("h1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
     assert!(store
         .get_api_token(&tid)
         .await
@@ -379,6 +387,73 @@ async fn suite(db: &TestDb) {
         ("error", Some("timeout"), Some(42))
     );
 
+    // The command journal: a direct command's record is written behind the request, and a
+    // read of it right after sees the final state (reads flush the journal).
+    let jid = uuid::Uuid::new_v4().to_string();
+    store.journal_command_sent(
+        NewQueuedCommand {
+            id: jid.clone(),
+            host_id: h.id.clone(),
+            agent_id: None,
+            agent_ref: None,
+            operation: "container.list".into(),
+            params_enc: None,
+            requested_by: "alice".into(),
+            queued: false,
+            timeout_secs: 30,
+            expires_at: now_ms() + 30_000,
+            idempotency_key: jid.clone(),
+            client_key: false,
+        },
+        "direct",
+    );
+    store.journal_command_finished(&jid, &Ok(json!([{"Id": "abc"}])), Some(7));
+    let c = store
+        .get_command(&jid)
+        .await
+        .unwrap()
+        .expect("journaled command");
+    assert_eq!(c.state.as_deref(), Some("succeeded"));
+    assert_eq!((c.attempts, c.duration_ms, c.queued), (1, Some(7), false));
+    assert_eq!(c.agent_ref.as_deref(), Some("direct"));
+    assert_eq!(c.result["data"][0]["Id"], "abc");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    store.journal_command_sent(
+        NewQueuedCommand {
+            id: unknown.clone(),
+            idempotency_key: unknown.clone(),
+            ..c_template(&h.id)
+        },
+        "agent-ref",
+    );
+    store.journal_command_finished(
+        &unknown,
+        &Err(protocol::ErrorBody::new(
+            protocol::ErrorCode::OutcomeUnknown,
+            "link lost",
+        )),
+        None,
+    );
+    let u = store.get_command(&unknown).await.unwrap().unwrap();
+    assert_eq!(
+        (u.state.as_deref(), u.error_code.as_deref()),
+        (Some("failed"), Some("outcome_unknown"))
+    );
+
+    // The host cache: a change through this store shows at once.
+    let cached = store.get_host_cached(&h.id).await.unwrap().unwrap();
+    let renamed = store
+        .update_host(&Host {
+            name: "renamed-for-cache".into(),
+            ..cached
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_host_cached(&h.id).await.unwrap().unwrap().name,
+        renamed.name
+    );
+
     // Deleting the host keeps its agent (host_id set to NULL) and drops its events.
     store.delete_host(&h.id).await.unwrap();
     assert!(matches!(
@@ -414,4 +489,21 @@ async fn store_suite_on_postgres() {
     let db = TestDb::postgres().await;
     suite(&db).await;
     assert_eq!(db.store().await.backend(), Backend::Postgres);
+}
+
+fn c_template(host_id: &str) -> NewQueuedCommand {
+    NewQueuedCommand {
+        id: String::new(),
+        host_id: host_id.to_string(),
+        agent_id: None,
+        agent_ref: None,
+        operation: "container.inspect".into(),
+        params_enc: None,
+        requested_by: "alice".into(),
+        queued: false,
+        timeout_secs: 30,
+        expires_at: now_ms() + 30_000,
+        idempotency_key: String::new(),
+        client_key: false,
+    }
 }

@@ -354,6 +354,73 @@ fn logs_follow_and_events_stream_live() {
     assert!(got, "docker events showed one of {wanted:?}");
 }
 
+/// A busy log (dockerd sends each line as its own HTTP chunk, which the agent joins into
+/// pieces of up to 32 KiB) streams through in full, byte for byte, in order. The lost wake-up
+/// that once stalled such logs has its own deterministic test in `agent-lite/src/waker.rs`.
+#[test]
+fn a_large_log_of_short_lines_streams_through_in_full() {
+    let mut s = setup("pt-biglog");
+    const LINES: usize = 200_000;
+    let name = s.running(
+        "pt-biglog",
+        &[
+            "sh",
+            "-c",
+            &format!("seq -w 1 {LINES} | sed 's/.*/line & of a busy log, padded to look like a real one........../'; exec sleep 300"),
+        ],
+    );
+    let direct = wait_for(
+        "the container wrote its log",
+        Duration::from_secs(60),
+        || {
+            let out = std::process::Command::new(docker_cli_path())
+                .args(["logs", &name])
+                .env("DOCKER_HOST", format!("unix://{DOCKER_SOCKET}"))
+                .output()
+                .ok()?;
+            (out.stdout.iter().filter(|&&b| b == b'\n').count() == LINES).then_some(out.stdout)
+        },
+    );
+    assert!(direct.len() > 12_000_000, "{} bytes", direct.len());
+
+    let mut child = s
+        .cli
+        .command(&["logs", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut v).map(|_| v)
+    });
+    // Bounded: a stall shows as a kill here, not as a hung test.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let tunnel = reader.join().unwrap().unwrap();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "docker logs through the tunnel stalled: {} of {} bytes after 120 s",
+            tunnel.len(),
+            direct.len()
+        )
+    });
+    assert!(status.success(), "docker logs failed: {status}");
+    assert_eq!(tunnel.len(), direct.len(), "the whole log arrived");
+    assert!(tunnel == direct, "byte for byte the daemon's log");
+}
+
 #[test]
 fn exec_non_interactive_and_interactive_with_tty_resize_and_exit_codes() {
     let mut s = setup("pt-exec");

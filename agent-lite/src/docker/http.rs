@@ -147,6 +147,12 @@ impl<R: Read> ResponseReader<R> {
         &mut self.inner
     }
 
+    /// The source, when every byte read from it was consumed (nothing of a next response is
+    /// buffered here): a kept-alive connection can serve the next request.
+    pub fn into_inner_if_drained(self) -> Option<R> {
+        (self.pos == self.end).then_some(self.inner)
+    }
+
     fn pending(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }

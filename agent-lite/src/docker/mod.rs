@@ -257,7 +257,13 @@ pub struct DockerClient {
     endpoint: Arc<Endpoint>,
     timeout: Duration,
     api_version: Arc<Mutex<Option<String>>>,
+    /// Kept-alive connections of finished GET and HEAD requests, for the next one: a new
+    /// connection costs the daemon an accept and a goroutine on every command.
+    idle: Arc<Mutex<Vec<Conn>>>,
 }
+
+/// Idle kept-alive connections at most (the worker pool rarely runs more reads at once).
+const MAX_IDLE: usize = 2;
 
 impl DockerClient {
     /// `timeout` bounds connecting and each read or write.
@@ -266,6 +272,19 @@ impl DockerClient {
             endpoint: Arc::new(endpoint),
             timeout,
             api_version: Arc::new(Mutex::new(None)),
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
         }
     }
 
@@ -340,18 +359,44 @@ impl DockerClient {
         Ok(conn)
     }
 
-    /// Sends one request and reads the head. The caller reads the body.
+    /// Sends one request and reads the head. The caller reads the body. With `keep_alive`
+    /// (GET and HEAD without a body, which are safe to send twice) an idle connection is
+    /// used when there is one, and a failure on it is retried once on a new connection: the
+    /// daemon may have closed it meanwhile.
     fn start(
         &self,
         method: &str,
         uri: &str,
         body: Option<&[u8]>,
         deadline: Option<Instant>,
+        keep_alive: bool,
     ) -> Result<(Head, ResponseReader<Deadlined>)> {
-        let mut conn = self.connect(deadline)?;
+        if keep_alive {
+            if let Some(conn) = self.take_idle() {
+                match self.exchange(conn, method, uri, body, deadline, true) {
+                    Err(Error::Timeout(t)) => return Err(Error::Timeout(t)),
+                    Err(e) => log::debug!("a kept-alive daemon connection failed ({e}); using a new one"),
+                    ok => return ok,
+                }
+            }
+        }
+        let conn = self.connect(deadline)?;
+        self.exchange(conn, method, uri, body, deadline, keep_alive)
+    }
+
+    fn exchange(
+        &self,
+        mut conn: Conn,
+        method: &str,
+        uri: &str,
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+        keep_alive: bool,
+    ) -> Result<(Head, ResponseReader<Deadlined>)> {
         let mut req = format!(
-            "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nConnection: close\r\n",
-            self.endpoint.host_header()
+            "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{}",
+            self.endpoint.host_header(),
+            if keep_alive { "" } else { "Connection: close\r\n" }
         );
         match body {
             Some(b) => req.push_str(&format!(
@@ -405,7 +450,8 @@ impl DockerClient {
         deadline: Option<Instant>,
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<DockerResponse> {
-        let (head, mut reader) = self.start(method.as_str(), uri, body, deadline)?;
+        let keep_alive = matches!(method, Method::Get | Method::Head) && body.is_none();
+        let (head, mut reader) = self.start(method.as_str(), uri, body, deadline, keep_alive)?;
         let framing = Framing::of(method == Method::Head, &head).map_err(|e| self.http_error(e))?;
         let success = (200..300).contains(&head.status);
         let mut collected = Vec::new();
@@ -417,6 +463,16 @@ impl DockerClient {
                 collected.extend_from_slice(d);
             })
             .map_err(|e| self.http_error(e))?;
+        let reusable = keep_alive
+            && framing != Framing::ToEof
+            && !head
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if reusable {
+            if let Some(d) = reader.into_inner_if_drained() {
+                self.put_idle(d.conn);
+            }
+        }
         Ok(DockerResponse {
             status: head.status,
             headers: head.headers,
@@ -502,7 +558,7 @@ impl DockerClient {
     pub fn stream(&self, path_and_query: &str) -> Result<(Stream, Closer), ErrorBody> {
         let v = self.api_version(None)?;
         let uri = format!("/v{v}{path_and_query}");
-        let (head, mut reader) = self.start("GET", &uri, None, None)?;
+        let (head, mut reader) = self.start("GET", &uri, None, None, false)?;
         let framing = Framing::of(false, &head).map_err(|e| self.http_error(e))?;
         if !(200..300).contains(&head.status) {
             let mut body = Vec::new();

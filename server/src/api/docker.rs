@@ -273,7 +273,7 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
             ),
         );
     }
-    let host = match state.store.get_host(&ex.host_id).await {
+    let host = match state.store.get_host_cached(&ex.host_id).await {
         Ok(Some(h)) => h,
         Ok(None) => {
             ex.finish("not_found", 404, "none", Some("not_found")).await;

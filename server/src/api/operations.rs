@@ -212,7 +212,7 @@ pub async fn run(
             .await;
         return Err(e);
     }
-    let host = super::hosts::load(&state, &host_id).await?;
+    let host = super::hosts::load_cached(&state, &host_id).await?;
     let op = Operation::parse(name, &req.params).map_err(ApiError::from)?;
     let timeout = match req.timeout {
         None => state.config.agent.command_timeout.get(),
@@ -276,20 +276,30 @@ pub async fn run(
         idempotency_key: key.clone(),
         client_key: req.idempotency_key.is_some(),
     };
-    let recorded = match state.store.create_command(&record).await {
-        Ok(c) => Some(c),
-        Err(StoreError::Conflict(_)) => {
-            // A concurrent request with the same key won the race.
-            if let Some(existing) = state.store.find_command_by_key(&host.id, &key).await? {
-                return replay(&state, &host, existing, op.name(), timeout).await;
+    // A direct command without a client key is recorded behind the request (the store's
+    // command journal): nothing waits for it, and nothing needs its row to exist first.
+    let journaled =
+        !queued && req.idempotency_key.is_none() && (!agent_mode || agent_ref.is_some());
+    let recorded = if journaled {
+        let sent_to = agent_ref.clone().unwrap_or_else(|| "direct".into());
+        state.store.journal_command_sent(record, &sent_to);
+        None
+    } else {
+        match state.store.create_command(&record).await {
+            Ok(c) => Some(c),
+            Err(StoreError::Conflict(_)) => {
+                // A concurrent request with the same key won the race.
+                if let Some(existing) = state.store.find_command_by_key(&host.id, &key).await? {
+                    return replay(&state, &host, existing, op.name(), timeout).await;
+                }
+                return Err(ApiError::conflict("idempotency_key already in use"));
             }
-            return Err(ApiError::conflict("idempotency_key already in use"));
-        }
-        // Without the database nothing can be queued; a direct command still runs.
-        Err(e) if queued => return Err(e.into()),
-        Err(e) => {
-            tracing::error!(error = %e, "could not record command");
-            None
+            // Without the database nothing can be queued; a direct command still runs.
+            Err(e) if queued => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not record command");
+                None
+            }
         }
     };
     let target = target_of(&req.params);
@@ -356,7 +366,9 @@ pub async fn run(
         });
     }
 
-    if let Some(r) = &agent_ref {
+    if journaled {
+        // Recorded as sent already.
+    } else if let Some(r) = &agent_ref {
         let _ = state.store.mark_command_sent(&command_id, r).await;
     } else if !agent_mode {
         let _ = state.store.mark_command_sent(&command_id, "direct").await;
@@ -388,6 +400,12 @@ pub async fn run(
         Err(e) => ("error", Some(e.code.as_str())),
     };
     let stored = match &result {
+        r if journaled => {
+            state
+                .store
+                .journal_command_finished(&command_id, r, Some(took.as_millis() as i64));
+            Ok(true)
+        }
         Err(e) if e.code == ErrorCode::OutcomeUnknown => {
             state
                 .store
@@ -405,9 +423,10 @@ pub async fn run(
         tracing::error!(error = %e, "could not record command result");
     }
     let detail = json!({ "command_id": command_id, "via": super::hosts::adapter_kind(adapter.as_ref()), "duration_ms": took.as_millis() as u64 });
-    state
-        .audit
-        .user(
+    if access_of(op.name()) == Access::Read {
+        // A read's audit entry joins the next group commit without holding up the answer;
+        // a change is answered only once its entry is committed.
+        state.audit.user_background(
             &caller,
             &action,
             Some(&host.id),
@@ -415,8 +434,21 @@ pub async fn run(
             status,
             code,
             Some(detail),
-        )
-        .await;
+        );
+    } else {
+        state
+            .audit
+            .user(
+                &caller,
+                &action,
+                Some(&host.id),
+                target.as_deref(),
+                status,
+                code,
+                Some(detail),
+            )
+            .await;
+    }
     tracing::info!(host = %host.id, operation = op.name(), outcome = %outcome, ms = took.as_millis() as u64, "operation");
     Ok(answer(&command_id, &result, false))
 }

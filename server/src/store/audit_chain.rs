@@ -116,6 +116,45 @@ impl Store {
         }
     }
 
+    /// Queues an entry for the next group commit without waiting for it (a task commits it
+    /// soon). Reads of the log ([`Store::list_audit`], [`Store::verify_audit_chain`]) commit
+    /// what is queued first, so they see it.
+    pub fn add_audit_background(&self, e: NewAudit) {
+        let (tx, _nobody_waits) = tokio::sync::oneshot::channel();
+        match self.audit_pending.lock() {
+            Ok(mut q) => q.push(Pending { entry: e, done: tx }),
+            Err(_) => {
+                tracing::error!(action = %e.action, "audit queue poisoned: entry not written");
+                return;
+            }
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.flush_audit().await {
+                tracing::error!(error = %err, "could not write the audit log");
+            }
+        });
+    }
+
+    /// Commits every queued entry (see [`Store::add_audit_background`]).
+    pub async fn flush_audit(&self) -> Result<()> {
+        let _one_writer = self.audit_lock.lock().await;
+        let batch: Vec<Pending> = match self.audit_pending.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return Err(StoreError::Conflict("audit queue poisoned".into())),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<&NewAudit> = batch.iter().map(|p| &p.entry).collect();
+        let result = self.write_audit_batch(&entries).await;
+        let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        for p in batch {
+            let _ = p.done.send(shared.clone());
+        }
+        result
+    }
+
     /// Writes `entries` as consecutive links of the chain in one transaction.
     async fn write_audit_batch(&self, entries: &[&NewAudit]) -> Result<()> {
         if entries.is_empty() {
@@ -190,6 +229,7 @@ impl Store {
 
     /// Walks the whole chain and reports every changed or deleted entry.
     pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
+        self.flush_audit().await?;
         let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
             .fetch_one(&self.pool)
             .await?

@@ -10,7 +10,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::{now_ms, parse_json, Bind, CommandRecord, NewQueuedCommand, Result, Store, StoreError};
+use super::{
+    journal, now_ms, parse_json, Bind, CommandRecord, NewQueuedCommand, Result, Store, StoreError,
+};
 
 /// Unix microseconds, strictly increasing within this process: the creation order of
 /// commands (and still increasing across restarts, as the clock moves on).
@@ -63,7 +65,7 @@ fn row(r: &AnyRow) -> Result<CommandRecord> {
 }
 
 /// A final state's legacy `status`.
-fn legacy_status(state: &str) -> &'static str {
+pub(crate) fn legacy_status(state: &str) -> &'static str {
     match state {
         "succeeded" => "success",
         "queued" | "sent" => "pending",
@@ -71,7 +73,56 @@ fn legacy_status(state: &str) -> &'static str {
     }
 }
 
+/// Stores a command's outcome: binds state, status, error code, result, completed at,
+/// duration, updated at, id. Only an unfinished command (or one whose outcome was unknown)
+/// changes.
+pub(crate) fn finish_sql() -> &'static str {
+    "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
+     duration_ms = COALESCE($6, duration_ms), updated_at = $7 \
+     WHERE id = $8 AND (state IN ('queued', 'sent') OR error_code = 'outcome_unknown')"
+}
+
 impl Store {
+    /// Records a direct command (no queue, no client key) that is being sent to `sent_to`
+    /// (an agent's ref, or `direct`), through the journal: the caller does not wait for the
+    /// database (see `journal.rs`).
+    pub fn journal_command_sent(&self, c: NewQueuedCommand, sent_to: &str) {
+        let e = journal::Entry::Started {
+            cmd: Box::new(c),
+            sent_to: sent_to.to_string(),
+            at: now_ms(),
+        };
+        if !self.journal.push(e) {
+            tracing::error!("the command journal is full or stopped: a command's record is lost");
+        }
+    }
+
+    /// The outcome of a command recorded with [`Store::journal_command_sent`].
+    pub fn journal_command_finished(
+        &self,
+        id: &str,
+        result: &std::result::Result<Value, protocol::ErrorBody>,
+        duration_ms: Option<i64>,
+    ) {
+        let e = match result {
+            Err(e) if e.code == protocol::ErrorCode::OutcomeUnknown => {
+                journal::outcome_unknown(id, &e.message)
+            }
+            r => journal::finished(id, r, duration_ms),
+        };
+        if !self.journal.push(e) {
+            tracing::error!(
+                command = id,
+                "the command journal is full or stopped: a command's outcome is not recorded"
+            );
+        }
+    }
+
+    /// Waits until the journal wrote everything queued so far (reads of commands call it).
+    pub async fn flush_journal(&self) {
+        self.journal.flush().await
+    }
+
     /// Records a new command. A second command with the same idempotency key on the same host
     /// is a [`StoreError::Conflict`].
     pub async fn create_command(&self, c: &NewQueuedCommand) -> Result<CommandRecord> {
@@ -103,6 +154,7 @@ impl Store {
     }
 
     pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>> {
+        self.flush_journal().await;
         let sql = format!("SELECT {COLS} FROM commands WHERE id = $1");
         let r = sqlx::query(&sql)
             .bind(id)
@@ -117,6 +169,7 @@ impl Store {
         host_id: &str,
         key: &str,
     ) -> Result<Option<CommandRecord>> {
+        self.flush_journal().await;
         let sql =
             format!("SELECT {COLS} FROM commands WHERE host_id = $1 AND idempotency_key = $2");
         let r = sqlx::query(&sql)
@@ -134,6 +187,7 @@ impl Store {
         state: Option<&str>,
         limit: i64,
     ) -> Result<Vec<CommandRecord>> {
+        self.flush_journal().await;
         let mut sql = format!("SELECT {COLS} FROM commands WHERE host_id = $1");
         let mut binds = vec![Bind::Text(host_id.to_string())];
         if let Some(s) = state {
@@ -219,21 +273,17 @@ impl Store {
         duration_ms: Option<i64>,
     ) -> Result<bool> {
         let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
-             duration_ms = COALESCE($6, duration_ms), updated_at = $7 \
-             WHERE id = $8 AND (state IN ('queued', 'sent') OR error_code = 'outcome_unknown')",
-        )
-        .bind(state)
-        .bind(legacy_status(state))
-        .bind(code)
-        .bind(body.to_string())
-        .bind(now)
-        .bind(duration_ms)
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let r = sqlx::query(finish_sql())
+            .bind(state)
+            .bind(legacy_status(state))
+            .bind(code)
+            .bind(body.to_string())
+            .bind(now)
+            .bind(duration_ms)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -266,6 +316,7 @@ impl Store {
     /// Expires due commands: `queued` ones become `expired`, `sent` ones `failed` with
     /// `outcome_unknown`. Returns how many changed.
     pub async fn expire_due_commands(&self) -> Result<u64> {
+        self.flush_journal().await;
         let due = sqlx::query(
             "SELECT id, state FROM commands WHERE state IN ('queued', 'sent') AND expires_at < $1 LIMIT 1000",
         )

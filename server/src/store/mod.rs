@@ -9,7 +9,9 @@
 //! BIGINT Unix milliseconds, JSON is TEXT, integers are BIGINT (decoded as `i64`).
 
 mod audit_chain;
+mod cache;
 mod commands;
+mod journal;
 mod records;
 
 pub use records::*;
@@ -92,7 +94,20 @@ pub struct Store {
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Audit entries waiting for the next group commit (see `audit_chain.rs`).
     audit_pending: std::sync::Arc<std::sync::Mutex<Vec<audit_chain::Pending>>>,
+    /// Records of direct commands, written behind the request (see `journal.rs`).
+    journal: journal::Journal,
+    /// API tokens by hash, read on every request (see `cache.rs`).
+    tokens: std::sync::Arc<cache::TtlCache<ApiToken>>,
+    /// Hosts by id, for routing commands and Docker API requests.
+    hosts: std::sync::Arc<cache::TtlCache<Host>>,
 }
+
+/// How long a cached token or host row is used before it is read again: how late another
+/// server replica's revocation or host change shows here (this process's own writes show at
+/// once).
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Entries at most per cache.
+const CACHE_CAP: usize = 50_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,10 +178,13 @@ impl Store {
         };
         let pool = opts.connect(url).await?;
         let store = Store {
+            journal: journal::Journal::start(pool.clone()),
             pool,
             backend,
             audit_lock: Default::default(),
             audit_pending: Default::default(),
+            tokens: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
+            hosts: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
         };
         store.migrate().await?;
         Ok(store)
@@ -190,7 +208,9 @@ impl Store {
         Ok(())
     }
 
+    /// Writes what the command journal holds, then closes the pool.
     pub async fn close(&self) {
+        self.journal.flush().await;
         self.pool.close().await
     }
 
@@ -206,6 +226,7 @@ impl Store {
                 .bind(&u.id)
                 .execute(&self.pool)
                 .await?;
+            self.tokens.clear();
             return Ok(User { role, ..u });
         }
         let id = new_id();
@@ -289,7 +310,19 @@ impl Store {
         })
     }
 
+    /// The token with this hash; served from the cache for [`CACHE_TTL`] after a read.
     pub async fn find_api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>> {
+        if let Some(t) = self.tokens.get(hash) {
+            return Ok(Some(t));
+        }
+        let t = self.read_api_token_by_hash(hash).await?;
+        if let Some(t) = &t {
+            self.tokens.put(hash, t.clone());
+        }
+        Ok(t)
+    }
+
+    async fn read_api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>> {
         let sql = format!(
             "SELECT {} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
             Self::TOKEN_COLS
@@ -331,6 +364,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.tokens.remove_where(|t| t.id == id);
         if r.rows_affected() == 0 && self.get_api_token(id).await?.is_none() {
             return Err(StoreError::NotFound);
         }
@@ -343,6 +377,8 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        // The cached copy's last use is old now: read it again next time.
+        self.tokens.remove_where(|t| t.id == id);
         Ok(())
     }
 
@@ -404,6 +440,19 @@ impl Store {
         row.as_ref().map(Self::host_row).transpose()
     }
 
+    /// [`Store::get_host`] served from the cache for [`CACHE_TTL`] after a read: for the
+    /// command and Docker API paths, which read the host on every request.
+    pub async fn get_host_cached(&self, id: &str) -> Result<Option<Host>> {
+        if let Some(h) = self.hosts.get(id) {
+            return Ok(Some(h));
+        }
+        let h = self.get_host(id).await?;
+        if let Some(h) = &h {
+            self.hosts.put(id, h.clone());
+        }
+        Ok(h)
+    }
+
     pub async fn list_hosts(&self) -> Result<Vec<Host>> {
         let sql = format!(
             "SELECT {} FROM docker_hosts h LEFT JOIN docker_agents a ON a.id = h.agent_id ORDER BY h.name",
@@ -433,6 +482,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| map_unique(e, "a host with this name"))?;
+        self.hosts.remove(&h.id);
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -444,6 +494,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.hosts.remove(id);
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -558,6 +609,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.hosts.remove(&a.host_id);
         self.get_agent(&a.agent_id)
             .await?
             .ok_or(StoreError::NotFound)
@@ -959,6 +1011,9 @@ impl Store {
 
     /// Audit entries matching every given filter, newest first.
     pub async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        if let Err(e) = self.flush_audit().await {
+            tracing::error!(error = %e, "could not write queued audit entries");
+        }
         let mut sql = String::from(
             "SELECT seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, source_ip \
              FROM audit_log WHERE 1 = 1",

@@ -1,0 +1,95 @@
+//! A small time-bounded cache for rows read on every request (API tokens, hosts).
+//!
+//! A hit saves a database round trip on the command path. Writes through this process's
+//! [`super::Store`] drop the entries they change at once; a change made by another server
+//! replica on the shared database shows here within the cache's time to live.
+//!
+//! Owns: entries and their expiry. Must not: cache misses (an unknown token must not fill
+//! memory), or decide anything about what it holds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct TtlCache<V> {
+    ttl: Duration,
+    cap: usize,
+    map: Mutex<HashMap<String, (V, Instant)>>,
+}
+
+impl<V: Clone> TtlCache<V> {
+    pub(crate) fn new(ttl: Duration, cap: usize) -> Self {
+        TtlCache {
+            ttl,
+            cap,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (V, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The value of `key` when it was stored less than the time to live ago.
+    pub(crate) fn get(&self, key: &str) -> Option<V> {
+        let map = self.map();
+        let (v, at) = map.get(key)?;
+        (at.elapsed() < self.ttl).then(|| v.clone())
+    }
+
+    pub(crate) fn put(&self, key: &str, v: V) {
+        let mut map = self.map();
+        if map.len() >= self.cap && !map.contains_key(key) {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= self.cap {
+                map.clear();
+            }
+        }
+        map.insert(key.to_string(), (v, Instant::now()));
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Drops the entries whose value matches.
+    pub(crate) fn remove_where(&self, f: impl Fn(&V) -> bool) {
+        self.map().retain(|_, (v, _)| !f(v));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_are_dropped_by_writes() {
+        let c = TtlCache::new(Duration::from_millis(50), 3);
+        c.put("a", 1);
+        c.put("b", 2);
+        assert_eq!(c.get("a"), Some(1));
+        c.remove("a");
+        assert_eq!(c.get("a"), None);
+        c.remove_where(|v| *v == 2);
+        assert_eq!(c.get("b"), None);
+        c.put("c", 3);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get("c"), None, "expired");
+    }
+
+    #[test]
+    fn the_cap_bounds_memory() {
+        let c = TtlCache::new(Duration::from_secs(60), 3);
+        for i in 0..10 {
+            c.put(&i.to_string(), i);
+        }
+        assert!(c.map().len() <= 3);
+        assert_eq!(c.get("9"), Some(9), "the newest entry is kept");
+    }
+}
