@@ -54,8 +54,21 @@ agent_pid=$!
 for _ in $(seq 100); do grep -q '^authenticated' "$work/server.log" && break; sleep 0.1; done
 grep -q '^authenticated' "$work/server.log" || { echo "agent did not authenticate: $(cat "$work/agent.log")" >&2; exit 1; }
 
+# CPU time in ns, summed over the agent's threads (schedstat: time on a CPU), and the session
+# thread's own (the main thread runs the session loop).
+cpu_ns() { cat /proc/"$agent_pid"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+session_ns() { awk '{print $1}' /proc/"$agent_pid"/task/"$agent_pid"/schedstat; }
+beats0=$(grep -c '^heartbeat' "$work/server.log" || true)
+cpu0=$(cpu_ns); sess0=$(session_ns)
 sleep "$IDLE_SECS"
 kill -0 "$agent_pid" || { echo "agent died: $(cat "$work/agent.log")" >&2; exit 1; }
+cpu1=$(cpu_ns); sess1=$(session_ns)
+beats1=$(grep -c '^heartbeat' "$work/server.log" || true)
+nb=$((beats1 - beats0)); [ "$nb" -ge 1 ] || nb=1
+printf 'x86_64-musl CPU while idle for %ss: %.2f ms in all (%.3f%% of a core); %d heartbeats: per heartbeat interval %.1f us on the session thread (the heartbeat, the server's pings), %.1f us on all threads (also the health probe)\n' \
+  "$IDLE_SECS" "$(echo "($cpu1 - $cpu0) / 1000000" | bc -l)" "$(echo "($cpu1 - $cpu0) / ($IDLE_SECS * 10000000)" | bc -l)" \
+  "$nb" "$(echo "($sess1 - $sess0) / 1000 / $nb" | bc -l)" "$(echo "($cpu1 - $cpu0) / 1000 / $nb" | bc -l)"
+echo "METRIC agent_cpu_us_per_heartbeat $(echo "($sess1 - $sess0) / 1000 / $nb" | bc -l)"
 rss_kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent_pid/status")
 rss=$((rss_kib * 1024))
 beats=$(grep -c '^heartbeat' "$work/server.log" || true)

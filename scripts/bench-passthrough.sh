@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 srv=./target/release/docker-ctl-server
-agent=./target/release/docker-ctl-agent
+agent=${AGENT_BIN:-./target/release/docker-ctl-agent}
 token=$("$srv" token create --name bench --role admin --data-dir "$work/data")
 "$srv" serve --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json >"$work/server.log" 2>&1 &
 srv_pid=$!; pids+=("$srv_pid")
@@ -45,6 +45,8 @@ tunnel() { DOCKER_HOST="tcp://$addr/api/v1/hosts/$host/docker" "$DOCKER" --confi
 direct() { DOCKER_HOST=unix:///var/run/docker.sock "$DOCKER" "$@"; }
 hwm() { awk '/^VmHWM:/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+# CPU seconds (user + system) a process used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 echo "== preparing: a container that wrote ${LOG_MB} MB of logs, an image of ${SAVE_MB} MB"
 direct rm -f bench-logs >/dev/null 2>&1 || true
@@ -63,11 +65,15 @@ rm -f "$work/ctx/blob"
 
 echo "agent RSS before: $(hwm "$agent_pid"), server RSS before: $(hwm "$srv_pid")"
 d_logs=$(secs direct logs bench-logs)
+a0=$(cpu "$agent_pid"); s0=$(cpu "$srv_pid")
 t_logs=$(secs tunnel logs bench-logs)
+echo "CPU during the tunnel's docker logs: agent $(echo "$(cpu "$agent_pid") - $a0" | bc) s, server $(echo "$(cpu "$srv_pid") - $s0" | bc) s"
 printf 'docker logs (%d MB): direct %.2f s, tunnel %.2f s, ratio %.2fx\n' "$LOG_MB" "$d_logs" "$t_logs" "$(echo "$t_logs / $d_logs" | bc -l)"
 echo "peak RSS after logs: agent $(hwm "$agent_pid"), server $(hwm "$srv_pid")"
 d_save=$(secs direct save -o "$work/d.tar" bench-save:big)
+a0=$(cpu "$agent_pid"); s0=$(cpu "$srv_pid")
 t_save=$(secs tunnel save -o "$work/t.tar" bench-save:big)
+echo "CPU during the tunnel's docker save: agent $(echo "$(cpu "$agent_pid") - $a0" | bc) s, server $(echo "$(cpu "$srv_pid") - $s0" | bc) s"
 printf 'docker save (%s bytes): direct %.2f s, tunnel %.2f s, ratio %.2fx\n' "$(stat -c %s "$work/t.tar")" "$d_save" "$t_save" "$(echo "$t_save / $d_save" | bc -l)"
 cmp -s "$work/d.tar" "$work/t.tar" && echo "the tunnel's tar is identical to the direct one" || { echo "TAR MISMATCH"; exit 1; }
 echo "peak RSS after save: agent $(hwm "$agent_pid"), server $(hwm "$srv_pid")"
