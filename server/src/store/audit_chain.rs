@@ -27,6 +27,9 @@ pub(crate) struct Pending {
     done: tokio::sync::oneshot::Sender<std::result::Result<(), String>>,
 }
 
+/// How long queued background entries gather before they are committed.
+const BACKGROUND_GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The `prev_hash` of the first chained entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -128,8 +131,21 @@ impl Store {
                 return;
             }
         }
+        // One commit task at a time, after a short gathering pause: a burst of reads then
+        // costs one transaction. An entry queued after the task cleared the flag schedules
+        // the next task; one queued before it is in the batch the task takes.
+        if self
+            .audit_flush_scheduled
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let store = self.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(BACKGROUND_GATHER).await;
+            store
+                .audit_flush_scheduled
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             if let Err(err) = store.flush_audit().await {
                 tracing::error!(error = %err, "could not write the audit log");
             }

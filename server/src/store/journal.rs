@@ -28,6 +28,8 @@ use super::{now_ms, NewQueuedCommand};
 
 /// Entries at most per transaction.
 const BATCH: usize = 512;
+/// How long the writer gathers entries before it commits them.
+const GATHER: Duration = Duration::from_millis(10);
 /// Entries waiting before new ones are refused (the database is down or far behind).
 const MAX_WAITING: u64 = 200_000;
 /// How long a failing batch is retried before it is dropped (logged).
@@ -105,15 +107,29 @@ async fn writer(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Op>, waiting: Arc
     let mut entries = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Some(op) = rx.recv().await {
+        // Gather for up to GATHER (nobody waits for these rows) unless a reader asks for a
+        // flush or the batch is full: one transaction then carries a burst of commands
+        // instead of each row costing the database a commit of its own.
+        let until = tokio::time::Instant::now() + GATHER;
         let mut next = Some(op);
         while let Some(op) = next.take() {
             match op {
                 Op::Entry(e) => entries.push(e),
                 Op::Flush(done) => flushes.push(done),
             }
-            if entries.len() < BATCH {
-                next = rx.try_recv().ok();
+            if entries.len() >= BATCH {
+                break;
             }
+            next = match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(mpsc::error::TryRecvError::Empty) if flushes.is_empty() => {
+                    tokio::time::timeout_at(until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(_) => None,
+            };
         }
         if !entries.is_empty() {
             write_with_retry(&pool, &entries).await;

@@ -94,6 +94,8 @@ pub struct Store {
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Audit entries waiting for the next group commit (see `audit_chain.rs`).
     audit_pending: std::sync::Arc<std::sync::Mutex<Vec<audit_chain::Pending>>>,
+    /// A task will commit the queued background audit entries (see `audit_chain.rs`).
+    audit_flush_scheduled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Records of direct commands, written behind the request (see `journal.rs`).
     journal: journal::Journal,
     /// API tokens by hash, read on every request (see `cache.rs`).
@@ -183,6 +185,7 @@ impl Store {
             backend,
             audit_lock: Default::default(),
             audit_pending: Default::default(),
+            audit_flush_scheduled: Default::default(),
             tokens: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
             hosts: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
         };
