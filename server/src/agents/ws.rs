@@ -333,7 +333,10 @@ async fn record_failure(
 }
 
 async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut socket: WebSocket) {
-    let Some((auth_env, auth, agent)) = authenticate(&mgr, &path_agent_id, ip, &mut socket).await
+    // Boxed: its state (database lookups, audit) is the largest of the session and would
+    // otherwise stay in every idle session's task for as long as it lives.
+    let Some((auth_env, auth, agent)) =
+        Box::pin(authenticate(&mgr, &path_agent_id, ip, &mut socket)).await
     else {
         return;
     };
@@ -913,34 +916,4 @@ async fn handle(
         }
     }
     None
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use super::*;
-        eprintln!("Envelope {}", std::mem::size_of::<Envelope>());
-        eprintln!("Message {}", std::mem::size_of::<Message>());
-        eprintln!("DataOut {}", std::mem::size_of::<DataOut>());
-        eprintln!("Session {}", std::mem::size_of::<Session>());
-        eprintln!("WebSocket {}", std::mem::size_of::<WebSocket>());
-        fn fsize<F: std::future::Future>(_: &F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let f = |mgr: AgentManager, socket: WebSocket| run(mgr, String::new(), None, socket);
-        let _ = f;
-        fn probe<F, Fut>(_: F) -> usize
-        where
-            F: Fn(AgentManager, WebSocket) -> Fut,
-            Fut: std::future::Future,
-        {
-            std::mem::size_of::<Fut>()
-        }
-        eprintln!(
-            "run future {}",
-            probe(|mgr, socket| run(mgr, String::new(), None, socket))
-        );
-        let _ = fsize::<std::future::Ready<()>>;
-    }
 }
