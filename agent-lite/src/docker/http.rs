@@ -269,11 +269,7 @@ impl<R: Read> ResponseReader<R> {
 
     /// Reads more. What the sink collected goes out first unless more bytes arrive before
     /// its oldest byte is `hold` old (a read that could wait never holds data longer).
-    fn fill_after(
-        &mut self,
-        sink: &mut Sink<'_>,
-        hold: Option<Ready<'_, R>>,
-    ) -> io::Result<usize> {
+    fn fill_after(&mut self, sink: &mut Sink<'_>, hold: Option<Ready<'_, R>>) -> io::Result<usize> {
         if let (Some(ready), Some(since)) = (hold, sink.since) {
             // Short naps rather than a wait that wakes at the first byte: a log written a
             // line at a time would otherwise cost a wake-up per line.

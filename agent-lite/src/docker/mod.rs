@@ -375,7 +375,9 @@ impl DockerClient {
             if let Some(conn) = self.take_idle() {
                 match self.exchange(conn, method, uri, body, deadline, true) {
                     Err(Error::Timeout(t)) => return Err(Error::Timeout(t)),
-                    Err(e) => log::debug!("a kept-alive daemon connection failed ({e}); using a new one"),
+                    Err(e) => {
+                        log::debug!("a kept-alive daemon connection failed ({e}); using a new one")
+                    }
                     ok => return ok,
                 }
             }
@@ -396,7 +398,11 @@ impl DockerClient {
         let mut req = format!(
             "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{}",
             self.endpoint.host_header(),
-            if keep_alive { "" } else { "Connection: close\r\n" }
+            if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            }
         );
         match body {
             Some(b) => req.push_str(&format!(
