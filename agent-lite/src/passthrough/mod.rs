@@ -146,16 +146,20 @@ impl Ctl {
         true
     }
 
-    /// Waits until `n` bytes of credit are available and takes them; false when cancelled.
-    fn acquire(&self, n: u32) -> bool {
+    /// Waits until there is credit and takes as much of it as there is, up to `max` bytes;
+    /// `None` when cancelled. Using whatever part of the window is left (rather than waiting
+    /// for room for a whole piece) keeps a receiver that credits only a full window from
+    /// waiting on a sender that waits for more credit.
+    fn acquire(&self, max: u32) -> Option<u32> {
         let mut st = self.st();
         loop {
             if st.cancelled {
-                return false;
+                return None;
             }
-            if st.credit >= n {
+            if st.credit > 0 {
+                let n = st.credit.min(max);
                 st.credit -= n;
-                return true;
+                return Some(n);
             }
             st = match self.cv.wait_timeout(st, Duration::from_secs(1)) {
                 Ok((g, _)) => g,
@@ -274,15 +278,19 @@ impl Hub {
     }
 
     /// Sends response bytes: frames of at most `STREAM_CHUNK`, each within the server's
-    /// credit. False when the stream or session ended.
-    pub fn send_data(&self, ctl: &Ctl, data: &[u8]) -> bool {
-        for piece in data.chunks(STREAM_CHUNK) {
-            if !ctl.acquire(piece.len() as u32) {
+    /// credit (a frame may be smaller, to use the last of the window). False when the stream
+    /// or session ended.
+    pub fn send_data(&self, ctl: &Ctl, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let want = data.len().min(STREAM_CHUNK) as u32;
+            let Some(n) = ctl.acquire(want) else {
                 return false;
-            }
+            };
+            let (piece, rest) = data.split_at(n as usize);
             if !self.push_data(ctl, Out::Frame(encode_data_frame(ctl.id, piece))) {
                 return false;
             }
+            data = rest;
         }
         true
     }
