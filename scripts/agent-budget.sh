@@ -65,7 +65,7 @@ kill -0 "$agent_pid" || { echo "agent died: $(cat "$work/agent.log")" >&2; exit 
 cpu1=$(cpu_ns); sess1=$(session_ns)
 beats1=$(grep -c '^heartbeat' "$work/server.log" || true)
 nb=$((beats1 - beats0)); [ "$nb" -ge 1 ] || nb=1
-printf 'x86_64-musl CPU while idle for %ss: %.2f ms in all (%.3f%% of a core); %d heartbeats: per heartbeat interval %.1f us on the session thread (the heartbeat, the server's pings), %.1f us on all threads (also the health probe)\n' \
+printf 'x86_64-musl CPU while idle for %ss: %.2f ms in all (%.3f%% of a core); %d heartbeats: per heartbeat interval %.1f us on the session thread (the heartbeat, pings from the server), %.1f us on all threads (also the health probe)\n' \
   "$IDLE_SECS" "$(echo "($cpu1 - $cpu0) / 1000000" | bc -l)" "$(echo "($cpu1 - $cpu0) / ($IDLE_SECS * 10000000)" | bc -l)" \
   "$nb" "$(echo "($sess1 - $sess0) / 1000 / $nb" | bc -l)" "$(echo "($cpu1 - $cpu0) / 1000 / $nb" | bc -l)"
 echo "METRIC agent_cpu_us_per_heartbeat $(echo "($sess1 - $sess0) / 1000 / $nb" | bc -l)"

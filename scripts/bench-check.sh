@@ -26,12 +26,12 @@ echo "== agent size and idle RSS"
 IDLE_SECS=${IDLE_SECS:-60} bash scripts/agent-budget.sh || fail=1
 
 echo "== latency overhead (1,000 calls)"
-out=$("$lg" latency --calls 1000 | tee /dev/stderr)
+out=$("$lg" latency --calls 1000 | tee >(cat >&2))
 check container_list_added_p50_ms "$(metric container_list_added_p50_ms "$out")" "<=" 1.0
 check container_inspect_added_p50_ms "$(metric container_inspect_added_p50_ms "$out")" "<=" 1.0
 
 echo "== capacity (1,000 agents, 1,000 commands/s)"
-out=$("$lg" capacity --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee /dev/stderr)
+out=$("$lg" capacity --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee >(cat >&2))
 check server_rss_per_agent_kib "$(metric server_rss_per_agent_kib "$out")" "<=" 25
 check command_p99_ms "$(metric command_p99_ms "$out")" "<=" 10
 check command_errors "$(metric command_errors "$out")" "<=" 0
