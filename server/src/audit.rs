@@ -35,12 +35,16 @@ impl Auditor {
         }
     }
 
-    /// [`Auditor::user`] without waiting for the commit: the entry is queued for the next
-    /// group commit (reads of the log see it). For reads, whose answer should not wait for
-    /// the audit log; changes use [`Auditor::user`].
+    /// Queues an entry for the next group commit without waiting for it (reads of the log
+    /// see it). For reads, whose answer should not wait for the audit log; changes use
+    /// [`Auditor::record`].
+    pub fn record_background(&self, entry: NewAudit) {
+        self.store.add_audit_background(entry);
+    }
+
+    /// The entry for a user's action.
     #[allow(clippy::too_many_arguments)]
-    pub fn user_background(
-        &self,
+    pub fn user_entry(
         caller: &Caller,
         action: &str,
         host_id: Option<&str>,
@@ -48,8 +52,8 @@ impl Auditor {
         outcome: &str,
         error_code: Option<&str>,
         detail: Option<Value>,
-    ) {
-        self.store.add_audit_background(NewAudit {
+    ) -> NewAudit {
+        NewAudit {
             actor_kind: "user".into(),
             actor: caller.user.clone(),
             host_id: host_id.map(str::to_owned),
@@ -59,7 +63,7 @@ impl Auditor {
             error_code: error_code.map(str::to_owned),
             detail,
             source_ip: caller.ip.map(|i| i.to_string()),
-        });
+        }
     }
 
     /// A user's action.
@@ -74,18 +78,8 @@ impl Auditor {
         error_code: Option<&str>,
         detail: Option<Value>,
     ) {
-        self.record(NewAudit {
-            actor_kind: "user".into(),
-            actor: caller.user.clone(),
-            host_id: host_id.map(str::to_owned),
-            action: action.into(),
-            target: target.map(str::to_owned),
-            outcome: outcome.into(),
-            error_code: error_code.map(str::to_owned),
-            detail,
-            source_ip: caller.ip.map(|i| i.to_string()),
-        })
-        .await
+        let entry = Self::user_entry(caller, action, host_id, target, outcome, error_code, detail);
+        self.record(entry).await
     }
 
     /// An agent's action (connect, disconnect, failed auth).

@@ -423,31 +423,21 @@ pub async fn run(
         tracing::error!(error = %e, "could not record command result");
     }
     let detail = json!({ "command_id": command_id, "via": super::hosts::adapter_kind(adapter.as_ref()), "duration_ms": took.as_millis() as u64 });
+    let entry = crate::audit::Auditor::user_entry(
+        &caller,
+        &action,
+        Some(&host.id),
+        target.as_deref(),
+        status,
+        code,
+        Some(detail),
+    );
     if access_of(op.name()) == Access::Read {
         // A read's audit entry joins the next group commit without holding up the answer;
         // a change is answered only once its entry is committed.
-        state.audit.user_background(
-            &caller,
-            &action,
-            Some(&host.id),
-            target.as_deref(),
-            status,
-            code,
-            Some(detail),
-        );
+        state.audit.record_background(entry);
     } else {
-        state
-            .audit
-            .user(
-                &caller,
-                &action,
-                Some(&host.id),
-                target.as_deref(),
-                status,
-                code,
-                Some(detail),
-            )
-            .await;
+        state.audit.record(entry).await;
     }
     tracing::info!(host = %host.id, operation = op.name(), outcome = %outcome, ms = took.as_millis() as u64, "operation");
     Ok(answer(&command_id, &result, false))

@@ -102,16 +102,7 @@ impl Store {
         if let Ok(r) = rx.try_recv() {
             return r.map_err(StoreError::Conflict);
         }
-        let batch: Vec<Pending> = match self.audit_pending.lock() {
-            Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return Err(StoreError::Conflict("audit queue poisoned".into())),
-        };
-        let entries: Vec<&NewAudit> = batch.iter().map(|p| &p.entry).collect();
-        let result = self.write_audit_batch(&entries).await;
-        let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        for p in batch {
-            let _ = p.done.send(shared.clone());
-        }
+        let result = self.commit_pending().await;
         match rx.try_recv() {
             Ok(r) => r.map_err(StoreError::Conflict),
             // Our entry was in this batch: the send above cannot have failed.
@@ -155,6 +146,12 @@ impl Store {
     /// Commits every queued entry (see [`Store::add_audit_background`]).
     pub async fn flush_audit(&self) -> Result<()> {
         let _one_writer = self.audit_lock.lock().await;
+        self.commit_pending().await
+    }
+
+    /// Writes every queued entry in one transaction and tells each one's waiter. The caller
+    /// holds `audit_lock`.
+    async fn commit_pending(&self) -> Result<()> {
         let batch: Vec<Pending> = match self.audit_pending.lock() {
             Ok(mut q) => std::mem::take(&mut *q),
             Err(_) => return Err(StoreError::Conflict("audit queue poisoned".into())),

@@ -73,6 +73,11 @@ pub(crate) fn legacy_status(state: &str) -> &'static str {
     }
 }
 
+/// The stored result of a sent command that will get no answer.
+pub(crate) fn outcome_unknown_body(message: &str) -> Value {
+    serde_json::json!({ "status": "error", "error": { "code": "outcome_unknown", "message": message } })
+}
+
 /// Stores a command's outcome: binds state, status, error code, result, completed at,
 /// duration, updated at, id. Only an unfinished command (or one whose outcome was unknown)
 /// changes.
@@ -307,8 +312,7 @@ impl Store {
 
     /// A sent command that will get no answer any more: `failed` with `outcome_unknown`.
     pub async fn command_outcome_unknown(&self, id: &str, message: &str) -> Result<bool> {
-        let body = serde_json::json!({ "status": "error", "error": {
-            "code": "outcome_unknown", "message": message } });
+        let body = outcome_unknown_body(message);
         self.finish_with(id, "failed", Some("outcome_unknown"), &body, None)
             .await
     }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{finish_sql, legacy_status, next_seq};
+use super::commands::{finish_sql, legacy_status, next_seq, outcome_unknown_body};
 use super::{now_ms, NewQueuedCommand};
 
 /// Entries at most per transaction.
@@ -219,8 +219,7 @@ async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
 /// The journal entry for a sent command that will get no answer: `failed` with
 /// `outcome_unknown` (as [`super::Store::command_outcome_unknown`] stores it).
 pub(crate) fn outcome_unknown(id: &str, message: &str) -> Entry {
-    let body = serde_json::json!({ "status": "error", "error": {
-        "code": "outcome_unknown", "message": message } });
+    let body = outcome_unknown_body(message);
     Entry::Finished {
         id: id.to_string(),
         state: "failed",
