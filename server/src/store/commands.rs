@@ -73,6 +73,24 @@ pub(crate) fn legacy_status(state: &str) -> &'static str {
     }
 }
 
+/// A command's final state, error code and stored result document.
+pub(crate) fn outcome_of(
+    result: &std::result::Result<Value, protocol::ErrorBody>,
+) -> (&'static str, Option<&'static str>, Value) {
+    match result {
+        Ok(data) => (
+            "succeeded",
+            None,
+            serde_json::json!({ "status": "success", "data": data }),
+        ),
+        Err(e) => (
+            "failed",
+            Some(e.code.as_str()),
+            serde_json::json!({ "status": "error", "error": e }),
+        ),
+    }
+}
+
 /// The stored result of a sent command that will get no answer.
 pub(crate) fn outcome_unknown_body(message: &str) -> Value {
     serde_json::json!({ "status": "error", "error": { "code": "outcome_unknown", "message": message } })
@@ -254,18 +272,7 @@ impl Store {
         result: &std::result::Result<Value, protocol::ErrorBody>,
         duration_ms: Option<i64>,
     ) -> Result<bool> {
-        let (state, code, body) = match result {
-            Ok(data) => (
-                "succeeded",
-                None,
-                serde_json::json!({ "status": "success", "data": data }),
-            ),
-            Err(e) => (
-                "failed",
-                Some(e.code.as_str()),
-                serde_json::json!({ "status": "error", "error": e }),
-            ),
-        };
+        let (state, code, body) = outcome_of(result);
         self.finish_with(id, state, code, &body, duration_ms).await
     }
 

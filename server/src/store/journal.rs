@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{finish_sql, legacy_status, next_seq, outcome_unknown_body};
+use super::commands::{finish_sql, legacy_status, next_seq, outcome_of, outcome_unknown_body};
 use super::{now_ms, NewQueuedCommand};
 
 /// Entries at most per transaction.
@@ -48,7 +48,7 @@ pub(crate) enum Entry {
     Finished {
         id: String,
         state: &'static str,
-        code: Option<String>,
+        code: Option<&'static str>,
         body: String,
         duration_ms: Option<i64>,
         at: i64,
@@ -202,7 +202,7 @@ async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
                 sqlx::query(finish_sql())
                     .bind(*state)
                     .bind(legacy_status(state))
-                    .bind(code.as_deref())
+                    .bind(*code)
                     .bind(body)
                     .bind(*at)
                     .bind(*duration_ms)
@@ -223,7 +223,7 @@ pub(crate) fn outcome_unknown(id: &str, message: &str) -> Entry {
     Entry::Finished {
         id: id.to_string(),
         state: "failed",
-        code: Some("outcome_unknown".into()),
+        code: Some("outcome_unknown"),
         body: body.to_string(),
         duration_ms: None,
         at: now_ms(),
@@ -236,18 +236,7 @@ pub(crate) fn finished(
     result: &std::result::Result<Value, protocol::ErrorBody>,
     duration_ms: Option<i64>,
 ) -> Entry {
-    let (state, code, body) = match result {
-        Ok(data) => (
-            "succeeded",
-            None,
-            serde_json::json!({ "status": "success", "data": data }),
-        ),
-        Err(e) => (
-            "failed",
-            Some(e.code.as_str().to_string()),
-            serde_json::json!({ "status": "error", "error": e }),
-        ),
-    };
+    let (state, code, body) = outcome_of(result);
     Entry::Finished {
         id: id.to_string(),
         state,
