@@ -114,8 +114,9 @@ async fn lifecycle(docker_url: &str) {
     assert_eq!(again["changed"], false, "304 from the daemon");
 
     // container.list matches the daemon's own /containers/json: same ids, names and states.
-    let ours = ok(&st, &admin, &host, "container.list", json!({"all": true})).await;
-    let theirs = daemon_get("/containers/json?all=1");
+    // Other tests create and remove containers meanwhile, so the two snapshots are taken
+    // back to back and compared again (a bounded number of times) until none of that
+    // happened between them.
     let key = |v: &Value, id: &str, name: &str, state: &str| -> Vec<(String, String, String)> {
         let mut out: Vec<_> = v
             .as_array()
@@ -132,26 +133,41 @@ async fn lifecycle(docker_url: &str) {
         out.sort();
         out
     };
-    let ours_k = key(&ours, "id", "name", "status");
-    assert!(!ours_k.is_empty());
-    let theirs_k: Vec<_> = theirs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["Id"].as_str().unwrap().to_string(),
-                format!(
-                    "\"{}\"",
-                    c["Names"][0].as_str().unwrap().trim_start_matches('/')
-                ),
-                c["State"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(ours_k, theirs_k);
+    let theirs_key = |theirs: &Value| -> Vec<(String, String, String)> {
+        theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["Id"].as_str().unwrap().to_string(),
+                    format!(
+                        "\"{}\"",
+                        c["Names"][0].as_str().unwrap().trim_start_matches('/')
+                    ),
+                    c["State"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let mut attempts = 0;
+    let ours = loop {
+        let ours = ok(&st, &admin, &host, "container.list", json!({"all": true})).await;
+        let theirs = daemon_get("/containers/json?all=1");
+        let (ours_k, theirs_k) = (key(&ours, "id", "name", "status"), theirs_key(&theirs));
+        assert!(!ours_k.is_empty());
+        attempts += 1;
+        if ours_k == theirs_k {
+            break ours;
+        }
+        assert!(
+            attempts < 20,
+            "container.list differs from the daemon's: {ours_k:?} vs {theirs_k:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(ours
         .as_array()
         .unwrap()
