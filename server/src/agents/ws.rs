@@ -89,12 +89,29 @@ async fn send_signed(
     socket.send(WsMessage::Text(text.into())).await.is_ok()
 }
 
+/// How long a closing socket waits for the peer's Close before the connection is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends a Close frame, then reads and discards until the peer answers with its own Close
+/// (at most `CLOSE_LINGER`), as RFC 6455 asks. Dropping the connection at once while the
+/// peer still writes (a flooding agent, say) makes the kernel reset it, and the reset can
+/// overtake the Close frame, so the agent would never learn the code and the reason.
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.chars().take(100).collect::<String>().into(),
     };
-    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+    if socket.send(WsMessage::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, WsMessage::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 fn error_env(ref_id: Option<String>, error: ErrorBody) -> Envelope {
