@@ -259,21 +259,17 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
 }
 
 pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<Host> {
-    state
-        .store
-        .get_host(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("host {id:?} not found")))
+    found(id, state.store.get_host(id).await?)
 }
 
 /// [`load`] through the store's short-lived host cache: for the paths that read the host on
 /// every request (operations, Docker API passthrough).
 pub(crate) async fn load_cached(state: &AppState, id: &str) -> ApiResult<Host> {
-    state
-        .store
-        .get_host_cached(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("host {id:?} not found")))
+    found(id, state.store.get_host_cached(id).await?)
+}
+
+fn found(id: &str, host: Option<Host>) -> ApiResult<Host> {
+    host.ok_or_else(|| ApiError::not_found(format!("host {id:?} not found")))
 }
 
 pub async fn get_one(

@@ -38,6 +38,22 @@ impl<V: Clone> TtlCache<V> {
         (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
+    /// The fresh cached value of `key`, or else what `load` reads, kept when it found one.
+    pub(crate) async fn read_through<E>(
+        &self,
+        key: &str,
+        load: impl std::future::Future<Output = Result<Option<V>, E>>,
+    ) -> Result<Option<V>, E> {
+        if let Some(v) = self.get(key) {
+            return Ok(Some(v));
+        }
+        let v = load.await?;
+        if let Some(v) = &v {
+            self.put(key, v.clone());
+        }
+        Ok(v)
+    }
+
     pub(crate) fn put(&self, key: &str, v: V) {
         let mut map = self.map();
         if map.len() >= self.cap && !map.contains_key(key) {

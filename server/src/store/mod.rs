@@ -315,14 +315,9 @@ impl Store {
 
     /// The token with this hash; served from the cache for [`CACHE_TTL`] after a read.
     pub async fn find_api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>> {
-        if let Some(t) = self.tokens.get(hash) {
-            return Ok(Some(t));
-        }
-        let t = self.read_api_token_by_hash(hash).await?;
-        if let Some(t) = &t {
-            self.tokens.put(hash, t.clone());
-        }
-        Ok(t)
+        self.tokens
+            .read_through(hash, self.read_api_token_by_hash(hash))
+            .await
     }
 
     async fn read_api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>> {
@@ -446,14 +441,7 @@ impl Store {
     /// [`Store::get_host`] served from the cache for [`CACHE_TTL`] after a read: for the
     /// command and Docker API paths, which read the host on every request.
     pub async fn get_host_cached(&self, id: &str) -> Result<Option<Host>> {
-        if let Some(h) = self.hosts.get(id) {
-            return Ok(Some(h));
-        }
-        let h = self.get_host(id).await?;
-        if let Some(h) = &h {
-            self.hosts.put(id, h.clone());
-        }
-        Ok(h)
+        self.hosts.read_through(id, self.get_host(id)).await
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<Host>> {
