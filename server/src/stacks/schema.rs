@@ -1155,9 +1155,11 @@ fn service_volumes(walk: &mut Walk, path: &str, v: Value) -> Option<Value> {
 pub(super) fn short_volume(s: &str) -> Result<Mapping, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let (source, target, opts) = match parts.as_slice() {
-        [_] => return Err(format!(
+        [_] => {
+            return Err(format!(
             "anonymous volume {s:?} is not supported: give it a name (name:{s}) or use a bind path"
-        )),
+        ))
+        }
         [src, dst] => (*src, *dst, ""),
         [src, dst, o] => (*src, *dst, *o),
         _ => return Err(format!("invalid volume {s:?}: use source:target[:options]")),
