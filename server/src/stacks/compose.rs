@@ -70,10 +70,11 @@ pub fn parse(
         root,
     );
     let compose: docker_compose_types::Compose =
-        match serde_yaml_ng::from_value(Value::Mapping(normalized)) {
+        match serde_yaml_ng::from_value(Value::Mapping(normalized.clone())) {
             Ok(c) => c,
             Err(e) => {
-                problems.invalid("", format!("the file does not fit the compose model: {e}"));
+                let path = locate_model_error(&normalized);
+                problems.invalid(&path, format!("does not fit the compose model: {e}"));
                 return Err(problems.into_errors());
             }
         };
@@ -89,4 +90,28 @@ pub fn parse(
         plan,
         warnings,
     })
+}
+
+/// The path of the entry the typed model refuses: a service, network or volume (or the file).
+fn locate_model_error(normalized: &serde_yaml_ng::Mapping) -> String {
+    use docker_compose_types::{ComposeVolume, NetworkSettings, Service};
+    let fails = |section: &str, v: &Value| -> bool {
+        let v = v.clone();
+        match section {
+            "services" => serde_yaml_ng::from_value::<Service>(v).is_err(),
+            "networks" => serde_yaml_ng::from_value::<NetworkSettings>(v).is_err(),
+            _ => serde_yaml_ng::from_value::<ComposeVolume>(v).is_err(),
+        }
+    };
+    for section in ["services", "networks", "volumes"] {
+        let Some(Value::Mapping(entries)) = normalized.get(section) else {
+            continue;
+        };
+        for (k, v) in entries {
+            if fails(section, v) {
+                return format!("{section}.{}", k.as_str().unwrap_or_default());
+            }
+        }
+    }
+    String::new()
 }

@@ -814,7 +814,16 @@ fn volume_options(walk: &mut Walk, path: &str, v: Value) -> Option<Value> {
 }
 
 fn tmpfs_options(walk: &mut Walk, path: &str, v: Value) -> Option<Value> {
-    sub(walk, path, v, TMPFS_OPTS)
+    let opts = sub(walk, path, v, TMPFS_OPTS)?;
+    if opts.get("size").is_none() {
+        walk.problems.push(
+            &join(path, "size"),
+            super::error::ErrorKind::Missing,
+            "tmpfs options take a size",
+        );
+        return None;
+    }
+    Some(opts)
 }
 
 /// A list of names, or a mapping of names to `null` or `{aliases}`; rewritten as a mapping.

@@ -1013,3 +1013,12 @@ fn bodies_match_the_typed_structs() {
         3
     );
 }
+
+#[test]
+fn tmpfs_options_need_a_size() {
+    let errs = errors_of(
+        "services:\n  a:\n    image: x\n    volumes: [{type: tmpfs, target: /t, tmpfs: {}}]\n",
+    );
+    assert_eq!(errs.0[0].path, "services.a.volumes[0].tmpfs.size");
+    assert_eq!(errs.0[0].kind, ErrorKind::Missing);
+}
