@@ -14,12 +14,17 @@ use protocol::ops::Operation;
 use std::collections::BTreeMap;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let env: BTreeMap<String, String> = [("A", "1"), ("PORT", "8080"), ("EMPTY", ""), ("T", "true")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let Ok(stack) = stacks::parse("fuzz", text, &env) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let env: BTreeMap<String, String> =
+        [("A", "1"), ("PORT", "8080"), ("EMPTY", ""), ("T", "true")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let Ok(stack) = stacks::parse("fuzz", text, &env) else {
+        return;
+    };
     let plan = stack.plan();
     serde_json::to_vec(&plan).expect("an accepted plan serialises");
     let observed = stacks::reconcile::Observed::default();

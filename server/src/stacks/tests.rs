@@ -1022,3 +1022,18 @@ fn tmpfs_options_need_a_size() {
     assert_eq!(errs.0[0].path, "services.a.volumes[0].tmpfs.size");
     assert_eq!(errs.0[0].kind, ErrorKind::Missing);
 }
+
+#[test]
+fn booleans_and_container_network_mode() {
+    let yaml = "services:\n  a:\n    image: x\n    privileged: ${PRIV:-false}\n    init: ${PRIV}\n    network_mode: container:other\n";
+    let plan = parse("app", yaml, &env(&[("PRIV", "true")]))
+        .unwrap()
+        .plan();
+    let b = body(&plan, "a");
+    assert_eq!(b["HostConfig"]["Privileged"], true);
+    assert_eq!(b["HostConfig"]["Init"], true);
+    assert_eq!(b["HostConfig"]["NetworkMode"], "container:other");
+    assert!(b.get("NetworkingConfig").is_none());
+    // No service joins `default`, so no network is planned.
+    assert!(plan.networks.is_empty());
+}
