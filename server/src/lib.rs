@@ -16,6 +16,7 @@ pub mod feed;
 pub mod hosts;
 pub mod metrics;
 pub mod quickstart;
+pub mod stacks;
 pub mod store;
 
 use anyhow::Context;
