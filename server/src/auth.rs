@@ -68,6 +68,11 @@ pub fn ip_allowed(allow: &[IpNet], ip: Option<IpAddr>) -> bool {
     allow.iter().any(|n| n.contains(&ip))
 }
 
+/// What a signing agent on the old canonical form is told (it fits a WebSocket close
+/// reason, so the agent sees it even though it cannot verify an unsigned answer).
+pub const OLD_SIGNING_REASON: &str =
+    "upgrade the agent: it signs with signing version 1; this server needs version 2";
+
 /// Why an agent's token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentAuthFailure {
@@ -79,6 +84,10 @@ pub enum AgentAuthFailure {
     RateLimited,
     /// The agent signs its messages and the `auth` message's signature was missing or bad.
     BadSignature,
+    /// The agent signs with the old canonical form (without the direction).
+    OldSigning,
+    /// The token could not be checked again (the database failed).
+    Unconfirmed,
 }
 
 impl AgentAuthFailure {
@@ -92,12 +101,16 @@ impl AgentAuthFailure {
             AgentAuthFailure::NotAllowedFrom => "source address not allowed",
             AgentAuthFailure::RateLimited => "too many failed authentications; retry later",
             AgentAuthFailure::BadSignature => "missing, bad, replayed or stale message signature",
+            AgentAuthFailure::OldSigning => OLD_SIGNING_REASON,
+            AgentAuthFailure::Unconfirmed => "the token could not be checked; retry later",
         }
     }
     pub fn code(self) -> ErrorCode {
         match self {
             AgentAuthFailure::NotAllowedFrom => ErrorCode::Forbidden,
             AgentAuthFailure::RateLimited => ErrorCode::RateLimited,
+            AgentAuthFailure::OldSigning => ErrorCode::Unsupported,
+            AgentAuthFailure::Unconfirmed => ErrorCode::Internal,
             _ => ErrorCode::Unauthorized,
         }
     }
@@ -110,6 +123,8 @@ impl AgentAuthFailure {
             AgentAuthFailure::NotAllowedFrom => "not_allowed_from",
             AgentAuthFailure::RateLimited => "rate_limited",
             AgentAuthFailure::BadSignature => "bad_signature",
+            AgentAuthFailure::OldSigning => "old_signing",
+            AgentAuthFailure::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -129,11 +144,12 @@ pub fn verify_agent_token(
         .as_deref()
         .is_some_and(|p| hashes_equal(&h, p))
         && agent.prev_token_valid_until.is_some_and(|t| t > now);
-    if agent.revoked_at.is_some() {
-        return Err(AgentAuthFailure::Revoked);
-    }
+    // A wrong token learns nothing about the agent, not even that it was revoked.
     if !current && !previous {
         return Err(AgentAuthFailure::BadToken);
+    }
+    if agent.revoked_at.is_some() {
+        return Err(AgentAuthFailure::Revoked);
     }
     if current && agent.token_expires_at.is_some_and(|t| t <= now) {
         return Err(AgentAuthFailure::Expired);

@@ -279,6 +279,28 @@ async fn authenticate(
     }
 }
 
+/// Reads the agent's row again after its session was registered: the same enrolment, bound
+/// to the same host, and the presented token still valid.
+async fn recheck(
+    mgr: &AgentManager,
+    agent: &Agent,
+    auth: &AuthPayload,
+    ip: Option<IpAddr>,
+) -> Result<(), AgentAuthFailure> {
+    let now = match mgr.inner.store.get_agent(&agent.agent_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(AgentAuthFailure::Revoked),
+        Err(e) => {
+            tracing::error!(error = %e, "agent lookup failed");
+            return Err(AgentAuthFailure::Unconfirmed);
+        }
+    };
+    if now.id != agent.id || now.host_id != agent.host_id {
+        return Err(AgentAuthFailure::Revoked);
+    }
+    verify_agent_token(&now, auth.auth_token.expose(), ip)
+}
+
 /// The agent's signer, when it has a signing key (decrypted with the at-rest key).
 pub(crate) fn signer_of(mgr: &AgentManager, agent: &Agent) -> Option<Signer> {
     let enc = agent.signing_key_enc.as_deref()?;
@@ -368,6 +390,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         &agent.id,
         &agent.agent_id,
         agent.host_id.clone(),
+        crate::auth::hash_token(auth.auth_token.expose()),
         auth.version.clone(),
         auth.capabilities.clone(),
         heartbeat,
@@ -375,6 +398,17 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         agreed,
         signer,
     );
+    // A revocation, rotation or move that landed between the token check and the
+    // registration found no session to close. Look again now that the session is registered:
+    // whatever lands after this look finds the session and closes it.
+    if let Err(failure) = recheck(&mgr, &agent, &auth, ip).await {
+        mgr.unregister(&session);
+        tracing::warn!(agent_id = %agent.agent_id, reason = failure.reason(), "agent lost its access while authenticating");
+        let body = ErrorBody::new(failure.code(), failure.reason());
+        send(&mgr, &mut socket, &rejected(&auth_env.id, body)).await;
+        close(&mut socket, CLOSE_POLICY, failure.reason()).await;
+        return;
+    }
     let reconnection = agent.connected_at.is_some();
     inner.metrics.agent_connected(reconnection);
     if let Err(e) = inner

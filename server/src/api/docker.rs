@@ -604,7 +604,7 @@ async fn agent(
     };
     let timeout = agents.command_timeout_of(&agent_ref);
     let body_present = spec.body;
-    let mut stream = match agents.open_stream(&agent_ref, spec) {
+    let mut stream = match agents.open_stream(&host.id, &agent_ref, spec) {
         Ok(s) => s,
         Err(e) => return fail(e).await,
     };

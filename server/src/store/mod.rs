@@ -593,6 +593,15 @@ impl Store {
                 id
             }
         };
+        // A re-enrolment for another host is a move: no other host keeps naming this agent.
+        sqlx::query(
+            "UPDATE docker_hosts SET agent_id = NULL, updated_at = $1 WHERE agent_id = $2 AND id <> $3",
+        )
+        .bind(now)
+        .bind(&id)
+        .bind(&a.host_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE docker_hosts SET agent_id = $1, updated_at = $2 WHERE id = $3")
             .bind(&id)
             .bind(now)
@@ -600,7 +609,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hosts.remove(&a.host_id);
+        self.hosts.clear();
         self.get_agent(&a.agent_id)
             .await?
             .ok_or(StoreError::NotFound)
@@ -693,8 +702,14 @@ impl Store {
         Ok(())
     }
 
+    /// Revokes an agent and unbinds it from its host: the host is served by another of its
+    /// agents that is not revoked (the newest), or by none.
     pub async fn revoke_agent(&self, agent_id: &str) -> Result<()> {
         let now = now_ms();
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         let r = sqlx::query(
             "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
              prev_token_valid_until = NULL, updated_at = $2 WHERE agent_id = $3 AND revoked_at IS NULL",
@@ -702,11 +717,22 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        sqlx::query(
+            "UPDATE docker_hosts SET agent_id = (SELECT a.id FROM docker_agents a \
+             WHERE a.host_id = docker_hosts.id AND a.revoked_at IS NULL ORDER BY a.created_at DESC, a.id LIMIT 1), \
+             updated_at = $1 WHERE agent_id = (SELECT id FROM docker_agents WHERE agent_id = $2)",
+        )
+        .bind(now)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.hosts.clear();
         Ok(())
     }
 
