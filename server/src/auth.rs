@@ -57,13 +57,8 @@ pub fn ip_allowed(allow: &[IpNet], ip: Option<IpAddr>) -> bool {
     if allow.is_empty() {
         return true;
     }
-    let Some(ip) = ip else { return false };
-    let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+    let Some(ip) = ip.map(crate::forwarded::canonical) else {
+        return false;
     };
     allow.iter().any(|n| n.contains(&ip))
 }
@@ -259,12 +254,16 @@ impl Caller {
     }
 }
 
-/// The source address of a request, when the server knows it.
+/// The client address of a request, when the server knows it: as decided once per request
+/// (see `crate::forwarded`), else the TCP peer.
 pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    if let Some(crate::ClientIp(ip)) = parts.extensions.get::<crate::ClientIp>() {
+        return *ip;
+    }
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| crate::forwarded::canonical(c.0.ip()))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -275,17 +274,21 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ip = source_ip(parts);
-        if ip.is_some_and(|ip| state.api_auth_limiter.blocked(ip)) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many failed authentications; retry later",
-            ));
-        }
-        let fail = |msg: &str| {
-            if let Some(ip) = ip {
+        // Only failures count, and only a failure is refused for them: a valid token is
+        // never refused because others failed from the same address.
+        let fail = |msg: &str| match ip {
+            Some(ip) if state.api_auth_limiter.blocked(ip) => {
                 state.api_auth_limiter.record_failure(ip);
+                ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many failed authentications; retry later",
+                )
             }
-            ApiError::unauthorized(msg)
+            Some(ip) => {
+                state.api_auth_limiter.record_failure(ip);
+                ApiError::unauthorized(msg)
+            }
+            None => ApiError::unauthorized(msg),
         };
         let header = parts
             .headers

@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod feed;
+pub mod forwarded;
 pub mod hosts;
 pub mod metrics;
 pub mod quickstart;
@@ -131,9 +132,25 @@ impl AppState {
     }
 }
 
-/// The client's address, when the server was started with connection info.
+/// The client's address, when the server was started with connection info: the peer, or
+/// the forwarded address when the peer is a trusted proxy (see [`forwarded`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
+
+/// Decides each request's client address once, before any handler runs.
+async fn resolve_client_ip(
+    axum::extract::State(proxies): axum::extract::State<Arc<Vec<ipnet::IpNet>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = forwarded::client_ip(peer, req.headers(), &proxies);
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
@@ -160,8 +177,13 @@ async fn trace_request(req: Request, next: Next) -> Response {
 
 /// The whole HTTP surface: REST API, agent and user WebSockets, probes, metrics.
 pub fn app(state: AppState) -> Router {
+    let proxies = Arc::new(state.config.trusted_proxies.clone());
     api::router()
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            proxies,
+            resolve_client_ip,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
 }
 

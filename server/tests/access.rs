@@ -203,3 +203,245 @@ async fn a_rotation_racing_authentication_leaves_no_session_on_sqlite() {
 async fn a_rotation_racing_authentication_leaves_no_session_on_postgres() {
     a_rotation_racing_authentication_leaves_no_session(TestDb::postgres().await).await;
 }
+
+/// One HTTP/1.1 request on a real socket (so the server sees a peer address). Returns the
+/// status and the JSON body.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// 35 bad tokens from one address: the first 30 are answered 401 and the rest 429, yet a
+/// valid token from that address is served throughout.
+#[tokio::test]
+async fn bad_tokens_never_lock_out_a_valid_token_from_the_same_address() {
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let viewer = token(&st, "viewer", Role::Viewer).await;
+    let srv = spawn(&st).await;
+    let mut codes = Vec::new();
+    for i in 0..35 {
+        let bad = bearer(&format!("dctl_u_wrong-{i}"));
+        let (s, _) = http(
+            srv.addr,
+            "GET",
+            "/api/v1/hosts",
+            &[("Authorization", &bad)],
+            None,
+        )
+        .await;
+        codes.push(s);
+        if i % 10 == 9 {
+            let (s, v) = http(
+                srv.addr,
+                "GET",
+                "/api/v1/hosts",
+                &[("Authorization", &bearer(&viewer))],
+                None,
+            )
+            .await;
+            assert_eq!(s, 200, "a valid token after {} failures: {v}", i + 1);
+        }
+    }
+    assert_eq!(&codes[..30], &[401; 30][..]);
+    assert_eq!(&codes[30..], &[429; 5][..]);
+    let (s, _) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/agents",
+        &[("Authorization", &bearer(&admin))],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    srv.shutdown().await;
+}
+
+/// With `trusted_proxies`, the right-most untrusted `X-Forwarded-For` hop is the client for
+/// the failure limits, `allowed_cidrs` and the audit; without, the header is ignored.
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let db = TestDb::sqlite();
+    let mut cfg = test_config(&db);
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let st = state_with(&db, cfg).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (_, fenced, _) = server::api::tokens_issue(
+        &st.store,
+        "fenced",
+        Role::Viewer,
+        None,
+        vec!["192.0.2.0/24".parse().unwrap()],
+    )
+    .await
+    .unwrap();
+    let fenced = bearer(fenced.expose());
+    let srv = spawn(&st).await;
+
+    // The client forged the first hop; the proxy appended the real one.
+    let xff = ("X-Forwarded-For", "192.0.2.200, 198.51.100.9");
+    let (s, _) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[("Authorization", &fenced), xff],
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "the forged hop is not the client");
+    let ok = ("X-Forwarded-For", "203.0.113.5, 192.0.2.7");
+    let (s, v) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[("Authorization", &fenced), ok],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let fwd = ("Forwarded", "for=192.0.2.8;proto=https");
+    let (s, v) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[("Authorization", &fenced), fwd],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The audit names the forwarded client.
+    let (s, v) = http(
+        srv.addr,
+        "POST",
+        "/api/v1/tokens",
+        &[
+            ("Authorization", &bearer(&admin)),
+            ("X-Forwarded-For", "192.0.2.77"),
+        ],
+        Some(json!({"name": "audited", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let audit = get(&st, &admin, "/api/v1/audit?action=token.create").await;
+    assert_eq!(audit["entries"][0]["source_ip"], "192.0.2.77", "{audit}");
+
+    // Failures are counted per forwarded client, not per proxy.
+    for i in 0..31 {
+        let bad = bearer(&format!("dctl_u_wrong-{i}"));
+        http(
+            srv.addr,
+            "GET",
+            "/api/v1/hosts",
+            &[("Authorization", &bad), ("X-Forwarded-For", "198.51.100.1")],
+            None,
+        )
+        .await;
+    }
+    let bad = bearer("dctl_u_wrong");
+    let (s, _) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[("Authorization", &bad), ("X-Forwarded-For", "198.51.100.1")],
+        None,
+    )
+    .await;
+    assert_eq!(s, 429, "the failing client is limited");
+    let (s, _) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[("Authorization", &bad), ("X-Forwarded-For", "198.51.100.2")],
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "another client behind the same proxy is not");
+    let (s, _) = http(
+        srv.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[
+            ("Authorization", &bearer(&admin)),
+            ("X-Forwarded-For", "198.51.100.1"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a valid token of the failing client still works");
+    srv.shutdown().await;
+
+    // A server that does not trust this peer ignores its header.
+    let db2 = TestDb::sqlite();
+    let mut cfg = test_config(&db2);
+    cfg.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let st2 = state_with(&db2, cfg).await;
+    let admin2 = token(&st2, "admin", Role::Admin).await;
+    let (_, fenced2, _) = server::api::tokens_issue(
+        &st2.store,
+        "fenced",
+        Role::Viewer,
+        None,
+        vec!["192.0.2.0/24".parse().unwrap()],
+    )
+    .await
+    .unwrap();
+    let srv2 = spawn(&st2).await;
+    let (s, _) = http(
+        srv2.addr,
+        "GET",
+        "/api/v1/hosts",
+        &[
+            ("Authorization", &bearer(fenced2.expose())),
+            ("X-Forwarded-For", "192.0.2.7"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "X-Forwarded-For from an untrusted peer is ignored");
+    let (s, _) = http(
+        srv2.addr,
+        "POST",
+        "/api/v1/tokens",
+        &[
+            ("Authorization", &bearer(&admin2)),
+            ("X-Forwarded-For", "192.0.2.77"),
+        ],
+        Some(json!({"name": "audited", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let audit = get(&st2, &admin2, "/api/v1/audit?action=token.create").await;
+    assert_eq!(audit["entries"][0]["source_ip"], "127.0.0.1", "{audit}");
+    srv2.shutdown().await;
+}

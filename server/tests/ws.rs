@@ -281,10 +281,13 @@ async fn auth_failures_are_rejected_recorded_and_rate_limited() {
     assert_eq!(au["entries"].as_array().unwrap().len(), 4, "{au}");
     assert_eq!(au["entries"][0]["source_ip"], "127.0.0.1");
 
-    // 4 failures from 127.0.0.1: now even the right token is refused for a while.
-    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", &tok).await;
+    // 4 failures from 127.0.0.1: further failures are refused as rate_limited...
+    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", "dctl_a_wrong-again").await;
     assert_eq!(r.status, AuthStatus::Rejected);
     assert_eq!(r.error.unwrap().code, ErrorCode::RateLimited);
+    // ...while the right token still connects from the same address.
+    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", &tok).await;
+    assert_eq!(r.status, AuthStatus::Authenticated);
     let (_, m) = call(&st, "GET", "/metrics", None, None).await;
     assert!(m
         .as_str()

@@ -219,9 +219,6 @@ async fn authenticate(
         }
     };
     let check = async {
-        if ip.is_some_and(|ip| inner.auth_limiter.blocked(ip)) {
-            return Err((AgentAuthFailure::RateLimited, None));
-        }
         if auth.agent_id != path_agent_id {
             return Err((AgentAuthFailure::UnknownAgent, None));
         }
@@ -249,7 +246,16 @@ async fn authenticate(
         }
         Ok(agent)
     };
-    match check.await {
+    // Only failures count against the address, and only failures are refused for it: an
+    // agent with a valid token connects whatever others did from the same address.
+    let verdict = check.await.map_err(|(failure, agent)| {
+        if ip.is_some_and(|ip| inner.auth_limiter.blocked(ip)) {
+            (AgentAuthFailure::RateLimited, agent)
+        } else {
+            (failure, agent)
+        }
+    });
+    match verdict {
         Ok(agent) => Some((env, auth, agent)),
         Err((failure, agent)) => {
             let detail = if auth.agent_id != path_agent_id {
