@@ -15,6 +15,7 @@ pub mod error;
 pub mod feed;
 pub mod forwarded;
 pub mod hosts;
+pub mod leases;
 pub mod metrics;
 pub mod quickstart;
 pub mod store;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub api_auth_limiter: Arc<FailureLimiter>,
     /// REST requests per API token.
     pub api_rate: Arc<auth::RateLimiter>,
+    /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
+    pub leases: leases::Leases,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,6 +122,7 @@ impl AppState {
         let api_rate = Arc::new(auth::RateLimiter::new(config.api_requests_per_second));
         Ok(AppState {
             api_rate,
+            leases: leases::Leases::new(store.clone()),
             config: Arc::new(config),
             store,
             agents,
