@@ -237,8 +237,11 @@ async fn authenticate(
         if let Err(f) = verify_agent_token(&agent, auth.auth_token.expose(), ip) {
             return Err((f, Some(agent)));
         }
-        // A signing agent signs its auth message too.
+        // A signing agent signs its auth message too, in the current canonical form.
         if let Some(signer) = signer_of(mgr, &agent) {
+            if auth.signing_version.unwrap_or(1) < super::signing::SIGNING_VERSION {
+                return Err((AgentAuthFailure::OldSigning, Some(agent)));
+            }
             if let Err(e) = signer.verify(text.as_bytes(), &inner.nonces, &agent.id) {
                 tracing::warn!(agent_id = %agent.agent_id, reason = e.message(), "auth message signature refused");
                 return Err((AgentAuthFailure::BadSignature, Some(agent)));

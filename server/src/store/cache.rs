@@ -82,7 +82,8 @@ impl<V: Clone> TtlCache<V> {
         map.insert(key.to_string(), (v, Instant::now()));
     }
 
-    pub(crate) fn put(&self, key: &str, v: V) {
+    #[cfg(test)]
+    fn put(&self, key: &str, v: V) {
         let mut map = self.map();
         Self::insert(&mut map, self.ttl, self.cap, key, v);
     }
