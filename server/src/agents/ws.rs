@@ -576,8 +576,7 @@ async fn session_loop(
     let mut last_heartbeat = Instant::now();
     let mut ping_seq: u64 = 0;
     let mut ping_sent: Option<(u64, Instant)> = None;
-    let mut bucket = Bucket::new(cfg.max_messages_per_second);
-    let mut strikes = 0u32;
+    let mut budget = Budget::new(cfg.max_messages_per_second);
     let mut bad_sigs = 0u32;
     loop {
         // Priority: close, commands and other control, stream control, inbound frames,
@@ -643,7 +642,9 @@ async fn session_loop(
                                 }
                             },
                         };
-                        // Stream control is paced by flow control, not by the message budget.
+                        // Stream control is paced by flow control: a stream's expected messages
+                        // are free, and whatever else the agent sends on streams is charged
+                        // after routing (see `streams::Routed::charged`).
                         let streaming = session.protocol_version >= STREAMS_PROTOCOL_VERSION
                             && decoded.as_ref().is_ok_and(|e| is_stream_message(&e.message));
                         // Answers to commands the server sent are paced by the server itself:
@@ -652,24 +653,25 @@ async fn session_loop(
                             matches!(e.message, Message::CommandResponse(_) | Message::CommandProgress(_))
                                 && mgr.awaits_answer(&e.id)
                         });
-                        let streaming = streaming || awaited;
-                        if !streaming && !bucket.take() {
-                            strikes += 1;
-                            if strikes > cfg.max_messages_per_second.saturating_mul(10) {
-                                close(socket, CLOSE_POLICY, "rate limit exceeded").await;
-                                return "rate limit exceeded".into();
+                        if !(streaming || awaited) {
+                            match budget.take() {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
+                                    send_signed(mgr, session.signer.as_ref(), socket, &err).await;
+                                    continue;
+                                }
+                                Err(()) => return over_budget(socket).await,
                             }
-                            let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
-                            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
-                            continue;
-                        }
-                        if !streaming {
-                            strikes = 0;
                         }
                         match decoded {
                             Ok(env) => {
-                                if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat).await {
+                                let mut charged = false;
+                                if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat, &mut charged).await {
                                     return reason;
+                                }
+                                if charged && budget.take().is_err() {
+                                    return over_budget(socket).await;
                                 }
                             }
                             Err(e) => {
@@ -685,15 +687,19 @@ async fn session_loop(
                             send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             continue;
                         }
-                        match protocol::decode_data_frame(&b) {
+                        let charged = match protocol::decode_data_frame(&b) {
                             Ok((id, bytes)) => {
                                 let r = session.streams.data(id, bytes);
-                                after_route(mgr, session, socket, id, r).await;
+                                after_route(mgr, session, socket, id, r, true).await
                             }
                             Err(e) => {
                                 let err = error_env(None, e.to_error_body());
                                 send_signed(mgr, session.signer.as_ref(), socket, &err).await;
+                                true
                             }
+                        };
+                        if charged && budget.take().is_err() {
+                            return over_budget(socket).await;
                         }
                     }
                     WsMessage::Pong(p) => {
@@ -779,16 +785,22 @@ async fn cancel_unknown(
     send_signed(mgr, session.signer.as_ref(), socket, &env).await;
 }
 
-/// Acts on what [`super::streams::Table`] said about an inbound stream frame.
+/// Acts on what [`super::streams::Table`] said about an inbound stream frame. Returns
+/// whether the frame counts against the agent's message budget.
 async fn after_route(
     mgr: &AgentManager,
     session: &Session,
     socket: &mut WebSocket,
     id: u32,
     r: Routed,
-) {
+    binary: bool,
+) -> bool {
+    let charged = r.charged(binary);
     match r {
         Routed::Delivered | Routed::Stale => {}
+        Routed::Unexpected => {
+            tracing::debug!(agent_id = %session.agent_id, stream = id, "unexpected stream frame dropped");
+        }
         Routed::Unknown => cancel_unknown(mgr, session, socket, id, "unknown stream id").await,
         Routed::Overrun => {
             tracing::warn!(agent_id = %session.agent_id, stream = id, "agent overran the stream window: cancelling");
@@ -798,6 +810,45 @@ async fn after_route(
             );
             cancel_unknown(mgr, session, socket, id, "flow-control window exceeded").await;
         }
+    }
+    charged
+}
+
+/// Closes a socket whose agent kept sending far past its message budget.
+async fn over_budget(socket: &mut WebSocket) -> String {
+    close(socket, CLOSE_POLICY, "rate limit exceeded").await;
+    "rate limit exceeded".into()
+}
+
+/// The agent's message budget: a token bucket, and the strikes of messages refused for it in
+/// a row. Over `10 × rate` strikes the session closes.
+struct Budget {
+    bucket: Bucket,
+    strikes: u32,
+    limit: u32,
+}
+
+impl Budget {
+    fn new(rate: u32) -> Budget {
+        Budget {
+            bucket: Bucket::new(rate),
+            strikes: 0,
+            limit: rate.saturating_mul(10),
+        }
+    }
+
+    /// Takes one message from the budget: `Ok(true)` when it fits, `Ok(false)` when it must
+    /// be refused, `Err(())` when the agent kept going far past it.
+    fn take(&mut self) -> Result<bool, ()> {
+        if self.bucket.take() {
+            self.strikes = 0;
+            return Ok(true);
+        }
+        self.strikes += 1;
+        if self.strikes > self.limit {
+            return Err(());
+        }
+        Ok(false)
     }
 }
 
@@ -812,12 +863,15 @@ fn is_stream_message(m: &Message) -> bool {
 }
 
 /// Handles one decoded message. Returns `Some(reason)` to end the session.
+/// `charged` is set when a stream message turned out to be one a well-behaved agent never
+/// sends (it then counts against the budget).
 async fn handle(
     mgr: &AgentManager,
     session: &Arc<Session>,
     socket: &mut WebSocket,
     env: Envelope,
     last_heartbeat: &mut Instant,
+    charged: &mut bool,
 ) -> Option<String> {
     let inner = &mgr.inner;
     let host = session.host_id.as_deref();
@@ -938,21 +992,22 @@ async fn handle(
                 headers: r.headers,
             };
             let routed = session.streams.control(r.stream_id, Inbound::Head(head));
-            after_route(mgr, session, socket, r.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, r.stream_id, routed, false).await;
         }
         Message::StreamEnd(e) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             let routed = session.streams.control(e.stream_id, Inbound::End(e.error));
-            after_route(mgr, session, socket, e.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, e.stream_id, routed, false).await;
         }
         Message::StreamCancel(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             // Never answer a cancel with a cancel.
-            let _ = session
+            let routed = session
                 .streams
                 .control(c.stream_id, Inbound::Cancel(c.reason));
+            *charged = routed.charged(false);
         }
         Message::StreamCredit(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             let routed = session.streams.credit(c.stream_id, c.bytes);
-            after_route(mgr, session, socket, c.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, c.stream_id, routed, false).await;
         }
         Message::Auth(_) => {
             let err = error_env(
