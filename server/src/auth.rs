@@ -42,6 +42,18 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The longest agent id, in bytes.
+pub const MAX_AGENT_ID_LEN: usize = 128;
+
+/// Whether `id` can be an agent id: 1 to [`MAX_AGENT_ID_LEN`] of `[A-Za-z0-9._-]`.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
 /// Constant-time equality of two hashes.
 pub fn hashes_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))

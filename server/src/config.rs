@@ -293,6 +293,9 @@ pub struct AgentConfig {
     /// Seconds finished command records are kept (idempotency keys are honoured as long as
     /// their record exists). Default 604800 (7 days).
     pub command_retention_age: Seconds,
+    /// Seconds agent connection events (`agent_events`: connects, disconnects, failed
+    /// handshakes) are kept. Default 604800 (7 days).
+    pub agent_event_retention_age: Seconds,
 }
 
 impl Default for Config {
@@ -335,6 +338,7 @@ impl Default for AgentConfig {
             max_pending_commands: 64,
             max_bad_signatures: 5,
             command_retention_age: Seconds::secs(7 * 24 * 3600),
+            agent_event_retention_age: Seconds::secs(7 * 24 * 3600),
         }
     }
 }
@@ -537,6 +541,10 @@ mod tests {
         assert_eq!(c.agent.heartbeat_interval, d.agent.heartbeat_interval);
         assert_eq!(c.agent.event_retention_age, d.agent.event_retention_age);
         assert_eq!(c.agent.max_pending_commands, d.agent.max_pending_commands);
+        assert_eq!(
+            c.agent.agent_event_retention_age,
+            d.agent.agent_event_retention_age
+        );
     }
 
     #[test]

@@ -366,7 +366,7 @@ where
     }
 }
 
-/// Bounded retention of Docker events: every minute.
+/// Bounded retention of Docker events, command records and agent events: every minute.
 async fn retention_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -385,6 +385,12 @@ async fn retention_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<
                 }
                 if let Err(e) = state.store.prune_commands(a.command_retention_age.get().as_millis() as i64).await {
                     tracing::warn!(error = %e, "pruning command records failed");
+                }
+                let before = store::now_ms() - a.agent_event_retention_age.get().as_millis() as i64;
+                match state.store.prune_agent_events(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "pruned agent events"),
+                    Err(e) => tracing::warn!(error = %e, "pruning agent events failed"),
                 }
             }
             _ = stop.changed() => return,

@@ -175,14 +175,16 @@ async fn a_rotation_racing_authentication_leaves_no_session(db: TestDb) {
         let (mut agent, resp) = auth.await.unwrap();
         if resp.status == AuthStatus::Authenticated {
             connected_then_closed += 1;
-            // Told to go within a second, and gone from the registry.
+            // Told to go within a second.
             let closed = tokio::time::timeout(Duration::from_secs(1), agent.closed()).await;
             assert!(
                 closed.is_ok(),
                 "round {round}: the old token's session stayed"
             );
         }
-        wait_until(Duration::from_secs(1), "no live session", || async {
+        // Gone from the registry once the socket is.
+        drop(agent);
+        wait_until(Duration::from_secs(2), "no live session", || async {
             st.agents.live_count() == 0
         })
         .await;
@@ -444,4 +446,156 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let audit = get(&st2, &admin2, "/api/v1/audit?action=token.create").await;
     assert_eq!(audit["entries"][0]["source_ip"], "127.0.0.1", "{audit}");
     srv2.shutdown().await;
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// A flood of failed handshakes is counted in the metrics, written as a few sampled rows
+/// (not one per failure), and agent_events are pruned by age. An oversized path agent_id is
+/// refused before any work.
+async fn failed_handshakes_are_counted_sampled_and_pruned(db: TestDb) {
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    enrol(&st, &admin, "sampled", "sampled-1").await;
+    let srv = spawn(&st).await;
+
+    let long = "a".repeat(64 * 1024);
+    let (s, v) = http(srv.addr, "GET", &format!("/ws/agents/{long}"), &[], None).await;
+    assert!(s == 414 || s == 400, "{s} {v}");
+    let mid = "a".repeat(4000);
+    let (s, v) = http(srv.addr, "GET", &format!("/ws/agents/{mid}"), &[], None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = http(
+        srv.addr,
+        "GET",
+        &format!("/ws/agents/{}", "b".repeat(129)),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("128"),
+        "{v}"
+    );
+
+    for i in 0..60 {
+        let (_, r) = FakeAgent::auth(srv.addr, "sampled-1", &format!("dctl_a_wrong-{i}")).await;
+        assert_eq!(r.status, AuthStatus::Rejected);
+    }
+    for i in 0..20 {
+        let (_, r) = FakeAgent::auth(srv.addr, &format!("nobody-{i}"), "dctl_a_wrong").await;
+        assert_eq!(r.status, AuthStatus::Rejected);
+    }
+    let (_, m) = call(&st, "GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap();
+    assert_eq!(metric(m, "docker_ctl_agent_auth_failures_total"), 82);
+    assert_eq!(
+        metric(m, "docker_ctl_agent_auth_failures_unrecorded_total"),
+        81
+    );
+    let audit = get(&st, &admin, "/api/v1/audit?action=agent.auth&limit=1000").await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1, "{audit}");
+    let events = st.store.list_agent_events(None, 1000).await.unwrap();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == "auth_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert!(
+        events.iter().all(|e| e.event_data.to_string().len() < 1024),
+        "no row carries the long id"
+    );
+
+    // Retention by age: nothing older than the cut survives, newer rows stay.
+    let before = st.store.list_agent_events(None, 1000).await.unwrap().len();
+    assert!(before > 0);
+    assert_eq!(st.store.prune_agent_events(0).await.unwrap(), 0);
+    let cut = server::store::now_ms() + 1;
+    assert_eq!(
+        st.store.prune_agent_events(cut).await.unwrap(),
+        before as u64
+    );
+    assert!(st
+        .store
+        .list_agent_events(None, 1000)
+        .await
+        .unwrap()
+        .is_empty());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_handshakes_are_counted_sampled_and_pruned_on_sqlite() {
+    failed_handshakes_are_counted_sampled_and_pruned(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn failed_handshakes_are_counted_sampled_and_pruned_on_postgres() {
+    failed_handshakes_are_counted_sampled_and_pruned(TestDb::postgres().await).await;
+}
+
+/// Stream messages a well-behaved agent never sends (here: credit and ends for streams that
+/// were never opened) count against the message budget: a flood of them closes the session.
+#[tokio::test]
+async fn a_flood_of_stream_messages_spends_the_message_budget() {
+    use futures_util::StreamExt;
+    use protocol::{StreamCreditPayload, StreamEndPayload};
+    use tokio_tungstenite::tungstenite::Message as WsMsg;
+    let db = TestDb::sqlite();
+    let mut cfg = test_config(&db);
+    cfg.agent.max_messages_per_second = 5;
+    let st = state_with(&db, cfg).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (_, tok) = enrol(&st, &admin, "flood", "flood-1").await;
+    let srv = spawn(&st).await;
+    let mut a = FakeAgent::connect(srv.addr, "flood-1").await;
+    let mut auth = FakeAgent::auth_env("flood-1", &tok);
+    if let Message::Auth(p) = &mut auth.message {
+        p.protocol_version = Some(protocol::STREAMS_PROTOCOL_VERSION);
+    }
+    a.send(&auth).await;
+    match a.recv().await.map(|e| e.message) {
+        Some(Message::AuthResponse(r)) => {
+            assert_eq!(r.status, AuthStatus::Authenticated);
+            assert_eq!(r.protocol_version, Some(protocol::STREAMS_PROTOCOL_VERSION));
+        }
+        other => panic!("{other:?}"),
+    }
+    for i in 0..300u32 {
+        let m = if i % 2 == 0 {
+            Message::StreamCredit(StreamCreditPayload {
+                stream_id: 1000 + i,
+                bytes: 1 << 20,
+            })
+        } else {
+            Message::StreamEnd(StreamEndPayload {
+                stream_id: 1000 + i,
+                error: None,
+            })
+        };
+        a.send_raw(WsMsg::text(Envelope::new(format!("f-{i}"), m).encode()))
+            .await;
+    }
+    // The server closes with a policy violation once the agent kept going past its budget.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = a.ws.next().await {
+            if let Ok(WsMsg::Close(f)) = m {
+                return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(
+        closed,
+        Some((1008, "rate limit exceeded".to_string())),
+        "stream messages are not free"
+    );
+    srv.shutdown().await;
 }

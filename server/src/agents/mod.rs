@@ -10,6 +10,7 @@
 //! Must not: know HTTP or the REST API.
 
 pub mod queue;
+pub mod sampling;
 pub mod signing;
 pub mod streams;
 pub mod ws;
@@ -213,6 +214,8 @@ pub(crate) struct Inner {
     pub(crate) feed: Feed,
     pub(crate) audit: Auditor,
     pub(crate) auth_limiter: FailureLimiter,
+    /// Which failed handshakes are written down.
+    pub(crate) failure_sampler: sampling::FailureSampler,
     pub(crate) server_id: String,
     pub(crate) keys: KeyBox,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -283,6 +286,7 @@ impl AgentManager {
                 feed,
                 audit,
                 auth_limiter,
+                failure_sampler: sampling::FailureSampler::default(),
                 server_id,
                 keys,
                 sessions: Mutex::new(HashMap::new()),

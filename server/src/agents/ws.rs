@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::signing::{SigError, Signer};
 use super::streams::{DataOut, Inbound, Routed, StreamHead};
 use super::{disconnect_envelope, effective_settings, AgentManager, Queues, Session};
-use crate::auth::{verify_agent_token, AgentAuthFailure};
+use crate::auth::{verify_agent_token, AgentAuthFailure, MAX_AGENT_ID_LEN};
 use crate::error::ApiError;
 use crate::metrics::Dir;
 use crate::store::{Agent, NewDockerEvent};
@@ -49,9 +49,22 @@ pub async fn agent_ws(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     ClientIp(ip): ClientIp,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let mgr = state.agents.clone();
+    // Before any other work: an id no agent can have is refused without a lookup or a row.
+    if !crate::auth::valid_agent_id(&agent_id) {
+        mgr.inner.metrics.auth_failure();
+        mgr.inner.metrics.auth_failure_unrecorded();
+        return ApiError::bad_request(format!(
+            "agent_id must be 1 to {MAX_AGENT_ID_LEN} of [A-Za-z0-9._-]"
+        ))
+        .into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
     if !mgr.config().enable_agent_mode {
         return ApiError::not_found("agent mode is disabled on this server").into_response();
     }
@@ -262,11 +275,12 @@ async fn authenticate(
         Ok(agent) => Some((env, auth, agent)),
         Err((failure, agent)) => {
             let detail = if auth.agent_id != path_agent_id {
+                let named: String = auth.agent_id.chars().take(MAX_AGENT_ID_LEN).collect();
                 format!(
                     "{} (path agent_id {:?} differs from auth agent_id {:?})",
                     failure.as_str(),
                     path_agent_id,
-                    auth.agent_id
+                    named
                 )
             } else {
                 failure.as_str().to_string()
@@ -336,7 +350,8 @@ fn rejected(id: &str, error: ErrorBody) -> Envelope {
     )
 }
 
-/// A failed authentication: agent_events, the audit log, the metrics and the IP limiter.
+/// A failed authentication: the metrics and the IP limiter always; `agent_events`, the audit
+/// log and the warning log as the sampler decides (see `super::sampling`).
 async fn record_failure(
     mgr: &AgentManager,
     agent_id: &str,
@@ -350,14 +365,28 @@ async fn record_failure(
     if let Some(ip) = ip {
         inner.auth_limiter.record_failure(ip);
     }
+    let skipped = match inner.failure_sampler.sample(ip) {
+        super::sampling::Sample::Write { skipped } => skipped,
+        super::sampling::Sample::Skip => {
+            inner.metrics.auth_failure_unrecorded();
+            tracing::debug!(
+                agent_id,
+                ?ip,
+                reason = detail,
+                "agent authentication failed (sampled out)"
+            );
+            return;
+        }
+    };
     tracing::warn!(
         agent_id,
         ?ip,
         reason = detail,
+        skipped,
         "agent authentication failed"
     );
-    let data =
-        json!({ "agent_id": agent_id, "source_ip": ip.map(|i| i.to_string()), "reason": detail });
+    let data = json!({ "agent_id": agent_id, "source_ip": ip.map(|i| i.to_string()), "reason": detail,
+        "skipped_since_last": skipped });
     if let Err(e) = inner
         .store
         .add_agent_event(agent.map(|a| a.id.as_str()), event, &data)
@@ -374,7 +403,7 @@ async fn record_failure(
             host,
             "denied",
             Some(event),
-            Some(json!({ "reason": detail })),
+            Some(json!({ "reason": detail, "skipped_since_last": skipped })),
             ip,
         )
         .await;

@@ -58,12 +58,7 @@ pub struct RotateBody {
 }
 
 fn check_agent_id(id: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
-    if !ok {
+    if !crate::auth::valid_agent_id(id) {
         return Err(ApiError::bad_request(
             "agent_id must be 1 to 128 of [A-Za-z0-9._-]",
         ));

@@ -898,6 +898,16 @@ impl Store {
         Ok(())
     }
 
+    /// Bounded retention: drops connection events recorded before `before` (Unix ms).
+    /// Returns how many rows went.
+    pub async fn prune_agent_events(&self, before: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM agent_events WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// The newest connection events, newest first; `agent_ref` `None` lists every agent's.
     pub async fn list_agent_events(
         &self,
