@@ -134,11 +134,42 @@ impl Store {
         match database_url {
             Some(url) => Store::connect(url).await,
             None => {
-                std::fs::create_dir_all(data_dir)
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(data_dir)
                     .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
                 Store::connect(&Store::sqlite_url_in(data_dir)).await
             }
         }
+    }
+
+    /// The file of an SQLite URL (`sqlite://PATH?...`, `sqlite:PATH`), unless in memory.
+    fn sqlite_file(url: &str) -> Option<&Path> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or("");
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| Path::new(path))
+    }
+
+    /// Creates the SQLite file readable by its owner only (0600), or narrows an existing
+    /// one to that. SQLite gives its `-wal` and `-shm` files the main file's mode.
+    fn private_sqlite_file(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e| StoreError::Db(sqlx::Error::Io(e));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Connects to `url` (`postgres://...` or `sqlite://...`) and applies the migrations.
@@ -155,6 +186,11 @@ impl Store {
         };
         // Validate the URL before connecting so the error names it.
         sqlx::any::AnyConnectOptions::from_str(url)?;
+        if backend == Backend::Sqlite {
+            if let Some(file) = Store::sqlite_file(url) {
+                Store::private_sqlite_file(file)?;
+            }
+        }
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         opts = match backend {
             Backend::Postgres => opts.max_connections(16),
