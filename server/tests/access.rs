@@ -599,3 +599,28 @@ async fn a_flood_of_stream_messages_spends_the_message_budget() {
     );
     srv.shutdown().await;
 }
+
+/// A wrong token for a revoked agent gets what any wrong token gets: nothing about the agent.
+#[tokio::test]
+async fn a_wrong_token_for_a_revoked_agent_learns_nothing() {
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (_, tok) = enrol(&st, &admin, "gone", "gone-1").await;
+    let (s, _) = call(&st, "DELETE", "/api/v1/agents/gone-1", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let srv = spawn(&st).await;
+    let (_, wrong) = FakeAgent::auth(srv.addr, "gone-1", "dctl_a_wrong").await;
+    let (_, unknown) = FakeAgent::auth(srv.addr, "never-enrolled", "dctl_a_wrong").await;
+    let wrong = wrong.error.unwrap();
+    assert_eq!(wrong.code, protocol::ErrorCode::Unauthorized);
+    assert_eq!(wrong.message, "invalid agent id or token");
+    assert_eq!(
+        wrong.message,
+        unknown.error.unwrap().message,
+        "the same as an agent that never existed"
+    );
+    let (_, right) = FakeAgent::auth(srv.addr, "gone-1", &tok).await;
+    assert_eq!(right.error.unwrap().message, "agent revoked");
+    srv.shutdown().await;
+}

@@ -294,12 +294,22 @@ async fn authenticate(
                 &detail,
             )
             .await;
-            let body = ErrorBody::new(failure.code(), failure.reason());
-            send(mgr, socket, &rejected(&env.id, body)).await;
-            close(socket, CLOSE_POLICY, failure.reason()).await;
+            refuse(mgr, socket, &env.id, failure).await;
             None
         }
     }
+}
+
+/// Answers `auth` with `rejected` and closes with the reason.
+async fn refuse(
+    mgr: &AgentManager,
+    socket: &mut WebSocket,
+    auth_id: &str,
+    failure: AgentAuthFailure,
+) {
+    let body = ErrorBody::new(failure.code(), failure.reason());
+    send(mgr, socket, &rejected(auth_id, body)).await;
+    close(socket, CLOSE_POLICY, failure.reason()).await;
 }
 
 /// Reads the agent's row again after its session was registered: the same enrolment, bound
@@ -442,9 +452,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
     if let Err(failure) = recheck(&mgr, &agent, &auth, ip).await {
         mgr.unregister(&session);
         tracing::warn!(agent_id = %agent.agent_id, reason = failure.reason(), "agent lost its access while authenticating");
-        let body = ErrorBody::new(failure.code(), failure.reason());
-        send(&mgr, &mut socket, &rejected(&auth_env.id, body)).await;
-        close(&mut socket, CLOSE_POLICY, failure.reason()).await;
+        refuse(&mgr, &mut socket, &auth_env.id, failure).await;
         return;
     }
     let reconnection = agent.connected_at.is_some();

@@ -492,37 +492,13 @@ async fn direct(
     );
     if let (true, Some(client)) = (hijacked, on_upgrade) {
         let daemon = hyper::upgrade::on(&mut resp);
-        let metrics = state.metrics.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let (client, daemon) = match tokio::join!(client, daemon) {
-                (Ok(c), Ok(d)) => (c, d),
-                (c, d) => {
-                    tracing::debug!(client = c.is_ok(), daemon = d.is_ok(), "upgrade failed");
-                    return;
-                }
-            };
-            let mut client = TokioIo::new(client);
-            let mut daemon = TokioIo::new(daemon);
-            let copy = tokio::io::copy_bidirectional(&mut client, &mut daemon);
-            let outcome = tokio::select! {
-                r = copy => Some(r),
-                reason = until_ended(lease.as_ref()) => {
-                    tracing::info!(%reason, "hijacked connection cut: its lease ended");
-                    None
-                }
-            };
-            match outcome {
-                Some(Ok((up, down))) => {
-                    metrics.passthrough_bytes(true, up);
-                    metrics.passthrough_bytes(false, down);
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "hijacked connection ended with an error")
-                }
-                None => {}
-            }
-        });
+        tokio::spawn(pump_direct(
+            client,
+            daemon,
+            lease,
+            state.metrics.clone(),
+            open,
+        ));
         return head
             .body(Body::empty())
             .unwrap_or_else(|_| docker_error(StatusCode::BAD_GATEWAY, "invalid upgrade response"));
@@ -540,6 +516,39 @@ async fn direct(
     };
     head.body(leased(Body::new(counted), lease))
         .unwrap_or_else(|_| docker_error(StatusCode::BAD_GATEWAY, "invalid daemon response"))
+}
+
+/// Pumps a hijacked connection of a direct host both ways until either side ends or the
+/// lease ends (then both connections are dropped).
+async fn pump_direct(
+    client: OnUpgrade,
+    daemon: OnUpgrade,
+    lease: Option<Lease>,
+    metrics: Arc<Metrics>,
+    _open: crate::metrics::OpenPassthrough,
+) {
+    let (client, daemon) = match tokio::join!(client, daemon) {
+        (Ok(c), Ok(d)) => (c, d),
+        (c, d) => {
+            tracing::debug!(client = c.is_ok(), daemon = d.is_ok(), "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut daemon = TokioIo::new(daemon);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut daemon);
+    tokio::select! {
+        r = copy => match r {
+            Ok((up, down)) => {
+                metrics.passthrough_bytes(true, up);
+                metrics.passthrough_bytes(false, down);
+            }
+            Err(e) => tracing::debug!(error = %e, "hijacked connection ended with an error"),
+        },
+        reason = until_ended(lease.as_ref()) => {
+            tracing::info!(%reason, "hijacked connection cut: its lease ended");
+        }
+    }
 }
 
 /// Completes when `lease` ends; never without one.
