@@ -624,3 +624,72 @@ async fn a_wrong_token_for_a_revoked_agent_learns_nothing() {
     assert_eq!(right.error.unwrap().message, "agent revoked");
     srv.shutdown().await;
 }
+
+/// After a rotation with a grace period, a session on the old token ends when the grace
+/// period does; a session on the new token stays.
+#[tokio::test]
+async fn the_old_tokens_session_ends_with_the_grace_period() {
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (_, old) = enrol(&st, &admin, "grace", "grace-1").await;
+    let srv = spawn(&st).await;
+    let (mut on_old, r) = FakeAgent::auth(srv.addr, "grace-1", &old).await;
+    assert_eq!(r.status, AuthStatus::Authenticated);
+    let (s, r) = call(
+        &st,
+        "POST",
+        "/api/v1/agents/grace-1/rotate-token",
+        Some(&admin),
+        Some(json!({"grace_period": 0.5})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    match on_old.recv().await.map(|e| e.message) {
+        Some(Message::Disconnect(d)) => {
+            assert!(d.reason.unwrap_or_default().contains("rotated"))
+        }
+        other => panic!("the old token's session ends with the grace period: {other:?}"),
+    }
+    drop(on_old);
+    let new = r["token"].as_str().unwrap().to_string();
+    let (_, r) = call(
+        &st,
+        "POST",
+        "/api/v1/agents/grace-1/rotate-token",
+        Some(&admin),
+        Some(json!({"grace_period": 0.2})),
+    )
+    .await;
+    let newest = r["token"].as_str().unwrap().to_string();
+    let (mut on_newest, r) = FakeAgent::auth(srv.addr, "grace-1", &newest).await;
+    assert_eq!(r.status, AuthStatus::Authenticated);
+    drop(new);
+    // Well past the grace period, the session on the current token is still there.
+    wait_until(
+        Duration::from_secs(3),
+        "the grace period passed",
+        || async {
+            st.store
+                .get_agent("grace-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .prev_token_valid_until
+                .is_some_and(|t| t + 300 < server::store::now_ms())
+        },
+    )
+    .await;
+    on_newest
+        .send(&Envelope::new(
+            "hb",
+            Message::Heartbeat(protocol::HeartbeatPayload::default()),
+        ))
+        .await;
+    assert_eq!(
+        st.agents.live_count(),
+        1,
+        "the current token's session stays"
+    );
+    srv.shutdown().await;
+}

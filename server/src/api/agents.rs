@@ -177,10 +177,8 @@ pub async fn create(
         .await;
     let agent = result?;
     if let Some(from) = &moved_from {
-        // A session of the old enrolment, should one have survived, serves nobody now.
-        state
-            .agents
-            .disconnect(&agent.id, "the agent was moved to another host");
+        // No session of the old enrolment survives: the revocation closed it, and one that
+        // authenticated around the revocation closed itself when it read the agent again.
         tracing::info!(agent_id = %agent.agent_id, from = %from, to = %host.id, "agent moved to another host");
     }
     let signing_key = if b.signing {
