@@ -7,7 +7,7 @@ mod common;
 use common::docker::{client, op, require_docker, unique};
 use common::ws_server::{ServerConn, TestServer};
 use common::{agent_config, join_within, spawn_agent};
-use protocol::signing::{sign, verify, NonceCache};
+use protocol::signing::{sign, verify, Direction, NonceCache};
 use protocol::{
     AgentSettings, AuthResponsePayload, AuthStatus, CommandPayload, CommandResponsePayload,
     Envelope, ErrorCode, Message,
@@ -32,7 +32,13 @@ struct Signed {
 impl Signed {
     fn seal(&mut self, env: &Envelope) -> String {
         self.n += 1;
-        sign(&KEY, &env.encode(), &format!("server-nonce-{:08}", self.n)).unwrap()
+        sign(
+            &KEY,
+            Direction::ServerToAgent,
+            &env.encode(),
+            &format!("server-nonce-{:08}", self.n),
+        )
+        .unwrap()
     }
 
     fn send(&mut self, env: &Envelope) -> String {
@@ -50,9 +56,13 @@ impl Signed {
             .unwrap_or_else(|| panic!("no message within {limit:?}"));
         let t = now();
         let nonces = &mut self.nonces;
-        verify(&KEY, text.as_bytes(), t, &mut |n| {
-            nonces.check_and_insert(n, t)
-        })
+        verify(
+            &KEY,
+            Direction::AgentToServer,
+            text.as_bytes(),
+            t,
+            &mut |n| nonces.check_and_insert(n, t),
+        )
         .unwrap_or_else(|e| panic!("the agent's message does not verify ({e}): {text}"));
         Envelope::decode(text.as_bytes()).unwrap()
     }
@@ -71,6 +81,14 @@ impl Signed {
 
     fn accept_auth(&mut self) {
         let auth = self.expect("auth", |e| matches!(e.message, Message::Auth(_)));
+        match &auth.message {
+            Message::Auth(a) => assert_eq!(
+                a.signing_version,
+                Some(protocol::signing::SIGNING_VERSION),
+                "a signing agent advertises its canonical form"
+            ),
+            _ => unreachable!(),
+        }
         self.send(&Envelope::new(
             auth.id,
             Message::AuthResponse(AuthResponsePayload {
@@ -227,6 +245,29 @@ fn signed_traffic_works_and_altered_replayed_stale_and_unsigned_messages_are_ref
         Message::CommandResponse(CommandResponsePayload::Success { .. })
     ));
     assert_eq!(count(), 1);
+
+    // Reflected: signed in the agent-to-server direction (as the agent's own messages are),
+    // so it is refused even though the key is right.
+    let reflected = sign(
+        &KEY,
+        Direction::AgentToServer,
+        &command(
+            "s-refl",
+            "container.create",
+            json!({"image": "docker-ctl-test/busybox:latest", "cmd": ["true"], "labels": labels}),
+        )
+        .encode(),
+        "reflected-nonce-1",
+    )
+    .unwrap();
+    s.conn.send_text(&reflected);
+    refused(&s.answer("s-refl"), "signature does not match");
+    assert_eq!(count(), 1, "the reflected create did not run");
+    s.send(&command("s-ok2", "system.ping", json!({})));
+    assert!(matches!(
+        s.answer("s-ok2"),
+        Message::CommandResponse(CommandResponsePayload::Success { .. })
+    ));
 
     // Five bad messages in a row: the agent drops the link and reconnects.
     for i in 0..5 {

@@ -108,6 +108,10 @@ pub struct AuthPayload {
     /// The newest protocol version the agent speaks. Absent means 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// The canonical form a signing agent signs with (`protocol::signing::SIGNING_VERSION`).
+    /// Absent means 1, which a server refuses for a signing agent (upgrade the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_version: Option<u32>,
 }
 
 /// Settings the server gives the agent in `auth_response` and `config_update`.

@@ -645,7 +645,9 @@ pub enum Operation {
     NodeList(FiltersParams),
 }
 
-/// What an operation does, for role checks: viewers may run `Read` only.
+/// What an operation does, for role checks: viewers may run `Read` only. Reading the
+/// contents of a container's files or of an image (archive, export, save) is `Write`: it
+/// hands out whatever secrets they hold, so it needs an operator, and it is audited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
@@ -862,7 +864,9 @@ impl Operation {
     }
 }
 
-/// Read or write, by operation name (also for names that fail to parse).
+/// Read or write, by operation name (also for names that fail to parse). Names that are
+/// not listed, such as `container.export`, `container.archive.get` or `image.save`, are
+/// `Write`.
 pub fn access_of(name: &str) -> Access {
     match name {
         "system.ping" | "system.info" | "system.version" | "system.df" | "container.list"

@@ -167,10 +167,10 @@ pub fn classify(method: &str, path: &str) -> Result<Route, Refusal> {
             ("POST", ["containers", id, "exec"]) => ("container.exec", W, Plain, Some(*id)),
             ("DELETE", ["containers", id]) => ("container.remove", W, Plain, Some(*id)),
             ("HEAD", ["containers", id, "archive"]) => {
-                ("container.archive.stat", R, Plain, Some(*id))
+                ("container.archive.stat", W, Plain, Some(*id))
             }
             ("GET", ["containers", id, "archive"]) => {
-                ("container.archive.get", R, Stream, Some(*id))
+                ("container.archive.get", W, Stream, Some(*id))
             }
             ("PUT", ["containers", id, "archive"]) => {
                 ("container.archive.put", W, Stream, Some(*id))
@@ -185,7 +185,7 @@ pub fn classify(method: &str, path: &str) -> Result<Route, Refusal> {
             ("POST", ["images", "create"]) => ("image.pull", W, Stream, None),
             ("POST", ["images", "load"]) => ("image.load", W, Stream, None),
             ("POST", ["images", "prune"]) => ("image.prune", W, Plain, None),
-            ("GET", ["images", "get"]) => ("image.save", R, Stream, None),
+            ("GET", ["images", "get"]) => ("image.save", W, Stream, None),
             ("POST", ["build"]) => ("image.build", W, Stream, None),
             ("POST", ["build", "prune"]) => ("image.build.prune", W, Plain, None),
             ("POST", ["commit"]) => ("container.commit", W, Plain, None),
@@ -198,7 +198,7 @@ pub fn classify(method: &str, path: &str) -> Result<Route, Refusal> {
             (_, ["images", name @ .., last]) if !name.is_empty() => match (m.as_str(), *last) {
                 ("GET", "json") => ("image.inspect", R, Plain, None),
                 ("GET", "history") => ("image.history", R, Plain, None),
-                ("GET", "get") => ("image.save", R, Stream, None),
+                ("GET", "get") => ("image.save", W, Stream, None),
                 ("POST", "tag") => ("image.tag", W, Plain, None),
                 ("POST", "push") => ("image.push", W, Stream, None),
                 ("DELETE", _) => ("image.remove", W, Plain, None),
@@ -341,11 +341,40 @@ mod tests {
                 Access::Write,
                 Shape::Stream,
             ),
+            // Reading a container's files or an image hands out their contents: operator.
             (
                 "GET",
                 "/v1.41/images/get",
                 "image.save",
-                Access::Read,
+                Access::Write,
+                Shape::Stream,
+            ),
+            (
+                "GET",
+                "/v1.41/images/docker-ctl-test/busybox:latest/get",
+                "image.save",
+                Access::Write,
+                Shape::Stream,
+            ),
+            (
+                "GET",
+                "/v1.41/containers/cap-a/archive",
+                "container.archive.get",
+                Access::Write,
+                Shape::Stream,
+            ),
+            (
+                "HEAD",
+                "/v1.41/containers/cap-a/archive",
+                "container.archive.stat",
+                Access::Write,
+                Shape::Plain,
+            ),
+            (
+                "GET",
+                "/v1.41/containers/cap-a/export",
+                "container.export",
+                Access::Write,
                 Shape::Stream,
             ),
             (

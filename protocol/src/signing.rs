@@ -9,8 +9,13 @@
 //! ```
 //!
 //! `sig` is the lowercase hex HMAC-SHA256, under the agent's signing key, of
-//! `id \n type \n timestamp \n nonce \n canonical(payload)`, where `canonical` is JSON with
-//! object keys sorted at every level and no whitespace (an absent payload is `null`).
+//! `v2 \n direction \n id \n type \n timestamp \n nonce \n canonical(payload)`, where
+//! `direction` is `server->agent` or `agent->server` (see [`Direction`]) and `canonical` is
+//! JSON with object keys sorted at every level and no whitespace (an absent payload is
+//! `null`). The direction makes a message signed by one side worthless when reflected back
+//! at it. This is signing version 2 ([`SIGNING_VERSION`]); the agent advertises it in `auth`
+//! (`signing_version`), and a server refuses a signing agent that does not, naming the
+//! upgrade. Version 1 (no version line, no direction) is neither produced nor accepted.
 //!
 //! Owns: the canonical form, signing and verification. The caller keeps the nonce cache
 //! (bounded) and supplies the clock and the nonce. Must not: do I/O.
@@ -18,6 +23,25 @@
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+
+/// The canonical form this build signs and accepts (see the module docs).
+pub const SIGNING_VERSION: u32 = 2;
+
+/// Which way a signed message travels: part of what is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ServerToAgent,
+    AgentToServer,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ServerToAgent => "server->agent",
+            Direction::AgentToServer => "agent->server",
+        }
+    }
+}
 
 /// How far a signed message's timestamp may be from the receiver's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECS: i64 = 60;
@@ -83,11 +107,14 @@ pub fn canonical_json(v: &Value, out: &mut String) {
     }
 }
 
-fn signing_input(env: &Value, nonce: &str) -> Option<String> {
+fn signing_input(env: &Value, direction: Direction, nonce: &str) -> Option<String> {
     let id = env.get("id")?.as_str()?;
     let kind = env.get("type")?.as_str()?;
     let ts = env.get("timestamp")?.as_str()?;
-    let mut s = format!("{id}\n{kind}\n{ts}\n{nonce}\n");
+    let mut s = format!(
+        "v{SIGNING_VERSION}\n{}\n{id}\n{kind}\n{ts}\n{nonce}\n",
+        direction.as_str()
+    );
     canonical_json(env.get("payload").unwrap_or(&Value::Null), &mut s);
     Some(s)
 }
@@ -99,11 +126,17 @@ fn mac(key: &[u8], input: &str) -> Hmac<Sha256> {
     m
 }
 
-/// Signs an encoded envelope: returns the same JSON with `nonce` and `sig` added.
-/// `nonce` must be unique per message for this key (for example 16 random hex digits).
-pub fn sign(key: &[u8], encoded: &str, nonce: &str) -> Result<String, SignatureError> {
+/// Signs an encoded envelope travelling `direction`: returns the same JSON with `nonce` and
+/// `sig` added. `nonce` must be unique per message for this key (for example 16 random hex
+/// digits).
+pub fn sign(
+    key: &[u8],
+    direction: Direction,
+    encoded: &str,
+    nonce: &str,
+) -> Result<String, SignatureError> {
     let mut env: Value = serde_json::from_str(encoded).map_err(|_| SignatureError::Malformed)?;
-    let input = signing_input(&env, nonce).ok_or(SignatureError::Malformed)?;
+    let input = signing_input(&env, direction, nonce).ok_or(SignatureError::Malformed)?;
     let tag = mac(key, &input).finalize().into_bytes();
     let obj = env.as_object_mut().ok_or(SignatureError::Malformed)?;
     obj.insert("nonce".into(), Value::String(nonce.to_string()));
@@ -111,11 +144,13 @@ pub fn sign(key: &[u8], encoded: &str, nonce: &str) -> Result<String, SignatureE
     Ok(env.to_string())
 }
 
-/// Verifies a signed message. `now_secs` is the receiver's Unix time; `seen` decides whether
-/// the nonce was used before (and records it): return `true` for a fresh nonce.
-/// The signature is compared in constant time.
+/// Verifies a signed message that travelled `direction` (a receiver passes the direction
+/// towards itself, so its own messages reflected back do not verify). `now_secs` is the
+/// receiver's Unix time; `seen` decides whether the nonce was used before (and records it):
+/// return `true` for a fresh nonce. The signature is compared in constant time.
 pub fn verify(
     key: &[u8],
+    direction: Direction,
     raw: &[u8],
     now_secs: i64,
     seen: &mut dyn FnMut(&str) -> bool,
@@ -133,7 +168,7 @@ pub fn verify(
         return Err(SignatureError::Malformed);
     }
     let tag = hex::decode(sig).map_err(|_| SignatureError::BadSignature)?;
-    let input = signing_input(&env, nonce).ok_or(SignatureError::Malformed)?;
+    let input = signing_input(&env, direction, nonce).ok_or(SignatureError::Malformed)?;
     mac(key, &input)
         .verify_slice(&tag)
         .map_err(|_| SignatureError::BadSignature)?;
@@ -204,8 +239,11 @@ mod tests {
             }),
         );
         let now = crate::time::parse_rfc3339(&env.timestamp).unwrap();
-        (sign(KEY, &env.encode(), nonce).unwrap(), now)
+        (sign(KEY, A2S, &env.encode(), nonce).unwrap(), now)
     }
+
+    const A2S: Direction = Direction::AgentToServer;
+    const S2A: Direction = Direction::ServerToAgent;
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
@@ -221,7 +259,7 @@ mod tests {
         let (text, now) = signed_heartbeat("n-1");
         let mut cache = NonceCache::default();
         assert_eq!(
-            verify(KEY, text.as_bytes(), now, &mut |n| cache
+            verify(KEY, A2S, text.as_bytes(), now, &mut |n| cache
                 .check_and_insert(n, now)),
             Ok(())
         );
@@ -238,37 +276,70 @@ mod tests {
         let altered = text.replace("\"docker_reachable\":true", "\"docker_reachable\":false");
         assert_ne!(altered, text);
         assert_eq!(
-            verify(KEY, altered.as_bytes(), now, &mut |n| cache
+            verify(KEY, A2S, altered.as_bytes(), now, &mut |n| cache
                 .check_and_insert(n, now)),
             Err(SignatureError::BadSignature)
         );
         assert_eq!(
-            verify(b"another key", text.as_bytes(), now, &mut |_| true),
+            verify(b"another key", A2S, text.as_bytes(), now, &mut |_| true),
             Err(SignatureError::BadSignature)
         );
         assert_eq!(
-            verify(KEY, text.as_bytes(), now, &mut |n| cache
+            verify(KEY, A2S, text.as_bytes(), now, &mut |n| cache
                 .check_and_insert(n, now)),
             Ok(())
         );
         assert_eq!(
-            verify(KEY, text.as_bytes(), now, &mut |n| cache
+            verify(KEY, A2S, text.as_bytes(), now, &mut |n| cache
                 .check_and_insert(n, now)),
             Err(SignatureError::Replayed)
         );
         assert_eq!(
-            verify(KEY, text.as_bytes(), now + 3600, &mut |_| true),
+            verify(KEY, A2S, text.as_bytes(), now + 3600, &mut |_| true),
             Err(SignatureError::Stale)
         );
         let plain = Envelope::new("x", Message::Heartbeat(HeartbeatPayload::default())).encode();
         assert_eq!(
-            verify(KEY, plain.as_bytes(), now, &mut |_| true),
+            verify(KEY, A2S, plain.as_bytes(), now, &mut |_| true),
             Err(SignatureError::Missing)
         );
         assert_eq!(
-            verify(KEY, b"garbage", now, &mut |_| true),
+            verify(KEY, A2S, b"garbage", now, &mut |_| true),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_message_reflected_back_to_its_signer_is_refused() {
+        let (text, now) = signed_heartbeat("n-3");
+        // Signed by the agent: the server accepts it, the agent itself must not.
+        assert_eq!(
+            verify(KEY, S2A, text.as_bytes(), now, &mut |_| true),
+            Err(SignatureError::BadSignature)
+        );
+        assert_eq!(
+            verify(KEY, A2S, text.as_bytes(), now, &mut |_| true),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_old_form_without_version_and_direction_is_refused() {
+        let env = Envelope::new("hb-9", Message::Heartbeat(HeartbeatPayload::default()));
+        let now = crate::time::parse_rfc3339(&env.timestamp).unwrap();
+        let v: Value = serde_json::from_str(&env.encode()).unwrap();
+        let mut input = format!("hb-9\nheartbeat\n{}\nold-1\n", env.timestamp);
+        canonical_json(&v["payload"], &mut input);
+        let tag = mac(KEY, &input).finalize().into_bytes();
+        let mut old = v.clone();
+        old["nonce"] = Value::String("old-1".into());
+        old["sig"] = Value::String(hex::encode(tag));
+        for dir in [A2S, S2A] {
+            assert_eq!(
+                verify(KEY, dir, old.to_string().as_bytes(), now, &mut |_| true),
+                Err(SignatureError::BadSignature)
+            );
+        }
     }
 
     #[test]

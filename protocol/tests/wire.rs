@@ -79,6 +79,7 @@ fn one_of_each() -> Vec<Message> {
             version: "0.1.0".into(),
             capabilities: vec!["docker".into()],
             protocol_version: Some(PROTOCOL_VERSION),
+            signing_version: None,
         }),
         Message::Heartbeat(HeartbeatPayload::default()),
         Message::Heartbeat(HeartbeatPayload {

@@ -42,6 +42,18 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The longest agent id, in bytes.
+pub const MAX_AGENT_ID_LEN: usize = 128;
+
+/// Whether `id` can be an agent id: 1 to [`MAX_AGENT_ID_LEN`] of `[A-Za-z0-9._-]`.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
 /// Constant-time equality of two hashes.
 pub fn hashes_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -57,16 +69,16 @@ pub fn ip_allowed(allow: &[IpNet], ip: Option<IpAddr>) -> bool {
     if allow.is_empty() {
         return true;
     }
-    let Some(ip) = ip else { return false };
-    let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+    let Some(ip) = ip.map(crate::forwarded::canonical) else {
+        return false;
     };
     allow.iter().any(|n| n.contains(&ip))
 }
+
+/// What a signing agent on the old canonical form is told (it fits a WebSocket close
+/// reason, so the agent sees it even though it cannot verify an unsigned answer).
+pub const OLD_SIGNING_REASON: &str =
+    "upgrade the agent: it signs with signing version 1; this server needs version 2";
 
 /// Why an agent's token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +91,10 @@ pub enum AgentAuthFailure {
     RateLimited,
     /// The agent signs its messages and the `auth` message's signature was missing or bad.
     BadSignature,
+    /// The agent signs with the old canonical form (without the direction).
+    OldSigning,
+    /// The token could not be checked again (the database failed).
+    Unconfirmed,
 }
 
 impl AgentAuthFailure {
@@ -92,12 +108,16 @@ impl AgentAuthFailure {
             AgentAuthFailure::NotAllowedFrom => "source address not allowed",
             AgentAuthFailure::RateLimited => "too many failed authentications; retry later",
             AgentAuthFailure::BadSignature => "missing, bad, replayed or stale message signature",
+            AgentAuthFailure::OldSigning => OLD_SIGNING_REASON,
+            AgentAuthFailure::Unconfirmed => "the token could not be checked; retry later",
         }
     }
     pub fn code(self) -> ErrorCode {
         match self {
             AgentAuthFailure::NotAllowedFrom => ErrorCode::Forbidden,
             AgentAuthFailure::RateLimited => ErrorCode::RateLimited,
+            AgentAuthFailure::OldSigning => ErrorCode::Unsupported,
+            AgentAuthFailure::Unconfirmed => ErrorCode::Internal,
             _ => ErrorCode::Unauthorized,
         }
     }
@@ -110,6 +130,8 @@ impl AgentAuthFailure {
             AgentAuthFailure::NotAllowedFrom => "not_allowed_from",
             AgentAuthFailure::RateLimited => "rate_limited",
             AgentAuthFailure::BadSignature => "bad_signature",
+            AgentAuthFailure::OldSigning => "old_signing",
+            AgentAuthFailure::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -129,11 +151,12 @@ pub fn verify_agent_token(
         .as_deref()
         .is_some_and(|p| hashes_equal(&h, p))
         && agent.prev_token_valid_until.is_some_and(|t| t > now);
-    if agent.revoked_at.is_some() {
-        return Err(AgentAuthFailure::Revoked);
-    }
+    // A wrong token learns nothing about the agent, not even that it was revoked.
     if !current && !previous {
         return Err(AgentAuthFailure::BadToken);
+    }
+    if agent.revoked_at.is_some() {
+        return Err(AgentAuthFailure::Revoked);
     }
     if current && agent.token_expires_at.is_some_and(|t| t <= now) {
         return Err(AgentAuthFailure::Expired);
@@ -243,12 +266,16 @@ impl Caller {
     }
 }
 
-/// The source address of a request, when the server knows it.
+/// The client address of a request, when the server knows it: as decided once per request
+/// (see `crate::forwarded`), else the TCP peer.
 pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    if let Some(crate::ClientIp(ip)) = parts.extensions.get::<crate::ClientIp>() {
+        return *ip;
+    }
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| crate::forwarded::canonical(c.0.ip()))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -259,17 +286,21 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ip = source_ip(parts);
-        if ip.is_some_and(|ip| state.api_auth_limiter.blocked(ip)) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many failed authentications; retry later",
-            ));
-        }
-        let fail = |msg: &str| {
-            if let Some(ip) = ip {
+        // Only failures count, and only a failure is refused for them: a valid token is
+        // never refused because others failed from the same address.
+        let fail = |msg: &str| match ip {
+            Some(ip) if state.api_auth_limiter.blocked(ip) => {
                 state.api_auth_limiter.record_failure(ip);
+                ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many failed authentications; retry later",
+                )
             }
-            ApiError::unauthorized(msg)
+            Some(ip) => {
+                state.api_auth_limiter.record_failure(ip);
+                ApiError::unauthorized(msg)
+            }
+            None => ApiError::unauthorized(msg),
         };
         let header = parts
             .headers

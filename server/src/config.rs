@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use protocol::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Map, Value};
@@ -94,6 +95,10 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "DOCKER_CTL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Reverse proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For /
+    /// Forwarded header names the client [default: none]
+    #[arg(long, env = "DOCKER_CTL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Option<Vec<IpNet>>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }
@@ -162,6 +167,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1`, taken as `/32` or `/128`).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR (10.0.0.0/8) or an address"))
+}
+
+fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// A duration written in seconds (fractions allowed) in files, flags and env.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Seconds(pub Duration);
@@ -225,6 +245,12 @@ pub struct Config {
     /// Seconds a client has to send a request's headers before the connection is closed
     /// (slowloris). Default 30.
     pub http_header_timeout: Seconds,
+    /// Reverse proxies whose `X-Forwarded-For` (else `Forwarded: for=`) names the client:
+    /// the right-most hop that is not one of them is the address used for the failed-login
+    /// limits, `allowed_cidrs` and the audit log. Headers from other peers are ignored.
+    /// Default: none (the TCP peer is the client).
+    #[serde(deserialize_with = "cidr_list")]
+    pub trusted_proxies: Vec<IpNet>,
     pub agent: AgentConfig,
 }
 
@@ -267,6 +293,9 @@ pub struct AgentConfig {
     /// Seconds finished command records are kept (idempotency keys are honoured as long as
     /// their record exists). Default 604800 (7 days).
     pub command_retention_age: Seconds,
+    /// Seconds agent connection events (`agent_events`: connects, disconnects, failed
+    /// handshakes) are kept. Default 604800 (7 days).
+    pub agent_event_retention_age: Seconds,
 }
 
 impl Default for Config {
@@ -284,6 +313,7 @@ impl Default for Config {
             api_auth_failures_per_minute: 30,
             api_requests_per_second: 200,
             http_header_timeout: Seconds::secs(30),
+            trusted_proxies: Vec::new(),
             agent: AgentConfig::default(),
         }
     }
@@ -308,6 +338,7 @@ impl Default for AgentConfig {
             max_pending_commands: 64,
             max_bad_signatures: 5,
             command_retention_age: Seconds::secs(7 * 24 * 3600),
+            agent_event_retention_age: Seconds::secs(7 * 24 * 3600),
         }
     }
 }
@@ -346,6 +377,7 @@ impl ServeArgs {
         put(&mut m, "listen", &self.listen);
         put(&mut m, "tls_cert", &self.tls_cert);
         put(&mut m, "tls_key", &self.tls_key);
+        put(&mut m, "trusted_proxies", &self.trusted_proxies);
         let a = &self.agent;
         let mut am = Map::new();
         put(&mut am, "websocket_timeout", &a.websocket_timeout);
@@ -509,6 +541,49 @@ mod tests {
         assert_eq!(c.agent.heartbeat_interval, d.agent.heartbeat_interval);
         assert_eq!(c.agent.event_retention_age, d.agent.event_retention_age);
         assert_eq!(c.agent.max_pending_commands, d.agent.max_pending_commands);
+        assert_eq!(
+            c.agent.agent_event_retention_age,
+            d.agent.agent_event_retention_age
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_from_file_env_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "trusted_proxies: [\"10.0.0.0/8\", \"192.0.2.1\"]\n").unwrap();
+        let from_file = Config::from_layers(Some(&f), json!({})).unwrap();
+        assert_eq!(
+            from_file.trusted_proxies,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
+        let cli = Cli::try_parse_from([
+            "docker-ctl-server",
+            "serve",
+            "--config",
+            f.to_str().unwrap(),
+            "--trusted-proxies",
+            "127.0.0.1,::1",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            vec![
+                "127.0.0.1/32".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ],
+            "the flag replaces the file's list"
+        );
+        let err = Config::from_layers(None, json!({"trusted_proxies": ["nope"]})).unwrap_err();
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
+        assert!(Config::default().trusted_proxies.is_empty());
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod feed;
+pub mod forwarded;
 pub mod hosts;
+pub mod leases;
 pub mod metrics;
 pub mod quickstart;
 pub mod stacks;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub api_auth_limiter: Arc<FailureLimiter>,
     /// REST requests per API token.
     pub api_rate: Arc<auth::RateLimiter>,
+    /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
+    pub leases: leases::Leases,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,6 +123,7 @@ impl AppState {
         let api_rate = Arc::new(auth::RateLimiter::new(config.api_requests_per_second));
         Ok(AppState {
             api_rate,
+            leases: leases::Leases::new(store.clone()),
             config: Arc::new(config),
             store,
             agents,
@@ -132,9 +137,25 @@ impl AppState {
     }
 }
 
-/// The client's address, when the server was started with connection info.
+/// The client's address, when the server was started with connection info: the peer, or
+/// the forwarded address when the peer is a trusted proxy (see [`forwarded`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
+
+/// Decides each request's client address once, before any handler runs.
+async fn resolve_client_ip(
+    axum::extract::State(proxies): axum::extract::State<Arc<Vec<ipnet::IpNet>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = forwarded::client_ip(peer, req.headers(), &proxies);
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Infallible;
@@ -161,8 +182,13 @@ async fn trace_request(req: Request, next: Next) -> Response {
 
 /// The whole HTTP surface: REST API, agent and user WebSockets, probes, metrics.
 pub fn app(state: AppState) -> Router {
+    let proxies = Arc::new(state.config.trusted_proxies.clone());
     api::router()
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            proxies,
+            resolve_client_ip,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
 }
 
@@ -341,7 +367,7 @@ where
     }
 }
 
-/// Bounded retention of Docker events: every minute.
+/// Bounded retention of Docker events, command records and agent events: every minute.
 async fn retention_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -360,6 +386,12 @@ async fn retention_loop(state: AppState, mut stop: tokio::sync::watch::Receiver<
                 }
                 if let Err(e) = state.store.prune_commands(a.command_retention_age.get().as_millis() as i64).await {
                     tracing::warn!(error = %e, "pruning command records failed");
+                }
+                let before = store::now_ms() - a.agent_event_retention_age.get().as_millis() as i64;
+                match state.store.prune_agent_events(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "pruned agent events"),
+                    Err(e) => tracing::warn!(error = %e, "pruning agent events failed"),
                 }
             }
             _ = stop.changed() => return,

@@ -72,6 +72,7 @@ pub struct Metrics {
     agents_connected: AtomicI64,
     reconnections: AtomicU64,
     auth_failures: AtomicU64,
+    auth_failures_unrecorded: AtomicU64,
     ws_messages_in: AtomicU64,
     ws_messages_out: AtomicU64,
     ws_bytes_in: AtomicU64,
@@ -121,6 +122,13 @@ impl Metrics {
 
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A refused agent handshake that was counted but not written to `agent_events` and the
+    /// audit log (sampled out, or refused before any work).
+    pub fn auth_failure_unrecorded(&self) {
+        self.auth_failures_unrecorded
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn docker_event(&self) {
@@ -204,6 +212,12 @@ impl Metrics {
             "docker_ctl_agent_auth_failures_total",
             "Refused agent authentications.",
             self.auth_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "docker_ctl_agent_auth_failures_unrecorded_total",
+            "Refused agent authentications counted here only: sampled out of agent_events and the audit log, or refused before any work.",
+            self.auth_failures_unrecorded.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

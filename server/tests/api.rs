@@ -29,6 +29,30 @@ async fn probes_and_metrics() {
     let (s, v) = call(&st, "GET", "/readyz", None, None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["database"], "unreachable");
+    // The unauthenticated probe does not echo the database's own error text.
+    assert_eq!(v["database_error"], "the database refused the check", "{v}");
+}
+
+#[tokio::test]
+async fn the_sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    token(&st, "admin", Role::Admin).await;
+    let file = db.dir.path().join("docker-ctl.db");
+    let wal = db.dir.path().join("docker-ctl.db-wal");
+    assert!(wal.exists(), "WAL mode");
+    for f in [&file, &wal] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    st.store.close().await;
+    // An older file readable by others is narrowed on the next start.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let st = state(&db).await;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    st.store.close().await;
 }
 
 #[tokio::test]

@@ -199,3 +199,29 @@ fn quickstart_prints_the_token_and_a_curl_line() {
     let status = term_and_wait(&mut child);
     assert!(status.success());
 }
+
+/// The packaged systemd unit runs the server as its own user, without new privileges, on a
+/// read-only system.
+#[test]
+fn the_systemd_unit_runs_the_server_unprivileged() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/dist/docker-ctl-server.service"),
+    )
+    .expect("the server unit");
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let value = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let user = value("User").expect("User=");
+    assert!(!user.is_empty() && user != "root", "{user}");
+    assert_eq!(value("NoNewPrivileges"), Some("yes"));
+    assert_eq!(value("ProtectSystem"), Some("strict"));
+    assert_eq!(value("StateDirectory"), Some("docker-ctl-server"));
+    assert!(
+        value("ExecStart").is_some_and(|e| e.contains("--data-dir /var/lib/docker-ctl-server")),
+        "the data directory is the state directory"
+    );
+}

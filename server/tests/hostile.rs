@@ -10,7 +10,7 @@ use common::{call, enrol, spawn, state_with, test_config, token, FakeAgent, Test
 use futures_util::{SinkExt, StreamExt};
 use protocol::{CommandResponsePayload, Envelope, ErrorCode, HeartbeatPayload, Message};
 use serde_json::{json, Value};
-use server::agents::signing::Signer;
+use server::agents::signing::{Direction, Signer};
 use server::config::Seconds;
 use server::store::Role;
 use std::time::Duration;
@@ -391,8 +391,17 @@ async fn encoded_path_tricks_in_passthrough_are_refused() {
 
 fn signed(signer: &Signer, env: &Envelope) -> Value {
     let mut v = env.to_value();
-    signer.sign_envelope(&mut v);
+    signer.sign_envelope(Direction::AgentToServer, &mut v);
     v
+}
+
+/// The `auth` of an agent that signs with the current canonical form.
+fn signing_auth(agent_id: &str, token: &str) -> Envelope {
+    let mut env = FakeAgent::auth_env(agent_id, token);
+    if let Message::Auth(p) = &mut env.message {
+        p.signing_version = Some(server::agents::signing::SIGNING_VERSION);
+    }
+    env
 }
 
 async fn recv_raw(a: &mut FakeAgent) -> Option<Value> {
@@ -447,16 +456,44 @@ async fn signed_agent_traffic_and_rejections() {
     let r = recv_raw(&mut a).await.unwrap();
     assert_eq!(r["payload"]["status"], "rejected", "{r}");
 
-    // Signed auth works; the server signs its answers.
+    // An agent that signs with the old form (no signing_version) is told to upgrade.
     let mut a = FakeAgent::connect(srv.addr, "s-agent").await;
     a.send_raw(WsMsg::text(
         signed(&signer, &FakeAgent::auth_env("s-agent", &tok)).to_string(),
     ))
     .await;
     let r = recv_raw(&mut a).await.unwrap();
+    assert_eq!(r["payload"]["status"], "rejected", "{r}");
+    assert_eq!(r["payload"]["error"]["code"], "unsupported", "{r}");
+    assert!(
+        r["payload"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upgrade the agent"),
+        "{r}"
+    );
+    match a.ws.next().await {
+        Some(Ok(WsMsg::Close(Some(f)))) => {
+            assert!(f.reason.contains("upgrade the agent"), "{f:?}")
+        }
+        other => panic!("expected a close naming the upgrade, got {other:?}"),
+    }
+
+    // Signed auth works; the server signs its answers.
+    let mut a = FakeAgent::connect(srv.addr, "s-agent").await;
+    a.send_raw(WsMsg::text(
+        signed(&signer, &signing_auth("s-agent", &tok)).to_string(),
+    ))
+    .await;
+    let r = recv_raw(&mut a).await.unwrap();
     assert_eq!(r["payload"]["status"], "authenticated", "{r}");
     signer
-        .verify(r.to_string().as_bytes(), &nonces, "server")
+        .verify_from(
+            Direction::ServerToAgent,
+            r.to_string().as_bytes(),
+            &nonces,
+            "server",
+        )
         .expect("auth_response signed");
 
     // A command round trip, both directions signed.
@@ -474,8 +511,24 @@ async fn signed_agent_traffic_and_rejections() {
     let cmd = recv_raw(&mut a).await.unwrap();
     assert_eq!(cmd["type"], "command");
     signer
-        .verify(cmd.to_string().as_bytes(), &nonces, "server")
+        .verify_from(
+            Direction::ServerToAgent,
+            cmd.to_string().as_bytes(),
+            &nonces,
+            "server",
+        )
         .expect("command signed");
+    // The server's own signed message, reflected back at it, is refused.
+    a.send_raw(WsMsg::text(cmd.to_string())).await;
+    let e = recv_raw(&mut a).await.unwrap();
+    assert_eq!(e["payload"]["code"], "unauthorized", "{e}");
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad message signature"),
+        "{e}"
+    );
     let id = cmd["id"].as_str().unwrap().to_string();
     let resp = Envelope::new(
         id.as_str(),

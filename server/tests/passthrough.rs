@@ -410,6 +410,28 @@ async fn roles_allowlist_and_path_hygiene() {
         "{err}"
     );
     s.ok(&["inspect", &name]).await;
+    // ...nor read a container's files or an image: that hands out their contents.
+    let file = format!("{name}:/etc/hostname");
+    for args in [
+        vec!["cp", file.as_str(), "-"],
+        vec!["export", name.as_str()],
+        vec!["save", IMAGE],
+    ] {
+        let out = s
+            .docker_as(s.viewer_dir.path().to_path_buf(), &args, None)
+            .await;
+        assert!(!out.status.success(), "docker {args:?}");
+        assert!(out.stdout.is_empty(), "nothing of it reached the viewer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("permission denied") && err.contains("operator"),
+            "docker {args:?}: {err}"
+        );
+    }
+    // An operator (here the admin) may, and the daemon's tar comes through.
+    let tar = s.docker(&["cp", &file, "-"]).await;
+    assert!(tar.status.success(), "{tar:?}");
+    assert!(tar.stdout.windows(8).any(|w| w == b"hostname"), "a tar");
 
     // no token: 401 with a message
     let ping = format!("/api/v1/hosts/{}/docker/_ping", s.host);

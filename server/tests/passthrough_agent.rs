@@ -44,6 +44,7 @@ impl Agent {
                 version: "fake/2".into(),
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(version),
+                signing_version: None,
             }),
         ))
         .await;

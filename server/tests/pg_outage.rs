@@ -96,9 +96,11 @@ async fn postgres_outage_keeps_sessions_and_recovers() {
         .agents
         .online_agent_for_host(&host, None)
         .expect("session kept");
+    let host_id = host.clone();
     let run = tokio::spawn(async move {
         let op = protocol::Operation::parse("container.list", &json!({})).unwrap();
-        mgr.execute(&agent_ref, &op, Duration::from_secs(10)).await
+        mgr.execute(&host_id, &agent_ref, &op, Duration::from_secs(10))
+            .await
     });
     let (id, _) = agent.next_command().await;
     agent

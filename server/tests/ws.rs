@@ -278,18 +278,25 @@ async fn auth_failures_are_rejected_recorded_and_rate_limited() {
         None,
     )
     .await;
-    assert_eq!(au["entries"].as_array().unwrap().len(), 4, "{au}");
+    // Sampled: the first failure from this address is written, the next ones only counted
+    // (the next row, after the sampling interval, says how many were skipped).
+    assert_eq!(au["entries"].as_array().unwrap().len(), 1, "{au}");
     assert_eq!(au["entries"][0]["source_ip"], "127.0.0.1");
 
-    // 4 failures from 127.0.0.1: now even the right token is refused for a while.
-    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", &tok).await;
+    // 4 failures from 127.0.0.1: further failures are refused as rate_limited...
+    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", "dctl_a_wrong-again").await;
     assert_eq!(r.status, AuthStatus::Rejected);
     assert_eq!(r.error.unwrap().code, ErrorCode::RateLimited);
+    // ...while the right token still connects from the same address.
+    let (_, r) = FakeAgent::auth(srv.addr, "edge-1", &tok).await;
+    assert_eq!(r.status, AuthStatus::Authenticated);
     let (_, m) = call(&st, "GET", "/metrics", None, None).await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains("docker_ctl_agent_auth_failures_total 5"));
+    let m = m.as_str().unwrap();
+    assert!(m.contains("docker_ctl_agent_auth_failures_total 5"), "{m}");
+    assert!(
+        m.contains("docker_ctl_agent_auth_failures_unrecorded_total 4"),
+        "{m}"
+    );
     srv.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `docker-ctl-server` and `docker-ctl-agent` processes against
 //! the real dockerd, on SQLite and on PostgreSQL.
 
+mod access;
 mod arm;
 mod dist;
 mod lifecycle;

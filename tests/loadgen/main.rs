@@ -432,6 +432,7 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 version: "loadgen".into(),
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
+                signing_version: None,
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
@@ -648,6 +649,7 @@ async fn heartbeat_lag(
                 version: "loadgen".into(),
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
+                signing_version: None,
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {

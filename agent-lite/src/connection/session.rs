@@ -187,7 +187,12 @@ impl<'a> Session<'a> {
         match &self.agent.signing {
             Some(key) => {
                 let nonce = self.agent.next_nonce();
-                match protocol::signing::sign(key.expose(), &text, &nonce) {
+                match protocol::signing::sign(
+                    key.expose(),
+                    protocol::signing::Direction::AgentToServer,
+                    &text,
+                    &nonce,
+                ) {
                     Ok(signed) => signed,
                     Err(e) => {
                         // Our own envelopes always encode as objects; send it unsigned
@@ -211,9 +216,13 @@ impl<'a> Session<'a> {
             Ok(n) => n,
             Err(p) => p.into_inner(),
         };
-        protocol::signing::verify(key.expose(), bytes, now, &mut |n| {
-            nonces.check_and_insert(n, now)
-        })
+        protocol::signing::verify(
+            key.expose(),
+            protocol::signing::Direction::ServerToAgent,
+            bytes,
+            now,
+            &mut |n| nonces.check_and_insert(n, now),
+        )
     }
 
     fn lost(&self, reason: impl Into<String>) -> Outcome {
@@ -444,6 +453,11 @@ impl<'a> Session<'a> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 capabilities,
                 protocol_version: Some(PROTOCOL_VERSION),
+                signing_version: self
+                    .agent
+                    .signing
+                    .as_ref()
+                    .map(|_| protocol::signing::SIGNING_VERSION),
             }),
         )
     }

@@ -10,6 +10,7 @@
 //! Must not: know HTTP or the REST API.
 
 pub mod queue;
+pub mod sampling;
 pub mod signing;
 pub mod streams;
 pub mod ws;
@@ -42,6 +43,8 @@ type Reply = oneshot::Sender<Result<Value, ErrorBody>>;
 #[derive(Debug)]
 struct Flight {
     agent_ref: String,
+    /// The host it was sent for: it is sent again only to a session bound to that host.
+    host_id: Option<String>,
     payload: CommandPayload,
     /// The session it was last sent on.
     session_id: String,
@@ -94,6 +97,9 @@ pub struct Session {
     pub agent_id: String,
     pub host_id: Option<String>,
     pub session_id: String,
+    /// The hash of the token the agent authenticated with (to end the session when that
+    /// token stops being valid).
+    token_hash: TokenHash,
     pub version: String,
     pub capabilities: Vec<String>,
     /// Unix ms.
@@ -180,6 +186,16 @@ impl Session {
     }
 }
 
+/// A token hash that `Debug` never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct TokenHash(pub(crate) String);
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHash(***)")
+    }
+}
+
 /// What the API shows about a live session.
 #[derive(Debug, Clone)]
 pub struct LiveStatus {
@@ -198,6 +214,8 @@ pub(crate) struct Inner {
     pub(crate) feed: Feed,
     pub(crate) audit: Auditor,
     pub(crate) auth_limiter: FailureLimiter,
+    /// Which failed handshakes are written down.
+    pub(crate) failure_sampler: sampling::FailureSampler,
     pub(crate) server_id: String,
     pub(crate) keys: KeyBox,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -268,6 +286,7 @@ impl AgentManager {
                 feed,
                 audit,
                 auth_limiter,
+                failure_sampler: sampling::FailureSampler::default(),
                 server_id,
                 keys,
                 sessions: Mutex::new(HashMap::new()),
@@ -327,13 +346,13 @@ impl AgentManager {
         self.watchers().contains_key(id)
     }
 
-    /// An answer from `session` to command `id`: hands it to every watcher. Returns whether
-    /// anybody waited. Answers from an agent of another host are ignored.
     /// Whether a request is waiting for the answer to command `id`.
     pub(crate) fn awaits_answer(&self, id: &str) -> bool {
         self.watchers().contains_key(id)
     }
 
+    /// An answer from `session` to command `id`: hands it to every watcher. Returns whether
+    /// anybody waited. Answers from an agent of another host are ignored.
     pub(crate) fn deliver_answer(
         &self,
         session: &Session,
@@ -389,10 +408,14 @@ impl AgentManager {
         self.get(agent_ref).is_some_and(|s| s.is_online())
     }
 
-    /// An online agent of `host_id`, preferring `preferred`.
+    /// An online agent bound to `host_id`, preferring `preferred`. A session bound to another
+    /// host (an agent moved since the host named it) never serves `host_id`.
     pub fn online_agent_for_host(&self, host_id: &str, preferred: Option<&str>) -> Option<String> {
         if let Some(p) = preferred {
-            if self.is_online(p) {
+            if self
+                .get(p)
+                .is_some_and(|s| s.is_online() && s.host_id.as_deref() == Some(host_id))
+            {
                 return Some(p.to_string());
             }
         }
@@ -402,23 +425,47 @@ impl AgentManager {
             .map(|s| s.agent_ref.clone())
     }
 
-    /// Runs `op` on the agent and waits for its `command_response`, at most `timeout`, with
-    /// a fresh command id as the idempotency key. See [`AgentManager::run`].
+    /// Runs `op` for `host_id` on the agent and waits for its `command_response`, at most
+    /// `timeout`, with a fresh command id as the idempotency key. See [`AgentManager::run`].
     pub async fn execute(
         &self,
+        host_id: &str,
         agent_ref: &str,
         op: &Operation,
         timeout: Duration,
     ) -> Result<Value, ErrorBody> {
         let id = uuid::Uuid::new_v4().to_string();
-        let host_id = self.get(agent_ref).and_then(|s| s.host_id.clone());
         let spec = CommandSpec {
             idempotency_key: id.clone(),
             id,
-            host_id,
+            host_id: Some(host_id.to_string()),
             timeout,
         };
         self.run(agent_ref, op, &spec).await
+    }
+
+    /// The agent's online session, when it is bound to `host_id` (any host when `None`).
+    ///
+    /// Errors: `agent_offline` (no online session, or the session serves another host: the
+    /// agent was moved since the host named it).
+    fn bound_session(
+        &self,
+        agent_ref: &str,
+        host_id: Option<&str>,
+    ) -> Result<Arc<Session>, ErrorBody> {
+        let s = self
+            .get(agent_ref)
+            .filter(|s| s.is_online())
+            .ok_or_else(|| {
+                ErrorBody::new(ErrorCode::AgentOffline, "the host's agent is not connected")
+            })?;
+        if host_id.is_some_and(|h| s.host_id.as_deref() != Some(h)) {
+            return Err(ErrorBody::new(
+                ErrorCode::AgentOffline,
+                "the host's agent is not connected (the agent now serves another host)",
+            ));
+        }
+        Ok(s)
     }
 
     /// Sends `op` to the agent's live session now and waits for its `command_response`, at
@@ -426,22 +473,21 @@ impl AgentManager {
     /// command is sent again, with the same idempotency key, as soon as the agent
     /// reconnects, and its real answer is returned.
     ///
-    /// Errors: `agent_offline` (no online session), `unsupported` (capability missing),
-    /// `rate_limited` (too many commands in flight), `timeout` (the link stayed up but no
-    /// answer came), `outcome_unknown` (the link dropped while the command was in flight and
-    /// no answer came in time: it may or may not have run), or the agent's own error.
+    /// The command goes only to a session bound to `spec.host_id`, and only an answer from
+    /// a session bound to that host is taken.
+    ///
+    /// Errors: `agent_offline` (no online session bound to the host), `unsupported`
+    /// (capability missing), `rate_limited` (too many commands in flight), `timeout` (the
+    /// link stayed up but no answer came), `outcome_unknown` (the link dropped while the
+    /// command was in flight and no answer came in time: it may or may not have run), or the
+    /// agent's own error.
     pub async fn run(
         &self,
         agent_ref: &str,
         op: &Operation,
         spec: &CommandSpec,
     ) -> Result<Value, ErrorBody> {
-        let Some(s) = self.get(agent_ref).filter(|s| s.is_online()) else {
-            return Err(ErrorBody::new(
-                ErrorCode::AgentOffline,
-                "the host's agent is not connected",
-            ));
-        };
+        let s = self.bound_session(agent_ref, spec.host_id.as_deref())?;
         check_capability(&s, op)?;
         let payload = CommandPayload {
             operation: op.name().to_string(),
@@ -465,6 +511,7 @@ impl AgentManager {
                 spec.id.clone(),
                 Flight {
                     agent_ref: agent_ref.to_string(),
+                    host_id: spec.host_id.clone().or_else(|| s.host_id.clone()),
                     payload: payload.clone(),
                     session_id: s.session_id.clone(),
                     link_dropped: false,
@@ -513,22 +560,19 @@ impl AgentManager {
         }
     }
 
-    /// Opens a Docker API passthrough stream on the agent's live session.
+    /// Opens a Docker API passthrough stream for `host_id` on the agent's live session (its
+    /// answer comes on that session, which is bound to `host_id`).
     ///
-    /// Errors: `agent_offline` (no online session), `unsupported` (the agent speaks a protocol
-    /// older than [`protocol::STREAMS_PROTOCOL_VERSION`]), `rate_limited` (too many open
-    /// streams on this agent).
+    /// Errors: `agent_offline` (no online session bound to the host), `unsupported` (the
+    /// agent speaks a protocol older than [`protocol::STREAMS_PROTOCOL_VERSION`]),
+    /// `rate_limited` (too many open streams on this agent).
     pub fn open_stream(
         &self,
+        host_id: &str,
         agent_ref: &str,
         req: StreamRequest,
     ) -> Result<AgentStream, ErrorBody> {
-        let Some(s) = self.get(agent_ref).filter(|s| s.is_online()) else {
-            return Err(ErrorBody::new(
-                ErrorCode::AgentOffline,
-                "the host's agent is not connected",
-            ));
-        };
+        let s = self.bound_session(agent_ref, Some(host_id))?;
         streams::open(&s, req)
     }
 
@@ -548,6 +592,32 @@ impl AgentManager {
             }
             None => false,
         }
+    }
+
+    /// Closes the live session of `agent` (its row as stored now) when the token it
+    /// authenticated with is no longer valid: not the current token, nor the previous one
+    /// within its grace period. Returns whether a session was closed.
+    pub fn end_session_without_valid_token(
+        &self,
+        agent: &crate::store::Agent,
+        reason: &str,
+    ) -> bool {
+        let Some(s) = self.get(&agent.id) else {
+            return false;
+        };
+        let now = crate::store::now_ms();
+        let used = &s.token_hash.0;
+        let current = crate::auth::hashes_equal(used, &agent.auth_token_hash);
+        let previous = agent
+            .prev_token_hash
+            .as_deref()
+            .is_some_and(|p| crate::auth::hashes_equal(used, p))
+            && agent.prev_token_valid_until.is_some_and(|t| t > now);
+        if current || previous {
+            return false;
+        }
+        s.close(reason);
+        true
     }
 
     /// Applies new settings to the live session and sends `config_update`.
@@ -605,6 +675,7 @@ impl AgentManager {
         agent_ref: &str,
         agent_id: &str,
         host_id: Option<String>,
+        token_hash: String,
         version: String,
         capabilities: Vec<String>,
         heartbeat: Duration,
@@ -624,6 +695,7 @@ impl AgentManager {
             agent_id: agent_id.to_string(),
             host_id,
             session_id: uuid::Uuid::new_v4().to_string(),
+            token_hash: TokenHash(token_hash),
             version,
             capabilities,
             connected_at: crate::store::now_ms(),
@@ -684,21 +756,35 @@ impl AgentManager {
 
     /// Sends the commands that were in flight when the agent's previous session ended
     /// again on `session`, in their original order and with their idempotency keys.
+    /// A command sent for another host (the agent was moved since) is not sent again: its
+    /// requester learns at once that its outcome is unknown.
     fn resend_flights(&self, session: &Arc<Session>) {
-        let mut again: Vec<(u64, String, CommandPayload)> = {
+        let (mut again, elsewhere): (Vec<(u64, String, CommandPayload)>, Vec<String>) = {
             let mut flights = self.flights();
-            flights
+            let mut elsewhere = Vec::new();
+            let again = flights
                 .iter_mut()
                 .filter(|(_, f)| {
                     f.agent_ref == session.agent_ref && f.session_id != session.session_id
                 })
-                .map(|(id, f)| {
+                .filter_map(|(id, f)| {
+                    if f.host_id.is_some() && f.host_id != session.host_id {
+                        elsewhere.push(id.clone());
+                        return None;
+                    }
                     f.link_dropped = true;
                     f.session_id = session.session_id.clone();
-                    (f.order, id.clone(), f.payload.clone())
+                    Some((f.order, id.clone(), f.payload.clone()))
                 })
-                .collect()
+                .collect();
+            (again, elsewhere)
         };
+        for id in elsewhere {
+            self.flights().remove(&id);
+            for w in self.watchers().remove(&id).into_iter().flatten() {
+                let _ = w.tx.send(Err(outcome_unknown()));
+            }
+        }
         if again.is_empty() {
             return;
         }

@@ -3,7 +3,8 @@
 //! When an agent has a signing key, every JSON envelope in both directions carries two more
 //! top-level fields, `nonce` and `sig`, as defined by `protocol::signing` (the one definition
 //! the agent shares): `sig` is the hex HMAC-SHA256 of
-//! `id \n type \n timestamp \n nonce \n canonical(payload)`. The server adds what the
+//! `v2 \n direction \n id \n type \n timestamp \n nonce \n canonical(payload)`, so a message
+//! the server signed does not verify when reflected back at it. The server adds what the
 //! protocol crate leaves to its caller: the per-agent key (encrypted at rest), fresh nonces,
 //! and a per-agent nonce cache that outlives a session (so a message cannot be replayed on a
 //! new connection within the window). Binary data frames of passthrough streams are not
@@ -15,7 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use protocol::signing::{canonical_json, TIMESTAMP_WINDOW_SECS};
+pub use protocol::signing::{canonical_json, Direction, SIGNING_VERSION, TIMESTAMP_WINDOW_SECS};
 
 /// The length of a signing key in bytes (shown to the operator as 64 hex characters).
 pub const KEY_LEN: usize = 32;
@@ -82,24 +83,41 @@ impl Signer {
         })
     }
 
-    /// Signs an encoded envelope: the same JSON with `nonce` and `sig` added.
+    /// Signs an encoded envelope the server sends: the same JSON with `nonce` and `sig`.
     pub fn sign_text(&self, encoded: &str) -> String {
-        protocol::signing::sign(&self.key, encoded, &random_hex(16))
+        self.sign_text_as(Direction::ServerToAgent, encoded)
+    }
+
+    /// Signs an encoded envelope travelling `direction` (tests play the agent with it).
+    pub fn sign_text_as(&self, direction: Direction, encoded: &str) -> String {
+        protocol::signing::sign(&self.key, direction, encoded, &random_hex(16))
             .unwrap_or_else(|_| encoded.to_string())
     }
 
-    /// Adds `nonce` and `sig` to an envelope held as JSON.
-    pub fn sign_envelope(&self, env: &mut Value) {
-        if let Ok(v) = serde_json::from_str(&self.sign_text(&env.to_string())) {
+    /// Adds `nonce` and `sig` for `direction` to an envelope held as JSON.
+    pub fn sign_envelope(&self, direction: Direction, env: &mut Value) {
+        if let Ok(v) = serde_json::from_str(&self.sign_text_as(direction, &env.to_string())) {
             *env = v;
         }
     }
 
-    /// Checks a received message: signature (constant time), timestamp window, then nonce
-    /// freshness (recorded in `nonces` under `agent`).
+    /// Checks a message the agent sent: signature (constant time, for the agent-to-server
+    /// direction), timestamp window, then nonce freshness (recorded in `nonces` under
+    /// `agent`).
     pub fn verify(&self, raw: &[u8], nonces: &NonceCache, agent: &str) -> Result<(), SigError> {
+        self.verify_from(Direction::AgentToServer, raw, nonces, agent)
+    }
+
+    /// [`Signer::verify`] for a message that travelled `direction`.
+    pub fn verify_from(
+        &self,
+        direction: Direction,
+        raw: &[u8],
+        nonces: &NonceCache,
+        agent: &str,
+    ) -> Result<(), SigError> {
         use protocol::signing::SignatureError as E;
-        protocol::signing::verify(&self.key, raw, now_secs(), &mut |n| {
+        protocol::signing::verify(&self.key, direction, raw, now_secs(), &mut |n| {
             nonces.insert(agent, n, WINDOW)
         })
         .map_err(|e| match e {
@@ -160,8 +178,14 @@ mod tests {
         let nonces = NonceCache::default();
         let env = json!({"id": "1", "type": "heartbeat", "timestamp": protocol::time::now_rfc3339(),
             "payload": {"docker_reachable": true}});
-        let signed = s.sign_text(&env.to_string());
+        let signed = s.sign_text_as(Direction::AgentToServer, &env.to_string());
         assert_eq!(s.verify(signed.as_bytes(), &nonces, "a"), Ok(()));
+        // What the server itself signed does not verify when reflected back at it.
+        let ours = s.sign_text(&env.to_string());
+        assert_eq!(
+            s.verify(ours.as_bytes(), &nonces, "a"),
+            Err(SigError::BadSignature)
+        );
         assert_eq!(
             s.verify(signed.as_bytes(), &nonces, "a"),
             Err(SigError::Replayed)

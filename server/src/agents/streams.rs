@@ -9,17 +9,26 @@
 //! Ordering: `stream_open`, `stream_credit` and `stream_cancel` travel on the session's stream
 //! control queue (ahead of data); `stream_end` travels on the data queue right after the
 //! stream's last data frame, so it never overtakes data.
+//!
+//! Bounds against a hostile agent: each stream's inbound queue ([`Inbox`]) holds at most one
+//! response head and one end, and its data is bounded by the flow-control window in bytes
+//! and, since consecutive data frames are merged, in entries too. What a well-behaved agent
+//! never sends (a second head or end, data after the end, credit for bytes never sent,
+//! frames for ids never opened) is dropped and reported as [`Routed::charged`], so the
+//! session loop counts it against the agent's message budget.
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use protocol::{
     Envelope, ErrorBody, ErrorCode, Message, StreamCancelPayload, StreamCreditPayload,
     StreamEndPayload, StreamOpenPayload, MAX_STREAMS, STREAM_CHUNK, STREAM_WINDOW,
 };
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use super::Session;
 
@@ -64,12 +73,107 @@ pub(crate) enum Inbound {
     Cancel(Option<String>),
 }
 
+/// One entry of a stream's inbound queue. Data is kept mutable so that consecutive frames
+/// merge into one entry.
+enum Queued {
+    Data(BytesMut),
+    Other(Inbound),
+}
+
+#[derive(Default)]
+struct InboxQ {
+    items: VecDeque<Queued>,
+    /// No more items will come (the stream was removed from the table).
+    closed: bool,
+}
+
+/// A stream's inbound queue: one producer (the session loop), one consumer (the request).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    q: Mutex<InboxQ>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn q(&self) -> std::sync::MutexGuard<'_, InboxQ> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends data, merged into the last entry while that stays within `STREAM_CHUNK`.
+    fn push_data(&self, data: &[u8]) {
+        let mut q = self.q();
+        if q.closed {
+            return;
+        }
+        match q.items.back_mut() {
+            Some(Queued::Data(b)) if b.len() + data.len() <= STREAM_CHUNK => {
+                b.extend_from_slice(data)
+            }
+            _ => q.items.push_back(Queued::Data(BytesMut::from(data))),
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn push(&self, item: Inbound) {
+        let mut q = self.q();
+        if q.closed {
+            return;
+        }
+        q.items.push_back(Queued::Other(item));
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.q().closed = true;
+        self.notify.notify_one();
+    }
+
+    /// The next entry if one is queued; `Err(true)` when closed and drained.
+    fn try_pop(&self) -> Result<Inbound, bool> {
+        let mut q = self.q();
+        match q.items.pop_front() {
+            Some(Queued::Data(b)) => Ok(Inbound::Data(b.freeze())),
+            Some(Queued::Other(i)) => Ok(i),
+            None => Err(q.closed),
+        }
+    }
+
+    /// The next entry; `None` once closed and drained.
+    async fn pop(&self) -> Option<Inbound> {
+        loop {
+            // Registered before the look, so a push in between is not missed.
+            let notified = self.notify.notified();
+            match self.try_pop() {
+                Ok(i) => return Some(i),
+                Err(true) => return None,
+                Err(false) => notified.await,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.q().items.len()
+    }
+}
+
 struct Slot {
-    tx: mpsc::UnboundedSender<Inbound>,
+    inbox: Arc<Inbox>,
     /// Our send window: permits are bytes we may still send.
     credit: Arc<Semaphore>,
     /// Bytes received and not yet credited back (the agent's use of our window).
     unacked: Arc<AtomicU64>,
+    /// The agent sent its response head / its end.
+    got_head: bool,
+    got_end: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 /// The open streams of one session.
@@ -105,6 +209,23 @@ pub(crate) enum Routed {
     Unknown,
     /// The agent overran our window: cancel the stream.
     Overrun,
+    /// Something a well-behaved agent never sends on a live stream (a second head or end,
+    /// data after its end, credit for bytes we never sent): dropped.
+    Unexpected,
+}
+
+impl Routed {
+    /// Whether the frame counts against the agent's message budget: only what a
+    /// well-behaved agent sends within a stream's life is free.
+    pub(crate) fn charged(&self, binary: bool) -> bool {
+        match self {
+            Routed::Delivered => false,
+            // In-flight data of a stream we just closed is bounded by the window; control
+            // messages for it are not expected.
+            Routed::Stale => !binary,
+            Routed::Unknown | Routed::Overrun | Routed::Unexpected => true,
+        }
+    }
 }
 
 impl Table {
@@ -131,24 +252,34 @@ impl Table {
             drop(slots);
             return self.classify_missing(id);
         };
+        if slot.got_end {
+            return Routed::Unexpected;
+        }
         let used = slot.unacked.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
         if used > STREAM_WINDOW as u64 {
             return Routed::Overrun;
         }
-        let _ = slot.tx.send(Inbound::Data(Bytes::copy_from_slice(data)));
+        slot.inbox.push_data(data);
         Routed::Delivered
     }
 
     /// Routes a stream control message of the agent (`stream_response`, `stream_end`,
-    /// `stream_cancel`).
+    /// `stream_cancel`). A second head or end is dropped.
     pub(crate) fn control(&self, id: u32, msg: Inbound) -> Routed {
         let mut slots = self.slots();
-        let remove = matches!(msg, Inbound::Cancel(_));
-        let Some(slot) = slots.get(&id) else {
+        let Some(slot) = slots.get_mut(&id) else {
             drop(slots);
             return self.classify_missing(id);
         };
-        let _ = slot.tx.send(msg);
+        match &msg {
+            Inbound::Head(_) if slot.got_head => return Routed::Unexpected,
+            Inbound::Head(_) => slot.got_head = true,
+            Inbound::End(_) if slot.got_end => return Routed::Unexpected,
+            Inbound::End(_) => slot.got_end = true,
+            Inbound::Data(_) | Inbound::Cancel(_) => {}
+        }
+        let remove = matches!(msg, Inbound::Cancel(_));
+        slot.inbox.push(msg);
         if remove {
             if let Some(slot) = slots.remove(&id) {
                 slot.credit.close();
@@ -157,16 +288,20 @@ impl Table {
         Routed::Delivered
     }
 
-    /// `stream_credit` of the agent: we may send that much more.
+    /// `stream_credit` of the agent: we may send that much more. Credit beyond what we
+    /// sent is unexpected (and never grows the window past four windows).
     pub(crate) fn credit(&self, id: u32, bytes: u32) -> Routed {
         let slots = self.slots();
         match slots.get(&id) {
             Some(slot) => {
-                // Never let a confused peer grow the window without bound.
-                let room =
-                    (4 * STREAM_WINDOW as usize).saturating_sub(slot.credit.available_permits());
+                let available = slot.credit.available_permits();
+                let room = (4 * STREAM_WINDOW as usize).saturating_sub(available);
                 slot.credit.add_permits((bytes as usize).min(room));
-                Routed::Delivered
+                if available + bytes as usize > STREAM_WINDOW as usize {
+                    Routed::Unexpected
+                } else {
+                    Routed::Delivered
+                }
             }
             None => {
                 drop(slots);
@@ -186,7 +321,7 @@ impl Table {
         self.closed.store(true, Ordering::SeqCst);
         let all: Vec<Slot> = self.slots().drain().map(|(_, s)| s).collect();
         for slot in all {
-            let _ = slot.tx.send(Inbound::End(Some(ErrorBody::new(
+            slot.inbox.push(Inbound::End(Some(ErrorBody::new(
                 ErrorCode::DockerUnreachable,
                 format!("the agent's connection closed: {reason}"),
             ))));
@@ -248,7 +383,7 @@ impl Drop for Shared {
 pub struct AgentStream {
     shared: Arc<Shared>,
     /// `None` once handed to the reader.
-    rx: Option<mpsc::UnboundedReceiver<Inbound>>,
+    rx: Option<Arc<Inbox>>,
     writer_done: bool,
 }
 
@@ -275,7 +410,8 @@ pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentSt
         ));
     }
     let table = &session.streams;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let inbox = Arc::new(Inbox::default());
+    let rx = inbox.clone();
     let credit = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
     let unacked = Arc::new(AtomicU64::new(0));
     let id = {
@@ -296,9 +432,11 @@ pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentSt
         slots.insert(
             id,
             Slot {
-                tx,
+                inbox,
                 credit: credit.clone(),
                 unacked: unacked.clone(),
+                got_head: false,
+                got_end: false,
             },
         );
         id
@@ -365,7 +503,7 @@ impl AgentStream {
         };
         let shared = &self.shared;
         let wait = async {
-            match rx.recv().await {
+            match rx.pop().await {
                 Some(Inbound::Head(h)) => Ok(h),
                 Some(Inbound::Data(_)) => Err(ErrorBody::new(
                     ErrorCode::DockerError,
@@ -412,8 +550,10 @@ impl AgentStream {
             self.shared.flags().sent_end = true;
         }
         let rx = self.rx.take().unwrap_or_else(|| {
-            // Unreachable by construction; an already closed channel reads as "closed".
-            mpsc::unbounded_channel().1
+            // Unreachable by construction; a closed inbox reads as "closed".
+            let closed = Inbox::default();
+            closed.close();
+            Arc::new(closed)
         });
         StreamReader {
             shared: self.shared.clone(),
@@ -535,7 +675,7 @@ impl Drop for StreamWriter {
 /// Reads the response bytes of a stream and grants credit as they are consumed.
 pub struct StreamReader {
     shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: Arc<Inbox>,
     consumed: u32,
     last: u32,
 }
@@ -564,14 +704,14 @@ impl StreamReader {
     pub async fn next(&mut self) -> Option<Result<Bytes, ErrorBody>> {
         self.consumed += std::mem::take(&mut self.last);
         self.grant(false);
-        let item = match self.rx.try_recv() {
+        let item = match self.rx.try_pop() {
             Ok(i) => Some(i),
-            Err(mpsc::error::TryRecvError::Empty) => {
+            Err(false) => {
                 // About to wait: give back what was consumed so the agent never stalls on us.
                 self.grant(true);
-                self.rx.recv().await
+                self.rx.pop().await
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(true) => None,
         };
         match item {
             Some(Inbound::Data(b)) => {
@@ -630,5 +770,100 @@ impl Drop for StreamReader {
         if !got_end && !cancelled {
             self.shared.cancel("the client closed the connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with_stream() -> (Table, Arc<Inbox>) {
+        let t = Table::default();
+        let inbox = Arc::new(Inbox::default());
+        t.slots().insert(
+            1,
+            Slot {
+                inbox: inbox.clone(),
+                credit: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+                unacked: Arc::default(),
+                got_head: false,
+                got_end: false,
+            },
+        );
+        t.next_id.store(2, Ordering::Relaxed);
+        (t, inbox)
+    }
+
+    fn head() -> Inbound {
+        Inbound::Head(StreamHead {
+            status: 200,
+            headers: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_hostile_agent_cannot_grow_a_streams_queue() {
+        let (t, inbox) = table_with_stream();
+        assert_eq!(t.control(1, head()), Routed::Delivered);
+        for _ in 0..1000 {
+            assert_eq!(t.control(1, head()), Routed::Unexpected);
+        }
+        // Ten thousand one-byte frames merge into one entry.
+        for _ in 0..10_000 {
+            assert_eq!(t.data(1, b"x"), Routed::Delivered);
+        }
+        assert_eq!(inbox.len(), 2, "one head and one merged data entry");
+        // The window still bounds the bytes.
+        let big = vec![0u8; STREAM_WINDOW as usize];
+        assert_eq!(t.data(1, &big), Routed::Overrun);
+        assert_eq!(t.control(1, Inbound::End(None)), Routed::Delivered);
+        assert_eq!(t.control(1, Inbound::End(None)), Routed::Unexpected);
+        assert_eq!(t.data(1, b"after the end"), Routed::Unexpected);
+        assert_eq!(inbox.len(), 3);
+        assert_eq!(
+            inbox.try_pop().map(|i| matches!(i, Inbound::Head(_))),
+            Ok(true)
+        );
+        match inbox.try_pop() {
+            Ok(Inbound::Data(b)) => assert_eq!(b.len(), 10_000),
+            _ => panic!("merged data"),
+        }
+    }
+
+    #[test]
+    fn credit_for_bytes_never_sent_is_unexpected() {
+        let (t, _) = table_with_stream();
+        assert_eq!(t.credit(1, 1), Routed::Unexpected, "nothing was sent yet");
+        let slot_credit = t.slots().get(&1).unwrap().credit.clone();
+        slot_credit.try_acquire_many(1000).unwrap().forget();
+        assert_eq!(
+            t.credit(1, 999),
+            Routed::Delivered,
+            "credit for what we sent"
+        );
+    }
+
+    #[test]
+    fn what_is_charged() {
+        let (t, _) = table_with_stream();
+        assert!(t.data(99, b"x").charged(true), "an id never opened");
+        assert!(t.credit(99, 1).charged(false));
+        t.remove(1);
+        assert_eq!(t.data(1, b"x"), Routed::Stale);
+        assert!(
+            !Routed::Stale.charged(true),
+            "in-flight data of a closed stream"
+        );
+        assert!(Routed::Stale.charged(false), "control for a closed stream");
+        assert!(!Routed::Delivered.charged(false));
+    }
+
+    #[tokio::test]
+    async fn a_removed_stream_reads_as_closed_after_its_queue() {
+        let (t, inbox) = table_with_stream();
+        t.data(1, b"last");
+        t.remove(1);
+        assert!(matches!(inbox.pop().await, Some(Inbound::Data(_))));
+        assert!(inbox.pop().await.is_none());
     }
 }

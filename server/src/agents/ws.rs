@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::signing::{SigError, Signer};
 use super::streams::{DataOut, Inbound, Routed, StreamHead};
 use super::{disconnect_envelope, effective_settings, AgentManager, Queues, Session};
-use crate::auth::{verify_agent_token, AgentAuthFailure};
+use crate::auth::{verify_agent_token, AgentAuthFailure, MAX_AGENT_ID_LEN};
 use crate::error::ApiError;
 use crate::metrics::Dir;
 use crate::store::{Agent, NewDockerEvent};
@@ -49,9 +49,22 @@ pub async fn agent_ws(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
     ClientIp(ip): ClientIp,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let mgr = state.agents.clone();
+    // Before any other work: an id no agent can have is refused without a lookup or a row.
+    if !crate::auth::valid_agent_id(&agent_id) {
+        mgr.inner.metrics.auth_failure();
+        mgr.inner.metrics.auth_failure_unrecorded();
+        return ApiError::bad_request(format!(
+            "agent_id must be 1 to {MAX_AGENT_ID_LEN} of [A-Za-z0-9._-]"
+        ))
+        .into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
     if !mgr.config().enable_agent_mode {
         return ApiError::not_found("agent mode is disabled on this server").into_response();
     }
@@ -219,9 +232,6 @@ async fn authenticate(
         }
     };
     let check = async {
-        if ip.is_some_and(|ip| inner.auth_limiter.blocked(ip)) {
-            return Err((AgentAuthFailure::RateLimited, None));
-        }
         if auth.agent_id != path_agent_id {
             return Err((AgentAuthFailure::UnknownAgent, None));
         }
@@ -240,8 +250,11 @@ async fn authenticate(
         if let Err(f) = verify_agent_token(&agent, auth.auth_token.expose(), ip) {
             return Err((f, Some(agent)));
         }
-        // A signing agent signs its auth message too.
+        // A signing agent signs its auth message too, in the current canonical form.
         if let Some(signer) = signer_of(mgr, &agent) {
+            if auth.signing_version.unwrap_or(1) < super::signing::SIGNING_VERSION {
+                return Err((AgentAuthFailure::OldSigning, Some(agent)));
+            }
             if let Err(e) = signer.verify(text.as_bytes(), &inner.nonces, &agent.id) {
                 tracing::warn!(agent_id = %agent.agent_id, reason = e.message(), "auth message signature refused");
                 return Err((AgentAuthFailure::BadSignature, Some(agent)));
@@ -249,15 +262,25 @@ async fn authenticate(
         }
         Ok(agent)
     };
-    match check.await {
+    // Only failures count against the address, and only failures are refused for it: an
+    // agent with a valid token connects whatever others did from the same address.
+    let verdict = check.await.map_err(|(failure, agent)| {
+        if ip.is_some_and(|ip| inner.auth_limiter.blocked(ip)) {
+            (AgentAuthFailure::RateLimited, agent)
+        } else {
+            (failure, agent)
+        }
+    });
+    match verdict {
         Ok(agent) => Some((env, auth, agent)),
         Err((failure, agent)) => {
             let detail = if auth.agent_id != path_agent_id {
+                let named: String = auth.agent_id.chars().take(MAX_AGENT_ID_LEN).collect();
                 format!(
                     "{} (path agent_id {:?} differs from auth agent_id {:?})",
                     failure.as_str(),
                     path_agent_id,
-                    auth.agent_id
+                    named
                 )
             } else {
                 failure.as_str().to_string()
@@ -271,12 +294,44 @@ async fn authenticate(
                 &detail,
             )
             .await;
-            let body = ErrorBody::new(failure.code(), failure.reason());
-            send(mgr, socket, &rejected(&env.id, body)).await;
-            close(socket, CLOSE_POLICY, failure.reason()).await;
+            refuse(mgr, socket, &env.id, failure).await;
             None
         }
     }
+}
+
+/// Answers `auth` with `rejected` and closes with the reason.
+async fn refuse(
+    mgr: &AgentManager,
+    socket: &mut WebSocket,
+    auth_id: &str,
+    failure: AgentAuthFailure,
+) {
+    let body = ErrorBody::new(failure.code(), failure.reason());
+    send(mgr, socket, &rejected(auth_id, body)).await;
+    close(socket, CLOSE_POLICY, failure.reason()).await;
+}
+
+/// Reads the agent's row again after its session was registered: the same enrolment, bound
+/// to the same host, and the presented token still valid.
+async fn recheck(
+    mgr: &AgentManager,
+    agent: &Agent,
+    auth: &AuthPayload,
+    ip: Option<IpAddr>,
+) -> Result<(), AgentAuthFailure> {
+    let now = match mgr.inner.store.get_agent(&agent.agent_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(AgentAuthFailure::Revoked),
+        Err(e) => {
+            tracing::error!(error = %e, "agent lookup failed");
+            return Err(AgentAuthFailure::Unconfirmed);
+        }
+    };
+    if now.id != agent.id || now.host_id != agent.host_id {
+        return Err(AgentAuthFailure::Revoked);
+    }
+    verify_agent_token(&now, auth.auth_token.expose(), ip)
 }
 
 /// The agent's signer, when it has a signing key (decrypted with the at-rest key).
@@ -305,7 +360,8 @@ fn rejected(id: &str, error: ErrorBody) -> Envelope {
     )
 }
 
-/// A failed authentication: agent_events, the audit log, the metrics and the IP limiter.
+/// A failed authentication: the metrics and the IP limiter always; `agent_events`, the audit
+/// log and the warning log as the sampler decides (see `super::sampling`).
 async fn record_failure(
     mgr: &AgentManager,
     agent_id: &str,
@@ -319,14 +375,28 @@ async fn record_failure(
     if let Some(ip) = ip {
         inner.auth_limiter.record_failure(ip);
     }
+    let skipped = match inner.failure_sampler.sample(ip) {
+        super::sampling::Sample::Write { skipped } => skipped,
+        super::sampling::Sample::Skip => {
+            inner.metrics.auth_failure_unrecorded();
+            tracing::debug!(
+                agent_id,
+                ?ip,
+                reason = detail,
+                "agent authentication failed (sampled out)"
+            );
+            return;
+        }
+    };
     tracing::warn!(
         agent_id,
         ?ip,
         reason = detail,
+        skipped,
         "agent authentication failed"
     );
-    let data =
-        json!({ "agent_id": agent_id, "source_ip": ip.map(|i| i.to_string()), "reason": detail });
+    let data = json!({ "agent_id": agent_id, "source_ip": ip.map(|i| i.to_string()), "reason": detail,
+        "skipped_since_last": skipped });
     if let Err(e) = inner
         .store
         .add_agent_event(agent.map(|a| a.id.as_str()), event, &data)
@@ -343,7 +413,7 @@ async fn record_failure(
             host,
             "denied",
             Some(event),
-            Some(json!({ "reason": detail })),
+            Some(json!({ "reason": detail, "skipped_since_last": skipped })),
             ip,
         )
         .await;
@@ -368,6 +438,7 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         &agent.id,
         &agent.agent_id,
         agent.host_id.clone(),
+        crate::auth::hash_token(auth.auth_token.expose()),
         auth.version.clone(),
         auth.capabilities.clone(),
         heartbeat,
@@ -375,6 +446,15 @@ async fn run(mgr: AgentManager, path_agent_id: String, ip: Option<IpAddr>, mut s
         agreed,
         signer,
     );
+    // A revocation, rotation or move that landed between the token check and the
+    // registration found no session to close. Look again now that the session is registered:
+    // whatever lands after this look finds the session and closes it.
+    if let Err(failure) = recheck(&mgr, &agent, &auth, ip).await {
+        mgr.unregister(&session);
+        tracing::warn!(agent_id = %agent.agent_id, reason = failure.reason(), "agent lost its access while authenticating");
+        refuse(&mgr, &mut socket, &auth_env.id, failure).await;
+        return;
+    }
     let reconnection = agent.connected_at.is_some();
     inner.metrics.agent_connected(reconnection);
     if let Err(e) = inner
@@ -533,8 +613,7 @@ async fn session_loop(
     let mut last_heartbeat = Instant::now();
     let mut ping_seq: u64 = 0;
     let mut ping_sent: Option<(u64, Instant)> = None;
-    let mut bucket = Bucket::new(cfg.max_messages_per_second);
-    let mut strikes = 0u32;
+    let mut budget = Budget::new(cfg.max_messages_per_second);
     let mut bad_sigs = 0u32;
     loop {
         // Priority: close, commands and other control, stream control, inbound frames,
@@ -600,7 +679,9 @@ async fn session_loop(
                                 }
                             },
                         };
-                        // Stream control is paced by flow control, not by the message budget.
+                        // Stream control is paced by flow control: a stream's expected messages
+                        // are free, and whatever else the agent sends on streams is charged
+                        // after routing (see `streams::Routed::charged`).
                         let streaming = session.protocol_version >= STREAMS_PROTOCOL_VERSION
                             && decoded.as_ref().is_ok_and(|e| is_stream_message(&e.message));
                         // Answers to commands the server sent are paced by the server itself:
@@ -609,24 +690,25 @@ async fn session_loop(
                             matches!(e.message, Message::CommandResponse(_) | Message::CommandProgress(_))
                                 && mgr.awaits_answer(&e.id)
                         });
-                        let streaming = streaming || awaited;
-                        if !streaming && !bucket.take() {
-                            strikes += 1;
-                            if strikes > cfg.max_messages_per_second.saturating_mul(10) {
-                                close(socket, CLOSE_POLICY, "rate limit exceeded").await;
-                                return "rate limit exceeded".into();
+                        if !(streaming || awaited) {
+                            match budget.take() {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
+                                    send_signed(mgr, session.signer.as_ref(), socket, &err).await;
+                                    continue;
+                                }
+                                Err(()) => return over_budget(socket).await,
                             }
-                            let err = error_env(None, ErrorBody::new(ErrorCode::RateLimited, "too many messages; slow down"));
-                            send_signed(mgr, session.signer.as_ref(), socket, &err).await;
-                            continue;
-                        }
-                        if !streaming {
-                            strikes = 0;
                         }
                         match decoded {
                             Ok(env) => {
-                                if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat).await {
+                                let mut charged = false;
+                                if let Some(reason) = handle(mgr, session, socket, env, &mut last_heartbeat, &mut charged).await {
                                     return reason;
+                                }
+                                if charged && budget.take().is_err() {
+                                    return over_budget(socket).await;
                                 }
                             }
                             Err(e) => {
@@ -642,15 +724,19 @@ async fn session_loop(
                             send_signed(mgr, session.signer.as_ref(), socket, &err).await;
                             continue;
                         }
-                        match protocol::decode_data_frame(&b) {
+                        let charged = match protocol::decode_data_frame(&b) {
                             Ok((id, bytes)) => {
                                 let r = session.streams.data(id, bytes);
-                                after_route(mgr, session, socket, id, r).await;
+                                after_route(mgr, session, socket, id, r, true).await
                             }
                             Err(e) => {
                                 let err = error_env(None, e.to_error_body());
                                 send_signed(mgr, session.signer.as_ref(), socket, &err).await;
+                                true
                             }
+                        };
+                        if charged && budget.take().is_err() {
+                            return over_budget(socket).await;
                         }
                     }
                     WsMessage::Pong(p) => {
@@ -736,16 +822,22 @@ async fn cancel_unknown(
     send_signed(mgr, session.signer.as_ref(), socket, &env).await;
 }
 
-/// Acts on what [`super::streams::Table`] said about an inbound stream frame.
+/// Acts on what [`super::streams::Table`] said about an inbound stream frame. Returns
+/// whether the frame counts against the agent's message budget.
 async fn after_route(
     mgr: &AgentManager,
     session: &Session,
     socket: &mut WebSocket,
     id: u32,
     r: Routed,
-) {
+    binary: bool,
+) -> bool {
+    let charged = r.charged(binary);
     match r {
         Routed::Delivered | Routed::Stale => {}
+        Routed::Unexpected => {
+            tracing::debug!(agent_id = %session.agent_id, stream = id, "unexpected stream frame dropped");
+        }
         Routed::Unknown => cancel_unknown(mgr, session, socket, id, "unknown stream id").await,
         Routed::Overrun => {
             tracing::warn!(agent_id = %session.agent_id, stream = id, "agent overran the stream window: cancelling");
@@ -755,6 +847,45 @@ async fn after_route(
             );
             cancel_unknown(mgr, session, socket, id, "flow-control window exceeded").await;
         }
+    }
+    charged
+}
+
+/// Closes a socket whose agent kept sending far past its message budget.
+async fn over_budget(socket: &mut WebSocket) -> String {
+    close(socket, CLOSE_POLICY, "rate limit exceeded").await;
+    "rate limit exceeded".into()
+}
+
+/// The agent's message budget: a token bucket, and the strikes of messages refused for it in
+/// a row. Over `10 × rate` strikes the session closes.
+struct Budget {
+    bucket: Bucket,
+    strikes: u32,
+    limit: u32,
+}
+
+impl Budget {
+    fn new(rate: u32) -> Budget {
+        Budget {
+            bucket: Bucket::new(rate),
+            strikes: 0,
+            limit: rate.saturating_mul(10),
+        }
+    }
+
+    /// Takes one message from the budget: `Ok(true)` when it fits, `Ok(false)` when it must
+    /// be refused, `Err(())` when the agent kept going far past it.
+    fn take(&mut self) -> Result<bool, ()> {
+        if self.bucket.take() {
+            self.strikes = 0;
+            return Ok(true);
+        }
+        self.strikes += 1;
+        if self.strikes > self.limit {
+            return Err(());
+        }
+        Ok(false)
     }
 }
 
@@ -769,12 +900,15 @@ fn is_stream_message(m: &Message) -> bool {
 }
 
 /// Handles one decoded message. Returns `Some(reason)` to end the session.
+/// `charged` is set when a stream message turned out to be one a well-behaved agent never
+/// sends (it then counts against the budget).
 async fn handle(
     mgr: &AgentManager,
     session: &Arc<Session>,
     socket: &mut WebSocket,
     env: Envelope,
     last_heartbeat: &mut Instant,
+    charged: &mut bool,
 ) -> Option<String> {
     let inner = &mgr.inner;
     let host = session.host_id.as_deref();
@@ -895,21 +1029,22 @@ async fn handle(
                 headers: r.headers,
             };
             let routed = session.streams.control(r.stream_id, Inbound::Head(head));
-            after_route(mgr, session, socket, r.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, r.stream_id, routed, false).await;
         }
         Message::StreamEnd(e) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             let routed = session.streams.control(e.stream_id, Inbound::End(e.error));
-            after_route(mgr, session, socket, e.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, e.stream_id, routed, false).await;
         }
         Message::StreamCancel(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             // Never answer a cancel with a cancel.
-            let _ = session
+            let routed = session
                 .streams
                 .control(c.stream_id, Inbound::Cancel(c.reason));
+            *charged = routed.charged(false);
         }
         Message::StreamCredit(c) if session.protocol_version >= STREAMS_PROTOCOL_VERSION => {
             let routed = session.streams.credit(c.stream_id, c.bytes);
-            after_route(mgr, session, socket, c.stream_id, routed).await;
+            *charged = after_route(mgr, session, socket, c.stream_id, routed, false).await;
         }
         Message::Auth(_) => {
             let err = error_env(

@@ -58,12 +58,7 @@ pub struct RotateBody {
 }
 
 fn check_agent_id(id: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
-    if !ok {
+    if !crate::auth::valid_agent_id(id) {
         return Err(ApiError::bad_request(
             "agent_id must be 1 to 128 of [A-Za-z0-9._-]",
         ));
@@ -141,6 +136,14 @@ pub async fn create(
             "host already has {max} agents (max_agents_per_host)"
         )));
     }
+    // A revoked agent enrolled again for another host moves there (audited as such).
+    let moved_from = state
+        .store
+        .get_agent(&b.agent_id)
+        .await?
+        .filter(|a| a.revoked_at.is_some())
+        .and_then(|a| a.host_id)
+        .filter(|h| *h != host.id);
     let token = generate_token(AGENT_TOKEN_PREFIX);
     let expires_at = expiry(&state, b.expires_in);
     let result = state
@@ -153,19 +156,31 @@ pub async fn create(
             allowed_cidrs: b.allowed_cidrs.clone(),
         })
         .await;
+    let (action, detail) = match &moved_from {
+        Some(from) => (
+            "agent.move",
+            Some(json!({ "from_host_id": from, "to_host_id": host.id })),
+        ),
+        None => ("agent.create", None),
+    };
     state
         .audit
         .user(
             &caller,
-            "agent.create",
+            action,
             Some(&host.id),
             Some(&b.agent_id),
             crate::audit::outcome_of(&result),
             None,
-            None,
+            detail,
         )
         .await;
     let agent = result?;
+    if let Some(from) = &moved_from {
+        // No session of the old enrolment survives: the revocation closed it, and one that
+        // authenticated around the revocation closed itself when it read the agent again.
+        tracing::info!(agent_id = %agent.agent_id, from = %from, to = %host.id, "agent moved to another host");
+    }
     let signing_key = if b.signing {
         Some(new_signing_key(&state, &agent.agent_id).await?)
     } else {
@@ -176,7 +191,7 @@ pub async fn create(
         .add_agent_event(
             Some(&agent.id),
             "enrolled",
-            &json!({ "by": caller.user, "signing": b.signing }),
+            &json!({ "by": caller.user, "signing": b.signing, "moved_from_host_id": moved_from }),
         )
         .await;
     let mut body = json!({
@@ -399,6 +414,7 @@ pub async fn rotate(
         )
         .await;
     result?;
+    end_old_token_sessions(&state, &agent_id, grace).await;
     let _ = state
         .store
         .add_agent_event(
@@ -413,6 +429,37 @@ pub async fn rotate(
         "token_expires_at": ts(expires_at),
         "previous_token_valid_until": ts(grace_until),
     })))
+}
+
+/// A session opened with the old token ends when the old token stops working: at once
+/// without a grace period, else when the grace period ends.
+async fn end_old_token_sessions(state: &AppState, agent_id: &str, grace: std::time::Duration) {
+    let store = state.store.clone();
+    let agents = state.agents.clone();
+    let agent_id = agent_id.to_string();
+    let check = async move {
+        match store.get_agent(&agent_id).await {
+            Ok(Some(row)) => {
+                agents.end_session_without_valid_token(
+                    &row,
+                    "the agent token was rotated; reconnect with the new token",
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the agent's session after a rotation")
+            }
+        }
+    };
+    if grace.is_zero() {
+        // Within the request: the answer comes after the old session was told to close.
+        check.await;
+    } else {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            check.await;
+        });
+    }
 }
 
 pub async fn revoke(

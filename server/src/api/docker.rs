@@ -5,6 +5,8 @@
 //! (`protocol::passthrough::classify`), role checks (viewers may only read), the audit of every
 //! mutating request, metrics, header hygiene (hop-by-hop headers dropped both ways), streaming
 //! bodies both ways, and HTTP upgrades (attach, exec) pumped both ways with half-close.
+//! Streams and hijacks hold a lease (`crate::leases`) and are cut when it ends (the token was
+//! revoked or lost the role, or the host was deleted).
 //! Errors are Docker-style `{"message": "..."}` so the CLI prints them.
 //! Must not: reach a daemon except through `hosts::Adapters` (direct hosts) or
 //! `AgentManager::open_stream` (agent hosts).
@@ -29,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agents::{StreamReader, StreamRequest, StreamWriter};
 use crate::auth::Caller;
+use crate::leases::Lease;
 use crate::metrics::Metrics;
 use crate::store::{ConnectionMode, Host, Role};
 use crate::AppState;
@@ -160,6 +163,8 @@ struct Exchange {
     host_id: String,
     route: Option<Route>,
     method: String,
+    /// Held by streams and hijacks for as long as they run.
+    lease: Option<Lease>,
 }
 
 impl Exchange {
@@ -227,6 +232,7 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
         host_id,
         route: None,
         method,
+        lease: None,
     };
     let refusal = query
         .as_deref()
@@ -288,6 +294,9 @@ pub async fn passthrough(State(state): State<AppState>, req: Request) -> Respons
             return docker_error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error");
         }
     };
+    if matches!(route.shape, Shape::Stream | Shape::Upgrade) {
+        ex.lease = Some(state.leases.take(&ex.caller, Some(&host.id), needed));
+    }
     // Only a real connection can be hijacked (not, say, a request routed in-process).
     let on_upgrade = if route.shape == Shape::Upgrade && wants_upgrade(&parts.headers) {
         parts.extensions.remove::<OnUpgrade>()
@@ -386,7 +395,7 @@ async fn signalled(rx: Option<tokio::sync::oneshot::Receiver<()>>) {
 
 #[allow(clippy::too_many_arguments)]
 async fn direct(
-    ex: Exchange,
+    mut ex: Exchange,
     host: &Host,
     method: Method,
     target: String,
@@ -396,6 +405,7 @@ async fn direct(
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
     let state = ex.state.clone();
+    let lease = ex.lease.take();
     let adapter = match state.adapters.direct_for(host) {
         Ok(a) => a,
         Err(e) => {
@@ -482,26 +492,13 @@ async fn direct(
     );
     if let (true, Some(client)) = (hijacked, on_upgrade) {
         let daemon = hyper::upgrade::on(&mut resp);
-        let metrics = state.metrics.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let (client, daemon) = match tokio::join!(client, daemon) {
-                (Ok(c), Ok(d)) => (c, d),
-                (c, d) => {
-                    tracing::debug!(client = c.is_ok(), daemon = d.is_ok(), "upgrade failed");
-                    return;
-                }
-            };
-            let mut client = TokioIo::new(client);
-            let mut daemon = TokioIo::new(daemon);
-            match tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
-                Ok((up, down)) => {
-                    metrics.passthrough_bytes(true, up);
-                    metrics.passthrough_bytes(false, down);
-                }
-                Err(e) => tracing::debug!(error = %e, "hijacked connection ended with an error"),
-            }
-        });
+        tokio::spawn(pump_direct(
+            client,
+            daemon,
+            lease,
+            state.metrics.clone(),
+            open,
+        ));
         return head
             .body(Body::empty())
             .unwrap_or_else(|_| docker_error(StatusCode::BAD_GATEWAY, "invalid upgrade response"));
@@ -517,8 +514,99 @@ async fn direct(
         up: false,
         done: None,
     };
-    head.body(Body::new(counted))
+    head.body(leased(Body::new(counted), lease))
         .unwrap_or_else(|_| docker_error(StatusCode::BAD_GATEWAY, "invalid daemon response"))
+}
+
+/// Pumps a hijacked connection of a direct host both ways until either side ends or the
+/// lease ends (then both connections are dropped).
+async fn pump_direct(
+    client: OnUpgrade,
+    daemon: OnUpgrade,
+    lease: Option<Lease>,
+    metrics: Arc<Metrics>,
+    _open: crate::metrics::OpenPassthrough,
+) {
+    let (client, daemon) = match tokio::join!(client, daemon) {
+        (Ok(c), Ok(d)) => (c, d),
+        (c, d) => {
+            tracing::debug!(client = c.is_ok(), daemon = d.is_ok(), "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut daemon = TokioIo::new(daemon);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut daemon);
+    tokio::select! {
+        r = copy => match r {
+            Ok((up, down)) => {
+                metrics.passthrough_bytes(true, up);
+                metrics.passthrough_bytes(false, down);
+            }
+            Err(e) => tracing::debug!(error = %e, "hijacked connection ended with an error"),
+        },
+        reason = until_ended(lease.as_ref()) => {
+            tracing::info!(%reason, "hijacked connection cut: its lease ended");
+        }
+    }
+}
+
+/// Completes when `lease` ends; never without one.
+async fn until_ended(lease: Option<&Lease>) -> String {
+    match lease {
+        Some(l) => l.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `body`, cut when `lease` ends.
+fn leased(body: Body, lease: Option<Lease>) -> Body {
+    match lease {
+        Some(lease) => Body::new(LeasedBody {
+            inner: body,
+            ended: lease.ended_boxed(),
+            _lease: lease,
+            cut: false,
+        }),
+        None => body,
+    }
+}
+
+/// A response body that fails (hyper then aborts the connection) once its lease ends: the
+/// client of a followed stream sees its connection cut.
+struct LeasedBody {
+    inner: Body,
+    ended: Pin<Box<dyn std::future::Future<Output = String> + Send>>,
+    _lease: Lease,
+    cut: bool,
+}
+
+impl HttpBody for LeasedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.cut {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(reason) = self.ended.as_mut().poll(cx) {
+            self.cut = true;
+            tracing::info!(%reason, "streamed response cut: its lease ended");
+            return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::other(reason)))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Keeps the open-exchange gauge up while a response body streams.
@@ -567,13 +655,14 @@ async fn upload(body: Body, mut w: StreamWriter, metrics: Arc<Metrics>) -> Resul
 }
 
 async fn agent(
-    ex: Exchange,
+    mut ex: Exchange,
     host: &Host,
     spec: StreamRequest,
     body: Body,
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
     let state = ex.state.clone();
+    let lease = ex.lease.take();
     let agents = &state.agents;
     let ex = &ex;
     let fail = |e: ErrorBody| async move {
@@ -604,7 +693,7 @@ async fn agent(
     };
     let timeout = agents.command_timeout_of(&agent_ref);
     let body_present = spec.body;
-    let mut stream = match agents.open_stream(&agent_ref, spec) {
+    let mut stream = match agents.open_stream(&host.id, &agent_ref, spec) {
         Ok(s) => s,
         Err(e) => return fail(e).await,
     };
@@ -659,7 +748,15 @@ async fn agent(
         tokio::spawn(async move {
             let _open = open;
             match client.await {
-                Ok(io) => pump(TokioIo::new(io), reader, writer, metrics).await,
+                Ok(io) => {
+                    tokio::select! {
+                        _ = pump(TokioIo::new(io), reader, writer, metrics) => {}
+                        reason = until_ended(lease.as_ref()) => {
+                            // Dropping the pump cancels the stream and closes the client.
+                            tracing::info!(%reason, "hijacked connection cut: its lease ended");
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "client upgrade failed");
                     reader.cancel("the client upgrade failed");
@@ -697,7 +794,7 @@ async fn agent(
         futures_util::future::ready(out)
     });
     builder
-        .body(Body::from_stream(body_stream))
+        .body(leased(Body::from_stream(body_stream), lease))
         .unwrap_or_else(|_| {
             docker_error(StatusCode::BAD_GATEWAY, "invalid response from the agent")
         })

@@ -352,6 +352,9 @@ pub async fn delete(
     }
     let result = state.store.delete_host(&id).await;
     state.adapters.forget(&id);
+    if result.is_ok() {
+        state.leases.end_host(&id, "host deleted");
+    }
     state
         .audit
         .user(

@@ -1,8 +1,9 @@
 //! `GET /api/v1/stream[?host_id=ID]`: a WebSocket that pushes agent online/offline changes,
 //! health and Docker events as JSON text messages. Authenticated with the same bearer token
-//! as the REST API (viewer and up).
+//! as the REST API (viewer and up). The feed holds a lease (`crate::leases`): revoking the
+//! token (or deleting the filtered host) closes it with code 1008 and the reason.
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::leases::Lease;
 use crate::store::Role;
 use crate::AppState;
 
@@ -30,18 +32,24 @@ pub async fn stream(
     let Query(q) = q?;
     // Subscribe before the upgrade so nothing published after the 101 is missed.
     let rx = state.feed.subscribe();
+    let lease = state
+        .leases
+        .take(&caller, q.host_id.as_deref(), Role::Viewer);
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run(socket, rx, q.host_id)))
+        .on_upgrade(move |socket| run(socket, rx, q.host_id, lease)))
 }
 
 async fn run(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::feed::FeedEvent>>,
     host: Option<String>,
+    lease: Lease,
 ) {
+    let ended = lease.ended();
+    tokio::pin!(ended);
     let hello = json!({ "type": "subscribed", "host_id": host });
     if socket
         .send(Message::Text(hello.to_string().into()))
@@ -52,6 +60,11 @@ async fn run(
     }
     loop {
         tokio::select! {
+            reason = &mut ended => {
+                let frame = CloseFrame { code: 1008, reason: reason.chars().take(100).collect::<String>().into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
             ev = rx.recv() => {
                 let text = match ev {
                     Ok(ev) => {

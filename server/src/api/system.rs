@@ -16,11 +16,16 @@ pub async fn healthz() -> impl IntoResponse {
 /// The server can serve: the database answers and it is not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // Bounded: a database that does not answer is as bad as one that refuses.
+    // The probe is unauthenticated: it says what failed, never the database's own words
+    // (they may name hosts, users or paths). Those go to the log.
     let db = match tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await
     {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the database did not answer within 3 s".to_string()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database check failed");
+            Err("the database refused the check")
+        }
+        Err(_) => Err("the database did not answer within 3 s"),
     };
     let shutting_down = state.agents.is_shutting_down();
     let ok = db.is_ok() && !shutting_down;

@@ -88,6 +88,13 @@ pub async fn create(
         )
         .await;
     let (id, token, expires_at) = result?;
+    // A lower role for an existing user ends the live sessions that needed more.
+    let ended = state
+        .leases
+        .end_role_below(&b.name, b.role, "the user's role was lowered");
+    if ended > 0 {
+        tracing::info!(user = %b.name, role = b.role.as_str(), ended, "role lowered: live sessions ended");
+    }
     Ok((
         StatusCode::CREATED,
         Json(
@@ -124,5 +131,9 @@ pub async fn revoke(
         )
         .await;
     result?;
-    Ok(Json(json!({ "id": id, "revoked": true })))
+    // Its live sessions (hijacks, followed streams, the live feed) end now too.
+    let ended = state.leases.end_token(&id, "token revoked");
+    Ok(Json(
+        json!({ "id": id, "revoked": true, "sessions_ended": ended }),
+    ))
 }

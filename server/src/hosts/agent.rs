@@ -10,13 +10,19 @@ use crate::agents::AgentManager;
 
 pub struct AgentHostAdapter {
     agents: AgentManager,
+    /// The host the commands are for: only a session bound to it runs them.
+    host_id: String,
     /// `docker_agents.id` of the agent to use; `None` when the host has no agent.
     agent_ref: Option<String>,
 }
 
 impl AgentHostAdapter {
-    pub fn new(agents: AgentManager, agent_ref: Option<String>) -> Self {
-        AgentHostAdapter { agents, agent_ref }
+    pub fn new(agents: AgentManager, host_id: String, agent_ref: Option<String>) -> Self {
+        AgentHostAdapter {
+            agents,
+            host_id,
+            agent_ref,
+        }
     }
 }
 
@@ -28,7 +34,7 @@ impl HostAdapter for AgentHostAdapter {
     ) -> BoxFuture<'a, Result<Value, ErrorBody>> {
         Box::pin(async move {
             match &self.agent_ref {
-                Some(a) => self.agents.execute(a, op, timeout).await,
+                Some(a) => self.agents.execute(&self.host_id, a, op, timeout).await,
                 None => Err(ErrorBody::new(
                     ErrorCode::AgentOffline,
                     "the host has no agent: enrol one with POST /api/v1/agents",

@@ -78,6 +78,7 @@ impl Adapters {
                     .or_else(|| host.agent_ref.clone());
                 Ok(Arc::new(agent::AgentHostAdapter::new(
                     self.agents.clone(),
+                    host.id.clone(),
                     agent_ref,
                 )))
             }

@@ -16,6 +16,9 @@ pub(crate) struct TtlCache<V> {
     ttl: Duration,
     cap: usize,
     map: Mutex<HashMap<String, (V, Instant)>>,
+    /// Bumped by every removal: a read that started before a write dropped entries must not
+    /// put back the row it read before that write (a revoked token would live on).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -24,6 +27,7 @@ impl<V: Clone> TtlCache<V> {
             ttl,
             cap,
             map: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -47,36 +51,60 @@ impl<V: Clone> TtlCache<V> {
         if let Some(v) = self.get(key) {
             return Ok(Some(v));
         }
+        let before = self.generation();
         let v = load.await?;
         if let Some(v) = &v {
-            self.put(key, v.clone());
+            let mut map = self.map();
+            // Checked under the lock that removals take: no removal can slip in between.
+            if self.generation() == before {
+                Self::insert(&mut map, self.ttl, self.cap, key, v.clone());
+            }
         }
         Ok(v)
     }
 
-    pub(crate) fn put(&self, key: &str, v: V) {
-        let mut map = self.map();
-        if map.len() >= self.cap && !map.contains_key(key) {
-            let ttl = self.ttl;
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn insert(map: &mut HashMap<String, (V, Instant)>, ttl: Duration, cap: usize, key: &str, v: V) {
+        if map.len() >= cap && !map.contains_key(key) {
             map.retain(|_, (_, at)| at.elapsed() < ttl);
-            if map.len() >= self.cap {
+            if map.len() >= cap {
                 map.clear();
             }
         }
         map.insert(key.to_string(), (v, Instant::now()));
     }
 
+    #[cfg(test)]
+    fn put(&self, key: &str, v: V) {
+        let mut map = self.map();
+        Self::insert(&mut map, self.ttl, self.cap, key, v);
+    }
+
     pub(crate) fn remove(&self, key: &str) {
-        self.map().remove(key);
+        let mut map = self.map();
+        self.bump();
+        map.remove(key);
     }
 
     /// Drops the entries whose value matches.
     pub(crate) fn remove_where(&self, f: impl Fn(&V) -> bool) {
-        self.map().retain(|_, (v, _)| !f(v));
+        let mut map = self.map();
+        self.bump();
+        map.retain(|_, (v, _)| !f(v));
     }
 
     pub(crate) fn clear(&self) {
-        self.map().clear();
+        let mut map = self.map();
+        self.bump();
+        map.clear();
     }
 }
 
@@ -97,6 +125,31 @@ mod tests {
         c.put("c", 3);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get("c"), None, "expired");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_a_removal_is_not_cached() {
+        let c = TtlCache::new(Duration::from_secs(60), 10);
+        // The read saw the row before the write that removes it committed...
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let load = async {
+            let _ = rx.await;
+            Ok::<_, ()>(Some(1))
+        };
+        let read = c.read_through("t", load);
+        tokio::pin!(read);
+        assert!(futures_util::FutureExt::now_or_never(read.as_mut()).is_none());
+        // ...the write drops the key meanwhile...
+        c.remove("t");
+        let _ = tx.send(());
+        assert_eq!(read.await, Ok(Some(1)));
+        // ...and the stale row is not put back.
+        assert_eq!(c.get("t"), None);
+        assert_eq!(
+            c.read_through("t", async { Ok::<_, ()>(Some(2)) }).await,
+            Ok(Some(2))
+        );
+        assert_eq!(c.get("t"), Some(2));
     }
 
     #[test]

@@ -134,11 +134,42 @@ impl Store {
         match database_url {
             Some(url) => Store::connect(url).await,
             None => {
-                std::fs::create_dir_all(data_dir)
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(data_dir)
                     .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
                 Store::connect(&Store::sqlite_url_in(data_dir)).await
             }
         }
+    }
+
+    /// The file of an SQLite URL (`sqlite://PATH?...`, `sqlite:PATH`), unless in memory.
+    fn sqlite_file(url: &str) -> Option<&Path> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or("");
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| Path::new(path))
+    }
+
+    /// Creates the SQLite file readable by its owner only (0600), or narrows an existing
+    /// one to that. SQLite gives its `-wal` and `-shm` files the main file's mode.
+    fn private_sqlite_file(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e| StoreError::Db(sqlx::Error::Io(e));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Connects to `url` (`postgres://...` or `sqlite://...`) and applies the migrations.
@@ -155,6 +186,11 @@ impl Store {
         };
         // Validate the URL before connecting so the error names it.
         sqlx::any::AnyConnectOptions::from_str(url)?;
+        if backend == Backend::Sqlite {
+            if let Some(file) = Store::sqlite_file(url) {
+                Store::private_sqlite_file(file)?;
+            }
+        }
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         opts = match backend {
             Backend::Postgres => opts.max_connections(16),
@@ -593,6 +629,15 @@ impl Store {
                 id
             }
         };
+        // A re-enrolment for another host is a move: no other host keeps naming this agent.
+        sqlx::query(
+            "UPDATE docker_hosts SET agent_id = NULL, updated_at = $1 WHERE agent_id = $2 AND id <> $3",
+        )
+        .bind(now)
+        .bind(&id)
+        .bind(&a.host_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE docker_hosts SET agent_id = $1, updated_at = $2 WHERE id = $3")
             .bind(&id)
             .bind(now)
@@ -600,7 +645,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hosts.remove(&a.host_id);
+        self.hosts.clear();
         self.get_agent(&a.agent_id)
             .await?
             .ok_or(StoreError::NotFound)
@@ -693,8 +738,14 @@ impl Store {
         Ok(())
     }
 
+    /// Revokes an agent and unbinds it from its host: the host is served by another of its
+    /// agents that is not revoked (the newest), or by none.
     pub async fn revoke_agent(&self, agent_id: &str) -> Result<()> {
         let now = now_ms();
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         let r = sqlx::query(
             "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
              prev_token_valid_until = NULL, updated_at = $2 WHERE agent_id = $3 AND revoked_at IS NULL",
@@ -702,11 +753,22 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        sqlx::query(
+            "UPDATE docker_hosts SET agent_id = (SELECT a.id FROM docker_agents a \
+             WHERE a.host_id = docker_hosts.id AND a.revoked_at IS NULL ORDER BY a.created_at DESC, a.id LIMIT 1), \
+             updated_at = $1 WHERE agent_id = (SELECT id FROM docker_agents WHERE agent_id = $2)",
+        )
+        .bind(now)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.hosts.clear();
         Ok(())
     }
 
@@ -870,6 +932,16 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Bounded retention: drops connection events recorded before `before` (Unix ms).
+    /// Returns how many rows went.
+    pub async fn prune_agent_events(&self, before: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM agent_events WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     /// The newest connection events, newest first; `agent_ref` `None` lists every agent's.

@@ -283,6 +283,7 @@ impl FakeAgent {
                 version: "test-agent/1".into(),
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(1),
+                signing_version: None,
             }),
         )
     }
