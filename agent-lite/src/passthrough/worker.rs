@@ -9,10 +9,14 @@
 use super::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
 use crate::docker::http::{Framing, HttpError, ResponseReader};
 use crate::docker::Conn;
+use crate::policy::query;
+use crate::policy::request::{admit, filter_answer, AgentDaemon, Body};
+use crate::policy::status_of;
 use protocol::passthrough::{is_hop_by_hop, Route, Shape};
 use protocol::{ErrorBody, ErrorCode, StreamOpenPayload, STREAM_CHUNK};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How the request body reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +30,8 @@ enum BodyMode {
     Length(u64),
 }
 
-/// Largest inspect answer the agent buffers to redact environment values.
-const REDACT_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest answer the agent buffers to filter it (env redaction, label scope).
+const FILTER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Runs the stream to its end, then closes the daemon connection and forgets the stream.
 pub(super) fn run(hub: Arc<Hub>, ctl: Arc<Ctl>, open: StreamOpenPayload, route: Route, rx: UpRx) {
@@ -107,16 +111,6 @@ fn serve(
         None => (open.path.as_str(), None),
     };
 
-    // Policy that needs the daemon: the object's labels.
-    if let Err((status, why)) = crate::policy::check_object(agent, route, query) {
-        hub.refuse(ctl, status, &why);
-        return Ok(());
-    }
-    let target = match policy.rewrite_query(route, query) {
-        Some(q) => format!("{path}?{q}"),
-        None => open.path.clone(),
-    };
-
     let mut rx = Some(rx);
     let mut body = None;
     if mode == BodyMode::Buffered {
@@ -137,26 +131,38 @@ fn serve(
                 return Ok(());
             }
         }
-        if route.action == "container.exec" && route.path.ends_with("/exec") {
-            if let Err(rule) = policy.check_exec_body(body.as_deref().unwrap_or_default()) {
-                hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
-                return Ok(());
-            }
+    }
+
+    // The policy decides on the request and says what to send instead.
+    let deadline = Some(Instant::now() + agent.docker.timeout().min(Duration::from_secs(30)));
+    let daemon = AgentDaemon {
+        docker: &agent.docker,
+        deadline,
+    };
+    let scope = policy.scope(&daemon);
+    let admitted = query::parse(query)
+        .map_err(ErrorBody::invalid_params)
+        .and_then(|q| admit(&scope, route, q, &open.headers, body.as_deref()));
+    let adm = match admitted {
+        Ok(a) => a,
+        Err(e) => {
+            log::info!("stream {}: {} {path} refused: {e}", ctl.id, open.method);
+            hub.refuse(ctl, status_of(&e), &e.message);
+            return Ok(());
         }
-        if route.action == "container.create" {
-            match policy.check_create_body(body.as_deref().unwrap_or_default()) {
-                Ok(Some(rewritten)) => body = Some(rewritten),
-                Ok(None) => {}
-                Err(crate::policy::BodyRefusal::Forbidden(rule)) => {
-                    hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
-                    return Ok(());
-                }
-                Err(crate::policy::BodyRefusal::Invalid(why)) => {
-                    hub.refuse(ctl, 400, &why);
-                    return Ok(());
-                }
-            }
-        }
+    };
+    let mut target = match &route.version {
+        Some(v) => format!("/v{v}{}", adm.path),
+        None => adm.path.clone(),
+    };
+    if !adm.query.is_empty() {
+        target.push('?');
+        target.push_str(&query::encode(&adm.query));
+    }
+    match adm.body {
+        Body::Same => {}
+        Body::Json(v) => body = Some(v.to_string().into_bytes()),
+        Body::Empty => body = None,
     }
 
     let conn = agent.docker.connect_raw().map_err(ErrorBody::from)?;
@@ -235,15 +241,16 @@ fn serve(
         }
     }
 
-    let redact = (200..300).contains(&resp.status) && policy.redacts(route);
+    let filter = adm.answer.filter(|_| (200..300).contains(&resp.status));
     let mut ok = true;
-    let result = if redact {
+    let result = if let Some(answer) = filter {
         let mut buf = Vec::new();
-        let r = reader.read_body(framing, REDACT_LIMIT, &mut |d| buf.extend_from_slice(d));
+        let r = reader.read_body(framing, FILTER_LIMIT, &mut |d| buf.extend_from_slice(d));
         if r.is_ok() {
-            let out = crate::policy::redact_inspect_bytes(&buf, &policy.redact_env_patterns)
-                .unwrap_or(buf);
-            ok = hub.send_data(ctl, &out);
+            match filter_answer(&scope, answer, &buf) {
+                Ok(filtered) => ok = hub.send_data(ctl, &filtered),
+                Err(e) => return Err(e),
+            }
         }
         r
     } else {
