@@ -166,13 +166,13 @@ pub fn privileged(hc: &Obj, origin: Origin) -> Option<String> {
     if hc.get("Privileged").and_then(Value::as_bool) == Some(true) {
         return Some("HostConfig.Privileged".into());
     }
-    for k in [
-        "PidMode",
-        "IpcMode",
-        "UTSMode",
-        "UsernsMode",
-        "CgroupnsMode",
-    ] {
+    // dockerd fills an existing container's CgroupnsMode with its default, which is host on
+    // cgroup v1 hosts: only a request asking for it is refused.
+    let cgroupns = (origin == Origin::Request).then_some("CgroupnsMode");
+    for k in ["PidMode", "IpcMode", "UTSMode", "UsernsMode"]
+        .into_iter()
+        .chain(cgroupns)
+    {
         if is_host(s(hc, k)) {
             return Some(format!("HostConfig.{k} host"));
         }
@@ -634,7 +634,7 @@ mod tests {
         ] {
             assert_eq!(esc(h), None, "{h}");
         }
-        let existing = json!({"MaskedPaths": ["/proc/kcore"], "ReadonlyPaths": ["/proc/sys"]});
+        let existing = json!({"MaskedPaths": ["/proc/kcore"], "ReadonlyPaths": ["/proc/sys"], "CgroupnsMode": "host"});
         assert_eq!(
             privileged(existing.as_object().unwrap(), Origin::Existing),
             None

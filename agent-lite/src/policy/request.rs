@@ -403,3 +403,451 @@ impl Transport for Guarded<'_> {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    /// Canned daemon answers by path; anything else is 404.
+    struct Canned(HashMap<String, Value>);
+
+    impl Daemon for Canned {
+        fn get(&self, path: &str) -> Result<Value, ErrorBody> {
+            self.0.get(path).cloned().ok_or_else(|| {
+                ErrorBody::new(ErrorCode::NotFound, format!("No such object: {path}"))
+            })
+        }
+    }
+
+    const ID_IN: &str = "aaaa1111";
+    const ID_OUT: &str = "bbbb2222";
+    const ID_HOSTNET: &str = "cccc3333";
+    const ID_BINDS: &str = "dddd4444";
+
+    fn daemon() -> Canned {
+        let ctr = |id: &str, team: &str, hc: Value, mounts: Value| json!({"Id": id, "Config": {"Labels": {"team": team}}, "HostConfig": hc, "Mounts": mounts});
+        let mut m = HashMap::new();
+        m.insert(
+            "/containers/web/json".into(),
+            ctr(ID_IN, "a", json!({"NetworkMode": "bridge"}), json!([])),
+        );
+        m.insert(
+            "/containers/victim/json".into(),
+            ctr(ID_OUT, "b", json!({}), json!([])),
+        );
+        m.insert(
+            "/containers/hostnet/json".into(),
+            ctr(ID_HOSTNET, "a", json!({"NetworkMode": "host"}), json!([])),
+        );
+        m.insert(
+            "/containers/binds/json".into(),
+            ctr(
+                ID_BINDS,
+                "a",
+                json!({}),
+                json!([{"Type": "bind", "Source": "/", "Destination": "/h"}]),
+            ),
+        );
+        m.insert(
+            "/volumes/plain".into(),
+            json!({"Name": "plain", "Driver": "local", "Options": null}),
+        );
+        m.insert(
+            "/volumes/hostvol".into(),
+            json!({"Name": "hostvol", "Driver": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}),
+        );
+        m.insert("/exec/e1/json".into(), json!({"ContainerID": "victim"}));
+        Canned(m)
+    }
+
+    fn strict() -> Policy {
+        Policy {
+            deny_privileged: true,
+            deny_host_network: true,
+            deny_host_mounts: true,
+            container_labels: [("team".to_string(), "a".to_string())].into(),
+            ..Policy::default()
+        }
+    }
+
+    fn run(
+        p: &Policy,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Option<&str>,
+    ) -> Result<Outgoing, ErrorBody> {
+        let d = daemon();
+        let route = classify(method, path).unwrap();
+        let q = query::parse(Some(query)).map_err(ErrorBody::invalid_params)?;
+        let headers = [("Content-Type".to_string(), "application/json".to_string())];
+        admit(&p.scope(&d), &route, q, &headers, body.map(str::as_bytes))
+    }
+
+    fn refused(r: Result<Outgoing, ErrorBody>, rule: &str) {
+        let e = r.expect_err("refused");
+        assert!(e.message.contains(rule), "{rule}: {e}");
+    }
+
+    #[test]
+    fn creates_are_checked_rewritten_and_labelled() {
+        let p = strict();
+        let create = |b: &str| run(&p, "POST", "/v1.41/containers/create", "", Some(b));
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"Privileged":true},"HostConfig":{}}"#),
+            "deny_privileged",
+        );
+        refused(
+            create(r#"{"Image":"x","hostconfig":{"binds":["/:/h"]}}"#),
+            "deny_host_mounts",
+        );
+        refused(
+            create(r#"{"Image":"x","Binds":["/:/h"]}"#),
+            "deny_host_mounts",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"Binds":["missing:/d"]}}"#),
+            "does not exist",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"Binds":["hostvol:/d"]}}"#),
+            "deny_host_mounts",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"NetworkMode":"container:hostnet"}}"#),
+            "deny_host_network",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"PidMode":"container:victim"}}"#),
+            "container_labels",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"VolumesFrom":["binds:ro"]}}"#),
+            "deny_host_mounts",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"Links":["victim:v"]}}"#),
+            "container_labels",
+        );
+        refused(
+            create(r#"{"Image":"x","HostConfig":{"Privileged":"1"}}"#),
+            "expected a boolean",
+        );
+        let ok = create(
+            r#"{"image":"x","Labels":{"team":"b","own":"1"},"HOSTCONFIG":{"binds":["plain:/d"],"networkmode":"container:web","VolumesFrom":["web:ro"],"Links":["web"]}}"#,
+        )
+        .unwrap();
+        let Body::Json(v) = ok.body else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(v["Image"], "x");
+        assert_eq!(v["Labels"], json!({"team": "a", "own": "1"}));
+        assert_eq!(v["HostConfig"]["NetworkMode"], format!("container:{ID_IN}"));
+        assert_eq!(
+            v["HostConfig"]["VolumesFrom"],
+            json!([format!("{ID_IN}:ro")])
+        );
+        assert_eq!(v["HostConfig"]["Links"], json!([format!("{ID_IN}:web")]));
+        assert_eq!(v["HostConfig"]["Binds"], json!(["plain:/d"]));
+        // Without a rule that reads creates, the body is sent as it came.
+        let open = Policy::default();
+        let r = run(
+            &open,
+            "POST",
+            "/v1.41/containers/create",
+            "",
+            Some(r#"{"Image":"x"}"#),
+        )
+        .unwrap();
+        assert_eq!(r.body, Body::Same);
+    }
+
+    #[test]
+    fn updates_execs_and_volume_creates() {
+        let p = strict();
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/containers/web/update",
+                "",
+                Some(r#"{"devices":[{"PathOnHost":"/dev/sda"}]}"#),
+            ),
+            "deny_privileged",
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/containers/web/exec",
+                "",
+                Some(r#"{"Cmd":["id"],"privileged":true}"#),
+            ),
+            "deny_privileged",
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/containers/web/exec",
+                "",
+                Some(r#"{"Cmd":["id"],"Privileged":true,"Privileged":null}"#),
+            ),
+            "deny_privileged",
+        );
+        let ok = run(
+            &p,
+            "POST",
+            "/v1.41/containers/web/exec",
+            "",
+            Some(r#"{"cmd":["id"],"PRIVILEGED":false}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.body,
+            Body::Json(json!({"Cmd": ["id"], "Privileged": false}))
+        );
+        assert_eq!(ok.path, format!("/containers/{ID_IN}/exec"));
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/volumes/create",
+                "",
+                Some(r#"{"Name":"v","driveropts":{"type":"none","o":"bind","device":"/"}}"#),
+            ),
+            "deny_host_mounts",
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/volumes/create",
+                "",
+                Some(r#"{"Name":"v","Driver":"x-plugin"}"#),
+            ),
+            "deny_host_mounts",
+        );
+        assert!(run(
+            &p,
+            "POST",
+            "/v1.41/volumes/create",
+            "",
+            Some(r#"{"Name":"v","Driver":"local"}"#)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn names_resolve_once_and_requests_go_by_id() {
+        let p = strict();
+        let r = run(&p, "POST", "/v1.41/containers/web/stop", "t=1", None).unwrap();
+        assert_eq!(r.path, format!("/containers/{ID_IN}/stop"));
+        refused(
+            run(
+                &p,
+                "GET",
+                "/v1.41/containers/victim/archive",
+                "path=/etc",
+                None,
+            ),
+            "container_labels",
+        );
+        refused(
+            run(
+                &p,
+                "HEAD",
+                "/v1.41/containers/victim/archive",
+                "path=/etc",
+                None,
+            ),
+            "container_labels",
+        );
+        refused(
+            run(&p, "GET", "/v1.41/containers/victim/export", "", None),
+            "container_labels",
+        );
+        refused(
+            run(&p, "POST", "/v1.41/exec/e1/start", "", Some("{}")),
+            "container_labels",
+        );
+        // Commit names its container in the query, in any encoding Go decodes.
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/commit",
+                "%63ontainer=victim&repo=x",
+                None,
+            ),
+            "container_labels",
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/commit",
+                "container=web&container=victim",
+                None,
+            ),
+            "repeated",
+        );
+        let r = run(&p, "POST", "/v1.41/commit", "%63ontainer=web&repo=x", None).unwrap();
+        assert_eq!(query::get(&r.query, "container"), Some(ID_IN));
+        // Network connect names the container in its body.
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/networks/n/connect",
+                "",
+                Some(r#"{"container":"victim"}"#),
+            ),
+            "container_labels",
+        );
+        let r = run(
+            &p,
+            "POST",
+            "/v1.41/networks/n/disconnect",
+            "",
+            Some(r#"{"Container":"web","Force":true}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            r.body,
+            Body::Json(json!({"Container": ID_IN, "Force": true}))
+        );
+        // Lists, prunes and events get the label filter, whatever key encoding came.
+        let r = run(
+            &p,
+            "GET",
+            "/v1.41/containers/json",
+            "all=1&%66ilters=%7B%7D",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            query::get(&r.query, "filters"),
+            Some(r#"{"label":["team=a"]}"#)
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/containers/prune",
+                "filters=%7B%7D&filters=%7B%7D",
+                None,
+            ),
+            "repeated",
+        );
+        assert_eq!(
+            run(&p, "GET", "/v1.41/system/df", "", None).unwrap().answer,
+            Some(Answer::Df)
+        );
+    }
+
+    #[test]
+    fn what_holds_for_every_policy() {
+        let p = Policy::default();
+        refused(
+            run(&p, "POST", "/v1.23/containers/web/start", "", None),
+            "oldest",
+        );
+        refused(
+            run(&p, "GET", "/v1.023/containers/json", "", None),
+            "oldest",
+        );
+        refused(
+            run(
+                &p,
+                "POST",
+                "/v1.41/containers/web/start",
+                "",
+                Some(r#"{"Privileged":true,"Binds":["/:/h"]}"#),
+            ),
+            "start",
+        );
+        assert_eq!(
+            run(&p, "POST", "/v1.41/containers/web/start", "", Some(" {} "))
+                .unwrap()
+                .body,
+            Body::Empty
+        );
+        let d = daemon();
+        let route = classify("POST", "/v1.41/containers/prune").unwrap();
+        let headers = [(
+            "content-type".to_string(),
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8".to_string(),
+        )];
+        refused(
+            admit(
+                &p.scope(&d),
+                &route,
+                Pairs::new(),
+                &headers,
+                Some(b"filters={}"),
+            ),
+            "form-encoded",
+        );
+        let h = strict();
+        refused(
+            run(
+                &h,
+                "POST",
+                "/v1.41/images/create",
+                "fromSrc=http%3A%2F%2F169.254.169.254%2F&repo=x",
+                None,
+            ),
+            "deny_host_network",
+        );
+        assert!(run(&h, "POST", "/v1.41/images/create", "fromSrc=-&repo=x", None).is_ok());
+        refused(
+            run(
+                &h,
+                "POST",
+                "/v1.41/build",
+                "remote=http://10.0.0.1/x.tar",
+                None,
+            ),
+            "deny_host_network",
+        );
+        refused(
+            run(&h, "POST", "/v1.41/build", "networkmode=host", None),
+            "deny_host_network",
+        );
+    }
+
+    #[test]
+    fn answers_are_filtered_to_the_scope() {
+        let p = strict();
+        let d = daemon();
+        let s = p.scope(&d);
+        let df = json!({"Containers": [{"Id": "1", "Labels": {"team": "a"}}, {"Id": "2", "Labels": {}}]});
+        let out = filter_answer(&s, Answer::Df, df.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Containers"].as_array().unwrap().len(), 1);
+        let mut canned = daemon();
+        canned.0.insert(
+            format!(
+                "/containers/json?all=1&filters={}",
+                protocol::docker::percent_encode(r#"{"label":["team=a"]}"#)
+            ),
+            json!([{"Id": ID_IN}]),
+        );
+        let s = p.scope(&canned);
+        let net = json!({"Containers": {ID_IN: {"Name": "web"}, ID_OUT: {"Name": "victim"}}});
+        let out = filter_answer(&s, Answer::Networks, net.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["Containers"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            vec![ID_IN]
+        );
+    }
+}

@@ -61,8 +61,13 @@ impl Scope<'_> {
         let v = self
             .daemon
             .get(&format!("/exec/{}/json", percent_encode(exec_id)))?;
-        let container = v.get("ContainerID").and_then(Value::as_str).unwrap_or("");
-        self.container(container).map(|_| ())
+        match v.get("ContainerID").and_then(Value::as_str) {
+            Some(c) if !c.is_empty() => self.container(c).map(|_| ()),
+            _ => Err(ErrorBody::new(
+                ErrorCode::DockerError,
+                format!("exec {exec_id} names no container"),
+            )),
+        }
     }
 
     /// Resolves a container a create refers to, and returns its id. Sharing its namespaces
@@ -103,14 +108,9 @@ impl Scope<'_> {
             }
         }
         if p.deny_host_network {
-            if let Some(why) = create::host_network(hc, None) {
-                return deny("deny_host_network", why);
-            }
-            if shares("NetworkMode") {
-                return deny(
-                    "deny_host_network",
-                    "its network is another container's".into(),
-                );
+            let mode = create::s(hc, "NetworkMode");
+            if mode.eq_ignore_ascii_case("host") || shares("NetworkMode") {
+                return deny("deny_host_network", format!("its NetworkMode is {mode}"));
             }
         }
         if p.deny_host_mounts {
