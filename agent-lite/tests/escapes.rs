@@ -706,3 +706,376 @@ fn read_only_allows_only_reads() {
     let v = op(&c, "container.inspect", json!({"id": id})).unwrap();
     assert_eq!(v["State"]["Running"], true, "still running");
 }
+
+/// A one-file tar archive.
+fn tar(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |h: &mut [u8; 512], at: usize, len: usize, n: usize| {
+        let s = format!("{n:0w$o}\0", w = len - 1);
+        h[at..at + len].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, 0o644);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, data.len());
+    octal(&mut h, 136, 12, 0);
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: usize = h.iter().map(|&b| b as usize).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+fn ids(v: &Value, key: &str) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c[key].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn label_scope_covers_every_endpoint_that_names_a_container() {
+    let ns = unique("ns");
+    let ns2 = ns.clone();
+    let mut s = start(move |c| {
+        c.policy
+            .container_labels
+            .insert("docker-ctl-scope".into(), ns2);
+    });
+    let c = client();
+    let mut cleanup = Cleanup::new(&c);
+    let run = unique("run");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ours = s
+        .command(
+            "container.create",
+            json!({"name": unique("escape-ours"), "image": IMAGE, "cmd": ["sleep", "300"], "labels": {MARK: run}}),
+        )
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cleanup.container(&ours);
+    s.command("container.start", json!({"id": ours})).unwrap();
+    let (victim_id, victim) = direct_container(&c, &mut cleanup, &run, json!({}), json!({}), true);
+    let (stopped_id, _) = direct_container(&c, &mut cleanup, &run, json!({}), json!({}), false);
+
+    // Lists, whatever encoding the filters key comes in.
+    let r = s.t.request(Request::get(
+        "/v1.41/containers/json?all=1&%66ilters=%7B%7D",
+    ));
+    assert_eq!(ids(&json_of(&r), "Id"), vec![ours.clone()]);
+    assert_eq!(
+        ids(
+            &s.command("container.list", json!({"all": true})).unwrap(),
+            "id"
+        ),
+        vec![ours.clone()]
+    );
+    // Events.
+    let until = since + 3;
+    let r = s.t.request(Request::get(&format!(
+        "/v1.41/events?since={since}&until={until}&%66ilters=%7B%7D"
+    )));
+    let text = String::from_utf8_lossy(&r.data).into_owned();
+    assert!(text.contains(&ours), "our start event: {text}");
+    assert!(!text.contains(&victim_id), "{text}");
+    // Prune: a form-encoded body (which dockerd reads before the query) is refused; a
+    // prune of this run's containers leaves those outside the scope.
+    let run_filter = format!(r#"{{"label":["{MARK}={run}"]}}"#);
+    let form = format!("filters={}", protocol::docker::percent_encode(&run_filter));
+    let mut req = Request::new("POST", "/v1.41/containers/prune");
+    req.headers = vec![(
+        "Content-Type".into(),
+        "application/x-www-form-urlencoded".into(),
+    )];
+    req.body = Some(form.as_bytes());
+    s.refused_stream(req, 400, "form-encoded");
+    let path = format!(
+        "/v1.41/containers/prune?%66ilters={}",
+        protocol::docker::percent_encode(&run_filter)
+    );
+    let r = s.t.request(Request::new("POST", &path));
+    assert_eq!(r.status, Some(200), "{}", message(&r));
+    assert!(op(&c, "container.inspect", json!({"id": stopped_id})).is_ok());
+    // Commit, with the container key encoded.
+    let repo = unique("escape-commit");
+    s.forbidden_stream(
+        Request::new(
+            "POST",
+            &format!("/v1.41/commit?%63ontainer={victim}&repo={repo}"),
+        ),
+        "container_labels",
+    );
+    assert_eq!(
+        op(&c, "image.inspect", json!({"id": repo}))
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+    // Archive (stat, read, write), export, exec.
+    let archive = format!("/v1.41/containers/{victim}/archive?path=/");
+    s.forbidden_stream(Request::new("HEAD", &archive), "container_labels");
+    s.forbidden_stream(Request::get(&archive), "container_labels");
+    let body = tar("escape-proof", b"written through the agent");
+    let mut put = Request::new("PUT", &archive);
+    put.headers = vec![("Content-Type".into(), "application/x-tar".into())];
+    put.body = Some(&body);
+    s.forbidden_stream(put, "container_labels");
+    let (st, _) = raw(
+        &c,
+        Method::Head,
+        &format!("/containers/{victim_id}/archive?path=/escape-proof"),
+        None,
+    );
+    assert_eq!(st, 404, "the file must not exist in the victim");
+    s.forbidden_stream(
+        Request::get(&format!("/v1.41/containers/{victim}/export")),
+        "container_labels",
+    );
+    s.forbidden_stream(
+        Request::json(
+            "POST",
+            &format!("/v1.41/containers/{victim}/exec"),
+            br#"{"Cmd":["true"]}"#,
+        ),
+        "container_labels",
+    );
+    s.forbidden_op(
+        "container.inspect",
+        json!({"id": victim}),
+        "container_labels",
+    );
+
+    // Network connect and disconnect name the container in the body.
+    let net = unique("escape-net");
+    op(&c, "network.create", json!({"name": net})).unwrap();
+    cleanup.network(&net);
+    let connect = format!("/v1.41/networks/{net}/connect");
+    let body = format!(r#"{{"container":"{victim}"}}"#);
+    s.forbidden_stream(
+        Request::json("POST", &connect, body.as_bytes()),
+        "container_labels",
+    );
+    s.forbidden_op(
+        "network.connect",
+        json!({"id": net, "container": victim}),
+        "container_labels",
+    );
+    let v = op(&c, "container.inspect", json!({"id": victim_id})).unwrap();
+    assert!(
+        v["NetworkSettings"]["Networks"].get(&net).is_none(),
+        "victim connected"
+    );
+    op(
+        &c,
+        "network.connect",
+        json!({"id": net, "container": victim_id}),
+    )
+    .unwrap();
+    let body = format!(r#"{{"Container":"{victim}","Force":true}}"#);
+    s.forbidden_stream(
+        Request::json(
+            "POST",
+            &format!("/v1.41/networks/{net}/disconnect"),
+            body.as_bytes(),
+        ),
+        "container_labels",
+    );
+    let v = op(&c, "container.inspect", json!({"id": victim_id})).unwrap();
+    assert!(
+        v["NetworkSettings"]["Networks"].get(&net).is_some(),
+        "victim disconnected"
+    );
+    s.command("network.connect", json!({"id": net, "container": ours}))
+        .unwrap();
+    // Answers that name containers show ours only.
+    let r = s.t.request(Request::get(&format!("/v1.41/networks/{net}")));
+    let attached: Vec<String> = json_of(&r)["Containers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(attached, vec![ours.clone()]);
+    let v = s.command("network.inspect", json!({"id": net})).unwrap();
+    assert_eq!(
+        v["Containers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec![&ours]
+    );
+    let r = s.t.request(Request::get("/v1.41/system/df"));
+    assert_eq!(ids(&json_of(&r)["Containers"], "Id"), vec![ours.clone()]);
+    let v = s.command("system.df", json!({})).unwrap();
+    assert_eq!(ids(&v["Containers"], "Id"), vec![ours.clone()]);
+
+    // Creates that reference a container outside the scope.
+    let links = format!(
+        r#""HostConfig":{{}},"NetworkingConfig":{{"EndpointsConfig":{{"{net}":{{"Links":["{victim}:v"]}}}}}}"#
+    );
+    for members in [
+        format!(r#""HostConfig":{{"NetworkMode":"container:{victim}"}}"#),
+        format!(r#""HostConfig":{{"PidMode":"container:{victim}"}}"#),
+        format!(r#""HostConfig":{{"IpcMode":"container:{victim}"}}"#),
+        format!(r#""HostConfig":{{"VolumesFrom":["{victim}:ro"]}}"#),
+        format!(r#""hostconfig":{{"links":["{victim}:v"]}}"#),
+        links,
+    ] {
+        refuse_create(
+            &mut s,
+            &c,
+            &run,
+            &members,
+            403,
+            "forbidden by agent policy: container_labels",
+        );
+    }
+    refuse_catalog(
+        &mut s,
+        &c,
+        &run,
+        json!({"network": format!("container:{victim}")}),
+        "container_labels",
+    );
+    refuse_catalog(
+        &mut s,
+        &c,
+        &run,
+        json!({"docker": {"HostConfig": {"VolumesFrom": [victim]}}}),
+        "container_labels",
+    );
+    // The victim is untouched.
+    let v = op(&c, "container.inspect", json!({"id": victim_id})).unwrap();
+    assert_eq!(v["State"]["Running"], true);
+}
+
+/// A proxy in front of dockerd that runs `hook` once, just before it forwards the first
+/// request whose head contains `trigger`, and records every request head it forwards.
+struct RaceProxy {
+    path: std::path::PathBuf,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RaceProxy {
+    fn start(trigger: &'static str, hook: impl FnOnce() + Send + 'static) -> RaceProxy {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::{Arc, Mutex};
+        let path = std::env::temp_dir().join(format!("{}.sock", unique("escape-race")));
+        let listener = UnixListener::bind(&path).unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let hook: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>> =
+            Arc::new(Mutex::new(Some(Box::new(hook))));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for agent in listener.incoming() {
+                let Ok(agent) = agent else { return };
+                let Ok(daemon) = UnixStream::connect(common::docker::SOCKET) else {
+                    continue;
+                };
+                let (mut from_agent, mut to_daemon) =
+                    (agent.try_clone().unwrap(), daemon.try_clone().unwrap());
+                let (mut from_daemon, mut to_agent) = (daemon, agent);
+                let (hook, seen) = (hook.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_agent.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if text.contains(" HTTP/1.1\r\n") {
+                            if text.contains(trigger) {
+                                if let Some(h) = hook.lock().unwrap().take() {
+                                    h();
+                                }
+                            }
+                            seen.lock()
+                                .unwrap()
+                                .push(text.lines().next().unwrap_or("").into());
+                        }
+                        if to_daemon.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_daemon, &mut to_agent);
+                    let _ = to_agent.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        RaceProxy { path, heads }
+    }
+}
+
+impl Drop for RaceProxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn a_rename_between_check_and_forward_cannot_redirect_a_request() {
+    let ns = unique("ns");
+    let c = client();
+    let mut cleanup = Cleanup::new(&c);
+    let run = unique("run");
+    let (ours_id, ours) = direct_container(
+        &c,
+        &mut cleanup,
+        &run,
+        json!({}),
+        json!({"docker-ctl-scope": ns}),
+        true,
+    );
+    let (victim_id, victim) = direct_container(&c, &mut cleanup, &run, json!({}), json!({}), true);
+    // Once the agent has inspected `ours` and is about to send the stop, the names swap:
+    // the victim now answers to the name the request was made with.
+    let (a, b) = (ours.clone(), victim.clone());
+    let proxy = RaceProxy::start("/stop", move || {
+        let c = client();
+        let tmp = format!("{a}-old");
+        op(&c, "container.rename", json!({"id": a, "name": tmp})).unwrap();
+        op(&c, "container.rename", json!({"id": b, "name": a})).unwrap();
+    });
+    let socket = format!("unix://{}", proxy.path.display());
+    let ns2 = ns.clone();
+    let mut s = start(move |cfg| {
+        cfg.docker.socket = socket;
+        cfg.policy
+            .container_labels
+            .insert("docker-ctl-scope".into(), ns2);
+    });
+    let r = s.t.request(Request::new(
+        "POST",
+        &format!("/v1.41/containers/{ours}/stop?t=0"),
+    ));
+    assert_eq!(r.status, Some(204), "{}", message(&r));
+    let sent: Vec<String> = proxy.heads.lock().unwrap().clone();
+    let stop = sent
+        .iter()
+        .find(|h| h.contains("/stop"))
+        .unwrap_or_else(|| panic!("no stop went through: {sent:?}"));
+    assert!(stop.contains(&ours_id), "the stop is sent by id: {stop}");
+    // dockerd: the container that was checked stopped; the victim, now named like it, runs.
+    let v = op(&c, "container.inspect", json!({"id": victim_id})).unwrap();
+    assert_eq!(v["Name"], format!("/{ours}"), "the names were swapped");
+    assert_eq!(v["State"]["Running"], true, "the victim must keep running");
+    let v = op(&c, "container.inspect", json!({"id": ours_id})).unwrap();
+    assert_eq!(v["State"]["Running"], false);
+}
