@@ -93,8 +93,46 @@ impl<'de> Deserialize<'de> for J {
     }
 }
 
-/// Parses one JSON value, keeping duplicate keys; bytes after it are refused.
+/// How deep objects and lists may nest. Docker bodies nest 5 levels at most; the limit keeps
+/// the recursive reading well inside a stream thread's small stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// Whether `bytes` nest objects and lists at most [`MAX_DEPTH`] deep (strings skipped).
+fn shallow(bytes: &[u8]) -> bool {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Parses one JSON value, keeping duplicate keys; bytes after it are refused, and so is
+/// nesting deeper than [`MAX_DEPTH`].
 pub fn parse(bytes: &[u8]) -> Result<J, String> {
+    if !shallow(bytes) {
+        return Err(format!(
+            "invalid JSON: nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let j = J::deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
     de.end()
@@ -362,5 +400,63 @@ pub fn read(s: S, bytes: &[u8]) -> Result<Map<String, Value>, String> {
             "the body must be a JSON object, not {}",
             kind(&other)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_fold_as_go_folds_them() {
+        assert!(key_is("privileged", "Privileged"));
+        assert!(key_is("PRIVILEGED", "Privileged"));
+        assert!(key_is("Bind\u{17F}", "Binds"));
+        assert!(key_is("\u{212A}ernelMemory", "KernelMemory"));
+        assert!(!key_is("Privilege", "Privileged"));
+        assert!(!key_is("Privilegedx", "Privileged"));
+        assert!(!key_is("Priv\u{130}leged", "Privileged"));
+        assert!(!key_is("Cpu_Shares", "CpuShares"));
+    }
+
+    #[test]
+    fn one_value_with_duplicates_kept_and_nothing_after_it() {
+        assert_eq!(
+            parse(br#" {"a":1,"a":null} "#).unwrap(),
+            J::Obj(vec![("a".into(), J::Num(1.into())), ("a".into(), J::Null)])
+        );
+        for bad in [&b"{} {}"[..], b"{}x", b"", b"{\"a\":1,}", b"\"\\ud800\""] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_within_a_stream_threads_stack() {
+        // A passthrough stream thread has a 128 KiB stack.
+        let t = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(|| {
+                let deep = |n: usize| {
+                    format!(
+                        r#"{{"HostConfig":{{"ConsoleSize":{}{}}}}}"#,
+                        "[".repeat(n),
+                        "]".repeat(n)
+                    )
+                };
+                assert!(read(
+                    crate::policy::schema::CREATE,
+                    deep(MAX_DEPTH - 2).as_bytes()
+                )
+                .is_ok());
+                assert!(read(crate::policy::schema::CREATE, deep(MAX_DEPTH).as_bytes()).is_err());
+                // Brackets inside strings do not count.
+                let s = format!(r#"{{"Labels":{{"a":"{}"}}}}"#, "[{".repeat(100));
+                assert!(read(crate::policy::schema::CREATE, s.as_bytes()).is_ok());
+                assert!(read(crate::policy::schema::CREATE, deep(5000).as_bytes()).is_err());
+                let objs = format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000));
+                assert!(parse(objs.as_bytes()).is_err());
+            })
+            .unwrap();
+        t.join().expect("no stack overflow");
     }
 }
