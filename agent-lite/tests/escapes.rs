@@ -962,6 +962,8 @@ fn label_scope_covers_every_endpoint_that_names_a_container() {
     assert_eq!(v["State"]["Running"], true);
 }
 
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// A proxy in front of dockerd that runs `hook` once, just before it forwards the first
 /// request whose head contains `trigger`, and records every request head it forwards.
 struct RaceProxy {
@@ -977,8 +979,7 @@ impl RaceProxy {
         let path = std::env::temp_dir().join(format!("{}.sock", unique("escape-race")));
         let listener = UnixListener::bind(&path).unwrap();
         let heads: Arc<Mutex<Vec<String>>> = Arc::default();
-        let hook: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>> =
-            Arc::new(Mutex::new(Some(Box::new(hook))));
+        let hook: Arc<Mutex<Option<Hook>>> = Arc::new(Mutex::new(Some(Box::new(hook))));
         let seen = heads.clone();
         std::thread::spawn(move || {
             for agent in listener.incoming() {
