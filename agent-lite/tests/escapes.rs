@@ -310,6 +310,25 @@ fn deny_privileged_covers_privileged_exec_in_any_spelling() {
         .command("container.exec", json!({"id": id, "cmd": ["echo", "fine"]}))
         .unwrap();
     assert_eq!(out["stdout"], "fine\n");
+    // Updates are read the same way: devices are refused, and what passes is sent under
+    // dockerd's own names (dockerd applies the lower-case key we received).
+    let update = format!("/v1.41/containers/{id}/update");
+    s.forbidden_stream(
+        Request::json(
+            "POST",
+            &update,
+            br#"{"devices":[{"PathOnHost":"/dev/null","PathInContainer":"/dev/x","CgroupPermissions":"rwm"}]}"#,
+        ),
+        "deny_privileged",
+    );
+    let r =
+        s.t.request(Request::json("POST", &update, br#"{"cpushares":512}"#));
+    assert_eq!(r.status, Some(200), "{}", message(&r));
+    let v = op(&c, "container.inspect", json!({"id": id})).unwrap();
+    assert_eq!(v["HostConfig"]["CpuShares"], 512);
+    assert!(v["HostConfig"]["Devices"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
 }
 
 #[test]
