@@ -133,75 +133,8 @@ pub fn admit(
         answer: None,
     };
     let labels = !p.container_labels.is_empty();
-    match route.action {
-        "container.create" if p.reads_creates() => {
-            out.body = Body::Json(admit_create(scope, body)?);
-        }
-        "container.update" if p.deny_privileged => {
-            let upd = read(schema::UPDATE, body)?;
-            if let Some(why) = create::privileged(&upd, Origin::Request) {
-                return Err(deny("deny_privileged", why));
-            }
-            out.body = Body::Json(Value::Object(upd));
-        }
-        "container.exec" if route.path.ends_with("/exec") && p.deny_privileged => {
-            let exec = read(schema::EXEC, body)?;
-            if exec.get("Privileged").and_then(Value::as_bool) == Some(true) {
-                return Err(deny("deny_privileged", "a privileged exec"));
-            }
-            out.body = Body::Json(Value::Object(exec));
-        }
-        "network.connect" | "network.disconnect" if labels => {
-            out.body = Body::Json(admit_connect(scope, body)?);
-        }
-        "volume.create" if p.deny_host_mounts => {
-            let vol = read(schema::VOLUME, body)?;
-            let empty = Obj::new();
-            let opts = vol
-                .get("DriverOpts")
-                .and_then(Value::as_object)
-                .unwrap_or(&empty);
-            create::volume_options(create::s(&vol, "Driver"), opts)
-                .map_err(|e| deny("deny_host_mounts", e))?;
-            out.body = Body::Json(Value::Object(vol));
-        }
-        "image.pull" if p.deny_host_network => {
-            let src = query::get(&out.query, "fromSrc").unwrap_or("");
-            if !src.is_empty() && src != "-" {
-                return Err(deny(
-                    "deny_host_network",
-                    "images/create fromSrc makes the daemon fetch a URL",
-                ));
-            }
-        }
-        "image.build" if p.deny_host_network => {
-            if !query::get(&out.query, "remote").unwrap_or("").is_empty() {
-                return Err(deny(
-                    "deny_host_network",
-                    "build remote makes the daemon fetch a URL",
-                ));
-            }
-            let mode = query::get(&out.query, "networkmode").unwrap_or("");
-            if mode.eq_ignore_ascii_case("host") || mode.starts_with("container:") {
-                return Err(deny(
-                    "deny_host_network",
-                    format!("build networkmode {mode}"),
-                ));
-            }
-        }
-        "container.commit" if labels => {
-            let name = query::get(&out.query, "container")
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| invalid("commit needs the container parameter"))?;
-            let id = scope.container_id(name)?;
-            query::set(&mut out.query, "container", id);
-        }
-        "container.list" | "container.prune" | "system.events" => {
-            query::scope_filters(&mut out.query, &p.container_labels).map_err(invalid)?;
-        }
-        "container.start" => out.body = Body::Empty,
-        _ => {}
-    }
+    out.body = admit_body(scope, route, body)?;
+    admit_query(scope, route, &mut out.query)?;
     if labels {
         scope_object(scope, route, &mut out)?;
     }
@@ -212,6 +145,80 @@ pub fn admit(
         _ => None,
     };
     Ok(out)
+}
+
+/// The body rules of a route: what to send instead of the body.
+fn admit_body(scope: &Scope, route: &Route, body: Option<&[u8]>) -> Result<Body, ErrorBody> {
+    let p = scope.policy;
+    let json = |o: Obj| Ok(Body::Json(Value::Object(o)));
+    match route.action {
+        "container.create" if p.reads_creates() => Ok(Body::Json(admit_create(scope, body)?)),
+        "container.update" if p.deny_privileged => {
+            let upd = read(schema::UPDATE, body)?;
+            match create::privileged(&upd, Origin::Request) {
+                Some(why) => Err(deny("deny_privileged", why)),
+                None => json(upd),
+            }
+        }
+        "container.exec" if route.path.ends_with("/exec") && p.deny_privileged => {
+            let exec = read(schema::EXEC, body)?;
+            match exec.get("Privileged").and_then(Value::as_bool) {
+                Some(true) => Err(deny("deny_privileged", "a privileged exec")),
+                _ => json(exec),
+            }
+        }
+        "network.connect" | "network.disconnect" if !p.container_labels.is_empty() => {
+            Ok(Body::Json(admit_connect(scope, body)?))
+        }
+        "volume.create" if p.deny_host_mounts => {
+            let vol = read(schema::VOLUME, body)?;
+            let empty = Obj::new();
+            let opts = vol
+                .get("DriverOpts")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            create::volume_options(create::s(&vol, "Driver"), opts)
+                .map_err(|e| deny("deny_host_mounts", e))?;
+            json(vol)
+        }
+        "container.start" => Ok(Body::Empty),
+        _ => Ok(Body::Same),
+    }
+}
+
+/// The query rules of a route: parameters refused, scoped or resolved to ids.
+fn admit_query(scope: &Scope, route: &Route, q: &mut Pairs) -> Result<(), ErrorBody> {
+    let p = scope.policy;
+    let net = |why: String| Err(deny("deny_host_network", why));
+    match route.action {
+        "image.pull" if p.deny_host_network => {
+            let src = query::get(q, "fromSrc").unwrap_or("");
+            if !src.is_empty() && src != "-" {
+                return net("images/create fromSrc makes the daemon fetch a URL".into());
+            }
+        }
+        "image.build" if p.deny_host_network => {
+            if !query::get(q, "remote").unwrap_or("").is_empty() {
+                return net("build remote makes the daemon fetch a URL".into());
+            }
+            let mode = query::get(q, "networkmode").unwrap_or("");
+            if mode.eq_ignore_ascii_case("host") || mode.starts_with("container:") {
+                return net(format!("build networkmode {mode}"));
+            }
+        }
+        "container.commit" if !p.container_labels.is_empty() => {
+            let name = query::get(q, "container")
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| invalid("commit needs the container parameter"))?;
+            let id = scope.container_id(name)?;
+            query::set(q, "container", id);
+        }
+        "container.list" | "container.prune" | "system.events" => {
+            query::scope_filters(q, &p.container_labels).map_err(invalid)?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The container (or exec) a path names: checked, and the path rewritten to the full id.
