@@ -52,7 +52,12 @@ fn escapes(hc: &Map<String, Value>) -> Option<String> {
         }
     }
     for k in ["devices", "devicerequests", "devicecgrouprules", "annotations"] {
-        if get(k).is_some_and(|v| v.as_array().map_or(v.is_object(), |a| !a.is_empty())) {
+        let set = |v: &Value| match v {
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => false,
+        };
+        if get(k).is_some_and(set) {
             return Some(k.into());
         }
     }
@@ -186,18 +191,17 @@ fn count_objects(j: &J) -> usize {
 
 /// The `n`th object of `j`, depth first (the root is 0).
 fn nth_object<'a>(j: &'a mut J, n: &mut usize) -> Option<&'a mut Vec<(String, J)>> {
-    let children: &mut dyn Iterator<Item = &mut J> = match j {
+    match j {
         J::Obj(o) => {
             if *n == 0 {
                 return Some(o);
             }
             *n -= 1;
-            &mut o.iter_mut().map(|(_, x)| x)
+            o.iter_mut().find_map(|(_, x)| nth_object(x, n))
         }
-        J::Arr(a) => &mut a.iter_mut(),
-        _ => return None,
-    };
-    children.find_map(|x| nth_object(x, n))
+        J::Arr(a) => a.iter_mut().find_map(|x| nth_object(x, n)),
+        _ => None,
+    }
 }
 
 fn recase(k: &str, how: u8) -> String {
