@@ -22,8 +22,10 @@ impl Daemon for Benign {
         if path.starts_with("/volumes/") {
             return Ok(json!({"Name": "v", "Driver": "local", "Options": null}));
         }
-        Ok(json!({"Id": "0123abcd", "Config": {"Labels": {"team": "a"}},
-                  "HostConfig": {"NetworkMode": "bridge"}, "Mounts": []}))
+        Ok(
+            json!({"Id": "0123abcd", "Config": {"Labels": {"team": "a"}},
+                  "HostConfig": {"NetworkMode": "bridge"}, "Mounts": []}),
+        )
     }
 }
 
@@ -41,17 +43,39 @@ const BASES: &[&str] = &[
 /// Host settings that must not be effective in what is forwarded.
 fn escapes(hc: &Map<String, Value>) -> Option<String> {
     let get = |k: &str| ci(hc, k);
-    let s = |k: &str| get(k).and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
-    let list = |k: &str| get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let s = |k: &str| {
+        get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let list = |k: &str| {
+        get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     if get("privileged") == Some(&Value::Bool(true)) {
         return Some("privileged".into());
     }
-    for k in ["pidmode", "ipcmode", "utsmode", "usernsmode", "cgroupnsmode", "networkmode"] {
+    for k in [
+        "pidmode",
+        "ipcmode",
+        "utsmode",
+        "usernsmode",
+        "cgroupnsmode",
+        "networkmode",
+    ] {
         if s(k) == "host" {
             return Some(k.into());
         }
     }
-    for k in ["devices", "devicerequests", "devicecgrouprules", "annotations"] {
+    for k in [
+        "devices",
+        "devicerequests",
+        "devicecgrouprules",
+        "annotations",
+    ] {
         let set = |v: &Value| match v {
             Value::Array(a) => !a.is_empty(),
             Value::Object(o) => !o.is_empty(),
@@ -67,8 +91,20 @@ fn escapes(hc: &Map<String, Value>) -> Option<String> {
         }
     }
     let default = [
-        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
-        "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
     ];
     for c in list("capadd") {
         let c = c.as_str().unwrap_or("").to_ascii_uppercase();
@@ -78,7 +114,10 @@ fn escapes(hc: &Map<String, Value>) -> Option<String> {
     }
     for o in list("securityopt") {
         let o = o.as_str().unwrap_or("");
-        if !(o.starts_with("no-new-privileges") || o == "apparmor=docker-default" || o == "apparmor:docker-default") {
+        if !(o.starts_with("no-new-privileges")
+            || o == "apparmor=docker-default"
+            || o == "apparmor:docker-default")
+        {
             return Some(format!("securityopt {o}"));
         }
     }
@@ -89,7 +128,10 @@ fn escapes(hc: &Map<String, Value>) -> Option<String> {
     }
     for m in list("mounts") {
         let m = m.as_object().cloned().unwrap_or_default();
-        let t = ci(&m, "type").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        let t = ci(&m, "type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if t != "volume" && t != "tmpfs" {
             return Some(format!("mount type {t}"));
         }
@@ -133,7 +175,15 @@ fn check_forwarded(v: &Value) {
     keys.dedup();
     assert_eq!(keys.len(), top.len(), "a top-level key twice: {v}");
     // Host settings live only in HostConfig (at the top dockerd would use them too).
-    for k in ["privileged", "binds", "mounts", "networkmode", "pidmode", "capadd", "devices"] {
+    for k in [
+        "privileged",
+        "binds",
+        "mounts",
+        "networkmode",
+        "pidmode",
+        "capadd",
+        "devices",
+    ] {
         assert!(ci(top, k).is_none(), "{k} at the top: {v}");
     }
     if let Some(hc) = ci(top, "hostconfig").and_then(Value::as_object) {
@@ -237,7 +287,11 @@ fn mutate(body: &mut J, op: u8, at: u8, arg: u8) {
             members.push(dup);
         }
         2 => {
-            let v = if arg % 2 == 0 { J::Null } else { J::Obj(Vec::new()) };
+            let v = if arg % 2 == 0 {
+                J::Null
+            } else {
+                J::Obj(Vec::new())
+            };
             members.push((recase("HostConfig", arg / 2), v));
         }
         3 if n > 0 => {
@@ -260,7 +314,11 @@ fn mutate(body: &mut J, op: u8, at: u8, arg: u8) {
         6 if n > 0 => {
             let i = arg as usize % n;
             let inner = std::mem::replace(&mut members[i].1, J::Null);
-            members[i].1 = if arg % 2 == 0 { J::Arr(vec![inner]) } else { J::Obj(vec![("x".into(), inner)]) };
+            members[i].1 = if arg % 2 == 0 {
+                J::Arr(vec![inner])
+            } else {
+                J::Obj(vec![("x".into(), inner)])
+            };
         }
         _ => {
             // Move the HostConfig's members to the top.
@@ -276,9 +334,13 @@ fn mutate(body: &mut J, op: u8, at: u8, arg: u8) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let body: Vec<u8> = if mode < 0xC0 && !rest.is_empty() {
-        let Ok(mut j) = parse(BASES[rest[0] as usize % BASES.len()].as_bytes()) else { return };
+        let Ok(mut j) = parse(BASES[rest[0] as usize % BASES.len()].as_bytes()) else {
+            return;
+        };
         for ch in rest[1..].chunks(3).take(16) {
             if let [op, at, arg] = *ch {
                 mutate(&mut j, op, at, arg);
@@ -299,14 +361,28 @@ fuzz_target!(|data: &[u8]| {
     };
     let route = protocol::passthrough::classify("POST", "/v1.41/containers/create").unwrap();
     let headers = [("Content-Type".to_string(), "application/json".to_string())];
-    let Ok(out) = admit(&policy.scope(&Benign), &route, Vec::new(), &headers, Some(&body)) else {
+    let Ok(out) = admit(
+        &policy.scope(&Benign),
+        &route,
+        Vec::new(),
+        &headers,
+        Some(&body),
+    ) else {
         return;
     };
-    let Body::Json(v) = out.body else { panic!("a create is forwarded as our own JSON") };
+    let Body::Json(v) = out.body else {
+        panic!("a create is forwarded as our own JSON")
+    };
     check_forwarded(&v);
     assert_eq!(v["Labels"]["team"], "a", "{v}");
     // What we forward reads back to itself.
-    let again = admit(&policy.scope(&Benign), &route, Vec::new(), &headers, Some(v.to_string().as_bytes()))
-        .expect("our own body is admitted again");
+    let again = admit(
+        &policy.scope(&Benign),
+        &route,
+        Vec::new(),
+        &headers,
+        Some(v.to_string().as_bytes()),
+    )
+    .expect("our own body is admitted again");
     assert_eq!(again.body, Body::Json(v));
 });
