@@ -14,45 +14,20 @@ use serde_json::{Map, Value};
 pub type Obj = Map<String, Value>;
 
 /// Docker's default capability set: `CapAdd` may name these (they are no-ops), nothing else.
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
+const DEFAULT_CAPS: &str = "CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD NET_RAW SETGID SETUID SETFCAP SETPCAP NET_BIND_SERVICE SYS_CHROOT KILL AUDIT_WRITE";
 
 /// Log drivers that keep logs on the host; the others make the daemon connect to an address.
-const LOCAL_LOG_DRIVERS: &[&str] = &["", "json-file", "local", "journald", "none"];
+const LOCAL_LOG_DRIVERS: &str = "json-file local journald none";
 
-/// Mount options of a local tmpfs volume that cannot reach host paths.
-const TMPFS_FLAGS: &[&str] = &[
-    "ro",
-    "rw",
-    "exec",
-    "noexec",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
-    "atime",
-    "noatime",
-    "relatime",
-    "norelatime",
-    "diratime",
-    "nodiratime",
-    "strictatime",
-];
-const TMPFS_KEYS: &[&str] = &["size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"];
+/// Mount options of a local tmpfs volume that cannot reach host paths: flags, and keys of
+/// `key=value` options.
+const TMPFS_FLAGS: &str = "ro rw exec noexec suid nosuid dev nodev atime noatime relatime norelatime diratime nodiratime strictatime";
+const TMPFS_KEYS: &str = "size mode uid gid nr_inodes nr_blocks";
+
+/// Whether the space-separated `list` holds `word`.
+fn listed(list: &str, word: &str) -> bool {
+    list.split(' ').any(|w| w == word)
+}
 
 pub fn s<'a>(o: &'a Obj, k: &str) -> &'a str {
     o.get(k).and_then(Value::as_str).unwrap_or("")
@@ -105,20 +80,23 @@ pub fn read_create(bytes: &[u8]) -> Result<Obj, String> {
     };
     let outer_present = members
         .iter()
-        .any(|(k, _)| gojson::field(schema::HOST, k).is_some());
+        .any(|(k, _)| gojson::field(&schema::HOST, k).is_some());
     let mut top = Obj::new();
-    gojson::object(schema::CREATE, &members, &mut top, "")?;
-    let mut outer = Obj::new();
-    for f in schema::HOST_OWN.iter().chain(schema::RESOURCES.iter()) {
-        if let Some(v) = top.remove(f.0) {
-            outer.insert(f.0.to_string(), v);
+    gojson::object(&schema::CREATE, &members, &mut top, "")?;
+    let (mut out, mut outer) = (Obj::new(), Obj::new());
+    let (mut inner, mut cpuset) = (None, Value::Null);
+    for (k, v) in top {
+        match k.as_str() {
+            "HostConfig" => inner = v.as_object().cloned(),
+            "Cpuset" => cpuset = v,
+            _ if gojson::field(&schema::HOST, &k).is_some() => {
+                outer.insert(k, v);
+            }
+            _ => {
+                out.insert(k, v);
+            }
         }
     }
-    let cpuset = top.remove("Cpuset");
-    let inner = match top.remove("HostConfig") {
-        Some(Value::Object(m)) => Some(m),
-        _ => None,
-    };
     let host = match (outer_present.then_some(outer), inner) {
         (None, None) => None,
         (Some(o), None) => Some(o),
@@ -139,14 +117,14 @@ pub fn read_create(bytes: &[u8]) -> Result<Obj, String> {
         }
     };
     if let Some(mut h) = host {
-        if let Some(Value::String(c)) = cpuset {
+        if let Value::String(c) = cpuset {
             if !c.is_empty() && s(&h, "CpusetCpus").is_empty() {
                 h.insert("CpusetCpus".into(), Value::String(c));
             }
         }
-        top.insert("HostConfig".into(), Value::Object(h));
+        out.insert("HostConfig".into(), Value::Object(h));
     }
-    Ok(top)
+    Ok(out)
 }
 
 /// Where a host config comes from: a request we check, or an existing container's inspect
@@ -180,7 +158,7 @@ pub fn privileged(hc: &Obj, origin: Origin) -> Option<String> {
     for cap in strs(hc, "CapAdd") {
         let c = cap.to_ascii_uppercase();
         let bare = c.strip_prefix("CAP_").unwrap_or(&c);
-        if !DEFAULT_CAPS.contains(&bare) {
+        if !listed(DEFAULT_CAPS, bare) {
             return Some(format!(
                 "HostConfig.CapAdd {cap} is not in Docker's default set"
             ));
@@ -239,7 +217,7 @@ pub fn host_network(hc: &Obj, net: Option<&Obj>) -> Option<String> {
         return Some("NetworkingConfig.EndpointsConfig host".into());
     }
     let log = obj(hc, "LogConfig").map_or("", |l| s(l, "Type"));
-    if !LOCAL_LOG_DRIVERS.contains(&log) {
+    if !log.is_empty() && !listed(LOCAL_LOG_DRIVERS, log) {
         return Some(format!(
             "HostConfig.LogConfig.Type {log} sends logs to a network address"
         ));
@@ -321,8 +299,8 @@ pub fn volume_options(driver: &str, opts: &Obj) -> Result<(), String> {
     }
     for o in get("o").split(',').filter(|o| !o.is_empty()) {
         let ok = match o.split_once('=') {
-            Some((k, _)) => TMPFS_KEYS.contains(&k),
-            None => TMPFS_FLAGS.contains(&o),
+            Some((k, _)) => listed(TMPFS_KEYS, k),
+            None => listed(TMPFS_FLAGS, o),
         };
         if !ok {
             return Err(format!("volume option o={o}"));
@@ -531,7 +509,7 @@ mod tests {
             r#"{"HostConfig":{"Privileged":true,"Binds":["/:/h"],"privileged":null,"binds":null}}"#,
         );
         assert_eq!(h["Privileged"], true);
-        assert!(h.get("Binds").is_none());
+        assert!(h["Binds"].is_null());
         // Maps merge, the last value of a key wins.
         let v = create(r#"{"Labels":{"a":"1","b":"1"},"labels":{"b":"2"}}"#);
         assert_eq!(v["Labels"], json!({"a": "1", "b": "2"}));
@@ -554,6 +532,8 @@ mod tests {
         assert_eq!(h["CpusetCpus"], "0");
         let v = create(r#"{"Image":"x","Cpuset":"1"}"#);
         assert!(v.get("HostConfig").is_none() && v.get("Cpuset").is_none());
+        let h = hc(r#"{"Privileged":true,"HostConfig":{"Privileged":null}}"#);
+        assert!(h["Privileged"].is_null(), "a null bool is Go's false");
     }
 
     #[test]
@@ -747,21 +727,21 @@ mod tests {
 
     #[test]
     fn field_names_are_unique_for_go_in_every_struct() {
-        fn check(s: super::gojson::S, seen: &mut Vec<*const ()>) {
-            let names: Vec<&str> = s.iter().flat_map(|g| g.iter()).map(|f| f.0).collect();
+        fn check(s: &'static super::gojson::S, seen: &mut Vec<*const ()>) {
+            let names: Vec<&str> = s.0.iter().flat_map(|g| g.iter()).map(|f| f.0).collect();
             assert!(!names.is_empty());
             for (i, a) in names.iter().enumerate() {
                 for b in &names[i + 1..] {
                     assert!(!a.eq_ignore_ascii_case(b), "{a} and {b} collide");
                 }
             }
-            for f in s.iter().flat_map(|g| g.iter()) {
+            for f in s.0.iter().flat_map(|g| g.iter()) {
                 let mut t = &f.1;
                 loop {
                     match t {
                         super::gojson::T::List(e) | super::gojson::T::Map(e) => t = e,
                         super::gojson::T::Obj(s) | super::gojson::T::PObj(s) => {
-                            let p = *s as *const _ as *const ();
+                            let p = *s as *const super::gojson::S as *const ();
                             if !seen.contains(&p) {
                                 seen.push(p);
                                 check(s, seen);
@@ -775,11 +755,11 @@ mod tests {
         }
         let mut seen = Vec::new();
         for s in [
-            schema::CREATE,
-            schema::UPDATE,
-            schema::EXEC,
-            schema::CONNECT,
-            schema::VOLUME,
+            &schema::CREATE,
+            &schema::UPDATE,
+            &schema::EXEC,
+            &schema::CONNECT,
+            &schema::VOLUME,
         ] {
             check(s, &mut seen);
         }

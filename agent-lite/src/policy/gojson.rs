@@ -18,6 +18,7 @@
 //!
 //! The result is a `serde_json::Value` holding every known field under its canonical name,
 //! with no duplicates: serialised and sent to dockerd, it decodes to exactly what was read.
+//! A field read as `null` stays `null` (Go's nil or zero, which `null` decodes to again).
 //!
 //! Owns: the decoding rules and the type descriptions they walk ([`T`], [`F`]). Must not:
 //! decide policy, or do I/O.
@@ -141,7 +142,8 @@ pub fn parse(bytes: &[u8]) -> Result<J, String> {
 }
 
 /// A struct: its fields, in groups (an embedded Go struct adds its fields as a group).
-pub type S = &'static [&'static [F]];
+#[derive(Debug)]
+pub struct S(pub &'static [&'static [F]]);
 
 /// A field of a Go struct: its JSON name and type.
 #[derive(Debug)]
@@ -165,9 +167,9 @@ pub enum T {
     /// `map[string]struct{}` (exposed ports, volumes): each value an object, written `{}`.
     Set,
     /// A struct held by value: `null` leaves it as it was.
-    Obj(S),
+    Obj(&'static S),
     /// A pointer to a struct: `null` clears it.
-    PObj(S),
+    PObj(&'static S),
     /// `[]T` of a struct, pointer or map type.
     List(&'static T),
     /// `map[string]T`.
@@ -201,8 +203,8 @@ pub fn key_is(key: &str, name: &str) -> bool {
 }
 
 /// The field of `s` that `key` names.
-pub fn field(s: S, key: &str) -> Option<&'static F> {
-    s.iter().flat_map(|g| g.iter()).find(|f| key_is(key, f.0))
+pub fn field(s: &'static S, key: &str) -> Option<&'static F> {
+    s.0.iter().flat_map(|g| g.iter()).find(|f| key_is(key, f.0))
 }
 
 fn is_zero(j: &J) -> bool {
@@ -239,36 +241,32 @@ fn wrong(path: &str, want: &str, j: &J) -> String {
     format!("{path}: expected {want}, got {}", kind(j))
 }
 
-/// Decodes `j` into `slot` as Go decodes into a value of type `t` (`None`: Go's nil/zero).
-pub fn decode(t: T, j: &J, slot: &mut Option<Value>, path: &str) -> Result<(), String> {
+/// Decodes `j` into `slot` as Go decodes into a value of type `t` (`Null`: Go's nil or
+/// zero value).
+pub fn decode(t: T, j: &J, slot: &mut Value, path: &str) -> Result<(), String> {
     if let J::Null = j {
         if t.nullable() {
-            *slot = None;
+            *slot = Value::Null;
         }
         return Ok(());
     }
     match (t, j) {
-        (T::Bool | T::PBool, J::Bool(b)) => *slot = Some(Value::Bool(*b)),
-        (T::Int | T::PInt, J::Num(n)) => *slot = Some(Value::Number(n.clone())),
-        (T::Str, J::Str(s)) => *slot = Some(Value::String(s.clone())),
-        (T::Strs | T::StrSlice, J::Arr(items)) => *slot = Some(strings(items, path)?),
-        (T::StrSlice, J::Str(s)) => *slot = Some(Value::Array(vec![Value::String(s.clone())])),
+        (T::Bool | T::PBool, J::Bool(b)) => *slot = Value::Bool(*b),
+        (T::Int | T::PInt, J::Num(n)) => *slot = Value::Number(n.clone()),
+        (T::Str, J::Str(s)) => *slot = Value::String(s.clone()),
+        (T::Strs | T::StrSlice, J::Arr(items)) => *slot = strings(items, path)?,
+        (T::StrSlice, J::Str(s)) => *slot = Value::Array(vec![Value::String(s.clone())]),
         (T::StrMap | T::Set | T::Map(_), J::Obj(members)) => map(t, members, slot, path)?,
         (T::Obj(s) | T::PObj(s), J::Obj(members)) => {
             let mut m = match slot.take() {
-                Some(Value::Object(m)) => m,
+                Value::Object(m) => m,
                 _ => Map::new(),
             };
             object(s, members, &mut m, path)?;
-            *slot = Some(Value::Object(m));
+            *slot = Value::Object(m);
         }
         (T::List(elem), J::Arr(items)) => {
-            if slot
-                .as_ref()
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty())
-                && !items.is_empty()
-            {
+            if slot.as_array().is_some_and(|a| !a.is_empty()) && !items.is_empty() {
                 return Err(format!(
                     "{path} is repeated with a list of objects: dockerd would merge the lists element by element"
                 ));
@@ -279,13 +277,13 @@ pub fn decode(t: T, j: &J, slot: &mut Option<Value>, path: &str) -> Result<(), S
                 if let J::Null = item {
                     return Err(format!("{p}: null in a list"));
                 }
-                let mut e = None;
+                let mut e = Value::Null;
                 decode(*elem, item, &mut e, &p)?;
-                out.push(e.unwrap_or(Value::Null));
+                out.push(e);
             }
-            *slot = Some(Value::Array(out));
+            *slot = Value::Array(out);
         }
-        (T::Opaque, _) => *slot = Some(opaque(j, path)?),
+        (T::Opaque, _) => *slot = opaque(j, path)?,
         (T::Bool | T::PBool, _) => return Err(wrong(path, "a boolean", j)),
         (T::Int | T::PInt, _) => return Err(wrong(path, "a number", j)),
         (T::Str, _) => return Err(wrong(path, "a string", j)),
@@ -312,9 +310,9 @@ fn strings(items: &[J], path: &str) -> Result<Value, String> {
 
 /// Decodes map members into the map already in `slot` (Go adds to a non-nil map); each
 /// entry starts from zero, and the last of a repeated key wins.
-fn map(t: T, members: &[(String, J)], slot: &mut Option<Value>, path: &str) -> Result<(), String> {
+fn map(t: T, members: &[(String, J)], slot: &mut Value, path: &str) -> Result<(), String> {
     let mut m = match slot.take() {
-        Some(Value::Object(m)) => m,
+        Value::Object(m) => m,
         _ => Map::new(),
     };
     for (k, v) in members {
@@ -326,21 +324,21 @@ fn map(t: T, members: &[(String, J)], slot: &mut Option<Value>, path: &str) -> R
             (T::Set, J::Obj(_)) => Value::Object(Map::new()),
             (T::Set, other) => return Err(wrong(&p, "an object", other)),
             (T::Map(elem), _) => {
-                let mut e = None;
+                let mut e = Value::Null;
                 decode(*elem, v, &mut e, &p)?;
-                e.unwrap_or(Value::Null)
+                e
             }
             _ => return Err(format!("{p}: not a map")),
         };
         m.insert(k.clone(), value);
     }
-    *slot = Some(Value::Object(m));
+    *slot = Value::Object(m);
     Ok(())
 }
 
 /// Decodes struct members into `m` (canonical names), in order, as Go does.
 pub fn object(
-    s: S,
+    s: &'static S,
     members: &[(String, J)],
     m: &mut Map<String, Value>,
     path: &str,
@@ -355,11 +353,8 @@ pub fn object(
                 join(path, k)
             ));
         };
-        let mut slot = m.remove(f.0);
-        decode(f.1, v, &mut slot, &join(path, f.0))?;
-        if let Some(x) = slot {
-            m.insert(f.0.to_string(), x);
-        }
+        let slot = m.entry(f.0).or_insert(Value::Null);
+        decode(f.1, v, slot, &join(path, f.0))?;
     }
     Ok(())
 }
@@ -389,7 +384,7 @@ fn opaque(j: &J, path: &str) -> Result<Value, String> {
 }
 
 /// Reads a whole body as a struct of type `s`: the canonical object.
-pub fn read(s: S, bytes: &[u8]) -> Result<Map<String, Value>, String> {
+pub fn read(s: &'static S, bytes: &[u8]) -> Result<Map<String, Value>, String> {
     match parse(bytes)? {
         J::Obj(members) => {
             let mut m = Map::new();
@@ -444,15 +439,15 @@ mod tests {
                     )
                 };
                 assert!(read(
-                    crate::policy::schema::CREATE,
+                    &crate::policy::schema::CREATE,
                     deep(MAX_DEPTH - 2).as_bytes()
                 )
                 .is_ok());
-                assert!(read(crate::policy::schema::CREATE, deep(MAX_DEPTH).as_bytes()).is_err());
+                assert!(read(&crate::policy::schema::CREATE, deep(MAX_DEPTH).as_bytes()).is_err());
                 // Brackets inside strings do not count.
                 let s = format!(r#"{{"Labels":{{"a":"{}"}}}}"#, "[{".repeat(100));
-                assert!(read(crate::policy::schema::CREATE, s.as_bytes()).is_ok());
-                assert!(read(crate::policy::schema::CREATE, deep(5000).as_bytes()).is_err());
+                assert!(read(&crate::policy::schema::CREATE, s.as_bytes()).is_ok());
+                assert!(read(&crate::policy::schema::CREATE, deep(5000).as_bytes()).is_err());
                 let objs = format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000));
                 assert!(parse(objs.as_bytes()).is_err());
             })

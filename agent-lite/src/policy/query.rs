@@ -150,28 +150,13 @@ pub fn scope_filters(pairs: &mut Pairs, labels: &BTreeMap<String, String>) -> Re
 }
 
 /// Docker's filters are `map[string]map[string]bool` (or the legacy `map[string][]string`):
-/// a repeated key keeps only its last value in Go, as in `serde_json`; no key folding.
+/// an object whose repeated keys keep their last value, as in Go; no key folding. A key
+/// repeated inside one filter's values is refused.
 fn filters_value(j: &super::gojson::J) -> Result<Value, String> {
-    let mut slot = None;
-    super::gojson::decode(super::gojson::T::Opaque, &dedup(j), &mut slot, "filters")?;
-    Ok(slot.unwrap_or(Value::Null))
-}
-
-/// Keeps the last of repeated keys, as Go's map decoding does.
-fn dedup(j: &super::gojson::J) -> super::gojson::J {
-    use super::gojson::J;
-    match j {
-        J::Obj(members) => {
-            let mut out: Vec<(String, J)> = Vec::new();
-            for (k, v) in members {
-                out.retain(|(x, _)| x != k);
-                out.push((k.clone(), dedup(v)));
-            }
-            J::Obj(out)
-        }
-        J::Arr(a) => J::Arr(a.iter().map(dedup).collect()),
-        other => other.clone(),
-    }
+    use super::gojson::T;
+    let mut slot = Value::Null;
+    super::gojson::decode(T::Map(&T::Opaque), j, &mut slot, "filters")?;
+    Ok(slot)
 }
 
 #[cfg(test)]

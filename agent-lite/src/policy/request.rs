@@ -154,14 +154,14 @@ fn admit_body(scope: &Scope, route: &Route, body: Option<&[u8]>) -> Result<Body,
     match route.action {
         "container.create" if p.reads_creates() => Ok(Body::Json(admit_create(scope, body)?)),
         "container.update" if p.deny_privileged => {
-            let upd = read(schema::UPDATE, body)?;
+            let upd = read(&schema::UPDATE, body)?;
             match create::privileged(&upd, Origin::Request) {
                 Some(why) => Err(deny("deny_privileged", why)),
                 None => json(upd),
             }
         }
         "container.exec" if route.path.ends_with("/exec") && p.deny_privileged => {
-            let exec = read(schema::EXEC, body)?;
+            let exec = read(&schema::EXEC, body)?;
             match exec.get("Privileged").and_then(Value::as_bool) {
                 Some(true) => Err(deny("deny_privileged", "a privileged exec")),
                 _ => json(exec),
@@ -171,7 +171,7 @@ fn admit_body(scope: &Scope, route: &Route, body: Option<&[u8]>) -> Result<Body,
             Ok(Body::Json(admit_connect(scope, body)?))
         }
         "volume.create" if p.deny_host_mounts => {
-            let vol = read(schema::VOLUME, body)?;
+            let vol = read(&schema::VOLUME, body)?;
             let empty = Obj::new();
             let opts = vol
                 .get("DriverOpts")
@@ -240,7 +240,7 @@ fn scope_object(scope: &Scope, route: &Route, out: &mut Outgoing) -> Result<(), 
     Ok(())
 }
 
-fn read(s: gojson::S, body: Option<&[u8]>) -> Result<Obj, ErrorBody> {
+fn read(s: &'static gojson::S, body: Option<&[u8]>) -> Result<Obj, ErrorBody> {
     let b = body
         .filter(|b| !b.is_empty())
         .ok_or_else(|| invalid("the request needs a JSON body"))?;
@@ -287,7 +287,7 @@ fn admit_create(scope: &Scope, body: Option<&[u8]>) -> Result<Value, ErrorBody> 
 /// A network connect or disconnect: the container it names (and an endpoint's links) must
 /// carry our labels, and are sent by id.
 fn admit_connect(scope: &Scope, body: Option<&[u8]>) -> Result<Value, ErrorBody> {
-    let mut c = read(schema::CONNECT, body)?;
+    let mut c = read(&schema::CONNECT, body)?;
     let name = create::s(&c, "Container").to_string();
     let id = scope.container_id(&name)?;
     c.insert("Container".into(), Value::String(id));

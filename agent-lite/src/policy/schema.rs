@@ -36,7 +36,7 @@ static DRIVER: [F; 2] = [F("Name", Str), F("Options", StrMap)];
 static VOLUME_OPTIONS: [F; 4] = [
     F("NoCopy", Bool),
     F("Labels", StrMap),
-    F("DriverConfig", PObj(&[&DRIVER])),
+    F("DriverConfig", PObj(&S(&[&DRIVER]))),
     F("Subpath", Str),
 ];
 static TMPFS_OPTIONS: [F; 3] = [F("SizeBytes", Int), F("Mode", Int), F("Options", Opaque)];
@@ -47,9 +47,9 @@ pub static MOUNT: [F; 9] = [
     F("Target", Str),
     F("ReadOnly", Bool),
     F("Consistency", Str),
-    F("BindOptions", PObj(&[&BIND_OPTIONS])),
-    F("VolumeOptions", PObj(&[&VOLUME_OPTIONS])),
-    F("TmpfsOptions", PObj(&[&TMPFS_OPTIONS])),
+    F("BindOptions", PObj(&S(&[&BIND_OPTIONS]))),
+    F("VolumeOptions", PObj(&S(&[&VOLUME_OPTIONS]))),
+    F("TmpfsOptions", PObj(&S(&[&TMPFS_OPTIONS]))),
     F("ClusterOptions", Opaque),
 ];
 
@@ -60,20 +60,20 @@ pub static RESOURCES: [F; 31] = [
     F("NanoCpus", Int),
     F("CgroupParent", Str),
     F("BlkioWeight", Int),
-    F("BlkioWeightDevice", List(&PObj(&[&WEIGHT_DEVICE]))),
-    F("BlkioDeviceReadBps", List(&PObj(&[&THROTTLE_DEVICE]))),
-    F("BlkioDeviceWriteBps", List(&PObj(&[&THROTTLE_DEVICE]))),
-    F("BlkioDeviceReadIOps", List(&PObj(&[&THROTTLE_DEVICE]))),
-    F("BlkioDeviceWriteIOps", List(&PObj(&[&THROTTLE_DEVICE]))),
+    F("BlkioWeightDevice", List(&PObj(&S(&[&WEIGHT_DEVICE])))),
+    F("BlkioDeviceReadBps", List(&PObj(&S(&[&THROTTLE_DEVICE])))),
+    F("BlkioDeviceWriteBps", List(&PObj(&S(&[&THROTTLE_DEVICE])))),
+    F("BlkioDeviceReadIOps", List(&PObj(&S(&[&THROTTLE_DEVICE])))),
+    F("BlkioDeviceWriteIOps", List(&PObj(&S(&[&THROTTLE_DEVICE])))),
     F("CpuPeriod", Int),
     F("CpuQuota", Int),
     F("CpuRealtimePeriod", Int),
     F("CpuRealtimeRuntime", Int),
     F("CpusetCpus", Str),
     F("CpusetMems", Str),
-    F("Devices", List(&Obj(&[&DEVICE]))),
+    F("Devices", List(&Obj(&S(&[&DEVICE])))),
     F("DeviceCgroupRules", Strs),
-    F("DeviceRequests", List(&Obj(&[&DEVICE_REQUEST]))),
+    F("DeviceRequests", List(&Obj(&S(&[&DEVICE_REQUEST])))),
     F("KernelMemory", Int),
     F("KernelMemoryTCP", Int),
     F("MemoryReservation", Int),
@@ -81,7 +81,7 @@ pub static RESOURCES: [F; 31] = [
     F("MemorySwappiness", PInt),
     F("OomKillDisable", PBool),
     F("PidsLimit", PInt),
-    F("Ulimits", List(&PObj(&[&ULIMIT]))),
+    F("Ulimits", List(&PObj(&S(&[&ULIMIT])))),
     F("CpuCount", Int),
     F("CpuPercent", Int),
     F("IOMaximumIOps", Int),
@@ -92,10 +92,10 @@ pub static RESOURCES: [F; 31] = [
 pub static HOST_OWN: [F; 40] = [
     F("Binds", Strs),
     F("ContainerIDFile", Str),
-    F("LogConfig", Obj(&[&LOG])),
+    F("LogConfig", Obj(&S(&[&LOG]))),
     F("NetworkMode", Str),
-    F("PortBindings", Map(&List(&Obj(&[&PORT_BINDING])))),
-    F("RestartPolicy", Obj(&[&RESTART])),
+    F("PortBindings", Map(&List(&Obj(&S(&[&PORT_BINDING]))))),
+    F("RestartPolicy", Obj(&S(&[&RESTART]))),
     F("AutoRemove", Bool),
     F("VolumeDriver", Str),
     F("VolumesFrom", Strs),
@@ -126,14 +126,14 @@ pub static HOST_OWN: [F; 40] = [
     F("Sysctls", StrMap),
     F("Runtime", Str),
     F("Isolation", Str),
-    F("Mounts", List(&Obj(&[&MOUNT]))),
+    F("Mounts", List(&Obj(&S(&[&MOUNT])))),
     F("MaskedPaths", Strs),
     F("ReadonlyPaths", Strs),
     F("Init", PBool),
 ];
 
 /// `container.HostConfig`.
-pub static HOST: S = &[&HOST_OWN, &RESOURCES];
+pub static HOST: S = S(&[&HOST_OWN, &RESOURCES]);
 
 static HEALTH: [F; 6] = [
     F("Test", Strs),
@@ -158,7 +158,7 @@ pub static CONFIG: [F; 25] = [
     F("StdinOnce", Bool),
     F("Env", Strs),
     F("Cmd", StrSlice),
-    F("Healthcheck", PObj(&[&HEALTH])),
+    F("Healthcheck", PObj(&S(&[&HEALTH]))),
     F("ArgsEscaped", Bool),
     F("Image", Str),
     F("Volumes", Set),
@@ -181,7 +181,7 @@ static IPAM: [F; 3] = [
 
 /// `network.EndpointSettings`.
 pub static ENDPOINT: [F; 15] = [
-    F("IPAMConfig", PObj(&[&IPAM])),
+    F("IPAMConfig", PObj(&S(&[&IPAM]))),
     F("Links", Strs),
     F("Aliases", Strs),
     F("MacAddress", Str),
@@ -198,25 +198,25 @@ pub static ENDPOINT: [F; 15] = [
     F("DNSNames", Strs),
 ];
 
-static NETWORKING: [F; 1] = [F("EndpointsConfig", Map(&PObj(&[&ENDPOINT])))];
+static NETWORKING: [F; 1] = [F("EndpointsConfig", Map(&PObj(&S(&[&ENDPOINT]))))];
 
 /// The create wrapper's own fields: the inner `HostConfig`, the deprecated `Cpuset`, and
 /// `NetworkingConfig`.
 pub static WRAPPER: [F; 3] = [
-    F("HostConfig", PObj(HOST)),
+    F("HostConfig", PObj(&HOST)),
     F("Cpuset", Str),
-    F("NetworkingConfig", PObj(&[&NETWORKING])),
+    F("NetworkingConfig", PObj(&S(&[&NETWORKING]))),
 ];
 
 /// `POST /containers/create` as dockerd 20.10 to 24 decode it: the wrapper embeds `Config`
 /// and (deprecated) `HostConfig`, so host settings may also sit at the top level.
-pub static CREATE: S = &[&CONFIG, &WRAPPER, &HOST_OWN, &RESOURCES];
+pub static CREATE: S = S(&[&CONFIG, &WRAPPER, &HOST_OWN, &RESOURCES]);
 
 /// `POST /containers/{id}/update`.
-pub static UPDATE: S = &[&RESOURCES, &[F("RestartPolicy", Obj(&[&RESTART]))]];
+pub static UPDATE: S = S(&[&RESOURCES, &[F("RestartPolicy", Obj(&S(&[&RESTART])))]]);
 
 /// `POST /containers/{id}/exec`.
-pub static EXEC: S = &[&[
+pub static EXEC: S = S(&[&[
     F("User", Str),
     F("Privileged", Bool),
     F("Tty", Bool),
@@ -229,19 +229,19 @@ pub static EXEC: S = &[&[
     F("Env", Strs),
     F("WorkingDir", Str),
     F("Cmd", Strs),
-]];
+]]);
 
 /// `POST /networks/{id}/connect` and `/disconnect`.
-pub static CONNECT: S = &[&[
+pub static CONNECT: S = S(&[&[
     F("Container", Str),
-    F("EndpointConfig", PObj(&[&ENDPOINT])),
+    F("EndpointConfig", PObj(&S(&[&ENDPOINT]))),
     F("Force", Bool),
-]];
+]]);
 
 /// `POST /volumes/create`.
-pub static VOLUME: S = &[&[
+pub static VOLUME: S = S(&[&[
     F("Name", Str),
     F("Driver", Str),
     F("DriverOpts", StrMap),
     F("Labels", StrMap),
-]];
+]]);

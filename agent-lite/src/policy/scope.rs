@@ -134,7 +134,7 @@ impl Scope<'_> {
             match kind {
                 "volume" => {
                     let name = m.get("Name").and_then(Value::as_str).unwrap_or("");
-                    self.volume_allowed(name)
+                    self.volume(name)
                         .map_err(|e| format!("its volume at {target}: {}", e.message))?;
                 }
                 "tmpfs" => {}
@@ -147,13 +147,6 @@ impl Scope<'_> {
     /// A named volume a create mounts: it must exist (dockerd would create a missing one on
     /// the spot), and its driver and options must not reach host paths.
     pub fn volume(&self, name: &str) -> Result<(), ErrorBody> {
-        self.volume_allowed(name).map_err(|e| match e.code {
-            ErrorCode::Forbidden => e,
-            _ => forbidden(&format!("deny_host_mounts ({})", e.message)),
-        })
-    }
-
-    fn volume_allowed(&self, name: &str) -> Result<(), ErrorBody> {
         let v = match self
             .daemon
             .get(&format!("/volumes/{}", percent_encode(name)))
