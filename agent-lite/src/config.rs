@@ -35,19 +35,21 @@
 //!
 //! # Local policy (`policy:`)
 //!
-//! Enforced by the agent for catalog operations and Docker API passthrough streams alike;
-//! the server cannot override it. A refusal is `forbidden` (operations) or HTTP 403 with
-//! `{"message": "forbidden by agent policy: <rule>"}` (passthrough), naming the rule:
+//! Enforced by the agent for catalog operations and Docker API passthrough streams alike, on
+//! bodies and queries read the way dockerd reads them (see [`crate::policy`]); the server
+//! cannot override it. A refusal is `forbidden` (operations) or HTTP 403 with
+//! `{"message": "forbidden by agent policy: <rule> (<why>)"}` (passthrough), naming the rule:
 //!
 //! | key | default | effect |
 //! |---|---|---|
 //! | `allowed_operations` | absent (all) | only these actions: catalog operation names and passthrough route actions (`protocol::passthrough::Route::action`); `container.*` and `*` are wildcards |
+//! | `read_only` | false | allow only reads: passthrough routes and catalog operations of the read access class |
 //! | `deny_exec` | false | refuse exec create, start and resize |
 //! | `deny_attach` | false | refuse attach (`docker attach`, `docker run -it`) |
-//! | `deny_privileged` | false | refuse privileged containers (create) and privileged exec |
-//! | `deny_host_network` | false | refuse `HostConfig.NetworkMode: host` in creates |
-//! | `deny_host_mounts` | false | refuse bind mounts of host paths in creates (`Binds` with a host path, `Mounts` of type bind) |
-//! | `container_labels` | `{}` | namespace isolation: lists get a label filter, operations on one container inspect it first and refuse others, creates get the labels, pushed container events are filtered |
+//! | `deny_privileged` | false | refuse privileged containers and execs, host namespaces, capabilities beyond Docker's default set, unconfined security options, replaced masked paths, devices, and sharing namespaces with a container that has any of these |
+//! | `deny_host_network` | false | refuse host network mode (also through `container:X`), log drivers that send to an address, `fromSrc` and build `remote` URLs, build `networkmode=host` |
+//! | `deny_host_mounts` | false | refuse host-path binds, bind mounts, volumes with local-driver mount options or another driver, volumes that do not exist yet, `VolumesFrom` a container with such mounts |
+//! | `container_labels` | `{}` | namespace isolation: lists, events and prunes get a label filter, requests naming a container (path, query, body, create references) inspect it first, refuse others and go by id, creates get the labels, pushed container events and `system df`/network answers are filtered |
 //! | `redact_env` | false | replace env values whose names match `redact_env_patterns` by `***` in container inspect output |
 //! | `redact_env_patterns` | `*PASSWORD*`, `*SECRET*`, `*TOKEN*`, `*KEY*` | case-insensitive globs of env names |
 //!
@@ -613,6 +615,7 @@ impl Config {
                 .as_ref()
                 .map_or("(all)".to_string(), |l| format!("{l:?}"))
         );
+        let _ = writeln!(s, "policy.read_only: {}", p.read_only);
         let _ = writeln!(s, "policy.deny_exec: {}", p.deny_exec);
         let _ = writeln!(s, "policy.deny_attach: {}", p.deny_attach);
         let _ = writeln!(s, "policy.deny_privileged: {}", p.deny_privileged);

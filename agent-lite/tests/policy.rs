@@ -3,89 +3,11 @@
 
 mod common;
 
-use agent_lite::config::Config;
 use common::docker::{client, op, unique, Cleanup};
-use common::tunnel::{Request, StreamState, Tunnel};
-use common::ws_server::TestServer;
-use common::{agent_config, spawn_agent};
-use protocol::{CommandResponsePayload, ErrorCode};
+use common::policy::{json_of, message, start as setup, IMAGE, S30};
+use common::tunnel::Request;
+use protocol::ErrorCode;
 use serde_json::{json, Value};
-use std::time::Duration;
-
-const IMAGE: &str = "docker-ctl-test/busybox:latest";
-const S30: Duration = Duration::from_secs(30);
-
-struct Setup {
-    t: Tunnel,
-    shutdown: agent_lite::Shutdown,
-    _server: TestServer,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
-}
-
-fn setup(tweak: impl FnOnce(&mut Config)) -> Setup {
-    common::docker::require_docker();
-    let server = TestServer::start();
-    let mut cfg = agent_config(&server.url(), &unique("policy"));
-    tweak(&mut cfg);
-    cfg.validate().unwrap();
-    let (shutdown, _t) = spawn_agent(cfg);
-    let mut conn = server.next_conn(Duration::from_secs(10));
-    conn.accept_auth(5);
-    Setup {
-        t: Tunnel::new(conn),
-        shutdown,
-        _server: server,
-    }
-}
-
-impl Setup {
-    fn command(&mut self, operation: &str, params: Value) -> Result<Value, protocol::ErrorBody> {
-        let id = unique("cmd");
-        match self.t.conn.command(&id, operation, params, S30) {
-            CommandResponsePayload::Success { data } => Ok(data),
-            CommandResponsePayload::Error { error } => Err(error),
-        }
-    }
-
-    fn forbidden_op(&mut self, operation: &str, params: Value, rule: &str) {
-        let e = self
-            .command(operation, params)
-            .expect_err("the policy must refuse it");
-        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
-        assert!(
-            e.message
-                .contains(&format!("forbidden by agent policy: {rule}")),
-            "{e}"
-        );
-    }
-
-    fn forbidden_stream(&mut self, req: Request<'_>, rule: &str) {
-        let r = self.t.request(req);
-        assert_eq!(r.status, Some(403), "{}", String::from_utf8_lossy(&r.data));
-        let msg = message(&r);
-        assert!(
-            msg.contains(&format!("forbidden by agent policy: {rule}")),
-            "{msg}"
-        );
-    }
-}
-
-fn message(s: &StreamState) -> String {
-    serde_json::from_slice::<Value>(&s.data)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&s.data).into_owned())
-}
-
-fn json_of(s: &StreamState) -> Value {
-    serde_json::from_slice(&s.data)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&s.data)))
-}
 
 fn container<'a>(
     cleanup: &mut Cleanup<'a>,
@@ -206,11 +128,14 @@ fn deny_privileged_host_network_and_host_mounts_in_creates() {
         with("docker", json!({"HostConfig": {"Privileged": true}})),
         "deny_privileged",
     );
-    // Named volumes are not host mounts.
+    // Named volumes that exist are not host mounts.
+    let vol = unique("policy-vol");
+    op(&c, "volume.create", json!({"name": vol})).unwrap();
+    cleanup.volume(&vol);
     let ok = s
         .command(
             "container.create",
-            with("mounts", json!([format!("{}:/data", unique("policy-vol"))])),
+            with("mounts", json!([format!("{vol}:/data")])),
         )
         .unwrap();
     cleanup.container(ok["id"].as_str().unwrap());

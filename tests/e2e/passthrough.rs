@@ -640,3 +640,118 @@ fn the_agents_local_policy_refuses_exec_attach_and_privileged_with_a_clear_403()
     assert_eq!(st, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
 }
+
+#[test]
+fn the_agents_local_policy_holds_against_the_docker_cli() {
+    let scope = unique("e2e-scope");
+    let yaml = format!(
+        "policy:\n  deny_privileged: true\n  deny_host_network: true\n  deny_host_mounts: true\n  container_labels: {{docker-ctl-e2e-scope: {scope}}}\n"
+    );
+    let mut s = setup_with("pt-escape", &yaml);
+    // A container outside the scope, made behind the agent's back.
+    let victim = unique("pt-victim");
+    s.cleanup.container(&victim);
+    let (ok, out) = docker_cli(&["run", "-d", "--name", &victim, TEST_IMAGE, "sleep", "300"]);
+    assert!(ok, "{out}");
+    // An ordinary `docker run` goes through: the CLI's whole create body is read and sent.
+    let ours = s.running("pt-ours", &["sleep", "300"]);
+    let ps = s.cli.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(ps.trim(), ours, "only the scope is listed");
+    let labels = docker_get(&format!("/containers/{ours}/json"))["Config"]["Labels"].clone();
+    assert_eq!(labels["docker-ctl-e2e-scope"], json!(scope));
+
+    let missing = unique("pt-missing-vol");
+    let victim_net = format!("container:{victim}");
+    let missing_bind = format!("{missing}:/data");
+    let escapes: Vec<Vec<&str>> = vec![
+        vec!["--privileged"],
+        vec!["--pid", "host"],
+        vec!["--ipc", "host"],
+        vec!["--uts", "host"],
+        vec!["--userns", "host"],
+        vec!["--cgroupns", "host"],
+        vec!["--cap-add", "SYS_ADMIN"],
+        vec!["--cap-add", "ALL"],
+        vec!["--security-opt", "seccomp=unconfined"],
+        vec!["--security-opt", "apparmor=unconfined"],
+        vec!["--security-opt", "label=disable"],
+        vec!["--security-opt", "systempaths=unconfined"],
+        vec!["--device", "/dev/null:/dev/x"],
+        vec!["--device-cgroup-rule", "a *:* rwm"],
+        vec!["--network", "host"],
+        vec!["--network", &victim_net],
+        vec![
+            "--log-driver",
+            "syslog",
+            "--log-opt",
+            "syslog-address=tcp://127.0.0.1:1",
+        ],
+        vec!["-v", "/:/host"],
+        vec!["--mount", "type=bind,src=/,dst=/host"],
+        vec!["-v", &missing_bind],
+        vec![
+            "--mount",
+            "type=volume,dst=/h,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/",
+        ],
+        vec!["--volumes-from", &victim],
+        vec!["--pid", &victim_net],
+    ];
+    for flags in &escapes {
+        let name = unique("pt-escape");
+        let mut args = vec!["run", "--name", &name];
+        args.extend(flags.iter().copied());
+        args.extend([TEST_IMAGE, "true"]);
+        let (code, _, err) = s.cli.run(&args);
+        assert_ne!(code, 0, "{flags:?} must be refused");
+        assert!(
+            err.contains("forbidden by agent policy"),
+            "{flags:?}: {err}"
+        );
+        let (exists, _) = docker_cli(&["inspect", "--type", "container", &name]);
+        assert!(!exists, "{flags:?}: dockerd has a container {name}");
+    }
+    let (exists, _) = docker_cli(&["volume", "inspect", &missing]);
+    assert!(!exists, "the missing volume was created on the spot");
+
+    // Volumes with bind options, privileged exec, and the victim through other endpoints.
+    let hostvol = unique("pt-hostvol");
+    let (code, _, err) = s.cli.run(&[
+        "volume",
+        "create",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        "device=/",
+        &hostvol,
+    ]);
+    assert!(code != 0 && err.contains("deny_host_mounts"), "{err}");
+    let (exists, _) = docker_cli(&["volume", "inspect", &hostvol]);
+    assert!(!exists, "a bind-option volume was created");
+    let (code, _, err) = s.cli.run(&["exec", "--privileged", &ours, "id"]);
+    assert!(code != 0 && err.contains("deny_privileged"), "{err}");
+    let repo = unique("pt-commit");
+    for args in [
+        vec!["commit", &victim, &repo],
+        vec!["cp", &format!("{victim}:/etc/hostname"), "-"],
+        vec!["exec", &victim, "true"],
+        vec!["stop", &victim],
+    ] {
+        let (code, _, err) = s.cli.run(&args);
+        assert!(
+            code != 0 && err.contains("container_labels"),
+            "{args:?}: {err}"
+        );
+    }
+    let (exists, _) = docker_cli(&["image", "inspect", &repo]);
+    assert!(!exists, "the victim was committed");
+    let net = unique("pt-escape-net");
+    s.cleanup.network(&net);
+    s.cli.ok(&["network", "create", &net]);
+    let (code, _, err) = s.cli.run(&["network", "connect", &net, &victim]);
+    assert!(code != 0 && err.contains("container_labels"), "{err}");
+    let v = docker_get(&format!("/containers/{victim}/json"));
+    assert!(v["NetworkSettings"]["Networks"].get(&net).is_none());
+    assert_eq!(v["State"]["Running"], true, "the victim runs on");
+}

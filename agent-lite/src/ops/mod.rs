@@ -245,14 +245,13 @@ pub fn execute(
         .unwrap_or_else(|| agent.settings.command_timeout.load(Ordering::Relaxed))
         .max(1);
     let deadline = Instant::now() + Duration::from_secs(secs);
-    // The local policy first: it may refuse, add label filters or labels.
-    let mut params = cmd.params.clone();
+    // The local policy first: the operation's name; then each Docker request it makes.
     let policy = &agent.config.policy;
-    if let Err(e) = policy.check_command(agent, &cmd.operation, &mut params, deadline) {
+    if let Err(e) = policy.check_command(&cmd.operation) {
         log::info!("command {id}: {} refused: {e}", cmd.operation);
         return Err(e);
     }
-    let op = Operation::parse(&cmd.operation, &params)?;
+    let op = Operation::parse(&cmd.operation, &cmd.params)?;
     let started = Instant::now();
     log::debug!("command {id}: {} (timeout {secs}s)", op.name());
     let mut last_sent: Option<(Instant, Option<serde_json::Value>)> = None;
@@ -270,16 +269,16 @@ pub fn execute(
             ));
         }
     };
-    let result = protocol::docker::run(
-        op,
-        &mut agent.docker.transport(Some(deadline)),
-        &mut progress,
-    );
+    let daemon = crate::policy::request::AgentDaemon {
+        docker: &agent.docker,
+        deadline: Some(deadline),
+    };
+    let mut guarded = crate::policy::request::Guarded {
+        scope: policy.scope(&daemon),
+        inner: &mut agent.docker.transport(Some(deadline)),
+    };
+    let result = protocol::docker::run(op, &mut guarded, &mut progress);
     let result = match result {
-        Ok(mut v) if cmd.operation == "container.inspect" => {
-            policy.redact(&mut v);
-            Ok(v)
-        }
         Err(e) if e.code == ErrorCode::Timeout => Err(ErrorBody::new(
             ErrorCode::Timeout,
             format!(

@@ -428,7 +428,7 @@ impl Hub {
                 return;
             }
         };
-        if let Err(rule) = self.agent.config.policy.check_route(&route, query) {
+        if let Err(rule) = self.agent.config.policy.check_route(&route) {
             log::info!(
                 "stream {id}: {} {path} forbidden by agent policy: {rule}",
                 open.method

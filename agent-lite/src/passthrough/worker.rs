@@ -9,10 +9,14 @@
 use super::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
 use crate::docker::http::{Framing, HttpError, ResponseReader};
 use crate::docker::Conn;
+use crate::policy::query;
+use crate::policy::request::{admit, filter_answer, AgentDaemon, Answer, Body};
+use crate::policy::status_of;
 use protocol::passthrough::{is_hop_by_hop, Route, Shape};
 use protocol::{ErrorBody, ErrorCode, StreamOpenPayload, STREAM_CHUNK};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How the request body reaches the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +30,8 @@ enum BodyMode {
     Length(u64),
 }
 
-/// Largest inspect answer the agent buffers to redact environment values.
-const REDACT_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest answer the agent buffers to filter it (env redaction, label scope).
+const FILTER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Runs the stream to its end, then closes the daemon connection and forgets the stream.
 pub(super) fn run(hub: Arc<Hub>, ctl: Arc<Ctl>, open: StreamOpenPayload, route: Route, rx: UpRx) {
@@ -91,7 +95,6 @@ fn serve(
     rx: UpRx,
 ) -> Result<(), ErrorBody> {
     let agent = &hub.agent;
-    let policy = &agent.config.policy;
     let upgrade = open.upgrade && route.shape == Shape::Upgrade;
     let forwarded_len = header(&open.headers, "content-length").and_then(|v| v.trim().parse().ok());
     // Bodies of plain and upgrade routes are small JSON: always buffered (and inspected for
@@ -102,96 +105,29 @@ fn serve(
         (true, Some(n)) => BodyMode::Length(n),
         (true, None) => BodyMode::Chunked,
     };
-    let (path, query) = match open.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (open.path.as_str(), None),
-    };
-
-    // Policy that needs the daemon: the object's labels.
-    if let Err((status, why)) = crate::policy::check_object(agent, route, query) {
-        hub.refuse(ctl, status, &why);
+    let Some(prepared) = prepare(hub, ctl, open, route, mode == BodyMode::Buffered, &rx) else {
         return Ok(());
-    }
-    let target = match policy.rewrite_query(route, query) {
-        Some(q) => format!("{path}?{q}"),
-        None => open.path.clone(),
     };
-
+    let Prepared {
+        target,
+        body,
+        answer,
+        deadline,
+    } = prepared;
     let mut rx = Some(rx);
-    let mut body = None;
-    if mode == BodyMode::Buffered {
-        let Some(r) = rx.as_ref() else {
-            return Ok(());
-        };
-        match collect(hub, ctl, r) {
-            Ok(Some(b)) => body = Some(b),
-            Ok(None) => return Ok(()),
-            Err(()) => {
-                hub.refuse(
-                    ctl,
-                    413,
-                    &format!(
-                        "the request body is larger than the agent's limit of {BODY_LIMIT} bytes"
-                    ),
-                );
-                return Ok(());
-            }
-        }
-        if route.action == "container.exec" && route.path.ends_with("/exec") {
-            if let Err(rule) = policy.check_exec_body(body.as_deref().unwrap_or_default()) {
-                hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
-                return Ok(());
-            }
-        }
-        if route.action == "container.create" {
-            match policy.check_create_body(body.as_deref().unwrap_or_default()) {
-                Ok(Some(rewritten)) => body = Some(rewritten),
-                Ok(None) => {}
-                Err(crate::policy::BodyRefusal::Forbidden(rule)) => {
-                    hub.refuse(ctl, 403, &format!("forbidden by agent policy: {rule}"));
-                    return Ok(());
-                }
-                Err(crate::policy::BodyRefusal::Invalid(why)) => {
-                    hub.refuse(ctl, 400, &why);
-                    return Ok(());
-                }
-            }
-        }
-    }
 
     let conn = agent.docker.connect_raw().map_err(ErrorBody::from)?;
     if !ctl.set_conn(conn.try_clone().map_err(unreachable)?) {
         return Ok(());
     }
 
-    // The request head.
-    let mut head = format!("{} {target} HTTP/1.1\r\nHost: docker\r\n", open.method);
-    for (k, v) in &open.headers {
-        if is_hop_by_hop(k) || !valid_header(k, v) {
-            continue;
-        }
-        head.push_str(k);
-        head.push_str(": ");
-        head.push_str(v);
-        head.push_str("\r\n");
-    }
-    match mode {
-        BodyMode::None if matches!(open.method.as_str(), "POST" | "PUT") => {
-            head.push_str("Content-Length: 0\r\n")
-        }
-        BodyMode::None => {}
-        BodyMode::Buffered => {
-            let n = body.as_ref().map_or(0, Vec::len);
-            head.push_str(&format!("Content-Length: {n}\r\n"));
-        }
-        BodyMode::Chunked => head.push_str("Transfer-Encoding: chunked\r\n"),
-        BodyMode::Length(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
-    }
-    if upgrade {
-        head.push_str("Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n");
-    } else {
-        head.push_str("Connection: close\r\n\r\n");
-    }
+    let head = request_head(
+        open,
+        &target,
+        mode,
+        upgrade,
+        body.as_ref().map_or(0, Vec::len),
+    );
     let mut out = head.into_bytes();
     if let Some(b) = &body {
         out.extend_from_slice(b);
@@ -235,15 +171,32 @@ fn serve(
         }
     }
 
-    let redact = (200..300).contains(&resp.status) && policy.redacts(route);
+    let filter = answer.filter(|_| (200..300).contains(&resp.status));
+    relay(hub, ctl, reader, framing, filter, deadline)
+}
+
+/// Sends the daemon's answer body as data frames (after the policy's filter, if any), then
+/// `stream_end`.
+fn relay(
+    hub: &Hub,
+    ctl: &Ctl,
+    mut reader: ResponseReader<Conn>,
+    framing: Framing,
+    filter: Option<Answer>,
+    deadline: Option<Instant>,
+) -> Result<(), ErrorBody> {
+    let agent = &hub.agent;
     let mut ok = true;
-    let result = if redact {
+    let result = if let Some(answer) = filter {
         let mut buf = Vec::new();
-        let r = reader.read_body(framing, REDACT_LIMIT, &mut |d| buf.extend_from_slice(d));
+        let r = reader.read_body(framing, FILTER_LIMIT, &mut |d| buf.extend_from_slice(d));
         if r.is_ok() {
-            let out = crate::policy::redact_inspect_bytes(&buf, &policy.redact_env_patterns)
-                .unwrap_or(buf);
-            ok = hub.send_data(ctl, &out);
+            let daemon = AgentDaemon {
+                docker: &agent.docker,
+                deadline,
+            };
+            let scope = agent.config.policy.scope(&daemon);
+            ok = hub.send_data(ctl, &filter_answer(&scope, answer, &buf)?);
         }
         r
     } else {
@@ -268,6 +221,127 @@ fn serve(
         )),
         Err(e) => Err(unreachable(e)),
     }
+}
+
+/// A request as the local policy lets it go.
+struct Prepared {
+    /// The request target: path and query as the agent sends them.
+    target: String,
+    /// The body to send with a Content-Length (buffered routes).
+    body: Option<Vec<u8>>,
+    /// What the policy does to a 2xx answer.
+    answer: Option<Answer>,
+    /// The deadline of the policy's own daemon requests.
+    deadline: Option<Instant>,
+}
+
+/// Collects a buffered request body, then runs the local policy on the request
+/// ([`crate::policy::request::admit`]). `None`: the stream was answered (refused) or
+/// cancelled.
+fn prepare(
+    hub: &Hub,
+    ctl: &Ctl,
+    open: &StreamOpenPayload,
+    route: &Route,
+    buffered: bool,
+    rx: &UpRx,
+) -> Option<Prepared> {
+    let mut body = None;
+    if buffered {
+        match collect(hub, ctl, rx) {
+            Ok(Some(b)) => body = Some(b),
+            Ok(None) => return None,
+            Err(()) => {
+                hub.refuse(
+                    ctl,
+                    413,
+                    &format!(
+                        "the request body is larger than the agent's limit of {BODY_LIMIT} bytes"
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    let agent = &hub.agent;
+    let (path, query) = match open.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (open.path.as_str(), None),
+    };
+    let deadline = Some(Instant::now() + agent.docker.timeout().min(Duration::from_secs(30)));
+    let daemon = AgentDaemon {
+        docker: &agent.docker,
+        deadline,
+    };
+    let admitted = query::parse(query)
+        .map_err(ErrorBody::invalid_params)
+        .and_then(|q| {
+            let scope = agent.config.policy.scope(&daemon);
+            admit(&scope, route, q, &open.headers, body.as_deref())
+        });
+    let adm = match admitted {
+        Ok(a) => a,
+        Err(e) => {
+            log::info!("stream {}: {} {path} refused: {e}", ctl.id, open.method);
+            hub.refuse(ctl, status_of(&e), &e.message);
+            return None;
+        }
+    };
+    let mut target = match &route.version {
+        Some(v) => format!("/v{v}{}", adm.path),
+        None => adm.path,
+    };
+    if !adm.query.is_empty() {
+        target.push('?');
+        target.push_str(&query::encode(&adm.query));
+    }
+    let body = match adm.body {
+        Body::Same => body,
+        Body::Json(v) => Some(v.to_string().into_bytes()),
+        Body::Empty => None,
+    };
+    Some(Prepared {
+        target,
+        body,
+        answer: adm.answer,
+        deadline,
+    })
+}
+
+/// The request head for the daemon: the server's headers without hop-by-hop ones, and our
+/// own framing and connection handling.
+fn request_head(
+    open: &StreamOpenPayload,
+    target: &str,
+    mode: BodyMode,
+    upgrade: bool,
+    body_len: usize,
+) -> String {
+    let mut head = format!("{} {target} HTTP/1.1\r\nHost: docker\r\n", open.method);
+    for (k, v) in &open.headers {
+        if is_hop_by_hop(k) || !valid_header(k, v) {
+            continue;
+        }
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    match mode {
+        BodyMode::None if matches!(open.method.as_str(), "POST" | "PUT") => {
+            head.push_str("Content-Length: 0\r\n")
+        }
+        BodyMode::None => {}
+        BodyMode::Buffered => head.push_str(&format!("Content-Length: {body_len}\r\n")),
+        BodyMode::Chunked => head.push_str("Transfer-Encoding: chunked\r\n"),
+        BodyMode::Length(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+    }
+    if upgrade {
+        head.push_str("Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n");
+    } else {
+        head.push_str("Connection: close\r\n\r\n");
+    }
+    head
 }
 
 /// `api-version` -> `Api-Version`, as dockerd spells its headers.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod policy;
 
 use std::time::{Duration, Instant};
 
