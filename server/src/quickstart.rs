@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use crate::api::tokens_issue;
 use crate::auth::{generate_token, hash_token, AGENT_TOKEN_PREFIX};
 use crate::config::{Config, QuickstartArgs};
+use crate::state::AppState;
 use crate::store::{ConnectionMode, NewAgent, NewHost, Role};
-use crate::AppState;
 
 pub const HOST_NAME: &str = "local";
 pub const AGENT_ID: &str = "local-agent";
@@ -185,7 +185,7 @@ pub async fn run(
         println!("{note}");
     }
     println!("Press Ctrl-C to stop.");
-    let result = crate::serve(listener, state, shutdown).await;
+    let result = crate::app::serve(listener, state, shutdown).await;
     if let Some(mut c) = child {
         let _ = c.kill();
         let _ = c.wait();

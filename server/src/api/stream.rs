@@ -10,11 +10,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::auth::Caller;
+use super::caller::Caller;
 use crate::error::ApiResult;
 use crate::leases::Lease;
+use crate::state::AppState;
 use crate::store::Role;
-use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {

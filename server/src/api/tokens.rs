@@ -7,11 +7,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::caller::Caller;
 use super::ts;
-use crate::auth::{generate_token, hash_token, token_prefix, Caller, USER_TOKEN_PREFIX};
+use crate::auth::{generate_token, hash_token, token_prefix, USER_TOKEN_PREFIX};
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use crate::store::{now_ms, ApiToken, NewApiToken, Role, Store};
-use crate::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
