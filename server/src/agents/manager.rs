@@ -262,6 +262,18 @@ impl AgentManager {
             .map(|s| s.agent_ref.clone())
     }
 
+    /// Whether an agent bound to `host_id` is online, and the live session to show for the
+    /// host: that agent's, else (a silent or moved agent) the session of `preferred`.
+    pub fn live_for_host(
+        &self,
+        host_id: &str,
+        preferred: Option<&str>,
+    ) -> (bool, Option<LiveStatus>) {
+        let online = self.online_agent_for_host(host_id, preferred);
+        let live = online.as_deref().or(preferred).and_then(|r| self.status(r));
+        (online.is_some(), live)
+    }
+
     fn session_for_host(&self, host_id: &str, preferred: Option<&str>) -> Option<Arc<Session>> {
         let serves = |s: &Session| s.is_online() && s.host_id.as_deref() == Some(host_id);
         if let Some(s) = preferred.and_then(|p| self.get(p)).filter(|s| serves(s)) {

@@ -1,4 +1,9 @@
 //! `/api/v1/hosts[/{id}]`: hosts, direct or through an agent. No GET returns TLS keys.
+//!
+//! Owns: checking a host's connection settings, the host JSON (which fields each connection
+//! mode shows: an agent host its agent's liveness, a direct host its daemon's probe), and
+//! auditing host changes. Must not: reach a host (commands and the passthrough go through
+//! its adapter).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -115,13 +120,7 @@ async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
         Some(r) => state.store.get_agent_by_ref(r).await.ok().flatten(),
         None => None,
     };
-    let live_ref = state
-        .agents
-        .online_agent_for_host(&h.id, h.agent_ref.as_deref());
-    let live = live_ref
-        .as_deref()
-        .or(h.agent_ref.as_deref())
-        .and_then(|r| state.agents.status(r));
+    let (online, live) = state.agents.live_for_host(&h.id, h.agent_ref.as_deref());
     v["agent"] = match &agent {
         Some(a) => json!({
             "agent_id": a.agent_id,
@@ -137,11 +136,7 @@ async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
     };
     match h.connection_mode {
         ConnectionMode::Agent => {
-            v["status"] = json!(if live_ref.is_some() {
-                "online"
-            } else {
-                "offline"
-            });
+            v["status"] = json!(if online { "online" } else { "offline" });
             v["last_heartbeat"] = ts(agent.as_ref().and_then(|a| a.last_heartbeat));
             v["version"] = json!(live
                 .as_ref()

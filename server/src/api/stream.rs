@@ -39,10 +39,11 @@ pub async fn stream(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run(socket, rx, q.host_id, lease)))
+        .on_upgrade(move |socket| pump_feed(socket, rx, q.host_id, lease)))
 }
 
-async fn run(
+/// Sends the feed's events (of one host, when filtered) until the client leaves or the lease ends.
+async fn pump_feed(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::feed::FeedEvent>>,
     host: Option<String>,

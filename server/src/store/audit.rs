@@ -337,38 +337,16 @@ impl Store {
         Ok(())
     }
 
-    /// Walks the whole chain and reports every changed or deleted entry.
-    pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
-        self.flush_audit().await?;
-        let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>("n")? as u64;
-        let mut report = AuditVerifyReport {
-            unchained,
-            ..Default::default()
-        };
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        let (head_seq, head_hash) = match head {
-            Some(h) => (h.try_get::<i64, _>("seq")?, h.try_get::<String, _>("hash")?),
-            None => {
-                report.problems.push("the audit_head row is missing".into());
-                (0, String::new())
-            }
-        };
-        report.head_seq = head_seq;
-        report.head_hash = head_hash.clone();
+    /// Checks every chained entry against its hash and its link to the one before; returns
+    /// the newest chained entry (sequence number and hash), if any.
+    async fn walk_chain(
+        &self,
+        report: &mut AuditVerifyReport,
+        legacy_max: Option<i64>,
+    ) -> Result<Option<(i64, String)>> {
         let mut expected_prev = GENESIS.to_string();
         // The sequence number of the previous chained entry (None before the first).
         let mut prev_seq: Option<i64> = None;
-        // The last unchained (legacy) sequence number: the chain starts after it.
-        let legacy_max: Option<i64> =
-            sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE hash IS NULL")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("m")?;
         let mut after = i64::MIN;
         loop {
             let rows = sqlx::query(
@@ -394,46 +372,46 @@ impl Store {
                 if prev_hash != expected_prev {
                     // The link to the previous entry is broken: what lies between is gone.
                     let from = prev_seq.or(legacy_max).unwrap_or(0) + 1;
-                    let missing: Vec<i64> = (from..f.seq).collect();
-                    if missing.is_empty() || missing.len() > 10_000 {
-                        report.problems.push(format!(
-                            "entry {} does not follow the entry before it (prev_hash mismatch)",
-                            f.seq
-                        ));
-                        if missing.is_empty() {
-                            report.changed.push(f.seq);
-                        }
-                    }
-                    if missing.len() <= 10_000 {
-                        report.deleted.extend(missing);
-                    }
+                    broken_link(report, f.seq, from);
                 }
                 expected_prev = hash;
                 prev_seq = Some(f.seq);
             }
         }
-        // The head names the newest entry: entries deleted at the end show here.
-        let last = prev_seq.unwrap_or(legacy_max.unwrap_or(0));
-        let last_hash = if prev_seq.is_some() {
-            expected_prev.clone()
-        } else {
-            String::new()
+        Ok(prev_seq.map(|s| (s, expected_prev)))
+    }
+
+    /// Walks the whole chain and reports every changed or deleted entry.
+    pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
+        self.flush_audit().await?;
+        let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>("n")? as u64;
+        let mut report = AuditVerifyReport {
+            unchained,
+            ..Default::default()
         };
-        if head_seq > last || (head_seq == last && head_hash != last_hash) {
-            if head_seq > last {
-                report
-                    .deleted
-                    .extend((last + 1)..=head_seq.min(last + 10_000));
-            } else {
-                report
-                    .problems
-                    .push("the newest entry does not match the chain head".into());
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let (head_seq, head_hash) = match head {
+            Some(h) => (h.try_get::<i64, _>("seq")?, h.try_get::<String, _>("hash")?),
+            None => {
+                report.problems.push("the audit_head row is missing".into());
+                (0, String::new())
             }
-        } else if head_seq < last {
-            report.problems.push(format!(
-                "entries after the chain head ({head_seq}) were written outside the chain"
-            ));
-        }
+        };
+        report.head_seq = head_seq;
+        report.head_hash = head_hash.clone();
+        // The last unchained (legacy) sequence number: the chain starts after it.
+        let legacy_max: Option<i64> =
+            sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE hash IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("m")?;
+        let last = self.walk_chain(&mut report, legacy_max).await?;
+        check_head(&mut report, last, legacy_max, &head_hash);
         report.changed.sort_unstable();
         report.changed.dedup();
         report.deleted.sort_unstable();
@@ -506,5 +484,46 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// Entry `seq` does not link to the chained entry before it: the entries from `from` on were
+/// deleted (or, with none missing, `seq` itself was changed).
+fn broken_link(report: &mut AuditVerifyReport, seq: i64, from: i64) {
+    let missing: Vec<i64> = (from..seq).collect();
+    if missing.is_empty() || missing.len() > 10_000 {
+        report.problems.push(format!(
+            "entry {seq} does not follow the entry before it (prev_hash mismatch)"
+        ));
+        if missing.is_empty() {
+            report.changed.push(seq);
+        }
+    }
+    if missing.len() <= 10_000 {
+        report.deleted.extend(missing);
+    }
+}
+
+/// The head names the newest entry: entries deleted at the end show here.
+fn check_head(
+    report: &mut AuditVerifyReport,
+    last: Option<(i64, String)>,
+    legacy_max: Option<i64>,
+    head_hash: &str,
+) {
+    let head_seq = report.head_seq;
+    let (last, last_hash) = last.unwrap_or((legacy_max.unwrap_or(0), String::new()));
+    if head_seq > last {
+        report
+            .deleted
+            .extend((last + 1)..=head_seq.min(last + 10_000));
+    } else if head_seq == last && head_hash != last_hash {
+        report
+            .problems
+            .push("the newest entry does not match the chain head".into());
+    } else if head_seq < last {
+        report.problems.push(format!(
+            "entries after the chain head ({head_seq}) were written outside the chain"
+        ));
     }
 }

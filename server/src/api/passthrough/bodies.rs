@@ -34,13 +34,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.metrics.passthrough_bytes(this.up, d.len() as u64);
-                }
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.metrics.passthrough_bytes(this.up, d.len() as u64);
             }
-            _ => {}
         }
         r
     }
