@@ -5,6 +5,8 @@
 //! `local-agent`, whose binary (`docker-ctl-agent`, next to this binary or on PATH) is
 //! started connected to this server. Prints the admin token and one curl line that lists the
 //! containers through the agent, then serves until Ctrl-C.
+//!
+//! Owns: that first-run setup. Must not: be imported by anything but the binary (it is wiring).
 
 use anyhow::Context;
 use protocol::Secret;

@@ -6,6 +6,8 @@
 //! `app.rs`, `api/` and the entry points use it; no part below imports it (a part that needs
 //! another gets it handed in, and a handler that needs only one part extracts that part
 //! with `FromRef`).
+//!
+//! Must not: hold behaviour: it builds and hands out parts.
 
 use anyhow::Context;
 use axum::extract::FromRef;

@@ -1,5 +1,8 @@
 //! `/api/v1/agents`: enrolment (the token is shown once), listing, settings, token rotation
 //! and revocation.
+//!
+//! Owns: the agents' REST shapes and the audit of these actions. Must not: touch a session
+//! except through `AgentManager`'s methods (disconnect, push settings).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -1,5 +1,8 @@
 //! Read-only views: `GET /api/v1/audit`, `GET /api/v1/hosts/{id}/events`,
 //! `GET /api/v1/commands/{id}`, `GET /api/v1/hosts/{id}/commands`, `GET /api/v1/audit/verify`.
+//!
+//! Owns: these views' shapes (a command's result only for roles that could run it). Must not:
+//! change a command (expiry on read goes through `commands`).
 
 use axum::extract::{Path, Query, State};
 use axum::Json;

@@ -2,6 +2,8 @@
 //! health and Docker events as JSON text messages. Authenticated with the same bearer token
 //! as the REST API (viewer and up). The feed holds a lease (`crate::leases`): revoking the
 //! token (or deleting the filtered host) closes it with code 1008 and the reason.
+//!
+//! Owns: the feed's socket while it lives. Must not: publish (the `feed` module does).
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};

@@ -1,4 +1,7 @@
 //! `/api/v1/tokens`: user API tokens (admin only). The token is shown once, at creation.
+//!
+//! Owns: issuing, listing and revoking user tokens, and ending a revoked token's live sessions.
+//! Must not: store or return a token after it was shown once.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -14,7 +14,10 @@
 //! Both adapters end in the protocol crate's one operation mapping (the agent runs it on its
 //! side; the direct adapter drives `protocol::docker::Plan` here). [`Adapters`] picks the
 //! adapter from the host's current row, so a PATCH of `connection_mode` takes effect on the
-//! next request. Must not: map operations to Docker requests itself, keep command history,
+//! next request.
+//!
+//! Owns: the seam, the choice of adapter for a host, and the cache of direct adapters (their
+//! connection pools and negotiated API versions). Must not: map operations to Docker requests itself, keep command history,
 //! or know the REST API (HTTP bodies and headers cross the seam as they are).
 
 pub mod agent;

@@ -1,5 +1,7 @@
 //! The `agent_events` table: connections, disconnections, missed heartbeats and failed
 //! handshakes of agents, pruned by age.
+//!
+//! Owns: its SQL. Must not: decide which failures are written (the sampler does).
 
 use serde::Serialize;
 use serde_json::Value;

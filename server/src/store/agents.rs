@@ -1,5 +1,8 @@
 //! The `docker_agents` table: enrolments (token hashes, allowlists, settings), which host
 //! each agent is bound to, and the last known state of its session.
+//!
+//! Owns: its SQL and the agent rows (token hashes, signing keys only as ciphertext). Must not:
+//! decide whether a token is valid (`auth` does).
 
 use serde_json::Value;
 use sqlx::any::AnyRow;

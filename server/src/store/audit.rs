@@ -15,6 +15,9 @@
 //! is found by [`Store::verify_audit_chain`]. Whoever can rewrite the whole table can also
 //! recompute the chain; anchoring the head hash elsewhere (it is printed by `audit verify`)
 //! detects that too.
+//!
+//! Owns: its SQL, the chain's hashing, the group commit and the verification. Must not: decide
+//! what is audited (`crate::audit` builds the entries).
 
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;

@@ -1,4 +1,6 @@
 //! The `docker_events` table: the Docker events agents report, bounded per host and by age.
+//!
+//! Owns: its SQL and the bounds. Must not: publish events (the agent endpoint does).
 
 use serde::Serialize;
 use serde_json::Value;

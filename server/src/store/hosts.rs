@@ -1,5 +1,7 @@
 //! The `docker_hosts` table: the hosts, direct or served by an agent, read through a
 //! short-lived cache on the command and Docker API paths.
+//!
+//! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host.
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;

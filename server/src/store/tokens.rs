@@ -1,5 +1,7 @@
 //! The `api_tokens` table: user API tokens, stored as hashes, read through a short-lived
 //! cache (see `cache.rs`) on every request.
+//!
+//! Owns: its SQL and the token rows. Must not: see a token in clear (only its hash).
 
 use sqlx::any::AnyRow;
 use sqlx::Row;

@@ -1,4 +1,6 @@
 //! The `users` table: the people API tokens belong to, and their roles.
+//!
+//! Owns: its SQL and the [`Role`] vocabulary. Must not: decide what a role may do.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;

@@ -313,6 +313,7 @@ async fn exchange(
 ) -> Response {
     let state = ex.state.clone();
     let lease = ex.lease.take();
+    let open = state.metrics.passthrough_opened();
     let opened = match state.adapters.for_host(host) {
         Ok(adapter) => {
             let via = adapter.route().via;
@@ -320,7 +321,6 @@ async fn exchange(
         }
         Err(e) => (Err(e), host.connection_mode.as_str()),
     };
-    let open = state.metrics.passthrough_opened();
     let resp = match opened {
         (Ok(r), via) => {
             ex.finish(outcome_of_status(r.status), r.status, via, None)
