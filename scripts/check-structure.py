@@ -7,8 +7,10 @@
    children named relatively (`mod x;`, `use x::...`, `self::x`) are its parts, not imports;
    the crate root's `use crate::...` are imports like any other. `#[cfg(test)]` items are
    left out.
-2. Layering of the server: the parts below the wiring (`AppState` and the router live in
-   `state.rs`, `app.rs` and `api/`) never name `AppState`.
+2. Layering of the server: each top-level module sits in a layer (SERVER_LAYERS, top
+   first), and a file imports only files of its own layer or of layers below it. The parts
+   below the wiring and the HTTP layer (`app.rs`, `state.rs`, `api/`, `quickstart.rs`)
+   never name `AppState`.
 3. Prints the product functions over 100 lines (see scripts/long-functions.py).
 
 Usage: python3 scripts/check-structure.py [CRATE ...]   (default: every crate that must pass)
@@ -26,6 +28,15 @@ CRATES_THAT_MUST_PASS = ["protocol", "server"]
 ALL_CRATES = ["protocol", "agent-lite", "server"]
 # Server files allowed to name AppState: the wiring and the HTTP layer it hands state to.
 APPSTATE_ALLOWED = re.compile(r"^(lib\.rs|app\.rs|state\.rs|quickstart\.rs|main\.rs|api/.*)$")
+# The server's layers, top first (see docs/architecture.md); "" is the crate root.
+SERVER_LAYERS = [
+    ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
+    ("commands", {"commands"}),
+    ("hosts", {"hosts"}),
+    ("agents", {"agents"}),
+    ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
+               "reply", "error", "config", "stacks"}),
+]
 
 
 def module_files(src):
@@ -213,6 +224,31 @@ def name(mods, m):
     return mods[m]
 
 
+def check_layers(mods, edges):
+    """Every file's imports stay in its layer or below it."""
+    def layer(m):
+        top = m[0] if m else ""
+        for i, (_, names) in enumerate(SERVER_LAYERS):
+            if top in names:
+                return i
+        return None
+
+    ok = True
+    for m in sorted(mods):
+        if mods[m] == "main.rs":
+            continue
+        if layer(m) is None:
+            ok = False
+            print(f"check-structure: server: {mods[m]} is in no layer (add its module to SERVER_LAYERS)", file=sys.stderr)
+            continue
+        for t in sorted(edges.get(m, ())):
+            if layer(t) is not None and layer(t) < layer(m):
+                ok = False
+                print(f"check-structure: server: {mods[m]} ({SERVER_LAYERS[layer(m)][0]}) imports "
+                      f"{mods[t]} ({SERVER_LAYERS[layer(t)][0]}), a layer above it", file=sys.stderr)
+    return ok
+
+
 def check_crate(crate):
     mods, edges = edges_of(crate)
     ok = True
@@ -225,6 +261,7 @@ def check_crate(crate):
                 if t in comp:
                     print(f"    {mods[m]} -> {mods[t]}", file=sys.stderr)
     if crate == "server":
+        ok = check_layers(mods, edges) and ok
         src = os.path.join(ROOT, crate, "src")
         for rel in sorted(mods.values()):
             if APPSTATE_ALLOWED.match(rel):

@@ -5,9 +5,10 @@
 //! `oneshot`), [`serve`] runs it on a listener until a shutdown future completes, and [`run`]
 //! does both from a [`config::Config`].
 //!
-//! Layers, each using only the ones below it (`docs/architecture.md` draws them):
-//! - the wiring: [`app`], [`state`], [`quickstart`];
-//! - HTTP: [`api`] (REST handlers, the Docker API passthrough, the live feed);
+//! Layers, each using only itself and the ones below it (`docs/architecture.md` draws them;
+//! `scripts/check-structure.py` checks them):
+//! - the wiring and HTTP: [`app`], [`state`], [`quickstart`], and [`api`] (REST handlers,
+//!   the Docker API passthrough, the live feed);
 //! - a command's life: [`commands`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];

@@ -262,16 +262,25 @@ impl AgentManager {
             .map(|s| s.agent_ref.clone())
     }
 
+    /// The agent that serves `host_id`: an online one bound to it (preferring `preferred`),
+    /// else `preferred` itself (offline, or silent). `None` when the host has no agent.
+    pub fn serving_agent(&self, host_id: &str, preferred: Option<&str>) -> Option<String> {
+        self.online_agent_for_host(host_id, preferred)
+            .or_else(|| preferred.map(str::to_owned))
+    }
+
     /// Whether an agent bound to `host_id` is online, and the live session to show for the
-    /// host: that agent's, else (a silent or moved agent) the session of `preferred`.
+    /// host (of its [`AgentManager::serving_agent`]).
     pub fn live_for_host(
         &self,
         host_id: &str,
         preferred: Option<&str>,
     ) -> (bool, Option<LiveStatus>) {
-        let online = self.online_agent_for_host(host_id, preferred);
-        let live = online.as_deref().or(preferred).and_then(|r| self.status(r));
-        (online.is_some(), live)
+        let online = self.session_for_host(host_id, preferred).is_some();
+        let live = self
+            .serving_agent(host_id, preferred)
+            .and_then(|r| self.status(&r));
+        (online, live)
     }
 
     fn session_for_host(&self, host_id: &str, preferred: Option<&str>) -> Option<Arc<Session>> {

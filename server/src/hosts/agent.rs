@@ -49,9 +49,7 @@ impl AgentHostAdapter {
         preferred: Option<String>,
         agent_id: Option<String>,
     ) -> Self {
-        let target = agents
-            .online_agent_for_host(&host_id, preferred.as_deref())
-            .or_else(|| preferred.clone());
+        let target = agents.serving_agent(&host_id, preferred.as_deref());
         AgentHostAdapter {
             agents,
             host_id,
