@@ -611,14 +611,22 @@ impl AgentManager {
     }
 }
 
-/// A queued command going out on an [`AgentLink`].
-#[derive(Debug)]
+/// A queued command going out on an [`AgentLink`]. `Debug` leaves the params out.
 pub struct Outbound<'a> {
     pub id: &'a str,
     pub operation: &'a str,
     pub params: Value,
     pub idempotency_key: &'a str,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Outbound<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("id", &self.id)
+            .field("operation", &self.operation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the delivery of a queued command ended.

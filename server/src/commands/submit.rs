@@ -29,8 +29,9 @@ pub const MAX_QUEUE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The largest `timeout` a submission may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A command to run on a host, as a caller asks for it.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A command to run on a host, as a caller asks for it. `Debug` leaves the params out (they
+/// may hold environment values).
+#[derive(Clone, Default, PartialEq)]
 pub struct Submission {
     pub host_id: String,
     /// A catalog operation name, e.g. `container.list`.
@@ -49,6 +50,18 @@ pub struct Submission {
     /// What started the command besides its requester, e.g. `bulk:ID`: stored with it, in
     /// its audit entry and in its [`super::Finished`] event.
     pub origin: Option<String>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("host_id", &self.host_id)
+            .field("operation", &self.operation)
+            .field("queue", &self.queue)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A submission on its way, after validation.

@@ -57,8 +57,8 @@ pub struct Route {
     pub online: bool,
 }
 
-/// One Docker Engine API exchange, as the client sent it.
-#[derive(Debug)]
+/// One Docker Engine API exchange, as the client sent it. `Debug` shows header names only
+/// (`X-Registry-Auth` carries credentials).
 pub struct StreamRequest {
     pub method: Method,
     /// Origin-form target below the host's base path: `/v1.41/containers/json?all=1`.
@@ -69,6 +69,19 @@ pub struct StreamRequest {
     pub body: Option<Body>,
     /// The client asked to hijack the connection, and its connection can be hijacked.
     pub upgrade: bool,
+}
+
+impl std::fmt::Debug for StreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("StreamRequest")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("headers", &names)
+            .field("body", &self.body.is_some())
+            .field("upgrade", &self.upgrade)
+            .finish()
+    }
 }
 
 /// The daemon's answer to a [`StreamRequest`]: the head, and the body still streaming.
