@@ -280,7 +280,7 @@ impl Commands {
             "the command was sent but no answer arrived in time; it stays queued and is sent \
              again (same idempotency key) when the agent reconnects: poll GET /api/v1/commands/{id}",
         )
-        .with_details(json!({ "command_id": f.id, "state": "sent" }));
+        .with_details(json!({ "command_id": f.id, "state": CommandState::Sent }));
         Ok(Reply {
             outcome: Some(Err(e)),
             ..Reply::of(&now, false)
