@@ -3,7 +3,9 @@
 # - the agent has no async runtime anywhere in its tree;
 # - the protocol crate has no tokio (serde only);
 # - no OpenSSL anywhere; one TLS stack (rustls with ring, no aws-lc);
-# - no duplicate major versions of crypto crates.
+# - no duplicate major versions of crypto crates;
+# - no file-level import cycle, and only the wiring names AppState (scripts/check-structure.py,
+#   which also prints the product functions over 100 lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -23,4 +25,5 @@ for c in rustls ring webpki rustls-webpki sha2 hmac; do
   [ "$n" -le 1 ] || bad "several versions of $c: $(echo $majors)"
 done
 echo "check-deps: agent-lite has $(sort -u <<<"$agent" | grep -c ' v') crates, none async; protocol has no tokio; TLS is rustls+ring only"
+python3 scripts/check-structure.py || fail=1
 exit $fail

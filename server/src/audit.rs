@@ -7,7 +7,7 @@
 use serde_json::Value;
 use std::net::IpAddr;
 
-use crate::auth::Caller;
+use crate::auth::Principal;
 use crate::store::{NewAudit, Store};
 
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl Auditor {
     /// The entry for a user's action.
     #[allow(clippy::too_many_arguments)]
     pub fn user_entry(
-        caller: &Caller,
+        who: &Principal,
         action: &str,
         host_id: Option<&str>,
         target: Option<&str>,
@@ -55,14 +55,14 @@ impl Auditor {
     ) -> NewAudit {
         NewAudit {
             actor_kind: "user".into(),
-            actor: caller.user.clone(),
+            actor: who.user.clone(),
             host_id: host_id.map(str::to_owned),
             action: action.into(),
             target: target.map(str::to_owned),
             outcome: outcome.into(),
             error_code: error_code.map(str::to_owned),
             detail,
-            source_ip: caller.ip.map(|i| i.to_string()),
+            source_ip: who.ip.map(|i| i.to_string()),
         }
     }
 
@@ -70,7 +70,7 @@ impl Auditor {
     #[allow(clippy::too_many_arguments)]
     pub async fn user(
         &self,
-        caller: &Caller,
+        who: &Principal,
         action: &str,
         host_id: Option<&str>,
         target: Option<&str>,
@@ -78,7 +78,7 @@ impl Auditor {
         error_code: Option<&str>,
         detail: Option<Value>,
     ) {
-        let entry = Self::user_entry(caller, action, host_id, target, outcome, error_code, detail);
+        let entry = Self::user_entry(who, action, host_id, target, outcome, error_code, detail);
         self.record(entry).await
     }
 

@@ -1,26 +1,25 @@
 //! Authentication and authorisation.
 //!
 //! Owns: making tokens (256 random bits, shown once), hashing them (SHA-256: fine for
-//! high-entropy tokens), constant-time comparison, the [`Caller`] extractor for user API
-//! tokens (`Authorization: Bearer`), roles, CIDR allowlists and the per-IP limiter for
-//! failed authentications. Must not: log or return a token after it was shown once.
+//! high-entropy tokens), constant-time comparison, checking an agent's token, the
+//! [`Principal`] an action is taken for and the role it needs, CIDR allowlists, the per-IP
+//! limiter for failed authentications and the per-token request rate. Must not: log or
+//! return a token after it was shown once, or know HTTP (the bearer extractor is
+//! `api::Caller`).
 
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use base64::Engine;
 use ipnet::IpNet;
 use protocol::{ErrorCode, Secret};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::store::{now_ms, Agent, Role};
-use crate::AppState;
 
 /// Prefix of user API tokens.
 pub const USER_TOKEN_PREFIX: &str = "dctl_u_";
@@ -242,17 +241,21 @@ impl RateLimiter {
     }
 }
 
-/// The authenticated user of a request.
-#[derive(Debug, Clone)]
-pub struct Caller {
+/// Who acts: a user's API token and its role. The REST API builds it from the request's
+/// bearer token (`api::Caller`); an in-process runner (a bulk run, a stack) acting for the
+/// user who started it builds it from what it stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The API token's id (its live sessions end when it is revoked).
     pub token_id: String,
     pub user: String,
     pub role: Role,
+    /// The client's address, when the action came over the network.
     pub ip: Option<IpAddr>,
 }
 
-impl Caller {
-    /// Refuses with 403 unless the caller has at least `role`.
+impl Principal {
+    /// Refuses with `forbidden` unless the principal has at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {
             Ok(())
@@ -266,95 +269,11 @@ impl Caller {
     }
 }
 
-/// The client address of a request, when the server knows it: as decided once per request
-/// (see `crate::forwarded`), else the TCP peer.
-pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
-    if let Some(crate::ClientIp(ip)) = parts.extensions.get::<crate::ClientIp>() {
-        return *ip;
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| crate::forwarded::canonical(c.0.ip()))
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let ip = source_ip(parts);
-        // Only failures count, and only a failure is refused for them: a valid token is
-        // never refused because others failed from the same address.
-        let fail = |msg: &str| match ip {
-            Some(ip) if state.api_auth_limiter.blocked(ip) => {
-                state.api_auth_limiter.record_failure(ip);
-                ApiError::new(
-                    ErrorCode::RateLimited,
-                    "too many failed authentications; retry later",
-                )
-            }
-            Some(ip) => {
-                state.api_auth_limiter.record_failure(ip);
-                ApiError::unauthorized(msg)
-            }
-            None => ApiError::unauthorized(msg),
-        };
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = match header.and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        }) {
-            Some(t) if !t.trim().is_empty() => t.trim(),
-            _ => {
-                return Err(fail(
-                    "missing bearer token: send Authorization: Bearer TOKEN",
-                ))
-            }
-        };
-        let hash = hash_token(token);
-        let record = state
-            .store
-            .find_api_token_by_hash(&hash)
-            .await
-            .map_err(ApiError::from)?;
-        let Some(t) = record.filter(|t| hashes_equal(&t.token_hash, &hash)) else {
-            return Err(fail("invalid token"));
-        };
-        if t.revoked_at.is_some() {
-            return Err(fail("token revoked"));
-        }
-        let now = now_ms();
-        if t.expires_at.is_some_and(|e| e <= now) {
-            return Err(fail("token expired"));
-        }
-        if !ip_allowed(&t.allowed_cidrs, ip) {
-            return Err(ApiError::forbidden(
-                "source address not allowed for this token",
-            ));
-        }
-        if !state.api_rate.take(&t.id) {
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests for this token; slow down",
-            ));
-        }
-        if t.last_used_at.is_none_or(|u| now - u > 60_000) {
-            if let Err(e) = state.store.touch_api_token(&t.id).await {
-                tracing::warn!(error = %e, "could not record token use");
-            }
-        }
-        Ok(Caller {
-            token_id: t.id,
-            user: t.user_name,
-            role: t.role,
-            ip,
-        })
+/// The role an action of `access` needs: reading needs a viewer, changing an operator.
+pub fn role_for(access: protocol::Access) -> Role {
+    match access {
+        protocol::Access::Read => Role::Viewer,
+        protocol::Access::Write => Role::Operator,
     }
 }
 

@@ -1,7 +1,7 @@
-//! The handlers' error type.
+//! The error of a request, REST or in-process (a submission to `commands`).
 //!
-//! Owns: turning failures into `{"status":"error","error":{"code","message"}}` with the HTTP
-//! status of [`protocol::ErrorCode::http_status`]. A user sees a safe message; internal
+//! Owns: turning failures into `{"status":"error","error":{"code","message"}}` (the shape of
+//! `crate::reply`) with the HTTP status of its code. A user sees a safe message; internal
 //! failures are logged with their whole chain inside the request's span and answered with a
 //! generic message. Must not: put secrets or internal details in a response.
 
@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::{ErrorBody, ErrorCode};
-use serde_json::json;
 
+use crate::reply;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -53,8 +53,7 @@ impl ApiError {
     }
 
     pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.body.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        reply::http_status(self.body.code)
     }
 }
 
@@ -91,11 +90,6 @@ impl IntoResponse for ApiError {
         if let Some(src) = &self.source {
             tracing::error!(error = format!("{src:#}"), "request failed");
         }
-        let status = self.status();
-        (
-            status,
-            Json(json!({ "status": "error", "error": self.body })),
-        )
-            .into_response()
+        (self.status(), Json(reply::error_doc(&self.body))).into_response()
     }
 }

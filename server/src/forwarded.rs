@@ -5,13 +5,60 @@
 //! right-most hop that is not a trusted proxy: every proxy appends the address it received
 //! the request from, so hops to the right of that one were added by our own proxies and the
 //! ones to its left were written by the client and prove nothing. The answer feeds the
-//! failed-login limits, the tokens' `allowed_cidrs` and the audit's `source_ip`.
+//! failed-login limits, the tokens' `allowed_cidrs` and the audit's `source_ip`. The
+//! [`resolve_client_ip`] middleware decides it once per request; handlers read it as the
+//! [`ClientIp`] extractor (or [`source_ip`] of the request parts).
 //! Must not: trust a header from a peer outside `trusted_proxies`, or fall back to a value
 //! it could not parse (it answers the peer's own address instead).
 
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The client's address, when the server was started with connection info: the peer, or
+/// the forwarded address when the peer is a trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// Decides each request's client address once, before any handler runs.
+pub async fn resolve_client_ip(
+    State(proxies): State<Arc<Vec<IpNet>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let ip = client_ip(peer, req.headers(), &proxies);
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(ClientIp(source_ip(parts)))
+    }
+}
+
+/// The client address of a request, when the server knows it: as decided once per request
+/// by [`resolve_client_ip`], else the TCP peer.
+pub fn source_ip(parts: &Parts) -> Option<IpAddr> {
+    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+        return *ip;
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| canonical(c.0.ip()))
+}
 
 /// `::ffff:a.b.c.d` as `a.b.c.d`, so v4 lists match mapped addresses.
 pub fn canonical(ip: IpAddr) -> IpAddr {

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-use crate::auth::Caller;
+use crate::auth::Principal;
 use crate::store::{now_ms, Role, Store};
 
 struct Entry {
@@ -100,7 +100,7 @@ impl Leases {
     /// Registers a live session of `caller` (on `host_id`, when it belongs to one) that needs
     /// `needs`, then confirms in the background that the token, its role and the host are
     /// still as the request saw them.
-    pub fn take(&self, caller: &Caller, host_id: Option<&str>, needs: Role) -> Lease {
+    pub fn take(&self, caller: &Principal, host_id: Option<&str>, needs: Role) -> Lease {
         let (tx, rx) = watch::channel(None);
         let id = {
             let mut r = self.registry();

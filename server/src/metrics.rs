@@ -186,41 +186,40 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
+        self.render_agents(&mut out);
+        self.render_commands(&mut out);
+        self.render_passthrough(&mut out);
+        out
+    }
+
+    /// Agents, their handshakes, WebSocket traffic, Docker events and RTT.
+    fn render_agents(&self, out: &mut String) {
         gauge(
-            &mut out,
+            out,
             "docker_ctl_agents_connected",
             "Agents with a live authenticated session.",
             self.agents_connected(),
         );
         counter(
-            &mut out,
+            out,
             "docker_ctl_agent_reconnections_total",
             "Agent sessions opened by an agent that had connected before.",
             self.reconnections.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "docker_ctl_agent_auth_failures_total",
             "Refused agent authentications.",
             self.auth_failures.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "docker_ctl_agent_auth_failures_unrecorded_total",
             "Refused agent authentications counted here only: sampled out of agent_events and the audit log, or refused before any work.",
             self.auth_failures_unrecorded.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "docker_ctl_docker_events_total",
             "Docker events received from agents.",
             self.docker_events.load(Ordering::Relaxed),
@@ -247,7 +246,10 @@ impl Metrics {
             "docker_ctl_ws_bytes_total{{direction=\"out\"}} {}",
             self.ws_bytes_out.load(Ordering::Relaxed)
         );
+    }
 
+    /// Commands by operation and outcome, their latency, and the agents' RTT.
+    fn render_commands(&self, out: &mut String) {
         let cmds = self
             .commands
             .lock()
@@ -270,7 +272,7 @@ impl Metrics {
         for ((op, outcome), h) in &cmds {
             let labels = format!("operation=\"{}\",outcome=\"{}\"", esc(op), esc(outcome));
             h.render(
-                &mut out,
+                out,
                 "docker_ctl_command_duration_seconds",
                 &labels,
                 LATENCY_BUCKETS,
@@ -281,8 +283,11 @@ impl Metrics {
             "# HELP docker_ctl_agent_rtt_seconds Agent round-trip time from WebSocket ping/pong.\n# TYPE docker_ctl_agent_rtt_seconds histogram"
         );
         let rtt = self.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        rtt.render(&mut out, "docker_ctl_agent_rtt_seconds", "", RTT_BUCKETS);
+        rtt.render(out, "docker_ctl_agent_rtt_seconds", "", RTT_BUCKETS);
+    }
 
+    /// Docker API passthrough requests, bytes and open exchanges.
+    fn render_passthrough(&self, out: &mut String) {
         let pt = self
             .passthrough
             .lock()
@@ -309,13 +314,23 @@ impl Metrics {
             self.passthrough_bytes_down.load(Ordering::Relaxed)
         );
         gauge(
-            &mut out,
+            out,
             "docker_ctl_passthrough_open",
             "Docker API passthrough exchanges in progress (streams and hijacked connections).",
             self.passthrough_open.load(Ordering::Relaxed),
         );
-        out
     }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
 }
 
 #[cfg(test)]

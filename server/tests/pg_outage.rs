@@ -72,6 +72,8 @@ async fn postgres_outage_keeps_sessions_and_recovers() {
     let (s, _) = call(&st, "GET", "/readyz", None, None).await;
     assert_eq!(s, StatusCode::OK);
 
+    let host_row = st.store.get_host(&host).await.unwrap().expect("host");
+
     // The database goes away.
     px.up.send_replace(false);
     let (s, v) = call(&st, "GET", "/readyz", None, None).await;
@@ -90,17 +92,17 @@ async fn postgres_outage_keeps_sessions_and_recovers() {
             .await;
     }
     // A command still round-trips through the live session (the record is best effort).
-    // The API token check needs the database, so the command is run through the manager.
-    let mgr = st.agents.clone();
-    let agent_ref = st
-        .agents
-        .online_agent_for_host(&host, None)
-        .expect("session kept");
-    let host_id = host.clone();
+    // The API token check and the host lookup need the database, so the command is run
+    // through the host's adapter, with the host row read before the outage.
+    let adapter = st.adapters.for_host(&host_row).expect("agent adapter");
     let run = tokio::spawn(async move {
         let op = protocol::Operation::parse("container.list", &json!({})).unwrap();
-        mgr.execute(&host_id, &agent_ref, &op, Duration::from_secs(10))
-            .await
+        let call = server::hosts::Call {
+            id: "during-outage".into(),
+            idempotency_key: "during-outage".into(),
+            timeout: Duration::from_secs(10),
+        };
+        adapter.run(&op, &call).await
     });
     let (id, _) = agent.next_command().await;
     agent

@@ -362,36 +362,56 @@ async fn suite(db: &TestDb) {
         .unwrap();
     assert!(since.is_empty());
 
-    // commands
-    store
-        .insert_command(&NewCommand {
+    // commands: recorded queued (legacy status pending), sent, finished with the state, the
+    // legacy status and error code, the result document and the duration; an expiry applies
+    // only to a command that was never sent; the origin finds them again.
+    let c1 = store
+        .create_command(&NewCommand {
             id: "c1".into(),
-            host_id: Some(h.id.clone()),
+            idempotency_key: "c1".into(),
             agent_id: Some("edge-1".into()),
-            operation: "container.list".into(),
-            requested_by: Some("alice".into()),
+            origin: Some("bulk:b1".into()),
+            ..c_template(&h.id)
         })
         .await
         .unwrap();
     assert_eq!(
-        store.get_command("c1").await.unwrap().unwrap().status,
-        "pending"
+        (c1.state, c1.status.as_str(), c1.attempts),
+        (CommandState::Queued, "pending", 0)
     );
-    store
-        .finish_command("c1", "error", Some("timeout"), 42)
+    store.mark_command_sent("c1", "direct").await.unwrap();
+    let timeout = protocol::ErrorBody::new(protocol::ErrorCode::Timeout, "too slow");
+    assert!(
+        !store
+            .finish_command("c1", CommandState::Expired, &Err(timeout.clone()), None)
+            .await
+            .unwrap(),
+        "a sent command does not expire as never sent"
+    );
+    assert!(store
+        .finish_command("c1", CommandState::Failed, &Err(timeout), Some(42))
         .await
-        .unwrap();
+        .unwrap());
     let c = store.get_command("c1").await.unwrap().unwrap();
     assert_eq!(
         (c.status.as_str(), c.error_code.as_deref(), c.duration_ms),
         ("error", Some("timeout"), Some(42))
     );
+    assert_eq!((c.state, c.attempts), (CommandState::Failed, 1));
+    assert_eq!(c.result["error"]["message"], "too slow");
+    assert_eq!(
+        c.outcome().unwrap().unwrap_err().code,
+        protocol::ErrorCode::Timeout
+    );
+    let by_origin = store.list_commands_by_origin("bulk:b1", 10).await.unwrap();
+    assert_eq!(by_origin.len(), 1);
+    assert_eq!(by_origin[0].origin.as_deref(), Some("bulk:b1"));
 
     // The command journal: a direct command's record is written behind the request, and a
     // read of it right after sees the final state (reads flush the journal).
     let jid = uuid::Uuid::new_v4().to_string();
     store.journal_command_sent(
-        NewQueuedCommand {
+        NewCommand {
             id: jid.clone(),
             host_id: h.id.clone(),
             agent_id: None,
@@ -404,22 +424,28 @@ async fn suite(db: &TestDb) {
             expires_at: now_ms() + 30_000,
             idempotency_key: jid.clone(),
             client_key: false,
+            origin: None,
         },
         "direct",
     );
-    store.journal_command_finished(&jid, &Ok(json!([{"Id": "abc"}])), Some(7));
+    store.journal_command_finished(
+        &jid,
+        CommandState::Succeeded,
+        &Ok(json!([{"Id": "abc"}])),
+        Some(7),
+    );
     let c = store
         .get_command(&jid)
         .await
         .unwrap()
         .expect("journaled command");
-    assert_eq!(c.state.as_deref(), Some("succeeded"));
+    assert_eq!(c.state, CommandState::Succeeded);
     assert_eq!((c.attempts, c.duration_ms, c.queued), (1, Some(7), false));
     assert_eq!(c.agent_ref.as_deref(), Some("direct"));
     assert_eq!(c.result["data"][0]["Id"], "abc");
     let unknown = uuid::Uuid::new_v4().to_string();
     store.journal_command_sent(
-        NewQueuedCommand {
+        NewCommand {
             id: unknown.clone(),
             idempotency_key: unknown.clone(),
             ..c_template(&h.id)
@@ -428,6 +454,7 @@ async fn suite(db: &TestDb) {
     );
     store.journal_command_finished(
         &unknown,
+        CommandState::Failed,
         &Err(protocol::ErrorBody::new(
             protocol::ErrorCode::OutcomeUnknown,
             "link lost",
@@ -436,8 +463,8 @@ async fn suite(db: &TestDb) {
     );
     let u = store.get_command(&unknown).await.unwrap().unwrap();
     assert_eq!(
-        (u.state.as_deref(), u.error_code.as_deref()),
-        (Some("failed"), Some("outcome_unknown"))
+        (u.state, u.error_code.as_deref()),
+        (CommandState::Failed, Some("outcome_unknown"))
     );
 
     // The host cache: a change through this store shows at once.
@@ -491,8 +518,8 @@ async fn store_suite_on_postgres() {
     assert_eq!(db.store().await.backend(), Backend::Postgres);
 }
 
-fn c_template(host_id: &str) -> NewQueuedCommand {
-    NewQueuedCommand {
+fn c_template(host_id: &str) -> NewCommand {
+    NewCommand {
         id: String::new(),
         host_id: host_id.to_string(),
         agent_id: None,
@@ -505,5 +532,6 @@ fn c_template(host_id: &str) -> NewQueuedCommand {
         expires_at: now_ms() + 30_000,
         idempotency_key: String::new(),
         client_key: false,
+        origin: None,
     }
 }

@@ -9,6 +9,9 @@
 //! and a per-agent nonce cache that outlives a session (so a message cannot be replayed on a
 //! new connection within the window). Binary data frames of passthrough streams are not
 //! envelopes and are not signed.
+//!
+//! Owns: the per-agent signer and the nonce cache. Must not: hold a key in clear longer than a
+//! session, or decide whether an agent signs (its row says so).
 
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;

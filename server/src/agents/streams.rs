@@ -28,9 +28,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
-
-use super::Session;
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 /// Credit is granted back in batches of this many consumed bytes.
 const CREDIT_BATCH: u32 = STREAM_WINDOW / 4;
@@ -51,9 +49,9 @@ pub struct StreamHead {
     pub headers: Vec<(String, String)>,
 }
 
-/// One passthrough request to open on an agent.
+/// One passthrough request to open on an agent (the `stream_open` message).
 #[derive(Debug, Clone)]
-pub struct StreamRequest {
+pub struct StreamOpen {
     pub method: String,
     /// Origin-form target below the host's base path: `/v1.41/containers/json?all=1`.
     pub path: String,
@@ -176,19 +174,45 @@ impl Drop for Slot {
     }
 }
 
-/// The open streams of one session.
+/// The sending end of a session's stream control queue (unbounded; envelopes travel boxed,
+/// as on the session's command queue).
+#[derive(Debug)]
+pub(crate) struct StreamControlTx(mpsc::UnboundedSender<Box<Envelope>>);
+
+impl StreamControlTx {
+    fn send(&self, env: Envelope) -> Result<(), mpsc::error::SendError<Box<Envelope>>> {
+        self.0.send(Box::new(env))
+    }
+}
+
+/// The open streams of one session, and the session's lanes they send on.
 pub(crate) struct Table {
     slots: Mutex<HashMap<u32, Slot>>,
     next_id: AtomicU32,
     closed: std::sync::atomic::AtomicBool,
+    /// Stream control (`stream_open`, `stream_credit`, `stream_cancel`): after commands,
+    /// before data.
+    control: StreamControlTx,
+    /// Stream data frames and `stream_end`: sent when no control message waits.
+    data: mpsc::Sender<DataOut>,
+    /// The protocol version the session agreed.
+    protocol_version: u32,
 }
 
-impl Default for Table {
-    fn default() -> Self {
+impl Table {
+    /// The table of a session speaking `protocol_version`, sending on `control` and `data`.
+    pub(crate) fn new(
+        control: mpsc::UnboundedSender<Box<Envelope>>,
+        data: mpsc::Sender<DataOut>,
+        protocol_version: u32,
+    ) -> Table {
         Table {
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed: std::sync::atomic::AtomicBool::new(false),
+            control: StreamControlTx(control),
+            data,
+            protocol_version,
         }
     }
 }
@@ -338,7 +362,7 @@ struct Flags {
 }
 
 struct Shared {
-    session: Arc<Session>,
+    table: Arc<Table>,
     id: u32,
     flags: Mutex<Flags>,
     credit: Arc<Semaphore>,
@@ -361,7 +385,7 @@ impl Shared {
             }
             f.cancelled = true;
         }
-        self.session.streams.remove(self.id);
+        self.table.remove(self.id);
         let env = Envelope::new(
             format!("sc-{}", uuid::Uuid::new_v4().simple()),
             Message::StreamCancel(StreamCancelPayload {
@@ -369,13 +393,13 @@ impl Shared {
                 reason: Some(reason.to_string()),
             }),
         );
-        let _ = self.session.stream_tx.send(env);
+        let _ = self.table.control.send(env);
     }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.session.streams.remove(self.id);
+        self.table.remove(self.id);
     }
 }
 
@@ -397,19 +421,18 @@ impl std::fmt::Debug for AgentStream {
 
 /// Opens a stream on `session`. Errors: `unsupported` (protocol < 2), `rate_limited` (too
 /// many open streams), `agent_offline` (the session is closing).
-pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentStream, ErrorBody> {
-    if session.protocol_version < protocol::STREAMS_PROTOCOL_VERSION {
+pub(super) fn open(table: &Arc<Table>, req: StreamOpen) -> Result<AgentStream, ErrorBody> {
+    if table.protocol_version < protocol::STREAMS_PROTOCOL_VERSION {
         return Err(ErrorBody::new(
             ErrorCode::Unsupported,
             format!(
                 "the host's agent speaks protocol version {} and cannot carry Docker API streams \
                  (version {} needed): upgrade the agent",
-                session.protocol_version,
+                table.protocol_version,
                 protocol::STREAMS_PROTOCOL_VERSION
             ),
         ));
     }
-    let table = &session.streams;
     let inbox = Arc::new(Inbox::default());
     let rx = inbox.clone();
     let credit = Arc::new(Semaphore::new(STREAM_WINDOW as usize));
@@ -453,7 +476,7 @@ pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentSt
         }),
     );
     let shared = Arc::new(Shared {
-        session: session.clone(),
+        table: table.clone(),
         id,
         flags: Mutex::new(Flags {
             sent_end: !req.body,
@@ -464,7 +487,7 @@ pub(crate) fn open(session: &Arc<Session>, req: StreamRequest) -> Result<AgentSt
         bytes_out: Arc::new(AtomicU64::new(0)),
         bytes_in: Arc::new(AtomicU64::new(0)),
     });
-    if session.stream_tx.send(env).is_err() {
+    if table.control.send(env).is_err() {
         return Err(ErrorBody::new(
             ErrorCode::AgentOffline,
             "the host's agent is not connected",
@@ -628,8 +651,8 @@ impl StreamWriter {
             let n = 1 + extra;
             let chunk = data.split_to(n);
             self.shared
-                .session
-                .data_tx
+                .table
+                .data
                 .send(DataOut::Data(self.shared.id, chunk))
                 .await
                 .map_err(|_| self.closed_error())?;
@@ -650,8 +673,8 @@ impl StreamWriter {
             }),
         );
         self.shared
-            .session
-            .data_tx
+            .table
+            .data
             .send(DataOut::Text(Box::new(env)))
             .await
             .map_err(|_| self.closed_error())
@@ -696,7 +719,7 @@ impl StreamReader {
                 bytes,
             }),
         );
-        let _ = self.shared.session.stream_tx.send(env);
+        let _ = self.shared.table.control.send(env);
     }
 
     /// The next chunk; `None` at a clean end. Calling it again means the previous chunk was
@@ -778,7 +801,9 @@ mod tests {
     use super::*;
 
     fn table_with_stream() -> (Table, Arc<Inbox>) {
-        let t = Table::default();
+        let (control, _) = mpsc::unbounded_channel();
+        let (data, _) = mpsc::channel(1);
+        let t = Table::new(control, data, protocol::STREAMS_PROTOCOL_VERSION);
         let inbox = Arc::new(Inbox::default());
         t.slots().insert(
             1,

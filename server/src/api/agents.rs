@@ -1,5 +1,8 @@
 //! `/api/v1/agents`: enrolment (the token is shown once), listing, settings, token rotation
 //! and revocation.
+//!
+//! Owns: the agents' REST shapes and the audit of these actions. Must not: touch a session
+//! except through `AgentManager`'s methods (disconnect, push settings).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -9,12 +12,13 @@ use protocol::AgentSettings;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::caller::Caller;
 use super::ts;
-use crate::auth::{generate_token, hash_token, Caller, AGENT_TOKEN_PREFIX};
+use crate::auth::{generate_token, hash_token, AGENT_TOKEN_PREFIX};
 use crate::config::Seconds;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use crate::store::{now_ms, Agent, AgentSettingsPatch, NewAgent, Role};
-use crate::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,24 +70,12 @@ fn check_agent_id(id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// `online` (live, heartbeating), `offline` (live socket, silent), `disconnected`, `revoked`.
-pub(crate) fn agent_status(state: &AppState, a: &Agent) -> &'static str {
-    if a.revoked_at.is_some() {
-        return "revoked";
-    }
-    match state.agents.status(&a.id) {
-        Some(l) if l.online => "online",
-        Some(_) => "offline",
-        None => "disconnected",
-    }
-}
-
-pub(crate) fn agent_json(state: &AppState, a: &Agent) -> Value {
+fn agent_json(state: &AppState, a: &Agent) -> Value {
     let live = state.agents.status(&a.id);
     json!({
         "agent_id": a.agent_id,
         "host_id": a.host_id,
-        "status": agent_status(state, a),
+        "status": super::lookup::agent_status(state, a),
         "connected": live.is_some(),
         "session_id": live.as_ref().map(|l| l.session_id.clone()),
         "version": a.version,
@@ -129,7 +121,7 @@ pub async fn create(
     caller.require(Role::Admin)?;
     let Json(b) = body?;
     check_agent_id(&b.agent_id)?;
-    let host = super::hosts::load(&state, &b.host_id).await?;
+    let host = super::lookup::host(&state, &b.host_id).await?;
     let max = state.config.agent.max_agents_per_host as i64;
     if state.store.count_active_agents(&host.id).await? >= max {
         return Err(ApiError::conflict(format!(

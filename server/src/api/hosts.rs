@@ -1,4 +1,9 @@
 //! `/api/v1/hosts[/{id}]`: hosts, direct or through an agent. No GET returns TLS keys.
+//!
+//! Owns: checking a host's connection settings, the host JSON (which fields each connection
+//! mode shows: an agent host its agent's liveness, a direct host its daemon's probe), and
+//! auditing host changes. Must not: reach a host (commands and the passthrough go through
+//! its adapter).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -7,13 +12,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+use super::caller::Caller;
 use super::ts;
-use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::hosts::direct::Endpoint;
-use crate::hosts::HostAdapter;
+use crate::hosts::Endpoint;
+use crate::state::AppState;
 use crate::store::{ConnectionMode, Host, NewHost, Role};
-use crate::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,7 +100,7 @@ fn check_connection(h: &Host) -> ApiResult<()> {
 }
 
 /// The host as the API shows it, with its live status.
-pub(crate) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
+async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
     let mut v = json!({
         "id": h.id,
         "name": h.name,
@@ -116,18 +120,12 @@ pub(crate) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
         Some(r) => state.store.get_agent_by_ref(r).await.ok().flatten(),
         None => None,
     };
-    let live_ref = state
-        .agents
-        .online_agent_for_host(&h.id, h.agent_ref.as_deref());
-    let live = live_ref
-        .as_deref()
-        .or(h.agent_ref.as_deref())
-        .and_then(|r| state.agents.status(r));
+    let (online, live) = state.agents.live_for_host(&h.id, h.agent_ref.as_deref());
     v["agent"] = match &agent {
         Some(a) => json!({
             "agent_id": a.agent_id,
             "connected": live.is_some(),
-            "status": super::agents::agent_status(state, a),
+            "status": super::lookup::agent_status(state, a),
             "last_heartbeat": ts(a.last_heartbeat),
             "version": a.version,
             "capabilities": a.capabilities,
@@ -138,11 +136,7 @@ pub(crate) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
     };
     match h.connection_mode {
         ConnectionMode::Agent => {
-            v["status"] = json!(if live_ref.is_some() {
-                "online"
-            } else {
-                "offline"
-            });
+            v["status"] = json!(if online { "online" } else { "offline" });
             v["last_heartbeat"] = ts(agent.as_ref().and_then(|a| a.last_heartbeat));
             v["version"] = json!(live
                 .as_ref()
@@ -258,27 +252,13 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     Ok(Json(json!({ "hosts": items })))
 }
 
-pub(crate) async fn load(state: &AppState, id: &str) -> ApiResult<Host> {
-    found(id, state.store.get_host(id).await?)
-}
-
-/// [`load`] through the store's short-lived host cache: for the paths that read the host on
-/// every request (operations, Docker API passthrough).
-pub(crate) async fn load_cached(state: &AppState, id: &str) -> ApiResult<Host> {
-    found(id, state.store.get_host_cached(id).await?)
-}
-
-fn found(id: &str, host: Option<Host>) -> ApiResult<Host> {
-    host.ok_or_else(|| ApiError::not_found(format!("host {id:?} not found")))
-}
-
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    let h = load(&state, &id).await?;
+    let h = super::lookup::host(&state, &id).await?;
     Ok(Json(host_json(&state, &h, true).await))
 }
 
@@ -290,7 +270,7 @@ pub async fn patch(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let Json(p) = body?;
-    let mut h = load(&state, &id).await?;
+    let mut h = super::lookup::host(&state, &id).await?;
     let before = h.connection_mode;
     if let Some(n) = p.name {
         check_name(&n)?;
@@ -343,7 +323,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    let h = load(&state, &id).await?;
+    let h = super::lookup::host(&state, &id).await?;
     // The host's agents go with it: revoked, and their sessions closed.
     let agents = state.store.agents_of_host(&id).await?;
     for a in agents.iter().filter(|a| a.revoked_at.is_none()) {
@@ -371,9 +351,4 @@ pub async fn delete(
     Ok(Json(
         json!({ "id": id, "deleted": true, "agents_revoked": agents.iter().map(|a| &a.agent_id).collect::<Vec<_>>() }),
     ))
-}
-
-/// Used by the operations handler: keeps the trait in scope for callers of `for_host`.
-pub(crate) fn adapter_kind(a: &dyn HostAdapter) -> &'static str {
-    a.kind()
 }

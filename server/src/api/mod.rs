@@ -1,24 +1,29 @@
 //! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
 //!
-//! Owns: routing, request and response JSON, role checks and auditing of user actions.
-//! Must not: reach Docker except through `hosts::Adapters`, or touch the agent registry
-//! except through `AgentManager`.
+//! Owns: routing, request and response JSON, the bearer extractor ([`caller`]), role checks
+//! and auditing of user actions on hosts, agents and tokens.
+//! Must not: take a step of a command's life (the `commands` module owns it), reach Docker
+//! except through a host's adapter, or touch the agent registry except through
+//! `AgentManager`'s methods.
 
 mod agents;
-mod docker;
+mod caller;
 mod hosts;
-pub(crate) mod operations;
+mod lookup;
+mod operations;
+mod passthrough;
 mod records;
 mod stream;
 mod system;
 mod tokens;
 
+pub use caller::Caller;
 pub use tokens::issue_user_token as tokens_issue;
 
 use axum::routing::{any, get, post};
 use axum::Router;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// Unix ms as RFC 3339, or null.
 pub(crate) fn ts(ms: Option<i64>) -> serde_json::Value {
@@ -52,13 +57,13 @@ pub fn router() -> Router<AppState> {
                 .patch(hosts::patch)
                 .delete(hosts::delete),
         )
-        .route("/api/v1/hosts/{id}/operations", post(operations::run))
+        .route("/api/v1/hosts/{id}/operations", post(operations::post))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
-        .route("/api/v1/hosts/{id}/docker", any(docker::passthrough))
+        .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
         .route(
             "/api/v1/hosts/{id}/docker/{*rest}",
-            any(docker::passthrough),
+            any(passthrough::handle),
         )
         .route("/api/v1/agents", get(agents::list).post(agents::create))
         .route(

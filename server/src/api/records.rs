@@ -1,16 +1,19 @@
 //! Read-only views: `GET /api/v1/audit`, `GET /api/v1/hosts/{id}/events`,
 //! `GET /api/v1/commands/{id}`, `GET /api/v1/hosts/{id}/commands`, `GET /api/v1/audit/verify`.
+//!
+//! Owns: these views' shapes (a command's result only for roles that could run it). Must not:
+//! change a command (expiry on read goes through `commands`).
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::caller::Caller;
 use super::{parse_time, ts};
-use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{now_ms, AuditFilter, CommandRecord, Role};
-use crate::AppState;
+use crate::state::AppState;
+use crate::store::{AuditFilter, CommandRecord, CommandState, Role};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,7 +85,7 @@ pub async fn host_events(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let host = super::hosts::load(&state, &id).await?;
+    let host = super::lookup::host(&state, &id).await?;
     let events = state
         .store
         .list_docker_events(
@@ -106,17 +109,9 @@ pub async fn host_events(
 
 /// A command as the API shows it. The result is shown to callers whose role could have run
 /// the operation.
-pub(crate) fn command_json(c: &CommandRecord, caller: &Caller) -> Value {
-    let needed = match protocol::ops::access_of(&c.operation) {
-        protocol::Access::Read => Role::Viewer,
-        protocol::Access::Write => Role::Operator,
-    };
-    let state = c.state.clone().unwrap_or_else(|| match c.status.as_str() {
-        "success" => "succeeded".into(),
-        "pending" => "sent".into(),
-        _ => "failed".into(),
-    });
-    let (result, error) = match super::operations::stored_result(c) {
+fn command_json(c: &CommandRecord, caller: &Caller) -> Value {
+    let needed = crate::auth::role_for(protocol::ops::access_of(&c.operation));
+    let (result, error) = match c.outcome() {
         Some(Ok(data)) if caller.role >= needed => (data, Value::Null),
         Some(Ok(_)) => (Value::Null, Value::Null),
         Some(Err(e)) => (Value::Null, serde_json::to_value(e).unwrap_or_default()),
@@ -124,21 +119,13 @@ pub(crate) fn command_json(c: &CommandRecord, caller: &Caller) -> Value {
     };
     json!({
         "id": c.id, "command_id": c.id, "host_id": c.host_id, "agent_id": c.agent_id, "operation": c.operation,
-        "requested_by": c.requested_by, "created_by": c.requested_by, "state": state, "status": c.status,
+        "requested_by": c.requested_by, "created_by": c.requested_by, "state": c.state, "status": c.status,
         "error_code": c.error_code, "result": result, "error": error, "queued": c.queued,
         "idempotency_key": c.idempotency_key, "attempts": c.attempts,
         "created_at": ts(Some(c.created_at)), "sent_at": ts(c.sent_at), "completed_at": ts(c.completed_at),
         "expires_at": ts(c.expires_at), "updated_at": ts(c.updated_at), "duration_ms": c.duration_ms,
+        "origin": c.origin,
     })
-}
-
-/// A queued command past its expiry is shown (and stored) as expired at once.
-async fn expire_if_due(state: &AppState, c: CommandRecord) -> ApiResult<CommandRecord> {
-    if c.state.as_deref() == Some("queued") && c.expires_at.is_some_and(|e| e < now_ms()) {
-        state.store.expire_command(&c.id).await?;
-        return Ok(state.store.get_command(&c.id).await?.unwrap_or(c));
-    }
-    Ok(c)
 }
 
 pub async fn command(
@@ -148,11 +135,10 @@ pub async fn command(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let c = state
-        .store
-        .get_command(&id)
+        .commands
+        .get(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("command not found"))?;
-    let c = expire_if_due(&state, c).await?;
     Ok(Json(command_json(&c, &caller)))
 }
 
@@ -163,8 +149,6 @@ pub struct CommandsQuery {
     limit: Option<i64>,
 }
 
-pub const COMMAND_STATES: [&str; 5] = ["queued", "sent", "succeeded", "failed", "expired"];
-
 pub async fn host_commands(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,23 +157,21 @@ pub async fn host_commands(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    if let Some(s) = &q.state {
-        if !COMMAND_STATES.contains(&s.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "state must be one of {}",
-                COMMAND_STATES.join(", ")
-            )));
-        }
-    }
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(CommandState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = CommandState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(format!("state must be one of {}", all.join(", ")))
+        })?),
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be 1 to 1000"));
     }
-    let host = super::hosts::load(&state, &id).await?;
-    let _ = state.store.expire_due_commands().await;
+    let host = super::lookup::host(&state, &id).await?;
     let rows = state
-        .store
-        .list_host_commands(&host.id, q.state.as_deref(), limit)
+        .commands
+        .list_for_host(&host.id, wanted, limit)
         .await?;
     let items: Vec<Value> = rows.iter().map(|c| command_json(c, &caller)).collect();
     Ok(Json(json!({ "commands": items })))

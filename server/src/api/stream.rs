@@ -2,6 +2,8 @@
 //! health and Docker events as JSON text messages. Authenticated with the same bearer token
 //! as the REST API (viewer and up). The feed holds a lease (`crate::leases`): revoking the
 //! token (or deleting the filtered host) closes it with code 1008 and the reason.
+//!
+//! Owns: the feed's socket while it lives. Must not: publish (the `feed` module does).
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -10,11 +12,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::auth::Caller;
+use super::caller::Caller;
 use crate::error::ApiResult;
 use crate::leases::Lease;
+use crate::state::AppState;
 use crate::store::Role;
-use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
@@ -39,10 +41,11 @@ pub async fn stream(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| run(socket, rx, q.host_id, lease)))
+        .on_upgrade(move |socket| pump_feed(socket, rx, q.host_id, lease)))
 }
 
-async fn run(
+/// Sends the feed's events (of one host, when filtered) until the client leaves or the lease ends.
+async fn pump_feed(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::feed::FeedEvent>>,
     host: Option<String>,

@@ -1,4 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics`: unauthenticated, for probes and scrapers.
+//!
+//! Owns: the probes' answers. Must not: say more than what failed (never a database's own words).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -6,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// The process is up.
 pub async fn healthz() -> impl IntoResponse {

@@ -1,4 +1,7 @@
 //! `/api/v1/tokens`: user API tokens (admin only). The token is shown once, at creation.
+//!
+//! Owns: issuing, listing and revoking user tokens, and ending a revoked token's live sessions.
+//! Must not: store or return a token after it was shown once.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -7,11 +10,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::caller::Caller;
 use super::ts;
-use crate::auth::{generate_token, hash_token, token_prefix, Caller, USER_TOKEN_PREFIX};
+use crate::auth::{generate_token, hash_token, token_prefix, USER_TOKEN_PREFIX};
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 use crate::store::{now_ms, ApiToken, NewApiToken, Role, Store};
-use crate::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

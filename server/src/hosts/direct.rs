@@ -1,169 +1,56 @@
-//! The adapter for hosts the server dials itself: hyper's client over `unix://` (hyperlocal),
-//! `tcp://` (plain HTTP) or `https://` (rustls, with a client certificate as for Docker on
-//! port 2376).
+//! The adapter for hosts the server dials itself (see [`super::dial`] for how).
 //!
-//! Owns: the transport and the API version negotiated once per host (`GET /_ping`'s
-//! `Api-Version`, else `GET /version`). The operation itself is `protocol::docker::Plan`:
-//! this file only sends each request the plan yields and feeds the answer back.
+//! Owns: the API version negotiated once per host (`GET /_ping`'s `Api-Version`, else
+//! `GET /version`), running a catalog operation (the protocol crate's `Plan`: this file only
+//! sends each request the plan yields and feeds the answer back), and forwarding one Docker
+//! API exchange as it is (passthrough, with the daemon's own hijack for exec and attach).
+//! Must not: map operations to Docker requests itself.
 
+use axum::body::Body;
+use axum::http::header;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use protocol::docker::{
     negotiate_api_version, unreachable, DockerRequest, DockerResponse, Plan, Step,
 };
 use protocol::{ErrorBody, ErrorCode, Operation};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::OnceCell;
+use tokio::sync::{oneshot, OnceCell};
 
-use super::HostAdapter;
+use super::dial::{client_tls_config, Endpoint, TlsMaterial, Transport};
+use super::{Call, HostAdapter, Route, StreamRequest, StreamResponse, Tunnel};
 use crate::crypto::KeyBox;
+use crate::metrics::Metrics;
+use crate::reply::Outcome;
 use crate::store::Host;
 
 /// The largest daemon answer read (logs and exec output are cut by the plan afterwards).
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
-/// Where a direct host's daemon listens, parsed from `docker_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(String),
-    Tcp(String),
-    Https(String),
-}
-
-impl Endpoint {
-    /// Parses `unix:///path`, `tcp://host:port` (or `http://`), `https://host:port`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let authority = |rest: &str| -> Result<String, String> {
-            let a = rest.trim_end_matches('/');
-            if a.is_empty() || a.contains('/') || a.contains('@') || a.contains('?') {
-                return Err(format!(
-                    "invalid docker_url {url:?}: expected scheme://host:port"
-                ));
-            }
-            Ok(a.to_string())
-        };
-        if let Some(path) = url.strip_prefix("unix://") {
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "invalid docker_url {url:?}: unix:// needs an absolute path"
-                ));
-            }
-            Ok(Endpoint::Unix(path.to_string()))
-        } else if let Some(rest) = url
-            .strip_prefix("tcp://")
-            .or_else(|| url.strip_prefix("http://"))
-        {
-            Ok(Endpoint::Tcp(authority(rest)?))
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            Ok(Endpoint::Https(authority(rest)?))
-        } else {
-            Err(format!(
-                "invalid docker_url {url:?}: use unix://, tcp:// or https://"
-            ))
-        }
-    }
-}
-
-/// TLS material of an https host (the key already decrypted).
-pub struct TlsMaterial {
-    pub ca_pem: Option<String>,
-    pub cert_pem: Option<String>,
-    pub key_pem: Option<protocol::Secret>,
-    pub server_name: Option<String>,
-}
-
-enum Transport<B> {
-    Unix(String, Client<hyperlocal::UnixConnector, B>),
-    Tcp(String, Client<HttpConnector, B>),
-    Https(String, Client<TlsConnector, B>),
-}
-
-impl<B> Transport<B>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn build(
-        endpoint: &Endpoint,
-        tls: Option<&(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    ) -> Result<Self, ErrorBody> {
-        Ok(match endpoint {
-            Endpoint::Unix(path) => Transport::Unix(
-                path.clone(),
-                Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
-            ),
-            Endpoint::Tcp(auth) => {
-                let mut c = HttpConnector::new();
-                c.set_nodelay(true);
-                c.set_connect_timeout(Some(Duration::from_secs(10)));
-                Transport::Tcp(auth.clone(), Client::builder(TokioExecutor::new()).build(c))
-            }
-            Endpoint::Https(auth) => {
-                let (config, server_name) =
-                    tls.ok_or_else(|| ErrorBody::internal("https without TLS settings"))?;
-                let connector = TlsConnector {
-                    config: config.clone(),
-                    server_name: server_name.clone(),
-                };
-                Transport::Https(
-                    auth.clone(),
-                    Client::builder(TokioExecutor::new()).build(connector),
-                )
-            }
-        })
-    }
-
-    /// Sends `req`, whose URI is origin-form (`/v1.41/info?x=1`), to the daemon.
-    async fn request(
-        &self,
-        mut req: hyper::Request<B>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ErrorBody> {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let uri: Result<hyper::Uri, _> = match self {
-            Transport::Unix(path, _) => Ok(hyperlocal::Uri::new(path, &target).into()),
-            Transport::Tcp(auth, _) => format!("http://{auth}{target}").parse(),
-            Transport::Https(auth, _) => format!("https://{auth}{target}").parse(),
-        };
-        *req.uri_mut() = uri.map_err(|e| ErrorBody::internal(e.to_string()))?;
-        let result = match self {
-            Transport::Unix(_, c) => c.request(req).await,
-            Transport::Tcp(_, c) => c.request(req).await,
-            Transport::Https(_, c) => c.request(req).await,
-        };
-        result.map_err(|e| unreachable(error_chain(&e)))
-    }
-}
-
-/// The request body type of passthrough requests: the client's body, streamed.
-pub type ProxyBody = axum::body::Body;
-
 pub struct DirectHostAdapter {
     transport: Transport<Full<Bytes>>,
     /// A second pool for the Docker API passthrough, whose bodies stream.
-    proxy: Transport<ProxyBody>,
+    proxy: Transport<Body>,
     api_version: OnceCell<String>,
+    /// How long a passthrough exchange waits for the daemon's response head (after the
+    /// request body was sent).
+    stream_timeout: Duration,
 }
 
 impl DirectHostAdapter {
     /// Builds the adapter of a direct host row (decrypting its TLS key with `keys`).
-    pub fn from_host(host: &Host, keys: &KeyBox) -> Result<Self, ErrorBody> {
+    pub fn from_host(
+        host: &Host,
+        keys: &KeyBox,
+        stream_timeout: Duration,
+    ) -> Result<Self, ErrorBody> {
         let url = host
             .docker_url
             .as_deref()
@@ -181,10 +68,10 @@ impl DirectHostAdapter {
             key_pem,
             server_name: host.tls_server_name.clone(),
         };
-        DirectHostAdapter::new(url, tls)
+        DirectHostAdapter::new(url, tls, stream_timeout)
     }
 
-    pub fn new(url: &str, tls: TlsMaterial) -> Result<Self, ErrorBody> {
+    pub fn new(url: &str, tls: TlsMaterial, stream_timeout: Duration) -> Result<Self, ErrorBody> {
         let endpoint = Endpoint::parse(url).map_err(ErrorBody::invalid_params)?;
         let tls_settings = match &endpoint {
             Endpoint::Https(auth) => {
@@ -206,17 +93,8 @@ impl DirectHostAdapter {
             transport: Transport::build(&endpoint, tls_settings.as_ref())?,
             proxy: Transport::build(&endpoint, tls_settings.as_ref())?,
             api_version: OnceCell::new(),
+            stream_timeout,
         })
-    }
-
-    /// Forwards one Docker API request (origin-form URI, end-to-end headers, streamed body)
-    /// and returns the daemon's response head with its body still streaming. For a hijack,
-    /// the caller adds `Connection: Upgrade` and uses `hyper::upgrade::on` on the response.
-    pub async fn proxy(
-        &self,
-        req: hyper::Request<ProxyBody>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ErrorBody> {
-        self.proxy.request(req).await
     }
 
     /// Sends one request and reads the whole answer.
@@ -302,7 +180,7 @@ impl DirectHostAdapter {
     }
 
     /// Runs the protocol crate's plan for `op`.
-    pub async fn run(&self, op: &Operation) -> Result<Value, ErrorBody> {
+    async fn run_plan(&self, op: &Operation) -> Outcome {
         let version = self.api_version().await?;
         let mut plan = Plan::new(op.clone());
         let mut answer = None;
@@ -314,174 +192,163 @@ impl DirectHostAdapter {
             }
         }
     }
-}
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
+    /// Forwards one Docker API exchange: the request as the client sent it (origin-form
+    /// target, end-to-end headers, streamed body), and the daemon's response head with its
+    /// body still streaming. The response head must come within the stream timeout after the
+    /// request body was sent.
+    async fn forward(&self, req: StreamRequest) -> Result<StreamResponse, ErrorBody> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let body = match req.body {
+            Some(body) => Body::new(EndSignal {
+                inner: body,
+                done: Some(done_tx),
+            }),
+            None => {
+                drop(done_tx);
+                Body::empty()
+            }
+        };
+        let mut b = hyper::Request::builder()
+            .method(req.method)
+            .uri(req.target.as_str());
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        if req.upgrade {
+            b = b
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "tcp");
+        }
+        let r = b
+            .body(body)
+            .map_err(|e| ErrorBody::invalid_params(format!("invalid request: {e}")))?;
+        let timeout = self.stream_timeout;
+        let deadline = async {
+            let _ = done_rx.await;
+            tokio::time::sleep(timeout).await;
+        };
+        let mut resp = tokio::select! {
+            r = self.proxy.request(r) => r?,
+            _ = deadline => return Err(ErrorBody::new(
+                ErrorCode::Timeout,
+                format!("the daemon did not answer within {} s", timeout.as_secs_f64()),
+            )),
+        };
+        let status = resp.status().as_u16();
+        let headers = std::mem::take(resp.headers_mut());
+        if status == 101 && req.upgrade {
+            let daemon = hyper::upgrade::on(&mut resp);
+            return Ok(StreamResponse {
+                status,
+                headers,
+                body: Body::empty(),
+                tunnel: Some(Box::new(DaemonTunnel(daemon))),
+            });
+        }
+        Ok(StreamResponse {
+            status,
+            headers,
+            body: Body::new(resp.into_body()),
+            tunnel: None,
+        })
     }
-    s
 }
 
 impl HostAdapter for DirectHostAdapter {
-    fn execute<'a>(
-        &'a self,
-        op: &'a Operation,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, ErrorBody>> {
+    fn route(&self) -> Route {
+        Route {
+            via: "direct",
+            target: Some("direct".into()),
+            agent_id: None,
+            queueable: false,
+            online: true,
+        }
+    }
+
+    fn run<'a>(&'a self, op: &'a Operation, call: &'a Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match tokio::time::timeout(timeout, self.run(op)).await {
+            match tokio::time::timeout(call.timeout, self.run_plan(op)).await {
                 Ok(r) => r,
                 Err(_) => Err(ErrorBody::new(
                     ErrorCode::Timeout,
                     format!(
                         "the daemon did not answer within {} s",
-                        timeout.as_secs_f64()
+                        call.timeout.as_secs_f64()
                     ),
                 )),
             }
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "direct"
+    fn open_stream(&self, req: StreamRequest) -> BoxFuture<'_, Result<StreamResponse, ErrorBody>> {
+        Box::pin(self.forward(req))
     }
 }
 
-/// The rustls client config of an https host: its CA (or the web PKI roots) and its client
-/// certificate.
-fn client_tls_config(tls: &TlsMaterial) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_pem {
-        Some(ca) => {
-            for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
-                let cert = cert.map_err(|e| format!("tls_ca: {e}"))?;
-                roots.add(cert).map_err(|e| format!("tls_ca: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err("tls_ca holds no PEM certificate".into());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match (&tls.cert_pem, &tls.key_pem) {
-        (Some(cert), Some(key)) => {
-            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("tls_cert: {e}"))?;
-            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
-                .map_err(|e| format!("tls_key: {e}"))?
-                .ok_or("tls_key holds no PEM private key")?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("client certificate: {e}"))
-        }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err("tls_cert and tls_key go together".into()),
-    }
-}
+/// The daemon's side of a hijacked connection.
+struct DaemonTunnel(hyper::upgrade::OnUpgrade);
 
-/// A hyper connector that dials TCP and runs a rustls handshake.
-#[derive(Clone)]
-struct TlsConnector {
-    config: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
-}
-
-struct TlsIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
-
-impl Connection for TlsIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl Read for TlsIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl Write for TlsIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl tower::Service<hyper::Uri> for TlsConnector {
-    type Response = TlsIo;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, Result<TlsIo, io::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
-        let config = self.config.clone();
-        let name = self.server_name.clone();
+impl Tunnel for DaemonTunnel {
+    fn pump(
+        self: Box<Self>,
+        client: hyper::upgrade::Upgraded,
+        metrics: Arc<Metrics>,
+    ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(2376);
-            let tcp =
-                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TlsIo(TokioIo::new(tls)))
+            let daemon = match self.0.await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the daemon's upgrade failed");
+                    return;
+                }
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut daemon = hyper_util::rt::TokioIo::new(daemon);
+            match tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
+                Ok((up, down)) => {
+                    metrics.passthrough_bytes(true, up);
+                    metrics.passthrough_bytes(false, down);
+                }
+                Err(e) => tracing::debug!(error = %e, "hijacked connection ended with an error"),
+            }
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A request body that says when it ended (the response timeout starts then, so a long
+/// upload does not count against it).
+struct EndSignal<B> {
+    inner: B,
+    done: Option<oneshot::Sender<()>>,
+}
 
-    #[test]
-    fn parses_docker_urls() {
-        assert_eq!(
-            Endpoint::parse("unix:///var/run/docker.sock"),
-            Ok(Endpoint::Unix("/var/run/docker.sock".into()))
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://127.0.0.1:2375"),
-            Ok(Endpoint::Tcp("127.0.0.1:2375".into()))
-        );
-        assert_eq!(
-            Endpoint::parse("https://docker.example:2376/"),
-            Ok(Endpoint::Https("docker.example:2376".into()))
-        );
-        assert!(Endpoint::parse("ftp://x").is_err());
-        assert!(Endpoint::parse("unix://relative").is_err());
-        assert!(Endpoint::parse("tcp://a:1/path").is_err());
+impl<B> HttpBody for EndSignal<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = &r {
+            if let Some(tx) = this.done.take() {
+                let _ = tx.send(());
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -1,38 +1,132 @@
-//! How the server reaches a host's Docker daemon: one [`HostAdapter`] trait, two adapters.
+//! How the server reaches a host's Docker daemon: one [`HostAdapter`] seam per kind of host.
 //!
-//! - [`agent::AgentHostAdapter`]: over the agent's WebSocket, through the [`AgentManager`].
-//! - [`direct::DirectHostAdapter`]: the server dials the daemon itself with hyper
-//!   (`unix://`, `tcp://`, `https://` with client TLS).
+//! - [`agent::AgentHostAdapter`]: over the agent's WebSocket, through the `AgentManager`.
+//! - [`direct::DirectHostAdapter`]: the server dials the daemon itself ([`dial`]: `unix://`,
+//!   `tcp://`, `https://` with client TLS).
 //!
-//! Both end in the protocol crate's one operation mapping (the agent runs it on its side;
-//! the direct adapter drives `protocol::docker::Plan` here). [`Adapters`] picks the adapter
-//! from the host's current row, so a PATCH of `connection_mode` takes effect on the next
-//! request. Must not: map operations to Docker requests itself.
+//! A third kind (a host whose agent is connected to another replica, reached by forwarding
+//! to that replica) is one more implementation picked in [`Adapters::for_host`]; no caller
+//! changes. Callers never branch on the kind of host: a command runs with
+//! [`HostAdapter::run`], a Docker API exchange (passthrough, exec and attach hijacks,
+//! followed logs and events) opens with [`HostAdapter::open_stream`], and what the history
+//! and the queue need to know comes from [`HostAdapter::route`].
+//!
+//! Both adapters end in the protocol crate's one operation mapping (the agent runs it on its
+//! side; the direct adapter drives `protocol::docker::Plan` here). [`Adapters`] picks the
+//! adapter from the host's current row, so a PATCH of `connection_mode` takes effect on the
+//! next request.
+//!
+//! Owns: the seam, the choice of adapter for a host, and the cache of direct adapters (their
+//! connection pools and negotiated API versions). Must not: map operations to Docker requests itself, keep command history,
+//! or know the REST API (HTTP bodies and headers cross the seam as they are).
 
 pub mod agent;
+mod dial;
 pub mod direct;
 
+pub use crate::agents::Call;
+pub use dial::{Endpoint, TlsMaterial};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method};
 use futures_util::future::BoxFuture;
 use protocol::{ErrorBody, ErrorCode, Operation};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agents::AgentManager;
 use crate::crypto::KeyBox;
+use crate::metrics::Metrics;
+use crate::reply::Outcome;
 use crate::store::{ConnectionMode, Host};
 
-/// Runs catalog operations on one host.
+/// Where a host's commands go now, as the command's history and queue need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `agent` or `direct`: the audit's `via`.
+    pub via: &'static str,
+    /// The destination the history records (`agent_ref`): the agent's row id, or `direct`;
+    /// `None` when there is nowhere to send (no agent enrolled).
+    pub target: Option<String>,
+    /// The external id of the host's agent (shown with the command).
+    pub agent_id: Option<String>,
+    /// Whether a command may wait in the queue until the host can take it.
+    pub queueable: bool,
+    /// Whether the host can take a command right now.
+    pub online: bool,
+}
+
+/// One Docker Engine API exchange, as the client sent it. `Debug` shows header names only
+/// (`X-Registry-Auth` carries credentials).
+pub struct StreamRequest {
+    pub method: Method,
+    /// Origin-form target below the host's base path: `/v1.41/containers/json?all=1`.
+    pub target: String,
+    /// End-to-end headers only (the request's `Content-Length` included).
+    pub headers: Vec<(String, String)>,
+    /// The request body, streamed; `None` when there is none.
+    pub body: Option<Body>,
+    /// The client asked to hijack the connection, and its connection can be hijacked.
+    pub upgrade: bool,
+}
+
+impl std::fmt::Debug for StreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("StreamRequest")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("headers", &names)
+            .field("body", &self.body.is_some())
+            .field("upgrade", &self.upgrade)
+            .finish()
+    }
+}
+
+/// The daemon's answer to a [`StreamRequest`]: the head, and the body still streaming.
+pub struct StreamResponse {
+    pub status: u16,
+    /// As the daemon sent them (hop-by-hop headers included: the caller drops them).
+    pub headers: HeaderMap,
+    pub body: Body,
+    /// When the daemon switched protocols (`101`) for an upgrade request: the raw
+    /// connection's far end.
+    pub tunnel: Option<Box<dyn Tunnel>>,
+}
+
+impl std::fmt::Debug for StreamResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResponse")
+            .field("status", &self.status)
+            .field("tunnel", &self.tunnel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The far end of a hijacked connection (exec, attach).
+pub trait Tunnel: Send {
+    /// Pumps bytes both ways between `client` and the daemon until both directions ended
+    /// or either side failed. Dropping the future cuts both connections.
+    fn pump(
+        self: Box<Self>,
+        client: hyper::upgrade::Upgraded,
+        metrics: Arc<Metrics>,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// The one seam for a kind of host.
 pub trait HostAdapter: Send + Sync {
-    /// Runs `op` within `timeout`. Errors carry the stable codes of [`ErrorCode`].
-    fn execute<'a>(
-        &'a self,
-        op: &'a Operation,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, ErrorBody>>;
-    /// `agent` or `direct`.
-    fn kind(&self) -> &'static str;
+    /// Where the host's commands go now.
+    fn route(&self) -> Route;
+    /// Runs `op` as command `call` (its id and idempotency key travel with it) within
+    /// `call.timeout`. Errors carry the stable codes of [`ErrorCode`].
+    fn run<'a>(&'a self, op: &'a Operation, call: &'a Call) -> BoxFuture<'a, Outcome>;
+    /// Opens one Docker API exchange and returns the daemon's response head with its body
+    /// streaming (and, after a `101`, the tunnel). Errors: `agent_offline`, `timeout` (no
+    /// head in time after the request body was sent), `docker_unreachable`, `unsupported`,
+    /// `rate_limited`, `invalid_params`.
+    fn open_stream(&self, req: StreamRequest) -> BoxFuture<'_, Result<StreamResponse, ErrorBody>>;
 }
 
 type DirectCache = HashMap<String, (i64, Arc<direct::DirectHostAdapter>)>;
@@ -42,6 +136,8 @@ type DirectCache = HashMap<String, (i64, Arc<direct::DirectHostAdapter>)>;
 pub struct Adapters {
     agents: AgentManager,
     keys: KeyBox,
+    /// How long a direct passthrough exchange waits for the daemon's response head.
+    direct_timeout: Duration,
     /// Direct adapters by host id, with the `updated_at` they were built from, so the
     /// negotiated API version and the connection pool survive between requests.
     direct: Arc<Mutex<DirectCache>>,
@@ -53,16 +149,25 @@ impl std::fmt::Debug for Adapters {
     }
 }
 
+/// `not_found` for a host id.
+pub fn host_not_found(id: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, format!("host {id:?} not found"))
+}
+
 impl Adapters {
-    pub fn new(agents: AgentManager, keys: KeyBox) -> Adapters {
+    pub fn new(agents: AgentManager, keys: KeyBox, direct_timeout: Duration) -> Adapters {
         Adapters {
             agents,
             keys,
+            direct_timeout,
             direct: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// The adapter for `host` as it is now.
+    ///
+    /// Errors: `unsupported` (an agent host while agent mode is disabled), `invalid_params`
+    /// or `internal` (a direct host whose connection settings cannot be used).
     pub fn for_host(&self, host: &Host) -> Result<Arc<dyn HostAdapter>, ErrorBody> {
         match host.connection_mode {
             ConnectionMode::Agent => {
@@ -72,14 +177,11 @@ impl Adapters {
                         "agent mode is disabled on this server",
                     ));
                 }
-                let agent_ref = self
-                    .agents
-                    .online_agent_for_host(&host.id, host.agent_ref.as_deref())
-                    .or_else(|| host.agent_ref.clone());
                 Ok(Arc::new(agent::AgentHostAdapter::new(
                     self.agents.clone(),
                     host.id.clone(),
-                    agent_ref,
+                    host.agent_ref.clone(),
+                    host.agent_id.clone(),
                 )))
             }
             ConnectionMode::Direct => Ok(self.direct_for(host)?),
@@ -94,7 +196,11 @@ impl Adapters {
                 return Ok(a.clone());
             }
         }
-        let a = Arc::new(direct::DirectHostAdapter::from_host(host, &self.keys)?);
+        let a = Arc::new(direct::DirectHostAdapter::from_host(
+            host,
+            &self.keys,
+            self.direct_timeout,
+        )?);
         map.insert(host.id.clone(), (host.updated_at, a.clone()));
         Ok(a)
     }

@@ -1,18 +1,191 @@
-//! The `commands` table: the record of every operation and the queue of commands for agents
-//! that are offline.
+//! The `commands` table: the record of every operation, the queue of commands for agents
+//! that are offline, and the vocabulary of a command's state ([`CommandState`]).
 //!
 //! States: `queued` → `sent` → `succeeded` | `failed` | `expired`. A queued row waits for its
 //! host's agent; a `sent` row whose link dropped is sent again with the same idempotency key
 //! (the agent answers a repeated key from its memory instead of running it twice).
+//!
+//! Owns: the SQL of the table and the state names as stored, with the translation from the
+//! legacy `status` column (`pending`, `success`, `error`) in [`CommandState`] only. Must not:
+//! decide when a command changes state (the `commands` module does).
 
+use protocol::ErrorBody;
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::{
-    journal, now_ms, parse_json, Bind, CommandRecord, NewQueuedCommand, Result, Store, StoreError,
-};
+use super::{map_unique, now_ms, parse_json, Bind, Result, Store, StoreError};
+use crate::reply::{self, Outcome};
+
+/// Where a command is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    /// Recorded, waiting to be sent (for its agent, when queued).
+    Queued,
+    /// Sent to the host; no answer yet.
+    Sent,
+    /// Final: the host answered with data.
+    Succeeded,
+    /// Final: an error (the host's, a timeout, or `outcome_unknown`).
+    Failed,
+    /// Final: a queued command whose expiry passed before it was sent.
+    Expired,
+}
+
+impl CommandState {
+    pub const ALL: [CommandState; 5] = [
+        CommandState::Queued,
+        CommandState::Sent,
+        CommandState::Succeeded,
+        CommandState::Failed,
+        CommandState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Sent => "sent",
+            CommandState::Succeeded => "succeeded",
+            CommandState::Failed => "failed",
+            CommandState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CommandState> {
+        CommandState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether the command is over (nothing changes it any more, except a late real answer
+    /// replacing `outcome_unknown`).
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandState::Queued | CommandState::Sent)
+    }
+
+    /// The final state of a command that came to `outcome`.
+    pub fn of(outcome: &Outcome) -> CommandState {
+        match outcome {
+            Ok(_) => CommandState::Succeeded,
+            Err(_) => CommandState::Failed,
+        }
+    }
+
+    /// The legacy `status` column written beside the state, for older clients.
+    fn legacy_status(self) -> &'static str {
+        match self {
+            CommandState::Succeeded => "success",
+            CommandState::Queued | CommandState::Sent => "pending",
+            CommandState::Failed | CommandState::Expired => "error",
+        }
+    }
+
+    /// The state of a row written before states existed, from its legacy `status`.
+    fn from_legacy_status(status: &str) -> CommandState {
+        match status {
+            "success" => CommandState::Succeeded,
+            "pending" => CommandState::Sent,
+            _ => CommandState::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for CommandState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SQL: the command has not finished.
+const OPEN: &str = "state IN ('queued', 'sent')";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub host_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub operation: String,
+    pub requested_by: Option<String>,
+    /// Legacy: `pending`, `success` or `error`.
+    pub status: String,
+    pub error_code: Option<String>,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    /// Rows older than the queue have no state column: theirs comes from the legacy status.
+    pub state: CommandState,
+    /// Creation order.
+    pub seq: Option<i64>,
+    /// Sent with `"queue": true`: kept until delivered or expired.
+    pub queued: bool,
+    /// `docker_agents.id` of the agent it was (or will be) sent to, or `direct`.
+    pub agent_ref: Option<String>,
+    /// The params, encrypted at rest. Never serialised.
+    #[serde(skip)]
+    pub params_enc: Option<String>,
+    pub timeout_secs: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub idempotency_key: Option<String>,
+    /// Whether the client chose the idempotency key.
+    pub client_key: bool,
+    /// The outcome's document (see `crate::reply`) once finished, else null.
+    pub result: Value,
+    pub attempts: i64,
+    pub sent_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    /// What started the command besides its requester, e.g. `bulk:ID` (null for a plain
+    /// request).
+    pub origin: Option<String>,
+}
+
+impl CommandRecord {
+    /// The stored outcome, once finished.
+    pub fn outcome(&self) -> Option<Outcome> {
+        reply::decode(&self.result)
+    }
+}
+
+/// A command as it is recorded: state `queued` (or `sent` when the journal records it as it
+/// goes out).
+#[derive(Clone, PartialEq)]
+pub struct NewCommand {
+    pub id: String,
+    pub host_id: String,
+    /// The external agent id (shown in the API).
+    pub agent_id: Option<String>,
+    pub agent_ref: Option<String>,
+    pub operation: String,
+    pub params_enc: Option<String>,
+    pub requested_by: String,
+    pub queued: bool,
+    pub timeout_secs: i64,
+    pub expires_at: i64,
+    pub idempotency_key: String,
+    pub client_key: bool,
+    pub origin: Option<String>,
+}
+
+impl std::fmt::Debug for NewCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCommand")
+            .field("id", &self.id)
+            .field("host_id", &self.host_id)
+            .field("operation", &self.operation)
+            .field("queued", &self.queued)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open command whose expiry passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueCommand {
+    pub id: String,
+    pub host_id: Option<String>,
+    pub state: CommandState,
+    pub origin: Option<String>,
+}
 
 /// Unix microseconds, strictly increasing within this process: the creation order of
 /// commands (and still increasing across restarts, as the clock moves on).
@@ -34,21 +207,27 @@ pub fn next_seq() -> i64 {
 
 const COLS: &str = "id, host_id, agent_id, operation, requested_by, status, error_code, created_at, completed_at, \
     duration_ms, state, seq, queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, \
-    result, attempts, sent_at, updated_at";
+    result, attempts, sent_at, updated_at, origin";
 
 fn row(r: &AnyRow) -> Result<CommandRecord> {
+    let status: String = r.try_get("status")?;
+    let state: Option<String> = r.try_get("state")?;
+    let state = state
+        .as_deref()
+        .and_then(CommandState::parse)
+        .unwrap_or_else(|| CommandState::from_legacy_status(&status));
     Ok(CommandRecord {
         id: r.try_get("id")?,
         host_id: r.try_get("host_id")?,
         agent_id: r.try_get("agent_id")?,
         operation: r.try_get("operation")?,
         requested_by: r.try_get("requested_by")?,
-        status: r.try_get("status")?,
+        status,
         error_code: r.try_get("error_code")?,
         created_at: r.try_get("created_at")?,
         completed_at: r.try_get("completed_at")?,
         duration_ms: r.try_get("duration_ms")?,
-        state: r.try_get("state")?,
+        state,
         seq: r.try_get("seq")?,
         queued: r.try_get::<i64, _>("queued")? != 0,
         agent_ref: r.try_get("agent_ref")?,
@@ -61,99 +240,64 @@ fn row(r: &AnyRow) -> Result<CommandRecord> {
         attempts: r.try_get("attempts")?,
         sent_at: r.try_get("sent_at")?,
         updated_at: r.try_get("updated_at")?,
+        origin: r.try_get("origin")?,
     })
 }
 
-/// A final state's legacy `status`.
-pub(crate) fn legacy_status(state: &str) -> &'static str {
-    match state {
-        "succeeded" => "success",
-        "queued" | "sent" => "pending",
-        _ => "error",
+/// A final record, bound in the order of [`finish_sql`]: state, status, error code, result
+/// document, completed at, duration, updated at, id.
+pub(super) struct Finish {
+    pub(super) state: CommandState,
+    pub(super) status: &'static str,
+    pub(super) code: Option<&'static str>,
+    pub(super) doc: String,
+    pub(super) duration_ms: Option<i64>,
+}
+
+impl Finish {
+    pub(super) fn new(state: CommandState, outcome: &Outcome, duration_ms: Option<i64>) -> Finish {
+        Finish {
+            state,
+            status: state.legacy_status(),
+            code: outcome.as_ref().err().map(|e| e.code.as_str()),
+            doc: reply::encode(outcome).to_string(),
+            duration_ms,
+        }
+    }
+
+    /// The UPDATE that stores it. Only an unfinished command changes (or, except for an
+    /// expiry, one whose outcome was unknown: a late real answer replaces that); an expiry
+    /// applies only to a command that was never sent.
+    pub(super) fn sql(&self) -> &'static str {
+        if self.state == CommandState::Expired {
+            "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
+             duration_ms = COALESCE($6, duration_ms), updated_at = $7 WHERE id = $8 AND state = 'queued'"
+        } else {
+            "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
+             duration_ms = COALESCE($6, duration_ms), updated_at = $7 \
+             WHERE id = $8 AND (state IN ('queued', 'sent') OR error_code = 'outcome_unknown')"
+        }
     }
 }
 
-/// A command's final state, error code and stored result document.
-pub(crate) fn outcome_of(
-    result: &std::result::Result<Value, protocol::ErrorBody>,
-) -> (&'static str, Option<&'static str>, Value) {
-    match result {
-        Ok(data) => (
-            "succeeded",
-            None,
-            serde_json::json!({ "status": "success", "data": data }),
-        ),
-        Err(e) => (
-            "failed",
-            Some(e.code.as_str()),
-            serde_json::json!({ "status": "error", "error": e }),
-        ),
-    }
-}
-
-/// The stored result of a sent command that will get no answer.
-pub(crate) fn outcome_unknown_body(message: &str) -> Value {
-    serde_json::json!({ "status": "error", "error": { "code": "outcome_unknown", "message": message } })
-}
-
-/// Stores a command's outcome: binds state, status, error code, result, completed at,
-/// duration, updated at, id. Only an unfinished command (or one whose outcome was unknown)
-/// changes.
-pub(crate) fn finish_sql() -> &'static str {
-    "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
-     duration_ms = COALESCE($6, duration_ms), updated_at = $7 \
-     WHERE id = $8 AND (state IN ('queued', 'sent') OR error_code = 'outcome_unknown')"
-}
+/// The INSERT of a command going out at once (state `sent`, one attempt), as the journal
+/// writes it: binds id, host, agent id, operation, requester, created at, seq, agent ref,
+/// timeout, expiry, key, client key, sent at, updated at, origin.
+pub(super) const INSERT_SENT_SQL: &str =
+    "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, status, created_at, state, seq, \
+     queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, \
+     sent_at, updated_at, origin) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'sent', $7, 0, $8, NULL, $9, $10, $11, $12, 1, $13, $14, $15)";
 
 impl Store {
-    /// Records a direct command (no queue, no client key) that is being sent to `sent_to`
-    /// (an agent's ref, or `direct`), through the journal: the caller does not wait for the
-    /// database (see `journal.rs`).
-    pub fn journal_command_sent(&self, c: NewQueuedCommand, sent_to: &str) {
-        let e = journal::Entry::Started {
-            cmd: Box::new(c),
-            sent_to: sent_to.to_string(),
-            at: now_ms(),
-        };
-        if !self.journal.push(e) {
-            tracing::error!("the command journal is full or stopped: a command's record is lost");
-        }
-    }
-
-    /// The outcome of a command recorded with [`Store::journal_command_sent`].
-    pub fn journal_command_finished(
-        &self,
-        id: &str,
-        result: &std::result::Result<Value, protocol::ErrorBody>,
-        duration_ms: Option<i64>,
-    ) {
-        let e = match result {
-            Err(e) if e.code == protocol::ErrorCode::OutcomeUnknown => {
-                journal::outcome_unknown(id, &e.message)
-            }
-            r => journal::finished(id, r, duration_ms),
-        };
-        if !self.journal.push(e) {
-            tracing::error!(
-                command = id,
-                "the command journal is full or stopped: a command's outcome is not recorded"
-            );
-        }
-    }
-
-    /// Waits until the journal wrote everything queued so far (reads of commands call it).
-    pub async fn flush_journal(&self) {
-        self.journal.flush().await
-    }
-
-    /// Records a new command. A second command with the same idempotency key on the same host
-    /// is a [`StoreError::Conflict`].
-    pub async fn create_command(&self, c: &NewQueuedCommand) -> Result<CommandRecord> {
+    /// Records a new command (state `queued`). A second command with the same idempotency
+    /// key on the same host is a [`StoreError::Conflict`].
+    pub async fn create_command(&self, c: &NewCommand) -> Result<CommandRecord> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, status, created_at, state, seq, \
-             queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+             queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, updated_at, \
+             origin) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16)",
         )
         .bind(&c.id)
         .bind(&c.host_id)
@@ -170,9 +314,10 @@ impl Store {
         .bind(&c.idempotency_key)
         .bind(c.client_key as i64)
         .bind(now)
+        .bind(&c.origin)
         .execute(&self.pool)
         .await
-        .map_err(|e| super::map_unique(e, "a command with this idempotency key"))?;
+        .map_err(|e| map_unique(e, "a command with this idempotency key"))?;
         self.get_command(&c.id).await?.ok_or(StoreError::NotFound)
     }
 
@@ -207,14 +352,14 @@ impl Store {
     pub async fn list_host_commands(
         &self,
         host_id: &str,
-        state: Option<&str>,
+        state: Option<CommandState>,
         limit: i64,
     ) -> Result<Vec<CommandRecord>> {
         self.flush_journal().await;
         let mut sql = format!("SELECT {COLS} FROM commands WHERE host_id = $1");
         let mut binds = vec![Bind::Text(host_id.to_string())];
         if let Some(s) = state {
-            binds.push(Bind::Text(s.to_string()));
+            binds.push(Bind::Text(s.as_str().to_string()));
             sql.push_str(&format!(" AND state = ${}", binds.len()));
         }
         binds.push(Bind::Int(limit.clamp(1, 1000)));
@@ -233,12 +378,27 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
+    /// The commands started by `origin` (e.g. one bulk run), in creation order.
+    pub async fn list_commands_by_origin(
+        &self,
+        origin: &str,
+        limit: i64,
+    ) -> Result<Vec<CommandRecord>> {
+        self.flush_journal().await;
+        let sql = format!("SELECT {COLS} FROM commands WHERE origin = $1 ORDER BY seq LIMIT $2");
+        let rows = sqlx::query(&sql)
+            .bind(origin)
+            .bind(limit.clamp(1, 100_000))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
     /// Queued commands of `host_id` still to deliver (`queued`, or `sent` without an answer),
     /// in creation order.
     pub async fn pending_commands(&self, host_id: &str, limit: i64) -> Result<Vec<CommandRecord>> {
         let sql = format!(
-            "SELECT {COLS} FROM commands WHERE host_id = $1 AND queued = 1 AND state IN ('queued', 'sent') \
-             ORDER BY seq LIMIT $2"
+            "SELECT {COLS} FROM commands WHERE host_id = $1 AND queued = 1 AND {OPEN} ORDER BY seq LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(host_id)
@@ -248,50 +408,42 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
-    /// The command went out (again) on the agent `agent_ref`.
-    pub async fn mark_command_sent(&self, id: &str, agent_ref: &str) -> Result<()> {
+    /// The command went out (again) to `sent_to` (an agent's ref, or `direct`).
+    pub async fn mark_command_sent(&self, id: &str, sent_to: &str) -> Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE commands SET state = 'sent', agent_ref = $1, attempts = attempts + 1, sent_at = $2, updated_at = $3 \
-             WHERE id = $4 AND state IN ('queued', 'sent')",
-        )
-        .bind(agent_ref)
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE commands SET state = 'sent', agent_ref = $1, attempts = attempts + 1, sent_at = $2, \
+             updated_at = $3 WHERE id = $4 AND {OPEN}"
+        );
+        sqlx::query(&sql)
+            .bind(sent_to)
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    /// Stores the outcome of a command: `succeeded` or `failed` with its result. Only an
-    /// unfinished command (or one whose outcome was unknown) changes. Returns whether it did.
-    pub async fn complete_command(
+    /// Stores a command's final `state` and `outcome`. Only an unfinished command changes (or
+    /// one whose outcome was unknown, unless this is an expiry); an expiry applies only to a
+    /// command still queued. Returns whether the row changed.
+    pub async fn finish_command(
         &self,
         id: &str,
-        result: &std::result::Result<Value, protocol::ErrorBody>,
+        state: CommandState,
+        outcome: &Outcome,
         duration_ms: Option<i64>,
     ) -> Result<bool> {
-        let (state, code, body) = outcome_of(result);
-        self.finish_with(id, state, code, &body, duration_ms).await
-    }
-
-    async fn finish_with(
-        &self,
-        id: &str,
-        state: &str,
-        code: Option<&str>,
-        body: &Value,
-        duration_ms: Option<i64>,
-    ) -> Result<bool> {
+        let f = Finish::new(state, outcome, duration_ms);
         let now = now_ms();
-        let r = sqlx::query(finish_sql())
-            .bind(state)
-            .bind(legacy_status(state))
-            .bind(code)
-            .bind(body.to_string())
+        let r = sqlx::query(f.sql())
+            .bind(f.state.as_str())
+            .bind(f.status)
+            .bind(f.code)
+            .bind(&f.doc)
             .bind(now)
-            .bind(duration_ms)
+            .bind(f.duration_ms)
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -299,86 +451,61 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    /// A queued command whose expiry passed before it was sent.
-    pub async fn expire_command(&self, id: &str) -> Result<bool> {
-        let body = serde_json::json!({ "status": "error", "error": {
-            "code": "timeout", "message": "the command expired before the agent could run it" } });
-        let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE commands SET state = 'expired', status = 'error', error_code = 'timeout', result = $1, \
-             completed_at = $2, updated_at = $3 WHERE id = $4 AND state = 'queued'",
-        )
-        .bind(body.to_string())
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    /// A sent command that will get no answer any more: `failed` with `outcome_unknown`.
-    pub async fn command_outcome_unknown(&self, id: &str, message: &str) -> Result<bool> {
-        let body = outcome_unknown_body(message);
-        self.finish_with(id, "failed", Some("outcome_unknown"), &body, None)
-            .await
-    }
-
-    /// Expires due commands: `queued` ones become `expired`, `sent` ones `failed` with
-    /// `outcome_unknown`. Returns how many changed.
-    pub async fn expire_due_commands(&self) -> Result<u64> {
+    /// Open commands whose expiry passed (at most `limit`).
+    pub async fn due_commands(&self, limit: i64) -> Result<Vec<DueCommand>> {
         self.flush_journal().await;
-        let due = sqlx::query(
-            "SELECT id, state FROM commands WHERE state IN ('queued', 'sent') AND expires_at < $1 LIMIT 1000",
-        )
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut n = 0;
-        for r in due {
-            let id: String = r.try_get("id")?;
-            let state: String = r.try_get("state")?;
-            let changed = if state == "queued" {
-                self.expire_command(&id).await?
-            } else {
-                self.command_outcome_unknown(
-                    &id,
-                    "the command expired after it was sent and no answer arrived; it may or may not have run",
-                )
-                .await?
-            };
-            n += changed as u64;
-        }
-        Ok(n)
+        let sql = format!(
+            "SELECT id, host_id, state, origin FROM commands WHERE {OPEN} AND expires_at < $1 LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state")?;
+                Ok(DueCommand {
+                    id: r.try_get("id")?,
+                    host_id: r.try_get("host_id")?,
+                    state: CommandState::parse(&state).unwrap_or(CommandState::Sent),
+                    origin: r.try_get("origin")?,
+                })
+            })
+            .collect()
     }
 
     /// At start: unqueued commands that were in flight when the server stopped have no
-    /// requester any more: `failed` with `outcome_unknown`.
-    pub async fn fail_orphaned_commands(&self) -> Result<u64> {
-        let body = serde_json::json!({ "status": "error", "error": {
-            "code": "outcome_unknown", "message": "the server restarted while the command was in flight" } });
+    /// requester any more: `failed` with `error`.
+    pub async fn fail_orphaned_commands(&self, error: &ErrorBody) -> Result<u64> {
+        let f = Finish::new(CommandState::Failed, &Err(error.clone()), None);
         let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE commands SET state = 'failed', status = 'error', error_code = 'outcome_unknown', result = $1, \
-             completed_at = $2, updated_at = $3 WHERE queued = 0 AND state IN ('queued', 'sent')",
-        )
-        .bind(body.to_string())
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
+             updated_at = $6 WHERE queued = 0 AND {OPEN}"
+        );
+        let r = sqlx::query(&sql)
+            .bind(f.state.as_str())
+            .bind(f.status)
+            .bind(f.code)
+            .bind(&f.doc)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
     /// Bounded retention: finished commands older than `max_age_ms` go.
     pub async fn prune_commands(&self, max_age_ms: i64) -> Result<u64> {
-        let r = sqlx::query(
+        let sql = format!(
             "DELETE FROM commands WHERE completed_at IS NOT NULL AND completed_at < $1 \
-             AND (state IS NULL OR state NOT IN ('queued', 'sent'))",
-        )
-        .bind(now_ms() - max_age_ms)
-        .execute(&self.pool)
-        .await?;
+             AND (state IS NULL OR NOT {OPEN})"
+        );
+        let r = sqlx::query(&sql)
+            .bind(now_ms() - max_age_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 }

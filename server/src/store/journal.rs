@@ -14,17 +14,17 @@
 //! must be durable before anything else happens (queued ones, client keys) never use it.
 //!
 //! Owns: the writer task and its queue. Must not: decide which commands go through it (the
-//! API does).
+//! `commands` module does).
 
-use serde_json::Value;
 use sqlx::AnyPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{finish_sql, legacy_status, next_seq, outcome_of, outcome_unknown_body};
-use super::{now_ms, NewQueuedCommand};
+use super::commands::{next_seq, CommandState, Finish, NewCommand, INSERT_SENT_SQL};
+use super::{now_ms, Store};
+use crate::reply::Outcome;
 
 /// Entries at most per transaction.
 const BATCH: usize = 512;
@@ -36,23 +36,15 @@ const MAX_WAITING: u64 = 200_000;
 const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// What happened to a command.
-#[derive(Debug)]
 pub(crate) enum Entry {
     /// It went out to `sent_to` (an agent's ref, or `direct`).
     Started {
-        cmd: Box<NewQueuedCommand>,
+        cmd: Box<NewCommand>,
         sent_to: String,
         at: i64,
     },
-    /// Its outcome: `succeeded` or `failed`, with the result document.
-    Finished {
-        id: String,
-        state: &'static str,
-        code: Option<&'static str>,
-        body: String,
-        duration_ms: Option<i64>,
-        at: i64,
-    },
+    /// Its final record.
+    Finished { id: String, finish: Finish, at: i64 },
 }
 
 enum Op {
@@ -168,44 +160,33 @@ async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
     for e in entries {
         match e {
             Entry::Started { cmd, sent_to, at } => {
-                sqlx::query(
-                    "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, status, created_at, state, seq, \
-                     queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, \
-                     sent_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'sent', $7, 0, $8, NULL, $9, $10, $11, $12, 1, $13, $14)",
-                )
-                .bind(&cmd.id)
-                .bind(&cmd.host_id)
-                .bind(&cmd.agent_id)
-                .bind(&cmd.operation)
-                .bind(&cmd.requested_by)
-                .bind(*at)
-                .bind(next_seq())
-                .bind(sent_to)
-                .bind(cmd.timeout_secs)
-                .bind(cmd.expires_at)
-                .bind(&cmd.idempotency_key)
-                .bind(cmd.client_key as i64)
-                .bind(*at)
-                .bind(*at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Entry::Finished {
-                id,
-                state,
-                code,
-                body,
-                duration_ms,
-                at,
-            } => {
-                sqlx::query(finish_sql())
-                    .bind(*state)
-                    .bind(legacy_status(state))
-                    .bind(*code)
-                    .bind(body)
+                sqlx::query(INSERT_SENT_SQL)
+                    .bind(&cmd.id)
+                    .bind(&cmd.host_id)
+                    .bind(&cmd.agent_id)
+                    .bind(&cmd.operation)
+                    .bind(&cmd.requested_by)
                     .bind(*at)
-                    .bind(*duration_ms)
+                    .bind(next_seq())
+                    .bind(sent_to)
+                    .bind(cmd.timeout_secs)
+                    .bind(cmd.expires_at)
+                    .bind(&cmd.idempotency_key)
+                    .bind(cmd.client_key as i64)
+                    .bind(*at)
+                    .bind(*at)
+                    .bind(&cmd.origin)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Entry::Finished { id, finish, at } => {
+                sqlx::query(finish.sql())
+                    .bind(finish.state.as_str())
+                    .bind(finish.status)
+                    .bind(finish.code)
+                    .bind(&finish.doc)
+                    .bind(*at)
+                    .bind(finish.duration_ms)
                     .bind(*at)
                     .bind(id)
                     .execute(&mut *tx)
@@ -216,33 +197,45 @@ async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// The journal entry for a sent command that will get no answer: `failed` with
-/// `outcome_unknown` (as [`super::Store::command_outcome_unknown`] stores it).
-pub(crate) fn outcome_unknown(id: &str, message: &str) -> Entry {
-    let body = outcome_unknown_body(message);
-    Entry::Finished {
-        id: id.to_string(),
-        state: "failed",
-        code: Some("outcome_unknown"),
-        body: body.to_string(),
-        duration_ms: None,
-        at: now_ms(),
+impl Store {
+    /// Records a command (no queue, no client key) that is being sent to `sent_to` (an
+    /// agent's ref, or `direct`), through the journal: the caller does not wait for the
+    /// database.
+    pub fn journal_command_sent(&self, c: NewCommand, sent_to: &str) {
+        let e = Entry::Started {
+            cmd: Box::new(c),
+            sent_to: sent_to.to_string(),
+            at: now_ms(),
+        };
+        if !self.journal.push(e) {
+            tracing::error!("the command journal is full or stopped: a command's record is lost");
+        }
     }
-}
 
-/// The journal entry for a command's outcome.
-pub(crate) fn finished(
-    id: &str,
-    result: &std::result::Result<Value, protocol::ErrorBody>,
-    duration_ms: Option<i64>,
-) -> Entry {
-    let (state, code, body) = outcome_of(result);
-    Entry::Finished {
-        id: id.to_string(),
-        state,
-        code,
-        body: body.to_string(),
-        duration_ms,
-        at: now_ms(),
+    /// The final record of a command recorded with [`Store::journal_command_sent`] (as
+    /// [`Store::finish_command`] stores it).
+    pub fn journal_command_finished(
+        &self,
+        id: &str,
+        state: CommandState,
+        outcome: &Outcome,
+        duration_ms: Option<i64>,
+    ) {
+        let e = Entry::Finished {
+            id: id.to_string(),
+            finish: Finish::new(state, outcome, duration_ms),
+            at: now_ms(),
+        };
+        if !self.journal.push(e) {
+            tracing::error!(
+                command = id,
+                "the command journal is full or stopped: a command's outcome is not recorded"
+            );
+        }
+    }
+
+    /// Waits until the journal wrote everything queued so far (reads of commands call it).
+    pub async fn flush_journal(&self) {
+        self.journal.flush().await
     }
 }

@@ -1,6 +1,7 @@
-//! The tamper-evident audit log: every entry stores the SHA-256 of the previous entry and its
-//! own hash over a canonical serialisation that includes that previous hash. The one row of
-//! `audit_head` holds the newest entry's sequence number and hash.
+//! The `audit_log` table and its `audit_head` row: the tamper-evident audit log. Every entry
+//! stores the SHA-256 of the previous entry and its own hash over a canonical serialisation
+//! that includes that previous hash. The one row of `audit_head` holds the newest entry's
+//! sequence number and hash.
 //!
 //! Appends are serialised twice: a process-wide async mutex, and in the database by updating
 //! the `audit_head` row first inside the transaction (a row lock on PostgreSQL, the write lock
@@ -14,12 +15,111 @@
 //! is found by [`Store::verify_audit_chain`]. Whoever can rewrite the whole table can also
 //! recompute the chain; anchoring the head hash elsewhere (it is printed by `audit verify`)
 //! detects that too.
+//!
+//! Owns: its SQL, the chain's hashing, the group commit and the verification. Must not: decide
+//! what is audited (`crate::audit` builds the entries).
 
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{json_text, now_ms, AuditVerifyReport, NewAudit, Result, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{json_text, now_ms, parse_json, Bind, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewAudit {
+    /// `user`, `agent` or `system`.
+    pub actor_kind: String,
+    /// The user's name or the agent's id.
+    pub actor: String,
+    pub host_id: Option<String>,
+    /// e.g. `operation.container.list`, `host.create`, `agent.auth`.
+    pub action: String,
+    pub target: Option<String>,
+    /// `success`, `error` or `denied`.
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub detail: Option<Value>,
+    pub source_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub actor_kind: String,
+    pub actor: String,
+    pub host_id: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub detail: Value,
+    pub source_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub actor_kind: Option<String>,
+    pub host_id: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until: Option<i64>,
+    /// Paging: entries older than this sequence number.
+    pub before_seq: Option<i64>,
+    #[serde(default = "default_limit")]
+    pub limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        AuditFilter {
+            actor: None,
+            actor_kind: None,
+            host_id: None,
+            action: None,
+            outcome: None,
+            since: None,
+            until: None,
+            before_seq: None,
+            limit: default_limit(),
+        }
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AuditVerifyReport {
+    /// Entries whose hash was checked.
+    pub verified: u64,
+    /// Entries written before the chain existed (no hash).
+    pub unchained: u64,
+    /// Entries whose content no longer matches their hash.
+    pub changed: Vec<i64>,
+    /// Entries missing from the chain (by sequence number).
+    pub deleted: Vec<i64>,
+    /// Other breaks of the chain, in words.
+    pub problems: Vec<String>,
+    /// The hash of the newest entry (anchor it elsewhere to detect a rewritten chain).
+    pub head_hash: String,
+    pub head_seq: i64,
+}
+
+impl AuditVerifyReport {
+    pub fn ok(&self) -> bool {
+        self.changed.is_empty() && self.deleted.is_empty() && self.problems.is_empty()
+    }
+}
 
 /// An entry waiting for the next group commit, and where to say it was committed.
 pub(crate) struct Pending {
@@ -240,38 +340,16 @@ impl Store {
         Ok(())
     }
 
-    /// Walks the whole chain and reports every changed or deleted entry.
-    pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
-        self.flush_audit().await?;
-        let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>("n")? as u64;
-        let mut report = AuditVerifyReport {
-            unchained,
-            ..Default::default()
-        };
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        let (head_seq, head_hash) = match head {
-            Some(h) => (h.try_get::<i64, _>("seq")?, h.try_get::<String, _>("hash")?),
-            None => {
-                report.problems.push("the audit_head row is missing".into());
-                (0, String::new())
-            }
-        };
-        report.head_seq = head_seq;
-        report.head_hash = head_hash.clone();
+    /// Checks every chained entry against its hash and its link to the one before; returns
+    /// the newest chained entry (sequence number and hash), if any.
+    async fn walk_chain(
+        &self,
+        report: &mut AuditVerifyReport,
+        legacy_max: Option<i64>,
+    ) -> Result<Option<(i64, String)>> {
         let mut expected_prev = GENESIS.to_string();
         // The sequence number of the previous chained entry (None before the first).
         let mut prev_seq: Option<i64> = None;
-        // The last unchained (legacy) sequence number: the chain starts after it.
-        let legacy_max: Option<i64> =
-            sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE hash IS NULL")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("m")?;
         let mut after = i64::MIN;
         loop {
             let rows = sqlx::query(
@@ -297,50 +375,158 @@ impl Store {
                 if prev_hash != expected_prev {
                     // The link to the previous entry is broken: what lies between is gone.
                     let from = prev_seq.or(legacy_max).unwrap_or(0) + 1;
-                    let missing: Vec<i64> = (from..f.seq).collect();
-                    if missing.is_empty() || missing.len() > 10_000 {
-                        report.problems.push(format!(
-                            "entry {} does not follow the entry before it (prev_hash mismatch)",
-                            f.seq
-                        ));
-                        if missing.is_empty() {
-                            report.changed.push(f.seq);
-                        }
-                    }
-                    if missing.len() <= 10_000 {
-                        report.deleted.extend(missing);
-                    }
+                    broken_link(report, f.seq, from);
                 }
                 expected_prev = hash;
                 prev_seq = Some(f.seq);
             }
         }
-        // The head names the newest entry: entries deleted at the end show here.
-        let last = prev_seq.unwrap_or(legacy_max.unwrap_or(0));
-        let last_hash = if prev_seq.is_some() {
-            expected_prev.clone()
-        } else {
-            String::new()
+        Ok(prev_seq.map(|s| (s, expected_prev)))
+    }
+
+    /// Walks the whole chain and reports every changed or deleted entry.
+    pub async fn verify_audit_chain(&self) -> Result<AuditVerifyReport> {
+        self.flush_audit().await?;
+        let unchained = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE hash IS NULL")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>("n")? as u64;
+        let mut report = AuditVerifyReport {
+            unchained,
+            ..Default::default()
         };
-        if head_seq > last || (head_seq == last && head_hash != last_hash) {
-            if head_seq > last {
-                report
-                    .deleted
-                    .extend((last + 1)..=head_seq.min(last + 10_000));
-            } else {
-                report
-                    .problems
-                    .push("the newest entry does not match the chain head".into());
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let (head_seq, head_hash) = match head {
+            Some(h) => (h.try_get::<i64, _>("seq")?, h.try_get::<String, _>("hash")?),
+            None => {
+                report.problems.push("the audit_head row is missing".into());
+                (0, String::new())
             }
-        } else if head_seq < last {
-            report.problems.push(format!(
-                "entries after the chain head ({head_seq}) were written outside the chain"
-            ));
-        }
+        };
+        report.head_seq = head_seq;
+        report.head_hash = head_hash.clone();
+        // The last unchained (legacy) sequence number: the chain starts after it.
+        let legacy_max: Option<i64> =
+            sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE hash IS NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("m")?;
+        let last = self.walk_chain(&mut report, legacy_max).await?;
+        check_head(&mut report, last, legacy_max, &head_hash);
         report.changed.sort_unstable();
         report.changed.dedup();
         report.deleted.sort_unstable();
         report.deleted.dedup();
         Ok(report)
+    }
+
+    /// Audit entries matching every given filter, newest first.
+    pub async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        if let Err(e) = self.flush_audit().await {
+            tracing::error!(error = %e, "could not write queued audit entries");
+        }
+        let mut sql = String::from(
+            "SELECT seq, at, actor_kind, actor, host_id, action, target, outcome, error_code, detail, source_ip \
+             FROM audit_log WHERE 1 = 1",
+        );
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut add = |col: &str, op: &str, v: Bind, sql: &mut String| {
+            binds.push(v);
+            sql.push_str(&format!(" AND {col} {op} ${}", binds.len()));
+        };
+        if let Some(v) = &f.actor {
+            add("actor", "=", Bind::Text(v.clone()), &mut sql);
+        }
+        if let Some(v) = &f.actor_kind {
+            add("actor_kind", "=", Bind::Text(v.clone()), &mut sql);
+        }
+        if let Some(v) = &f.host_id {
+            add("host_id", "=", Bind::Text(v.clone()), &mut sql);
+        }
+        if let Some(v) = &f.action {
+            add("action", "=", Bind::Text(v.clone()), &mut sql);
+        }
+        if let Some(v) = &f.outcome {
+            add("outcome", "=", Bind::Text(v.clone()), &mut sql);
+        }
+        if let Some(v) = f.since {
+            add("at", ">=", Bind::Int(v), &mut sql);
+        }
+        if let Some(v) = f.until {
+            add("at", "<", Bind::Int(v), &mut sql);
+        }
+        if let Some(v) = f.before_seq {
+            add("seq", "<", Bind::Int(v), &mut sql);
+        }
+        binds.push(Bind::Int(f.limit.clamp(1, 1000)));
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", binds.len()));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor_kind: r.try_get("actor_kind")?,
+                    actor: r.try_get("actor")?,
+                    host_id: r.try_get("host_id")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    outcome: r.try_get("outcome")?,
+                    error_code: r.try_get("error_code")?,
+                    detail: parse_json(r.try_get("detail")?),
+                    source_ip: r.try_get("source_ip")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Entry `seq` does not link to the chained entry before it: the entries from `from` on were
+/// deleted (or, with none missing, `seq` itself was changed).
+fn broken_link(report: &mut AuditVerifyReport, seq: i64, from: i64) {
+    let missing: Vec<i64> = (from..seq).collect();
+    if missing.is_empty() || missing.len() > 10_000 {
+        report.problems.push(format!(
+            "entry {seq} does not follow the entry before it (prev_hash mismatch)"
+        ));
+        if missing.is_empty() {
+            report.changed.push(seq);
+        }
+    }
+    if missing.len() <= 10_000 {
+        report.deleted.extend(missing);
+    }
+}
+
+/// The head names the newest entry: entries deleted at the end show here.
+fn check_head(
+    report: &mut AuditVerifyReport,
+    last: Option<(i64, String)>,
+    legacy_max: Option<i64>,
+    head_hash: &str,
+) {
+    let head_seq = report.head_seq;
+    let (last, last_hash) = last.unwrap_or((legacy_max.unwrap_or(0), String::new()));
+    if head_seq > last {
+        report
+            .deleted
+            .extend((last + 1)..=head_seq.min(last + 10_000));
+    } else if head_seq == last && head_hash != last_hash {
+        report
+            .problems
+            .push("the newest entry does not match the chain head".into());
+    } else if head_seq < last {
+        report.problems.push(format!(
+            "entries after the chain head ({head_seq}) were written outside the chain"
+        ));
     }
 }

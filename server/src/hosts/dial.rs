@@ -1,0 +1,284 @@
+//! How the server dials a Docker daemon: the `docker_url` of a direct host parsed into an
+//! [`Endpoint`] (`unix://`, `tcp://`, `https://`), and hyper's client over it: hyperlocal for
+//! a socket, plain HTTP, or rustls with the host's CA and client certificate (as for Docker
+//! on port 2376).
+//!
+//! Owns: the transports and their TLS. Must not: know what is sent (the direct adapter
+//! decides).
+
+use futures_util::future::BoxFuture;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::docker::unreachable;
+use protocol::ErrorBody;
+use rustls::pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Where a direct host's daemon listens, parsed from `docker_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(String),
+    Tcp(String),
+    Https(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///path`, `tcp://host:port` (or `http://`), `https://host:port`.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let authority = |rest: &str| -> Result<String, String> {
+            let a = rest.trim_end_matches('/');
+            if a.is_empty() || a.contains('/') || a.contains('@') || a.contains('?') {
+                return Err(format!(
+                    "invalid docker_url {url:?}: expected scheme://host:port"
+                ));
+            }
+            Ok(a.to_string())
+        };
+        if let Some(path) = url.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "invalid docker_url {url:?}: unix:// needs an absolute path"
+                ));
+            }
+            Ok(Endpoint::Unix(path.to_string()))
+        } else if let Some(rest) = url
+            .strip_prefix("tcp://")
+            .or_else(|| url.strip_prefix("http://"))
+        {
+            Ok(Endpoint::Tcp(authority(rest)?))
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            Ok(Endpoint::Https(authority(rest)?))
+        } else {
+            Err(format!(
+                "invalid docker_url {url:?}: use unix://, tcp:// or https://"
+            ))
+        }
+    }
+}
+
+/// TLS material of an https host (the key already decrypted).
+pub struct TlsMaterial {
+    pub ca_pem: Option<String>,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<protocol::Secret>,
+    pub server_name: Option<String>,
+}
+
+pub(super) enum Transport<B> {
+    Unix(String, Client<hyperlocal::UnixConnector, B>),
+    Tcp(String, Client<HttpConnector, B>),
+    Https(String, Client<TlsConnector, B>),
+}
+
+impl<B> Transport<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(super) fn build(
+        endpoint: &Endpoint,
+        tls: Option<&(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ) -> Result<Self, ErrorBody> {
+        Ok(match endpoint {
+            Endpoint::Unix(path) => Transport::Unix(
+                path.clone(),
+                Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
+            ),
+            Endpoint::Tcp(auth) => {
+                let mut c = HttpConnector::new();
+                c.set_nodelay(true);
+                c.set_connect_timeout(Some(Duration::from_secs(10)));
+                Transport::Tcp(auth.clone(), Client::builder(TokioExecutor::new()).build(c))
+            }
+            Endpoint::Https(auth) => {
+                let (config, server_name) =
+                    tls.ok_or_else(|| ErrorBody::internal("https without TLS settings"))?;
+                let connector = TlsConnector {
+                    config: config.clone(),
+                    server_name: server_name.clone(),
+                };
+                Transport::Https(
+                    auth.clone(),
+                    Client::builder(TokioExecutor::new()).build(connector),
+                )
+            }
+        })
+    }
+
+    /// Sends `req`, whose URI is origin-form (`/v1.41/info?x=1`), to the daemon.
+    pub(super) async fn request(
+        &self,
+        mut req: hyper::Request<B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ErrorBody> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let uri: Result<hyper::Uri, _> = match self {
+            Transport::Unix(path, _) => Ok(hyperlocal::Uri::new(path, &target).into()),
+            Transport::Tcp(auth, _) => format!("http://{auth}{target}").parse(),
+            Transport::Https(auth, _) => format!("https://{auth}{target}").parse(),
+        };
+        *req.uri_mut() = uri.map_err(|e| ErrorBody::internal(e.to_string()))?;
+        let result = match self {
+            Transport::Unix(_, c) => c.request(req).await,
+            Transport::Tcp(_, c) => c.request(req).await,
+            Transport::Https(_, c) => c.request(req).await,
+        };
+        result.map_err(|e| unreachable(error_chain(&e)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The rustls client config of an https host: its CA (or the web PKI roots) and its client
+/// certificate.
+pub(super) fn client_tls_config(tls: &TlsMaterial) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_pem {
+        Some(ca) => {
+            for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                let cert = cert.map_err(|e| format!("tls_ca: {e}"))?;
+                roots.add(cert).map_err(|e| format!("tls_ca: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("tls_ca holds no PEM certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match (&tls.cert_pem, &tls.key_pem) {
+        (Some(cert), Some(key)) => {
+            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tls_cert: {e}"))?;
+            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+                .map_err(|e| format!("tls_key: {e}"))?
+                .ok_or("tls_key holds no PEM private key")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("tls_cert and tls_key go together".into()),
+    }
+}
+
+/// A hyper connector that dials TCP and runs a rustls handshake.
+#[derive(Clone)]
+pub(super) struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+pub(super) struct TlsIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Connection for TlsIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl Read for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl Write for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<hyper::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, Result<TlsIo, io::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let config = self.config.clone();
+        let name = self.server_name.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(2376);
+            let tcp =
+                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(TlsIo(TokioIo::new(tls)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_urls() {
+        assert_eq!(
+            Endpoint::parse("unix:///var/run/docker.sock"),
+            Ok(Endpoint::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:2375"),
+            Ok(Endpoint::Tcp("127.0.0.1:2375".into()))
+        );
+        assert_eq!(
+            Endpoint::parse("https://docker.example:2376/"),
+            Ok(Endpoint::Https("docker.example:2376".into()))
+        );
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("unix://relative").is_err());
+        assert!(Endpoint::parse("tcp://a:1/path").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! [`AppState`]: the parts of a running server, built once and handed to the HTTP layer.
+//!
+//! Owns: building every part in order (store, keys, metrics, feed, audit, the agent
+//! registry and its endpoint, the host adapters, the owner of commands, leases, limiters)
+//! and wiring the registry's signals to the commands module. Part of the wiring: only
+//! `app.rs`, `api/` and the entry points use it; no part below imports it (a part that needs
+//! another gets it handed in, and a handler that needs only one part extracts that part
+//! with `FromRef`).
+//!
+//! Must not: hold behaviour: it builds and hands out parts.
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use std::sync::Arc;
+
+use crate::agents::{AgentEndpoint, AgentManager};
+use crate::audit::Auditor;
+use crate::auth::{FailureLimiter, RateLimiter};
+use crate::commands::{self, Commands};
+use crate::config::Config;
+use crate::crypto::KeyBox;
+use crate::feed::Feed;
+use crate::hosts::Adapters;
+use crate::leases::Leases;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub agents: AgentManager,
+    /// The agents' WebSocket endpoint.
+    pub agent_endpoint: AgentEndpoint,
+    pub adapters: Adapters,
+    /// The owner of every command's life.
+    pub commands: Commands,
+    pub metrics: Arc<Metrics>,
+    pub feed: Feed,
+    pub audit: Auditor,
+    pub keys: KeyBox,
+    pub api_auth_limiter: Arc<FailureLimiter>,
+    /// REST requests per API token.
+    pub api_rate: Arc<RateLimiter>,
+    /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
+    pub leases: Leases,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("agents", &self.agents)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRef<AppState> for AgentEndpoint {
+    fn from_ref(s: &AppState) -> AgentEndpoint {
+        s.agent_endpoint.clone()
+    }
+}
+
+impl AppState {
+    /// Opens the database (applying migrations) and builds the state.
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        let store = Store::open(config.database_url(), &config.data_dir)
+            .await
+            .context("opening the database")?;
+        AppState::with_store(config, store).await
+    }
+
+    /// Builds the state on an already opened store.
+    pub async fn with_store(config: Config, store: Store) -> anyhow::Result<AppState> {
+        let keys = KeyBox::load(config.encryption_key.as_ref(), &config.data_dir)
+            .context("loading the encryption key")?;
+        let metrics = Arc::new(Metrics::default());
+        let feed = Feed::default();
+        let audit = Auditor::new(store.clone());
+        let server_id = config
+            .server_id
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let stale = store.reset_sessions_of(&server_id).await?;
+        if stale > 0 {
+            tracing::info!(
+                stale,
+                "marked agent sessions left by a previous run as disconnected"
+            );
+        }
+        let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let agents = AgentManager::new(config.agent.clone(), signals_tx);
+        let agent_endpoint = AgentEndpoint::new(
+            agents.clone(),
+            store.clone(),
+            metrics.clone(),
+            feed.clone(),
+            audit.clone(),
+            keys.clone(),
+            server_id,
+        );
+        let default_timeout = config.agent.command_timeout.get();
+        let adapters = Adapters::new(agents.clone(), keys.clone(), default_timeout);
+        let parts = commands::Parts {
+            store: store.clone(),
+            adapters: adapters.clone(),
+            agents: agents.clone(),
+            keys: keys.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            default_timeout,
+        };
+        let commands = Commands::new(parts, signals_rx);
+        match commands.fail_orphaned().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                n,
+                "commands in flight when the server stopped: marked outcome_unknown"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
+        }
+        Ok(AppState {
+            api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
+            api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
+            leases: Leases::new(store.clone()),
+            config: Arc::new(config),
+            store,
+            agents,
+            agent_endpoint,
+            adapters,
+            commands,
+            metrics,
+            feed,
+            audit,
+            keys,
+        })
+    }
+}

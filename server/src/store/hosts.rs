@@ -1,0 +1,198 @@
+//! The `docker_hosts` table: the hosts, direct or served by an agent, read through a
+//! short-lived cache on the command and Docker API paths.
+//!
+//! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{map_unique, new_id, now_ms, Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionMode {
+    Direct,
+    Agent,
+}
+
+impl ConnectionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionMode::Direct => "direct",
+            ConnectionMode::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConnectionMode> {
+        match s {
+            "direct" => Some(ConnectionMode::Direct),
+            "agent" => Some(ConnectionMode::Agent),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewHost {
+    pub name: String,
+    pub connection_mode: ConnectionMode,
+    pub docker_url: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    /// Ciphertext (see `crypto`).
+    pub tls_key_enc: Option<String>,
+    pub tls_server_name: Option<String>,
+}
+
+impl std::fmt::Debug for NewHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewHost")
+            .field("name", &self.name)
+            .field("connection_mode", &self.connection_mode)
+            .field("docker_url", &self.docker_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Host {
+    pub id: String,
+    pub name: String,
+    pub connection_mode: ConnectionMode,
+    pub docker_url: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key_enc: Option<String>,
+    pub tls_server_name: Option<String>,
+    /// `docker_agents.id` of the host's agent.
+    pub agent_ref: Option<String>,
+    /// The external `agent_id` of the host's agent.
+    pub agent_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("connection_mode", &self.connection_mode)
+            .field("docker_url", &self.docker_url)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
+        h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at";
+
+    fn host_row(r: &AnyRow) -> Result<Host> {
+        Ok(Host {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            connection_mode: ConnectionMode::parse(&r.try_get::<String, _>("connection_mode")?)
+                .unwrap_or(ConnectionMode::Direct),
+            docker_url: r.try_get("docker_url")?,
+            tls_ca: r.try_get("tls_ca")?,
+            tls_cert: r.try_get("tls_cert")?,
+            tls_key_enc: r.try_get("tls_key_enc")?,
+            tls_server_name: r.try_get("tls_server_name")?,
+            agent_ref: r.try_get("agent_ref")?,
+            agent_id: r.try_get("agent_name")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+
+    pub async fn create_host(&self, h: &NewHost) -> Result<Host> {
+        let id = new_id();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO docker_hosts (id, name, connection_mode, docker_url, tls_ca, tls_cert, tls_key_enc, \
+             tls_server_name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&id)
+        .bind(&h.name)
+        .bind(h.connection_mode.as_str())
+        .bind(&h.docker_url)
+        .bind(&h.tls_ca)
+        .bind(&h.tls_cert)
+        .bind(&h.tls_key_enc)
+        .bind(&h.tls_server_name)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, "a host with this name"))?;
+        self.get_host(&id).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn get_host(&self, id: &str) -> Result<Option<Host>> {
+        let sql = format!(
+            "SELECT {} FROM docker_hosts h LEFT JOIN docker_agents a ON a.id = h.agent_id WHERE h.id = $1",
+            Self::HOST_COLS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::host_row).transpose()
+    }
+
+    /// [`Store::get_host`] served from the cache for [`CACHE_TTL`] after a read: for the
+    /// command and Docker API paths, which read the host on every request.
+    pub async fn get_host_cached(&self, id: &str) -> Result<Option<Host>> {
+        self.hosts.read_through(id, self.get_host(id)).await
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<Host>> {
+        let sql = format!(
+            "SELECT {} FROM docker_hosts h LEFT JOIN docker_agents a ON a.id = h.agent_id ORDER BY h.name",
+            Self::HOST_COLS
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::host_row).collect()
+    }
+
+    /// Writes a whole host (after the caller applied a patch to what [`Store::get_host`]
+    /// returned).
+    pub async fn update_host(&self, h: &Host) -> Result<Host> {
+        let r = sqlx::query(
+            "UPDATE docker_hosts SET name = $1, connection_mode = $2, docker_url = $3, tls_ca = $4, tls_cert = $5, \
+             tls_key_enc = $6, tls_server_name = $7, agent_id = $8, updated_at = $9 WHERE id = $10",
+        )
+        .bind(&h.name)
+        .bind(h.connection_mode.as_str())
+        .bind(&h.docker_url)
+        .bind(&h.tls_ca)
+        .bind(&h.tls_cert)
+        .bind(&h.tls_key_enc)
+        .bind(&h.tls_server_name)
+        .bind(&h.agent_ref)
+        .bind(now_ms())
+        .bind(&h.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, "a host with this name"))?;
+        self.hosts.remove(&h.id);
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_host(&h.id).await?.ok_or(StoreError::NotFound)
+    }
+
+    pub async fn delete_host(&self, id: &str) -> Result<()> {
+        let r = sqlx::query("DELETE FROM docker_hosts WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.hosts.remove(id);
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
