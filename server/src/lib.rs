@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod leases;
 pub mod metrics;
 pub mod quickstart;
+pub mod releases;
 pub mod stacks;
 pub mod store;
 
