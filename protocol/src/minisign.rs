@@ -75,11 +75,15 @@ pub enum MinisignError {
     #[error("legacy minisign signature (algorithm Ed, not prehashed) refused: sign again with prehashing (algorithm ED)")]
     LegacySignature,
     /// The signature names another key: it was made with a key this side does not trust.
-    #[error("the signature was made with key {signature}, but the trusted public key is {trusted}")]
+    #[error(
+        "the signature was made with key {signature}, but the trusted public key is {trusted}"
+    )]
     KeyIdMismatch { signature: KeyId, trusted: KeyId },
     /// The trusted comment does not match its signature: it was altered, or signed with
     /// another key under the same key id.
-    #[error("the trusted comment's signature does not match (altered, or signed with another key)")]
+    #[error(
+        "the trusted comment's signature does not match (altered, or signed with another key)"
+    )]
     CommentMismatch,
     /// The file does not match its signature: it was altered or truncated, or it is not
     /// the file that was signed.
@@ -253,8 +257,8 @@ impl Signature {
         if !untrusted.starts_with(UNTRUSTED_PREFIX) || untrusted.len() > MAX_COMMENT_LINE_LEN {
             return Err(bad("the first line must be an untrusted comment"));
         }
-        let raw: [u8; 2 + KEY_ID_LEN + SIGNATURE_LEN] = decode_exact(sig_line)
-            .ok_or(bad("the signature line is not base64 of 74 bytes"))?;
+        let raw: [u8; 2 + KEY_ID_LEN + SIGNATURE_LEN] =
+            decode_exact(sig_line).ok_or(bad("the signature line is not base64 of 74 bytes"))?;
         if &raw[..2] == ALG_KEY {
             return Err(MinisignError::LegacySignature);
         }
@@ -264,7 +268,8 @@ impl Signature {
         let comment = trusted
             .strip_prefix(TRUSTED_PREFIX)
             .ok_or(bad("the third line must start with `trusted comment: `"))?;
-        check_comment(comment).map_err(|_| bad("the trusted comment is too long or has control characters"))?;
+        check_comment(comment)
+            .map_err(|_| bad("the trusted comment is too long or has control characters"))?;
         let global_signature = decode_exact(global_line)
             .ok_or(bad("the comment signature line is not base64 of 64 bytes"))?;
         let mut key_id = [0u8; KEY_ID_LEN];

@@ -3,9 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use server::config::{
-    AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand,
-};
+use server::config::{AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand};
 use server::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -128,9 +126,8 @@ fn release_command(cmd: ReleaseCommand) -> anyhow::Result<()> {
         }
         ReleaseCommand::Sign(args) => {
             let key = releases::SecretKey::read(&args.key)?;
-            let (path, _) =
-                releases::sign_file(&key, &args.file, args.trusted_comment.as_deref())
-                    .with_context(|| format!("signing {}", args.file.display()))?;
+            let (path, _) = releases::sign_file(&key, &args.file, args.trusted_comment.as_deref())
+                .with_context(|| format!("signing {}", args.file.display()))?;
             println!("{}", path.display());
         }
     }

@@ -22,14 +22,18 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn server(args: &[&str]) -> Output {
-    run(Command::new(BIN).args(args).env_remove("DOCKER_CTL_RELEASE_KEY"))
+    run(Command::new(BIN)
+        .args(args)
+        .env_remove("DOCKER_CTL_RELEASE_KEY"))
 }
 
 /// The real minisign; a missing tool fails the test rather than skipping it.
 fn minisign(args: &[&str]) -> Output {
     match Command::new("minisign").arg("-v").output() {
         Ok(o) if o.status.success() => {}
-        _ => panic!("minisign is not installed: apt-get install minisign (scripts/services.sh installs it)"),
+        _ => panic!(
+            "minisign is not installed: apt-get install minisign (scripts/services.sh installs it)"
+        ),
     }
     run(Command::new("minisign").args(args))
 }
@@ -180,12 +184,18 @@ fn release_sign_uses_a_key_made_by_minisign() {
     let out = run(Command::new(BIN)
         .args(["release", "sign", "--file", s(&file)])
         .env("DOCKER_CTL_RELEASE_KEY", &key));
-    assert!(out.status.success(), "the key comes from DOCKER_CTL_RELEASE_KEY");
+    assert!(
+        out.status.success(),
+        "the key comes from DOCKER_CTL_RELEASE_KEY"
+    );
     assert!(minisign(&["-V", "-H", "-m", s(&file), "-p", s(&public)])
         .status
         .success());
     let comment = our_verify(&public, &file, &dir.path().join("docker-ctl-agent.minisig")).unwrap();
-    assert!(comment.ends_with("\tfile:docker-ctl-agent\thashed"), "{comment}");
+    assert!(
+        comment.ends_with("\tfile:docker-ctl-agent\thashed"),
+        "{comment}"
+    );
 }
 
 #[test]

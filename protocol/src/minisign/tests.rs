@@ -45,19 +45,30 @@ impl TestKey {
     }
 }
 
-const COMMENT: &str = "timestamp:1700000000\tfile:docker-ctl-agent version:1.2.3 target:aarch64-unknown-linux-musl";
+const COMMENT: &str =
+    "timestamp:1700000000\tfile:docker-ctl-agent version:1.2.3 target:aarch64-unknown-linux-musl";
 
 fn binary() -> Vec<u8> {
-    (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 
 #[test]
 fn a_signature_made_by_minisign_verifies_and_shows_its_comment() {
     let key = PublicKey::parse(MINISIGN_PUB.as_bytes()).unwrap();
     assert_eq!(key.key_id().to_string(), "7F53E2DD3A2BB1A5");
-    assert_eq!(key.to_file_text(), MINISIGN_PUB, "renders as minisign writes it");
+    assert_eq!(
+        key.to_file_text(),
+        MINISIGN_PUB,
+        "renders as minisign writes it"
+    );
     let sig = Signature::parse(MINISIGN_SIG.as_bytes()).unwrap();
-    assert_eq!(sig.to_file_text(), MINISIGN_SIG, "renders as minisign writes it");
+    assert_eq!(
+        sig.to_file_text(),
+        MINISIGN_SIG,
+        "renders as minisign writes it"
+    );
     let comment = verify(&key, &sig, MINISIGN_FILE).unwrap();
     assert_eq!(comment.as_str(), "file:f version:1");
     assert_eq!(comment.field("version"), Some("1"));
@@ -194,7 +205,10 @@ fn fields_of_the_trusted_comment() {
     let key = TestKey::new(7, [1; 8]);
     let c = verify(
         &key.public,
-        &key.sign(b"f", "version:1 version:2 target:t xversion:3 empty: novalue"),
+        &key.sign(
+            b"f",
+            "version:1 version:2 target:t xversion:3 empty: novalue",
+        ),
         b"f",
     )
     .unwrap();
@@ -219,7 +233,12 @@ fn fields_of_the_trusted_comment() {
 #[test]
 fn comments_that_cannot_be_written_are_refused_when_signing() {
     let key = TestKey::new(7, [1; 8]);
-    for bad in ["a\nb", "a\rb", "a\0b", &"x".repeat(MAX_TRUSTED_COMMENT_LEN + 1)] {
+    for bad in [
+        "a\nb",
+        "a\rb",
+        "a\0b",
+        &"x".repeat(MAX_TRUSTED_COMMENT_LEN + 1),
+    ] {
         let err = Signature::new(key.public.key_id(), [0; 64], bad, [0; 64]).unwrap_err();
         assert_eq!(err.code(), "invalid_trusted_comment");
     }
@@ -252,7 +271,12 @@ fn public_key_forms_and_malformed_keys() {
     ];
     for c in cases {
         let err = PublicKey::parse(c).unwrap_err();
-        assert_eq!(err.code(), "invalid_public_key", "{:?}", String::from_utf8_lossy(c));
+        assert_eq!(
+            err.code(),
+            "invalid_public_key",
+            "{:?}",
+            String::from_utf8_lossy(c)
+        );
     }
     let huge = vec![b'A'; MAX_PUBLIC_KEY_FILE_LEN + 1];
     assert!(PublicKey::parse(&huge).is_err());

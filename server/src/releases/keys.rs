@@ -228,11 +228,7 @@ pub fn write_key_pair(dir: &Path, force: bool) -> Result<(SecretKey, PathBuf, Pa
         .map_err(io("creating", dir))?;
     let key = SecretKey::generate()?;
     write_atomic(&key_path, key.to_file_text().expose().as_bytes(), 0o600)?;
-    write_atomic(
-        &pub_path,
-        key.public_key().to_file_text().as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&pub_path, key.public_key().to_file_text().as_bytes(), 0o644)?;
     Ok((key, key_path, pub_path))
 }
 
@@ -248,20 +244,23 @@ mod tests {
         let back = SecretKey::parse(text.expose().as_bytes()).unwrap();
         assert_eq!(back.key_id(), key.key_id());
         assert_eq!(back.public_key(), key.public_key());
-        let raw = B64
-            .decode(text.expose().lines().nth(1).unwrap())
-            .unwrap();
+        let raw = B64.decode(text.expose().lines().nth(1).unwrap()).unwrap();
         assert_eq!(raw.len(), 158);
         assert_eq!(&raw[..6], b"Ed\0\0B2");
         assert!(raw[6..KEYNUM_AT].iter().all(|&b| b == 0));
         // The checksum covers "Ed" || key id || seed || public key.
         assert_eq!(
             raw[FILE_LEN - 32..],
-            protocol::minisign::blake2b::<32>(&[&raw[..2], &raw[KEYNUM_AT..FILE_LEN - 32]].concat())
+            protocol::minisign::blake2b::<32>(
+                &[&raw[..2], &raw[KEYNUM_AT..FILE_LEN - 32]].concat()
+            )
         );
         let debug = format!("{key:?}");
         let seed_b64 = B64.encode(&raw[KEYNUM_AT + 8..KEYNUM_AT + 40]);
-        assert!(debug.contains("***") && !debug.contains(&seed_b64), "{debug}");
+        assert!(
+            debug.contains("***") && !debug.contains(&seed_b64),
+            "{debug}"
+        );
         assert!(debug.contains(&key.key_id().to_string()));
     }
 

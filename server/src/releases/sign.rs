@@ -105,7 +105,8 @@ mod tests {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&file, &body).unwrap();
         let key = SecretKey::generate().unwrap();
-        let comment = "timestamp:1 file:docker-ctl-agent version:9.9.9 target:x86_64-unknown-linux-musl";
+        let comment =
+            "timestamp:1 file:docker-ctl-agent version:9.9.9 target:x86_64-unknown-linux-musl";
         let (path, sig) = sign_file(&key, &file, Some(comment)).unwrap();
         assert_eq!(path, dir.path().join("docker-ctl-agent.minisig"));
         let parsed = Signature::parse(&std::fs::read(&path).unwrap()).unwrap();
