@@ -21,13 +21,18 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, k);
     }
     // The first byte splits the input into a signature file and the signed file.
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let at = (split as usize * 4).min(rest.len());
     let (sig_text, file) = rest.split_at(at);
     let key = PublicKey::parse(KEY).expect("the fixed key parses");
     for text in [sig_text, rest] {
-        let Ok(sig) = Signature::parse(text) else { continue };
-        let again = Signature::parse(sig.to_file_text().as_bytes()).expect("a rendered signature parses");
+        let Ok(sig) = Signature::parse(text) else {
+            continue;
+        };
+        let again =
+            Signature::parse(sig.to_file_text().as_bytes()).expect("a rendered signature parses");
         assert_eq!(again, sig);
         if let Ok(mut v) = Verifier::new(&key, &sig) {
             let _ = v.trusted_comment().field("version");
@@ -50,13 +55,19 @@ fn signed_round_trip(comment: &str, file: &[u8], split: u8) {
     sig.copy_from_slice(pair.sign(&blake2b::<64>(file)).as_ref());
     let mut global = [0u8; 64];
     global.copy_from_slice(pair.sign(&comment_message(&sig, comment)).as_ref());
-    let Ok(signature) = Signature::new(key.key_id(), sig, comment, global) else { return };
-    let parsed = Signature::parse(signature.to_file_text().as_bytes()).expect("a signable comment renders");
+    let Ok(signature) = Signature::new(key.key_id(), sig, comment, global) else {
+        return;
+    };
+    let parsed =
+        Signature::parse(signature.to_file_text().as_bytes()).expect("a signable comment renders");
     let mut v = Verifier::new(&key, &parsed).expect("the comment verifies");
     for chunk in file.chunks(1 + split as usize % 97) {
         v.update(chunk);
     }
-    assert_eq!(v.clone().finish().expect("the file verifies").as_str(), comment);
+    assert_eq!(
+        v.clone().finish().expect("the file verifies").as_str(),
+        comment
+    );
     v.update(&[0]);
     assert!(v.finish().is_err(), "one more byte must not verify");
 }

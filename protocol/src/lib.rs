@@ -8,7 +8,8 @@
 //! - [`version`]: this build's version string ([`VERSION`], set by `DOCKER_CTL_VERSION`).
 //! - `minisign` (feature `minisign`): release signatures and their streaming verifier.
 //!
-//! This crate does no I/O and depends on serde only: no tokio, no HTTP client.
+//! This crate does no I/O and depends on serde only (and, with the `minisign` feature, on
+//! ring, which rustls already links): no tokio, no HTTP client.
 
 pub mod docker;
 pub mod error;

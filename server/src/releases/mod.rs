@@ -67,29 +67,39 @@ fn io(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Erro
 }
 
 /// Writes `contents` to `path` through a temporary file in the same directory, created with
-/// `mode`, synced and renamed into place: a reader never sees half a key or signature, and
+/// exactly `mode`, synced and renamed into place: a reader never sees half a key or signature, and
 /// a replaced file never keeps a wider mode.
 fn write_atomic(path: &std::path::Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(contents).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("renaming into", path))
-    })();
+    let result = write_then_rename(&tmp, path, contents, mode);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+fn write_then_rename(
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(io("creating", tmp))?;
+    // Exactly `mode`, whatever the umask (a public key stays readable by the agent's user).
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode of", tmp))?;
+    f.write_all(contents).map_err(io("writing", tmp))?;
+    f.sync_all().map_err(io("syncing", tmp))?;
+    std::fs::rename(tmp, path).map_err(io("renaming into", path))
 }
