@@ -31,6 +31,7 @@ pub mod hosts;
 pub mod leases;
 pub mod metrics;
 pub mod quickstart;
+pub mod releases;
 pub mod reply;
 pub mod stacks;
 pub mod state;
