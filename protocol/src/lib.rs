@@ -20,7 +20,7 @@ pub mod time;
 pub use docker::{DockerRequest, DockerResponse, Plan, Step, Transport};
 pub use error::{DecodeError, ErrorBody, ErrorCode};
 pub use message::*;
-pub use ops::{Access, Operation, OPERATION_NAMES};
+pub use ops::{Access, Operation, OperationInfo, CATALOG, OPERATION_NAMES};
 pub use secret::Secret;
 
 /// `Result` with the protocol's error body.
