@@ -480,8 +480,15 @@ impl Config {
                 ));
             }
         }
-        if let Err(e) = crate::docker::Endpoint::parse(&self.docker.socket) {
-            return bad(e);
+        match crate::docker::Endpoint::parse(&self.docker.socket) {
+            Err(e) => return bad(format!("docker.socket: {e}")),
+            Ok(crate::docker::Endpoint::Https(_)) => {
+                return bad(format!(
+                    "docker.socket {:?}: the agent talks to dockerd over unix:// or tcp://",
+                    self.docker.socket
+                ))
+            }
+            Ok(_) => {}
         }
         if !(self.docker.timeout > 0.0 && self.docker.timeout.is_finite()) {
             return bad(format!(

@@ -5,10 +5,12 @@
 //! - [`docker`]: the one mapping from operations to Docker Engine API requests and from the
 //!   daemon's answers to results, as pure functions driven by a transport.
 //! - [`error`]: stable error codes.
+//! - [`endpoint`]: where a Docker daemon listens (`unix://`, `tcp://`, `https://`).
 //!
 //! This crate does no I/O and depends on serde only: no tokio, no HTTP client.
 
 pub mod docker;
+pub mod endpoint;
 pub mod error;
 pub mod message;
 pub mod ops;

@@ -15,7 +15,6 @@ use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,55 +25,15 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The agent's User-Agent towards the daemon.
 const USER_AGENT: &str = concat!("docker-ctl-agent/", env!("CARGO_PKG_VERSION"));
 
-/// Where the daemon listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    /// `host:port`.
-    Tcp(String),
-}
+/// Where the daemon listens: the one parser's result (`protocol::endpoint`). The agent dials
+/// `unix://` and `tcp://`; config validation refuses `https://`.
+pub use protocol::endpoint::Endpoint;
 
-impl Endpoint {
-    /// Parses `unix:///path`, `tcp://host:port`, or a bare absolute socket path.
-    pub fn parse(s: &str) -> Result<Endpoint, String> {
-        if let Some(p) = s.strip_prefix("unix://") {
-            if !p.starts_with('/') {
-                return Err(format!("docker socket {s:?}: unix:// needs an absolute path, e.g. unix:///var/run/docker.sock"));
-            }
-            Ok(Endpoint::Unix(PathBuf::from(p)))
-        } else if let Some(hp) = s.strip_prefix("tcp://") {
-            let hp = hp.trim_end_matches('/');
-            match hp.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !hp.contains('/') => {
-                    Ok(Endpoint::Tcp(hp.to_string()))
-                }
-                _ => Err(format!(
-                    "docker socket {s:?}: tcp:// needs host:port, e.g. tcp://127.0.0.1:2375"
-                )),
-            }
-        } else if s.starts_with('/') {
-            Ok(Endpoint::Unix(PathBuf::from(s)))
-        } else {
-            Err(format!(
-                "docker socket {s:?}: use unix:///path or tcp://host:port"
-            ))
-        }
-    }
-
-    fn host_header(&self) -> &str {
-        match self {
-            Endpoint::Unix(_) => "api.moby.localhost",
-            Endpoint::Tcp(hp) => hp,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
-            Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
-        }
+/// The `Host` header towards the daemon.
+fn host_header(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Unix(_) => "api.moby.localhost".to_string(),
+        Endpoint::Tcp(hp) | Endpoint::Https(hp) => hp.authority(),
     }
 }
 
@@ -255,6 +214,7 @@ impl Closer {
 #[derive(Debug, Clone)]
 pub struct DockerClient {
     endpoint: Arc<Endpoint>,
+    host_header: Arc<str>,
     timeout: Duration,
     api_version: Arc<Mutex<Option<String>>>,
     /// Kept-alive connections of finished GET and HEAD requests, for the next one: a new
@@ -269,6 +229,7 @@ impl DockerClient {
     /// `timeout` bounds connecting and each read or write.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
         DockerClient {
+            host_header: host_header(&endpoint).into(),
             endpoint: Arc::new(endpoint),
             timeout,
             api_version: Arc::new(Mutex::new(None)),
@@ -327,8 +288,11 @@ impl DockerClient {
             Endpoint::Unix(path) => {
                 Conn::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(e))?)
             }
+            Endpoint::Https(_) => {
+                return Err(self.unreachable("the agent does not speak TLS to the daemon"))
+            }
             Endpoint::Tcp(hp) => {
-                let addrs: Vec<_> = hp
+                let addrs: Vec<_> = (hp.host.as_str(), hp.port)
                     .to_socket_addrs()
                     .map_err(|e| self.unreachable(e))?
                     .collect();
@@ -397,7 +361,7 @@ impl DockerClient {
     ) -> Result<(Head, ResponseReader<Deadlined>)> {
         let mut req = format!(
             "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{}",
-            self.endpoint.host_header(),
+            self.host_header,
             if keep_alive {
                 ""
             } else {

@@ -223,7 +223,7 @@ pub(crate) struct Inner {
     watchers: Mutex<HashMap<String, Vec<Watcher>>>,
     /// Hosts whose queue is being delivered, and whether new work arrived meanwhile.
     pub(crate) deliverers: Mutex<HashMap<String, bool>>,
-    pub(crate) nonces: signing::NonceCache,
+    pub(crate) nonces: signing::AgentNonces,
     flight_order: AtomicU64,
     shutting_down: AtomicBool,
     emptied: tokio::sync::Notify,
@@ -293,7 +293,7 @@ impl AgentManager {
                 flights: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
                 deliverers: Mutex::new(HashMap::new()),
-                nonces: signing::NonceCache::default(),
+                nonces: signing::AgentNonces::default(),
                 flight_order: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 emptied: tokio::sync::Notify::new(),
