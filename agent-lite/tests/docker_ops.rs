@@ -271,7 +271,7 @@ fn image_pull_fails_clearly_without_a_registry() {
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let e = protocol::docker::run(parsed, &mut c.transport(Some(deadline)), &mut |p| {
+    let e = protocol::mapping::run_blocking(parsed, &mut c.transport(Some(deadline)), &mut |p| {
         lines.push(p)
     })
     .unwrap_err();
@@ -505,5 +505,5 @@ fn api_version_is_negotiated_down_to_the_daemons() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(Some(v), protocol::docker::negotiate_api_version(&daemon));
+    assert_eq!(Some(v), protocol::mapping::negotiate_api_version(&daemon));
 }

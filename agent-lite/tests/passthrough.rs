@@ -261,7 +261,7 @@ fn image_save_streams_within_the_window_and_resumes_on_credit() {
     // Same bytes as the daemon gives directly.
     let direct = client()
         .send(
-            protocol::docker::Method::Get,
+            protocol::mapping::Method::Get,
             path,
             None,
             Some(Instant::now() + S30),

@@ -120,8 +120,7 @@ fn host_port(a: &str, default_port: u16) -> Result<HostPort, &'static str> {
             None => (a, None),
         },
     };
-    if host.is_empty() || host.contains(['[', ']']) || (host.contains(':') && !a.starts_with('['))
-    {
+    if host.is_empty() || host.contains(['[', ']']) || (host.contains(':') && !a.starts_with('[')) {
         return Err("the host is missing or malformed (an IPv6 address goes in brackets)");
     }
     let port = match port {
@@ -165,9 +164,15 @@ mod tests {
                 "unix:///var/run/docker.sock",
                 Endpoint::Unix("/var/run/docker.sock".into()),
             ),
-            ("/run/docker.sock", Endpoint::Unix("/run/docker.sock".into())),
+            (
+                "/run/docker.sock",
+                Endpoint::Unix("/run/docker.sock".into()),
+            ),
             ("tcp://127.0.0.1:2375", Endpoint::Tcp(hp("127.0.0.1", 2375))),
-            ("tcp://127.0.0.1:2375/", Endpoint::Tcp(hp("127.0.0.1", 2375))),
+            (
+                "tcp://127.0.0.1:2375/",
+                Endpoint::Tcp(hp("127.0.0.1", 2375)),
+            ),
             ("http://docker:23750", Endpoint::Tcp(hp("docker", 23750))),
             ("tcp://docker", Endpoint::Tcp(hp("docker", 2375))),
             ("tcp://[::1]:2375", Endpoint::Tcp(hp("::1", 2375))),

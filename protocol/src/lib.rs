@@ -2,16 +2,18 @@
 //!
 //! - [`message`]: the envelope `{id, type, timestamp, payload}` and typed payloads.
 //! - [`ops`]: the operation catalog with typed params.
-//! - [`docker`]: the one mapping from operations to Docker Engine API requests and from the
+//! - [`mapping`]: the one mapping from operations to Docker Engine API requests and from the
 //!   daemon's answers to results, as pure functions driven by a transport.
-//! - [`error`]: stable error codes.
+//! - [`passthrough`]: the allowlist of raw Docker Engine API routes.
 //! - [`endpoint`]: where a Docker daemon listens (`unix://`, `tcp://`, `https://`).
+//! - [`signing`]: optional message signing, its key length and nonce cache.
+//! - [`error`]: stable error codes.
 //!
 //! This crate does no I/O and depends on serde only: no tokio, no HTTP client.
 
-pub mod docker;
 pub mod endpoint;
 pub mod error;
+pub mod mapping;
 pub mod message;
 pub mod ops;
 pub mod passthrough;
@@ -19,8 +21,8 @@ pub mod secret;
 pub mod signing;
 pub mod time;
 
-pub use docker::{DockerRequest, DockerResponse, Plan, Step, Transport};
 pub use error::{DecodeError, ErrorBody, ErrorCode};
+pub use mapping::{DockerRequest, DockerResponse, Plan, Step, Transport};
 pub use message::*;
 pub use ops::{Access, Operation, OperationInfo, CATALOG, OPERATION_NAMES};
 pub use secret::Secret;

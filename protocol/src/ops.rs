@@ -3,7 +3,7 @@
 //! Owns: parameter names, types, defaults and validation. Params are snake_case and follow
 //! Docker's query names where Docker has one (`all`, `filters`, `tail`, `since`, `force`, `t`,
 //! `v`, ...). Unknown params are ignored (compatibility rule), wrong types are
-//! `invalid_params`. Must not: know how an operation reaches Docker (see [`crate::docker`]).
+//! `invalid_params`. Must not: know how an operation reaches Docker (see [`crate::mapping`]).
 
 use crate::error::{ErrorBody, ErrorCode};
 use serde::de::{self, Deserializer};

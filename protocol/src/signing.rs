@@ -373,6 +373,9 @@ mod tests {
         }
         assert_eq!(c.len(), MAX_NONCES);
         assert!(!c.check_and_insert(&(MAX_NONCES + 9).to_string(), 5));
-        assert!(c.check_and_insert("0", 5), "the oldest were forgotten first");
+        assert!(
+            c.check_and_insert("0", 5),
+            "the oldest were forgotten first"
+        );
     }
 }

@@ -155,7 +155,7 @@ fn create_params_map_to_dockers_create_body() {
     else {
         panic!()
     };
-    let body = protocol::docker::create_body(&p);
+    let body = protocol::mapping::create_body(&p);
     assert_eq!(body["Image"], "docker-ctl-test/busybox:latest");
     assert_eq!(body["Cmd"], json!(["sleep", "60"]));
     assert_eq!(body["Entrypoint"], json!(["/bin/sh"]));

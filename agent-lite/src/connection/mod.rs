@@ -89,7 +89,7 @@ impl ServerUrl {
             if self.tls { "wss" } else { "ws" },
             self.port,
             self.base,
-            protocol::docker::percent_encode(agent_id)
+            protocol::mapping::percent_encode(agent_id)
         )
     }
 }

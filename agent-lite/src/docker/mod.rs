@@ -3,13 +3,13 @@
 //!
 //! Owns: endpoints, API version negotiation (`/_ping`, then `/version`), timeouts and
 //! deadlines, and mapping transport failures to the protocol's error codes. Implements
-//! [`protocol::docker::Transport`] so `protocol::docker::run` executes catalog operations.
-//! Must not: decide which Docker requests an operation makes (that is `protocol::docker`).
+//! [`protocol::mapping::Transport`] so `protocol::mapping::run` executes catalog operations.
+//! Must not: decide which Docker requests an operation makes (that is `protocol::mapping`).
 
 pub mod http;
 
 use http::{Framing, Head, HttpError, LineSplitter, ResponseReader};
-use protocol::docker::{DockerRequest, DockerResponse, Method, Transport};
+use protocol::mapping::{DockerRequest, DockerResponse, Method, Transport};
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use std::io::{self, Read, Write};
@@ -473,15 +473,15 @@ impl DockerClient {
                     .to_string()
             }
         };
-        let v = protocol::docker::negotiate_api_version(&daemon).ok_or_else(|| {
+        let v = protocol::mapping::negotiate_api_version(&daemon).ok_or_else(|| {
             Error::Version(format!(
                 "the daemon's API version {daemon:?} is not supported (need at least {})",
-                protocol::docker::MIN_API_VERSION
+                protocol::mapping::MIN_API_VERSION
             ))
         })?;
         log::debug!(
             "docker API version {v} (daemon {daemon}, ours {})",
-            protocol::docker::API_VERSION
+            protocol::mapping::API_VERSION
         );
         if let Ok(mut g) = self.api_version.lock() {
             *g = Some(v.clone());
@@ -513,7 +513,7 @@ impl DockerClient {
             &mut |_| {},
         )?;
         if !(200..300).contains(&r.status) {
-            return Err(protocol::docker::error_from_response(&r));
+            return Err(protocol::mapping::error_from_response(&r));
         }
         serde_json::from_slice(&r.body).map_err(|e| {
             ErrorBody::new(
@@ -533,7 +533,7 @@ impl DockerClient {
         if !(200..300).contains(&head.status) {
             let mut body = Vec::new();
             let _ = reader.read_body(framing, 64 * 1024, &mut |d| body.extend_from_slice(d));
-            return Err(protocol::docker::error_from_response(&DockerResponse {
+            return Err(protocol::mapping::error_from_response(&DockerResponse {
                 status: head.status,
                 headers: head.headers,
                 body,

@@ -192,7 +192,7 @@ pub fn follow(
     shutdown: Shutdown,
 ) {
     let filters = serde_json::json!({ "type": KINDS }).to_string();
-    let filters = protocol::docker::percent_encode(&filters);
+    let filters = protocol::mapping::percent_encode(&filters);
     let mut cursor = Cursor::default();
     let mut delay = Duration::from_secs(1);
     while !shutdown.is_set() {

@@ -3,7 +3,7 @@
 //!
 //! Owns: the worker pool, deadlines per command, `image.pull` progress, duplicate
 //! deliveries, and following Docker events. Must not: map operations to Docker requests
-//! (that is `protocol::docker`), or write to the WebSocket (messages go to the outbox).
+//! (that is `protocol::mapping`), or write to the WebSocket (messages go to the outbox).
 
 pub mod events;
 pub mod outbox;
@@ -277,7 +277,7 @@ pub fn execute(
         scope: policy.scope(&daemon),
         inner: &mut agent.docker.transport(Some(deadline)),
     };
-    let result = protocol::docker::run(op, &mut guarded, &mut progress);
+    let result = protocol::mapping::run_blocking(op, &mut guarded, &mut progress);
     let result = match result {
         Err(e) if e.code == ErrorCode::Timeout => Err(ErrorBody::new(
             ErrorCode::Timeout,

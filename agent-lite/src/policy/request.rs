@@ -13,7 +13,7 @@ use super::gojson;
 use super::query::{self, Pairs};
 use super::scope::{Daemon, Scope};
 use super::{forbidden, schema};
-use protocol::docker::{DockerRequest, DockerResponse, Transport};
+use protocol::mapping::{DockerRequest, DockerResponse, Transport};
 use protocol::passthrough::{classify, Route};
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -840,7 +840,7 @@ mod tests {
         canned.0.insert(
             format!(
                 "/containers/json?all=1&filters={}",
-                protocol::docker::percent_encode(r#"{"label":["team=a"]}"#)
+                protocol::mapping::percent_encode(r#"{"label":["team=a"]}"#)
             ),
             json!([{"Id": ID_IN}]),
         );

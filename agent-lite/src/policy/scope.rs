@@ -11,7 +11,7 @@
 
 use super::create::{self, Obj, Origin, Ref, RefKind};
 use super::{forbidden, Policy};
-use protocol::docker::percent_encode;
+use protocol::mapping::percent_encode;
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
 

@@ -26,7 +26,7 @@ pub fn client() -> DockerClient {
 pub fn op(c: &DockerClient, name: &str, params: Value) -> Result<Value, ErrorBody> {
     let parsed = protocol::Operation::parse(name, &params)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    protocol::docker::run(parsed, &mut c.transport(Some(deadline)), &mut |_| {})
+    protocol::mapping::run_blocking(parsed, &mut c.transport(Some(deadline)), &mut |_| {})
 }
 
 pub fn unique(prefix: &str) -> String {

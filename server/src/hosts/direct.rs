@@ -3,7 +3,7 @@
 //! port 2376).
 //!
 //! Owns: the transport and the API version negotiated once per host (`GET /_ping`'s
-//! `Api-Version`, else `GET /version`). The operation itself is `protocol::docker::Plan`:
+//! `Api-Version`, else `GET /version`). The operation itself is `protocol::mapping::Plan`:
 //! this file only sends each request the plan yields and feeds the answer back.
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use protocol::docker::{
+use protocol::mapping::{
     negotiate_api_version, unreachable, DockerRequest, DockerResponse, Plan, Step,
 };
 use protocol::{ErrorBody, ErrorCode, Operation};
@@ -70,7 +70,10 @@ where
                 let mut c = HttpConnector::new();
                 c.set_nodelay(true);
                 c.set_connect_timeout(Some(Duration::from_secs(10)));
-                Transport::Tcp(hp.authority(), Client::builder(TokioExecutor::new()).build(c))
+                Transport::Tcp(
+                    hp.authority(),
+                    Client::builder(TokioExecutor::new()).build(c),
+                )
             }
             Endpoint::Https(hp) => {
                 let (config, server_name) =
@@ -221,7 +224,7 @@ impl DirectHostAdapter {
         self.api_version
             .get_or_try_init(|| async {
                 let ping = DockerRequest {
-                    method: protocol::docker::Method::Get,
+                    method: protocol::mapping::Method::Get,
                     path: "/_ping".into(),
                     query: Vec::new(),
                     body: None,
@@ -248,7 +251,7 @@ impl DirectHostAdapter {
                         ErrorCode::Unsupported,
                         format!(
                             "the daemon's API version {daemon:?} is older than {}",
-                            protocol::docker::MIN_API_VERSION
+                            protocol::mapping::MIN_API_VERSION
                         ),
                     )
                 })
@@ -417,4 +420,3 @@ impl tower::Service<hyper::Uri> for TlsConnector {
         })
     }
 }
-

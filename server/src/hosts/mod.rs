@@ -5,7 +5,7 @@
 //!   (`unix://`, `tcp://`, `https://` with client TLS).
 //!
 //! Both end in the protocol crate's one operation mapping (the agent runs it on its side;
-//! the direct adapter drives `protocol::docker::Plan` here). [`Adapters`] picks the adapter
+//! the direct adapter drives `protocol::mapping::Plan` here). [`Adapters`] picks the adapter
 //! from the host's current row, so a PATCH of `connection_mode` takes effect on the next
 //! request. Must not: map operations to Docker requests itself.
 
