@@ -7,7 +7,7 @@
 
 mod common;
 
-use agent_lite::docker::DockerClient;
+use agent_lite::daemon::DockerClient;
 use common::docker::{client, op, unique, Cleanup};
 use common::policy::{json_of, message, start, PolicyAgent, IMAGE};
 use common::tunnel::Request;

@@ -1,7 +1,7 @@
 //! The HTTP reader on real Docker Engine API bytes recorded from the docker CLI
 //! (/work/shared/fixtures/docker-cli-traffic), whole and delivered 1 to 3 bytes at a time.
 
-use agent_lite::docker::http::{Framing, HttpError, ResponseReader};
+use agent_lite::daemon::http::{Framing, HttpError, ResponseReader};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 

@@ -88,7 +88,7 @@ fn demux(raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 fn running_container<'a>(
     cleanup: &mut Cleanup<'a>,
-    c: &'a agent_lite::docker::DockerClient,
+    c: &'a agent_lite::daemon::DockerClient,
     cmd: &[&str],
 ) -> String {
     let created = op(

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 fn container<'a>(
     cleanup: &mut Cleanup<'a>,
-    c: &'a agent_lite::docker::DockerClient,
+    c: &'a agent_lite::daemon::DockerClient,
     extra: Value,
 ) -> String {
     let mut p = json!({"name": unique("policy-ctr"), "image": IMAGE, "cmd": ["sleep", "300"]});

@@ -37,6 +37,13 @@ fn id_of(v: &Value) -> Result<String, ErrorBody> {
         .ok_or_else(|| ErrorBody::new(ErrorCode::DockerError, "the daemon's inspect has no Id"))
 }
 
+impl<'a> Scope<'a> {
+    /// `policy` with a daemon to ask.
+    pub fn new(policy: &'a Policy, daemon: &'a dyn Daemon) -> Scope<'a> {
+        Scope { policy, daemon }
+    }
+}
+
 impl Scope<'_> {
     /// Inspects the container `name` resolves to now, refusing it when it lacks our labels.
     pub fn container(&self, name: &str) -> Result<Value, ErrorBody> {

@@ -1,7 +1,7 @@
 //! Real-daemon helpers: a client, running one operation, unique names, cleanup on drop.
 #![allow(dead_code)]
 
-use agent_lite::docker::{DockerClient, Endpoint};
+use agent_lite::daemon::{DockerClient, Endpoint};
 use protocol::ErrorBody;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,9 +1,10 @@
-//! The blocking Docker Engine API client: HTTP/1.1 over the daemon's unix socket (or
-//! `tcp://host:port`), one connection per request.
+//! The agent's client of the Docker daemon: HTTP/1.1 over the daemon's unix socket (or
+//! `tcp://host:port`), blocking, with kept-alive connections for reads.
 //!
-//! Owns: endpoints, API version negotiation (`/_ping`, then `/version`), timeouts and
-//! deadlines, and mapping transport failures to the protocol's error codes. Implements
-//! [`protocol::mapping::Transport`] so `protocol::mapping::run` executes catalog operations.
+//! Owns: connecting to the endpoint (parsed by `protocol::endpoint`), API version
+//! negotiation (`/_ping`, then `/version`), timeouts and deadlines, and mapping transport
+//! failures to the protocol's error codes. Implements [`protocol::mapping::Transport`] so
+//! `protocol::mapping::run_blocking` executes catalog operations.
 //! Must not: decide which Docker requests an operation makes (that is `protocol::mapping`).
 
 pub mod http;
