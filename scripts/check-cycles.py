@@ -96,7 +96,8 @@ def drop_test_items(text):
 
 
 def expand_use(tree):
-    """`a::{b, c::{self, D}}` -> [[a, b], [a, c], [a, c, D]] (renames and globs dropped)."""
+    """`a::{b, c::{self, D as E}}` -> [[a, b], [a, c], [a, c, D]] (renames and globs dropped)."""
+    tree = re.sub(r"\s+as\s+\w+", "", tree)
     tree = re.sub(r"\s+", "", tree)
     paths = []
 
@@ -119,9 +120,7 @@ def expand_use(tree):
                 head = [x for x in head.split("::") if x]
                 walk(prefix + head, rest[: rest.rfind("}")])
             else:
-                segs = [x for x in p.split("as")[0].split("::") if x] if "::" in p or p else []
-                segs = [x for x in re.split(r"::", re.sub(r"as\w+$", "", p)) if x]
-                segs = [x for x in segs if x != "*"]
+                segs = [x for x in p.split("::") if x and x != "*"]
                 if segs and segs[-1] == "self":
                     segs = segs[:-1]
                 paths.append(prefix + segs)
