@@ -164,7 +164,7 @@ pub fn execute(
         }
     };
     let daemon = AgentDaemon {
-        docker: &agent.daemon,
+        client: &agent.daemon,
         deadline: Some(deadline),
     };
     let mut guarded = Guarded {

@@ -199,7 +199,7 @@ fn relay(
         let r = reader.read_body(framing, FILTER_LIMIT, &mut |d| buf.extend_from_slice(d));
         if r.is_ok() {
             let daemon = AgentDaemon {
-                docker: &agent.daemon,
+                client: &agent.daemon,
                 deadline,
             };
             let scope = Scope::new(&agent.config.policy, &daemon);
@@ -277,7 +277,7 @@ fn prepare(
     };
     let deadline = Some(Instant::now() + agent.daemon.timeout().min(Duration::from_secs(30)));
     let daemon = AgentDaemon {
-        docker: &agent.daemon,
+        client: &agent.daemon,
         deadline,
     };
     let admitted = query::parse(query)

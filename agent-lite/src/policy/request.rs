@@ -351,13 +351,13 @@ pub fn filter_answer(scope: &Scope, answer: Answer, bytes: &[u8]) -> Result<Vec<
 /// The agent's daemon for the policy: versioned GETs on the Docker client, within the
 /// request's deadline.
 pub struct AgentDaemon<'a> {
-    pub docker: &'a crate::daemon::DockerClient,
+    pub client: &'a crate::daemon::DockerClient,
     pub deadline: Option<std::time::Instant>,
 }
 
 impl Daemon for AgentDaemon<'_> {
     fn get(&self, path: &str) -> Result<Value, ErrorBody> {
-        self.docker.get_json(path, self.deadline)
+        self.client.get_json(path, self.deadline)
     }
 }
 
