@@ -594,6 +594,16 @@ macro_rules! catalog {
         pub const OPERATION_NAMES: &[&str] = &[ $( $name, )* ];
 
         impl Operation {
+            /// Reads `params` as the params of operation `name`; `None` for a name that is
+            /// not in the catalog. Each params type is read directly (not through the
+            /// tagged enum), which keeps the agent small.
+            fn from_parts(name: &str, params: Value) -> Option<serde_json::Result<Operation>> {
+                Some(match name {
+                    $( $name => serde_json::from_value::<$params>(params).map(Operation::$variant), )*
+                    _ => return None,
+                })
+            }
+
             /// The operation's catalog entry.
             pub fn info(&self) -> &'static OperationInfo {
                 match self {
@@ -669,20 +679,23 @@ impl Operation {
     ///
     /// Errors: `unsupported` for an unknown name, `invalid_params` for params that do not fit.
     pub fn parse(name: &str, params: &Value) -> Result<Operation, ErrorBody> {
-        if lookup(name).is_none() {
-            return Err(ErrorBody::new(
+        let unknown = || {
+            ErrorBody::new(
                 ErrorCode::Unsupported,
                 format!("unknown operation {name:?}"),
-            ));
+            )
+        };
+        if lookup(name).is_none() {
+            return Err(unknown());
         }
         let params = match params {
             Value::Null => Value::Object(Default::default()),
             Value::Object(_) => params.clone(),
             _ => return Err(ErrorBody::invalid_params("params must be a JSON object")),
         };
-        let op: Operation =
-            serde_json::from_value(serde_json::json!({ "operation": name, "params": params }))
-                .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
+        let op = Operation::from_parts(name, params)
+            .ok_or_else(unknown)?
+            .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
         op.validate()?;
         Ok(op)
     }
