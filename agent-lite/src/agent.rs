@@ -14,6 +14,7 @@ use crate::ops::outbox::Outbox;
 use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::stats::Stats;
+use crate::update::Updater;
 use crate::waker::Waker;
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Agent {
     /// Signs and verifies messages when `agent.signing_key` is set.
     pub signer: Option<Signer>,
     pub ids: MessageIds,
+    /// Self-update: the record of the last update and the one being installed.
+    pub update: Updater,
 }
 
 impl Agent {

@@ -433,6 +433,8 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                target: None,
+                update: None,
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
@@ -650,6 +652,8 @@ async fn heartbeat_lag(
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                target: None,
+                update: None,
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
