@@ -31,7 +31,7 @@ APPSTATE_ALLOWED = re.compile(r"^(lib\.rs|app\.rs|state\.rs|quickstart\.rs|main\
 # The server's layers, top first (see docs/architecture.md); "" is the crate root.
 SERVER_LAYERS = [
     ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
-    ("commands", {"commands"}),
+    ("commands", {"commands", "updates"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
     ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",

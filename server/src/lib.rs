@@ -9,7 +9,7 @@
 //! `scripts/check-structure.py` checks them):
 //! - the wiring and HTTP: [`app`], [`state`], [`quickstart`], and [`api`] (REST handlers,
 //!   the Docker API passthrough, the live feed);
-//! - a command's life: [`commands`];
+//! - a command's life: [`commands`]; one agent's self-update: [`updates`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
 //! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
@@ -36,6 +36,7 @@ pub mod reply;
 pub mod stacks;
 pub mod state;
 pub mod store;
+pub mod updates;
 
 pub use app::{app, run, serve};
 pub use forwarded::ClientIp;

@@ -24,6 +24,7 @@ use crate::hosts::Adapters;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::updates::Updates;
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct AppState {
     pub api_rate: Arc<RateLimiter>,
     /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
     pub leases: Leases,
+    /// Agent self-updates and the releases they install.
+    pub updates: Updates,
 }
 
 impl std::fmt::Debug for AppState {
@@ -120,7 +123,14 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
+        let updates = Updates::new(
+            store.clone(),
+            agents.clone(),
+            crate::releases::Shelf::new(&config.data_dir),
+            feed.clone(),
+        );
         Ok(AppState {
+            updates,
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
             leases: Leases::new(store.clone()),
