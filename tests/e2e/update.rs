@@ -78,6 +78,18 @@ struct Site {
     agent: Agent,
 }
 
+/// VmRSS of a process (the emulator's, under qemu), in KiB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn sha(path: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)
@@ -236,7 +248,16 @@ fn updates_in_place(target: &str, runner: Option<&str>) {
     let t0 = Instant::now();
     let row = site.update_to(&version);
     let limit = Duration::from_secs(if runner.is_some() { 240 } else { 90 });
-    let done = site.final_update(row["id"].as_str().unwrap(), limit);
+    // The agent's resident memory while it downloads, verifies and restarts.
+    let mut peak_rss_kb = 0u64;
+    let id = row["id"].as_str().unwrap().to_string();
+    let done = site.wait_agent(limit, |a| {
+        peak_rss_kb = peak_rss_kb.max(pid.map_or(0, rss_kb));
+        let u = &a["update"];
+        (u["id"] == id.as_str()
+            && matches!(u["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")))
+        .then(|| u.clone())
+    });
     assert_eq!(
         done["state"],
         "succeeded",
@@ -247,7 +268,11 @@ fn updates_in_place(target: &str, runner: Option<&str>) {
         (a["version"] == version.as_str() && a["status"] == "online").then(|| a.clone())
     });
     assert_eq!(a["target"], target);
-    eprintln!("{target}: update took {:?}", t0.elapsed());
+    let size = std::fs::metadata(site.builds.path("new")).unwrap().len();
+    eprintln!(
+        "{target}: update of {size} bytes took {:?}; agent peak RSS {peak_rss_kb} KiB (sampled)",
+        t0.elapsed()
+    );
     assert_eq!(
         sha(&site.binary),
         sha(&site.builds.path("new")),

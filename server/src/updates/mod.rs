@@ -113,6 +113,33 @@ impl Updates {
         self.get(&id).await
     }
 
+    /// One agent's step of rollout `origin`: starts its update, or after a server restart
+    /// finds the one this rollout started and sends it again, then waits (at most `limit`)
+    /// until it ends. The step succeeded when the row reads `succeeded`.
+    pub async fn run_step(
+        &self,
+        agent: &Agent,
+        version: &str,
+        origin: &str,
+        limit: Duration,
+    ) -> Result<AgentUpdateRecord, ErrorBody> {
+        let existing = self
+            .store
+            .agent_updates_by_origin(origin)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.agent_ref == agent.id);
+        let row = match existing {
+            Some(r) => {
+                self.resume(&r).await;
+                r
+            }
+            None => self.start(agent, version, Some(origin)).await?,
+        };
+        self.wait(&row.id, limit).await
+    }
+
     /// After a server restart: sends a non-final update again with its id (the agent
     /// answers from its record, or goes on with what it runs). An offline agent gets it
     /// when the rollout's wait sees it online.
