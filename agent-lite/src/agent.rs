@@ -53,3 +53,20 @@ impl Agent {
         self.ids.next(kind)
     }
 }
+
+impl crate::update::Host for Agent {
+    fn updater(&self) -> &Updater {
+        &self.update
+    }
+
+    fn send(&self, m: protocol::Message) {
+        self.outbox
+            .send(protocol::Envelope::new(self.next_id("upd"), m));
+    }
+
+    fn commands_running(&self) -> u64 {
+        self.stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -255,7 +255,10 @@ fn updates_in_place(target: &str, runner: Option<&str>) {
         peak_rss_kb = peak_rss_kb.max(pid.map_or(0, rss_kb));
         let u = &a["update"];
         (u["id"] == id.as_str()
-            && matches!(u["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")))
+            && matches!(
+                u["state"].as_str(),
+                Some("succeeded" | "failed" | "rolled_back")
+            ))
         .then(|| u.clone())
     });
     assert_eq!(

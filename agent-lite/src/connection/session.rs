@@ -294,7 +294,7 @@ impl<'a> Session<'a> {
                     let hb = self.heartbeat();
                     self.send(hb)?;
                     // Authenticated and a heartbeat sent: a new version's probation is over.
-                    self.agent.update.healthy(self.agent);
+                    self.agent.update.healthy(self.agent.as_ref());
                     if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
                         if !is_timeout(&e) {
                             return Err(self.lost(format!("ping failed: {e}")));

@@ -28,15 +28,13 @@ pub mod record;
 pub mod swap;
 pub mod versions;
 
-use crate::agent::Agent;
 use crate::config::UpdateConfig;
 use crate::shutdown::Shutdown;
 use download::{FileTarget, Source};
 use protocol::minisign::{PublicKey, Signature, Verifier};
 use protocol::version::{TARGET, VERSION};
 use protocol::{
-    AgentUpdatePayload, AgentUpdateProgressPayload, Envelope, ErrorBody, ErrorCode, Message,
-    UpdateState,
+    AgentUpdatePayload, AgentUpdateProgressPayload, ErrorBody, ErrorCode, Message, UpdateState,
 };
 use record::{Probation, Record, RecordFile};
 use std::path::{Path, PathBuf};
@@ -88,6 +86,16 @@ impl Refusal {
         ErrorBody::new(self.code, self.message.clone())
             .with_details(serde_json::json!({ "check": self.check }))
     }
+}
+
+/// What the updater needs of the agent it updates (`crate::agent::Agent` implements it): its
+/// updater, a way to the server, and whether commands run.
+pub trait Host: Send + Sync + 'static {
+    fn updater(&self) -> &Updater;
+    /// Queues a message for the server (through the outbox: it waits while the link is down).
+    fn send(&self, m: Message);
+    /// Commands running now.
+    fn commands_running(&self) -> u64;
 }
 
 /// What the agent does at start about its update record.
@@ -263,7 +271,7 @@ impl Updater {
     }
 
     /// The session authenticated and sent a heartbeat: a binary on probation passed it.
-    pub fn healthy(&self, agent: &Agent) {
+    pub fn healthy(&self, agent: &impl Host) {
         if !self.on_probation.swap(false, Ordering::SeqCst) {
             return;
         }
@@ -318,8 +326,9 @@ impl Updater {
 
     /// An `agent_update` from the server: answered from the record when it is the last
     /// update, refused when policy says no, else installed on a worker thread.
-    pub fn handle(agent: &Arc<Agent>, p: AgentUpdatePayload) {
-        let u = &agent.update;
+    pub fn handle<H: Host>(shared: &Arc<H>, p: AgentUpdatePayload) {
+        let agent: &H = shared;
+        let u = agent.updater();
         if let Some(r) = u.report().filter(|r| r.update_id == p.update_id) {
             send(agent, r);
             return;
@@ -352,11 +361,11 @@ impl Updater {
             }
             *running = Some(p.update_id.clone());
         }
-        let worker = agent.clone();
+        let worker = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("update".into())
             .stack_size(256 * 1024)
-            .spawn(move || install(&worker, &p));
+            .spawn(move || install(&*worker, &p));
         if let Err(e) = spawned {
             log::error!("cannot start the update thread: {e}");
             *u.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -411,7 +420,7 @@ impl Updater {
 
     /// Records and reports how update `p` ended before any restart: `Ok` means the agent
     /// already runs that version.
-    fn finish(&self, agent: &Agent, p: &AgentUpdatePayload, result: Result<(), Refusal>) {
+    fn finish(&self, agent: &impl Host, p: &AgentUpdatePayload, result: Result<(), Refusal>) {
         let report = match &result {
             Ok(()) => progress(&p.update_id, UpdateState::Succeeded, &p.version),
             Err(r) => failed(p, r),
@@ -429,15 +438,14 @@ fn failed(p: &AgentUpdatePayload, r: &Refusal) -> AgentUpdateProgressPayload {
 }
 
 /// Queues a progress message for the server.
-fn send(agent: &Agent, p: AgentUpdateProgressPayload) {
-    let env = Envelope::new(agent.next_id("upd"), Message::AgentUpdateProgress(p));
-    agent.outbox.send(env);
+fn send(agent: &impl Host, p: AgentUpdateProgressPayload) {
+    agent.send(Message::AgentUpdateProgress(p));
 }
 
 /// The worker: download, verify, swap; a refusal at any step is recorded and reported and
 /// the running version stays.
-fn install(agent: &Arc<Agent>, p: &AgentUpdatePayload) {
-    let u = &agent.update;
+fn install(agent: &impl Host, p: &AgentUpdatePayload) {
+    let u = agent.updater();
     let Some(binary) = u.relaunch.binary.clone() else {
         return;
     };
@@ -489,8 +497,8 @@ fn public_key(path: &Path) -> Result<PublicKey, Refusal> {
 
 /// Downloads the signature and the binary into `to`, and checks both, the ELF header and
 /// the new binary's `--version`.
-fn fetch_and_verify(agent: &Agent, p: &AgentUpdatePayload, to: &Path) -> Result<(), Refusal> {
-    let u = &agent.update;
+fn fetch_and_verify(agent: &impl Host, p: &AgentUpdatePayload, to: &Path) -> Result<(), Refusal> {
+    let u = agent.updater();
     let mut report = progress(&p.update_id, UpdateState::Downloading, &p.version);
     report.bytes = Some(0);
     send(agent, report.clone());
@@ -557,12 +565,12 @@ fn open_new(path: &Path) -> Result<std::fs::File, Refusal> {
 
 /// Records the probation, then puts the new binary in place (the old one as `.prev`).
 fn swap_in(
-    agent: &Agent,
+    agent: &impl Host,
     p: &AgentUpdatePayload,
     binary: &Path,
     new: &Path,
 ) -> Result<(), Refusal> {
-    let u = &agent.update;
+    let u = agent.updater();
     wait_for_commands(agent);
     let previous: PathBuf = swap::previous_of(binary);
     let report = progress(&p.update_id, UpdateState::Restarting, &p.version);
@@ -585,9 +593,9 @@ fn swap_in(
 }
 
 /// Waits (at most [`DRAIN`]) until no command runs, so none is cut by the restart.
-fn wait_for_commands(agent: &Agent) {
+fn wait_for_commands(agent: &impl Host) {
     let deadline = Instant::now() + DRAIN;
-    while agent.stats.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while agent.commands_running() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
