@@ -424,6 +424,12 @@ async fn one_agent_is_updated_and_its_reports_are_kept() {
         .await;
     let row = state.updates.get(&id).await.unwrap();
     assert_eq!(row.state, "succeeded");
+    let moved = state
+        .store
+        .set_agent_update_state(&id, &row.agent_ref, "rolled_back", None, None)
+        .await
+        .unwrap();
+    assert!(!moved, "a final state is never left");
     assert_eq!(
         state
             .updates

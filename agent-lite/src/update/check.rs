@@ -115,15 +115,8 @@ pub fn version_output(launcher: &[String], path: &Path, version: &str) -> Result
         .env_remove("DOCKER_CTL_CONFIG")
         .spawn()
         .map_err(|e| format!("it cannot be started: {e}"))?;
-    // Read on a helper thread, so a candidate that hangs with its output open is killed at
-    // the deadline rather than waited for.
-    let reader = child.stdout.take().map(|stdout| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = stdout.take(MAX_OUTPUT as u64).read_to_end(&mut out);
-            out
-        })
-    });
+    // Output is read after the candidate exited: `--version` prints one line, far below
+    // the pipe's buffer; a candidate that fills it blocks, and is killed at the deadline.
     let deadline = Instant::now() + VERSION_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -136,7 +129,10 @@ pub fn version_output(launcher: &[String], path: &Path, version: &str) -> Result
             }
         }
     };
-    let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = stdout.take(MAX_OUTPUT as u64).read_to_end(&mut out);
+    }
     let Some(status) = status else {
         return Err(format!(
             "`--version` did not finish within {}s",

@@ -1,9 +1,10 @@
-//! Fetching a release from the server the agent is connected to: blocking HTTP/1.1 with
-//! ureq's protocol engine (`ureq-proto`, sans-IO) over the agent's own link
-//! ([`crate::connection::open`]: the CA, pin and client certificate of its WebSocket),
-//! authenticated with its agent id and token (HTTP Basic). ureq's own agent layer (config,
-//! pool, proxies, resolver, transports) would add about 160 KB to the aarch64 binary, more
-//! than the size budget leaves; the protocol engine shares the `http` crate with tungstenite.
+//! Fetching a release from the server the agent is connected to: one blocking HTTP/1.1
+//! `GET` per link over the agent's own link ([`crate::connection::open`]: the CA, pin and
+//! client certificate of its WebSocket), authenticated with its agent id and token (HTTP
+//! Basic); the response head is parsed with httparse (which the WebSocket handshake already
+//! links) and the body must have a `Content-Length`. ureq costs 104 KB of the aarch64 size
+//! budget and its sans-IO engine alone 15 KB, more than the budget leaves (see
+//! docs/benchmarks.md).
 //!
 //! The binary is streamed to a file next to the running one and fed to the caller's sink
 //! (the minisign verifier) as it arrives, in 64 KiB pieces: memory stays flat whatever the
@@ -23,9 +24,6 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use ureq_proto::client::state::{RecvBody, SendRequest};
-use ureq_proto::client::{Call, RecvResponseResult, SendRequestResult};
-use ureq_proto::http;
 
 /// Attempts at most per file (the first one and the resumptions).
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -45,6 +43,8 @@ pub struct Source {
     authorization: Secret,
     tls: Option<Arc<ClientConfig>>,
     url: ServerUrl,
+    /// The `Host` header's name (IPv6 in brackets).
+    host: String,
     connect_timeout: Duration,
     /// The agent's byte counters: downloads count as traffic of the link.
     stats: Arc<Stats>,
@@ -84,26 +84,29 @@ impl Source {
             authorization: Secret::new(format!("Basic {basic}")),
             tls: if url.tls { tls } else { None },
             url: url.clone(),
+            host: host.clone(),
             connect_timeout,
             stats,
         }
     }
 
-    /// `GET {path}` on a new link, with `headers`: the response's status and headers, and
-    /// its body as a reader. No redirects, no pooling.
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
-        let mut req = http::Request::get(format!("{}{path}", self.base))
-            .header("authorization", self.authorization.expose())
-            .header(
-                "user-agent",
-                concat!("docker-ctl-agent/", env!("CARGO_PKG_VERSION")),
-            );
+    /// `GET {path}` on a new link, with `headers` (our own values: no line breaks): the
+    /// response's status and headers, and its body as a reader. No redirects, no pooling.
+    fn get(&self, path: &str, headers: &[(&'static str, &str)]) -> Result<Response, String> {
+        use std::fmt::Write as _;
+        let mut req = format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: {}\r\nUser-Agent: docker-ctl-agent/{}\r\nConnection: close\r\n",
+            self.url.base,
+            self.host,
+            self.url.port,
+            self.authorization.expose(),
+            env!("CARGO_PKG_VERSION"),
+        );
         for (k, v) in headers {
-            req = req.header(*k, *v);
+            let _ = write!(req, "{k}: {v}\r\n");
         }
-        let req = req.body(()).map_err(|e| format!("the request: {e}"))?;
-        let call = Call::new(req).map_err(|e| format!("the request: {e}"))?;
-        let stream = crate::connection::open(
+        req.push_str("\r\n");
+        let mut stream = crate::connection::open(
             &self.url,
             self.tls.as_ref(),
             self.connect_timeout,
@@ -113,7 +116,11 @@ impl Source {
             .tcp()
             .set_read_timeout(Some(STALL))
             .map_err(|e| format!("socket setup: {e}"))?;
-        exchange(call.proceed(), stream)
+        stream
+            .write_all(req.as_bytes())
+            .and_then(|()| stream.flush())
+            .map_err(|e| format!("sending the request: {e}"))?;
+        read_head(stream)
     }
 
     /// `GET {path}/signature`: the release's `.minisig`, bounded.
@@ -221,12 +228,7 @@ impl Source {
             .get(&format!("{path}/binary"), &headers)
             .map_err(|e| Step::Retry(format!("request failed: {e}")))?;
         let status = resp.status;
-        let header = |n: &str| {
-            resp.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |n: &str| resp.header(n).map(str::to_owned);
         match status {
             200 => {
                 if from > 0 {
@@ -384,119 +386,103 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     (start <= end && end < total).then_some((start, total))
 }
 
-/// A response: its status, headers, and body.
+/// The most response-head bytes read.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A response: its status, the headers we read (names lower-case), and its body.
 struct Response {
     status: u16,
-    headers: http::HeaderMap,
+    headers: Vec<(String, String)>,
     body: Body,
 }
 
-/// Writes the request, reads the response head, and hands back the body as a reader.
-fn exchange(mut call: Call<SendRequest>, mut stream: Stream) -> Result<Response, String> {
-    let proto = |e: ureq_proto::Error| format!("HTTP: {e}");
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads the response head (at most [`MAX_HEAD`] bytes) and hands back the body, which must
+/// have a `Content-Length`, as a reader.
+fn read_head(mut stream: Stream) -> Result<Response, String> {
     let mut buf = vec![0u8; CHUNK];
-    while !call.can_proceed() {
-        let n = call.write(&mut buf).map_err(proto)?;
-        stream
-            .write_all(&buf[..n])
-            .map_err(|e| format!("sending the request: {e}"))?;
-    }
-    let Some(SendRequestResult::RecvResponse(mut call)) = call.proceed().map_err(proto)? else {
-        return Err("HTTP: the request did not complete".into());
-    };
-    let mut input = Input::default();
-    let head = loop {
-        let (used, resp) = call.try_response(input.data(&buf), false).map_err(proto)?;
-        input.consume(used);
-        if let Some(r) = resp {
-            break r;
+    let mut end = 0;
+    loop {
+        match stream.read(&mut buf[end..MAX_HEAD]) {
+            Ok(0) => return Err("the link closed during the response head".into()),
+            Ok(n) => end += n,
+            Err(e) => return Err(format!("reading the response head: {e}")),
         }
-        input.fill(&mut stream, &mut buf, "the response head")?;
-    };
-    let body = match call.proceed() {
-        Some(RecvResponseResult::RecvBody(c)) => Some(c),
-        Some(RecvResponseResult::Cleanup(_)) | None => None,
-        Some(RecvResponseResult::Redirect(_)) => return Err("HTTP: an unexpected redirect".into()),
-    };
-    let (parts, ()) = head.into_parts();
-    Ok(Response {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: Body {
-            call: body,
-            stream,
-            buf,
-            input,
-        },
-    })
-}
-
-/// Received bytes not yet given to the protocol engine: `buf[start..end]`.
-#[derive(Default)]
-struct Input {
-    start: usize,
-    end: usize,
-}
-
-impl Input {
-    fn data<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-    }
-
-    /// Reads more from the link (after moving what is left to the front).
-    fn fill(&mut self, stream: &mut Stream, buf: &mut [u8], what: &str) -> Result<(), String> {
-        buf.copy_within(self.start..self.end, 0);
-        (self.start, self.end) = (0, self.end - self.start);
-        if self.end == buf.len() {
-            return Err(format!("{what} is larger than {} bytes", buf.len()));
-        }
-        match stream.read(&mut buf[self.end..]) {
-            Ok(0) => Err(format!("the link closed during {what}")),
-            Ok(n) => {
-                self.end += n;
-                Ok(())
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut slots);
+        let head_len = match r.parse(&buf[..end]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if end < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(format!("the response head is larger than {MAX_HEAD} bytes"))
             }
-            Err(e) => Err(format!("reading {what}: {e}")),
-        }
+            Err(e) => return Err(format!("HTTP: {e}")),
+        };
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                let v = String::from_utf8_lossy(h.value).trim().to_string();
+                (h.name.to_ascii_lowercase(), v)
+            })
+            .collect();
+        let status = r.code.unwrap_or(0);
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("HTTP {status} without a Content-Length"))?;
+        return Ok(Response {
+            status,
+            headers,
+            body: Body {
+                stream,
+                buf,
+                start: head_len,
+                end,
+                left: length,
+            },
+        });
     }
 }
 
-/// A response body, decoded (length or chunked) by the protocol engine as it is read.
+/// A response body of known length: what came with the head (`buf[start..end]`), then the
+/// link.
 struct Body {
-    call: Option<Call<RecvBody>>,
     stream: Stream,
     buf: Vec<u8>,
-    input: Input,
+    start: usize,
+    end: usize,
+    left: u64,
 }
 
 impl Read for Body {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let Some(call) = self.call.as_mut() else {
-                return Ok(0);
-            };
-            let (used, n) = call
-                .read(self.input.data(&self.buf), out)
-                .map_err(std::io::Error::other)?;
-            self.input.consume(used);
-            if n > 0 {
-                return Ok(n);
-            }
-            if call.can_proceed() {
-                self.call = None;
-                return Ok(0);
-            }
-            self.input
-                .fill(&mut self.stream, &mut self.buf, "the body")
-                .map_err(std::io::Error::other)?;
+        let want = out.len().min(self.left.min(usize::MAX as u64) as usize);
+        if want == 0 {
+            return Ok(0);
         }
+        let n = if self.start < self.end {
+            let n = want.min(self.end - self.start);
+            out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+            n
+        } else {
+            match self.stream.read(&mut out[..want])? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => n,
+            }
+        };
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

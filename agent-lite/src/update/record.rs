@@ -95,7 +95,10 @@ impl RecordFile {
                 return None;
             }
         };
-        match serde_json::from_slice::<Record>(&text) {
+        // Through `Value`: the agent's JSON code already has these instantiations (size).
+        let parsed = serde_json::from_slice::<serde_json::Value>(&text)
+            .and_then(serde_json::from_value::<Record>);
+        match parsed {
             Ok(r) if r.format == 1 => Some(r),
             Ok(r) => {
                 log::error!(
@@ -120,8 +123,10 @@ impl RecordFile {
         let Some(path) = &self.path else {
             return Err(std::io::Error::other("the agent's binary is unknown"));
         };
-        let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        crate::state::write_atomic(path, &text)
+        let text = serde_json::to_value(record)
+            .map(|v| v.to_string())
+            .map_err(std::io::Error::other)?;
+        crate::state::write_atomic(path, text.as_bytes())
     }
 }
 
