@@ -2,8 +2,8 @@
 //! `GET` per link over the agent's own link ([`crate::connection::open`]: the CA, pin and
 //! client certificate of its WebSocket), authenticated with its agent id and token (HTTP
 //! Basic); the response head is parsed with httparse (which the WebSocket handshake already
-//! links) and the body must have a `Content-Length`. ureq costs 104 KB of the aarch64 size
-//! budget and its sans-IO engine alone 15 KB, more than the budget leaves (see
+//! links) and the body must have a `Content-Length`. ureq cost 104 KB of the aarch64 size
+//! budget and its sans-IO engine alone 40 KB, more than the budget left (see
 //! docs/benchmarks.md).
 //!
 //! The binary is streamed to a file next to the running one and fed to the caller's sink
