@@ -433,6 +433,7 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                labels: Default::default(),
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
@@ -650,6 +651,7 @@ async fn heartbeat_lag(
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                labels: Default::default(),
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {

@@ -458,6 +458,7 @@ impl<'a> Session<'a> {
                     .signing
                     .as_ref()
                     .map(|_| protocol::signing::SIGNING_VERSION),
+                labels: self.agent.config.agent.labels.clone(),
             }),
         )
     }
