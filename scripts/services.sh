@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts the services the tests need: dockerd and PostgreSQL,
-# adds the rustup targets for the agent's edge builds, and builds the local test image.
+# installs the tools they call (minisign, qemu-user, the cross linkers), adds the rustup
+# targets for the agent's edge builds, and builds the local test image.
 # Idempotent: running services are reused. Needs root on Debian.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v qemu-aarch64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
+# The release signing tests cross-check our signatures with the real minisign.
+command -v minisign >/dev/null 2>&1 || need_pkgs+=(minisign)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing: ${need_pkgs[*]}"
   apt-get update -qq

@@ -29,9 +29,15 @@
 //! `VAR`; an unset variable is an error naming it; `$$` is a literal `$`. Expansion applies
 //! to string values only, so the result is never re-parsed as YAML.
 //!
+//! `docker.socket` follows the one Docker endpoint syntax (`protocol::endpoint`):
+//! `unix:///path` (or a bare absolute path) or `tcp://host[:port]`; `https://` is refused,
+//! the agent has no TLS client towards dockerd.
+//!
 //! Every section and key is checked: an unknown key is an error naming it. After parsing
-//! and overrides, [`Config::validate`] checks values. `docker-ctl-agent --check-config`
-//! prints the effective values with secrets masked.
+//! and overrides, [`Config::validate`] checks values and returns what the settings written
+//! as text parse into ([`Parsed`]: the server URL, the pin, the Docker endpoint, the signing
+//! key), which the rest of the agent uses. `docker-ctl-agent --check-config` prints the
+//! effective values with secrets masked.
 //!
 //! # Local policy (`policy:`)
 //!
@@ -55,8 +61,15 @@
 //!
 //! `agent.yaml.example` documents every key with its default.
 //!
-//! Owns: reading and checking settings. Must not: open connections or log secrets.
+//! Owns: reading and checking settings, and their parsed forms ([`ValidConfig`]). Must not:
+//! open connections or log secrets.
 
+mod server;
+
+pub use protocol::endpoint::Endpoint;
+pub use server::{Pin, ServerUrl};
+
+use crate::signing::SigningKey;
 use protocol::Secret;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -88,6 +101,29 @@ pub enum ConfigError {
     /// A value is out of range or missing.
     #[error("invalid config: {0}")]
     Invalid(String),
+}
+
+fn invalid<T>(message: String) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(message))
+}
+
+/// What [`Config::validate`] parsed from the settings written as text: the forms the rest of
+/// the agent uses, so nothing parses them twice.
+#[derive(Debug)]
+pub struct Parsed {
+    pub server_url: ServerUrl,
+    pub pin: Option<Pin>,
+    /// `unix://` or `tcp://` (the agent refuses `https://`).
+    pub docker: Endpoint,
+    pub signing_key: Option<SigningKey>,
+}
+
+/// A configuration that passed [`Config::validate`], with what it parsed. Built by
+/// [`Config::into_valid`]; [`crate::run_valid`] runs the agent with it.
+#[derive(Debug)]
+pub struct ValidConfig {
+    pub config: Config,
+    pub parsed: Parsed,
 }
 
 fn yes() -> bool {
@@ -225,7 +261,7 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerConfig {
-    /// `unix:///var/run/docker.sock` or `tcp://host:port`.
+    /// `unix:///var/run/docker.sock` or `tcp://host:port` (see `protocol::endpoint`).
     #[serde(default = "d_socket")]
     pub socket: String,
     /// Seconds for connecting to the daemon and for each read or write.
@@ -345,6 +381,30 @@ impl ReconnectionConfig {
     pub fn max(&self) -> Duration {
         Duration::from_secs_f64(self.max_delay.max(0.0))
     }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.base_delay > 0.0
+            && self.max_delay >= self.base_delay
+            && self.max_delay.is_finite())
+        {
+            return invalid("reconnection: need 0 < base_delay <= max_delay".into());
+        }
+        if !(self.factor >= 1.0 && self.factor.is_finite()) {
+            return invalid("reconnection.factor must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return invalid("reconnection.jitter must be between 0 and 1".into());
+        }
+        if self.max_attempts < -1 || self.max_attempts == 0 {
+            return invalid("reconnection.max_attempts must be -1 (forever) or at least 1".into());
+        }
+        if !(self.stable_after >= 0.0 && self.stable_after.is_finite()) {
+            return invalid(
+                "reconnection.stable_after must be a non-negative number of seconds".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Settings given on the command line or in the environment (see the precedence table).
@@ -420,131 +480,156 @@ impl Config {
         }
     }
 
-    /// Checks values after parsing and overrides.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    /// Checks every value after parsing and overrides, and returns what the settings written
+    /// as text parse into. The first problem found is the error.
+    pub fn validate(&self) -> Result<Parsed, ConfigError> {
+        let server_url = self.check_server_url()?;
+        let signing_key = self.check_agent()?;
+        let docker = self.check_docker()?;
+        self.check_timing()?;
+        self.reconnection.check()?;
+        if self.server.client_cert.is_some() != self.server.client_key.is_some() {
+            return invalid("server.client_cert and server.client_key go together".into());
+        }
+        self.policy_check()?;
+        let pin = match &self.server.pin_sha256 {
+            Some(p) => Some(Pin::parse(p).ok_or_else(|| {
+                ConfigError::Invalid(
+                    "server.pin_sha256 must be a SHA-256 in hex (64 digits) or base64".into(),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Parsed {
+            server_url,
+            pin,
+            docker,
+            signing_key,
+        })
+    }
+
+    /// Validates, and keeps the config with what it parsed.
+    pub fn into_valid(self) -> Result<ValidConfig, ConfigError> {
+        let parsed = self.validate()?;
+        Ok(ValidConfig {
+            config: self,
+            parsed,
+        })
+    }
+
+    fn check_server_url(&self) -> Result<ServerUrl, ConfigError> {
         let url = &self.server.url;
         if url.is_empty() {
-            return bad("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
+            return invalid("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
         }
         if !(url.starts_with("wss://") || url.starts_with("ws://")) {
-            return bad(format!(
+            return invalid(format!(
                 "server.url {url:?} must start with wss:// or ws://"
             ));
         }
-        if let Err(e) = crate::connection::ServerUrl::parse(url) {
-            return bad(format!("server.url {url:?}: {e}"));
+        ServerUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("server.url {url:?}: {e}")))
+    }
+
+    /// `agent.*`; returns the signing key.
+    fn check_agent(&self) -> Result<Option<SigningKey>, ConfigError> {
+        let a = &self.agent;
+        if a.id.is_empty() {
+            return invalid("agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID)".into());
         }
-        if self.agent.id.is_empty() {
-            return bad("agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID)".into());
-        }
-        if self.agent.id.len() > 255
-            || !self
-                .agent
+        if a.id.len() > 255
+            || !a
                 .id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return bad(format!(
+            return invalid(format!(
                 "agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'",
-                self.agent.id
+                a.id
             ));
         }
-        if self.agent.auth_token.is_empty() {
-            return bad("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
+        if a.auth_token.is_empty() {
+            return invalid("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
         }
-        if self.agent.workers == 0 || self.agent.workers > 256 {
-            return bad(format!(
-                "agent.workers must be 1 to 256, got {}",
-                self.agent.workers
-            ));
+        if a.workers == 0 || a.workers > 256 {
+            return invalid(format!("agent.workers must be 1 to 256, got {}", a.workers));
         }
-        if self.agent.queue == 0 {
-            return bad("agent.queue must be at least 1".into());
+        if a.queue == 0 {
+            return invalid("agent.queue must be at least 1".into());
         }
-        if self.agent.heartbeat_interval == 0 || self.agent.heartbeat_interval > 3600 {
-            return bad(format!(
+        if a.heartbeat_interval == 0 || a.heartbeat_interval > 3600 {
+            return invalid(format!(
                 "agent.heartbeat_interval must be 1 to 3600 seconds, got {}",
-                self.agent.heartbeat_interval
+                a.heartbeat_interval
             ));
         }
-        if self.agent.command_timeout == 0 {
-            return bad("agent.command_timeout must be at least 1 second".into());
+        if a.command_timeout == 0 {
+            return invalid("agent.command_timeout must be at least 1 second".into());
         }
-        if let Some(k) = &self.agent.signing_key {
-            if let Err(e) = parse_signing_key(k) {
-                return bad(e);
-            }
-        }
-        if let Some(p) = &self.agent.state_file {
+        let key = match &a.signing_key {
+            Some(k) => Some(SigningKey::parse(k).map_err(ConfigError::Invalid)?),
+            None => None,
+        };
+        if let Some(p) = &a.state_file {
             if p.as_os_str().is_empty() || p.file_name().is_none() {
-                return bad(format!(
+                return invalid(format!(
                     "agent.state_file {:?} must be a file path",
                     p.display()
                 ));
             }
         }
-        if let Err(e) = crate::docker::Endpoint::parse(&self.docker.socket) {
-            return bad(e);
-        }
+        Ok(key)
+    }
+
+    /// `docker.*`; returns the daemon's endpoint.
+    fn check_docker(&self) -> Result<Endpoint, ConfigError> {
+        let socket = &self.docker.socket;
+        let endpoint = match Endpoint::parse(socket) {
+            Err(e) => return invalid(format!("docker.socket: {e}")),
+            Ok(Endpoint::Https(_)) => {
+                return invalid(format!(
+                    "docker.socket {socket:?}: the agent talks to dockerd over unix:// or tcp://"
+                ))
+            }
+            Ok(e) => e,
+        };
         if !(self.docker.timeout > 0.0 && self.docker.timeout.is_finite()) {
-            return bad(format!(
+            return invalid(format!(
                 "docker.timeout must be a positive number of seconds, got {}",
                 self.docker.timeout
             ));
         }
+        Ok(endpoint)
+    }
+
+    /// `server.connect_timeout` and `logging.level`.
+    fn check_timing(&self) -> Result<(), ConfigError> {
         if !(self.server.connect_timeout > 0.0 && self.server.connect_timeout.is_finite()) {
-            return bad("server.connect_timeout must be a positive number of seconds".into());
+            return invalid("server.connect_timeout must be a positive number of seconds".into());
         }
         if crate::log::parse_level(&self.logging.level).is_none() {
-            return bad(format!(
+            return invalid(format!(
                 "logging.level {:?} must be error, warn, info, debug or trace",
                 self.logging.level
             ));
         }
-        let r = &self.reconnection;
-        if !(r.base_delay > 0.0 && r.max_delay >= r.base_delay && r.max_delay.is_finite()) {
-            return bad("reconnection: need 0 < base_delay <= max_delay".into());
-        }
-        if !(r.factor >= 1.0 && r.factor.is_finite()) {
-            return bad("reconnection.factor must be at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&r.jitter) {
-            return bad("reconnection.jitter must be between 0 and 1".into());
-        }
-        if r.max_attempts < -1 || r.max_attempts == 0 {
-            return bad("reconnection.max_attempts must be -1 (forever) or at least 1".into());
-        }
-        if !(r.stable_after >= 0.0 && r.stable_after.is_finite()) {
-            return bad(
-                "reconnection.stable_after must be a non-negative number of seconds".into(),
-            );
-        }
-        if self.server.client_cert.is_some() != self.server.client_key.is_some() {
-            return bad("server.client_cert and server.client_key go together".into());
-        }
-        if let Some(l) = &self.policy.allowed_operations {
+        Ok(())
+    }
+
+    /// The `policy:` values that serde's types cannot check.
+    fn policy_check(&self) -> Result<(), ConfigError> {
+        let p = &self.policy;
+        if let Some(l) = &p.allowed_operations {
             if l.iter().any(String::is_empty) {
-                return bad("policy.allowed_operations has an empty entry".into());
+                return invalid("policy.allowed_operations has an empty entry".into());
             }
         }
-        if let Some((k, _)) = self
-            .policy
-            .container_labels
-            .iter()
-            .find(|(k, _)| k.is_empty())
-        {
-            return bad(format!("policy.container_labels has an empty key {k:?}"));
+        if let Some((k, _)) = p.container_labels.iter().find(|(k, _)| k.is_empty()) {
+            return invalid(format!("policy.container_labels has an empty key {k:?}"));
         }
-        if self.policy.redact_env && self.policy.redact_env_patterns.is_empty() {
-            return bad("policy.redact_env is true but policy.redact_env_patterns is empty".into());
-        }
-        if let Some(pin) = &self.server.pin_sha256 {
-            if crate::connection::tls::parse_pin(pin).is_none() {
-                return bad(
-                    "server.pin_sha256 must be a SHA-256 in hex (64 digits) or base64".into(),
-                );
-            }
+        if p.redact_env && p.redact_env_patterns.is_empty() {
+            return invalid(
+                "policy.redact_env is true but policy.redact_env_patterns is empty".into(),
+            );
         }
         Ok(())
     }
@@ -629,25 +714,6 @@ impl Config {
         let _ = writeln!(s, "policy.redact_env: {}", p.redact_env);
         let _ = writeln!(s, "policy.redact_env_patterns: {:?}", p.redact_env_patterns);
         s
-    }
-}
-
-/// The signing key's bytes: 64 hex digits, as the server shows it
-/// (`protocol::signing::parse_key`), or the same 32 bytes in base64. The error never
-/// contains the key.
-pub fn parse_signing_key(k: &Secret) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    use protocol::signing::{parse_key, KEY_LEN};
-    let t = k.expose().trim();
-    if let Ok(key) = parse_key(t) {
-        return Ok(key);
-    }
-    match base64::engine::general_purpose::STANDARD.decode(t) {
-        Ok(key) if key.len() == KEY_LEN => Ok(key),
-        _ => Err(format!(
-            "agent.signing_key must be {} hex digits as the server shows it (or {KEY_LEN} bytes in base64)",
-            KEY_LEN * 2
-        )),
     }
 }
 
@@ -886,33 +952,45 @@ mod tests {
             state_file: Some(PathBuf::from("/tmp/x/state.json")),
             ..Default::default()
         });
-        c.validate().unwrap();
-        assert_eq!(
-            parse_signing_key(c.agent.signing_key.as_ref().unwrap()).unwrap(),
-            vec![0xab; 32]
-        );
+        let parsed = c.validate().unwrap();
+        assert_eq!(parsed.signing_key.unwrap().expose(), &[0xab; 32][..]);
         let shown = c.render();
         assert!(shown.contains("agent.signing_key: ***"), "{shown}");
         assert!(!shown.contains(&"ab".repeat(32)));
         assert!(!format!("{c:?}").contains(&"ab".repeat(32)));
         assert!(shown.contains("agent.state_file: /tmp/x/state.json"));
-        assert_eq!(
-            parse_signing_key(&Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="))
-                .unwrap(),
-            (0u8..32).collect::<Vec<_>>()
-        );
-        for bad in ["", "abcd", "not a key!", "zz"] {
-            let err = parse_signing_key(&Secret::new(bad)).unwrap_err();
-            assert!(err.contains("agent.signing_key"), "{err}");
-            if bad.len() > 2 {
-                assert!(!err.contains(bad));
-            }
-        }
         c.agent.signing_key = Some(Secret::new("ab".repeat(16)));
         assert!(c.validate().is_err());
         c.agent.signing_key = None;
         c.agent.state_file = Some(PathBuf::from(""));
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn validation_returns_the_parsed_settings() {
+        let mut c = Config::empty();
+        c.apply(&Overrides {
+            server: Some("wss://control.example:8443/base".into()),
+            agent_id: Some("a1".into()),
+            token: Some("t".into()),
+            docker_socket: Some("tcp://[::1]:23750".into()),
+            ..Default::default()
+        });
+        c.server.pin_sha256 = Some("ab".repeat(32));
+        let v = c.into_valid().unwrap();
+        assert_eq!(v.parsed.server_url.host, "control.example");
+        assert_eq!(v.parsed.server_url.port, 8443);
+        assert_eq!(v.parsed.pin, Some(Pin([0xab; 32])));
+        assert_eq!(v.parsed.docker.to_string(), "tcp://[::1]:23750");
+        assert!(v.parsed.signing_key.is_none());
+        let mut c = v.config;
+        c.docker.socket = "https://docker.example:2376".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("docker.socket"), "{err}");
+        c.docker.socket = "unix:///run/docker.sock".into();
+        c.server.pin_sha256 = Some("nope".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.pin_sha256"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,60 @@
 //! Health figures for heartbeats: the daemon (reachable, ping round trip, containers), the
 //! host (/proc/loadavg, /proc/meminfo) and the agent itself (/proc/self/status RSS).
 //!
-//! Owns: collecting and parsing. Runs on its own thread so a slow daemon never delays a
-//! heartbeat: the session sends the latest snapshot. Must not: talk to the server.
+//! Owns: collecting and parsing, and the prober thread that keeps [`Latest`] fresh, so a slow
+//! daemon never delays a heartbeat: the session sends the latest snapshot. Must not: talk to
+//! the server.
 
-use crate::docker::DockerClient;
+use crate::daemon::DockerClient;
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
 use protocol::HeartbeatPayload;
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The newest [`Snapshot`], written by the prober and read by the session.
+#[derive(Debug, Default)]
+pub struct Latest(Mutex<Snapshot>);
+
+impl Latest {
+    pub fn get(&self) -> Snapshot {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, s: Snapshot) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = s;
+        }
+    }
+}
+
+/// Starts the prober thread: one probe per heartbeat interval, each bounded by `limit`,
+/// until shutdown.
+pub fn spawn_prober(
+    daemon: DockerClient,
+    latest: Arc<Latest>,
+    settings: Arc<Settings>,
+    limit: Duration,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("health".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            // The interval can change at any time (the server's auth_response or
+            // config_update), so wait in one-second slices and compare with the current one.
+            let mut last = Instant::now();
+            while !shutdown.wait(Duration::from_secs(1)) {
+                let every = Duration::from_secs(settings.heartbeat_secs().min(30));
+                if last.elapsed() >= every {
+                    last = Instant::now();
+                    latest.set(probe_docker(&daemon, limit));
+                }
+            }
+        })
+        .map(|_| ())
+}
 
 /// The latest figures about the daemon and the host.
 #[derive(Debug, Clone, Default)]

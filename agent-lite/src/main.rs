@@ -3,14 +3,14 @@
 //! agent until SIGTERM or SIGINT.
 
 use agent_lite::cli::{Args, Parsed};
-use agent_lite::config::{check_permissions, Config, Overrides};
+use agent_lite::config::{check_permissions, Config, Overrides, ValidConfig};
 use agent_lite::Shutdown;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG: &str = "/etc/docker-ctl/agent.yaml";
 
-fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::ConfigError> {
+fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::config::ConfigError> {
     let env = |k: &str| std::env::var(k).ok();
     let (mut config, path) = match &args.config {
         Some(p) => (Config::load(p, &env)?, Some(p.clone())),
@@ -36,8 +36,7 @@ fn load(args: &Args) -> Result<(Config, Option<PathBuf>), agent_lite::config::Co
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
     });
-    config.validate()?;
-    Ok((config, path))
+    Ok((config.into_valid()?, path))
 }
 
 fn main() -> ExitCode {
@@ -53,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (config, path) = match load(&args) {
+    let (valid, path) = match load(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("docker-ctl-agent: {e}");
@@ -65,13 +64,14 @@ fn main() -> ExitCode {
             Some(p) => println!("# config file: {}", p.display()),
             None => println!("# no config file; flags, environment and defaults only"),
         }
-        print!("{}", config.render());
+        print!("{}", valid.config.render());
         if let Some(w) = path.as_deref().and_then(check_permissions) {
             println!("# warning: {w}");
         }
         println!("# config OK");
         return ExitCode::SUCCESS;
     }
+    let config = &valid.config;
     if let Err(e) = agent_lite::log::init(
         &config.logging.level,
         config.logging.file.as_deref(),
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
         log::error!("cannot start the signal thread: {e}");
         return ExitCode::FAILURE;
     }
-    match agent_lite::run(config, shutdown) {
+    match agent_lite::run_valid(valid, shutdown) {
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS

@@ -271,7 +271,7 @@ fn image_pull_fails_clearly_without_a_registry() {
     )
     .unwrap();
     let started = std::time::Instant::now();
-    let e = protocol::docker::run(parsed, &mut c.transport(Some(deadline)), &mut |p| {
+    let e = protocol::mapping::run_blocking(parsed, &mut c.transport(Some(deadline)), &mut |p| {
         lines.push(p)
     })
     .unwrap_err();
@@ -473,8 +473,8 @@ fn every_catalog_operation_is_covered_here() {
 
 #[test]
 fn missing_socket_is_docker_unreachable() {
-    let c = agent_lite::docker::DockerClient::new(
-        agent_lite::docker::Endpoint::parse("unix:///nonexistent/docker.sock").unwrap(),
+    let c = agent_lite::daemon::DockerClient::new(
+        agent_lite::daemon::Endpoint::parse("unix:///nonexistent/docker.sock").unwrap(),
         std::time::Duration::from_secs(2),
     );
     let e = op(&c, "container.list", json!({})).unwrap_err();
@@ -485,8 +485,8 @@ fn missing_socket_is_docker_unreachable() {
 #[test]
 fn tcp_endpoint_works() {
     require_docker();
-    let c = agent_lite::docker::DockerClient::new(
-        agent_lite::docker::Endpoint::parse("tcp://127.0.0.1:23750").unwrap(),
+    let c = agent_lite::daemon::DockerClient::new(
+        agent_lite::daemon::Endpoint::parse("tcp://127.0.0.1:23750").unwrap(),
         std::time::Duration::from_secs(10),
     );
     let v: Value = op(&c, "system.version", json!({}))
@@ -505,5 +505,5 @@ fn api_version_is_negotiated_down_to_the_daemons() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(Some(v), protocol::docker::negotiate_api_version(&daemon));
+    assert_eq!(Some(v), protocol::mapping::negotiate_api_version(&daemon));
 }

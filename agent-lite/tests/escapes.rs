@@ -7,11 +7,11 @@
 
 mod common;
 
-use agent_lite::docker::DockerClient;
+use agent_lite::daemon::DockerClient;
 use common::docker::{client, op, unique, Cleanup};
 use common::policy::{json_of, message, start, PolicyAgent, IMAGE};
 use common::tunnel::Request;
-use protocol::docker::Method;
+use protocol::mapping::Method;
 use protocol::ErrorCode;
 use serde_json::{json, Value};
 
@@ -812,7 +812,7 @@ fn label_scope_covers_every_endpoint_that_names_a_container() {
     // Prune: a form-encoded body (which dockerd reads before the query) is refused; a
     // prune of this run's containers leaves those outside the scope.
     let run_filter = format!(r#"{{"label":["{MARK}={run}"]}}"#);
-    let form = format!("filters={}", protocol::docker::percent_encode(&run_filter));
+    let form = format!("filters={}", protocol::mapping::percent_encode(&run_filter));
     let mut req = Request::new("POST", "/v1.41/containers/prune");
     req.headers = vec![(
         "Content-Type".into(),
@@ -822,7 +822,7 @@ fn label_scope_covers_every_endpoint_that_names_a_container() {
     s.refused_stream(req, 400, "form-encoded");
     let path = format!(
         "/v1.41/containers/prune?%66ilters={}",
-        protocol::docker::percent_encode(&run_filter)
+        protocol::mapping::percent_encode(&run_filter)
     );
     let r = s.t.request(Request::new("POST", &path));
     assert_eq!(r.status, Some(200), "{}", message(&r));

@@ -1,7 +1,7 @@
 //! The HTTP reader on real Docker Engine API bytes recorded from the docker CLI
 //! (/work/shared/fixtures/docker-cli-traffic), whole and delivered 1 to 3 bytes at a time.
 
-use agent_lite::docker::http::{Framing, HttpError, ResponseReader};
+use agent_lite::daemon::http::{Framing, HttpError, ResponseReader};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -208,7 +208,7 @@ fn inspect_missing_gives_dockers_404_message() {
         headers: vec![],
         body: p.bodies[1].clone(),
     };
-    let e = protocol::docker::error_from_response(&resp);
+    let e = protocol::mapping::error_from_response(&resp);
     assert_eq!(e.code, protocol::ErrorCode::NotFound);
     assert_eq!(e.message, "No such container: no-such-container-xyz");
 }
@@ -219,7 +219,7 @@ fn exec_raw_stream_demuxes() {
     let p = parse_fixture("exec", "002");
     assert!(p.end_error.is_none(), "{:?}", p.end_error);
     assert_eq!(p.statuses, vec![101]);
-    let (out, err) = protocol::docker::demux(&p.bodies[0]);
+    let (out, err) = protocol::mapping::demux(&p.bodies[0]);
     assert_eq!(out, b"out\n");
     assert_eq!(err, b"err\n");
 }
@@ -229,7 +229,7 @@ fn chunked_logs_and_events_stream_decode() {
     let p = parse_fixture("logs-tail", "001");
     assert!(p.end_error.is_none(), "{:?}", p.end_error);
     let logs = p.bodies.last().unwrap();
-    let (out, err) = protocol::docker::demux(logs);
+    let (out, err) = protocol::mapping::demux(logs);
     assert!(String::from_utf8_lossy(&out).contains("line-"), "{out:?}");
     assert!(String::from_utf8_lossy(&err).contains("err-"), "{err:?}");
 
@@ -246,7 +246,7 @@ fn chunked_logs_and_events_stream_decode() {
         "{:?}",
         p.end_error
     );
-    let (out, _) = protocol::docker::demux(p.bodies.last().unwrap());
+    let (out, _) = protocol::mapping::demux(p.bodies.last().unwrap());
     let lines: Vec<&[u8]> = out
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())

@@ -74,7 +74,7 @@ fn one(got: &HashMap<String, Vec<CommandResponsePayload>>, id: &str) -> CommandR
 
 /// Containers with the label `docker-ctl-test-key=<value>`; removes them on drop.
 struct Labelled<'a> {
-    c: &'a agent_lite::docker::DockerClient,
+    c: &'a agent_lite::daemon::DockerClient,
     value: String,
 }
 

@@ -88,7 +88,7 @@ fn demux(raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 fn running_container<'a>(
     cleanup: &mut Cleanup<'a>,
-    c: &'a agent_lite::docker::DockerClient,
+    c: &'a agent_lite::daemon::DockerClient,
     cmd: &[&str],
 ) -> String {
     let created = op(
@@ -261,7 +261,7 @@ fn image_save_streams_within_the_window_and_resumes_on_credit() {
     // Same bytes as the daemon gives directly.
     let direct = client()
         .send(
-            protocol::docker::Method::Get,
+            protocol::mapping::Method::Get,
             path,
             None,
             Some(Instant::now() + S30),

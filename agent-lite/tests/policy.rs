@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 fn container<'a>(
     cleanup: &mut Cleanup<'a>,
-    c: &'a agent_lite::docker::DockerClient,
+    c: &'a agent_lite::daemon::DockerClient,
     extra: Value,
 ) -> String {
     let mut p = json!({"name": unique("policy-ctr"), "image": IMAGE, "cmd": ["sleep", "300"]});
@@ -68,7 +68,7 @@ fn deny_exec_and_attach() {
     // An exec created behind the agent's back still cannot be started through it.
     let exec = c
         .send(
-            protocol::docker::Method::Post,
+            protocol::mapping::Method::Post,
             &path,
             Some(br#"{"Cmd":["true"]}"#),
             None,
@@ -275,7 +275,7 @@ fn container_labels_isolate_a_namespace() {
     );
     let exec = c
         .send(
-            protocol::docker::Method::Post,
+            protocol::mapping::Method::Post,
             &path,
             Some(br#"{"Cmd":["true"]}"#),
             None,

@@ -155,7 +155,7 @@ fn signed_traffic_works_and_altered_replayed_stale_and_unsigned_messages_are_ref
         .unwrap()
         .len()
     };
-    struct Remove<'a>(&'a agent_lite::docker::DockerClient, String);
+    struct Remove<'a>(&'a agent_lite::daemon::DockerClient, String);
     impl Drop for Remove<'_> {
         fn drop(&mut self) {
             let l = format!("docker-ctl-test-signed={}", self.1);

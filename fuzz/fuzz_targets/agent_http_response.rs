@@ -3,7 +3,7 @@
 //! body than the limit.
 #![no_main]
 
-use agent_lite::docker::http::{Framing, ResponseReader};
+use agent_lite::daemon::http::{Framing, ResponseReader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 
 use agent_lite::policy::gojson::{parse, J};
 use agent_lite::policy::request::{admit, Body};
-use agent_lite::policy::scope::Daemon;
+use agent_lite::policy::scope::{Daemon, Scope};
 use agent_lite::policy::Policy;
 use libfuzzer_sys::fuzz_target;
 use protocol::ErrorBody;
@@ -362,7 +362,7 @@ fuzz_target!(|data: &[u8]| {
     let route = protocol::passthrough::classify("POST", "/v1.41/containers/create").unwrap();
     let headers = [("Content-Type".to_string(), "application/json".to_string())];
     let Ok(out) = admit(
-        &policy.scope(&Benign),
+        &Scope::new(&policy, &Benign),
         &route,
         Vec::new(),
         &headers,
@@ -377,7 +377,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(v["Labels"]["team"], "a", "{v}");
     // What we forward reads back to itself.
     let again = admit(
-        &policy.scope(&Benign),
+        &Scope::new(&policy, &Benign),
         &route,
         Vec::new(),
         &headers,

@@ -3,7 +3,7 @@
 //! Owns: parameter names, types, defaults and validation. Params are snake_case and follow
 //! Docker's query names where Docker has one (`all`, `filters`, `tail`, `since`, `force`, `t`,
 //! `v`, ...). Unknown params are ignored (compatibility rule), wrong types are
-//! `invalid_params`. Must not: know how an operation reaches Docker (see [`crate::docker`]).
+//! `invalid_params`. Must not: know how an operation reaches Docker (see [`crate::mapping`]).
 
 use crate::error::{ErrorBody, ErrorCode};
 use serde::de::{self, Deserializer};
@@ -549,102 +549,6 @@ pub struct NetworkDisconnectParams {
     pub force: bool,
 }
 
-/// Every operation of the catalog with its typed params.
-///
-/// Serialised as `{"operation": "container.list", "params": {...}}`, which is exactly the
-/// `command` payload's shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "operation", content = "params")]
-pub enum Operation {
-    #[serde(rename = "system.ping")]
-    SystemPing(NoParams),
-    #[serde(rename = "system.info")]
-    SystemInfo(NoParams),
-    #[serde(rename = "system.version")]
-    SystemVersion(NoParams),
-    #[serde(rename = "system.df")]
-    SystemDf(NoParams),
-
-    #[serde(rename = "container.list")]
-    ContainerList(ContainerListParams),
-    #[serde(rename = "container.inspect")]
-    ContainerInspect(IdParams),
-    #[serde(rename = "container.create")]
-    ContainerCreate(ContainerCreateParams),
-    #[serde(rename = "container.start")]
-    ContainerStart(IdParams),
-    #[serde(rename = "container.stop")]
-    ContainerStop(StopParams),
-    #[serde(rename = "container.restart")]
-    ContainerRestart(StopParams),
-    #[serde(rename = "container.kill")]
-    ContainerKill(KillParams),
-    #[serde(rename = "container.pause")]
-    ContainerPause(IdParams),
-    #[serde(rename = "container.unpause")]
-    ContainerUnpause(IdParams),
-    #[serde(rename = "container.remove")]
-    ContainerRemove(ContainerRemoveParams),
-    #[serde(rename = "container.rename")]
-    ContainerRename(RenameParams),
-    #[serde(rename = "container.prune")]
-    ContainerPrune(FiltersParams),
-    #[serde(rename = "container.top")]
-    ContainerTop(TopParams),
-    #[serde(rename = "container.logs")]
-    ContainerLogs(LogsParams),
-    #[serde(rename = "container.stats")]
-    ContainerStats(IdParams),
-    #[serde(rename = "container.exec")]
-    ContainerExec(ExecParams),
-
-    #[serde(rename = "image.list")]
-    ImageList(ImageListParams),
-    #[serde(rename = "image.inspect")]
-    ImageInspect(IdParams),
-    #[serde(rename = "image.pull")]
-    ImagePull(ImagePullParams),
-    #[serde(rename = "image.remove")]
-    ImageRemove(ImageRemoveParams),
-    #[serde(rename = "image.tag")]
-    ImageTag(ImageTagParams),
-    #[serde(rename = "image.prune")]
-    ImagePrune(FiltersParams),
-
-    #[serde(rename = "volume.list")]
-    VolumeList(FiltersParams),
-    #[serde(rename = "volume.inspect")]
-    VolumeInspect(IdParams),
-    #[serde(rename = "volume.create")]
-    VolumeCreate(VolumeCreateParams),
-    #[serde(rename = "volume.remove")]
-    VolumeRemove(VolumeRemoveParams),
-    #[serde(rename = "volume.prune")]
-    VolumePrune(FiltersParams),
-
-    #[serde(rename = "network.list")]
-    NetworkList(FiltersParams),
-    #[serde(rename = "network.inspect")]
-    NetworkInspect(IdParams),
-    #[serde(rename = "network.create")]
-    NetworkCreate(NetworkCreateParams),
-    #[serde(rename = "network.remove")]
-    NetworkRemove(IdParams),
-    #[serde(rename = "network.connect")]
-    NetworkConnect(NetworkConnectParams),
-    #[serde(rename = "network.disconnect")]
-    NetworkDisconnect(NetworkDisconnectParams),
-    #[serde(rename = "network.prune")]
-    NetworkPrune(FiltersParams),
-
-    #[serde(rename = "swarm.inspect")]
-    SwarmInspect(NoParams),
-    #[serde(rename = "service.list")]
-    ServiceList(FiltersParams),
-    #[serde(rename = "node.list")]
-    NodeList(FiltersParams),
-}
-
 /// What an operation does, for role checks: viewers may run `Read` only. Reading the
 /// contents of a container's files or of an image (archive, export, save) is `Write`: it
 /// hands out whatever secrets they hold, so it needs an operator, and it is audited.
@@ -654,120 +558,151 @@ pub enum Access {
     Write,
 }
 
-/// Every operation name of the catalog, in catalog order.
-pub const OPERATION_NAMES: &[&str] = &[
-    "system.ping",
-    "system.info",
-    "system.version",
-    "system.df",
-    "container.list",
-    "container.inspect",
-    "container.create",
-    "container.start",
-    "container.stop",
-    "container.restart",
-    "container.kill",
-    "container.pause",
-    "container.unpause",
-    "container.remove",
-    "container.rename",
-    "container.prune",
-    "container.top",
-    "container.logs",
-    "container.stats",
-    "container.exec",
-    "image.list",
-    "image.inspect",
-    "image.pull",
-    "image.remove",
-    "image.tag",
-    "image.prune",
-    "volume.list",
-    "volume.inspect",
-    "volume.create",
-    "volume.remove",
-    "volume.prune",
-    "network.list",
-    "network.inspect",
-    "network.create",
-    "network.remove",
-    "network.connect",
-    "network.disconnect",
-    "network.prune",
-    "swarm.inspect",
-    "service.list",
-    "node.list",
-];
+/// One entry of the operation catalog: what the server's authority, the agent's policy and
+/// the docs know about an operation without parsing its params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationInfo {
+    /// The wire name, e.g. `container.list`.
+    pub name: &'static str,
+    /// Whether a viewer may run it.
+    pub access: Access,
+    /// The param that names an existing container (`id`, or `container` for network
+    /// connect and disconnect), when the operation acts on one.
+    pub container: Option<&'static str>,
+}
+
+/// Writes the catalog once: the [`Operation`] enum with its wire names, [`CATALOG`],
+/// [`OPERATION_NAMES`] and [`Operation::info`] all come from the one table below.
+macro_rules! catalog {
+    ($( $variant:ident($params:ty) = $name:literal, $access:ident, $container:expr; )*) => {
+        /// Every operation of the catalog with its typed params.
+        ///
+        /// Serialised as `{"operation": "container.list", "params": {...}}`, which is exactly
+        /// the `command` payload's shape.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "operation", content = "params")]
+        pub enum Operation {
+            $( #[serde(rename = $name)] $variant($params), )*
+        }
+
+        /// The operation catalog, in catalog order.
+        pub const CATALOG: &[OperationInfo] = &[
+            $( OperationInfo { name: $name, access: Access::$access, container: $container }, )*
+        ];
+
+        /// Every operation name of the catalog, in catalog order.
+        pub const OPERATION_NAMES: &[&str] = &[ $( $name, )* ];
+
+        impl Operation {
+            /// Reads `params` as the params of operation `name`; `None` for a name that is
+            /// not in the catalog. Each params type is read directly (not through the
+            /// tagged enum), which keeps the agent small.
+            fn from_parts(name: &str, params: Value) -> Option<serde_json::Result<Operation>> {
+                Some(match name {
+                    $( $name => serde_json::from_value::<$params>(params).map(Operation::$variant), )*
+                    _ => return None,
+                })
+            }
+
+            /// The operation's catalog entry.
+            pub fn info(&self) -> &'static OperationInfo {
+                match self {
+                    $( Operation::$variant(_) => &OperationInfo {
+                        name: $name,
+                        access: Access::$access,
+                        container: $container,
+                    }, )*
+                }
+            }
+        }
+    };
+}
+
+const ID: Option<&str> = Some("id");
+
+catalog! {
+    SystemPing(NoParams) = "system.ping", Read, None;
+    SystemInfo(NoParams) = "system.info", Read, None;
+    SystemVersion(NoParams) = "system.version", Read, None;
+    SystemDf(NoParams) = "system.df", Read, None;
+
+    ContainerList(ContainerListParams) = "container.list", Read, None;
+    ContainerInspect(IdParams) = "container.inspect", Read, ID;
+    ContainerCreate(ContainerCreateParams) = "container.create", Write, None;
+    ContainerStart(IdParams) = "container.start", Write, ID;
+    ContainerStop(StopParams) = "container.stop", Write, ID;
+    ContainerRestart(StopParams) = "container.restart", Write, ID;
+    ContainerKill(KillParams) = "container.kill", Write, ID;
+    ContainerPause(IdParams) = "container.pause", Write, ID;
+    ContainerUnpause(IdParams) = "container.unpause", Write, ID;
+    ContainerRemove(ContainerRemoveParams) = "container.remove", Write, ID;
+    ContainerRename(RenameParams) = "container.rename", Write, ID;
+    ContainerPrune(FiltersParams) = "container.prune", Write, None;
+    ContainerTop(TopParams) = "container.top", Read, ID;
+    ContainerLogs(LogsParams) = "container.logs", Read, ID;
+    ContainerStats(IdParams) = "container.stats", Read, ID;
+    ContainerExec(ExecParams) = "container.exec", Write, ID;
+
+    ImageList(ImageListParams) = "image.list", Read, None;
+    ImageInspect(IdParams) = "image.inspect", Read, None;
+    ImagePull(ImagePullParams) = "image.pull", Write, None;
+    ImageRemove(ImageRemoveParams) = "image.remove", Write, None;
+    ImageTag(ImageTagParams) = "image.tag", Write, None;
+    ImagePrune(FiltersParams) = "image.prune", Write, None;
+
+    VolumeList(FiltersParams) = "volume.list", Read, None;
+    VolumeInspect(IdParams) = "volume.inspect", Read, None;
+    VolumeCreate(VolumeCreateParams) = "volume.create", Write, None;
+    VolumeRemove(VolumeRemoveParams) = "volume.remove", Write, None;
+    VolumePrune(FiltersParams) = "volume.prune", Write, None;
+
+    NetworkList(FiltersParams) = "network.list", Read, None;
+    NetworkInspect(IdParams) = "network.inspect", Read, None;
+    NetworkCreate(NetworkCreateParams) = "network.create", Write, None;
+    NetworkRemove(IdParams) = "network.remove", Write, None;
+    NetworkConnect(NetworkConnectParams) = "network.connect", Write, Some("container");
+    NetworkDisconnect(NetworkDisconnectParams) = "network.disconnect", Write, Some("container");
+    NetworkPrune(FiltersParams) = "network.prune", Write, None;
+
+    SwarmInspect(NoParams) = "swarm.inspect", Read, None;
+    ServiceList(FiltersParams) = "service.list", Read, None;
+    NodeList(FiltersParams) = "node.list", Read, None;
+}
+
+/// The catalog entry of an operation name.
+pub fn lookup(name: &str) -> Option<&'static OperationInfo> {
+    CATALOG.iter().find(|o| o.name == name)
+}
 
 impl Operation {
     /// Parses an operation name and its params (a JSON object, or null for none).
     ///
     /// Errors: `unsupported` for an unknown name, `invalid_params` for params that do not fit.
     pub fn parse(name: &str, params: &Value) -> Result<Operation, ErrorBody> {
-        if !OPERATION_NAMES.contains(&name) {
-            return Err(ErrorBody::new(
+        let unknown = || {
+            ErrorBody::new(
                 ErrorCode::Unsupported,
                 format!("unknown operation {name:?}"),
-            ));
+            )
+        };
+        if lookup(name).is_none() {
+            return Err(unknown());
         }
         let params = match params {
             Value::Null => Value::Object(Default::default()),
             Value::Object(_) => params.clone(),
             _ => return Err(ErrorBody::invalid_params("params must be a JSON object")),
         };
-        let op: Operation =
-            serde_json::from_value(serde_json::json!({ "operation": name, "params": params }))
-                .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
+        let op = Operation::from_parts(name, params)
+            .ok_or_else(unknown)?
+            .map_err(|e| ErrorBody::invalid_params(format!("{name}: {e}")))?;
         op.validate()?;
         Ok(op)
     }
 
     /// The catalog name, e.g. `container.list`.
     pub fn name(&self) -> &'static str {
-        use Operation::*;
-        match self {
-            SystemPing(_) => "system.ping",
-            SystemInfo(_) => "system.info",
-            SystemVersion(_) => "system.version",
-            SystemDf(_) => "system.df",
-            ContainerList(_) => "container.list",
-            ContainerInspect(_) => "container.inspect",
-            ContainerCreate(_) => "container.create",
-            ContainerStart(_) => "container.start",
-            ContainerStop(_) => "container.stop",
-            ContainerRestart(_) => "container.restart",
-            ContainerKill(_) => "container.kill",
-            ContainerPause(_) => "container.pause",
-            ContainerUnpause(_) => "container.unpause",
-            ContainerRemove(_) => "container.remove",
-            ContainerRename(_) => "container.rename",
-            ContainerPrune(_) => "container.prune",
-            ContainerTop(_) => "container.top",
-            ContainerLogs(_) => "container.logs",
-            ContainerStats(_) => "container.stats",
-            ContainerExec(_) => "container.exec",
-            ImageList(_) => "image.list",
-            ImageInspect(_) => "image.inspect",
-            ImagePull(_) => "image.pull",
-            ImageRemove(_) => "image.remove",
-            ImageTag(_) => "image.tag",
-            ImagePrune(_) => "image.prune",
-            VolumeList(_) => "volume.list",
-            VolumeInspect(_) => "volume.inspect",
-            VolumeCreate(_) => "volume.create",
-            VolumeRemove(_) => "volume.remove",
-            VolumePrune(_) => "volume.prune",
-            NetworkList(_) => "network.list",
-            NetworkInspect(_) => "network.inspect",
-            NetworkCreate(_) => "network.create",
-            NetworkRemove(_) => "network.remove",
-            NetworkConnect(_) => "network.connect",
-            NetworkDisconnect(_) => "network.disconnect",
-            NetworkPrune(_) => "network.prune",
-            SwarmInspect(_) => "swarm.inspect",
-            ServiceList(_) => "service.list",
-            NodeList(_) => "node.list",
-        }
+        self.info().name
     }
 
     /// The params as a JSON object.
@@ -780,7 +715,7 @@ impl Operation {
 
     /// Whether the operation only reads. Viewers may run read operations only.
     pub fn access(&self) -> Access {
-        access_of(self.name())
+        self.info().access
     }
 
     /// The agent capability the operation needs, beyond `docker`.
@@ -865,16 +800,10 @@ impl Operation {
 }
 
 /// Read or write, by operation name (also for names that fail to parse). Names that are
-/// not listed, such as `container.export`, `container.archive.get` or `image.save`, are
-/// `Write`.
+/// not in the catalog, such as `container.export`, `container.archive.get` or `image.save`,
+/// are `Write`.
 pub fn access_of(name: &str) -> Access {
-    match name {
-        "system.ping" | "system.info" | "system.version" | "system.df" | "container.list"
-        | "container.inspect" | "container.top" | "container.logs" | "container.stats"
-        | "image.list" | "image.inspect" | "volume.list" | "volume.inspect" | "network.list"
-        | "network.inspect" | "swarm.inspect" | "service.list" | "node.list" => Access::Read,
-        _ => Access::Write,
-    }
+    lookup(name).map_or(Access::Write, |o| o.access)
 }
 
 /// Checks an object reference (id, short id, name, or image reference). Refuses anything

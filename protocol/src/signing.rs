@@ -17,8 +17,9 @@
 //! (`signing_version`), and a server refuses a signing agent that does not, naming the
 //! upgrade. Version 1 (no version line, no direction) is neither produced nor accepted.
 //!
-//! Owns: the canonical form, signing and verification. The caller keeps the nonce cache
-//! (bounded) and supplies the clock and the nonce. Must not: do I/O.
+//! Owns: the canonical form, signing and verification, the key length ([`KEY_LEN`]) and the
+//! bounded nonce cache ([`NonceCache`]) both sides use. The caller keeps its caches and
+//! supplies the clock and the nonce. Must not: do I/O.
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -186,8 +187,14 @@ pub fn verify(
     Ok(())
 }
 
-/// A bounded memory of recently seen nonces, for [`verify`]'s `seen` callback. Nonces older
-/// than the timestamp window need not be kept: their messages are refused as stale anyway.
+/// The most nonces one [`NonceCache`] remembers. A well-behaved peer sends far fewer messages
+/// within twice the timestamp window; past this, the oldest are forgotten first.
+pub const MAX_NONCES: usize = 50_000;
+
+/// A bounded memory of the nonces one peer used recently, for [`verify`]'s `seen` callback:
+/// the one nonce cache of both sides (the agent keeps one for its server, the server one per
+/// agent). A nonce is kept for twice [`TIMESTAMP_WINDOW_SECS`] (an older message is refused as
+/// stale anyway) and at most [`MAX_NONCES`] are kept.
 #[derive(Debug, Default)]
 pub struct NonceCache {
     order: std::collections::VecDeque<(i64, String)>,
@@ -195,10 +202,10 @@ pub struct NonceCache {
 }
 
 impl NonceCache {
-    /// Records `nonce` seen at `now_secs`; `false` when it was already seen.
+    /// Records `nonce` seen at `now_secs` (Unix seconds); `false` when it was already seen.
     pub fn check_and_insert(&mut self, nonce: &str, now_secs: i64) -> bool {
         while let Some((t, _)) = self.order.front() {
-            if now_secs - *t > 2 * TIMESTAMP_WINDOW_SECS || self.order.len() > 100_000 {
+            if now_secs - *t > 2 * TIMESTAMP_WINDOW_SECS || self.order.len() >= MAX_NONCES {
                 if let Some((_, n)) = self.order.pop_front() {
                     self.set.remove(&n);
                 }
@@ -356,5 +363,19 @@ mod tests {
         assert!(!c.check_and_insert("a", 1));
         assert!(c.check_and_insert("b", 1000));
         assert_eq!(c.len(), 1, "old nonces are forgotten");
+    }
+
+    #[test]
+    fn the_nonce_cache_is_bounded_by_size() {
+        let mut c = NonceCache::default();
+        for i in 0..MAX_NONCES + 10 {
+            assert!(c.check_and_insert(&i.to_string(), 5));
+        }
+        assert_eq!(c.len(), MAX_NONCES);
+        assert!(!c.check_and_insert(&(MAX_NONCES + 9).to_string(), 5));
+        assert!(
+            c.check_and_insert("0", 5),
+            "the oldest were forgotten first"
+        );
     }
 }

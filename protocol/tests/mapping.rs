@@ -4,7 +4,7 @@
 mod common;
 
 use common::{recorded, response_to};
-use protocol::docker::{self, DockerRequest, Method, Plan, Step, Transport};
+use protocol::mapping::{self, DockerRequest, Method, Plan, Step, Transport};
 use protocol::{DockerResponse, ErrorBody, ErrorCode, Operation};
 use serde_json::{json, Value};
 
@@ -129,7 +129,7 @@ fn every_recorded_404_is_not_found() {
         "containers, images, networks, volumes"
     );
     for (line, r) in not_found {
-        let e = docker::error_from_response(r);
+        let e = mapping::error_from_response(r);
         assert_eq!(e.code, ErrorCode::NotFound, "{line}");
         assert!(
             e.message.contains("no-such-container-xyz"),
@@ -283,7 +283,7 @@ fn status_codes_map_to_error_codes() {
             headers: vec![],
             body: br#"{"message":"boom"}"#.to_vec(),
         };
-        let e = docker::error_from_response(&r);
+        let e = mapping::error_from_response(&r);
         assert_eq!((e.code, e.message.as_str()), (code, "boom"), "{status}");
     }
     let r = DockerResponse {
@@ -292,7 +292,7 @@ fn status_codes_map_to_error_codes() {
         body: b"plain text failure\n".to_vec(),
     };
     assert_eq!(
-        docker::error_from_response(&r).message,
+        mapping::error_from_response(&r).message,
         "plain text failure"
     );
 }
@@ -330,7 +330,7 @@ fn pull_reports_progress_and_stream_errors() {
         }
     }
     let mut updates = Vec::new();
-    let r = docker::run(
+    let r = mapping::run_blocking(
         op("image.pull", json!({"image": "busybox", "tag": "1.36"})),
         &mut Canned(body.to_vec(), 200),
         &mut |p| updates.push(p),
@@ -341,7 +341,7 @@ fn pull_reports_progress_and_stream_errors() {
     assert_eq!(updates[1]["layer"], "abc");
 
     let failing = b"{\"status\":\"Pulling\"}\n{\"errorDetail\":{\"message\":\"manifest unknown\"},\"error\":\"manifest unknown\"}\n";
-    let r = docker::run(
+    let r = mapping::run_blocking(
         op("image.pull", json!({"image": "nope"})),
         &mut Canned(failing.to_vec(), 200),
         &mut |_| {},
@@ -351,7 +351,7 @@ fn pull_reports_progress_and_stream_errors() {
 
 #[test]
 fn demux_handles_raw_tty_streams_and_truncated_frames() {
-    let (o, e) = docker::demux(b"plain tty output\r\n");
+    let (o, e) = mapping::demux(b"plain tty output\r\n");
     assert_eq!(
         (o.as_slice(), e.as_slice()),
         (&b"plain tty output\r\n"[..], &b""[..])
@@ -359,22 +359,22 @@ fn demux_handles_raw_tty_streams_and_truncated_frames() {
     let mut framed = vec![1, 0, 0, 0, 0, 0, 0, 3];
     framed.extend_from_slice(b"abc");
     framed.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 10, b'x']);
-    let (o, e) = docker::demux(&framed);
+    let (o, e) = mapping::demux(&framed);
     assert_eq!((o.as_slice(), e.as_slice()), (&b"abc"[..], &b"x"[..]));
 }
 
 #[test]
 fn api_version_negotiation_takes_the_lower() {
     assert_eq!(
-        docker::negotiate_api_version("1.41").as_deref(),
+        mapping::negotiate_api_version("1.41").as_deref(),
         Some("1.41")
     );
     assert_eq!(
-        docker::negotiate_api_version("1.99").as_deref(),
-        Some(docker::API_VERSION)
+        mapping::negotiate_api_version("1.99").as_deref(),
+        Some(mapping::API_VERSION)
     );
-    assert_eq!(docker::negotiate_api_version("1.12"), None);
-    assert_eq!(docker::negotiate_api_version("garbage"), None);
+    assert_eq!(mapping::negotiate_api_version("1.12"), None);
+    assert_eq!(mapping::negotiate_api_version("garbage"), None);
 }
 
 #[test]

@@ -155,7 +155,7 @@ fn create_params_map_to_dockers_create_body() {
     else {
         panic!()
     };
-    let body = protocol::docker::create_body(&p);
+    let body = protocol::mapping::create_body(&p);
     assert_eq!(body["Image"], "docker-ctl-test/busybox:latest");
     assert_eq!(body["Cmd"], json!(["sleep", "60"]));
     assert_eq!(body["Entrypoint"], json!(["/bin/sh"]));
@@ -318,4 +318,112 @@ fn port_and_mount_syntax() {
     let m = MountSpec::parse("data:/data").unwrap();
     assert_eq!(m.kind, MountType::Volume);
     assert!(MountSpec::parse("/a:/b:rx").is_err());
+}
+
+/// The rows of the operations table in docs/protocol.md: (names, access). A row may name
+/// several operations (`container.start` / `pause` / `unpause`): a name without a dot takes
+/// the group of the row's first name.
+fn documented_operations() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let text = std::fs::read_to_string(path).expect("read docs/protocol.md");
+    let table = text
+        .split("\n| operation | access | params | result |\n")
+        .nth(1)
+        .expect("docs/protocol.md has the operations table");
+    let mut out = Vec::new();
+    for row in table.lines().skip(1).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let access = cells[1].trim().to_string();
+        let mut group = String::new();
+        for name in cells[0].split('`').skip(1).step_by(2) {
+            let full = match name.split_once('.') {
+                Some((g, _)) => {
+                    group = g.to_string();
+                    name.to_string()
+                }
+                None => format!("{group}.{name}"),
+            };
+            out.push((full, access.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_docs_table_is_the_catalog() {
+    let documented = documented_operations();
+    assert!(!documented.is_empty());
+    let catalog: Vec<(String, String)> = CATALOG
+        .iter()
+        .map(|o| {
+            let access = match o.access {
+                Access::Read => "read",
+                Access::Write => "write",
+            };
+            (o.name.to_string(), access.to_string())
+        })
+        .collect();
+    let mut a = documented.clone();
+    let mut b = catalog.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(
+        a, b,
+        "docs/protocol.md's operations table against the catalog"
+    );
+    assert_eq!(
+        CATALOG.iter().map(|o| o.name).collect::<Vec<_>>(),
+        OPERATION_NAMES
+    );
+}
+
+#[test]
+fn the_catalog_entry_is_what_parse_and_access_see() {
+    for (name, params) in examples() {
+        let op = Operation::parse(name, &params).unwrap();
+        let info = lookup(name).unwrap();
+        assert_eq!(op.info(), info, "{name}");
+        assert_eq!(access_of(name), info.access, "{name}");
+        assert_eq!(op.access(), info.access, "{name}");
+    }
+    assert!(lookup("container.export").is_none());
+    assert_eq!(access_of("container.export"), Access::Write);
+    assert_eq!(access_of("no.such"), Access::Write);
+}
+
+/// The container param of each catalog entry is the container the operation's first
+/// Docker request names: a `/containers/{id}/...` path, or a connect/disconnect body.
+#[test]
+fn the_container_param_is_the_container_the_mapping_names() {
+    let mut named = 0;
+    for (name, params) in examples() {
+        let op = Operation::parse(name, &params).unwrap();
+        let protocol::Step::Call(req) = protocol::Plan::new(op.clone()).next(None) else {
+            panic!("{name}: no request");
+        };
+        let route = protocol::passthrough::classify(req.method.as_str(), &req.path).unwrap();
+        let in_path = route
+            .object
+            .clone()
+            .filter(|_| route.path.starts_with("/containers/"));
+        let in_body = req
+            .body
+            .as_ref()
+            .and_then(|b| b.get("Container"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let found = in_path.or(in_body);
+        match op.info().container {
+            Some(param) => {
+                named += 1;
+                assert_eq!(
+                    found.as_deref(),
+                    params.get(param).and_then(Value::as_str),
+                    "{name}: the request names the container of `{param}`"
+                );
+            }
+            None => assert_eq!(found, None, "{name} names no container"),
+        }
+    }
+    assert!(named >= 10);
 }

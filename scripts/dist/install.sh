@@ -3,6 +3,7 @@
 # Needs nothing from the network. POSIX sh, so it runs on busybox (OpenWrt) too.
 #
 #   ./install.sh [--root DIR] [--init systemd|procd|none] [--server URL] [--agent-id ID] [--token-file FILE]
+#                [--release-pub FILE]
 #
 #   --root DIR     install under DIR instead of / (for images, chroots and tests); services
 #                  are never started when DIR is not /
@@ -11,6 +12,11 @@
 #   --server, --agent-id, --token-file
 #                  write these into /etc/docker-ctl/agent.env (mode 0600) so agent.yaml's
 #                  ${AGENT_ID} and ${AGENT_AUTH_TOKEN} resolve; the URL goes into agent.yaml
+#   --release-pub FILE
+#                  the release public key (minisign format) the agent will trust for its
+#                  updates, installed as /etc/docker-ctl/release.pub; without it, the
+#                  tarball's release.pub is installed unless one is already there. When
+#                  minisign is installed, the binary's signature is checked against it first.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +25,7 @@ init=auto
 server=""
 agent_id=""
 token_file=""
+release_pub=""
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 
@@ -29,7 +36,8 @@ while [ $# -gt 0 ]; do
     --server) server=${2:?--server needs a URL}; shift 2 ;;
     --agent-id) agent_id=${2:?--agent-id needs an id}; shift 2 ;;
     --token-file) token_file=${2:?--token-file needs a file}; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --release-pub) release_pub=${2:?--release-pub needs a file}; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -57,6 +65,29 @@ root=${root%/}
 if [ "$init" = procd ]; then bindir="$root/usr/bin"; else bindir="$root/usr/local/bin"; fi
 confdir="$root/etc/docker-ctl"
 
+# 1b. The release public key: the one given, else the tarball's unless one is installed.
+is_pub() { grep -Eqx 'RW[A-Za-z0-9+/]{54}' "$1" 2>/dev/null; }
+pub_src=""
+if [ -n "$release_pub" ]; then
+  is_pub "$release_pub" || die "$release_pub is not a minisign public key"
+  pub_src=$release_pub
+elif [ -f "$confdir/release.pub" ]; then
+  echo "kept existing $confdir/release.pub (pass --release-pub FILE to replace it)"
+elif [ -f "$here/release.pub" ]; then
+  is_pub "$here/release.pub" || die "the tarball's release.pub is not a minisign public key"
+  pub_src=$here/release.pub
+fi
+trusted_pub=${pub_src:-$confdir/release.pub}
+if [ -f "$here/docker-ctl-agent.minisig" ] && [ -f "$trusted_pub" ]; then
+  if command -v minisign >/dev/null 2>&1; then
+    minisign -V -H -q -p "$trusted_pub" -m "$here/docker-ctl-agent" -x "$here/docker-ctl-agent.minisig" \
+      || die "docker-ctl-agent is not signed by the release key $trusted_pub"
+    echo "signature verified"
+  else
+    echo "minisign not found: the binary's signature is not checked here (the agent checks its updates itself)"
+  fi
+fi
+
 # 2. The binary.
 mkdir -p "$bindir" "$confdir"
 cp "$here/docker-ctl-agent" "$bindir/docker-ctl-agent.new"
@@ -76,6 +107,12 @@ else
   fi
   chmod 0600 "$confdir/agent.yaml"
   echo "wrote $confdir/agent.yaml (mode 0600)"
+fi
+if [ -n "$pub_src" ]; then
+  cp "$pub_src" "$confdir/release.pub.new"
+  chmod 0644 "$confdir/release.pub.new"
+  mv -f "$confdir/release.pub.new" "$confdir/release.pub"
+  echo "installed $confdir/release.pub (the key the agent trusts for updates)"
 fi
 if [ -n "$agent_id" ] || [ -n "$token_file" ]; then
   : >"$confdir/agent.env"

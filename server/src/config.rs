@@ -24,7 +24,7 @@ use crate::store::Role;
 #[derive(Debug, Parser)]
 #[command(
     name = "docker-ctl-server",
-    version,
+    version = protocol::VERSION,
     about = "docker-ctl control server"
 )]
 pub struct Cli {
@@ -45,6 +45,41 @@ pub enum Command {
     /// Start the server on the embedded SQLite default, create an admin token and, when
     /// /var/run/docker.sock exists, a local host with a local agent. Runs until Ctrl-C.
     Quickstart(QuickstartArgs),
+    /// Sign releases where they are built: key pairs and signatures in minisign's format.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Write a new Ed25519 key pair: DIR/release.key (secret, unencrypted, mode 0600) and
+    /// DIR/release.pub (for the agents' update.public_key).
+    Keygen(ReleaseKeygenArgs),
+    /// Sign a file with a release key: writes FILE.minisig (prehashed; `minisign -V` checks it).
+    Sign(ReleaseSignArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseKeygenArgs {
+    /// Directory for release.key and release.pub (created, mode 0700, when missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace an existing key pair.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseSignArgs {
+    /// The secret key file (release.key, or an unencrypted minisign key).
+    #[arg(long, env = "DOCKER_CTL_RELEASE_KEY", value_name = "KEY")]
+    pub key: PathBuf,
+    /// The file to sign.
+    #[arg(long, value_name = "F")]
+    pub file: PathBuf,
+    /// The signed comment [default: "timestamp:<now>\tfile:<name>\thashed", as minisign]
+    #[arg(long, value_name = "TEXT")]
+    pub trusted_comment: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,7 @@ pub mod labels;
 pub mod leases;
 pub mod metrics;
 pub mod quickstart;
+pub mod releases;
 pub mod reply;
 pub mod rollouts;
 pub mod stacks;

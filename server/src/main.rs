@@ -1,8 +1,9 @@
-//! `docker-ctl-server`: `serve`, `token create`, `quickstart`.
+//! `docker-ctl-server`: `serve`, `token create`, `audit verify`, `quickstart`,
+//! `release keygen|sign`.
 
 use anyhow::Context;
 use clap::Parser;
-use server::config::{AuditCommand, Cli, Command, Config, LogFormat, TokenCommand};
+use server::config::{AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand};
 use server::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -108,7 +109,29 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             init_logging(args.common.log_format.unwrap_or_default());
             server::quickstart::run(args, shutdown_signal()).await
         }
+        Command::Release(cmd) => release_command(cmd),
     }
+}
+
+/// `release keygen` and `release sign`: files only, no database, no logging.
+fn release_command(cmd: ReleaseCommand) -> anyhow::Result<()> {
+    use server::releases;
+    match cmd {
+        ReleaseCommand::Keygen(args) => {
+            let (key, key_path, pub_path) = releases::write_key_pair(&args.out, args.force)?;
+            println!("key id {}", key.key_id());
+            println!("secret key: {} (keep it offline)", key_path.display());
+            println!("public key: {}", pub_path.display());
+            println!("{}", key.public_key().to_base64());
+        }
+        ReleaseCommand::Sign(args) => {
+            let key = releases::SecretKey::read(&args.key)?;
+            let (path, _) = releases::sign_file(&key, &args.file, args.trusted_comment.as_deref())
+                .with_context(|| format!("signing {}", args.file.display()))?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {

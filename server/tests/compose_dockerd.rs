@@ -9,7 +9,7 @@
 //! external network. Fails (never skips) when dockerd or the test image is missing. Uses only
 //! the local image and removes everything it created, also on failure.
 
-use protocol::docker::{DockerRequest, DockerResponse, Transport};
+use protocol::mapping::{DockerRequest, DockerResponse, Transport};
 use protocol::ops::{
     ContainerListParams, ContainerRemoveParams, Filters, FiltersParams, IdParams, ImageListParams,
     NetworkCreateParams, Operation, VolumeRemoveParams,
@@ -38,7 +38,7 @@ impl Transport for Sock {
         req: &DockerRequest,
         _on_line: &mut dyn FnMut(&[u8]),
     ) -> Result<DockerResponse, ErrorBody> {
-        let mut s = UnixStream::connect(SOCKET).map_err(protocol::docker::unreachable)?;
+        let mut s = UnixStream::connect(SOCKET).map_err(protocol::mapping::unreachable)?;
         s.set_read_timeout(Some(Duration::from_secs(60))).ok();
         let body = req.body_bytes().unwrap_or_default();
         let head = format!(
@@ -49,14 +49,14 @@ impl Transport for Sock {
         );
         s.write_all(head.as_bytes())
             .and_then(|_| s.write_all(&body))
-            .map_err(protocol::docker::unreachable)?;
+            .map_err(protocol::mapping::unreachable)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)
-            .map_err(protocol::docker::unreachable)?;
+            .map_err(protocol::mapping::unreachable)?;
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| protocol::docker::unreachable("no HTTP head"))?;
+            .ok_or_else(|| protocol::mapping::unreachable("no HTTP head"))?;
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let status = head
             .split_whitespace()
@@ -72,7 +72,7 @@ impl Transport for Sock {
 }
 
 fn run(op: Operation) -> Result<Value, ErrorBody> {
-    protocol::docker::run(op, &mut Sock, &mut |_| {})
+    protocol::mapping::run_blocking(op, &mut Sock, &mut |_| {})
 }
 
 fn must(op: Operation) -> Value {

@@ -447,7 +447,7 @@ async fn signed_agent_traffic_and_rejections() {
     assert_eq!(g["signing"], true);
     assert!(!g.to_string().contains(&key), "the key is shown once");
     let signer = Signer::from_hex(&key).unwrap();
-    let nonces = server::agents::signing::NonceCache::default();
+    let nonces = server::agents::signing::AgentNonces::default();
     let srv = spawn(&st).await;
 
     // Unsigned auth is refused.

@@ -1,14 +1,15 @@
-//! The link to the server: dialing `{server.url}/ws/agents/{agent_id}` over TCP (+ TLS),
-//! the WebSocket session, and the reconnect policy.
+//! The link to the server: dialing `{server.url}/ws/agents/{agent_id}` over TCP (+ TLS)
+//! here, the WebSocket session ([`session`]), and the reconnect policy ([`reconnect`]).
 //!
 //! Owns: transport streams, handshakes, timeouts on the socket. Must not: run Docker
 //! requests on the session thread (commands go to the worker pool).
 
+pub mod reconnect;
 pub mod session;
 pub mod tls;
 
-use crate::config::Config;
-use crate::Stats;
+use crate::config::{Config, ServerUrl};
+use crate::stats::Stats;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustls::pki_types::ServerName;
@@ -20,79 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::WebSocket;
-
-/// A parsed `ws://` or `wss://` server URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerUrl {
-    pub tls: bool,
-    /// Host name or IP (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash (may be empty).
-    pub base: String,
-}
-
-impl ServerUrl {
-    pub fn parse(url: &str) -> Result<ServerUrl, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("ws://") {
-            (false, r)
-        } else {
-            return Err("the scheme must be wss:// or ws://".into());
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.contains('@') || path.contains('?') || path.contains('#') {
-            return Err("user info, query and fragment are not allowed".into());
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
-                None if after.is_empty() => default_port,
-                None => return Err("junk after the IPv6 host".into()),
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| format!("bad port {p:?}"))?,
-                ),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err("the host is missing".into());
-        }
-        Ok(ServerUrl {
-            tls,
-            host,
-            port,
-            base: path.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// `ws(s)://host:port/base/ws/agents/{agent_id}`.
-    pub fn agent_url(&self, agent_id: &str) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!(
-            "{}://{host}:{}{}/ws/agents/{}",
-            if self.tls { "wss" } else { "ws" },
-            self.port,
-            self.base,
-            protocol::docker::percent_encode(agent_id)
-        )
-    }
-}
 
 /// The TCP socket under the WebSocket. After [`Stream::set_nonblocking`], reads return
 /// `WouldBlock` at once (the session reads only after `poll` said the socket is readable,
@@ -297,35 +225,4 @@ pub fn dial(
             },
         )?;
     Ok(ws)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = ServerUrl::parse("wss://control-platform.com").unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port, u.base.as_str()),
-            (true, "control-platform.com", 443, "")
-        );
-        assert_eq!(
-            u.agent_url("agent-prod-01"),
-            "wss://control-platform.com:443/ws/agents/agent-prod-01"
-        );
-        let u = ServerUrl::parse("ws://127.0.0.1:8080/base/").unwrap();
-        assert_eq!(u.agent_url("a"), "ws://127.0.0.1:8080/base/ws/agents/a");
-        let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
-        assert_eq!(u.agent_url("a"), "wss://[::1]:9443/ws/agents/a");
-        for bad in [
-            "http://x",
-            "wss://",
-            "wss://h:port",
-            "wss://u@h",
-            "wss://h/?q",
-        ] {
-            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! One WebSocket session: `auth`, then a single-threaded loop that reads server messages,
 //! sends what workers and the event follower queued, heartbeats and pings, and notices a
-//! dead link. Also the reconnect loop around sessions.
+//! dead link. The reconnect loop around sessions is [`super::reconnect`].
 //!
 //! The loop sleeps in `poll` on the socket and the agent's [`Waker`](crate::waker::Waker)
 //! until the server sent something, something was queued for the server, or the next
@@ -9,17 +9,20 @@
 //! Owns: message handling and timing on the link. Must not: block on Docker (commands go
 //! to the pool, health comes from the snapshot the health thread keeps fresh).
 
-use super::{dial, ServerUrl, Stream};
+use super::Stream;
+use crate::agent::Agent;
 use crate::ops::{self, pool::Pool};
-use crate::passthrough::{Hub, Item, Out};
-use crate::{Agent, Shutdown};
+use crate::passthrough::{self, Hub, Item, Out};
+use crate::shutdown::Shutdown;
+use crate::signing::seal;
+use protocol::signing::SignatureError;
 use protocol::{
-    AgentSettings, AuthPayload, AuthStatus, DecodeError, DisconnectPayload, Envelope, ErrorBody,
-    ErrorCode, ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+    AgentSettings, AuthPayload, AuthResponsePayload, AuthStatus, DecodeError, DisconnectPayload,
+    Envelope, ErrorBody, ErrorCode, ErrorPayload, HeartbeatPayload, Message, MAX_MESSAGE_SIZE,
+    PROTOCOL_VERSION,
 };
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustls::ClientConfig;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,72 +59,6 @@ pub enum Outcome {
     },
 }
 
-/// Runs sessions until shutdown, reconnecting per `reconnection.*` (the seed's
-/// ReconnectionStrategy). Returns an error when reconnecting is disabled or exhausted.
-pub fn run_sessions(
-    agent: &Arc<Agent>,
-    tls: Option<&Arc<ClientConfig>>,
-    pool: &Pool,
-    shutdown: &Shutdown,
-) -> Result<(), crate::Error> {
-    let rc = &agent.config.reconnection;
-    let url = ServerUrl::parse(&agent.config.server.url).map_err(crate::Error::Setup)?;
-    let mut attempt: u32 = 0;
-    loop {
-        if shutdown.is_set() {
-            return Ok(());
-        }
-        let target = url.agent_url(&agent.config.agent.id);
-        log::info!("connecting to {target}");
-        let wait = match dial(&agent.config, &url, tls, agent.stats.clone()) {
-            Err(e) => {
-                log::warn!("cannot connect to {target}: {e}");
-                None
-            }
-            Ok(ws) => match Session::new(agent, ws, pool, shutdown).run() {
-                Outcome::Shutdown => return Ok(()),
-                Outcome::Rejected(why) => {
-                    log::error!(
-                        "the server rejected this agent's credentials: {why}. Check agent.id and agent.auth_token; retrying in {:?}",
-                        rc.max()
-                    );
-                    Some(rc.max())
-                }
-                Outcome::Lost {
-                    reason,
-                    authenticated,
-                    lasted,
-                } => {
-                    log::warn!("connection to the server lost after {lasted:.1?}: {reason}");
-                    if authenticated && lasted.as_secs_f64() >= rc.stable_after {
-                        attempt = 0;
-                    }
-                    None
-                }
-            },
-        };
-        if !rc.enabled {
-            return Err(crate::Error::GaveUp(
-                "the connection ended and reconnection.enabled is false".into(),
-            ));
-        }
-        if rc.max_attempts >= 0 && i64::from(attempt) >= rc.max_attempts {
-            return Err(crate::Error::GaveUp(format!(
-                "gave up after {attempt} reconnection attempts (reconnection.max_attempts)"
-            )));
-        }
-        let delay = wait.unwrap_or_else(|| rc.delay_for(attempt, crate::random_unit()));
-        attempt = attempt.saturating_add(1);
-        log::info!(
-            "reconnecting in {:.1}s (attempt {attempt})",
-            delay.as_secs_f64()
-        );
-        if shutdown.wait(delay) {
-            return Ok(());
-        }
-    }
-}
-
 /// A read or write that may simply be retried: timed out, or interrupted by a signal.
 fn is_timeout(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io)
@@ -132,7 +69,7 @@ fn is_interrupted(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::Interrupted)
 }
 
-struct Session<'a> {
+pub(super) struct Session<'a> {
     agent: &'a Arc<Agent>,
     ws: WebSocket<Stream>,
     pool: &'a Pool,
@@ -162,7 +99,7 @@ enum Read {
 }
 
 impl<'a> Session<'a> {
-    fn new(
+    pub(super) fn new(
         agent: &'a Arc<Agent>,
         ws: WebSocket<Stream>,
         pool: &'a Pool,
@@ -184,45 +121,7 @@ impl<'a> Session<'a> {
 
     /// Signs an encoded envelope when signing is on (see `protocol::signing`).
     fn seal(&self, text: String) -> String {
-        match &self.agent.signing {
-            Some(key) => {
-                let nonce = self.agent.next_nonce();
-                match protocol::signing::sign(
-                    key.expose(),
-                    protocol::signing::Direction::AgentToServer,
-                    &text,
-                    &nonce,
-                ) {
-                    Ok(signed) => signed,
-                    Err(e) => {
-                        // Our own envelopes always encode as objects; send it unsigned
-                        // (the server refuses it) rather than lose it silently.
-                        log::error!("cannot sign an outgoing message: {e}");
-                        text
-                    }
-                }
-            }
-            None => text,
-        }
-    }
-
-    /// Verifies a received JSON message when signing is on.
-    fn verify(&self, bytes: &[u8]) -> Result<(), protocol::signing::SignatureError> {
-        let Some(key) = &self.agent.signing else {
-            return Ok(());
-        };
-        let now = crate::state::now_secs() as i64;
-        let mut nonces = match self.agent.nonces.lock() {
-            Ok(n) => n,
-            Err(p) => p.into_inner(),
-        };
-        protocol::signing::verify(
-            key.expose(),
-            protocol::signing::Direction::ServerToAgent,
-            bytes,
-            now,
-            &mut |n| nonces.check_and_insert(n, now),
-        )
+        seal(self.agent.signer.as_ref(), text)
     }
 
     fn lost(&self, reason: impl Into<String>) -> Outcome {
@@ -247,11 +146,12 @@ impl<'a> Session<'a> {
     }
 
     fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.agent.settings.heartbeat.load(Ordering::Relaxed).max(1))
+        Duration::from_secs(self.agent.settings.heartbeat_secs())
     }
 
-    fn run(mut self) -> Outcome {
-        let outcome = match self.run_inner() {
+    /// Holds the session until it ends.
+    pub(super) fn serve(mut self) -> Outcome {
+        let outcome = match self.serve_turns() {
             Ok(o) | Err(o) => o,
         };
         // Streams live and die with the session: their daemon connections close now.
@@ -353,7 +253,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn run_inner(&mut self) -> Result<Outcome, Outcome> {
+    fn serve_turns(&mut self) -> Result<Outcome, Outcome> {
         let hb = self.heartbeat_interval();
         let stream = self.ws.get_mut();
         let setup = stream
@@ -455,7 +355,7 @@ impl<'a> Session<'a> {
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: self
                     .agent
-                    .signing
+                    .signer
                     .as_ref()
                     .map(|_| protocol::signing::SIGNING_VERSION),
                 labels: self.agent.config.agent.labels.clone(),
@@ -472,119 +372,120 @@ impl<'a> Session<'a> {
 
     fn on_frame(&mut self, msg: tungstenite::Message) -> Result<Next, Outcome> {
         use tungstenite::Message as M;
-        let bytes: Vec<u8> = match msg {
-            M::Text(t) => t.as_bytes().to_vec(),
+        match msg {
+            M::Text(t) => self.on_text(t.as_bytes()),
             M::Binary(b) => {
-                match protocol::decode_data_frame(&b) {
-                    Ok((id, data)) if self.authenticated => self.hub.on_data(id, data),
-                    Ok(_) => {
-                        let body = ErrorBody::new(
-                            ErrorCode::Unauthorized,
-                            "stream data before auth_response",
-                        );
-                        self.send(self.error_envelope(body, None))?;
-                    }
-                    Err(e) => {
-                        log::warn!("bad binary frame from the server ({} bytes): {e}", b.len());
-                        self.send(self.error_envelope(e.to_error_body(), None))?;
-                    }
-                }
-                return Ok(Next::Continue);
+                self.on_binary(&b)?;
+                Ok(Next::Continue)
             }
             M::Close(frame) => {
                 let why = frame
                     .map(|f| format!("{} {}", f.code, f.reason))
                     .unwrap_or_default();
-                return Ok(Next::End(
+                Ok(Next::End(
                     self.lost(format!("the server closed the connection {why}")),
-                ));
+                ))
             }
             // tungstenite answers pings itself; pongs only refresh last_rx.
-            M::Ping(_) | M::Pong(_) | M::Frame(_) => return Ok(Next::Continue),
-        };
-        if let Err(e) = self.verify(&bytes) {
-            self.bad_signatures += 1;
-            let ref_id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|x| x.as_str()).map(str::to_owned))
-                .filter(|s| s.len() <= 256);
-            log::warn!(
-                "refused a message from the server ({} bytes, id {}): {e} ({} in a row)",
-                bytes.len(),
-                ref_id.as_deref().unwrap_or("-"),
-                self.bad_signatures
-            );
-            // protocol::signing: the message could not be authenticated.
-            let body = ErrorBody::new(
-                ErrorCode::Unauthorized,
-                format!("message refused, not executed: {e}"),
-            );
-            self.send(self.error_envelope(body, ref_id))?;
-            if self.bad_signatures >= MAX_BAD_SIGNATURES {
-                return Ok(Next::End(self.lost(format!(
-                    "{} messages in a row failed signature verification",
-                    self.bad_signatures
-                ))));
+            M::Ping(_) | M::Pong(_) | M::Frame(_) => Ok(Next::Continue),
+        }
+    }
+
+    /// A binary data frame of a passthrough stream.
+    fn on_binary(&mut self, b: &[u8]) -> Result<(), Outcome> {
+        match protocol::decode_data_frame(b) {
+            Ok((id, data)) if self.authenticated => self.hub.on_data(id, data),
+            Ok(_) => {
+                let body =
+                    ErrorBody::new(ErrorCode::Unauthorized, "stream data before auth_response");
+                self.send(self.error_envelope(body, None))?;
             }
-            return Ok(Next::Continue);
+            Err(e) => {
+                log::warn!("bad binary frame from the server ({} bytes): {e}", b.len());
+                self.send(self.error_envelope(e.to_error_body(), None))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A JSON message: verified when signing is on, decoded, then handled.
+    fn on_text(&mut self, bytes: &[u8]) -> Result<Next, Outcome> {
+        let verified = match &self.agent.signer {
+            Some(signer) => signer.verify(bytes),
+            None => Ok(()),
+        };
+        if let Err(e) = verified {
+            return self.on_bad_signature(bytes, e);
         }
         self.bad_signatures = 0;
-        let env = match Envelope::decode(&bytes) {
-            Ok(env) => env,
+        match Envelope::decode(bytes) {
+            Ok(env) => self.on_message(env),
             Err(e) => {
-                let ref_id = ref_id_of(&bytes, &e);
+                let ref_id = ref_id_of(bytes, &e);
                 log::warn!("bad message from the server ({} bytes): {e}", bytes.len());
                 self.send(self.error_envelope(e.to_error_body(), ref_id))?;
-                return Ok(Next::Continue);
+                Ok(Next::Continue)
             }
-        };
+        }
+    }
+
+    /// A message that failed verification: refused, not executed; the link is dropped
+    /// after [`MAX_BAD_SIGNATURES`] in a row.
+    fn on_bad_signature(&mut self, bytes: &[u8], e: SignatureError) -> Result<Next, Outcome> {
+        self.bad_signatures += 1;
+        let ref_id = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|x| x.as_str()).map(str::to_owned))
+            .filter(|s| s.len() <= 256);
+        log::warn!(
+            "refused a message from the server ({} bytes, id {}): {e} ({} in a row)",
+            bytes.len(),
+            ref_id.as_deref().unwrap_or("-"),
+            self.bad_signatures
+        );
+        // protocol::signing: the message could not be authenticated.
+        let body = ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!("message refused, not executed: {e}"),
+        );
+        self.send(self.error_envelope(body, ref_id))?;
+        if self.bad_signatures >= MAX_BAD_SIGNATURES {
+            return Ok(Next::End(self.lost(format!(
+                "{} messages in a row failed signature verification",
+                self.bad_signatures
+            ))));
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Before `auth_response`, a message that needs it is answered with `unauthorized`:
+    /// true when `what` was refused.
+    fn refused_before_auth(&mut self, what: &str, id: &str) -> Result<bool, Outcome> {
+        if self.authenticated {
+            return Ok(false);
+        }
+        let body = ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!("{what} before auth_response"),
+        );
+        self.send(self.error_envelope(body, Some(id.to_string())))?;
+        Ok(true)
+    }
+
+    /// A decoded message of the server.
+    fn on_message(&mut self, env: Envelope) -> Result<Next, Outcome> {
         match env.message {
-            Message::AuthResponse(r) => {
-                if self.authenticated {
-                    log::warn!("ignoring a second auth_response");
-                    return Ok(Next::Continue);
-                }
-                match r.status {
-                    AuthStatus::Authenticated => {
-                        self.authenticated = true;
-                        if let Some(cfg) = &r.config {
-                            self.apply(cfg);
-                        }
-                        log::info!(
-                            "authenticated (session {}, protocol {})",
-                            r.session_id.as_deref().unwrap_or("-"),
-                            r.protocol_version.unwrap_or(1)
-                        );
-                    }
-                    AuthStatus::Rejected => {
-                        let why = r
-                            .error
-                            .map(|e| e.to_string())
-                            .unwrap_or_else(|| "no reason given".into());
-                        return Ok(Next::End(Outcome::Rejected(why)));
-                    }
-                }
-            }
+            Message::AuthResponse(r) => return Ok(self.on_auth_response(r)),
             Message::Command(cmd) => {
-                if !self.authenticated {
-                    let body =
-                        ErrorBody::new(ErrorCode::Unauthorized, "command before auth_response");
-                    self.send(self.error_envelope(body, Some(env.id)))?;
-                    return Ok(Next::Continue);
+                if !self.refused_before_auth("command", &env.id)? {
+                    ops::dispatch(self.agent, self.pool, env.id, cmd);
                 }
-                ops::dispatch(self.agent, self.pool, env.id, cmd);
             }
-            Message::ConfigUpdate(u) => {
-                self.apply(&u.config);
-            }
+            Message::ConfigUpdate(u) => self.apply(&u.config),
             Message::StreamOpen(open) => {
-                if !self.authenticated {
-                    let body =
-                        ErrorBody::new(ErrorCode::Unauthorized, "stream_open before auth_response");
-                    self.send(self.error_envelope(body, Some(env.id)))?;
-                    return Ok(Next::Continue);
+                if !self.refused_before_auth("stream_open", &env.id)? {
+                    passthrough::open(&self.hub, open);
                 }
-                self.hub.on_open(open);
             }
             Message::StreamEnd(e) => self.hub.on_end(e.stream_id, e.error),
             Message::StreamCancel(c) => self.hub.on_cancel(c.stream_id, c.reason.as_deref()),
@@ -613,6 +514,34 @@ impl<'a> Session<'a> {
             }
         }
         Ok(Next::Continue)
+    }
+
+    fn on_auth_response(&mut self, r: AuthResponsePayload) -> Next {
+        if self.authenticated {
+            log::warn!("ignoring a second auth_response");
+            return Next::Continue;
+        }
+        match r.status {
+            AuthStatus::Authenticated => {
+                self.authenticated = true;
+                if let Some(cfg) = &r.config {
+                    self.apply(cfg);
+                }
+                log::info!(
+                    "authenticated (session {}, protocol {})",
+                    r.session_id.as_deref().unwrap_or("-"),
+                    r.protocol_version.unwrap_or(1)
+                );
+                Next::Continue
+            }
+            AuthStatus::Rejected => {
+                let why = r
+                    .error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "no reason given".into());
+                Next::End(Outcome::Rejected(why))
+            }
+        }
     }
 
     fn apply(&mut self, s: &AgentSettings) {
@@ -683,7 +612,7 @@ impl<'a> Session<'a> {
             docker_version: snap.docker_version,
             containers_running: snap.containers_running,
             containers_total: snap.containers_total,
-            agent_uptime_secs: Some(self.agent.started.elapsed().as_secs()),
+            agent_uptime_secs: Some(self.agent.stats.started.elapsed().as_secs()),
             bytes_sent: Some(stats.bytes_sent.load(Ordering::Relaxed)),
             bytes_received: Some(stats.bytes_received.load(Ordering::Relaxed)),
             events_dropped: Some(self.agent.events.dropped()),

@@ -3,9 +3,8 @@
 //!
 //! Owns: building the one `rustls::ClientConfig` the agent uses. Must not: log key material.
 
-use crate::config::ServerConfig;
-use crate::Error;
-use base64::Engine as _;
+use crate::config::{Pin, ServerConfig, ServerUrl};
+use crate::error::Error;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
@@ -15,25 +14,28 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Parses a pin given as 64 hex digits (colons allowed) or base64 of 32 bytes.
-pub fn parse_pin(s: &str) -> Option<[u8; 32]> {
-    let s = s
-        .trim()
-        .trim_start_matches("sha256/")
-        .trim_start_matches("sha256:");
-    let hexed: String = s.chars().filter(|c| *c != ':').collect();
-    if let Ok(b) = hex::decode(&hexed) {
-        return b.try_into().ok();
+/// The TLS config of the link to `url`: `None` for `ws://`. Warns loudly about settings
+/// that weaken the link.
+pub fn for_link(
+    cfg: &ServerConfig,
+    url: &ServerUrl,
+    pin: Option<Pin>,
+) -> Result<Option<Arc<ClientConfig>>, Error> {
+    if !cfg.verify_ssl {
+        log::warn!(
+            "!!! server.verify_ssl is false: the server's certificate is NOT verified and anyone on the path can impersonate it{} !!!",
+            if pin.is_some() { " (a pin is set, which still protects the link)" } else { "" }
+        );
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .ok()?
-        .try_into()
-        .ok()
+    if !url.tls {
+        log::warn!("server.url uses ws:// without TLS: the token and all traffic are readable on the network; use wss:// outside development");
+        return Ok(None);
+    }
+    client_config(cfg, pin).map(Some)
 }
 
-/// Builds the client TLS config from `server.*`.
-pub fn client_config(cfg: &ServerConfig) -> Result<Arc<ClientConfig>, Error> {
+/// Builds the client TLS config from `server.*` and the parsed pin.
+pub fn client_config(cfg: &ServerConfig, pin: Option<Pin>) -> Result<Arc<ClientConfig>, Error> {
     let tls = |m: String| Error::Tls(m);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algs = provider.signature_verification_algorithms;
@@ -58,12 +60,8 @@ pub fn client_config(cfg: &ServerConfig) -> Result<Arc<ClientConfig>, Error> {
     } else {
         Arc::new(AcceptAnyCert { algs })
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match &cfg.pin_sha256 {
-        Some(pin) => {
-            let pin = parse_pin(pin)
-                .ok_or_else(|| tls("server.pin_sha256 is not a SHA-256 in hex or base64".into()))?;
-            Arc::new(Pinned { inner, pin })
-        }
+    let verifier: Arc<dyn ServerCertVerifier> = match pin {
+        Some(Pin(pin)) => Arc::new(Pinned { inner, pin }),
         None => inner,
     };
     let builder = ClientConfig::builder_with_provider(provider)
@@ -256,31 +254,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pins_parse_in_hex_and_base64() {
-        let hexpin = "ab".repeat(32);
-        assert_eq!(parse_pin(&hexpin), Some([0xab; 32]));
-        let colons: Vec<String> = (0..32).map(|_| "AB".to_string()).collect();
-        assert_eq!(parse_pin(&colons.join(":")), Some([0xab; 32]));
-        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert_eq!(parse_pin(&format!("sha256/{b64}")), Some([7; 32]));
-        assert_eq!(parse_pin("nope"), None);
-        assert_eq!(parse_pin(&"ab".repeat(31)), None);
-    }
-
-    #[test]
     fn default_config_builds_with_webpki_roots() {
-        client_config(&ServerConfig::default()).unwrap();
+        client_config(&ServerConfig::default(), None).unwrap();
         let insecure = ServerConfig {
             verify_ssl: false,
-            pin_sha256: Some("00".repeat(32)),
             ..Default::default()
         };
-        client_config(&insecure).unwrap();
+        client_config(&insecure, Some(Pin([0; 32]))).unwrap();
         let missing = ServerConfig {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         };
-        assert!(client_config(&missing)
+        assert!(client_config(&missing, None)
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/ca.pem"));

@@ -4,9 +4,9 @@
 //! `since` after a break without duplicates, and the bounded buffer with its drop counter.
 //! Must not: write to the WebSocket (the session drains the buffer while the link is up).
 
-use crate::docker::{http::LineSplitter, Closer, DockerClient};
+use crate::daemon::{http::LineSplitter, Closer, DockerClient};
+use crate::shutdown::Shutdown;
 use crate::waker::Waker;
-use crate::Shutdown;
 use protocol::EventPayload;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
@@ -184,6 +184,37 @@ fn now_nano() -> i64 {
         .unwrap_or(0)
 }
 
+/// The running events follower.
+pub struct Follower {
+    closer: Arc<Mutex<Option<Closer>>>,
+}
+
+impl Follower {
+    /// Breaks the follower's blocked read (after shutdown was triggered, it then returns).
+    pub fn stop(&self) {
+        if let Ok(slot) = self.closer.lock() {
+            if let Some(c) = slot.as_ref() {
+                c.close();
+            }
+        }
+    }
+}
+
+/// Starts the thread that follows `/events` into `buffer` until shutdown.
+pub fn spawn_follower(
+    daemon: DockerClient,
+    buffer: Arc<EventBuffer>,
+    shutdown: Shutdown,
+) -> std::io::Result<Follower> {
+    let closer: Arc<Mutex<Option<Closer>>> = Arc::default();
+    let c = closer.clone();
+    std::thread::Builder::new()
+        .name("events".into())
+        .stack_size(256 * 1024)
+        .spawn(move || follow(daemon, buffer, c, shutdown))?;
+    Ok(Follower { closer })
+}
+
 /// Follows `/events` until shutdown. `closer` lets the owner break a blocked read.
 pub fn follow(
     docker: DockerClient,
@@ -192,7 +223,7 @@ pub fn follow(
     shutdown: Shutdown,
 ) {
     let filters = serde_json::json!({ "type": KINDS }).to_string();
-    let filters = protocol::docker::percent_encode(&filters);
+    let filters = protocol::mapping::percent_encode(&filters);
     let mut cursor = Cursor::default();
     let mut delay = Duration::from_secs(1);
     while !shutdown.is_set() {

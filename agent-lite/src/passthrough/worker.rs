@@ -6,11 +6,12 @@
 //!
 //! Owns: HTTP framing towards the daemon for one stream. Must not: touch the WebSocket.
 
-use super::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
-use crate::docker::http::{Framing, HttpError, ResponseReader};
-use crate::docker::Conn;
+use super::hub::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
+use crate::daemon::http::{Framing, HttpError, ResponseReader};
+use crate::daemon::Conn;
 use crate::policy::query;
 use crate::policy::request::{admit, filter_answer, AgentDaemon, Answer, Body};
+use crate::policy::scope::Scope;
 use crate::policy::status_of;
 use protocol::passthrough::{is_hop_by_hop, Route, Shape};
 use protocol::{ErrorBody, ErrorCode, StreamOpenPayload, STREAM_CHUNK};
@@ -34,7 +35,13 @@ enum BodyMode {
 const FILTER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Runs the stream to its end, then closes the daemon connection and forgets the stream.
-pub(super) fn run(hub: Arc<Hub>, ctl: Arc<Ctl>, open: StreamOpenPayload, route: Route, rx: UpRx) {
+pub(super) fn stream_thread(
+    hub: Arc<Hub>,
+    ctl: Arc<Ctl>,
+    open: StreamOpenPayload,
+    route: Route,
+    rx: UpRx,
+) {
     let id = ctl.id;
     if let Err(e) = serve(&hub, &ctl, &open, &route, rx) {
         if !ctl.is_cancelled() {
@@ -116,7 +123,7 @@ fn serve(
     } = prepared;
     let mut rx = Some(rx);
 
-    let conn = agent.docker.connect_raw().map_err(ErrorBody::from)?;
+    let conn = agent.daemon.connect_raw().map_err(ErrorBody::from)?;
     if !ctl.set_conn(conn.try_clone().map_err(unreachable)?) {
         return Ok(());
     }
@@ -192,10 +199,10 @@ fn relay(
         let r = reader.read_body(framing, FILTER_LIMIT, &mut |d| buf.extend_from_slice(d));
         if r.is_ok() {
             let daemon = AgentDaemon {
-                docker: &agent.docker,
+                client: &agent.daemon,
                 deadline,
             };
-            let scope = agent.config.policy.scope(&daemon);
+            let scope = Scope::new(&agent.config.policy, &daemon);
             ok = hub.send_data(ctl, &filter_answer(&scope, answer, &buf)?);
         }
         r
@@ -268,15 +275,15 @@ fn prepare(
         Some((p, q)) => (p, Some(q)),
         None => (open.path.as_str(), None),
     };
-    let deadline = Some(Instant::now() + agent.docker.timeout().min(Duration::from_secs(30)));
+    let deadline = Some(Instant::now() + agent.daemon.timeout().min(Duration::from_secs(30)));
     let daemon = AgentDaemon {
-        docker: &agent.docker,
+        client: &agent.daemon,
         deadline,
     };
     let admitted = query::parse(query)
         .map_err(ErrorBody::invalid_params)
         .and_then(|q| {
-            let scope = agent.config.policy.scope(&daemon);
+            let scope = Scope::new(&agent.config.policy, &daemon);
             admit(&scope, route, q, &open.headers, body.as_deref())
         });
     let adm = match admitted {

@@ -161,14 +161,6 @@ impl Policy {
             || !self.container_labels.is_empty()
     }
 
-    /// This policy with a daemon to ask.
-    pub fn scope<'a>(&'a self, daemon: &'a dyn scope::Daemon) -> scope::Scope<'a> {
-        scope::Scope {
-            policy: self,
-            daemon,
-        }
-    }
-
     /// Whether a container's labels (`Config.Labels` of an inspect) carry ours.
     pub fn labels_match(&self, labels: Option<&Value>) -> bool {
         self.container_labels.iter().all(|(k, v)| {

@@ -97,8 +97,8 @@ pub fn encode(pairs: &Pairs) -> String {
         .map(|(k, v)| {
             format!(
                 "{}={}",
-                protocol::docker::percent_encode(k),
-                protocol::docker::percent_encode(v)
+                protocol::mapping::percent_encode(k),
+                protocol::mapping::percent_encode(v)
             )
         })
         .collect::<Vec<_>>()

@@ -13,7 +13,7 @@ use super::gojson;
 use super::query::{self, Pairs};
 use super::scope::{Daemon, Scope};
 use super::{forbidden, schema};
-use protocol::docker::{DockerRequest, DockerResponse, Transport};
+use protocol::mapping::{DockerRequest, DockerResponse, Transport};
 use protocol::passthrough::{classify, Route};
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -351,13 +351,13 @@ pub fn filter_answer(scope: &Scope, answer: Answer, bytes: &[u8]) -> Result<Vec<
 /// The agent's daemon for the policy: versioned GETs on the Docker client, within the
 /// request's deadline.
 pub struct AgentDaemon<'a> {
-    pub docker: &'a crate::docker::DockerClient,
+    pub client: &'a crate::daemon::DockerClient,
     pub deadline: Option<std::time::Instant>,
 }
 
 impl Daemon for AgentDaemon<'_> {
     fn get(&self, path: &str) -> Result<Value, ErrorBody> {
-        self.docker.get_json(path, self.deadline)
+        self.client.get_json(path, self.deadline)
     }
 }
 
@@ -491,7 +491,13 @@ mod tests {
         let route = classify(method, path).unwrap();
         let q = query::parse(Some(query)).map_err(ErrorBody::invalid_params)?;
         let headers = [("Content-Type".to_string(), "application/json".to_string())];
-        admit(&p.scope(&d), &route, q, &headers, body.map(str::as_bytes))
+        admit(
+            &Scope::new(p, &d),
+            &route,
+            q,
+            &headers,
+            body.map(str::as_bytes),
+        )
     }
 
     fn refused(r: Result<Outgoing, ErrorBody>, rule: &str) {
@@ -791,7 +797,7 @@ mod tests {
         )];
         refused(
             admit(
-                &p.scope(&d),
+                &Scope::new(&p, &d),
                 &route,
                 Pairs::new(),
                 &headers,
@@ -831,7 +837,7 @@ mod tests {
     fn answers_are_filtered_to_the_scope() {
         let p = strict();
         let d = daemon();
-        let s = p.scope(&d);
+        let s = Scope::new(&p, &d);
         let df = json!({"Containers": [{"Id": "1", "Labels": {"team": "a"}}, {"Id": "2", "Labels": {}}]});
         let out = filter_answer(&s, Answer::Df, df.to_string().as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
@@ -840,11 +846,11 @@ mod tests {
         canned.0.insert(
             format!(
                 "/containers/json?all=1&filters={}",
-                protocol::docker::percent_encode(r#"{"label":["team=a"]}"#)
+                protocol::mapping::percent_encode(r#"{"label":["team=a"]}"#)
             ),
             json!([{"Id": ID_IN}]),
         );
-        let s = p.scope(&canned);
+        let s = Scope::new(&p, &canned);
         let net = json!({"Containers": {ID_IN: {"Name": "web"}, ID_OUT: {"Name": "victim"}}});
         let out = filter_answer(&s, Answer::Networks, net.to_string().as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();

@@ -11,7 +11,7 @@
 
 use super::create::{self, Obj, Origin, Ref, RefKind};
 use super::{forbidden, Policy};
-use protocol::docker::percent_encode;
+use protocol::mapping::percent_encode;
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
 
@@ -35,6 +35,13 @@ fn id_of(v: &Value) -> Result<String, ErrorBody> {
         .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
         .map(str::to_string)
         .ok_or_else(|| ErrorBody::new(ErrorCode::DockerError, "the daemon's inspect has no Id"))
+}
+
+impl<'a> Scope<'a> {
+    /// `policy` with a daemon to ask.
+    pub fn new(policy: &'a Policy, daemon: &'a dyn Daemon) -> Scope<'a> {
+        Scope { policy, daemon }
+    }
 }
 
 impl Scope<'_> {

@@ -1,7 +1,7 @@
 //! Real-daemon helpers: a client, running one operation, unique names, cleanup on drop.
 #![allow(dead_code)]
 
-use agent_lite::docker::{DockerClient, Endpoint};
+use agent_lite::daemon::{DockerClient, Endpoint};
 use protocol::ErrorBody;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ pub fn client() -> DockerClient {
 pub fn op(c: &DockerClient, name: &str, params: Value) -> Result<Value, ErrorBody> {
     let parsed = protocol::Operation::parse(name, &params)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    protocol::docker::run(parsed, &mut c.transport(Some(deadline)), &mut |_| {})
+    protocol::mapping::run_blocking(parsed, &mut c.transport(Some(deadline)), &mut |_| {})
 }
 
 pub fn unique(prefix: &str) -> String {

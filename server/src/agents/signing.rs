@@ -13,19 +13,13 @@
 //! Owns: the per-agent signer and the nonce cache. Must not: hold a key in clear longer than a
 //! session, or decide whether an agent signs (its row says so).
 
+use protocol::signing::{NonceCache, KEY_LEN};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 pub use protocol::signing::{canonical_json, Direction, SIGNING_VERSION, TIMESTAMP_WINDOW_SECS};
-
-/// The length of a signing key in bytes (shown to the operator as 64 hex characters).
-pub const KEY_LEN: usize = 32;
-
-/// The accepted distance between a message's timestamp and the receiver's clock.
-pub const WINDOW: Duration = Duration::from_secs(TIMESTAMP_WINDOW_SECS as u64);
 
 fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
@@ -107,7 +101,7 @@ impl Signer {
     /// Checks a message the agent sent: signature (constant time, for the agent-to-server
     /// direction), timestamp window, then nonce freshness (recorded in `nonces` under
     /// `agent`).
-    pub fn verify(&self, raw: &[u8], nonces: &NonceCache, agent: &str) -> Result<(), SigError> {
+    pub fn verify(&self, raw: &[u8], nonces: &AgentNonces, agent: &str) -> Result<(), SigError> {
         self.verify_from(Direction::AgentToServer, raw, nonces, agent)
     }
 
@@ -116,12 +110,13 @@ impl Signer {
         &self,
         direction: Direction,
         raw: &[u8],
-        nonces: &NonceCache,
+        nonces: &AgentNonces,
         agent: &str,
     ) -> Result<(), SigError> {
         use protocol::signing::SignatureError as E;
-        protocol::signing::verify(&self.key, direction, raw, now_secs(), &mut |n| {
-            nonces.insert(agent, n, WINDOW)
+        let now = now_secs();
+        protocol::signing::verify(&self.key, direction, raw, now, &mut |n| {
+            nonces.check_and_insert(agent, n, now)
         })
         .map_err(|e| match e {
             E::Malformed | E::Missing | E::BadKey => SigError::Missing,
@@ -132,41 +127,21 @@ impl Signer {
     }
 }
 
-/// Nonces seen per agent within the window: bounded in time (twice the window) and size.
+/// The nonces each agent used recently: one [`protocol::signing::NonceCache`] per agent
+/// (bounded in time and size there), kept across sessions so a message cannot be replayed on
+/// a new connection within the window.
 #[derive(Debug, Default)]
-pub struct NonceCache {
-    map: Mutex<HashMap<String, AgentNonces>>,
+pub struct AgentNonces {
+    map: Mutex<HashMap<String, NonceCache>>,
 }
 
-#[derive(Debug, Default)]
-struct AgentNonces {
-    seen: HashSet<String>,
-    order: VecDeque<(String, Instant)>,
-}
-
-/// The most nonces remembered per agent (the message rate limit keeps a well-behaved agent
-/// far below this within a window).
-pub const MAX_NONCES_PER_AGENT: usize = 50_000;
-
-impl NonceCache {
-    /// Records `nonce` for `agent`. Returns false when it was already seen.
-    pub fn insert(&self, agent: &str, nonce: &str, window: Duration) -> bool {
+impl AgentNonces {
+    /// Records `nonce` of `agent` seen at `now_secs`. Returns false when it was already seen.
+    pub fn check_and_insert(&self, agent: &str, nonce: &str, now_secs: i64) -> bool {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let e = map.entry(agent.to_string()).or_default();
-        let keep = window * 2;
-        while let Some((n, at)) = e.order.front() {
-            if at.elapsed() > keep || e.order.len() >= MAX_NONCES_PER_AGENT {
-                e.seen.remove(n);
-                e.order.pop_front();
-            } else {
-                break;
-            }
-        }
-        if !e.seen.insert(nonce.to_string()) {
-            return false;
-        }
-        e.order.push_back((nonce.to_string(), Instant::now()));
-        true
+        map.entry(agent.to_string())
+            .or_default()
+            .check_and_insert(nonce, now_secs)
     }
 }
 
@@ -178,7 +153,7 @@ mod tests {
     #[test]
     fn sign_then_verify_and_tamper() {
         let s = Signer::from_hex(&generate_key_hex()).unwrap();
-        let nonces = NonceCache::default();
+        let nonces = AgentNonces::default();
         let env = json!({"id": "1", "type": "heartbeat", "timestamp": protocol::time::now_rfc3339(),
             "payload": {"docker_reachable": true}});
         let signed = s.sign_text_as(Direction::AgentToServer, &env.to_string());

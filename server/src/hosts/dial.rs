@@ -11,7 +11,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use protocol::docker::unreachable;
+use protocol::mapping::unreachable;
 use protocol::ErrorBody;
 use rustls::pki_types::ServerName;
 use std::io;
@@ -21,47 +21,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Where a direct host's daemon listens, parsed from `docker_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(String),
-    Tcp(String),
-    Https(String),
-}
-
-impl Endpoint {
-    /// Parses `unix:///path`, `tcp://host:port` (or `http://`), `https://host:port`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let authority = |rest: &str| -> Result<String, String> {
-            let a = rest.trim_end_matches('/');
-            if a.is_empty() || a.contains('/') || a.contains('@') || a.contains('?') {
-                return Err(format!(
-                    "invalid docker_url {url:?}: expected scheme://host:port"
-                ));
-            }
-            Ok(a.to_string())
-        };
-        if let Some(path) = url.strip_prefix("unix://") {
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "invalid docker_url {url:?}: unix:// needs an absolute path"
-                ));
-            }
-            Ok(Endpoint::Unix(path.to_string()))
-        } else if let Some(rest) = url
-            .strip_prefix("tcp://")
-            .or_else(|| url.strip_prefix("http://"))
-        {
-            Ok(Endpoint::Tcp(authority(rest)?))
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            Ok(Endpoint::Https(authority(rest)?))
-        } else {
-            Err(format!(
-                "invalid docker_url {url:?}: use unix://, tcp:// or https://"
-            ))
-        }
-    }
-}
+/// Where a direct host's daemon listens, parsed from `docker_url` by the one endpoint parser.
+pub use protocol::endpoint::Endpoint;
 
 /// TLS material of an https host (the key already decrypted).
 pub struct TlsMaterial {
@@ -92,13 +53,16 @@ where
                 path.clone(),
                 Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector),
             ),
-            Endpoint::Tcp(auth) => {
+            Endpoint::Tcp(hp) => {
                 let mut c = HttpConnector::new();
                 c.set_nodelay(true);
                 c.set_connect_timeout(Some(Duration::from_secs(10)));
-                Transport::Tcp(auth.clone(), Client::builder(TokioExecutor::new()).build(c))
+                Transport::Tcp(
+                    hp.authority(),
+                    Client::builder(TokioExecutor::new()).build(c),
+                )
             }
-            Endpoint::Https(auth) => {
+            Endpoint::Https(hp) => {
                 let (config, server_name) =
                     tls.ok_or_else(|| ErrorBody::internal("https without TLS settings"))?;
                 let connector = TlsConnector {
@@ -106,7 +70,7 @@ where
                     server_name: server_name.clone(),
                 };
                 Transport::Https(
-                    auth.clone(),
+                    hp.authority(),
                     Client::builder(TokioExecutor::new()).build(connector),
                 )
             }
@@ -256,29 +220,5 @@ impl tower::Service<hyper::Uri> for TlsConnector {
                 .await?;
             Ok(TlsIo(TokioIo::new(tls)))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_docker_urls() {
-        assert_eq!(
-            Endpoint::parse("unix:///var/run/docker.sock"),
-            Ok(Endpoint::Unix("/var/run/docker.sock".into()))
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://127.0.0.1:2375"),
-            Ok(Endpoint::Tcp("127.0.0.1:2375".into()))
-        );
-        assert_eq!(
-            Endpoint::parse("https://docker.example:2376/"),
-            Ok(Endpoint::Https("docker.example:2376".into()))
-        );
-        assert!(Endpoint::parse("ftp://x").is_err());
-        assert!(Endpoint::parse("unix://relative").is_err());
-        assert!(Endpoint::parse("tcp://a:1/path").is_err());
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use protocol::docker::{
+use protocol::mapping::{
     negotiate_api_version, unreachable, DockerRequest, DockerResponse, Plan, Step,
 };
 use protocol::{ErrorBody, ErrorCode, Operation};
@@ -74,14 +74,9 @@ impl DirectHostAdapter {
     pub fn new(url: &str, tls: TlsMaterial, stream_timeout: Duration) -> Result<Self, ErrorBody> {
         let endpoint = Endpoint::parse(url).map_err(ErrorBody::invalid_params)?;
         let tls_settings = match &endpoint {
-            Endpoint::Https(auth) => {
+            Endpoint::Https(hp) => {
                 let config = client_tls_config(&tls).map_err(ErrorBody::invalid_params)?;
-                let default_name = auth.rsplit_once(':').map(|(h, _)| h).unwrap_or(auth);
-                let default_name = default_name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let name = tls.server_name.clone().unwrap_or(default_name);
+                let name = tls.server_name.clone().unwrap_or_else(|| hp.host.clone());
                 let server_name = ServerName::try_from(name.clone()).map_err(|_| {
                     ErrorBody::invalid_params(format!("invalid TLS server name {name:?}"))
                 })?;
@@ -143,7 +138,7 @@ impl DirectHostAdapter {
         self.api_version
             .get_or_try_init(|| async {
                 let ping = DockerRequest {
-                    method: protocol::docker::Method::Get,
+                    method: protocol::mapping::Method::Get,
                     path: "/_ping".into(),
                     query: Vec::new(),
                     body: None,
@@ -170,7 +165,7 @@ impl DirectHostAdapter {
                         ErrorCode::Unsupported,
                         format!(
                             "the daemon's API version {daemon:?} is older than {}",
-                            protocol::docker::MIN_API_VERSION
+                            protocol::mapping::MIN_API_VERSION
                         ),
                     )
                 })

@@ -12,7 +12,7 @@
 //! and the queue need to know comes from [`HostAdapter::route`].
 //!
 //! Both adapters end in the protocol crate's one operation mapping (the agent runs it on its
-//! side; the direct adapter drives `protocol::docker::Plan` here). [`Adapters`] picks the
+//! side; the direct adapter drives `protocol::mapping::Plan` here). [`Adapters`] picks the
 //! adapter from the host's current row, so a PATCH of `connection_mode` takes effect on the
 //! next request.
 //!

@@ -769,7 +769,7 @@ fn a_fresh_host_gets_everything_in_order() {
     };
     assert_eq!(params.name.as_deref(), Some("app-db-1"));
     assert_eq!(
-        protocol::docker::create_body(params),
+        protocol::mapping::create_body(params),
         plan.service("db").unwrap().body()
     );
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use super::sampling::FailureSampler;
 use super::session::{NewSession, Session};
-use super::signing::{NonceCache, Signer};
+use super::signing::{AgentNonces, Signer};
 use super::{effective_settings, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, MAX_AGENT_ID_LEN};
@@ -74,7 +74,7 @@ pub struct Ctx {
     auth_limiter: FailureLimiter,
     /// Which failed handshakes are written down.
     failure_sampler: FailureSampler,
-    nonces: NonceCache,
+    nonces: AgentNonces,
 }
 
 impl std::ops::Deref for AgentEndpoint {
@@ -106,7 +106,7 @@ impl AgentEndpoint {
         AgentEndpoint(Arc::new(Ctx {
             auth_limiter: FailureLimiter::new(config.auth_failures_per_minute),
             failure_sampler: FailureSampler::default(),
-            nonces: NonceCache::default(),
+            nonces: AgentNonces::default(),
             agents,
             config,
             store,

@@ -1,21 +1,21 @@
-//! The blocking Docker Engine API client: HTTP/1.1 over the daemon's unix socket (or
-//! `tcp://host:port`), one connection per request.
+//! The agent's client of the Docker daemon: HTTP/1.1 over the daemon's unix socket (or
+//! `tcp://host:port`), blocking, with kept-alive connections for reads.
 //!
-//! Owns: endpoints, API version negotiation (`/_ping`, then `/version`), timeouts and
-//! deadlines, and mapping transport failures to the protocol's error codes. Implements
-//! [`protocol::docker::Transport`] so `protocol::docker::run` executes catalog operations.
-//! Must not: decide which Docker requests an operation makes (that is `protocol::docker`).
+//! Owns: connecting to the endpoint (parsed by `protocol::endpoint`), API version
+//! negotiation (`/_ping`, then `/version`), timeouts and deadlines, and mapping transport
+//! failures to the protocol's error codes. Implements [`protocol::mapping::Transport`] so
+//! `protocol::mapping::run_blocking` executes catalog operations.
+//! Must not: decide which Docker requests an operation makes (that is `protocol::mapping`).
 
 pub mod http;
 
 use http::{Framing, Head, HttpError, LineSplitter, ResponseReader};
-use protocol::docker::{DockerRequest, DockerResponse, Method, Transport};
+use protocol::mapping::{DockerRequest, DockerResponse, Method, Transport};
 use protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,55 +26,15 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The agent's User-Agent towards the daemon.
 const USER_AGENT: &str = concat!("docker-ctl-agent/", env!("CARGO_PKG_VERSION"));
 
-/// Where the daemon listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    /// `host:port`.
-    Tcp(String),
-}
+/// Where the daemon listens: the one parser's result (`protocol::endpoint`). The agent dials
+/// `unix://` and `tcp://`; config validation refuses `https://`.
+pub use protocol::endpoint::Endpoint;
 
-impl Endpoint {
-    /// Parses `unix:///path`, `tcp://host:port`, or a bare absolute socket path.
-    pub fn parse(s: &str) -> Result<Endpoint, String> {
-        if let Some(p) = s.strip_prefix("unix://") {
-            if !p.starts_with('/') {
-                return Err(format!("docker socket {s:?}: unix:// needs an absolute path, e.g. unix:///var/run/docker.sock"));
-            }
-            Ok(Endpoint::Unix(PathBuf::from(p)))
-        } else if let Some(hp) = s.strip_prefix("tcp://") {
-            let hp = hp.trim_end_matches('/');
-            match hp.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() && !hp.contains('/') => {
-                    Ok(Endpoint::Tcp(hp.to_string()))
-                }
-                _ => Err(format!(
-                    "docker socket {s:?}: tcp:// needs host:port, e.g. tcp://127.0.0.1:2375"
-                )),
-            }
-        } else if s.starts_with('/') {
-            Ok(Endpoint::Unix(PathBuf::from(s)))
-        } else {
-            Err(format!(
-                "docker socket {s:?}: use unix:///path or tcp://host:port"
-            ))
-        }
-    }
-
-    fn host_header(&self) -> &str {
-        match self {
-            Endpoint::Unix(_) => "api.moby.localhost",
-            Endpoint::Tcp(hp) => hp,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
-            Endpoint::Tcp(hp) => write!(f, "tcp://{hp}"),
-        }
+/// The `Host` header towards the daemon.
+fn host_header(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Unix(_) => "api.moby.localhost".to_string(),
+        Endpoint::Tcp(hp) | Endpoint::Https(hp) => hp.authority(),
     }
 }
 
@@ -255,6 +215,7 @@ impl Closer {
 #[derive(Debug, Clone)]
 pub struct DockerClient {
     endpoint: Arc<Endpoint>,
+    host_header: Arc<str>,
     timeout: Duration,
     api_version: Arc<Mutex<Option<String>>>,
     /// Kept-alive connections of finished GET and HEAD requests, for the next one: a new
@@ -269,6 +230,7 @@ impl DockerClient {
     /// `timeout` bounds connecting and each read or write.
     pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
         DockerClient {
+            host_header: host_header(&endpoint).into(),
             endpoint: Arc::new(endpoint),
             timeout,
             api_version: Arc::new(Mutex::new(None)),
@@ -327,8 +289,11 @@ impl DockerClient {
             Endpoint::Unix(path) => {
                 Conn::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(e))?)
             }
+            Endpoint::Https(_) => {
+                return Err(self.unreachable("the agent does not speak TLS to the daemon"))
+            }
             Endpoint::Tcp(hp) => {
-                let addrs: Vec<_> = hp
+                let addrs: Vec<_> = (hp.host.as_str(), hp.port)
                     .to_socket_addrs()
                     .map_err(|e| self.unreachable(e))?
                     .collect();
@@ -397,7 +362,7 @@ impl DockerClient {
     ) -> Result<(Head, ResponseReader<Deadlined>)> {
         let mut req = format!(
             "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{}",
-            self.endpoint.host_header(),
+            self.host_header,
             if keep_alive {
                 ""
             } else {
@@ -509,15 +474,15 @@ impl DockerClient {
                     .to_string()
             }
         };
-        let v = protocol::docker::negotiate_api_version(&daemon).ok_or_else(|| {
+        let v = protocol::mapping::negotiate_api_version(&daemon).ok_or_else(|| {
             Error::Version(format!(
                 "the daemon's API version {daemon:?} is not supported (need at least {})",
-                protocol::docker::MIN_API_VERSION
+                protocol::mapping::MIN_API_VERSION
             ))
         })?;
         log::debug!(
             "docker API version {v} (daemon {daemon}, ours {})",
-            protocol::docker::API_VERSION
+            protocol::mapping::API_VERSION
         );
         if let Ok(mut g) = self.api_version.lock() {
             *g = Some(v.clone());
@@ -549,7 +514,7 @@ impl DockerClient {
             &mut |_| {},
         )?;
         if !(200..300).contains(&r.status) {
-            return Err(protocol::docker::error_from_response(&r));
+            return Err(protocol::mapping::error_from_response(&r));
         }
         serde_json::from_slice(&r.body).map_err(|e| {
             ErrorBody::new(
@@ -569,7 +534,7 @@ impl DockerClient {
         if !(200..300).contains(&head.status) {
             let mut body = Vec::new();
             let _ = reader.read_body(framing, 64 * 1024, &mut |d| body.extend_from_slice(d));
-            return Err(protocol::docker::error_from_response(&DockerResponse {
+            return Err(protocol::mapping::error_from_response(&DockerResponse {
                 status: head.status,
                 headers: head.headers,
                 body,

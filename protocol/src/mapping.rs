@@ -103,8 +103,20 @@ impl DockerRequest {
         }
     }
 
+    fn q_opt(self, k: &str, v: Option<impl ToString>) -> Self {
+        match v {
+            Some(v) => self.q(k, v.to_string()),
+            None => self,
+        }
+    }
+
     fn body(mut self, v: Value) -> Self {
         self.body = Some(v);
+        self
+    }
+
+    fn progress(mut self) -> Self {
+        self.progress = true;
         self
     }
 
@@ -216,7 +228,7 @@ pub trait Transport {
 
 /// Runs an operation to completion over a blocking transport. `progress` receives
 /// `image.pull` progress updates.
-pub fn run(
+pub fn run_blocking(
     op: Operation,
     transport: &mut dyn Transport,
     progress: &mut dyn FnMut(Value),
@@ -382,132 +394,64 @@ impl Plan {
         }
     }
 
+    /// The first request of each operation: a table of one entry per operation.
     fn first_request(&self) -> DockerRequest {
         use DockerRequest as R;
         use Method::*;
         use Operation::*;
+        let c = |id: &str, tail: &str| format!("/containers/{}{tail}", path_id(id));
         match &self.op {
             SystemPing(_) => R::new(Get, "/_ping"),
             SystemInfo(_) => R::new(Get, "/info"),
             SystemVersion(_) => R::new(Get, "/version"),
             SystemDf(_) => R::new(Get, "/system/df"),
 
-            ContainerList(p) => {
-                let r = R::new(Get, "/containers/json")
-                    .q_bool("all", p.all)
-                    .q_bool("size", p.size);
-                let r = match p.limit {
-                    Some(l) => r.q("limit", l.to_string()),
-                    None => r,
-                };
-                r.q_filters(&p.filters)
-            }
-            ContainerInspect(p) => R::new(Get, format!("/containers/{}/json", path_id(&p.id))),
-            ContainerCreate(p) => {
-                let r = R::new(Post, "/containers/create");
-                let r = match &p.name {
-                    Some(n) => r.q("name", n.clone()),
-                    None => r,
-                };
-                r.body(create_body(p))
-            }
-            ContainerStart(p) => R::new(Post, format!("/containers/{}/start", path_id(&p.id))),
-            ContainerStop(p) => {
-                let r = R::new(Post, format!("/containers/{}/stop", path_id(&p.id)));
-                match p.t {
-                    Some(t) => r.q("t", t.to_string()),
-                    None => r,
-                }
-            }
-            ContainerRestart(p) => {
-                let r = R::new(Post, format!("/containers/{}/restart", path_id(&p.id)));
-                match p.t {
-                    Some(t) => r.q("t", t.to_string()),
-                    None => r,
-                }
-            }
-            ContainerKill(p) => {
-                let r = R::new(Post, format!("/containers/{}/kill", path_id(&p.id)));
-                match &p.signal {
-                    Some(s) => r.q("signal", s.clone()),
-                    None => r,
-                }
-            }
-            ContainerPause(p) => R::new(Post, format!("/containers/{}/pause", path_id(&p.id))),
-            ContainerUnpause(p) => R::new(Post, format!("/containers/{}/unpause", path_id(&p.id))),
-            ContainerRemove(p) => R::new(Delete, format!("/containers/{}", path_id(&p.id)))
+            ContainerList(p) => R::new(Get, "/containers/json")
+                .q_bool("all", p.all)
+                .q_bool("size", p.size)
+                .q_opt("limit", p.limit)
+                .q_filters(&p.filters),
+            ContainerInspect(p) => R::new(Get, c(&p.id, "/json")),
+            ContainerCreate(p) => R::new(Post, "/containers/create")
+                .q_opt("name", p.name.as_ref())
+                .body(create_body(p)),
+            ContainerStart(p) => R::new(Post, c(&p.id, "/start")),
+            ContainerStop(p) => R::new(Post, c(&p.id, "/stop")).q_opt("t", p.t),
+            ContainerRestart(p) => R::new(Post, c(&p.id, "/restart")).q_opt("t", p.t),
+            ContainerKill(p) => R::new(Post, c(&p.id, "/kill")).q_opt("signal", p.signal.as_ref()),
+            ContainerPause(p) => R::new(Post, c(&p.id, "/pause")),
+            ContainerUnpause(p) => R::new(Post, c(&p.id, "/unpause")),
+            ContainerRemove(p) => R::new(Delete, c(&p.id, ""))
                 .q_bool("force", p.force)
                 .q_bool("v", p.v),
-            ContainerRename(p) => R::new(Post, format!("/containers/{}/rename", path_id(&p.id)))
-                .q("name", p.name.clone()),
+            ContainerRename(p) => R::new(Post, c(&p.id, "/rename")).q("name", p.name.clone()),
             ContainerPrune(p) => R::new(Post, "/containers/prune").q_filters(&p.filters),
-            ContainerTop(p) => {
-                let r = R::new(Get, format!("/containers/{}/top", path_id(&p.id)));
-                match &p.ps_args {
-                    Some(a) => r.q("ps_args", a.clone()),
-                    None => r,
-                }
-            }
+            ContainerTop(p) => R::new(Get, c(&p.id, "/top")).q_opt("ps_args", p.ps_args.as_ref()),
             // Logs and exec first inspect the container: logs need to know whether it has a TTY.
-            ContainerLogs(p) => R::new(Get, format!("/containers/{}/json", path_id(&p.id))),
-            ContainerStats(p) => {
-                R::new(Get, format!("/containers/{}/stats", path_id(&p.id))).q("stream", "0")
-            }
-            ContainerExec(p) => {
-                let mut body = json!({
-                    "AttachStdin": false, "AttachStdout": true, "AttachStderr": true, "Tty": false,
-                    "Cmd": p.cmd.0, "Privileged": p.privileged,
-                });
-                if !p.env.0.is_empty() {
-                    body["Env"] = json!(p.env.0);
-                }
-                if let Some(w) = &p.workdir {
-                    body["WorkingDir"] = json!(w);
-                }
-                if let Some(u) = &p.user {
-                    body["User"] = json!(u);
-                }
-                R::new(Post, format!("/containers/{}/exec", path_id(&p.id))).body(body)
-            }
+            ContainerLogs(p) => R::new(Get, c(&p.id, "/json")),
+            ContainerStats(p) => R::new(Get, c(&p.id, "/stats")).q("stream", "0"),
+            ContainerExec(p) => R::new(Post, c(&p.id, "/exec")).body(exec_body(p)),
 
             ImageList(p) => R::new(Get, "/images/json")
                 .q_bool("all", p.all)
                 .q_filters(&p.filters),
             ImageInspect(p) => R::new(Get, format!("/images/{}/json", path_id(&p.id))),
-            ImagePull(p) => {
-                let r = R::new(Post, "/images/create").q("fromImage", p.image.clone());
-                let r = match &p.tag {
-                    Some(t) => r.q("tag", t.clone()),
-                    None => r,
-                };
-                let mut r = match &p.platform {
-                    Some(pl) => r.q("platform", pl.clone()),
-                    None => r,
-                };
-                r.progress = true;
-                r
-            }
+            ImagePull(p) => R::new(Post, "/images/create")
+                .q("fromImage", p.image.clone())
+                .q_opt("tag", p.tag.as_ref())
+                .q_opt("platform", p.platform.as_ref())
+                .progress(),
             ImageRemove(p) => R::new(Delete, format!("/images/{}", path_id(&p.id)))
                 .q_bool("force", p.force)
                 .q_bool("noprune", p.noprune),
-            ImageTag(p) => {
-                let r = R::new(Post, format!("/images/{}/tag", path_id(&p.id)))
-                    .q("repo", p.repo.clone());
-                match &p.tag {
-                    Some(t) => r.q("tag", t.clone()),
-                    None => r,
-                }
-            }
+            ImageTag(p) => R::new(Post, format!("/images/{}/tag", path_id(&p.id)))
+                .q("repo", p.repo.clone())
+                .q_opt("tag", p.tag.as_ref()),
             ImagePrune(p) => R::new(Post, "/images/prune").q_filters(&p.filters),
 
             VolumeList(p) => R::new(Get, "/volumes").q_filters(&p.filters),
             VolumeInspect(p) => R::new(Get, format!("/volumes/{}", path_id(&p.id))),
-            VolumeCreate(p) => R::new(Post, "/volumes/create").body(json!({
-                "Name": p.name.clone().unwrap_or_default(),
-                "Driver": p.driver.clone().unwrap_or_else(|| "local".into()),
-                "DriverOpts": p.driver_opts,
-                "Labels": p.labels,
-            })),
+            VolumeCreate(p) => R::new(Post, "/volumes/create").body(volume_body(p)),
             VolumeRemove(p) => {
                 R::new(Delete, format!("/volumes/{}", path_id(&p.id))).q_bool("force", p.force)
             }
@@ -515,25 +459,10 @@ impl Plan {
 
             NetworkList(p) => R::new(Get, "/networks").q_filters(&p.filters),
             NetworkInspect(p) => R::new(Get, format!("/networks/{}", path_id(&p.id))),
-            NetworkCreate(p) => {
-                let mut body = json!({
-                    "Name": p.name, "CheckDuplicate": true,
-                    "Driver": p.driver.clone().unwrap_or_else(|| "bridge".into()),
-                    "Internal": p.internal, "Attachable": p.attachable,
-                    "Labels": p.labels, "Options": p.options,
-                });
-                if let Some(extra) = &p.docker {
-                    merge(&mut body, extra);
-                }
-                R::new(Post, "/networks/create").body(body)
-            }
+            NetworkCreate(p) => R::new(Post, "/networks/create").body(network_body(p)),
             NetworkRemove(p) => R::new(Delete, format!("/networks/{}", path_id(&p.id))),
             NetworkConnect(p) => {
-                let mut body = json!({ "Container": p.container });
-                if !p.aliases.is_empty() {
-                    body["EndpointConfig"] = json!({ "Aliases": p.aliases });
-                }
-                R::new(Post, format!("/networks/{}/connect", path_id(&p.id))).body(body)
+                R::new(Post, format!("/networks/{}/connect", path_id(&p.id))).body(connect_body(p))
             }
             NetworkDisconnect(p) => {
                 R::new(Post, format!("/networks/{}/disconnect", path_id(&p.id)))
@@ -548,150 +477,251 @@ impl Plan {
     }
 
     fn on_answer(&mut self, stage: u8, resp: DockerResponse) -> Step {
-        use Operation::*;
         // 304 Not Modified: start on a running container, stop on a stopped one. The state
         // asked for already holds, so it is a success with `changed: false`.
         let not_modified = resp.status == 304;
         if !resp.is_success() && !not_modified {
             return Step::Done(Err(error_from_response(&resp)));
         }
-        let done = |r: Result<Value, ErrorBody>| Step::Done(r);
         match (&self.op, stage) {
-            (SystemPing(_), _) => done(Ok(json!({
-                "ok": true,
-                "api_version": resp.header("api-version"),
-                "os_type": resp.header("ostype"),
-            }))),
-            (ContainerList(_), _) => done(resp.json().map(|v| map_list(v, container_summary))),
-            (ContainerInspect(_), _) => done(resp.json().map(container_inspect)),
-            (ContainerCreate(_), _) => done(resp.json().map(|v| {
-                json!({ "id": v.get("Id"), "warnings": v.get("Warnings").cloned().unwrap_or(json!([])) })
-            })),
-            (ContainerStart(p), _) | (ContainerPause(p), _) | (ContainerUnpause(p), _) => {
-                done(Ok(json!({ "id": p.id, "changed": !not_modified })))
-            }
-            (ContainerStop(p), _) | (ContainerRestart(p), _) => done(Ok(json!({ "id": p.id, "changed": !not_modified }))),
-            (ContainerKill(p), _) => done(Ok(json!({ "id": p.id, "signal": p.signal.as_deref().unwrap_or("SIGKILL") }))),
-            (ContainerRemove(p), _) => done(Ok(json!({ "id": p.id, "removed": true }))),
-            (ContainerRename(p), _) => done(Ok(json!({ "id": p.id, "name": p.name }))),
-            (ContainerPrune(_), _) => done(resp.json().map(|v| {
-                json!({
-                    "deleted": v.get("ContainersDeleted").cloned().filter(|x| !x.is_null()).unwrap_or(json!([])),
-                    "space_reclaimed": v.get("SpaceReclaimed").cloned().unwrap_or(json!(0)),
-                })
-            })),
-            (ContainerTop(_), _) => done(resp.json().map(|v| {
-                let titles = v.get("Titles").cloned().unwrap_or(json!([]));
-                let procs = v.get("Processes").cloned().unwrap_or(json!([]));
-                json!({ "titles": titles, "processes": procs })
-            })),
-            (ContainerLogs(p), 1) => {
-                let tty = match resp.json() {
-                    Ok(v) => v.pointer("/Config/Tty").and_then(Value::as_bool).unwrap_or(false),
-                    Err(e) => return done(Err(e)),
-                };
-                self.memo = json!({ "tty": tty });
-                let mut r = DockerRequest::new(Method::Get, format!("/containers/{}/logs", path_id(&p.id)))
-                    .q_bool("stdout", p.stdout)
-                    .q_bool("stderr", p.stderr)
-                    .q_bool("timestamps", p.timestamps);
-                if let Some(t) = &p.tail {
-                    r = r.q("tail", t.0.clone());
+            (Operation::ContainerLogs(p), 1) => match logs_request(p, &resp) {
+                Ok((tty, req)) => {
+                    self.memo = json!({ "tty": tty });
+                    Step::Call(req)
                 }
-                if let Some(s) = &p.since {
-                    r = r.q("since", s.0.clone());
+                Err(e) => Step::Done(Err(e)),
+            },
+            (Operation::ContainerLogs(_), _) => {
+                let tty = self.memo.get("tty").and_then(Value::as_bool) == Some(true);
+                Step::Done(Ok(logs_result(tty, resp.body)))
+            }
+            (Operation::ContainerExec(_), 1) => match exec_id(&resp) {
+                Ok(id) => {
+                    let start = format!("/exec/{}/start", percent_encode(&id));
+                    self.memo = json!({ "exec_id": id });
+                    Step::Call(
+                        DockerRequest::new(Method::Post, start)
+                            .body(json!({ "Detach": false, "Tty": false })),
+                    )
                 }
-                if let Some(u) = &p.until {
-                    r = r.q("until", u.0.clone());
-                }
-                Step::Call(r)
+                Err(e) => Step::Done(Err(e)),
+            },
+            (Operation::ContainerExec(_), 2) => {
+                let id = self.memo["exec_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                self.memo = exec_output(&id, &resp.body);
+                let inspect = format!("/exec/{}/json", percent_encode(&id));
+                Step::Call(DockerRequest::new(Method::Get, inspect))
             }
-            (ContainerLogs(_), _) => {
-                let tty = self.memo.get("tty").and_then(Value::as_bool).unwrap_or(false);
-                let (out, err) = if tty { (resp.body, Vec::new()) } else { demux(&resp.body) };
-                let (stdout, t1) = keep_tail(out, MAX_OUTPUT_BYTES);
-                let (stderr, t2) = keep_tail(err, MAX_OUTPUT_BYTES);
-                done(Ok(json!({ "stdout": stdout, "stderr": stderr, "tty": tty, "truncated": t1 || t2 })))
-            }
-            (ContainerStats(_), _) => done(resp.json().map(stats_summary)),
-            (ContainerExec(_), 1) => {
-                let exec_id = match resp.json() {
-                    Ok(v) => match v.get("Id").and_then(Value::as_str) {
-                        Some(id) => id.to_string(),
-                        None => return done(Err(ErrorBody::new(ErrorCode::DockerError, "exec create gave no Id"))),
-                    },
-                    Err(e) => return done(Err(e)),
-                };
-                self.memo = json!({ "exec_id": exec_id });
-                Step::Call(
-                    DockerRequest::new(Method::Post, format!("/exec/{}/start", percent_encode(&exec_id)))
-                        .body(json!({ "Detach": false, "Tty": false })),
-                )
-            }
-            (ContainerExec(_), 2) => {
-                let (out, err) = demux(&resp.body);
-                let (stdout, t1) = keep_tail(out, MAX_OUTPUT_BYTES);
-                let (stderr, t2) = keep_tail(err, MAX_OUTPUT_BYTES);
-                let exec_id = self.memo.get("exec_id").and_then(Value::as_str).unwrap_or_default().to_string();
-                self.memo = json!({ "exec_id": exec_id, "stdout": stdout, "stderr": stderr, "truncated": t1 || t2 });
-                Step::Call(DockerRequest::new(Method::Get, format!("/exec/{}/json", percent_encode(&exec_id))))
-            }
-            (ContainerExec(_), _) => done(resp.json().map(|v| {
+            (Operation::ContainerExec(_), _) => Step::Done(resp.json().map(|v| {
                 let mut m = std::mem::take(&mut self.memo);
                 m["exit_code"] = v.get("ExitCode").cloned().unwrap_or(Value::Null);
                 m
             })),
-
-            (ImageList(_), _) => done(resp.json().map(|v| map_list(v, image_summary))),
-            (ImageInspect(_), _) => done(resp.json().map(|v| with_summary(v, &[("id", "Id")]))),
-            (ImagePull(p), _) => done(pull_result(p, &resp.body)),
-            (ImageRemove(_), _) => done(resp.json().map(|v| {
-                let items = v.as_array().cloned().unwrap_or_default();
-                let pick = |k: &str| -> Vec<Value> { items.iter().filter_map(|i| i.get(k).cloned()).collect() };
-                json!({ "untagged": pick("Untagged"), "deleted": pick("Deleted") })
-            })),
-            (ImageTag(p), _) => done(Ok(json!({
-                "id": p.id,
-                "tagged": format!("{}:{}", p.repo, p.tag.as_deref().unwrap_or("latest")),
-            }))),
-            (ImagePrune(_), _) => done(resp.json().map(|v| {
-                json!({
-                    "deleted": v.get("ImagesDeleted").cloned().filter(|x| !x.is_null()).unwrap_or(json!([])),
-                    "space_reclaimed": v.get("SpaceReclaimed").cloned().unwrap_or(json!(0)),
-                })
-            })),
-
-            (VolumeList(_), _) => done(resp.json().map(|v| {
-                let vols = v.get("Volumes").cloned().filter(|x| !x.is_null()).unwrap_or(json!([]));
-                map_list(vols, volume_summary)
-            })),
-            (VolumeInspect(_), _) | (VolumeCreate(_), _) => done(resp.json().map(volume_summary)),
-            (VolumeRemove(p), _) => done(Ok(json!({ "id": p.id, "removed": true }))),
-            (VolumePrune(_), _) => done(resp.json().map(|v| {
-                json!({
-                    "deleted": v.get("VolumesDeleted").cloned().filter(|x| !x.is_null()).unwrap_or(json!([])),
-                    "space_reclaimed": v.get("SpaceReclaimed").cloned().unwrap_or(json!(0)),
-                })
-            })),
-
-            (NetworkList(_), _) => done(resp.json().map(|v| map_list(v, network_summary))),
-            (NetworkInspect(_), _) => done(resp.json().map(network_summary)),
-            (NetworkCreate(p), _) => done(resp.json().map(|v| {
-                json!({ "id": v.get("Id"), "name": p.name, "warning": v.get("Warning").cloned().unwrap_or(json!("")) })
-            })),
-            (NetworkRemove(p), _) => done(Ok(json!({ "id": p.id, "removed": true }))),
-            (NetworkConnect(p), _) => done(Ok(json!({ "id": p.id, "container": p.container, "connected": true }))),
-            (NetworkDisconnect(p), _) => {
-                done(Ok(json!({ "id": p.id, "container": p.container, "connected": false })))
-            }
-            (NetworkPrune(_), _) => done(resp.json().map(|v| {
-                json!({ "deleted": v.get("NetworksDeleted").cloned().filter(|x| !x.is_null()).unwrap_or(json!([])) })
-            })),
-
-            (SystemInfo(_), _) | (SystemVersion(_), _) | (SystemDf(_), _) | (SwarmInspect(_), _) => done(resp.json()),
-            (ServiceList(_), _) | (NodeList(_), _) => done(resp.json().map(|v| map_list(v, |x| with_summary(x, &[("id", "ID")])))),
+            (op, _) => Step::Done(result(op, &resp, !not_modified)),
         }
     }
+}
+
+/// The result of a one-request operation from the daemon's 2xx (or 304) answer: a table of
+/// one entry per operation. `changed` is false for a 304.
+fn result(op: &Operation, resp: &DockerResponse, changed: bool) -> Result<Value, ErrorBody> {
+    use Operation::*;
+    let json = || resp.json();
+    match op {
+        SystemPing(_) => Ok(json!({
+            "ok": true,
+            "api_version": resp.header("api-version"),
+            "os_type": resp.header("ostype"),
+        })),
+        SystemInfo(_) | SystemVersion(_) | SystemDf(_) | SwarmInspect(_) => json(),
+
+        ContainerList(_) => json().map(|v| map_list(v, container_summary)),
+        ContainerInspect(_) => json().map(container_inspect),
+        ContainerCreate(_) => json().map(|v| {
+            json!({ "id": v.get("Id"), "warnings": v.get("Warnings").cloned().unwrap_or(json!([])) })
+        }),
+        ContainerStart(p) | ContainerPause(p) | ContainerUnpause(p) => {
+            Ok(json!({ "id": p.id, "changed": changed }))
+        }
+        ContainerStop(p) | ContainerRestart(p) => Ok(json!({ "id": p.id, "changed": changed })),
+        ContainerKill(p) => Ok(json!({
+            "id": p.id,
+            "signal": p.signal.as_deref().unwrap_or("SIGKILL"),
+        })),
+        ContainerRemove(p) => Ok(json!({ "id": p.id, "removed": true })),
+        ContainerRename(p) => Ok(json!({ "id": p.id, "name": p.name })),
+        ContainerPrune(_) => json().map(|v| pruned(&v, "ContainersDeleted")),
+        ContainerTop(_) => json().map(|v| {
+            let titles = v.get("Titles").cloned().unwrap_or(json!([]));
+            let procs = v.get("Processes").cloned().unwrap_or(json!([]));
+            json!({ "titles": titles, "processes": procs })
+        }),
+        ContainerStats(_) => json().map(stats_summary),
+        // Several requests: answered in `Plan::on_answer`.
+        ContainerLogs(_) | ContainerExec(_) => Err(ErrorBody::internal("a step out of order")),
+
+        ImageList(_) => json().map(|v| map_list(v, image_summary)),
+        ImageInspect(_) => json().map(|v| with_summary(v, &[("id", "Id")])),
+        ImagePull(p) => pull_result(p, &resp.body),
+        ImageRemove(_) => json().map(|v| {
+            let items = v.as_array().cloned().unwrap_or_default();
+            let pick = |k: &str| -> Vec<Value> {
+                items.iter().filter_map(|i| i.get(k).cloned()).collect()
+            };
+            json!({ "untagged": pick("Untagged"), "deleted": pick("Deleted") })
+        }),
+        ImageTag(p) => Ok(json!({
+            "id": p.id,
+            "tagged": format!("{}:{}", p.repo, p.tag.as_deref().unwrap_or("latest")),
+        })),
+        ImagePrune(_) => json().map(|v| pruned(&v, "ImagesDeleted")),
+
+        VolumeList(_) => json().map(|v| {
+            let vols = v.get("Volumes").cloned().filter(|x| !x.is_null());
+            map_list(vols.unwrap_or(json!([])), volume_summary)
+        }),
+        VolumeInspect(_) | VolumeCreate(_) => json().map(volume_summary),
+        VolumeRemove(p) => Ok(json!({ "id": p.id, "removed": true })),
+        VolumePrune(_) => json().map(|v| pruned(&v, "VolumesDeleted")),
+
+        NetworkList(_) => json().map(|v| map_list(v, network_summary)),
+        NetworkInspect(_) => json().map(network_summary),
+        NetworkCreate(p) => json().map(|v| {
+            let warning = v.get("Warning").cloned().unwrap_or(json!(""));
+            json!({ "id": v.get("Id"), "name": p.name, "warning": warning })
+        }),
+        NetworkRemove(p) => Ok(json!({ "id": p.id, "removed": true })),
+        NetworkConnect(p) => Ok(json!({ "id": p.id, "container": p.container, "connected": true })),
+        NetworkDisconnect(p) => {
+            Ok(json!({ "id": p.id, "container": p.container, "connected": false }))
+        }
+        NetworkPrune(_) => json().map(|v| json!({ "deleted": deleted(&v, "NetworksDeleted") })),
+
+        ServiceList(_) | NodeList(_) => {
+            json().map(|v| map_list(v, |x| with_summary(x, &[("id", "ID")])))
+        }
+    }
+}
+
+/// A prune's `{deleted, space_reclaimed}`.
+fn pruned(v: &Value, list: &str) -> Value {
+    json!({
+        "deleted": deleted(v, list),
+        "space_reclaimed": v.get("SpaceReclaimed").cloned().unwrap_or(json!(0)),
+    })
+}
+
+/// The list of deleted objects of a prune (`null` when none).
+fn deleted(v: &Value, list: &str) -> Value {
+    v.get(list)
+        .cloned()
+        .filter(|x| !x.is_null())
+        .unwrap_or(json!([]))
+}
+
+/// The logs request, once the inspect said whether the container has a TTY.
+fn logs_request(
+    p: &LogsParams,
+    inspect: &DockerResponse,
+) -> Result<(bool, DockerRequest), ErrorBody> {
+    let v = inspect.json()?;
+    let tty = v
+        .pointer("/Config/Tty")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let req = DockerRequest::new(Method::Get, format!("/containers/{}/logs", path_id(&p.id)))
+        .q_bool("stdout", p.stdout)
+        .q_bool("stderr", p.stderr)
+        .q_bool("timestamps", p.timestamps)
+        .q_opt("tail", p.tail.as_ref().map(|t| &t.0))
+        .q_opt("since", p.since.as_ref().map(|t| &t.0))
+        .q_opt("until", p.until.as_ref().map(|t| &t.0));
+    Ok((tty, req))
+}
+
+/// `container.logs`' result: a TTY's output is one raw stream, otherwise demultiplexed.
+fn logs_result(tty: bool, body: Vec<u8>) -> Value {
+    let (out, err) = if tty {
+        (body, Vec::new())
+    } else {
+        demux(&body)
+    };
+    let (stdout, t1) = keep_tail(out, MAX_OUTPUT_BYTES);
+    let (stderr, t2) = keep_tail(err, MAX_OUTPUT_BYTES);
+    json!({ "stdout": stdout, "stderr": stderr, "tty": tty, "truncated": t1 || t2 })
+}
+
+/// The id of a created exec.
+fn exec_id(resp: &DockerResponse) -> Result<String, ErrorBody> {
+    match resp.json()?.get("Id").and_then(Value::as_str) {
+        Some(id) => Ok(id.to_string()),
+        None => Err(ErrorBody::new(
+            ErrorCode::DockerError,
+            "exec create gave no Id",
+        )),
+    }
+}
+
+/// An exec's demultiplexed output, kept until its exit code is known.
+fn exec_output(exec_id: &str, body: &[u8]) -> Value {
+    let (out, err) = demux(body);
+    let (stdout, t1) = keep_tail(out, MAX_OUTPUT_BYTES);
+    let (stderr, t2) = keep_tail(err, MAX_OUTPUT_BYTES);
+    json!({ "exec_id": exec_id, "stdout": stdout, "stderr": stderr, "truncated": t1 || t2 })
+}
+
+/// Docker's exec create body.
+fn exec_body(p: &ExecParams) -> Value {
+    let mut body = json!({
+        "AttachStdin": false, "AttachStdout": true, "AttachStderr": true, "Tty": false,
+        "Cmd": p.cmd.0, "Privileged": p.privileged,
+    });
+    if !p.env.0.is_empty() {
+        body["Env"] = json!(p.env.0);
+    }
+    if let Some(w) = &p.workdir {
+        body["WorkingDir"] = json!(w);
+    }
+    if let Some(u) = &p.user {
+        body["User"] = json!(u);
+    }
+    body
+}
+
+/// Docker's volume create body.
+fn volume_body(p: &VolumeCreateParams) -> Value {
+    json!({
+        "Name": p.name.clone().unwrap_or_default(),
+        "Driver": p.driver.clone().unwrap_or_else(|| "local".into()),
+        "DriverOpts": p.driver_opts,
+        "Labels": p.labels,
+    })
+}
+
+/// Docker's network create body, with the params' `docker` object merged last.
+fn network_body(p: &NetworkCreateParams) -> Value {
+    let mut body = json!({
+        "Name": p.name, "CheckDuplicate": true,
+        "Driver": p.driver.clone().unwrap_or_else(|| "bridge".into()),
+        "Internal": p.internal, "Attachable": p.attachable,
+        "Labels": p.labels, "Options": p.options,
+    });
+    if let Some(extra) = &p.docker {
+        merge(&mut body, extra);
+    }
+    body
+}
+
+/// Docker's network connect body.
+fn connect_body(p: &NetworkConnectParams) -> Value {
+    let mut body = json!({ "Container": p.container });
+    if !p.aliases.is_empty() {
+        body["EndpointConfig"] = json!({ "Aliases": p.aliases });
+    }
+    body
 }
 
 /// Merges `extra` into `base`: objects key by key (recursively), anything else replaces.

@@ -1,0 +1,27 @@
+//! The agent's own figures for heartbeats: bytes on the link, commands in flight, uptime.
+//!
+//! Owns: the counters. Must not: send them (the session puts them in heartbeats).
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+/// Counters reported in heartbeats, shared by the threads that count.
+#[derive(Debug)]
+pub struct Stats {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// When the agent started (its uptime).
+    pub started: Instant,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
