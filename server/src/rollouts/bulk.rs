@@ -14,6 +14,10 @@
 //! rollout stops, a command still queued (never sent) is withdrawn and the host is
 //! `cancelled`; a command already sent is waited for.
 //!
+//! Params are the same for every host, except that in their strings `{{host.name}}` and
+//! `{{host.id}}` stand for the host's name and id ([`for_host`]): a create gives each host's
+//! container its own name.
+//!
 //! Owns: the bulk job and its spec. Must not: take a step of a command's life itself.
 
 use futures_util::future::BoxFuture;
@@ -79,7 +83,8 @@ impl BulkSpec {
             who.require(role_for(access_of(&s.operation)))?;
         }
         for (i, s) in self.steps.iter().enumerate() {
-            Operation::parse(&s.operation, &s.params).map_err(|e| {
+            let params = for_host(&s.params, "host", "host");
+            Operation::parse(&s.operation, &params).map_err(|e| {
                 ApiError::from(ErrorBody::new(
                     e.code,
                     format!("step {} ({}): {}", i + 1, s.operation, e.message),
@@ -105,6 +110,25 @@ impl BulkSpec {
     fn parse(spec: &Value) -> Result<BulkSpec, ApiError> {
         serde_json::from_value(spec.clone())
             .map_err(|e| ApiError::bad_request(format!("bulk operation: {e}")))
+    }
+}
+
+/// `params` for one host: `{{host.name}}` and `{{host.id}}` in every string replaced.
+pub fn for_host(params: &Value, host_name: &str, host_id: &str) -> Value {
+    match params {
+        Value::String(s) if s.contains("{{host.") => Value::String(
+            s.replace("{{host.name}}", host_name)
+                .replace("{{host.id}}", host_id),
+        ),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|v| for_host(v, host_name, host_id)).collect())
+        }
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), for_host(v, host_name, host_id)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -203,7 +227,7 @@ impl BulkJob {
         let sub = Submission {
             host_id: t.host_id.clone(),
             operation: s.operation.clone(),
-            params: s.params.clone(),
+            params: for_host(&s.params, &t.host_name, &t.host_id),
             queue: true,
             expires_in: self.spec.expires_in.map(Duration::from_secs),
             idempotency_key: Some(self.key(&t.host_id, step)),
@@ -281,5 +305,22 @@ impl BulkJob {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_name_their_host() {
+        let p = json!({ "name": "web-{{host.name}}", "labels": { "h": "{{host.id}}" },
+            "cmd": ["echo", "{{host.name}}", "{{other}}"], "tty": true });
+        assert_eq!(
+            for_host(&p, "edge-1", "id-1"),
+            json!({ "name": "web-edge-1", "labels": { "h": "id-1" },
+                "cmd": ["echo", "edge-1", "{{other}}"], "tty": true })
+        );
     }
 }
