@@ -836,7 +836,16 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
     let creds = enrol_many(&api, n).await?;
     let c = Arc::new(Counters::default());
     let handles = start_agents(&server, &creds, args.heartbeat, &c, Instant::now()).await;
-    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 100)).await?;
+    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 50))
+        .await
+        .inspect_err(|_| {
+            eprintln!(
+                "authenticated {}, failed handshakes {}, refused {}",
+                c.auth_ok.load(Ordering::Relaxed),
+                c.failed_handshakes.load(Ordering::Relaxed),
+                c.refused.load(Ordering::Relaxed)
+            )
+        })?;
     println!("{n} agents online in {:.1} s", up.as_secs_f64());
     // Statistics reach pg_stat_user_tables within PostgreSQL's flush interval (10 s idle).
     tokio::time::sleep(Duration::from_secs(12)).await;
