@@ -412,7 +412,7 @@ mod tests {
             ("site=ber lin", 10, "expected ','"),
             ("site in edge", 9, "expected '('"),
             ("site in (edge", 14, "expected ',' or ')'"),
-            ("site in ()", 9, "expected a value"),
+            ("site in ()", 10, "expected a value"),
             ("site > 3", 6, "unexpected character '>'"),
             ("site=berlin;x", 12, "unexpected character ';'"),
             ("-site=x", 1, "label key"),
