@@ -82,6 +82,7 @@ fn one_of_each() -> Vec<Message> {
             signing_version: None,
             target: None,
             update: None,
+            labels: Default::default(),
         }),
         Message::Heartbeat(HeartbeatPayload::default()),
         Message::Heartbeat(HeartbeatPayload {
@@ -184,6 +185,7 @@ fn one_of_each() -> Vec<Message> {
             capabilities: vec!["docker".into()],
             protocol_version: Some(PROTOCOL_VERSION),
             signing_version: None,
+            labels: Default::default(),
             target: Some("aarch64-unknown-linux-musl".into()),
             update: Some(AgentUpdateProgressPayload {
                 update_id: "u1:0".into(),

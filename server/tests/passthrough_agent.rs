@@ -47,6 +47,7 @@ impl Agent {
                 signing_version: None,
                 target: None,
                 update: None,
+                labels: Default::default(),
             }),
         ))
         .await;

@@ -252,6 +252,7 @@ fn auth3(
             signing_version: None,
             target: Some(TARGET.into()),
             update,
+            labels: Default::default(),
         }),
     )
 }

@@ -165,6 +165,7 @@ fn agent_handshake(server: &Server, agent_id: &str, token: &str) -> Option<Strin
             signing_version: None,
             target: None,
             update: None,
+            labels: Default::default(),
         }),
     );
     ws.send(Message::text(auth.encode())).expect("send auth");

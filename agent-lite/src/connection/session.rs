@@ -362,6 +362,7 @@ impl<'a> Session<'a> {
                     .map(|_| protocol::signing::SIGNING_VERSION),
                 target: Some(protocol::version::TARGET.to_string()),
                 update: self.agent.update.report(),
+                labels: self.agent.config.agent.labels.clone(),
             }),
         )
     }

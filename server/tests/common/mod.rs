@@ -286,6 +286,7 @@ impl FakeAgent {
                 signing_version: None,
                 target: None,
                 update: None,
+                labels: Default::default(),
             }),
         )
     }
