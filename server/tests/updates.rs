@@ -159,7 +159,7 @@ async fn releases_are_listed_and_downloaded_with_ranges() {
 
     let uri = format!("/api/v1/releases/2.0.0/{TARGET}/binary");
     let auth = ("authorization", basic("edge-dl", &agent_token));
-    let (st, h, body) = get(&state, &uri, &[auth.clone()]).await;
+    let (st, h, body) = get(&state, &uri, std::slice::from_ref(&auth)).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, whole);
     let etag = h["etag"].to_str().unwrap().to_string();
@@ -221,7 +221,7 @@ async fn releases_are_listed_and_downloaded_with_ranges() {
     let (st, _, sig) = get(
         &state,
         &format!("/api/v1/releases/2.0.0/{TARGET}/signature"),
-        &[auth.clone()],
+        std::slice::from_ref(&auth),
     )
     .await;
     assert_eq!(st, StatusCode::OK);

@@ -218,7 +218,10 @@ impl Site {
         assert_eq!(st, 202, "{row}");
         // The row is read back after `agent_update` went out: the agent may have reported.
         assert!(
-            matches!(row["state"].as_str(), Some("pending" | "downloading" | "verifying")),
+            matches!(
+                row["state"].as_str(),
+                Some("pending" | "downloading" | "verifying")
+            ),
             "{row}"
         );
         assert_eq!(row["version"], version, "{row}");

@@ -63,7 +63,7 @@ async fn authorise(state: &AppState, ip: Option<std::net::IpAddr>, req: Request)
     let Some(basic) = basic else {
         let (mut parts, _) = req.into_parts();
         let caller = Caller::from_request_parts(&mut parts, state).await?;
-        return caller.require(Role::Viewer).map_err(Into::into);
+        return caller.require(Role::Viewer);
     };
     let fail = || {
         if let Some(ip) = ip {
