@@ -13,8 +13,8 @@
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
 //! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
-//!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], and [`stacks`]
-//!   (pure compose logic).
+//!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], [`enrolment`]
+//!   (what enrolment tokens allow), and [`stacks`] (pure compose logic).
 
 pub mod agents;
 pub mod api;
@@ -24,6 +24,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod enrolment;
 pub mod error;
 pub mod feed;
 pub mod forwarded;

@@ -99,8 +99,9 @@ fn check_connection(h: &Host) -> ApiResult<()> {
     Ok(())
 }
 
-/// The host as the API shows it, with its live status.
-async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
+/// The host as the API shows it, with its live status (`pending` while it waits for
+/// approval, whatever its agent does).
+pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
     let mut v = json!({
         "id": h.id,
         "name": h.name,
@@ -113,6 +114,14 @@ async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
             "server_name": h.tls_server_name,
         },
         "agent_id": h.agent_id,
+        "labels": h.labels,
+        "pending": h.is_pending(),
+        "pending_since": ts(h.pending_since),
+        "enrolment": h.enrolment_token_id.as_ref().map(|t| json!({
+            "token_id": t,
+            // A prefix only: the whole hash is what an enrolment presents.
+            "machine": h.machine_id.as_deref().map(|m| m.chars().take(8).collect::<String>()),
+        })),
         "created_at": ts(Some(h.created_at)),
         "updated_at": ts(Some(h.updated_at)),
     });
@@ -176,6 +185,9 @@ async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
             v["version"] = Value::Null;
         }
     }
+    if h.is_pending() {
+        v["status"] = json!("pending");
+    }
     v
 }
 
@@ -209,6 +221,10 @@ pub async fn create(
         agent_id: None,
         created_at: 0,
         updated_at: 0,
+        labels: Default::default(),
+        enrolment_token_id: None,
+        machine_id: None,
+        pending_since: None,
     };
     check_connection(&candidate)?;
     let result = state

@@ -8,6 +8,7 @@
 
 mod agents;
 mod caller;
+pub mod enrolment;
 mod hosts;
 mod lookup;
 mod operations;
@@ -50,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .route("/ws/agents/{agent_id}", get(crate::agents::ws::agent_ws))
+        .route("/ws/enrol", get(crate::agents::ws::enrol_ws))
         .route("/api/v1/hosts", get(hosts::list).post(hosts::create))
         .route(
             "/api/v1/hosts/{id}",
@@ -58,6 +60,8 @@ pub fn router() -> Router<AppState> {
                 .delete(hosts::delete),
         )
         .route("/api/v1/hosts/{id}/operations", post(operations::post))
+        .route("/api/v1/hosts/{id}/approve", post(enrolment::approve))
+        .route("/api/v1/hosts/{id}/reject", post(enrolment::reject))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
@@ -83,6 +87,18 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route(
+            "/api/v1/enrolment-tokens",
+            get(enrolment::list).post(enrolment::create),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}",
+            get(enrolment::get_one).delete(enrolment::revoke),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}/revoke",
+            post(enrolment::revoke),
+        )
         .route("/api/v1/audit", get(records::audit))
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))

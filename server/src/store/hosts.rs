@@ -1,13 +1,30 @@
 //! The `docker_hosts` table: the hosts, direct or served by an agent, read through a
-//! short-lived cache on the command and Docker API paths.
+//! short-lived cache on the command and Docker API paths, with the admin's labels and, for a
+//! host that enrolled itself, its token, machine and approval (the enrolment transaction
+//! itself is in `enrolment_tokens.rs`).
 //!
 //! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host.
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::BTreeMap;
 
-use super::{map_unique, new_id, now_ms, Result, Store, StoreError};
+use super::{map_unique, new_id, now_ms, Backend, Result, Store, StoreError};
+
+/// A host's labels: keys and values as the API checked them.
+pub type Labels = BTreeMap<String, String>;
+
+/// Labels from their stored JSON text (NULL or unreadable: none).
+pub(crate) fn labels_from(text: Option<String>) -> Labels {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// The stored JSON text of labels (none: NULL).
+pub(crate) fn labels_text(labels: &Labels) -> Option<String> {
+    (!labels.is_empty()).then(|| serde_json::to_string(labels).unwrap_or_default())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +88,21 @@ pub struct Host {
     pub agent_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The admin's labels (an enrolment token's labels are written here).
+    pub labels: Labels,
+    /// The enrolment token the host last enrolled with; `None` for hosts an admin created.
+    pub enrolment_token_id: Option<String>,
+    /// The hash of the machine id the host enrolled from (never shown whole).
+    pub machine_id: Option<String>,
+    /// When the host started waiting for an admin's approval; `None`: not waiting.
+    pub pending_since: Option<i64>,
+}
+
+impl Host {
+    /// Waiting for an admin's approval: no command or stream reaches it.
+    pub fn is_pending(&self) -> bool {
+        self.pending_since.is_some()
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -81,15 +113,17 @@ impl std::fmt::Debug for Host {
             .field("connection_mode", &self.connection_mode)
             .field("docker_url", &self.docker_url)
             .field("agent_id", &self.agent_id)
+            .field("pending", &self.is_pending())
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
-        h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at";
+    pub(super) const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
+        h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at, \
+        h.enrolment_labels AS labels, h.enrolment_token_id, h.machine_id, h.pending_since";
 
-    fn host_row(r: &AnyRow) -> Result<Host> {
+    pub(super) fn host_row(r: &AnyRow) -> Result<Host> {
         Ok(Host {
             id: r.try_get("id")?,
             name: r.try_get("name")?,
@@ -104,6 +138,10 @@ impl Store {
             agent_id: r.try_get("agent_name")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            labels: labels_from(r.try_get("labels")?),
+            enrolment_token_id: r.try_get("enrolment_token_id")?,
+            machine_id: r.try_get("machine_id")?,
+            pending_since: r.try_get("pending_since")?,
         })
     }
 
@@ -194,5 +232,80 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// Ends a host's wait for approval. Returns the host; `Conflict` when it was not waiting,
+    /// `NotFound` when there is no such host.
+    pub async fn approve_host(&self, id: &str) -> Result<Host> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE docker_hosts SET pending_since = NULL, updated_at = $1 WHERE id = $2 AND pending_since IS NOT NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.hosts.remove(id);
+        let host = self.get_host(id).await?.ok_or(StoreError::NotFound)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "host {id:?} is not waiting for approval"
+            )));
+        }
+        Ok(host)
+    }
+
+    /// Removes a host that waits for approval and revokes its agents, in one transaction.
+    /// Returns the agents it revoked; `Conflict` when the host is not waiting (any more),
+    /// `NotFound` when there is no such host.
+    pub async fn reject_host(&self, id: &str) -> Result<Vec<super::Agent>> {
+        let now = now_ms();
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        let pending: Option<Option<i64>> =
+            sqlx::query("SELECT pending_since FROM docker_hosts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("pending_since"))
+                .transpose()?;
+        match pending {
+            None => return Err(StoreError::NotFound),
+            Some(None) => {
+                return Err(StoreError::Conflict(format!(
+                    "host {id:?} is not waiting for approval: delete it with DELETE /api/v1/hosts/{{id}}"
+                )))
+            }
+            Some(Some(_)) => {}
+        }
+        let sql = format!(
+            "SELECT {} FROM docker_agents WHERE host_id = $1 AND revoked_at IS NULL",
+            Self::AGENT_COLS
+        );
+        let agents = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(Self::agent_row)
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(
+            "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
+             prev_token_valid_until = NULL, updated_at = $2 WHERE host_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM docker_hosts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hosts.clear();
+        Ok(agents)
     }
 }
