@@ -4,5 +4,6 @@
 mod access;
 mod arm;
 mod dist;
+mod enrol;
 mod lifecycle;
 mod passthrough;
