@@ -443,7 +443,7 @@ async fn enrol_suite(db: &TestDb) {
         "refusals do not count"
     );
     assert_eq!(
-        token_row(&st, &admin, &once["id"].as_str().unwrap()).await["uses"],
+        token_row(&st, &admin, once["id"].as_str().unwrap()).await["uses"],
         1
     );
     assert_eq!(
