@@ -238,6 +238,9 @@ pub struct AgentConfig {
     /// The host name to enrol as; absent: the machine's hostname.
     #[serde(default)]
     pub name: Option<String>,
+    /// The agent's own labels, reported at authentication (the server checks them).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn d_workers() -> usize {
@@ -270,6 +273,7 @@ impl Default for AgentConfig {
             state_file: None,
             enrol_token: None,
             name: None,
+            labels: Default::default(),
         }
     }
 }

@@ -11,7 +11,8 @@
 use protocol::{EnrolPayload, ErrorBody, ErrorCode};
 use std::time::Duration;
 
-use crate::store::{EnrolmentToken, Labels};
+use crate::labels::{self, Labels};
+use crate::store::EnrolmentToken;
 
 /// The longest host name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -19,12 +20,6 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_TOKEN_NAME_LEN: usize = 255;
 /// The longest enrolment token an agent may present, in bytes (ours are 50).
 pub const MAX_TOKEN_LEN: usize = 128;
-/// Labels per token at most.
-pub const MAX_LABELS: usize = 64;
-/// The longest label name (after an optional DNS prefix and `/`) and value, in bytes.
-pub const MAX_LABEL_PART: usize = 63;
-/// The longest label key prefix (a DNS subdomain), in bytes.
-pub const MAX_LABEL_PREFIX: usize = 253;
 /// The longest agent version string accepted, in bytes.
 pub const MAX_VERSION_LEN: usize = 64;
 /// The largest `max_uses`.
@@ -194,56 +189,10 @@ pub fn agent_id_for(name: &str, random: &[u8; 6]) -> String {
     format!("{base}-{}", hex::encode(random))
 }
 
-/// Checks labels like Kubernetes labels: at most [`MAX_LABELS`]; a key is `[PREFIX/]NAME`
-/// with a DNS-subdomain prefix; names and values are at most 63 of `[A-Za-z0-9._-]`, starting
-/// and ending alphanumeric (a value may be empty).
-pub fn check_labels(labels: &Labels) -> Result<(), String> {
-    if labels.len() > MAX_LABELS {
-        return Err(format!("at most {MAX_LABELS} labels"));
-    }
-    for (k, v) in labels {
-        let (prefix, name) = match k.split_once('/') {
-            Some((p, n)) => (Some(p), n),
-            None => (None, k.as_str()),
-        };
-        if let Some(p) = prefix {
-            let dns = !p.is_empty()
-                && p.len() <= MAX_LABEL_PREFIX
-                && p.split('.').all(|part| {
-                    !part.is_empty()
-                        && part
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !part.starts_with('-')
-                        && !part.ends_with('-')
-                });
-            if !dns {
-                return Err(format!(
-                    "label key {k:?}: the prefix must be a lowercase DNS subdomain"
-                ));
-            }
-        }
-        if name.is_empty() || !label_part(name) {
-            return Err(format!(
-                "label key {k:?}: the name must be 1 to {MAX_LABEL_PART} of [A-Za-z0-9._-], starting and ending alphanumeric"
-            ));
-        }
-        if !v.is_empty() && !label_part(v) {
-            return Err(format!(
-                "label {k:?}: the value must be at most {MAX_LABEL_PART} of [A-Za-z0-9._-], starting and ending alphanumeric"
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn label_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    s.len() <= MAX_LABEL_PART
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+/// The token's labels, checked as hosts' admin labels are (the `labels` module): they become
+/// the admin labels of every host the token enrols.
+pub fn check_labels(l: &Labels) -> Result<(), String> {
+    labels::check(l).map_err(|e| e.0)
 }
 
 /// Parses `k=v` (the CLI's `--label`).
@@ -386,31 +335,11 @@ mod tests {
     }
 
     #[test]
-    fn labels_follow_kubernetes_rules() {
-        let ok: Labels = [
-            ("site".to_string(), "berlin".to_string()),
-            ("example.com/role".into(), "edge_gw.1".into()),
-            ("empty".into(), String::new()),
-        ]
-        .into();
+    fn token_labels_are_checked_as_host_labels() {
+        let ok: Labels = [("site".to_string(), "berlin".to_string())].into();
         check_labels(&ok).unwrap();
-        for (k, v) in [
-            ("", "x"),
-            ("-site", "x"),
-            ("site", "-x"),
-            ("Example.com/x", "y"),
-            ("a/b/c", "y"),
-            ("k", "has space"),
-        ] {
-            let l: Labels = [(k.to_string(), v.to_string())].into();
-            assert!(check_labels(&l).is_err(), "{k}={v}");
-        }
-        let long: Labels = [("k".to_string(), "v".repeat(64))].into();
-        assert!(check_labels(&long).is_err());
-        let many: Labels = (0..=MAX_LABELS)
-            .map(|i| (format!("k{i}"), "v".into()))
-            .collect();
-        assert!(check_labels(&many).is_err());
+        let bad: Labels = [("bad key".to_string(), "v".to_string())].into();
+        assert!(check_labels(&bad).unwrap_err().contains("bad key"));
         assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_label("=x").is_err() && parse_label("nokey").is_err());
     }

@@ -205,6 +205,11 @@ async fn api_suite(db: &TestDb) {
             "{bad}: {v}"
         );
     }
+    // A repeated label key means two things to two readers: refused.
+    let twice = serde_json::from_str::<server::api::enrolment::TokenRequest>(
+        r#"{"name": "n", "labels": {"site": "a", "site": "b"}}"#,
+    );
+    assert!(twice.unwrap_err().to_string().contains("appears twice"));
     let many: serde_json::Map<String, Value> =
         (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     let (s, _) = call(
@@ -310,6 +315,26 @@ async fn enrol_suite(db: &TestDb) {
         assert_eq!(h["enrolment"]["machine"].as_str().map(str::len), Some(8));
     }
     assert_eq!(token_row(&st, &admin, &tid).await["uses"], 5);
+    // The token's labels are the hosts' admin labels: a selector picks them.
+    let (s, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?selector=site%3Dberlin",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hosts"].as_array().map(Vec::len), Some(5), "{v}");
+    let (_, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?selector=site%3Dmunich",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(v["hosts"].as_array().map(Vec::len), Some(0), "{v}");
     // The credentials work on the agents' endpoint.
     let c0 = &creds[0];
     let (mut a0, resp) = FakeAgent::auth(
@@ -619,6 +644,21 @@ async fn approval_suite(db: &TestDb) {
     );
     assert_eq!(h["labels"], json!({"tier": "edge"}));
     assert!(h["pending_since"].is_string());
+    let (_, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?status=pending",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let pending: Vec<&str> = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(pending, [host_id.as_str()], "{v}");
 
     // No command and no stream reaches it.
     let ops = format!("/api/v1/hosts/{host_id}/operations");

@@ -1,7 +1,8 @@
 //! Enrolment tokens end to end: the real server's `enrol-token` command line, real agents that
-//! enrol themselves with one token and then run commands on the real dockerd, restarts that
-//! reuse the stored credentials, a host that waits for approval, refusals that stop the agent,
-//! and `install.sh --enrol-token-file`. On SQLite and PostgreSQL.
+//! enrol themselves with one labelled token, are picked by that label and run commands on the
+//! real dockerd, restarts that reuse the stored credentials, a host that waits for approval,
+//! refusals that stop the agent, and `install.sh --enrol-token-file`. On SQLite and
+//! PostgreSQL.
 
 use docker_ctl_tests::*;
 use serde_json::{json, Value};
@@ -141,6 +142,23 @@ fn five_agents_enrol_with_one_token_and_restarts_reuse_their_credentials(db: Db)
     }
     assert_eq!(hosts_named(&server, &prefix).len(), 5);
     assert_eq!(token_row(&server, &token_id)["uses"], 5);
+    // The token's labels are the hosts' admin labels: a selector picks exactly these five.
+    let (st, picked) = server.api(
+        "GET",
+        &format!("/api/v1/hosts?selector=site%3D{prefix}&status=online"),
+        None,
+    );
+    assert_eq!(st, 200, "{picked}");
+    let mut picked_ids: Vec<String> = picked["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect();
+    picked_ids.sort();
+    let mut expected = host_ids.clone();
+    expected.sort();
+    assert_eq!(picked_ids, expected, "{picked}");
     for agent in &agents {
         assert!(!agent.output.contains(&token), "the token is never logged");
     }
@@ -273,6 +291,13 @@ fn a_pending_host_gets_nothing_until_approved(db: Db) {
         (h["agent"]["connected"] == true).then_some(())
     });
     assert_eq!(server.host_status(&id), "pending");
+    let (_, pending) = server.api("GET", "/api/v1/hosts?status=pending", None);
+    assert_eq!(
+        pending["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{pending}"
+    );
+    assert_eq!(pending["hosts"][0]["id"], id.as_str());
     let (st, body) = server.op(&id, "container.list", json!({}));
     assert_eq!(
         (st, body["error"]["code"].as_str()),

@@ -24,9 +24,8 @@ CREATE INDEX idx_enrolment_tokens_created ON enrolment_tokens(created_at, id);
 
 -- A host that enrolled itself: the token it used, the hash of its machine id (the same
 -- machine with the same name gets its host back) and, while it waits for an admin's
--- approval, when it started waiting (NULL: not waiting). `enrolment_labels` holds the labels
--- the enrolment token gave the host, as a JSON object of strings.
-ALTER TABLE docker_hosts ADD COLUMN enrolment_labels TEXT;
+-- approval, when it started waiting (NULL: not waiting). The token's labels become the host's
+-- admin labels (`docker_hosts.labels`, from 0005).
 ALTER TABLE docker_hosts ADD COLUMN enrolment_token_id TEXT;
 ALTER TABLE docker_hosts ADD COLUMN machine_id TEXT;
 ALTER TABLE docker_hosts ADD COLUMN pending_since BIGINT;

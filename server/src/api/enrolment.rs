@@ -18,8 +18,9 @@ use super::ts;
 use crate::auth::{generate_token, hash_token, token_prefix, ENROL_TOKEN_PREFIX};
 use crate::enrolment;
 use crate::error::{ApiError, ApiResult};
+use crate::labels::{self, Labels};
 use crate::state::AppState;
-use crate::store::{now_ms, EnrolmentToken, Labels, NewEnrolmentToken, Role, Store, StoreError};
+use crate::store::{now_ms, EnrolmentToken, NewEnrolmentToken, Role, Store, StoreError};
 
 /// `expires_in`: seconds, or a duration such as `7d`.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,8 +35,9 @@ pub enum ExpiresIn {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
-    /// Given to every host enrolled with the token, as its admin labels.
-    #[serde(default)]
+    /// Given to every host enrolled with the token, as its admin labels. A repeated key is
+    /// refused (a body means one thing to every reader).
+    #[serde(default, deserialize_with = "token_labels")]
     pub labels: Labels,
     /// Absent: never.
     #[serde(default)]
@@ -46,6 +48,21 @@ pub struct TokenRequest {
     /// Hosts wait as `pending` until an admin approves them.
     #[serde(default)]
     pub require_approval: bool,
+}
+
+/// An object of label keys to strings (`null` or absent: none), read with the `labels`
+/// module's reader, so a repeated key is refused as it is for hosts.
+fn token_labels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let patch = labels::deserialize_patch(d)?.flatten().unwrap_or_default();
+    patch
+        .into_iter()
+        .map(|(k, v)| match v {
+            Some(v) => Ok((k, v)),
+            None => Err(serde::de::Error::custom(format!(
+                "label {k:?}: the value must be a string"
+            ))),
+        })
+        .collect()
 }
 
 impl TokenRequest {

@@ -9,8 +9,13 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::hosts::{labels_from, labels_text, Labels};
 use super::{map_unique, new_id, now_ms, Agent, Backend, Host, Result, Store, StoreError};
+use crate::labels::{self, Labels};
+
+/// The stored form of a label set: NULL when empty.
+fn labels_text(l: &Labels) -> Option<String> {
+    (!l.is_empty()).then(|| labels::to_json(l))
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewEnrolmentToken {
@@ -124,7 +129,7 @@ impl Store {
             name: r.try_get("name")?,
             token_hash: r.try_get("token_hash")?,
             prefix: r.try_get("prefix")?,
-            labels: labels_from(r.try_get("labels")?),
+            labels: labels::from_json(r.try_get::<Option<String>, _>("labels")?.as_deref()),
             require_approval: r.try_get::<i64, _>("require_approval")? != 0,
             max_uses: r.try_get("max_uses")?,
             uses: r.try_get("uses")?,
@@ -354,7 +359,7 @@ impl Store {
 
     async fn insert_enrolled_host(conn: &mut AnyConnection, h: &NewEnrolledHost<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO docker_hosts (id, name, connection_mode, enrolment_labels, enrolment_token_id, machine_id, \
+            "INSERT INTO docker_hosts (id, name, connection_mode, labels, enrolment_token_id, machine_id, \
              pending_since, created_at, updated_at) VALUES ($1, $2, 'agent', $3, $4, $5, $6, $7, $8)",
         )
         .bind(h.id)
