@@ -339,8 +339,10 @@ async fn enrol_many(api: &Api, n: usize) -> Result<Vec<(String, String, String)>
                 .call(
                     "POST",
                     "/api/v1/hosts",
-                    Some(json!({"name": format!("sim-{i}"), "connection_mode": "agent",
-                        "labels": {"sim": "yes"}})),
+                    Some(
+                        json!({"name": format!("sim-{i}"), "connection_mode": "agent",
+                        "labels": {"sim": "yes"}}),
+                    ),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -858,7 +860,9 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
     let t0 = Instant::now();
     let body = json!({ "selector": "sim=yes", "operation": "container.restart",
         "params": { "id": "web-1" }, "max_parallel": args.parallel });
-    let (st, v) = api.call("POST", "/api/v1/bulk-operations", Some(body)).await?;
+    let (st, v) = api
+        .call("POST", "/api/v1/bulk-operations", Some(body))
+        .await?;
     if st != 202 {
         return Err(format!("bulk create: {st} {v}").into());
     }
@@ -868,7 +872,11 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
     let deadline = Duration::from_secs(600);
     let done = loop {
         let got = api
-            .call("GET", &format!("/api/v1/bulk-operations/{id}?limit=1"), None)
+            .call(
+                "GET",
+                &format!("/api/v1/bulk-operations/{id}?limit=1"),
+                None,
+            )
             .await;
         peak = peak.max(rss_bytes(server.pid()));
         match got {
@@ -912,7 +920,11 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
         for (t, a) in &after {
             let b = before.iter().find(|(x, _)| x == t).map_or(0, |(_, b)| *b);
             if a - b > 0 {
-                println!("rows written in {t}: {} ({:.2} per host)", a - b, (a - b) as f64 / n as f64);
+                println!(
+                    "rows written in {t}: {} ({:.2} per host)",
+                    a - b,
+                    (a - b) as f64 / n as f64
+                );
                 total += a - b;
             }
         }
