@@ -1,6 +1,9 @@
-//! One passthrough stream on its own thread: a new daemon connection, the request (its body
-//! buffered when small and inspectable, streamed chunked when large), the response head as
-//! `stream_response`, and the body as data frames within the server's credit. After a `101`
+//! One passthrough stream on its own thread: a daemon connection (a kept-alive one for a
+//! plain GET or HEAD without a body, given back when its answer was read to the end), the
+//! request (its body buffered when small and inspectable, streamed chunked when large), the
+//! response head as `stream_response` (a plain answer's head held until its body's first
+//! piece, so a small answer is queued whole), and the body as data frames within the server's
+//! credit. After a `101`
 //! the connection is hijacked: raw bytes flow both ways, and the server's `stream_end`
 //! half-closes the daemon socket.
 //!
