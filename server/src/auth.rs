@@ -25,6 +25,8 @@ use crate::store::{now_ms, Agent, Role};
 pub const USER_TOKEN_PREFIX: &str = "dctl_u_";
 /// Prefix of agent tokens.
 pub const AGENT_TOKEN_PREFIX: &str = "dctl_a_";
+/// Prefix of enrolment tokens (an agent presents one once to enrol itself).
+pub const ENROL_TOKEN_PREFIX: &str = "dctl_e_";
 
 /// A new random token: `prefix` + base64url of 32 random bytes (256 bits).
 pub fn generate_token(prefix: &str) -> Secret {

@@ -16,7 +16,8 @@
 //! - agent sessions: [`agents`];
 //! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
 //!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], [`labels`]
-//!   (labels and selectors) and [`stacks`] (pure compose logic).
+//!   (labels and selectors), [`enrolment`] (what enrolment tokens allow) and [`stacks`]
+//!   (pure compose logic).
 
 pub mod agents;
 pub mod api;
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod enrolment;
 pub mod error;
 pub mod feed;
 pub mod fleet;

@@ -10,6 +10,7 @@
 mod agents;
 mod bulk;
 mod caller;
+pub mod enrolment;
 mod groups;
 mod hosts;
 mod lookup;
@@ -54,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .route("/ws/agents/{agent_id}", get(crate::agents::ws::agent_ws))
+        .route("/ws/enrol", get(crate::agents::ws::enrol_ws))
         .route("/api/v1/hosts", get(hosts::list).post(hosts::create))
         .route(
             "/api/v1/hosts/{id}",
@@ -62,6 +64,8 @@ pub fn router() -> Router<AppState> {
                 .delete(hosts::delete),
         )
         .route("/api/v1/hosts/{id}/operations", post(operations::post))
+        .route("/api/v1/hosts/{id}/approve", post(enrolment::approve))
+        .route("/api/v1/hosts/{id}/reject", post(enrolment::reject))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
@@ -87,6 +91,18 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route(
+            "/api/v1/enrolment-tokens",
+            get(enrolment::list).post(enrolment::create),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}",
+            get(enrolment::get_one).delete(enrolment::revoke),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}/revoke",
+            post(enrolment::revoke),
+        )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",

@@ -154,6 +154,17 @@ pub fn host_not_found(id: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::NotFound, format!("host {id:?} not found"))
 }
 
+/// `host_pending`: the host enrolled itself and waits for an admin's approval.
+pub fn host_pending(host: &Host) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::HostPending,
+        format!(
+            "host {:?} is waiting for approval: nothing reaches it until an admin approves it (POST /api/v1/hosts/{}/approve)",
+            host.name, host.id
+        ),
+    )
+}
+
 impl Adapters {
     pub fn new(agents: AgentManager, keys: KeyBox, direct_timeout: Duration) -> Adapters {
         Adapters {
@@ -164,11 +175,16 @@ impl Adapters {
         }
     }
 
-    /// The adapter for `host` as it is now.
+    /// The adapter for `host` as it is now. A host waiting for approval has none: no
+    /// command or stream reaches it.
     ///
-    /// Errors: `unsupported` (an agent host while agent mode is disabled), `invalid_params`
-    /// or `internal` (a direct host whose connection settings cannot be used).
+    /// Errors: `host_pending` (the host waits for approval), `unsupported` (an agent host
+    /// while agent mode is disabled), `invalid_params` or `internal` (a direct host whose
+    /// connection settings cannot be used).
     pub fn for_host(&self, host: &Host) -> Result<Arc<dyn HostAdapter>, ErrorBody> {
+        if host.is_pending() {
+            return Err(host_pending(host));
+        }
         match host.connection_mode {
             ConnectionMode::Agent => {
                 if !self.agents.config().enable_agent_mode {
