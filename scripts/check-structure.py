@@ -34,7 +34,7 @@ SERVER_LAYERS = [
     ("commands", {"commands"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
-    ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
+    ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto", "forwarded",
                "reply", "error", "config", "stacks", "releases"}),
 ]
 

@@ -12,10 +12,11 @@
 //! - a command's life: [`commands`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
-//! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
+//! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`accounts`], [`leases`], [`metrics`],
 //!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], and [`stacks`]
 //!   (pure compose logic).
 
+pub mod accounts;
 pub mod agents;
 pub mod api;
 pub mod app;

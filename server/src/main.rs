@@ -1,9 +1,12 @@
-//! `docker-ctl-server`: `serve`, `token create`, `audit verify`, `quickstart`,
+//! `docker-ctl-server`: `serve`, `token create`, `user create`, `audit verify`, `quickstart`,
 //! `release keygen|sign`.
 
 use anyhow::Context;
 use clap::Parser;
-use server::config::{AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand};
+use server::config::{
+    AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand, UserCommand,
+    UserCreateArgs,
+};
 use server::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -68,6 +71,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}", token.expose());
             Ok(())
         }
+        Command::User(UserCommand::Create(args)) => user_create(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::load_common(&args.common)?;
             init_logging(config.log_format);
@@ -111,6 +115,31 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Release(cmd) => release_command(cmd),
     }
+}
+
+/// `user create`: the password comes from standard input, never from the command line.
+async fn user_create(args: UserCreateArgs) -> anyhow::Result<()> {
+    let config = Config::load_common(&args.common)?;
+    init_logging(config.log_format);
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let p = line.trim_end_matches(['\r', '\n']).to_string();
+        anyhow::ensure!(!p.is_empty(), "standard input held no password");
+        Some(p)
+    } else {
+        None
+    };
+    let store = Store::open(config.database_url(), &config.data_dir)
+        .await
+        .context("opening the database")?;
+    let result = server::api::create_user(&store, &args.name, args.role, password).await;
+    store.close().await;
+    let user = result.map_err(|e| anyhow::anyhow!("{}", e.body.message))?;
+    println!("created user {} ({})", user.name, user.role.as_str());
+    Ok(())
 }
 
 /// `release keygen` and `release sign`: files only, no database, no logging.

@@ -244,12 +244,87 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+/// `GET /api/v1/hosts` filters and pages on the server, so a fleet of any size lists fast.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only hosts whose name contains this (case-insensitive).
+    #[serde(default)]
+    q: Option<String>,
+    /// `online` or `offline`: agent hosts by their agent's live connection, direct hosts
+    /// by a probe of their daemon.
+    #[serde(default)]
+    status: Option<String>,
+    /// At most this many hosts (1 to 1000); absent: all.
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Skip this many hosts of the filtered list (ordered by name).
+    #[serde(default)]
+    offset: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    let hosts = state.store.list_hosts().await?;
-    let futs = hosts.iter().map(|h| host_json(&state, h, true));
+    let axum::extract::Query(q) = q?;
+    if q.limit.is_some_and(|l| l == 0 || l > 1000) {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let want_online = match q.status.as_deref() {
+        None | Some("") => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "status must be online or offline, not {other:?}"
+            )))
+        }
+    };
+    let mut hosts = state.store.list_hosts().await?;
+    if let Some(needle) =
+        q.q.as_deref()
+            .map(str::to_lowercase)
+            .filter(|n| !n.is_empty())
+    {
+        hosts.retain(|h| h.name.to_lowercase().contains(&needle));
+    }
+    hosts.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    if let Some(online) = want_online {
+        let mut kept = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            if is_online(&state, &h).await == online {
+                kept.push(h);
+            }
+        }
+        hosts = kept;
+    }
+    let total = hosts.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let end = q.limit.map_or(total, |l| (offset + l).min(total));
+    let futs = hosts[offset..end]
+        .iter()
+        .map(|h| host_json(&state, h, true));
     let items = futures_util::future::join_all(futs).await;
-    Ok(Json(json!({ "hosts": items })))
+    Ok(Json(
+        json!({ "hosts": items, "total": total, "offset": offset }),
+    ))
+}
+
+/// Whether the host answers now: its agent is connected, or its daemon answers a probe.
+async fn is_online(state: &AppState, h: &Host) -> bool {
+    match h.connection_mode {
+        ConnectionMode::Agent => state.agents.live_for_host(&h.id, h.agent_ref.as_deref()).0,
+        ConnectionMode::Direct => match state.adapters.direct_for(h) {
+            Ok(a) => matches!(
+                tokio::time::timeout(Duration::from_secs(3), a.api_version()).await,
+                Ok(Ok(_))
+            ),
+            Err(_) => false,
+        },
+    }
 }
 
 pub async fn get_one(
