@@ -754,3 +754,75 @@ async fn stream_needs_a_token() {
     let (s, v) = call(&st, "GET", "/api/v1/stream", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
 }
+
+#[tokio::test]
+async fn the_host_list_pages_and_filters_on_the_server() {
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "pager", Role::Admin).await;
+    for n in ["web-3", "web-1", "db-1", "web-2"] {
+        let (s, v) = call(
+            &st,
+            "POST",
+            "/api/v1/hosts",
+            Some(&admin),
+            Some(json!({"name": n, "connection_mode": "agent"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?q=WEB&limit=2&offset=1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(names(&v), ["web-2", "web-3"]);
+    assert_eq!(
+        (v["total"].as_u64(), v["offset"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let (_, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?status=online",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 0, "no agent is connected: {v}");
+    let (_, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?status=offline&limit=1",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (names(&v), v["total"].as_u64()),
+        (vec!["db-1".to_string()], Some(4))
+    );
+    let (s, v) = call(
+        &st,
+        "GET",
+        "/api/v1/hosts?status=sideways",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = call(&st, "GET", "/api/v1/hosts?limit=0", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

@@ -55,7 +55,10 @@ impl Browser {
         }}});
         let (st, v) = api_call(&driver_url, None, "POST", "/session", Some(caps));
         assert_eq!(st, 200, "new WebDriver session: {v}");
-        let id = v["value"]["sessionId"].as_str().expect("sessionId").to_string();
+        let id = v["value"]["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
         Browser {
             driver,
             base: format!("{driver_url}/session/{id}"),
@@ -75,12 +78,20 @@ impl Browser {
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
     pub fn js(&self, script: &str, args: Value) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
     }
 
     /// Runs an async script: it calls `arguments[arguments.length - 1]` with its result.
     pub fn js_async(&self, script: &str, args: Value) -> Value {
-        self.call("POST", "/execute/async", Some(json!({"script": script, "args": args})))
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": args})),
+        )
     }
 
     /// The first element matching `css`, if any.
@@ -101,7 +112,11 @@ impl Browser {
     }
 
     pub fn type_into(&self, el: &str, text: &str) {
-        self.call("POST", &format!("/element/{el}/value"), Some(json!({ "text": text })));
+        self.call(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({ "text": text })),
+        );
     }
 
     pub fn clear(&self, el: &str) {
@@ -120,7 +135,12 @@ impl Browser {
     }
 
     /// Waits until the text of `css` satisfies `ok`; returns it and how long it took.
-    pub fn wait_text(&self, css: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> (String, Duration) {
+    pub fn wait_text(
+        &self,
+        css: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> (String, Duration) {
         let t0 = Instant::now();
         let t = wait_for(&format!("text of {css}"), timeout, || {
             let t = self.text_of(css);
@@ -134,7 +154,9 @@ impl Browser {
         let script = "const b = [...document.querySelectorAll(arguments[0] + ' button')]\
             .find(b => b.textContent.trim() === arguments[1]); if (!b) return false; b.click(); return true;";
         wait_for(&format!("button {label:?} in {scope}"), timeout, || {
-            self.js(script, json!([scope, label])).as_bool().filter(|b| *b)
+            self.js(script, json!([scope, label]))
+                .as_bool()
+                .filter(|b| *b)
         });
     }
 

@@ -5,8 +5,7 @@
 mod driver;
 
 use docker_ctl_tests::{
-    bin, docker_cli, docker_get, require_docker, unique, Agent, Db,
-    DockerCleanup, Server,
+    bin, docker_cli, docker_get, require_docker, unique, Agent, Db, DockerCleanup, Server,
 };
 use driver::Browser;
 use serde_json::json;
@@ -83,8 +82,16 @@ impl Site {
         let name = unique("ui-c");
         cleanup.container(&name);
         let (ok, out) = docker_cli(&[
-            "run", "-d", "--name", &name, "--label", "docker-ctl-test=browser", IMAGE, "sh",
-            "-c", cmd,
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "docker-ctl-test=browser",
+            IMAGE,
+            "sh",
+            "-c",
+            cmd,
         ]);
         assert!(ok, "docker run: {out}");
         name
@@ -120,10 +127,20 @@ fn sign_in_and_refuse_a_wrong_password() {
     b.sign_in(&site.base(), &name, "not the password");
     let (err, _) = b.wait_text("#signin-error", PAGE, |t| !t.is_empty());
     assert!(err.contains("wrong user name or password"), "{err}");
-    let pw_fields = b.js("return document.querySelectorAll('input[type=password]').length", json!([]));
-    assert_eq!(pw_fields, json!(1), "the sign-in form has one password field");
+    let pw_fields = b.js(
+        "return document.querySelectorAll('input[type=password]').length",
+        json!([]),
+    );
+    assert_eq!(
+        pw_fields,
+        json!(1),
+        "the sign-in form has one password field"
+    );
     b.screenshot("sign-in-refused");
-    assert!(b.try_find("#fleet").is_none(), "a wrong password must not sign in");
+    assert!(
+        b.try_find("#fleet").is_none(),
+        "a wrong password must not sign in"
+    );
     let p = b.find("#signin-password", PAGE);
     b.clear(&p);
     b.type_into(&p, "correct horse battery\u{E007}");
@@ -164,7 +181,11 @@ fn stop_and_start_a_container_without_a_reload() {
     b.click_button(&format!("tr[data-name='{name}']"), "Start", PAGE);
     b.wait_text(&state, PAGE, |t| t == "running");
     assert_eq!(state_on_dockerd(&name), "running");
-    assert_eq!(b.js("return window.__noReload", json!([])), json!(1), "the page was reloaded");
+    assert_eq!(
+        b.js("return window.__noReload", json!([])),
+        json!(1),
+        "the page was reloaded"
+    );
     b.screenshot("container-started");
 }
 
@@ -177,7 +198,13 @@ fn a_line_the_container_writes_appears_in_the_followed_logs_within_2s() {
     b.goto(&format!("{}/containers/{name}", site.host_page()));
     b.wait_text("#logs", PAGE, |t| t.contains("first line"));
     let marker = unique("log-line");
-    let (ok, out) = docker_cli(&["exec", &name, "sh", "-c", &format!("echo {marker} > /proc/1/fd/1")]);
+    let (ok, out) = docker_cli(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        &format!("echo {marker} > /proc/1/fd/1"),
+    ]);
     assert!(ok, "docker exec: {out}");
     let (_, took) = b.wait_text("#logs", Duration::from_secs(10), |t| t.contains(&marker));
     b.screenshot("logs-followed");
@@ -212,13 +239,18 @@ fn a_viewer_sees_no_mutating_controls_and_the_api_refuses_the_viewer() {
     let name = site.container(&mut cleanup, "sleep 600");
     let b = signed_in(&site, "viewer");
     b.goto(&site.host_page());
-    b.wait_text(&format!("tr[data-name='{name}'] .state"), PAGE, |t| t == "running");
+    b.wait_text(&format!("tr[data-name='{name}'] .state"), PAGE, |t| {
+        t == "running"
+    });
     let buttons = b.js(
         "return [...document.querySelectorAll('main button')].map(b => b.textContent.trim())",
         json!([]),
     );
     for label in ["Stop", "Start", "Restart", "Remove", "Create container"] {
-        assert!(!buttons.as_array().expect("list").contains(&json!(label)), "viewer sees {label}: {buttons}");
+        assert!(
+            !buttons.as_array().expect("list").contains(&json!(label)),
+            "viewer sees {label}: {buttons}"
+        );
     }
     b.screenshot("viewer-host");
     // The page's own session, with its CSRF token, asking anyway.
@@ -227,10 +259,17 @@ fn a_viewer_sees_no_mutating_controls_and_the_api_refuses_the_viewer() {
          fetch('/api/v1/session').then(r => r.json()).then(me =>
            fetch(arguments[0], {method: 'POST', headers: {'X-CSRF-Token': me.csrf_token}}))
          .then(r => done(r.status), e => done(String(e)));",
-        json!([format!("/api/v1/hosts/{}/docker/containers/{name}/stop", site.host_id)]),
+        json!([format!(
+            "/api/v1/hosts/{}/docker/containers/{name}/stop",
+            site.host_id
+        )]),
     );
     assert_eq!(status, json!(403), "the API must refuse a viewer");
-    assert_eq!(state_on_dockerd(&name), "running", "the container must still run");
+    assert_eq!(
+        state_on_dockerd(&name),
+        "running",
+        "the container must still run"
+    );
 }
 
 /// Serves one HTML page on a local port of another origin (`localhost` instead of the
@@ -269,7 +308,11 @@ fn a_csrf_attempt_from_another_origin_fails() {
     let mut cleanup = DockerCleanup::default();
     let name = site.container(&mut cleanup, "sleep 600");
     let b = signed_in(&site, "operator");
-    let target = format!("{}/api/v1/hosts/{}/docker/containers/{name}/stop", site.base(), site.host_id);
+    let target = format!(
+        "{}/api/v1/hosts/{}/docker/containers/{name}/stop",
+        site.base(),
+        site.host_id
+    );
     // A cross-site form post (what a CSRF attack sends) and a credentialed fetch.
     let html = format!(
         "<html><body><p id=r>pending</p><form id=f method=POST action='{target}' enctype='text/plain'>\
@@ -281,15 +324,31 @@ fn a_csrf_attempt_from_another_origin_fails() {
     let (url, stop) = attacker_page(html);
     b.goto(&url);
     // The form navigates to the server's answer.
-    let (answer, _) = b.wait_text("body", PAGE, |t| t.contains("message") || t.contains("error"));
+    let (answer, _) = b.wait_text("body", PAGE, |t| {
+        t.contains("message") || t.contains("error")
+    });
     b.screenshot("csrf-refused");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(
-        answer.contains("not signed in") || answer.contains("missing bearer") || answer.contains("cross-site") || answer.contains("CSRF"),
+        answer.contains("not signed in")
+            || answer.contains("missing bearer")
+            || answer.contains("cross-site")
+            || answer.contains("CSRF"),
         "{answer}"
     );
-    assert_eq!(state_on_dockerd(&name), "running", "the container must still run");
+    assert_eq!(
+        state_on_dockerd(&name),
+        "running",
+        "the container must still run"
+    );
     // And the server refuses the session cookie itself when the origin is foreign.
-    let audit = site.server.api("GET", "/api/v1/audit?action=docker.container_stop", None).1;
-    assert_eq!(audit["entries"].as_array().map(Vec::len), Some(0), "{audit}");
+    let audit = site
+        .server
+        .api("GET", "/api/v1/audit?action=docker.container_stop", None)
+        .1;
+    assert_eq!(
+        audit["entries"].as_array().map(Vec::len),
+        Some(0),
+        "{audit}"
+    );
 }

@@ -137,3 +137,111 @@ pub async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     }
     ApiError::not_found(format!("no route for {method} {p}")).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(path: &str) -> &'static Asset {
+        ASSETS
+            .iter()
+            .find(|a| a.path == path)
+            .unwrap_or_else(|| panic!("{path} is not embedded"))
+    }
+
+    /// The app's modules the first page loads: `main.js` and its static imports, followed.
+    fn first_page_modules() -> Vec<&'static str> {
+        let mut seen = vec!["app/main.js"];
+        let mut i = 0;
+        while i < seen.len() {
+            let text = std::str::from_utf8(asset(seen[i]).raw).expect("utf8");
+            let dir = seen[i].rsplit_once('/').map_or("", |(d, _)| d);
+            for part in text.split("from '").skip(1) {
+                let Some((rel, _)) = part.split_once('\'') else {
+                    continue;
+                };
+                let mut segs: Vec<&str> = dir.split('/').collect();
+                for s in rel.split('/') {
+                    match s {
+                        "." => {}
+                        ".." => {
+                            segs.pop();
+                        }
+                        s => segs.push(s),
+                    }
+                }
+                let path = ASSETS
+                    .iter()
+                    .find(|a| a.path == segs.join("/"))
+                    .map(|a| a.path);
+                let path = path.unwrap_or_else(|| panic!("{} imports missing {rel}", seen[i]));
+                if !seen.contains(&path) {
+                    seen.push(path);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn the_first_page_is_at_most_150_kb_compressed_without_the_terminal() {
+        let modules = first_page_modules();
+        assert!(
+            modules
+                .iter()
+                .all(|m| !m.contains("xterm") && *m != "app/exec.js"),
+            "the terminal loads only on the exec page: {modules:?}"
+        );
+        let mut total = INDEX_HTML.len();
+        for m in modules.iter().chain(["app/app.css"].iter()) {
+            let a = asset(m);
+            total += a.gzip.map_or(a.raw.len(), <[u8]>::len);
+        }
+        assert!(
+            total <= 150 * 1024,
+            "the first page transfers {total} bytes"
+        );
+    }
+
+    #[test]
+    fn vendored_modules_are_the_lockfile_versions() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
+        let read = |p: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(p)).expect(p)).expect(p)
+        };
+        let lock = read("npm/package-lock.json");
+        for (pkg, vendored) in [
+            ("preact", "preact"),
+            ("htm", "htm"),
+            ("@xterm/xterm", "xterm"),
+            ("@xterm/addon-fit", "xterm-addon-fit"),
+        ] {
+            let want = &lock["packages"][format!("node_modules/{pkg}")]["version"];
+            let have = &read(&format!("vendor/{vendored}/package.json"))["version"];
+            assert!(want.is_string(), "{pkg} is not in the lockfile");
+            assert_eq!(
+                want, have,
+                "{pkg}: vendored {have} but the lockfile pins {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_page_policy_loads_nothing_from_elsewhere() {
+        let csp = page_csp("abc");
+        for d in csp.split(';') {
+            let d = d.trim();
+            assert!(
+                !d.contains("http") && !d.contains('*') && !d.contains("unsafe"),
+                "{d}"
+            );
+        }
+        assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"));
+        let html = INDEX_HTML;
+        assert!(
+            !html.contains("http:") && !html.contains("https:"),
+            "{html}"
+        );
+    }
+}
