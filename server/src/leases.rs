@@ -179,13 +179,13 @@ impl Leases {
     /// An API token: revoked, expired or demoted below `needs`.
     async fn token_still_allowed(&self, token_id: &str, needs: Role) -> Option<String> {
         match self.store.get_api_token(token_id).await {
-            Ok(None) => return Some("token revoked".into()),
-            Ok(Some(t)) if t.revoked_at.is_some() => return Some("token revoked".into()),
+            Ok(None) => Some("token revoked".into()),
+            Ok(Some(t)) if t.revoked_at.is_some() => Some("token revoked".into()),
             Ok(Some(t)) if t.expires_at.is_some_and(|e| e <= now_ms()) => {
-                return Some("token expired".into())
+                Some("token expired".into())
             }
             Ok(Some(t)) if t.role < needs => {
-                return Some(format!("the token's role is now {}", t.role.as_str()))
+                Some(format!("the token's role is now {}", t.role.as_str()))
             }
             Ok(Some(_)) => None,
             Err(e) => {
