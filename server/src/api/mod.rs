@@ -1,17 +1,20 @@
 //! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
 //!
 //! Owns: routing, request and response JSON, the caller extractor ([`caller`]: bearer token
-//! or session cookie), role checks and auditing of user actions on hosts, agents, tokens,
-//! users and sessions, and serving the embedded web UI ([`ui`]).
+//! or session cookie), paging ([`paging`]), role checks and auditing of user actions on hosts,
+//! agents, tokens, groups, users and sessions, and serving the embedded web UI ([`ui`]).
 //! Must not: take a step of a command's life (the `commands` module owns it), reach Docker
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
 
 mod agents;
+mod bulk;
 mod caller;
+mod groups;
 mod hosts;
 mod lookup;
 mod operations;
+mod paging;
 mod passthrough;
 mod records;
 mod session;
@@ -114,6 +117,19 @@ pub fn router() -> Router<AppState> {
             "/api/v1/users/{name}/sessions",
             get(users::sessions).delete(users::revoke_sessions),
         )
+        .route("/api/v1/groups", get(groups::list).post(groups::create))
+        .route(
+            "/api/v1/groups/{id}",
+            get(groups::get_one)
+                .patch(groups::patch)
+                .delete(groups::delete),
+        )
+        .route(
+            "/api/v1/bulk-operations",
+            get(bulk::list).post(bulk::create),
+        )
+        .route("/api/v1/bulk-operations/{id}", get(bulk::get_one))
+        .route("/api/v1/bulk-operations/{id}/cancel", post(bulk::cancel))
         .route("/api/v1/audit", get(records::audit))
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))

@@ -30,17 +30,21 @@ function useLive(onEvent) {
 
 export function Fleet() {
   const [q, setQ] = useState('');
+  const [selector, setSelector] = useState('');
   const [status, setStatus] = useState('');
-  const [offset, setOffset] = useState(0);
+  // The cursors of the pages before this one, and this page's.
+  const [cursors, setCursors] = useState([null]);
   const [s, set] = useState({ data: null, error: null, loading: true });
+  const cursor = cursors[cursors.length - 1];
   const load = () => {
-    const p = new URLSearchParams({ limit: PAGE, offset });
-    if (q) p.set('q', q);
+    const p = new URLSearchParams({ limit: PAGE });
+    if (selector) p.set('selector', selector);
     if (status) p.set('status', status);
+    if (cursor) p.set('next', cursor);
     api.get('/hosts?' + p).then((data) => set({ data, error: null, loading: false }),
       (error) => set((o) => ({ ...o, error, loading: false })));
   };
-  useEffect(() => { const t = setTimeout(load, 200); return () => clearTimeout(t); }, [q, status, offset]);
+  useEffect(() => { const t = setTimeout(load, 250); return () => clearTimeout(t); }, [selector, status, cursor]);
   useLive((ev) => {
     if (!s.data || !ev.host_id) return;
     const change = { agent_online: { status: 'online' }, agent_offline: { status: 'offline' } }[ev.type];
@@ -49,31 +53,34 @@ export function Fleet() {
     set((o) => ({ ...o, data: { ...o.data, hosts: o.data.hosts.map((h) => (h.id === ev.host_id ? { ...h, ...change, ...hb } : h)) } }));
   });
   const d = s.data;
+  const restart = (f) => (e) => { f(e.target.value); setCursors([null]); };
+  const shown = d ? d.hosts.filter((h) => !q || h.name.toLowerCase().includes(q.toLowerCase())) : [];
+  const labels = (h) => Object.entries({ ...(h.agent_labels || {}), ...(h.labels || {}) }).map(([k, v]) => html`<span class="badge neutral">${k}=${v}</span> `);
   return html`<section>
     <div class="bar">
       <h1>Fleet</h1><span class="grow"></span>
-      <${Field} label="Search"><input type="search" value=${q} placeholder="host name"
-        onInput=${(e) => { setQ(e.target.value); setOffset(0); }} /></${Field}>
-      <${Field} label="Status"><select value=${status} onChange=${(e) => { setStatus(e.target.value); setOffset(0); }}>
-        <option value="">any</option><option value="online">online</option><option value="offline">offline</option>
+      <${Field} label="Selector"><input value=${selector} placeholder="site=berlin,env!=dev" onInput=${restart(setSelector)} /></${Field}>
+      <${Field} label="Status"><select value=${status} onChange=${restart(setStatus)}>
+        <option value="">any</option><option value="online">online</option><option value="offline">offline</option><option value="pending">pending</option>
       </select></${Field}>
+      <${Field} label="Name (this page)"><input type="search" value=${q} placeholder="host name" onInput=${(e) => setQ(e.target.value)} /></${Field}>
     </div>
     <${Loading} s=${s}>${d && html`
       <table class="grid" id="fleet">
-        <thead><tr><th>Host</th><th>Status</th><th>Mode</th><th>Last heartbeat</th><th>Agent</th><th>Docker</th><th>Load</th><th>Memory</th><th>Containers</th></tr></thead>
-        <tbody>${d.hosts.map((h) => {
+        <thead><tr><th>Host</th><th>Status</th><th>Mode</th><th>Last heartbeat</th><th>Agent</th><th>Docker</th><th>Load</th><th>Memory</th><th>Containers</th><th>Labels</th></tr></thead>
+        <tbody>${shown.map((h) => {
           const x = health(h);
           return html`<tr data-host=${h.id}>
             <td><${Link} href=${'/hosts/' + encodeURIComponent(h.id)}>${h.name}</${Link}></td>
             <td class="status"><${Badge} v=${h.status} /></td><td>${h.connection_mode}</td>
             <td>${ago(h.last_heartbeat)}</td><td>${h.version || '—'}</td><td>${x.docker}</td>
-            <td>${x.load}</td><td>${x.mem}</td><td>${x.cont}</td></tr>`;
+            <td>${x.load}</td><td>${x.mem}</td><td>${x.cont}</td><td>${labels(h)}</td></tr>`;
         })}</tbody></table>
       <div class="bar">
-        <span class="muted">${d.total ? `${d.offset + 1}–${d.offset + d.hosts.length} of ${d.total}` : 'No hosts'}</span>
+        <span class="muted">Page ${cursors.length}, ${d.hosts.length} hosts</span>
         <span class="grow"></span>
-        <button disabled=${offset === 0} onClick=${() => setOffset(Math.max(0, offset - PAGE))}>Previous</button>
-        <button disabled=${offset + PAGE >= d.total} onClick=${() => setOffset(offset + PAGE)}>Next</button>
+        <button disabled=${cursors.length === 1} onClick=${() => setCursors(cursors.slice(0, -1))}>Previous</button>
+        <button disabled=${!d.next} onClick=${() => setCursors([...cursors, d.next])}>Next</button>
       </div>`}</${Loading}>
   </section>`;
 }
