@@ -42,6 +42,9 @@ pub enum Command {
     /// Manage enrolment tokens: agents present one once to enrol themselves.
     #[command(subcommand, name = "enrol-token")]
     EnrolToken(EnrolTokenCommand),
+    /// Manage people who sign in to the web UI.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -95,6 +98,29 @@ pub enum AuditCommand {
 pub struct AuditVerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user who signs in with a password (read from standard input, one line).
+    /// Works beside a running server: the user can sign in at once.
+    Create(UserCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UserCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user's name.
+    #[arg(long)]
+    pub name: String,
+    /// admin, operator or viewer.
+    #[arg(long)]
+    pub role: Role,
+    /// Read the password from standard input (its first line). Without it the user has no
+    /// password and signs in only with API tokens.
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,7 +372,35 @@ pub struct Config {
     /// Default: none (the TCP peer is the client).
     #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
+    pub sessions: SessionsConfig,
     pub agent: AgentConfig,
+}
+
+/// Browser sessions of people who sign in to the web UI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Seconds a session may stay unused. Default 28800 (8 hours).
+    pub idle_timeout: Seconds,
+    /// Seconds a session lasts at most. Default 604800 (7 days).
+    pub max_age: Seconds,
+    /// Failed sign-ins per client address and minute before that address's attempts are
+    /// refused unchecked. Default 10.
+    pub failures_per_address: u32,
+    /// Failed sign-ins per user name and fifteen minutes before that user's attempts are
+    /// refused unchecked (except from a browser with the user's device cookie). Default 10.
+    pub failures_per_user: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            idle_timeout: Seconds::secs(8 * 3600),
+            max_age: Seconds::secs(7 * 24 * 3600),
+            failures_per_address: 10,
+            failures_per_user: 10,
+        }
+    }
 }
 
 /// The seed's `AGENT_CONFIG` and the agent endpoint's limits.
@@ -410,6 +464,7 @@ impl Default for Config {
             api_requests_per_second: 200,
             http_header_timeout: Seconds::secs(30),
             trusted_proxies: Vec::new(),
+            sessions: SessionsConfig::default(),
             agent: AgentConfig::default(),
         }
     }
@@ -547,6 +602,15 @@ impl Config {
         }
         if self.http_header_timeout.get().is_zero() {
             bail!("http_header_timeout must be greater than 0");
+        }
+        let s = &self.sessions;
+        if s.idle_timeout.get().is_zero() || s.max_age.get().is_zero() {
+            bail!("sessions.idle_timeout and sessions.max_age must be greater than 0");
+        }
+        if s.failures_per_address == 0 || s.failures_per_user == 0 {
+            bail!(
+                "sessions.failures_per_address and sessions.failures_per_user must be at least 1"
+            );
         }
         if a.max_messages_per_second == 0 {
             bail!("agent.max_messages_per_second must be at least 1");

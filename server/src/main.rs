@@ -1,11 +1,11 @@
 //! `docker-ctl-server`: `serve`, `token create`, `enrol-token create|list|revoke`,
-//! `audit verify`, `quickstart`, `release keygen|sign`.
+//! `user create`, `audit verify`, `quickstart`, `release keygen|sign`.
 
 use anyhow::Context;
 use clap::Parser;
 use server::config::{
     AuditCommand, Cli, Command, CommonArgs, Config, EnrolTokenCommand, EnrolTokenCreateArgs,
-    LogFormat, ReleaseCommand, TokenCommand,
+    LogFormat, ReleaseCommand, TokenCommand, UserCommand, UserCreateArgs,
 };
 use server::store::{NewAudit, Store};
 use tracing_subscriber::EnvFilter;
@@ -72,6 +72,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::EnrolToken(cmd) => enrol_token_command(cmd).await,
+        Command::User(UserCommand::Create(args)) => user_create(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::load_common(&args.common)?;
             init_logging(config.log_format);
@@ -231,6 +232,31 @@ async fn enrol_token_create(args: EnrolTokenCreateArgs) -> anyhow::Result<()> {
             println!("# {cpu}\n{line}");
         }
     }
+    Ok(())
+}
+
+/// `user create`: the password comes from standard input, never from the command line.
+async fn user_create(args: UserCreateArgs) -> anyhow::Result<()> {
+    let config = Config::load_common(&args.common)?;
+    init_logging(config.log_format);
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let p = line.trim_end_matches(['\r', '\n']).to_string();
+        anyhow::ensure!(!p.is_empty(), "standard input held no password");
+        Some(p)
+    } else {
+        None
+    };
+    let store = Store::open(config.database_url(), &config.data_dir)
+        .await
+        .context("opening the database")?;
+    let result = server::api::create_user(&store, &args.name, args.role, password).await;
+    store.close().await;
+    let user = result.map_err(|e| anyhow::anyhow!("{}", e.body.message))?;
+    println!("created user {} ({})", user.name, user.role.as_str());
     Ok(())
 }
 

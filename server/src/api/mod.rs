@@ -1,8 +1,8 @@
 //! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
 //!
-//! Owns: routing, request and response JSON, the bearer extractor ([`caller`]), paging
-//! ([`paging`]), role checks and auditing of user actions on hosts, agents, tokens and
-//! groups.
+//! Owns: routing, request and response JSON, the caller extractor ([`caller`]: bearer token
+//! or session cookie), paging ([`paging`]), role checks and auditing of user actions on hosts,
+//! agents, tokens, groups, users and sessions, and serving the embedded web UI ([`ui`]).
 //! Must not: take a step of a command's life (the `commands` module owns it), reach Docker
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
@@ -18,14 +18,18 @@ mod operations;
 mod paging;
 mod passthrough;
 mod records;
+mod session;
 mod stream;
 mod system;
 mod tokens;
+pub mod ui;
+mod users;
 
 pub use caller::Caller;
 pub use tokens::issue_user_token as tokens_issue;
+pub use users::create_user;
 
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 
 use crate::state::AppState;
@@ -73,6 +77,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/hosts/{id}/docker/{*rest}",
             any(passthrough::handle),
         )
+        .route(
+            "/api/v1/hosts/{id}/exec/{exec_id}/terminal",
+            get(passthrough::terminal),
+        )
         .route("/api/v1/agents", get(agents::list).post(agents::create))
         .route(
             "/api/v1/agents/{agent_id}",
@@ -103,6 +111,28 @@ pub fn router() -> Router<AppState> {
             "/api/v1/enrolment-tokens/{id}/revoke",
             post(enrolment::revoke),
         )
+        .route(
+            "/api/v1/session",
+            get(session::show)
+                .post(session::create)
+                .delete(session::delete),
+        )
+        .route("/api/v1/me", get(session::show))
+        .route("/api/v1/me/password", put(users::change_password))
+        .route(
+            "/api/v1/me/tokens",
+            get(users::my_tokens).post(users::create_my_token),
+        )
+        .route("/api/v1/me/tokens/{id}", delete(users::revoke_my_token))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::patch(users::patch).delete(users::delete),
+        )
+        .route(
+            "/api/v1/users/{name}/sessions",
+            get(users::sessions).delete(users::revoke_sessions),
+        )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",
@@ -120,4 +150,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/assets/{version}/{*path}", get(ui::asset))
+        .fallback(ui::fallback)
 }

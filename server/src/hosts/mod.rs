@@ -104,13 +104,20 @@ impl std::fmt::Debug for StreamResponse {
     }
 }
 
+/// The client's end of a hijacked connection: the client's upgraded HTTP connection (the
+/// docker CLI), or one end of an in-memory pipe (the web UI's exec terminal, whose other end
+/// is its WebSocket).
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> ClientIo for T {}
+
 /// The far end of a hijacked connection (exec, attach).
 pub trait Tunnel: Send {
     /// Pumps bytes both ways between `client` and the daemon until both directions ended
     /// or either side failed. Dropping the future cuts both connections.
     fn pump(
         self: Box<Self>,
-        client: hyper::upgrade::Upgraded,
+        client: Box<dyn ClientIo>,
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, ()>;
 }
