@@ -35,7 +35,7 @@ SERVER_LAYERS = [
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
     ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
-               "reply", "error", "config", "stacks", "releases"}),
+               "reply", "error", "config", "stacks", "releases", "tls"}),
 ]
 
 

@@ -36,6 +36,7 @@ pub mod reply;
 pub mod stacks;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use app::{app, run, serve};
 pub use forwarded::ClientIp;
