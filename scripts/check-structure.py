@@ -36,7 +36,7 @@ SERVER_LAYERS = [
     ("agents", {"agents"}),
     ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto",
                "forwarded", "reply", "error", "config", "stacks", "releases", "labels",
-               "enrolment"}),
+               "enrolment", "tls"}),
 ]
 
 

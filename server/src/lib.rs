@@ -44,6 +44,7 @@ pub mod rollouts;
 pub mod stacks;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use app::{app, run, serve};
 pub use forwarded::ClientIp;
