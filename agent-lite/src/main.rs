@@ -30,13 +30,13 @@ fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::confi
         agent_id: args.agent_id.clone(),
         token: args.token.clone().map(Into::into),
         docker_socket: args.docker_socket.clone(),
-        // No flags for these: a key on the command line shows in the process list.
+        // No flag for this one: a key on the command line shows in the process list.
         signing_key: env("DOCKER_CTL_SIGNING_KEY")
             .filter(|v| !v.is_empty())
             .map(Into::into),
-        state_file: env("DOCKER_CTL_STATE_FILE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from),
+        state_file: args.state_file.clone(),
+        enrol_token: args.enrol_token.clone().map(Into::into),
+        name: args.name.clone(),
     });
     Ok((config.into_valid()?, path))
 }
@@ -78,12 +78,16 @@ fn main() -> ExitCode {
     if let Err(code) = init_logging(&valid.config) {
         return code;
     }
-    log::info!(
-        "docker-ctl-agent {} ({}) starting as {}",
-        protocol::VERSION,
-        protocol::version::TARGET,
-        valid.config.agent.id
-    );
+    let (version, target) = (protocol::VERSION, protocol::version::TARGET);
+    match &valid.config.agent.enrol_token {
+        Some(_) => {
+            log::info!("docker-ctl-agent {version} ({target}) starting with an enrolment token")
+        }
+        None => log::info!(
+            "docker-ctl-agent {version} ({target}) starting as {}",
+            valid.config.agent.id
+        ),
+    }
     if let Some(w) = path.as_deref().and_then(check_permissions) {
         log::warn!("{w}");
     }
@@ -125,6 +129,7 @@ fn init_logging(config: &Config) -> Result<(), ExitCode> {
     let secrets = [
         config.agent.auth_token.expose(),
         config.agent.signing_key.as_ref().map_or("", |k| k.expose()),
+        config.agent.enrol_token.as_ref().map_or("", |k| k.expose()),
     ];
     agent_lite::log::init(
         &config.logging.level,
@@ -147,28 +152,8 @@ fn init_logging(config: &Config) -> Result<(), ExitCode> {
 /// rollback asks to start again.
 fn run(valid: ValidConfig, relaunch: Relaunch, start: Start) -> ExitCode {
     let shutdown = Shutdown::new();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let sd = shutdown.clone();
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("received signal {sig}; shutting down");
-                sd.trigger();
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the signal thread: {e}");
+    if let Err(e) = watch_signals(&shutdown) {
+        log::error!("{e}");
         return ExitCode::FAILURE;
     }
     match agent_lite::run_started(valid, shutdown.clone(), relaunch.clone(), start) {
@@ -177,9 +162,36 @@ fn run(valid: ValidConfig, relaunch: Relaunch, start: Start) -> ExitCode {
             log::info!("stopped");
             ExitCode::SUCCESS
         }
+        Err(e @ agent_lite::Error::EnrolRefused(_)) => {
+            log::error!("{e}");
+            // The service manager does not restart a refused enrolment (the unit's
+            // RestartPreventExitStatus): the token will not become valid by itself.
+            ExitCode::from(agent_lite::error::EXIT_ENROL_REFUSED)
+        }
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGTERM and SIGINT trigger `shutdown` (from a small thread of their own).
+fn watch_signals(shutdown: &Shutdown) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let sd = shutdown.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("received signal {sig}; shutting down");
+                sd.trigger();
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
 }

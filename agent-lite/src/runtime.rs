@@ -1,4 +1,5 @@
-//! Starting and stopping the agent: [`run`] validates the config, builds the shared
+//! Starting and stopping the agent: [`run`] validates the config, opens the state file, gets
+//! the credentials of an agent that enrols itself ([`crate::enrol`]), builds the shared
 //! [`Agent`], starts the helper threads (health prober, events follower, command workers) and
 //! holds the link to the server until shutdown or until reconnecting gives up.
 //!
@@ -47,13 +48,31 @@ pub fn run_started(
     relaunch: Relaunch,
     start: Start,
 ) -> Result<()> {
-    let ValidConfig { config, parsed } = valid;
+    let ValidConfig { mut config, parsed } = valid;
     let tls = tls::for_link(&config.server, &parsed.server_url, parsed.pin)?;
+    let env = |k: &str| std::env::var(k).ok();
+    // An agent that enrols keeps its credentials in the state file, never in memory only.
+    let enrolling = config.agent.enrol_token.is_some();
+    let state_file = StateFile::choose(config.agent.state_file.as_deref(), &env, enrolling)
+        .map_err(Error::Setup)?;
+    let keys = state_file.load(now_secs());
+    if enrolling {
+        let url = &parsed.server_url;
+        let got =
+            crate::enrol::credentials(&config, url, tls.as_ref(), &state_file, &keys, &shutdown)?;
+        let Some(c) = got else {
+            return Ok(());
+        };
+        config.agent.id = c.agent_id;
+        config.agent.auth_token = c.auth_token;
+    }
+    let memory = Memory::with_keys(state_file, keys);
     let url = parsed.server_url.clone();
     let agent = Arc::new(build(
         config,
         parsed,
         tls.clone(),
+        memory,
         &shutdown,
         relaunch,
         &start,
@@ -95,6 +114,7 @@ fn build(
     config: Config,
     parsed: Parsed,
     tls: Option<Arc<ClientConfig>>,
+    commands: Memory,
     shutdown: &Shutdown,
     relaunch: Relaunch,
     start: &Start,
@@ -104,9 +124,6 @@ fn build(
     if key.is_some() {
         log::info!("message signing is on: every JSON message is signed and must be signed");
     }
-    let env = |k: &str| std::env::var(k).ok();
-    let state_file =
-        StateFile::choose(config.agent.state_file.as_deref(), &env).map_err(Error::Setup)?;
     let waker = Waker::new().map_err(|e| Error::Setup(format!("cannot create a pipe: {e}")))?;
     let waker = Arc::new(waker);
     shutdown.add_waker(waker.clone());
@@ -133,7 +150,7 @@ fn build(
         events: Arc::new(EventBuffer::new(a.event_buffer).with_waker(waker.clone())),
         stats,
         health: Arc::default(),
-        commands: Memory::load(state_file, now_secs()),
+        commands,
         outbox: Outbox::default().with_waker(waker.clone()),
         waker,
         signer: key.map(Signer::new),

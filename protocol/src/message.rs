@@ -55,10 +55,13 @@ pub enum MessageType {
     // agent self-update (protocol version 3)
     AgentUpdate,
     AgentUpdateProgress,
+    // enrolment, on its own socket (`/ws/enrol`)
+    Enrol,
+    EnrolResponse,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 17] = [
+    pub const ALL: [MessageType; 19] = [
         MessageType::Auth,
         MessageType::Heartbeat,
         MessageType::CommandResponse,
@@ -76,6 +79,8 @@ impl MessageType {
         MessageType::StreamCredit,
         MessageType::AgentUpdate,
         MessageType::AgentUpdateProgress,
+        MessageType::Enrol,
+        MessageType::EnrolResponse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +102,8 @@ impl MessageType {
             MessageType::StreamCredit => "stream_credit",
             MessageType::AgentUpdate => "agent_update",
             MessageType::AgentUpdateProgress => "agent_update_progress",
+            MessageType::Enrol => "enrol",
+            MessageType::EnrolResponse => "enrol_response",
         }
     }
 
@@ -489,6 +496,67 @@ pub fn decode_data_frame(frame: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     Ok((id, &frame[4..]))
 }
 
+/// `enrol` (agent -> server): the first and only message an agent sends on `/ws/enrol`, once,
+/// when it has no credentials yet. The server answers with one `enrol_response` and closes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolPayload {
+    /// The enrolment token an admin created (`dctl_e_...`). Never logged.
+    pub enrol_token: Secret,
+    /// The host name to enrol as: the agent's `--name`, else the machine's hostname.
+    pub name: String,
+    /// `name` is the machine's hostname (no name was chosen): when a host of that name
+    /// belongs to another machine, the server enrols this one as `NAME-XXXXXXXX` (the first 8
+    /// digits of `machine_id`) instead of refusing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub name_is_hostname: bool,
+    /// Lowercase hex SHA-256 of `docker-ctl machine-id:` followed by the machine id, so the
+    /// machine id itself never leaves the machine. The same machine with the same name gets
+    /// its host back instead of a second one.
+    pub machine_id: String,
+    /// The agent's software version.
+    pub version: String,
+    /// The newest protocol version the agent speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolStatus {
+    Enrolled,
+    Rejected,
+}
+
+/// `enrol_response` (server -> agent): the agent's own credentials, shown this once, or why
+/// the enrolment was refused. The server closes the socket after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolResponsePayload {
+    pub status: EnrolStatus,
+    /// The agent id to authenticate as on `/ws/agents/{agent_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The agent's own token. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// The host's name (may carry a suffix, see [`EnrolPayload::name_is_hostname`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// The host waits for an admin's approval: nothing reaches it until then.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending: bool,
+    /// Why the enrolment was refused (`unauthorized`: the token is unknown, revoked, expired
+    /// or used up; `conflict`: the name belongs to another machine; `invalid_params`;
+    /// `rate_limited`, `internal`: retry later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
 /// A typed message: the envelope's `type` and `payload` together.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -509,6 +577,8 @@ pub enum Message {
     StreamCredit(StreamCreditPayload),
     AgentUpdate(AgentUpdatePayload),
     AgentUpdateProgress(AgentUpdateProgressPayload),
+    Enrol(EnrolPayload),
+    EnrolResponse(EnrolResponsePayload),
 }
 
 impl Message {
@@ -531,6 +601,8 @@ impl Message {
             Message::StreamCredit(_) => MessageType::StreamCredit,
             Message::AgentUpdate(_) => MessageType::AgentUpdate,
             Message::AgentUpdateProgress(_) => MessageType::AgentUpdateProgress,
+            Message::Enrol(_) => MessageType::Enrol,
+            Message::EnrolResponse(_) => MessageType::EnrolResponse,
         }
     }
 
@@ -553,6 +625,8 @@ impl Message {
             Message::StreamCredit(p) => serde_json::to_value(p),
             Message::AgentUpdate(p) => serde_json::to_value(p),
             Message::AgentUpdateProgress(p) => serde_json::to_value(p),
+            Message::Enrol(p) => serde_json::to_value(p),
+            Message::EnrolResponse(p) => serde_json::to_value(p),
         };
         // Our payload types serialise to JSON objects infallibly (string keys only).
         v.unwrap_or(Value::Null)
@@ -673,6 +747,8 @@ impl Envelope {
             MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
             MessageType::AgentUpdate => Message::AgentUpdate(payload(kind, p)?),
             MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(payload(kind, p)?),
+            MessageType::Enrol => Message::Enrol(payload(kind, p)?),
+            MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
         };
         Ok(Envelope {
             id: raw.id,

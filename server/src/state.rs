@@ -14,6 +14,7 @@ use anyhow::Context;
 use axum::extract::FromRef;
 use std::sync::Arc;
 
+use crate::accounts::{self, Accounts};
 use crate::agents::{AgentEndpoint, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, RateLimiter};
@@ -55,6 +56,8 @@ pub struct AppState {
     pub leases: Leases,
     /// Agent self-updates and the releases they install.
     pub updates: Updates,
+    /// People who sign in: sessions, sign-in limits, sign-in links.
+    pub accounts: Accounts,
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,6 +139,13 @@ impl AppState {
             crate::releases::Shelf::new(&config.data_dir),
             feed.clone(),
         );
+        let s = &config.sessions;
+        let policy = accounts::Policy {
+            idle: s.idle_timeout.get(),
+            max_age: s.max_age.get(),
+            failures_per_address: s.failures_per_address,
+            failures_per_user: s.failures_per_user,
+        };
         let fleet = Fleet::new(store.clone(), adapters.clone());
         let bulk = rollouts::bulk::BulkKind {
             commands: commands.clone(),
@@ -158,6 +168,7 @@ impl AppState {
         }
         Ok(AppState {
             updates,
+            accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
             leases: Leases::new(store.clone()),
