@@ -24,6 +24,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod deploy;
 pub mod error;
 pub mod feed;
 pub mod forwarded;

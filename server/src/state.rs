@@ -19,6 +19,7 @@ use crate::auth::{FailureLimiter, RateLimiter};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
+use crate::deploy::Deployer;
 use crate::feed::Feed;
 use crate::hosts::Adapters;
 use crate::leases::Leases;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub adapters: Adapters,
     /// The owner of every command's life.
     pub commands: Commands,
+    /// Stacks: their versions, deployments and status.
+    pub deployer: Deployer,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
     pub audit: Auditor,
@@ -120,7 +123,9 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
+        let deployer = Deployer::new(commands.clone(), store.clone(), keys.clone(), audit.clone());
         Ok(AppState {
+            deployer,
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
             leases: Leases::new(store.clone()),

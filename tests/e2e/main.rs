@@ -6,3 +6,4 @@ mod arm;
 mod dist;
 mod lifecycle;
 mod passthrough;
+mod stacks;

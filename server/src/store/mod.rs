@@ -4,7 +4,7 @@
 //! Owns: connecting, applying the embedded migrations (`server/migrations/{postgres,sqlite}`),
 //! and every SQL statement of the server, one file per table (`users`, `tokens`, `hosts`,
 //! `agents`, `agent_events`, `docker_events`, `audit`, `commands` with its write-behind
-//! `journal`), plus the read-through `cache` of tokens and hosts. Must not: decide policy (auth, roles) or hold
+//! `journal`, `stacks` with their versions, hosts and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
 //! Portability rules: runtime `sqlx::query` with `$N` binds only, ids are TEXT, times are
@@ -19,6 +19,7 @@ mod docker_events;
 mod hosts;
 mod journal;
 mod tokens;
+mod stacks;
 mod users;
 
 pub use agent_events::AgentEvent;
@@ -27,6 +28,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
 pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand};
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};
 pub use users::{Role, User};
 
