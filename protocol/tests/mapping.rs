@@ -400,7 +400,10 @@ fn a_pull_with_credentials_sends_them_as_x_registry_auth_and_never_prints_them()
         json!({"image": "registry.example:5000/team/app", "tag": "1",
                "auth": {"username": "ci", "password": "pw-123", "serveraddress": "registry.example:5000"}}),
     );
-    assert!(!format!("{pull:?}").contains("pw-123"), "Debug masks the password");
+    assert!(
+        !format!("{pull:?}").contains("pw-123"),
+        "Debug masks the password"
+    );
     let (made, _) = drive(
         pull,
         vec![DockerResponse {

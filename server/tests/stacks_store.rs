@@ -79,7 +79,9 @@ async fn compose_env_and_registry_passwords_are_encrypted_and_pulls_carry_the_cr
         "POST",
         "/api/v1/registries",
         Some(&admin),
-        Some(json!({"server": "registry.example:5000", "username": "ci", "password": "hunter2-pw"})),
+        Some(
+            json!({"server": "registry.example:5000", "username": "ci", "password": "hunter2-pw"}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
@@ -96,14 +98,21 @@ async fn compose_env_and_registry_passwords_are_encrypted_and_pulls_carry_the_cr
         "POST",
         "/api/v1/stacks",
         Some(&admin),
-        Some(json!({"name": "shop", "compose": compose, "env": {"KEY": "env-secret-value"},
-                    "host_ids": [host_id]})),
+        Some(
+            json!({"name": "shop", "compose": compose, "env": {"KEY": "env-secret-value"},
+                    "host_ids": [host_id]}),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{a}");
     assert_eq!(a["name"], "shop");
     assert_eq!(a["version"], 1);
-    let v = st.store.get_stack_version("shop", 1).await.unwrap().unwrap();
+    let v = st
+        .store
+        .get_stack_version("shop", 1)
+        .await
+        .unwrap()
+        .unwrap();
     for enc in [&v.compose_enc, &v.env_enc] {
         assert!(enc.starts_with("v1:"));
         assert!(!enc.contains("secret-value"));
@@ -157,7 +166,10 @@ async fn compose_env_and_registry_passwords_are_encrypted_and_pulls_carry_the_cr
     // Every change is audited, and no secret reaches the audit log.
     let (_, audit) = call(&st, "GET", "/api/v1/audit?limit=200", Some(&admin), None).await;
     let text = audit.to_string();
-    assert!(text.contains("stack.create") && text.contains("registry.create"), "{text}");
+    assert!(
+        text.contains("stack.create") && text.contains("registry.create"),
+        "{text}"
+    );
     assert!(text.contains("stack:shop"), "the commands name the stack");
     for secret in ["hunter2", "secret-value"] {
         assert!(!text.contains(secret), "{secret} in the audit log");
@@ -167,7 +179,14 @@ async fn compose_env_and_registry_passwords_are_encrypted_and_pulls_carry_the_cr
     let viewer = token(&st, "viewer", Role::Viewer).await;
     let (s, _) = call(&st, "GET", "/api/v1/stacks", Some(&viewer), None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&st, "POST", "/api/v1/stacks/shop/redeploy", Some(&viewer), None).await;
+    let (s, _) = call(
+        &st,
+        "POST",
+        "/api/v1/stacks/shop/redeploy",
+        Some(&viewer),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = call(&st, "GET", "/api/v1/stacks/nope", Some(&viewer), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);

@@ -97,7 +97,7 @@ fn stack(server: &Server, name: &str) -> Value {
 
 /// Waits until every host of the stack ran `version` to the end; returns the stack.
 fn wait_deployed(server: &Server, name: &str, version: i64) -> Value {
-    wait_for(
+    poll(
         &format!("stack {name} version {version} deployed"),
         DEPLOY_TIMEOUT,
         || {
@@ -113,6 +113,21 @@ fn wait_deployed(server: &Server, name: &str, version: i64) -> Value {
             done.then_some(s)
         },
     )
+}
+
+/// Polls `cond` every 250 ms (each poll reads the hosts) until it holds or `timeout` passes.
+fn poll<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn container(name: &str) -> Value {
@@ -136,7 +151,10 @@ fn env_has(name: &str, kv: &str) -> bool {
 fn deploy(server: &Server, body: Value) -> Value {
     let (st, a) = server.api("POST", "/api/v1/stacks", Some(body));
     assert_eq!(st, 202, "{a}");
-    assert!(a["rollout_id"].as_str().is_some_and(|r| !r.is_empty()), "{a}");
+    assert!(
+        a["rollout_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{a}"
+    );
     a
 }
 
@@ -158,7 +176,10 @@ fn check_first_deploy(p: &str) {
         container(&format!("{p}-api-1"))["Config"]["Labels"]["app.role"],
         "api"
     );
-    assert!(env_has(&format!("{p}-api-1"), "MODE=prod"), "env interpolated");
+    assert!(
+        env_has(&format!("{p}-api-1"), "MODE=prod"),
+        "env interpolated"
+    );
     assert!(env_has(&format!("{p}-db-1"), "DB_PASSWORD=s3cret"));
     assert_eq!(
         container(&format!("{p}-db-1"))["State"]["Health"]["Status"],
@@ -170,7 +191,10 @@ fn check_first_deploy(p: &str) {
         assert_eq!(net["Labels"]["com.docker.compose.network"], n);
     }
     let api_nets = &container(&format!("{p}-api-1"))["NetworkSettings"]["Networks"];
-    assert!(api_nets.get(format!("{p}_back")).is_some() && api_nets.get(format!("{p}_front")).is_some(), "{api_nets}");
+    assert!(
+        api_nets.get(format!("{p}_back")).is_some() && api_nets.get(format!("{p}_front")).is_some(),
+        "{api_nets}"
+    );
     let vol = docker_get(&format!("/volumes/{p}_data"));
     assert_eq!(vol["Labels"]["com.docker.compose.volume"], "data");
     // db became healthy before api started, and api started before web.
@@ -181,7 +205,10 @@ fn check_first_deploy(p: &str) {
             .to_string()
     };
     let (db, api, web) = (started("db"), started("api"), started("web"));
-    assert!(db < api && api < web, "start order db {db} < api {api} < web {web}");
+    assert!(
+        db < api && api < web,
+        "start order db {db} < api {api} < web {web}"
+    );
     let health_log = &container(&format!("{p}-db-1"))["State"]["Health"]["Log"];
     let first_healthy = health_log
         .as_array()
@@ -189,7 +216,10 @@ fn check_first_deploy(p: &str) {
         .and_then(|e| e["End"].as_str())
         .expect("a passing health check")
         .to_string();
-    assert!(first_healthy < api, "api started ({api}) after db was healthy ({first_healthy})");
+    assert!(
+        first_healthy < api,
+        "api started ({api}) after db was healthy ({first_healthy})"
+    );
 }
 
 #[test]
@@ -217,7 +247,10 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
         .filter_map(|x| x["service"].as_str())
         .collect();
     assert_eq!(services, ["db", "api", "web"], "{s}");
-    assert!(!s.to_string().contains("s3cret"), "no env value in the status");
+    assert!(
+        !s.to_string().contains("s3cret"),
+        "no env value in the status"
+    );
     check_first_deploy(&p);
 
     // One service's environment changes: only its container is recreated.
@@ -268,7 +301,7 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
     assert_eq!(api["state"], "missing", "{s}");
     let (st, a) = server.api("POST", &format!("/api/v1/stacks/{p}/redeploy"), None);
     assert_eq!((st, a["version"].clone()), (202, json!(3)), "{a}");
-    let s = wait_for("the redeploy repairs the drift", DEPLOY_TIMEOUT, || {
+    let s = poll("the redeploy repairs the drift", DEPLOY_TIMEOUT, || {
         let s = stack(&server, &p);
         (s["hosts"][0]["in_sync"] == true).then_some(s)
     });
@@ -278,7 +311,7 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
     // Removing without volumes keeps the volume.
     let (st, a) = server.api("DELETE", &format!("/api/v1/stacks/{p}"), None);
     assert_eq!(st, 202, "{a}");
-    wait_for("the stack is removed", DEPLOY_TIMEOUT, || {
+    poll("the stack is removed", DEPLOY_TIMEOUT, || {
         let (st, _) = server.api("GET", &format!("/api/v1/stacks/{p}"), None);
         (st == 404).then_some(())
     });
@@ -286,18 +319,37 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
         assert!(!exists("container", &format!("{p}-{s}-1")), "{s} removed");
     }
     for n in ["back", "front"] {
-        assert!(!exists("network", &format!("{p}_{n}")), "network {n} removed");
+        assert!(
+            !exists("network", &format!("{p}_{n}")),
+            "network {n} removed"
+        );
     }
     assert!(exists("volume", &format!("{p}_data")), "the volume stays");
 
-    // Every change is audited.
-    let (_, audit) = server.api("GET", "/api/v1/audit?limit=500", None);
-    let text = audit.to_string();
-    for action in ["stack.create", "stack.update", "stack.redeploy", "stack.delete"] {
-        assert!(text.contains(action), "{action} audited");
+    // Every change is audited, and each step's command names the stack.
+    for action in [
+        "stack.create",
+        "stack.update",
+        "stack.redeploy",
+        "stack.delete",
+        "operation.container.create",
+    ] {
+        let (st, audit) = server.api(
+            "GET",
+            &format!("/api/v1/audit?action={action}&limit=100"),
+            None,
+        );
+        assert_eq!(st, 200, "{audit}");
+        let text = audit.to_string();
+        assert!(text.contains(&p), "{action} audited: {text}");
+        assert!(!text.contains("s3cret"), "no env value in the audit log");
+        if action.starts_with("operation.") {
+            assert!(
+                text.contains(&format!("stack:{p}")),
+                "the commands name the stack: {text}"
+            );
+        }
     }
-    assert!(text.contains(&format!("stack:{p}")), "the commands name the stack");
-    assert!(!text.contains("s3cret"), "no env value in the audit log");
 }
 
 #[test]
@@ -316,11 +368,14 @@ fn removing_a_stack_with_volumes_removes_its_volumes() {
     assert!(exists("volume", &format!("{p}_data")));
     let (st, a) = server.api("DELETE", &format!("/api/v1/stacks/{p}?volumes=true"), None);
     assert_eq!(st, 202, "{a}");
-    wait_for("the stack is removed", DEPLOY_TIMEOUT, || {
+    poll("the stack is removed", DEPLOY_TIMEOUT, || {
         let (st, _) = server.api("GET", &format!("/api/v1/stacks/{p}"), None);
         (st == 404).then_some(())
     });
-    assert!(!exists("volume", &format!("{p}_data")), "the volume is removed");
+    assert!(
+        !exists("volume", &format!("{p}_data")),
+        "the volume is removed"
+    );
     assert!(!exists("container", &format!("{p}-db-1")));
 }
 
@@ -403,15 +458,21 @@ fn the_agents_policy_refusal_is_that_hosts_failure() {
         &server,
         json!({"name": p, "compose": yaml, "host_ids": [host_id]}),
     );
-    let s = wait_for("the deploy fails", DEPLOY_TIMEOUT, || {
+    let s = poll("the deploy fails", DEPLOY_TIMEOUT, || {
         let s = stack(&server, &p);
         (s["hosts"][0]["state"] == "failed").then_some(s)
     });
     let err = &s["hosts"][0]["error"];
     assert_eq!(err["code"], "forbidden", "{s}");
     let msg = err["message"].as_str().unwrap_or_default().to_lowercase();
-    assert!(msg.contains("privileged") && msg.contains("policy"), "{msg}");
-    assert!(!exists("container", &format!("{p}-priv-1")), "nothing was created");
+    assert!(
+        msg.contains("privileged") && msg.contains("policy"),
+        "{msg}"
+    );
+    assert!(
+        !exists("container", &format!("{p}-priv-1")),
+        "nothing was created"
+    );
 }
 
 #[test]
@@ -434,9 +495,16 @@ fn registry_credentials_are_stored_and_never_shown() {
         Some(json!({"server": "registry.example:5000", "username": "x", "password": "y"})),
     );
     assert_eq!(st, 409);
-    let (st, _) = server.api("DELETE", &format!("/api/v1/registries/{}", json_id(&r)), None);
+    let (st, _) = server.api(
+        "DELETE",
+        &format!("/api/v1/registries/{}", json_id(&r)),
+        None,
+    );
     assert_eq!(st, 204);
     let (_, list) = server.api("GET", "/api/v1/registries", None);
     assert_eq!(list, json!([]));
-    assert!(!server.output.contains("hunter2"), "the password is never logged");
+    assert!(
+        !server.output.contains("hunter2"),
+        "the password is never logged"
+    );
 }

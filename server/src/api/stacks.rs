@@ -40,7 +40,9 @@ pub async fn update(
     body: Body<StackRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(req) = body?;
-    Ok(accepted(state.deployer.deploy(&caller, req, Some(&name)).await?))
+    Ok(accepted(
+        state.deployer.deploy(&caller, req, Some(&name)).await?,
+    ))
 }
 
 pub async fn redeploy(
@@ -65,7 +67,9 @@ pub async fn delete(
     q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Query(q) = q?;
-    Ok(accepted(state.deployer.remove(&caller, &name, q.volumes).await?))
+    Ok(accepted(
+        state.deployer.remove(&caller, &name, q.volumes).await?,
+    ))
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

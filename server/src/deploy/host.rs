@@ -59,7 +59,11 @@ impl HostRun<'_> {
         })
     }
 
-    async fn submit(&self, op: &Operation, queue: bool) -> Result<crate::commands::Reply, ErrorBody> {
+    async fn submit(
+        &self,
+        op: &Operation,
+        queue: bool,
+    ) -> Result<crate::commands::Reply, ErrorBody> {
         let sub = Submission {
             host_id: self.host_id.to_string(),
             operation: op.name().to_string(),
@@ -68,12 +72,20 @@ impl HostRun<'_> {
             origin: Some(self.origin.clone()),
             ..Default::default()
         };
-        self.d.commands.submit(self.who, sub).await.map_err(|e| e.body)
+        self.d
+            .commands
+            .submit(self.who, sub)
+            .await
+            .map_err(|e| e.body)
     }
 
     /// Runs `op` queued: when the host cannot take it now, the run parks until the command
     /// is delivered (the host's agent came back) and finished.
-    async fn call_queued(&self, op: &Operation, parking: &mut dyn Parking) -> Result<Value, ErrorBody> {
+    async fn call_queued(
+        &self,
+        op: &Operation,
+        parking: &mut dyn Parking,
+    ) -> Result<Value, ErrorBody> {
         let mut reply = self.submit(op, true).await?;
         if reply.outcome.is_none() && reply.state == CommandState::Queued {
             parking.park().await;
@@ -98,7 +110,10 @@ impl HostRun<'_> {
                     .await
                     .map_err(|e| e.body)?;
                 r.outcome.unwrap_or_else(|| {
-                    Err(ErrorBody::new(ErrorCode::Timeout, "the host did not answer in time"))
+                    Err(ErrorBody::new(
+                        ErrorCode::Timeout,
+                        "the host did not answer in time",
+                    ))
                 })
             }
         }
@@ -129,11 +144,20 @@ impl HostRun<'_> {
         let images = self
             .call(&Operation::ImageList(ImageListParams::default()))
             .await?;
-        Ok(Observed::from_docker(&containers, &networks, &volumes, &images))
+        Ok(Observed::from_docker(
+            &containers,
+            &networks,
+            &volumes,
+            &images,
+        ))
     }
 
     /// Brings the host to `plan`: pulls (then observes again), then the reconcile's steps.
-    pub async fn apply(&self, plan: &StackPlan, parking: &mut dyn Parking) -> Result<(), ErrorBody> {
+    pub async fn apply(
+        &self,
+        plan: &StackPlan,
+        parking: &mut dyn Parking,
+    ) -> Result<(), ErrorBody> {
         let mut observed = self.observe(&plan.project, Some(parking)).await?;
         let pulls = reconcile::pulls(plan, &observed);
         if !pulls.is_empty() {
@@ -240,7 +264,10 @@ mod tests {
     fn the_registry_of_an_image() {
         assert_eq!(registry_of("busybox"), "docker.io");
         assert_eq!(registry_of("library/busybox:1"), "docker.io");
-        assert_eq!(registry_of("registry.example:5000/x/y:1"), "registry.example:5000");
+        assert_eq!(
+            registry_of("registry.example:5000/x/y:1"),
+            "registry.example:5000"
+        );
         assert_eq!(registry_of("localhost/x"), "localhost");
         assert_eq!(registry_of("ghcr.io/o/i@sha256:ab"), "ghcr.io");
     }

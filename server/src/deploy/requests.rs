@@ -70,12 +70,17 @@ pub struct RegistryRequest {
 fn compose_error(errors: &ComposeErrors) -> ApiError {
     let unsupported = errors.unsupported();
     let message = if unsupported.is_empty() {
-        format!("the compose file has {} problem(s): {errors}", errors.0.len())
+        format!(
+            "the compose file has {} problem(s): {errors}",
+            errors.0.len()
+        )
     } else {
         format!("unsupported compose keys: {}", unsupported.join(", "))
     };
     let details = json!({ "errors": errors.0, "unsupported": unsupported });
-    ApiError::from(protocol::ErrorBody::new(ErrorCode::InvalidParams, message).with_details(details))
+    ApiError::from(
+        protocol::ErrorBody::new(ErrorCode::InvalidParams, message).with_details(details),
+    )
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -109,7 +114,9 @@ impl Deployer {
             .await?;
         let name = match (path_name, req.name.as_deref()) {
             (Some(p), Some(b)) if p != b => {
-                return Err(ApiError::bad_request("the body's name differs from the URL's"))
+                return Err(ApiError::bad_request(
+                    "the body's name differs from the URL's",
+                ))
             }
             (Some(p), _) => p.to_string(),
             (None, Some(b)) => b.to_string(),
@@ -119,8 +126,14 @@ impl Deployer {
         if path_name.is_some() && existing.is_none() {
             return Err(ApiError::not_found("stack not found"));
         }
-        let action = if existing.is_some() { "stack.update" } else { "stack.create" };
-        let result = self.store_version(who, &name, &req, existing.as_ref()).await;
+        let action = if existing.is_some() {
+            "stack.update"
+        } else {
+            "stack.create"
+        };
+        let result = self
+            .store_version(who, &name, &req, existing.as_ref())
+            .await;
         let result = match result {
             Ok((stack, hosts)) => self.start(who, &stack, hosts, Action::Apply).await,
             Err(e) => Err(e),
@@ -144,7 +157,10 @@ impl Deployer {
         stacks::parse(name, &req.compose, &req.env).map_err(|e| compose_error(&e))?;
         let (targets, hosts) = self.targets(req, existing).await?;
         let env_text = serde_json::to_string(&req.env).map_err(ApiError::internal)?;
-        let compose_enc = self.keys.encrypt(&req.compose).map_err(ApiError::internal)?;
+        let compose_enc = self
+            .keys
+            .encrypt(&req.compose)
+            .map_err(ApiError::internal)?;
         let env_enc = self.keys.encrypt(&env_text).map_err(ApiError::internal)?;
         let v = NewStackVersion {
             name,
@@ -154,7 +170,11 @@ impl Deployer {
             by: &who.user,
             host_ids: &hosts,
         };
-        let stack = self.store.save_stack_version(&v).await.map_err(store_error)?;
+        let stack = self
+            .store
+            .save_stack_version(&v)
+            .await
+            .map_err(store_error)?;
         Ok((stack, hosts))
     }
 
@@ -192,7 +212,9 @@ impl Deployer {
             .and_then(|h| serde_json::from_value(h.clone()).ok())
             .unwrap_or_default();
         if ids.is_empty() {
-            return Err(ApiError::bad_request("host_ids must name at least one host"));
+            return Err(ApiError::bad_request(
+                "host_ids must name at least one host",
+            ));
         }
         let mut out: Vec<String> = Vec::new();
         for id in ids {
@@ -228,8 +250,12 @@ impl Deployer {
             self.start(who, &stack, hosts, Action::Apply).await
         }
         .await;
-        let detail = result.as_ref().ok().map(|a| json!({ "version": a.version, "rollout_id": a.rollout_id }));
-        self.audit_result(who, "stack.redeploy", name, &result, detail).await;
+        let detail = result
+            .as_ref()
+            .ok()
+            .map(|a| json!({ "version": a.version, "rollout_id": a.rollout_id }));
+        self.audit_result(who, "stack.redeploy", name, &result, detail)
+            .await;
         result
     }
 
@@ -255,14 +281,15 @@ impl Deployer {
             if hosts.is_empty() {
                 self.store.delete_stack_if_done(name).await?;
             }
-            self.start(who, &stack, hosts, Action::Remove { volumes }).await
+            self.start(who, &stack, hosts, Action::Remove { volumes })
+                .await
         }
         .await;
-        let detail = result
-            .as_ref()
-            .ok()
-            .map(|a| json!({ "version": a.version, "rollout_id": a.rollout_id, "volumes": volumes }));
-        self.audit_result(who, "stack.delete", name, &result, detail).await;
+        let detail = result.as_ref().ok().map(
+            |a| json!({ "version": a.version, "rollout_id": a.rollout_id, "volumes": volumes }),
+        );
+        self.audit_result(who, "stack.delete", name, &result, detail)
+            .await;
         result
     }
 
@@ -302,7 +329,13 @@ impl Deployer {
     }
 
     /// Refuses with `forbidden` unless `who` has `role`; a refusal is audited as denied.
-    async fn authorize(&self, who: &Principal, role: Role, action: &str, target: &str) -> ApiResult<()> {
+    async fn authorize(
+        &self,
+        who: &Principal,
+        role: Role,
+        action: &str,
+        target: &str,
+    ) -> ApiResult<()> {
         let r = who.require(role);
         if r.is_err() {
             self.audit_result(who, action, target, &r, None).await;
@@ -349,7 +382,10 @@ impl Deployer {
             if req.username.is_empty() || req.password.expose().is_empty() {
                 return Err(ApiError::bad_request("username and password are required"));
             }
-            let enc = self.keys.encrypt(req.password.expose()).map_err(ApiError::internal)?;
+            let enc = self
+                .keys
+                .encrypt(req.password.expose())
+                .map_err(ApiError::internal)?;
             self.store
                 .create_registry(server, &req.username, &enc, &who.user)
                 .await

@@ -24,7 +24,9 @@ impl Deployer {
         action: Action,
     ) -> ApiResult<Accepted> {
         let rollout_id = uuid::Uuid::new_v4().to_string();
-        self.store.set_stack_rollout(&stack.name, &rollout_id).await?;
+        self.store
+            .set_stack_rollout(&stack.name, &rollout_id)
+            .await?;
         for host_id in hosts {
             let (d, who, name) = (self.clone(), who.clone(), stack.name.clone());
             let version = stack.version;
@@ -69,7 +71,9 @@ impl Deployer {
         if action == Action::Apply && (row.wanted_version > version || row.state == "removing") {
             return Ok(());
         }
-        let result = self.run_host(who, name, version, host_id, action, parking).await;
+        let result = self
+            .run_host(who, name, version, host_id, action, parking)
+            .await;
         self.record(name, version, host_id, action, &result).await;
         result
     }
@@ -83,7 +87,10 @@ impl Deployer {
         action: Action,
         parking: &mut dyn Parking,
     ) -> Result<(), ErrorBody> {
-        let loaded = self.load(name, version).await.map_err(ErrorBody::internal)?;
+        let loaded = self
+            .load(name, version)
+            .await
+            .map_err(ErrorBody::internal)?;
         let plan = loaded.stack.plan();
         if action == Action::Apply {
             let _ = self

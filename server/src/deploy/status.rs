@@ -62,7 +62,12 @@ impl Deployer {
     }
 
     /// One host: its stored state, and what it has now against the current version.
-    async fn host_status(&self, who: &Principal, h: &StackHost, plan: &Result<StackPlan, String>) -> Value {
+    async fn host_status(
+        &self,
+        who: &Principal,
+        h: &StackHost,
+        plan: &Result<StackPlan, String>,
+    ) -> Value {
         let host_name = match self.store.get_host_cached(&h.host_id).await {
             Ok(Some(host)) => Some(host.name),
             _ => None,

@@ -18,8 +18,8 @@ mod commands;
 mod docker_events;
 mod hosts;
 mod journal;
-mod tokens;
 mod stacks;
+mod tokens;
 mod users;
 
 pub use agent_events::AgentEvent;

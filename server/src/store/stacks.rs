@@ -8,7 +8,9 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{json_text, map_unique, new_id, now_ms, parse_json, Backend, Result, Store, StoreError};
+use super::{
+    json_text, map_unique, new_id, now_ms, parse_json, Backend, Result, Store, StoreError,
+};
 
 /// A stack and its current version.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +157,11 @@ impl Store {
             Backend::Postgres => self.pool.begin().await?,
         };
         let sql = format!("SELECT {STACK_COLS} FROM stacks WHERE name = $1");
-        let existing = match sqlx::query(&sql).bind(v.name).fetch_optional(&mut *tx).await? {
+        let existing = match sqlx::query(&sql)
+            .bind(v.name)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
             Some(r) => Some(stack_row(&r)?),
             None => None,
         };
@@ -167,13 +173,15 @@ impl Store {
         }
         let version = existing.as_ref().map_or(1, |s| s.version + 1);
         if existing.is_some() {
-            sqlx::query("UPDATE stacks SET version = $1, targets = $2, updated_at = $3 WHERE name = $4")
-                .bind(version)
-                .bind(json_text(v.targets))
-                .bind(now)
-                .bind(v.name)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE stacks SET version = $1, targets = $2, updated_at = $3 WHERE name = $4",
+            )
+            .bind(version)
+            .bind(json_text(v.targets))
+            .bind(now)
+            .bind(v.name)
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query(
                 "INSERT INTO stacks (name, version, targets, created_by, created_at, updated_at) \
@@ -221,7 +229,11 @@ impl Store {
 
     pub async fn get_stack(&self, name: &str) -> Result<Option<StackRecord>> {
         let sql = format!("SELECT {STACK_COLS} FROM stacks WHERE name = $1");
-        match sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await? {
+        match sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+        {
             Some(r) => Ok(Some(stack_row(&r)?)),
             None => Ok(None),
         }
@@ -234,7 +246,11 @@ impl Store {
         rows.iter().map(stack_row).collect()
     }
 
-    pub async fn get_stack_version(&self, name: &str, version: i64) -> Result<Option<StackVersion>> {
+    pub async fn get_stack_version(
+        &self,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<StackVersion>> {
         let row = sqlx::query(
             "SELECT stack, version, compose_enc, env_enc, created_by, created_at \
              FROM stack_versions WHERE stack = $1 AND version = $2",
