@@ -38,6 +38,15 @@ fn filters(key: &str, value: &str) -> Filters {
     Filters(BTreeMap::from([(key.to_string(), vec![value.to_string()])]))
 }
 
+/// `container.list` of every container of `project`, running or not.
+fn containers_of(project: &str) -> Operation {
+    Operation::ContainerList(ContainerListParams {
+        all: true,
+        filters: filters("label", &format!("{LABEL_PROJECT}={project}")),
+        ..Default::default()
+    })
+}
+
 /// The registry an image reference names: its first part when that looks like a host
 /// (`registry.example:5000/x`, `localhost/x`), else Docker Hub.
 pub fn registry_of(image: &str) -> &str {
@@ -126,11 +135,7 @@ impl HostRun<'_> {
         project: &str,
         parking: Option<&mut dyn Parking>,
     ) -> Result<Observed, ErrorBody> {
-        let list = Operation::ContainerList(ContainerListParams {
-            all: true,
-            filters: filters("label", &format!("{LABEL_PROJECT}={project}")),
-            ..Default::default()
-        });
+        let list = containers_of(project);
         let containers = match parking {
             Some(p) => self.call_queued(&list, p).await?,
             None => self.call(&list).await?,
@@ -150,6 +155,13 @@ impl HostRun<'_> {
             &volumes,
             &images,
         ))
+    }
+
+    /// Only the project's containers (all the drift report reads).
+    pub async fn observe_containers(&self, project: &str) -> Result<Observed, ErrorBody> {
+        let containers = self.call(&containers_of(project)).await?;
+        let none = Value::Array(Vec::new());
+        Ok(Observed::from_docker(&containers, &none, &none, &none))
     }
 
     /// Brings the host to `plan`: pulls (then observes again), then the reconcile's steps.

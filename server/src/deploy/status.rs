@@ -1,8 +1,8 @@
 //! The status of a stack: its stored state and, per host, what the host has now compared
 //! with the current version (each service's container, its state, and the drift).
 //!
-//! Owns: the status document. Must not: change anything (it reads the host through
-//! `container.list`, `network.list`, `volume.list` and `image.list` commands).
+//! Owns: the status document. Must not: change anything (it reads the host through one
+//! `container.list` command per host).
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ impl Deployer {
             host_id: &h.host_id,
             origin: format!("stack:{}", plan.project),
         };
-        let observed = match run.observe(&plan.project, None).await {
+        let observed = match run.observe_containers(&plan.project).await {
             Ok(o) => o,
             Err(e) => {
                 doc["observe_error"] = json!(e);
