@@ -30,11 +30,13 @@ APPSTATE_ALLOWED = re.compile(r"^(lib\.rs|app\.rs|state\.rs|quickstart\.rs|main\
 SERVER_LAYERS = [
     ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
     ("stack deployment", {"deploy"}),
+    ("rollouts", {"rollouts"}),
     ("commands", {"commands"}),
+    ("fleet", {"fleet"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
     ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
-               "reply", "error", "config", "stacks", "releases"}),
+               "reply", "error", "config", "stacks", "releases", "labels"}),
 ]
 
 

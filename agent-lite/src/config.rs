@@ -220,6 +220,9 @@ pub struct AgentConfig {
     /// The state file (idempotency keys); absent: the default with fallbacks.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// The agent's own labels, reported at authentication (the server checks them).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn d_workers() -> usize {
@@ -250,6 +253,7 @@ impl Default for AgentConfig {
             command_timeout: d_command_timeout(),
             signing_key: None,
             state_file: None,
+            labels: Default::default(),
         }
     }
 }

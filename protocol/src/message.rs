@@ -112,6 +112,11 @@ pub struct AuthPayload {
     /// Absent means 1, which a server refuses for a signing agent (upgrade the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_version: Option<u32>,
+    /// The agent's own labels (`agent.labels` in its config), Kubernetes label syntax. The
+    /// server shows them apart from the admin's labels of the host. Absent means none (older
+    /// agents).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Settings the server gives the agent in `auth_response` and `config_update`.

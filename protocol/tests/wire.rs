@@ -80,6 +80,7 @@ fn one_of_each() -> Vec<Message> {
             capabilities: vec!["docker".into()],
             protocol_version: Some(PROTOCOL_VERSION),
             signing_version: None,
+            labels: Default::default(),
         }),
         Message::Heartbeat(HeartbeatPayload::default()),
         Message::Heartbeat(HeartbeatPayload {

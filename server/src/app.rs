@@ -132,6 +132,8 @@ pub async fn serve(
         "shutting down: closing agents, finishing requests"
     );
     let _ = stop_tx.send(true);
+    // Rollouts stay `running` and continue at the next start.
+    state.rollouts.shutdown();
     let agents = state.agents.clone();
     let drain = async move {
         agents.shutdown(deadline).await;
@@ -244,7 +246,8 @@ where
     }
 }
 
-/// Bounded retention of Docker events, command records and agent events: every minute.
+/// Bounded retention of Docker events, command records, finished rollouts and agent events:
+/// every minute.
 async fn retention_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -274,6 +277,9 @@ async fn retain(state: &AppState) {
     }
     if let Err(e) = state.commands.prune(a.command_retention_age.get()).await {
         tracing::warn!(error = %e, "pruning command records failed");
+    }
+    if let Err(e) = state.rollouts.prune(a.command_retention_age.get()).await {
+        tracing::warn!(error = %e, "pruning finished rollouts failed");
     }
     let before = now_ms() - a.agent_event_retention_age.get().as_millis() as i64;
     match state.store.prune_agent_events(before).await {

@@ -9,12 +9,14 @@
 //! `scripts/check-structure.py` checks them):
 //! - the wiring and HTTP: [`app`], [`state`], [`quickstart`], and [`api`] (REST handlers,
 //!   the Docker API passthrough, the live feed);
+//! - rollouts over many hosts: [`rollouts`] (the engine, and the bulk operation);
 //! - a command's life: [`commands`];
+//! - which hosts a selector picks: [`fleet`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
 //! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
-//!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], and [`stacks`]
-//!   (pure compose logic).
+//!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], [`labels`]
+//!   (labels and selectors) and [`stacks`] (pure compose logic).
 
 pub mod agents;
 pub mod api;
@@ -27,13 +29,16 @@ pub mod crypto;
 pub mod deploy;
 pub mod error;
 pub mod feed;
+pub mod fleet;
 pub mod forwarded;
 pub mod hosts;
+pub mod labels;
 pub mod leases;
 pub mod metrics;
 pub mod quickstart;
 pub mod releases;
 pub mod reply;
+pub mod rollouts;
 pub mod stacks;
 pub mod state;
 pub mod store;

@@ -149,6 +149,7 @@ async fn local_host(state: &AppState, docker_socket: &Path) -> anyhow::Result<Ho
                     tls_cert: None,
                     tls_key_enc: None,
                     tls_server_name: None,
+                    labels: Default::default(),
                 })
                 .await?
         }

@@ -1,8 +1,9 @@
 //! [`AppState`]: the parts of a running server, built once and handed to the HTTP layer.
 //!
 //! Owns: building every part in order (store, keys, metrics, feed, audit, the agent
-//! registry and its endpoint, the host adapters, the owner of commands, leases, limiters)
-//! and wiring the registry's signals to the commands module. Part of the wiring: only
+//! registry and its endpoint, the host adapters, host selection, the owner of commands, the
+//! owner of rollouts with its kinds, leases, limiters), wiring the registry's signals to the
+//! commands module, and continuing the rollouts a previous run left running. Part of the wiring: only
 //! `app.rs`, `api/` and the entry points use it; no part below imports it (a part that needs
 //! another gets it handed in, and a handler that needs only one part extracts that part
 //! with `FromRef`).
@@ -19,11 +20,13 @@ use crate::auth::{FailureLimiter, RateLimiter};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
-use crate::deploy::Deployer;
+use crate::deploy::{Deployer, StackKind};
 use crate::feed::Feed;
+use crate::fleet::Fleet;
 use crate::hosts::Adapters;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
+use crate::rollouts::{self, Rollouts};
 use crate::store::Store;
 
 /// Everything a handler needs. Cheap to clone.
@@ -39,6 +42,10 @@ pub struct AppState {
     pub commands: Commands,
     /// Stacks: their versions, deployments and status.
     pub deployer: Deployer,
+    /// Which hosts a selector picks.
+    pub fleet: Fleet,
+    /// The owner of every rollout's life (bulk operations, stack changes).
+    pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
     pub audit: Auditor,
@@ -101,7 +108,7 @@ impl AppState {
             feed.clone(),
             audit.clone(),
             keys.clone(),
-            server_id,
+            server_id.clone(),
         );
         let default_timeout = config.agent.command_timeout.get();
         let adapters = Adapters::new(agents.clone(), keys.clone(), default_timeout);
@@ -123,7 +130,37 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
-        let deployer = Deployer::new(commands.clone(), store.clone(), keys.clone(), audit.clone());
+        let fleet = Fleet::new(store.clone(), adapters.clone());
+        let deployer = Deployer::new(
+            commands.clone(),
+            store.clone(),
+            keys.clone(),
+            audit.clone(),
+            fleet.clone(),
+        );
+        let stack_kind = StackKind {
+            deployer: deployer.clone(),
+        };
+        let bulk = rollouts::bulk::BulkKind {
+            commands: commands.clone(),
+            fleet: fleet.clone(),
+        };
+        let rollouts = Rollouts::new(
+            rollouts::Parts {
+                store: store.clone(),
+                keys: keys.clone(),
+                feed: feed.clone(),
+                audit: audit.clone(),
+                server_id: server_id.clone(),
+            },
+            vec![Arc::new(bulk), Arc::new(stack_kind)],
+        );
+        let deployer = deployer.with_rollouts(rollouts.clone());
+        match rollouts.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "continuing rollouts left running"),
+            Err(e) => tracing::warn!(error = %e, "could not continue the rollouts left running"),
+        }
         Ok(AppState {
             deployer,
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
@@ -135,6 +172,8 @@ impl AppState {
             agent_endpoint,
             adapters,
             commands,
+            fleet,
+            rollouts,
             metrics,
             feed,
             audit,

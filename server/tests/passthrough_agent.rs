@@ -45,6 +45,7 @@ impl Agent {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(version),
                 signing_version: None,
+                labels: Default::default(),
             }),
         ))
         .await;

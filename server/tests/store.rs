@@ -84,6 +84,7 @@ async fn suite(db: &TestDb) {
             tls_cert: None,
             tls_key_enc: Some("v1:cipher".into()),
             tls_server_name: None,
+            labels: Default::default(),
         })
         .await
         .unwrap();
@@ -98,6 +99,7 @@ async fn suite(db: &TestDb) {
             tls_cert: None,
             tls_key_enc: None,
             tls_server_name: None,
+            labels: Default::default(),
         })
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))));

@@ -163,6 +163,7 @@ fn agent_handshake(server: &Server, agent_id: &str, token: &str) -> Option<Strin
             capabilities: vec!["docker".into()],
             protocol_version: Some(2),
             signing_version: None,
+            labels: Default::default(),
         }),
     );
     ws.send(Message::text(auth.encode())).expect("send auth");

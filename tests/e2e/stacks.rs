@@ -1,7 +1,8 @@
 //! Stacks end to end: the real server and agent deploy compose files to the real dockerd
 //! through the REST API, and the tests check the result on dockerd itself: containers,
 //! compose's labels, networks, volumes, start order, recreation of changed services only,
-//! removed services, drift and redeploy, an offline host that converges when it comes back,
+//! removed services, drift and redeploy, a rollout to a selector whose offline host converges
+//! when it comes back,
 //! the agent's policy, 400s listing unsupported keys, and removal with and without volumes.
 //! Only the local image is used (nothing is pulled).
 
@@ -237,6 +238,7 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
     );
     assert_eq!(a["name"], p.as_str());
     assert_eq!(a["version"], 1);
+    let rollout_id = a["rollout_id"].as_str().unwrap().to_string();
     let s = wait_deployed(&server, &p, 1);
     assert_eq!(s["hosts"][0]["in_sync"], true, "{s}");
     assert_eq!(s["hosts"][0]["drift"], false, "{s}");
@@ -252,6 +254,11 @@ fn a_stack_is_deployed_changed_repaired_and_removed() {
         "no env value in the status"
     );
     check_first_deploy(&p);
+    let v = poll("the rollout ends", DEPLOY_TIMEOUT, || {
+        let v = rollout(&server, &rollout_id);
+        (v["state"] != "running").then_some(v)
+    });
+    assert_eq!(v["state"], "succeeded", "{v}");
 
     // One service's environment changes: only its container is recreated.
     let before: Vec<String> = ["db", "api", "web"]
@@ -423,27 +430,77 @@ configs:
     assert_eq!(st, 400, "{e}");
 }
 
+fn rollout(server: &Server, id: &str) -> Value {
+    let (st, v) = server.api("GET", &format!("/api/v1/bulk-operations/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
 #[test]
-fn an_offline_host_receives_the_stack_when_it_comes_back() {
+fn a_selector_deploy_with_an_offline_host_converges_when_it_comes_back() {
     require_docker();
     let server = Server::start(Db::Sqlite);
-    let (host_id, agent_id, token) = server.enrol(&unique("stkoff"));
-    let p = project("stkoff");
+    let run = project("sel");
+    // Two hosts with the label (both on this machine's dockerd): one online, one offline.
+    let mut hosts = Vec::new();
+    for online in [true, false] {
+        let (id, agent_id, token) = server.enrol(&unique("stksel"));
+        let (st, v) = server.api(
+            "PATCH",
+            &format!("/api/v1/hosts/{id}"),
+            Some(json!({"labels": {"e2e-stack": run}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        let agent = online.then(|| Agent::start(&server.ws(), &agent_id, &token));
+        if online {
+            server.wait_status(&id, "online", Duration::from_secs(30));
+        }
+        hosts.push((id, agent_id, token, agent));
+    }
+    let p = project("stksel");
     let _cleanup = StackCleanup(p.clone());
     let a = deploy(
         &server,
         json!({"name": p, "compose": compose(false), "env": {"DB_PASSWORD": "x"},
-               "host_ids": [host_id]}),
+               "selector": format!("e2e-stack={run}"), "max_parallel": 2}),
     );
-    assert_eq!(a["version"], 1);
-    // Nothing can happen while the host is offline.
+    let rollout_id = a["rollout_id"].as_str().expect("a rollout").to_string();
+    // The online host is done; the offline one waits in the queue, and the rollout runs on.
+    let v = poll("one host done, one queued", DEPLOY_TIMEOUT, || {
+        let v = rollout(&server, &rollout_id);
+        (v["counts"]["succeeded"] == 1 && v["counts"]["queued"] == 1).then_some(v)
+    });
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["kind"], "stack_rollout", "{v}");
     let s = stack(&server, &p);
-    assert_ne!(s["hosts"][0]["state"], "deployed", "{s}");
-    assert!(!exists("container", &format!("{p}-db-1")));
-    let _agent = Agent::start(&server.ws(), &agent_id, &token);
-    wait_deployed(&server, &p, 1);
-    assert!(exists("container", &format!("{p}-db-1")));
+    let state_of = |s: &Value, id: &str| {
+        s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host_id"] == id)
+            .map(|h| h["state"].clone())
+            .expect("the host in the status")
+    };
+    assert_eq!(state_of(&s, &hosts[0].0), "deployed", "{s}");
+    assert_ne!(state_of(&s, &hosts[1].0), "deployed", "{s}");
     assert!(exists("container", &format!("{p}-api-1")));
+    // Meanwhile a container goes: the host that comes back repairs it as it converges.
+    assert!(docker_cli(&["rm", "-f", &format!("{p}-api-1")]).0);
+    let (_, agent_id, token, _) = &hosts[1];
+    let _agent = Agent::start(&server.ws(), agent_id, token);
+    let v = poll("the rollout ends", DEPLOY_TIMEOUT, || {
+        let v = rollout(&server, &rollout_id);
+        (v["state"] != "running").then_some(v)
+    });
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["counts"]["succeeded"], 2, "{v}");
+    let s = wait_deployed(&server, &p, 1);
+    assert_eq!(s["hosts"].as_array().map(Vec::len), Some(2), "{s}");
+    assert!(
+        exists("container", &format!("{p}-api-1")),
+        "recreated by the returning host"
+    );
 }
 
 #[test]
@@ -454,7 +511,7 @@ fn the_agents_policy_refusal_is_that_hosts_failure() {
     let p = project("stkpol");
     let _cleanup = StackCleanup(p.clone());
     let yaml = "services:\n  priv:\n    image: docker-ctl-test/busybox:latest\n    command: sleep 60\n    privileged: true\n";
-    deploy(
+    let a = deploy(
         &server,
         json!({"name": p, "compose": yaml, "host_ids": [host_id]}),
     );
@@ -462,6 +519,11 @@ fn the_agents_policy_refusal_is_that_hosts_failure() {
         let s = stack(&server, &p);
         (s["hosts"][0]["state"] == "failed").then_some(s)
     });
+    let v = poll("the rollout ends", DEPLOY_TIMEOUT, || {
+        let v = rollout(&server, a["rollout_id"].as_str().unwrap());
+        (v["state"] != "running").then_some(v)
+    });
+    assert_eq!(v["state"], "failed", "{v}");
     let err = &s["hosts"][0]["error"];
     assert_eq!(err["code"], "forbidden", "{s}");
     let msg = err["message"].as_str().unwrap_or_default().to_lowercase();

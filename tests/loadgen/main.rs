@@ -8,7 +8,12 @@
 //! docker-ctl-loadgen capacity --agents 1000 [--rate 1000] [--duration 10] [--heartbeat 5] [--sweep]
 //! docker-ctl-loadgen storm    --agents 1000
 //! docker-ctl-loadgen latency  --calls 1000
+//! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
 //! ```
+//!
+//! `bulk` times one bulk operation (`container.restart` on every simulated host, selected by
+//! label) from its creation to its last result, with the server's CPU and memory, and on
+//! PostgreSQL the rows written per host (from `pg_stat_user_tables`).
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
@@ -36,6 +41,7 @@ struct Args {
     calls: usize,
     sweep: bool,
     database_url: Option<String>,
+    parallel: u32,
 }
 
 fn parse_args() -> Args {
@@ -48,6 +54,7 @@ fn parse_args() -> Args {
         calls: 1000,
         sweep: false,
         database_url: None,
+        parallel: 100,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -70,6 +77,11 @@ fn parse_args() -> Args {
             "--calls" => a.calls = val().parse().unwrap_or_else(|_| die("--calls: a number")),
             "--database-url" => a.database_url = Some(val()),
             "--sweep" => a.sweep = true,
+            "--parallel" => {
+                a.parallel = val()
+                    .parse()
+                    .unwrap_or_else(|_| die("--parallel: 1 to 1000"))
+            }
             other => die(&format!("unknown option {other}")),
         }
     }
@@ -78,11 +90,12 @@ fn parse_args() -> Args {
     a.rate = a.rate.clamp(1, 20_000);
     a.duration = a.duration.clamp(1, 120);
     a.calls = a.calls.clamp(1, 100_000);
+    a.parallel = a.parallel.clamp(1, 1000);
     a
 }
 
 fn die(msg: &str) -> ! {
-    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--sweep] [--database-url URL]");
+    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--sweep] [--parallel P] [--database-url URL]");
     std::process::exit(2)
 }
 
@@ -97,7 +110,8 @@ fn main() {
             "capacity" => capacity(&args).await,
             "storm" => storm(&args).await,
             "latency" => latency(&args).await,
-            _ => die("mode must be capacity, storm or latency"),
+            "bulk" => bulk(&args).await,
+            _ => die("mode must be capacity, storm, latency or bulk"),
         }
     });
     if let Err(e) = r {
@@ -325,7 +339,10 @@ async fn enrol_many(api: &Api, n: usize) -> Result<Vec<(String, String, String)>
                 .call(
                     "POST",
                     "/api/v1/hosts",
-                    Some(json!({"name": format!("sim-{i}"), "connection_mode": "agent"})),
+                    Some(
+                        json!({"name": format!("sim-{i}"), "connection_mode": "agent",
+                        "labels": {"sim": "yes"}}),
+                    ),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -433,6 +450,7 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                labels: Default::default(),
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
@@ -650,6 +668,7 @@ async fn heartbeat_lag(
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                labels: Default::default(),
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
@@ -783,6 +802,133 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
             rate *= 2;
         }
         println!("largest rate with p99 <= 50 ms: {best}/s");
+    }
+    c.stop.store(true, Ordering::Relaxed);
+    server.kill();
+    for h in handles {
+        h.abort();
+    }
+    Ok(())
+}
+
+/// Rows inserted plus rows updated per table so far (PostgreSQL statistics).
+fn pg_writes(url: &str) -> Vec<(String, i64)> {
+    let out = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-qAtF", " ", "-c"])
+        .arg("SELECT relname, n_tup_ins + n_tup_upd FROM pg_stat_user_tables ORDER BY relname")
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once(' ')?;
+            Some((t.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One bulk operation over every simulated agent: time to the last result, server CPU and
+/// memory, and (PostgreSQL) rows written per host.
+async fn bulk(args: &Args) -> Result<(), Fail> {
+    let n = args.agents;
+    let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
+    let api = Api::new(&server.addr, &server.token);
+    let creds = enrol_many(&api, n).await?;
+    let c = Arc::new(Counters::default());
+    let handles = start_agents(&server, &creds, args.heartbeat, &c, Instant::now()).await;
+    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 50))
+        .await
+        .inspect_err(|_| {
+            eprintln!(
+                "authenticated {}, failed handshakes {}, refused {}",
+                c.auth_ok.load(Ordering::Relaxed),
+                c.failed_handshakes.load(Ordering::Relaxed),
+                c.refused.load(Ordering::Relaxed)
+            )
+        })?;
+    println!("{n} agents online in {:.1} s", up.as_secs_f64());
+    // Statistics reach pg_stat_user_tables within PostgreSQL's flush interval (10 s idle).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = args.database_url.as_deref().map(pg_writes);
+    let (rss0, cpu0, cmds0) = (
+        rss_bytes(server.pid()),
+        cpu_secs(server.pid()),
+        c.commands.load(Ordering::Relaxed),
+    );
+    let t0 = Instant::now();
+    let body = json!({ "selector": "sim=yes", "operation": "container.restart",
+        "params": { "id": "web-1" }, "max_parallel": args.parallel });
+    let (st, v) = api
+        .call("POST", "/api/v1/bulk-operations", Some(body))
+        .await?;
+    if st != 202 {
+        return Err(format!("bulk create: {st} {v}").into());
+    }
+    let accepted = t0.elapsed();
+    let id = id_of(&v);
+    let mut peak = rss0;
+    let deadline = Duration::from_secs(600);
+    let done = loop {
+        let got = api
+            .call(
+                "GET",
+                &format!("/api/v1/bulk-operations/{id}?limit=1"),
+                None,
+            )
+            .await;
+        peak = peak.max(rss_bytes(server.pid()));
+        match got {
+            Ok((200, d)) if d["state"].is_string() && d["state"] != "running" => break d,
+            Ok((200, _)) => {}
+            Ok((st, d)) => eprintln!("GET bulk operation: {st} {d}"),
+            Err(e) => eprintln!("GET bulk operation: {e}"),
+        }
+        if t0.elapsed() > deadline {
+            return Err(format!("bulk operation still running after {deadline:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = t0.elapsed();
+    let cpu = cpu_secs(server.pid()) - cpu0;
+    println!("--- bulk: N = {n}, max_parallel {} ---", args.parallel);
+    println!(
+        "202 after {:.0} ms; last result after {:.2} s ({:.0} hosts/s); state {}, counts {}",
+        accepted.as_secs_f64() * 1000.0,
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        done["state"],
+        done["counts"]
+    );
+    println!(
+        "commands answered by the agents: {}",
+        c.commands.load(Ordering::Relaxed) - cmds0
+    );
+    println!(
+        "server CPU: {:.1} s ({:.0}% of one core over the run); RSS before {:.1} MiB, peak {:.1} MiB",
+        cpu,
+        cpu / took.as_secs_f64() * 100.0,
+        mib(rss0),
+        mib(peak)
+    );
+    println!("METRIC bulk_seconds {:.3}", took.as_secs_f64());
+    if let (Some(url), Some(before)) = (args.database_url.as_deref(), before) {
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let after = pg_writes(url);
+        let mut total = 0;
+        for (t, a) in &after {
+            let b = before.iter().find(|(x, _)| x == t).map_or(0, |(_, b)| *b);
+            if a - b > 0 {
+                println!(
+                    "rows written in {t}: {} ({:.2} per host)",
+                    a - b,
+                    (a - b) as f64 / n as f64
+                );
+                total += a - b;
+            }
+        }
+        println!("rows written per host: {:.2}", total as f64 / n as f64);
     }
     c.stop.store(true, Ordering::Relaxed);
     server.kill();

@@ -358,6 +358,7 @@ impl<'a> Session<'a> {
                     .signer
                     .as_ref()
                     .map(|_| protocol::signing::SIGNING_VERSION),
+                labels: self.agent.config.agent.labels.clone(),
             }),
         )
     }

@@ -1,11 +1,12 @@
 //! `/api/v1/hosts[/{id}]`: hosts, direct or through an agent. No GET returns TLS keys.
 //!
-//! Owns: checking a host's connection settings, the host JSON (which fields each connection
-//! mode shows: an agent host its agent's liveness, a direct host its daemon's probe), and
-//! auditing host changes. Must not: reach a host (commands and the passthrough go through
-//! its adapter).
+//! Owns: checking a host's connection settings and admin labels, the host JSON (which fields
+//! each connection mode shows: an agent host its agent's liveness, a direct host its daemon's
+//! probe; both label sets), the list's query (selector, status, paging), and auditing host
+//! changes. Must not: reach a host (commands and the passthrough go through its adapter) or
+//! match selectors itself (the `fleet` module does).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -13,9 +14,11 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use super::caller::Caller;
-use super::ts;
+use super::{paging, ts};
 use crate::error::{ApiError, ApiResult};
+use crate::fleet::{HostQuery, HostStatus};
 use crate::hosts::Endpoint;
+use crate::labels::{self, Selector};
 use crate::state::AppState;
 use crate::store::{ConnectionMode, Host, NewHost, Role};
 
@@ -35,9 +38,14 @@ pub struct CreateHost {
     tls_key: Option<protocol::Secret>,
     #[serde(default)]
     tls_server_name: Option<String>,
+    /// The admin's labels.
+    #[serde(default, deserialize_with = "labels::deserialize_patch")]
+    labels: labels::Patch,
 }
 
-/// A PATCH: absent keys keep their value; `null` or `""` clears an optional one.
+/// A PATCH: absent keys keep their value; `null` or `""` clears an optional one. `labels` is
+/// a JSON merge patch of the admin's labels (a string sets a key, `null` removes it; `null`
+/// for the whole member removes every label).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchHost {
@@ -55,6 +63,42 @@ pub struct PatchHost {
     tls_key: Option<Option<protocol::Secret>>,
     #[serde(default, deserialize_with = "double")]
     tls_server_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "labels::deserialize_patch")]
+    labels: labels::Patch,
+}
+
+/// `GET /api/v1/hosts` query. Strings, so each bad value gets its own message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    selector: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    next: Option<String>,
+}
+
+/// The host selection of a query: its selector and status.
+pub(super) fn host_query(selector: Option<&str>, status: Option<&str>) -> ApiResult<HostQuery> {
+    let selector = match selector {
+        Some(s) => Selector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => Selector::default(),
+    };
+    let status =
+        match status {
+            None => None,
+            Some(s) => Some(HostStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request("status must be online, offline or pending")
+            })?),
+        };
+    Ok(HostQuery { selector, status })
+}
+
+/// The admin labels of a patch applied to `now`.
+fn patched_labels(now: &labels::Labels, patch: &labels::Patch) -> ApiResult<labels::Labels> {
+    match patch {
+        None => Ok(now.clone()),
+        Some(p) => labels::apply_patch(now, p.as_ref()).map_err(|e| ApiError::bad_request(e.0)),
+    }
 }
 
 fn double<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -100,7 +144,7 @@ fn check_connection(h: &Host) -> ApiResult<()> {
 }
 
 /// The host as the API shows it, with its live status.
-async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
+pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
     let mut v = json!({
         "id": h.id,
         "name": h.name,
@@ -113,6 +157,8 @@ async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
             "server_name": h.tls_server_name,
         },
         "agent_id": h.agent_id,
+        "labels": h.labels,
+        "agent_labels": h.agent_labels,
         "created_at": ts(Some(h.created_at)),
         "updated_at": ts(Some(h.updated_at)),
     });
@@ -209,6 +255,8 @@ pub async fn create(
         agent_id: None,
         created_at: 0,
         updated_at: 0,
+        labels: patched_labels(&labels::Labels::new(), &b.labels)?,
+        agent_labels: labels::Labels::new(),
     };
     check_connection(&candidate)?;
     let result = state
@@ -221,6 +269,7 @@ pub async fn create(
             tls_cert: candidate.tls_cert,
             tls_key_enc: candidate.tls_key_enc,
             tls_server_name: candidate.tls_server_name,
+            labels: candidate.labels,
         })
         .await;
     let outcome = crate::audit::outcome_of(&result);
@@ -244,12 +293,26 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+/// `GET /api/v1/hosts?selector=..&status=..&limit=..&next=..`: the matching hosts in name
+/// order, a page at a time.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    let hosts = state.store.list_hosts().await?;
-    let futs = hosts.iter().map(|h| host_json(&state, h, true));
+    let Query(q) = q?;
+    let query = host_query(q.selector.as_deref(), q.status.as_deref())?;
+    let limit = paging::limit(q.limit.as_deref())?;
+    let after = match q.next.as_deref() {
+        Some(c) => Some(paging::decode("hosts", c)?),
+        None => None,
+    };
+    let page = state.fleet.page(&query, after, limit).await?;
+    let futs = page.hosts.iter().map(|h| host_json(&state, h, true));
     let items = futures_util::future::join_all(futs).await;
-    Ok(Json(json!({ "hosts": items })))
+    let next = page.next.map(|n| paging::encode("hosts", &n));
+    Ok(Json(json!({ "hosts": items, "next": next })))
 }
 
 pub async fn get_one(
@@ -297,10 +360,15 @@ pub async fn patch(
     if let Some(v) = p.tls_server_name {
         h.tls_server_name = v;
     }
+    let labels_before = h.labels.clone();
+    h.labels = patched_labels(&h.labels, &p.labels)?;
     check_connection(&h)?;
     let result = state.store.update_host(&h).await;
     state.adapters.forget(&id);
-    let detail = json!({ "connection_mode": { "from": before, "to": h.connection_mode } });
+    let mut detail = json!({ "connection_mode": { "from": before, "to": h.connection_mode } });
+    if h.labels != labels_before {
+        detail["labels"] = json!({ "from": labels_before, "to": h.labels });
+    }
     state
         .audit
         .user(

@@ -1,16 +1,20 @@
 //! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
 //!
-//! Owns: routing, request and response JSON, the bearer extractor ([`caller`]), role checks
-//! and auditing of user actions on hosts, agents and tokens.
+//! Owns: routing, request and response JSON, the bearer extractor ([`caller`]), paging
+//! ([`paging`]), role checks and auditing of user actions on hosts, agents, tokens and
+//! groups.
 //! Must not: take a step of a command's life (the `commands` module owns it), reach Docker
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
 
 mod agents;
+mod bulk;
 mod caller;
+mod groups;
 mod hosts;
 mod lookup;
 mod operations;
+mod paging;
 mod passthrough;
 mod records;
 mod stacks;
@@ -84,6 +88,19 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/groups", get(groups::list).post(groups::create))
+        .route(
+            "/api/v1/groups/{id}",
+            get(groups::get_one)
+                .patch(groups::patch)
+                .delete(groups::delete),
+        )
+        .route(
+            "/api/v1/bulk-operations",
+            get(bulk::list).post(bulk::create),
+        )
+        .route("/api/v1/bulk-operations/{id}", get(bulk::get_one))
+        .route("/api/v1/bulk-operations/{id}/cancel", post(bulk::cancel))
         .route("/api/v1/audit", get(records::audit))
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))

@@ -12,8 +12,9 @@
 //! idempotency key, the history row, sending now or queueing for an agent, the timeout, the
 //! result, metrics and the audit entry), the delivery of queued commands when the host's
 //! agent comes online ([`queue`]), every change to a final state (answers, expiries, late
-//! answers, commands orphaned by a restart) with a [`Finished`] event for each, and the
-//! retention of the history. Callers: the REST handler, and next bulk operations (one
+//! answers, commands orphaned by a restart, a queued command withdrawn with
+//! [`Commands::cancel`]) with a [`Finished`] event for each, and the retention of the
+//! history. Callers: the REST handler, and next bulk operations (one
 //! command per host, each with its own key and an `origin`), stacks (a sequence on one host,
 //! waiting with [`Commands::wait`]), agent updates and the web UI. A caller that is not an
 //! HTTP request submits with the [`Principal`] it acts for.
@@ -30,6 +31,7 @@ pub use crate::store::{CommandRecord, CommandState};
 pub use submit::{Submission, DEFAULT_QUEUE_EXPIRY, MAX_QUEUE_EXPIRY, MAX_TIMEOUT};
 
 use protocol::{ErrorBody, ErrorCode};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -215,6 +217,59 @@ impl Commands {
             "the server restarted while the command was in flight",
         );
         self.store.fail_orphaned_commands(&e).await
+    }
+
+    /// Withdraws command `id` while it is still queued (never sent): it becomes `cancelled`
+    /// with a `conflict` error naming `why`, and is never sent. Returns whether it was
+    /// withdrawn (false: it was sent or had finished). Needs the role the operation needs;
+    /// audited as `command.cancel`. Errors: `not_found`, `forbidden`.
+    pub async fn cancel(&self, who: &Principal, id: &str, why: &str) -> Result<bool, ApiError> {
+        let c = self
+            .store
+            .get_command(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("command not found"))?;
+        who.require(crate::auth::role_for(protocol::ops::access_of(
+            &c.operation,
+        )))?;
+        if c.state != CommandState::Queued {
+            return Ok(false);
+        }
+        let outcome = Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("the command was cancelled before it was sent: {why}"),
+        ));
+        let changed = self
+            .store
+            .finish_command(&c.id, CommandState::Cancelled, &outcome, None)
+            .await?;
+        if !changed {
+            return Ok(false);
+        }
+        let fin = Finished {
+            command_id: c.id.clone(),
+            host_id: c.host_id.clone(),
+            state: CommandState::Cancelled,
+            origin: c.origin.clone(),
+        };
+        self.inner.finals.notify(fin, &outcome);
+        let mut detail = json!({ "command_id": c.id, "operation": c.operation, "reason": why });
+        if let Some(o) = &c.origin {
+            detail["origin"] = json!(o);
+        }
+        let action = "command.cancel";
+        self.audit
+            .user(
+                who,
+                action,
+                c.host_id.as_deref(),
+                Some(&c.id),
+                "success",
+                None,
+                Some(detail),
+            )
+            .await;
+        Ok(true)
     }
 
     /// Expires command `id` (in `state`): `expired` when it was never sent, else `failed`

@@ -156,13 +156,18 @@ impl Commands {
             }
         };
         let timeout = Duration::from_secs(row.timeout_secs.unwrap_or(300).max(1) as u64);
-        if let Err(e) = self
+        match self
             .store
             .mark_command_sent(&row.id, link.agent_ref())
             .await
         {
+            Ok(true) => {}
+            // Expired or cancelled since it was read: it must not go out.
+            Ok(false) => return Step::Done,
             // Not fatal: the row stays queued and would be sent again with the same key.
-            tracing::warn!(command = %row.id, error = %e, "could not mark the command sent");
+            Err(e) => {
+                tracing::warn!(command = %row.id, error = %e, "could not mark the command sent")
+            }
         }
         let key = row.idempotency_key.as_deref().unwrap_or(&row.id);
         let sent = link

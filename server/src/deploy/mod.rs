@@ -4,7 +4,7 @@
 //! ```text
 //! deploy(principal, StackRequest) ─ parse (400: every problem with its path) ─ targets
 //!   ─ store the version (file and env encrypted) ─ audit stack.create|update ─ rollout
-//! rollout, per host: HostRun ─ observe (container.list waits in the queue for an offline
+//! rollout (the engine's, kind `stack_rollout`), per host: HostRun ─ observe (container.list waits in the queue for an offline
 //!   host) ─ pulls ─ observe ─ reconcile ─ each step a command (origin stack:NAME); health
 //!   waits poll container.inspect ─ stack_hosts row: deployed | failed (the error, e.g. the
 //!   agent's policy refusal)
@@ -16,11 +16,13 @@
 //! itself (`stacks` does), reach a host except through `Commands::submit`, or know HTTP.
 
 mod host;
+mod kind;
 mod requests;
 mod run;
 mod status;
 
 pub use host::registry_of;
+pub use kind::{StackKind, StackSpec, KIND};
 pub use requests::{Accepted, RegistryRequest, StackRequest};
 
 use futures_util::future::BoxFuture;
@@ -30,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use crate::audit::Auditor;
 use crate::commands::Commands;
 use crate::crypto::KeyBox;
+use crate::fleet::Fleet;
+use crate::rollouts::Rollouts;
 use crate::store::Store;
 
 /// A run on a host that waits for the host to come back frees its place meanwhile: the
@@ -39,18 +43,6 @@ pub trait Parking: Send {
     fn park(&mut self) -> BoxFuture<'_, ()>;
     /// The run goes on.
     fn unpark(&mut self) -> BoxFuture<'_, ()>;
-}
-
-/// For a run that has no place to free.
-pub struct NoParking;
-
-impl Parking for NoParking {
-    fn park(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn unpark(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
 }
 
 /// What a run does on a host.
@@ -70,6 +62,9 @@ pub struct Deployer {
     store: Store,
     keys: KeyBox,
     audit: Auditor,
+    fleet: Fleet,
+    /// The engine that carries out each change over the hosts (see [`Deployer::with_rollouts`]).
+    rollouts: Option<Rollouts>,
     /// One run at a time per stack and host (`stack/host`).
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -81,14 +76,30 @@ impl std::fmt::Debug for Deployer {
 }
 
 impl Deployer {
-    pub fn new(commands: Commands, store: Store, keys: KeyBox, audit: Auditor) -> Deployer {
+    /// A deployer that runs stack jobs ([`StackKind`] hands it to the rollout engine).
+    pub fn new(
+        commands: Commands,
+        store: Store,
+        keys: KeyBox,
+        audit: Auditor,
+        fleet: Fleet,
+    ) -> Deployer {
         Deployer {
             commands,
             store,
             keys,
             audit,
+            fleet,
+            rollouts: None,
             locks: Default::default(),
         }
+    }
+
+    /// The deployer that also starts changes, as rollouts of `rollouts` (which must know
+    /// the [`StackKind`]).
+    pub fn with_rollouts(mut self, rollouts: Rollouts) -> Deployer {
+        self.rollouts = Some(rollouts);
+        self
     }
 
     /// The lock of one stack on one host.

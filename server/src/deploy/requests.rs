@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use super::{Action, Deployer};
 use crate::commands::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::fleet::Targets;
+use crate::rollouts::{Policy, DEFAULT_MAX_PARALLEL, MAX_PARALLEL, MAX_TARGETS};
 use crate::stacks::{self, ComposeErrors, Stack};
 use crate::store::{NewStackVersion, RegistryRecord, Role, StackRecord, StoreError};
 
@@ -28,7 +30,7 @@ pub struct StackRequest {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
-    pub selector: Option<Value>,
+    pub selector: Option<String>,
     #[serde(default)]
     pub host_ids: Option<Vec<String>>,
     #[serde(default)]
@@ -53,7 +55,8 @@ impl std::fmt::Debug for StackRequest {
 pub struct Accepted {
     pub name: String,
     pub version: i64,
-    pub rollout_id: String,
+    /// `GET /api/v1/bulk-operations/{rollout_id}`; null when no host had to be touched.
+    pub rollout_id: Option<String>,
 }
 
 /// `POST /api/v1/registries`.
@@ -81,6 +84,29 @@ fn compose_error(errors: &ComposeErrors) -> ApiError {
     ApiError::from(
         protocol::ErrorBody::new(ErrorCode::InvalidParams, message).with_details(details),
     )
+}
+
+/// The rollout policy: the request's, else the stored one, else the defaults.
+fn policy_of(stored: &Value, req: &StackRequest) -> ApiResult<Policy> {
+    let stored_u32 = |k: &str| stored.get(k).and_then(Value::as_u64).map(|n| n as u32);
+    let p = Policy {
+        max_parallel: req
+            .max_parallel
+            .or(stored_u32("max_parallel"))
+            .unwrap_or(DEFAULT_MAX_PARALLEL),
+        max_failures: req.max_failures.or(stored_u32("max_failures")).unwrap_or(0),
+    };
+    if p.max_parallel == 0 || p.max_parallel > MAX_PARALLEL {
+        return Err(ApiError::bad_request(format!(
+            "max_parallel must be 1 to {MAX_PARALLEL}"
+        )));
+    }
+    Ok(p)
+}
+
+/// The policy stored with a stack's targets.
+pub(super) fn stored_policy(targets: &Value) -> Policy {
+    policy_of(targets, &StackRequest::default()).unwrap_or_default()
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -153,9 +179,10 @@ impl Deployer {
         name: &str,
         req: &StackRequest,
         existing: Option<&StackRecord>,
-    ) -> ApiResult<(StackRecord, Vec<String>)> {
+    ) -> ApiResult<(StackRecord, Vec<(String, String)>)> {
         stacks::parse(name, &req.compose, &req.env).map_err(|e| compose_error(&e))?;
         let (targets, hosts) = self.targets(req, existing).await?;
+        let host_ids: Vec<String> = hosts.iter().map(|(id, _)| id.clone()).collect();
         let env_text = serde_json::to_string(&req.env).map_err(ApiError::internal)?;
         let compose_enc = self
             .keys
@@ -168,7 +195,7 @@ impl Deployer {
             compose_enc: &compose_enc,
             env_enc: &env_enc,
             by: &who.user,
-            host_ids: &hosts,
+            host_ids: &host_ids,
         };
         let stack = self
             .store
@@ -178,13 +205,15 @@ impl Deployer {
         Ok((stack, hosts))
     }
 
-    /// The request's targets (or, when it names none, the existing stack's), and their hosts.
+    /// The request's targets and policy (or, when it names no targets, the existing
+    /// stack's), stored as `{"selector"|"host_ids", "max_parallel", "max_failures"}`, and the
+    /// hosts they name now (id and name).
     async fn targets(
         &self,
         req: &StackRequest,
         existing: Option<&StackRecord>,
-    ) -> ApiResult<(Value, Vec<String>)> {
-        let targets = match (&req.selector, &req.host_ids) {
+    ) -> ApiResult<(Value, Vec<(String, String)>)> {
+        let mut targets = match (&req.selector, &req.host_ids) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request("give selector or host_ids, not both"))
             }
@@ -195,37 +224,19 @@ impl Deployer {
                 None => return Err(ApiError::bad_request("selector or host_ids is required")),
             },
         };
-        let hosts = self.resolve(&targets).await?;
+        let policy = policy_of(&targets, req)?;
+        targets["max_parallel"] = json!(policy.max_parallel);
+        targets["max_failures"] = json!(policy.max_failures);
+        let which = match (targets.get("selector"), targets.get("host_ids")) {
+            (Some(s), _) => Targets::Selector(s.as_str().unwrap_or_default().to_string()),
+            (None, Some(h)) => {
+                Targets::HostIds(serde_json::from_value(h.clone()).unwrap_or_default())
+            }
+            (None, None) => return Err(ApiError::bad_request("selector or host_ids is required")),
+        };
+        let resolved = self.fleet.resolve(&which, MAX_TARGETS).await?;
+        let hosts = resolved.hosts.into_iter().map(|h| (h.id, h.name)).collect();
         Ok((targets, hosts))
-    }
-
-    /// The host ids a stack's targets name. Every named host must exist.
-    async fn resolve(&self, targets: &Value) -> ApiResult<Vec<String>> {
-        if targets.get("selector").is_some() {
-            return Err(ApiError::new(
-                ErrorCode::Unsupported,
-                "deploying to a selector is not available in this build; give host_ids",
-            ));
-        }
-        let ids: Vec<String> = targets
-            .get("host_ids")
-            .and_then(|h| serde_json::from_value(h.clone()).ok())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            return Err(ApiError::bad_request(
-                "host_ids must name at least one host",
-            ));
-        }
-        let mut out: Vec<String> = Vec::new();
-        for id in ids {
-            if self.store.get_host(&id).await?.is_none() {
-                return Err(ApiError::bad_request(format!("host {id} does not exist")));
-            }
-            if !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        Ok(out)
     }
 
     /// Re-applies the stack's current version on its hosts. Errors: `forbidden`,
@@ -235,14 +246,8 @@ impl Deployer {
             .await?;
         let result = async {
             let stack = self.live_stack(name).await?;
-            let hosts: Vec<String> = self
-                .store
-                .stack_hosts(name)
-                .await?
-                .into_iter()
-                .map(|h| h.host_id)
-                .collect();
-            for h in &hosts {
+            let hosts = self.hosts_of(name).await?;
+            for (h, _) in &hosts {
                 self.store
                     .set_stack_host(name, h, "pending", None, None)
                     .await?;
@@ -271,13 +276,7 @@ impl Deployer {
                 .mark_stack_removing(name, volumes)
                 .await
                 .map_err(store_error)?;
-            let hosts: Vec<String> = self
-                .store
-                .stack_hosts(name)
-                .await?
-                .into_iter()
-                .map(|h| h.host_id)
-                .collect();
+            let hosts = self.hosts_of(name).await?;
             if hosts.is_empty() {
                 self.store.delete_stack_if_done(name).await?;
             }
@@ -291,6 +290,18 @@ impl Deployer {
         self.audit_result(who, "stack.delete", name, &result, detail)
             .await;
         result
+    }
+
+    /// The stack's hosts (id and name; a host deleted since is left out, and forgotten).
+    async fn hosts_of(&self, name: &str) -> ApiResult<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for h in self.store.stack_hosts(name).await? {
+            match self.store.get_host(&h.host_id).await? {
+                Some(host) => out.push((host.id, host.name)),
+                None => self.store.remove_stack_host(name, &h.host_id).await?,
+            }
+        }
+        Ok(out)
     }
 
     /// The stack, unless it is missing (`not_found`) or being removed (`conflict`).

@@ -1,46 +1,60 @@
-//! A change of a stack carried out on its hosts: one run per host ([`Deployer::run_target`]),
-//! which records the host's state (`deploying`, then `deployed` or `failed` with the error),
-//! and the rollout that starts those runs.
+//! A change of a stack carried out on its hosts: a rollout of the engine (`rollouts`), whose
+//! job runs once per host ([`Deployer::run_target`]) and records the host's state
+//! (`deploying`, then `deployed` or `failed` with the error).
 //!
-//! Owns: the per-host record of a run, and starting the runs of a change. Must not: decide
-//! the steps (`host` and `stacks::reconcile` do).
+//! Owns: the per-host record of a run, and starting the rollout of a change. Must not:
+//! decide the steps (`host` and `stacks::reconcile` do), or schedule hosts itself (the
+//! engine does: parallelism, failure budget, offline hosts, restarts).
 
 use protocol::ErrorBody;
 use serde_json::json;
 
 use super::host::HostRun;
-use super::{Accepted, Action, Deployer, NoParking, Parking};
+use super::kind::{StackSpec, KIND};
+use super::requests::stored_policy;
+use super::{Accepted, Action, Deployer, Parking};
 use crate::commands::Principal;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
+use crate::rollouts::Plan;
 use crate::store::StackRecord;
 
 impl Deployer {
-    /// Starts the runs of a change of `stack` on `hosts`; the answer names the rollout.
+    /// Starts a change of `stack` on `hosts` (id, name) as a rollout of the engine; the
+    /// answer names it. Without hosts there is nothing to roll out (`rollout_id` null).
     pub(super) async fn start(
         &self,
         who: &Principal,
         stack: &StackRecord,
-        hosts: Vec<String>,
+        hosts: Vec<(String, String)>,
         action: Action,
     ) -> ApiResult<Accepted> {
-        let rollout_id = uuid::Uuid::new_v4().to_string();
-        self.store
-            .set_stack_rollout(&stack.name, &rollout_id)
-            .await?;
-        for host_id in hosts {
-            let (d, who, name) = (self.clone(), who.clone(), stack.name.clone());
-            let version = stack.version;
-            tokio::spawn(async move {
-                let _ = d
-                    .run_target(&who, &name, version, &host_id, action, &mut NoParking)
-                    .await;
-            });
-        }
-        Ok(Accepted {
+        let mut accepted = Accepted {
             name: stack.name.clone(),
             version: stack.version,
-            rollout_id,
-        })
+            rollout_id: None,
+        };
+        if hosts.is_empty() {
+            return Ok(accepted);
+        }
+        let rollouts = self.rollouts.as_ref().ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("the deployer was built without rollouts"))
+        })?;
+        let spec = StackSpec {
+            name: stack.name.clone(),
+            version: stack.version,
+            action,
+        };
+        let plan = Plan {
+            kind: KIND,
+            summary: json!({ "stack": stack.name, "version": stack.version, "action": action }),
+            spec: serde_json::to_value(&spec).map_err(ApiError::internal)?,
+            targets: hosts,
+            policy: stored_policy(&stack.targets),
+        };
+        let rec = rollouts.start(who, plan).await?;
+        self.store.set_stack_rollout(&stack.name, &rec.id).await?;
+        accepted.rollout_id = Some(rec.id);
+        Ok(accepted)
     }
 
     /// Runs `action` for version `version` of stack `name` on `host_id`, recording how it

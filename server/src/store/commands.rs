@@ -1,7 +1,8 @@
 //! The `commands` table: the record of every operation, the queue of commands for agents
 //! that are offline, and the vocabulary of a command's state ([`CommandState`]).
 //!
-//! States: `queued` → `sent` → `succeeded` | `failed` | `expired`. A queued row waits for its
+//! States: `queued` → `sent` → `succeeded` | `failed` | `expired`, and `queued` →
+//! `cancelled` (a queued command withdrawn before it was sent). A queued row waits for its
 //! host's agent; a `sent` row whose link dropped is sent again with the same idempotency key
 //! (the agent answers a repeated key from its memory instead of running it twice).
 //!
@@ -33,15 +34,18 @@ pub enum CommandState {
     Failed,
     /// Final: a queued command whose expiry passed before it was sent.
     Expired,
+    /// Final: a queued command withdrawn before it was sent (its rollout stopped).
+    Cancelled,
 }
 
 impl CommandState {
-    pub const ALL: [CommandState; 5] = [
+    pub const ALL: [CommandState; 6] = [
         CommandState::Queued,
         CommandState::Sent,
         CommandState::Succeeded,
         CommandState::Failed,
         CommandState::Expired,
+        CommandState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl CommandState {
             CommandState::Succeeded => "succeeded",
             CommandState::Failed => "failed",
             CommandState::Expired => "expired",
+            CommandState::Cancelled => "cancelled",
         }
     }
 
@@ -77,7 +82,7 @@ impl CommandState {
         match self {
             CommandState::Succeeded => "success",
             CommandState::Queued | CommandState::Sent => "pending",
-            CommandState::Failed | CommandState::Expired => "error",
+            CommandState::Failed | CommandState::Expired | CommandState::Cancelled => "error",
         }
     }
 
@@ -266,10 +271,10 @@ impl Finish {
     }
 
     /// The UPDATE that stores it. Only an unfinished command changes (or, except for an
-    /// expiry, one whose outcome was unknown: a late real answer replaces that); an expiry
-    /// applies only to a command that was never sent.
+    /// expiry or a cancel, one whose outcome was unknown: a late real answer replaces that);
+    /// an expiry or a cancel applies only to a command that was never sent.
     pub(super) fn sql(&self) -> &'static str {
-        if self.state == CommandState::Expired {
+        if matches!(self.state, CommandState::Expired | CommandState::Cancelled) {
             "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
              duration_ms = COALESCE($6, duration_ms), updated_at = $7 WHERE id = $8 AND state = 'queued'"
         } else {
@@ -408,21 +413,22 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
-    /// The command went out (again) to `sent_to` (an agent's ref, or `direct`).
-    pub async fn mark_command_sent(&self, id: &str, sent_to: &str) -> Result<()> {
+    /// The command went out (again) to `sent_to` (an agent's ref, or `direct`). Returns
+    /// false when it had finished meanwhile (expired or cancelled): it must not go out.
+    pub async fn mark_command_sent(&self, id: &str, sent_to: &str) -> Result<bool> {
         let now = now_ms();
         let sql = format!(
             "UPDATE commands SET state = 'sent', agent_ref = $1, attempts = attempts + 1, sent_at = $2, \
              updated_at = $3 WHERE id = $4 AND {OPEN}"
         );
-        sqlx::query(&sql)
+        let r = sqlx::query(&sql)
             .bind(sent_to)
             .bind(now)
             .bind(now)
             .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(r.rows_affected() > 0)
     }
 
     /// Stores a command's final `state` and `outcome`. Only an unfinished command changes (or

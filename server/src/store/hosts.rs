@@ -1,13 +1,16 @@
 //! The `docker_hosts` table: the hosts, direct or served by an agent, read through a
-//! short-lived cache on the command and Docker API paths.
+//! short-lived cache on the command and Docker API paths, with their two label sets (the
+//! admin's and the one their agent reports), and the paged scan behind label selectors.
 //!
-//! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host.
+//! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host or
+//! decide what a selector means (the scan only applies the substrings it is given).
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{map_unique, new_id, now_ms, Result, Store, StoreError};
+use super::{map_unique, new_id, now_ms, Bind, Result, Store, StoreError};
+use crate::labels::{self, Labels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +46,8 @@ pub struct NewHost {
     /// Ciphertext (see `crypto`).
     pub tls_key_enc: Option<String>,
     pub tls_server_name: Option<String>,
+    /// The admin's labels (checked by the caller).
+    pub labels: Labels,
 }
 
 impl std::fmt::Debug for NewHost {
@@ -71,6 +76,10 @@ pub struct Host {
     pub agent_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The admin's labels (written with the host).
+    pub labels: Labels,
+    /// The labels the host's agent reported when it last authenticated.
+    pub agent_labels: Labels,
 }
 
 impl std::fmt::Debug for Host {
@@ -87,7 +96,8 @@ impl std::fmt::Debug for Host {
 
 impl Store {
     const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
-        h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at";
+        h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at, \
+        h.labels, h.agent_labels";
 
     fn host_row(r: &AnyRow) -> Result<Host> {
         Ok(Host {
@@ -104,6 +114,10 @@ impl Store {
             agent_id: r.try_get("agent_name")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            labels: labels::from_json(r.try_get::<Option<String>, _>("labels")?.as_deref()),
+            agent_labels: labels::from_json(
+                r.try_get::<Option<String>, _>("agent_labels")?.as_deref(),
+            ),
         })
     }
 
@@ -112,7 +126,7 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO docker_hosts (id, name, connection_mode, docker_url, tls_ca, tls_cert, tls_key_enc, \
-             tls_server_name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             tls_server_name, created_at, updated_at, labels) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&h.name)
@@ -124,6 +138,7 @@ impl Store {
         .bind(&h.tls_server_name)
         .bind(now)
         .bind(now)
+        .bind((!h.labels.is_empty()).then(|| labels::to_json(&h.labels)))
         .execute(&self.pool)
         .await
         .map_err(|e| map_unique(e, "a host with this name"))?;
@@ -142,6 +157,27 @@ impl Store {
         row.as_ref().map(Self::host_row).transpose()
     }
 
+    /// The hosts with these ids that exist, in no particular order.
+    pub async fn get_hosts(&self, ids: &[String]) -> Result<Vec<Host>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {} FROM docker_hosts h LEFT JOIN docker_agents a ON a.id = h.agent_id WHERE h.id IN ({})",
+                Self::HOST_COLS,
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(Self::host_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Store::get_host`] served from the cache for [`CACHE_TTL`] after a read: for the
     /// command and Docker API paths, which read the host on every request.
     pub async fn get_host_cached(&self, id: &str) -> Result<Option<Host>> {
@@ -158,11 +194,11 @@ impl Store {
     }
 
     /// Writes a whole host (after the caller applied a patch to what [`Store::get_host`]
-    /// returned).
+    /// returned), the admin's labels included; the agent's labels are left as they are.
     pub async fn update_host(&self, h: &Host) -> Result<Host> {
         let r = sqlx::query(
             "UPDATE docker_hosts SET name = $1, connection_mode = $2, docker_url = $3, tls_ca = $4, tls_cert = $5, \
-             tls_key_enc = $6, tls_server_name = $7, agent_id = $8, updated_at = $9 WHERE id = $10",
+             tls_key_enc = $6, tls_server_name = $7, agent_id = $8, updated_at = $9, labels = $10 WHERE id = $11",
         )
         .bind(&h.name)
         .bind(h.connection_mode.as_str())
@@ -173,6 +209,7 @@ impl Store {
         .bind(&h.tls_server_name)
         .bind(&h.agent_ref)
         .bind(now_ms())
+        .bind((!h.labels.is_empty()).then(|| labels::to_json(&h.labels)))
         .bind(&h.id)
         .execute(&self.pool)
         .await
@@ -194,5 +231,70 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// Stores the labels the agent of `host_id` reported. Writes only when they changed;
+    /// returns whether they did.
+    pub async fn set_agent_labels(&self, host_id: &str, agent_labels: &Labels) -> Result<bool> {
+        let text = labels::to_json(agent_labels);
+        let r = sqlx::query(
+            "UPDATE docker_hosts SET agent_labels = $1 WHERE id = $2 AND COALESCE(agent_labels, '{}') <> $3",
+        )
+        .bind((!agent_labels.is_empty()).then(|| text.clone()))
+        .bind(host_id)
+        .bind(&text)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() > 0 {
+            self.hosts.remove(host_id);
+        }
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// One batch of the scan behind label selectors: at most `limit` hosts whose name sorts
+    /// after `after`, in name order, keeping only those whose stored label sets contain, for
+    /// every list in `must_contain`, one of its strings (in the admin's or the agent's set).
+    /// The caller matches the selector itself on what comes back; this only narrows the rows
+    /// in SQL. Memory stays bounded by `limit`.
+    pub async fn scan_hosts(
+        &self,
+        after: Option<&str>,
+        must_contain: &[Vec<String>],
+        limit: i64,
+    ) -> Result<Vec<Host>> {
+        let mut sql = format!(
+            "SELECT {} FROM docker_hosts h LEFT JOIN docker_agents a ON a.id = h.agent_id WHERE 1 = 1",
+            Self::HOST_COLS
+        );
+        let mut binds = Vec::new();
+        if let Some(a) = after {
+            binds.push(Bind::Text(a.to_string()));
+            sql.push_str(&format!(" AND h.name > ${}", binds.len()));
+        }
+        for any in must_contain.iter().filter(|a| !a.is_empty()) {
+            let mut ors = Vec::new();
+            for needle in any {
+                let pattern = format!("%{needle}%");
+                binds.push(Bind::Text(pattern.clone()));
+                binds.push(Bind::Text(pattern));
+                ors.push(format!(
+                    "h.labels LIKE ${} OR h.agent_labels LIKE ${}",
+                    binds.len() - 1,
+                    binds.len()
+                ));
+            }
+            sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
+        }
+        binds.push(Bind::Int(limit.clamp(1, 10_000)));
+        sql.push_str(&format!(" ORDER BY h.name LIMIT ${}", binds.len()));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::host_row).collect()
     }
 }

@@ -4,7 +4,9 @@
 //! Owns: connecting, applying the embedded migrations (`server/migrations/{postgres,sqlite}`),
 //! and every SQL statement of the server, one file per table (`users`, `tokens`, `hosts`,
 //! `agents`, `agent_events`, `docker_events`, `audit`, `commands` with its write-behind
-//! `journal`, `stacks` with their versions, hosts and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy (auth, roles) or hold
+//! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `stacks` with their versions, hosts
+//! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
+//! (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
 //! Portability rules: runtime `sqlx::query` with `$N` binds only, ids are TEXT, times are
@@ -13,9 +15,12 @@
 mod agent_events;
 mod agents;
 mod audit;
+mod bulk_operations;
+mod bulk_targets;
 mod cache;
 mod commands;
 mod docker_events;
+mod groups;
 mod hosts;
 mod journal;
 mod stacks;
@@ -25,8 +30,11 @@ mod users;
 pub use agent_events::AgentEvent;
 pub use agents::{Agent, AgentSettingsPatch, NewAgent};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
+pub use bulk_operations::{NewRollout, RolloutRecord, RolloutState};
+pub use bulk_targets::{TargetRecord, TargetState, TargetUpdate};
 pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand};
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
+pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
 pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};

@@ -284,6 +284,7 @@ impl FakeAgent {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(1),
                 signing_version: None,
+                labels: Default::default(),
             }),
         )
     }

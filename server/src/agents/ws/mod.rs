@@ -253,6 +253,9 @@ async fn record_connected(
         tracing::error!(error = %e, "could not record agent connection");
     }
     let host = agent.host_id.as_deref();
+    if let Some(h) = host {
+        record_agent_labels(ep, agent, h, &auth.labels).await;
+    }
     let data = json!({ "session_id": session.session_id, "version": auth.version, "capabilities": auth.capabilities,
         "source_ip": ip.map(|i| i.to_string()), "reconnection": reconnection });
     let _ = ep
@@ -276,6 +279,31 @@ async fn record_connected(
         host,
         json!({ "agent_id": agent.agent_id, "version": auth.version, "capabilities": auth.capabilities }),
     );
+}
+
+/// The labels the agent reported, stored as its host's agent labels when they are valid;
+/// invalid ones leave the stored labels as they were (a warning and an agent event say why).
+async fn record_agent_labels(
+    ep: &AgentEndpoint,
+    agent: &Agent,
+    host_id: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) {
+    match crate::labels::check(labels) {
+        Ok(()) => {
+            if let Err(e) = ep.store.set_agent_labels(host_id, labels).await {
+                tracing::error!(error = %e, "could not record the agent's labels");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(agent_id = %agent.agent_id, error = %e, "the agent's labels were refused");
+            let data = json!({ "error": e.0 });
+            let _ = ep
+                .store
+                .add_agent_event(Some(&agent.id), "labels_refused", &data)
+                .await;
+        }
+    }
 }
 
 /// A session ended (`current`: it was still the agent's newest one).
