@@ -35,8 +35,9 @@ SERVER_LAYERS = [
     ("fleet", {"fleet"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
-    ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
-               "reply", "error", "config", "stacks", "releases", "labels"}),
+    ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto",
+               "forwarded", "reply", "error", "config", "stacks", "releases", "labels",
+               "enrolment"}),
 ]
 
 

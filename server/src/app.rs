@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::forwarded::resolve_client_ip;
+use crate::forwarded::{resolve_client_ip, TlsConnection};
 use crate::state::AppState;
 use crate::store::now_ms;
 
@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
             proxies,
             resolve_client_ip,
         ))
+        .layer(axum::middleware::from_fn(crate::api::ui::security_headers))
         .layer(axum::middleware::from_fn(trace_request))
 }
 
@@ -175,8 +176,12 @@ async fn accept_until(listener: &TcpListener, conns: &Conns, shutdown: impl Futu
 /// One connection: the TLS handshake (when configured), then HTTP/1 with upgrades.
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, conns: Conns) {
     let router = conns.router.clone();
+    let tls = conns.tls.is_some();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if tls {
+            req.extensions_mut().insert(TlsConnection);
+        }
         let router = router.clone();
         async move { tower::ServiceExt::oneshot(router, req).await }
     });

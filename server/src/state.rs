@@ -14,6 +14,7 @@ use anyhow::Context;
 use axum::extract::FromRef;
 use std::sync::Arc;
 
+use crate::accounts::{self, Accounts};
 use crate::agents::{AgentEndpoint, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, RateLimiter};
@@ -55,6 +56,8 @@ pub struct AppState {
     pub api_rate: Arc<RateLimiter>,
     /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
     pub leases: Leases,
+    /// People who sign in: sessions, sign-in limits, sign-in links.
+    pub accounts: Accounts,
 }
 
 impl std::fmt::Debug for AppState {
@@ -130,6 +133,13 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
+        let s = &config.sessions;
+        let policy = accounts::Policy {
+            idle: s.idle_timeout.get(),
+            max_age: s.max_age.get(),
+            failures_per_address: s.failures_per_address,
+            failures_per_user: s.failures_per_user,
+        };
         let fleet = Fleet::new(store.clone(), adapters.clone());
         let deployer = Deployer::new(
             commands.clone(),
@@ -163,6 +173,7 @@ impl AppState {
         }
         Ok(AppState {
             deployer,
+            accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
             leases: Leases::new(store.clone()),

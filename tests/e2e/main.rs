@@ -4,6 +4,7 @@
 mod access;
 mod arm;
 mod dist;
+mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;

@@ -7,13 +7,15 @@
 //! ```text
 //! docker-ctl-loadgen capacity --agents 1000 [--rate 1000] [--duration 10] [--heartbeat 5] [--sweep]
 //! docker-ctl-loadgen storm    --agents 1000
-//! docker-ctl-loadgen latency  --calls 1000
+//! docker-ctl-loadgen latency  --calls 1000 [--rounds 2] [--containers 6] [--agent PATH]
 //! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
 //! ```
 //!
 //! `bulk` times one bulk operation (`container.restart` on every simulated host, selected by
 //! label) from its creation to its last result, with the server's CPU and memory, and on
 //! PostgreSQL the rows written per host (from `pg_stat_user_tables`).
+
+mod latency;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
@@ -41,6 +43,10 @@ struct Args {
     calls: usize,
     sweep: bool,
     database_url: Option<String>,
+    /// latency: rounds, containers on the daemon, the agent binary.
+    rounds: usize,
+    containers: usize,
+    agent: Option<String>,
     parallel: u32,
 }
 
@@ -54,6 +60,9 @@ fn parse_args() -> Args {
         calls: 1000,
         sweep: false,
         database_url: None,
+        rounds: 2,
+        containers: 6,
+        agent: None,
         parallel: 100,
     };
     let mut it = std::env::args().skip(1);
@@ -76,6 +85,13 @@ fn parse_args() -> Args {
             }
             "--calls" => a.calls = val().parse().unwrap_or_else(|_| die("--calls: a number")),
             "--database-url" => a.database_url = Some(val()),
+            "--rounds" => a.rounds = val().parse().unwrap_or_else(|_| die("--rounds: a number")),
+            "--containers" => {
+                a.containers = val()
+                    .parse()
+                    .unwrap_or_else(|_| die("--containers: a number"))
+            }
+            "--agent" => a.agent = Some(val()),
             "--sweep" => a.sweep = true,
             "--parallel" => {
                 a.parallel = val()
@@ -90,12 +106,14 @@ fn parse_args() -> Args {
     a.rate = a.rate.clamp(1, 20_000);
     a.duration = a.duration.clamp(1, 120);
     a.calls = a.calls.clamp(1, 100_000);
+    a.rounds = a.rounds.clamp(1, 10);
+    a.containers = a.containers.clamp(0, 100);
     a.parallel = a.parallel.clamp(1, 1000);
     a
 }
 
 fn die(msg: &str) -> ! {
-    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--sweep] [--parallel P] [--database-url URL]");
+    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--rounds N] [--containers N] [--agent PATH] [--sweep] [--parallel P] [--database-url URL]");
     std::process::exit(2)
 }
 
@@ -109,7 +127,7 @@ fn main() {
         match args.mode.as_str() {
             "capacity" => capacity(&args).await,
             "storm" => storm(&args).await,
-            "latency" => latency(&args).await,
+            "latency" => latency::run(&args).await,
             "bulk" => bulk(&args).await,
             _ => die("mode must be capacity, storm, latency or bulk"),
         }
@@ -132,9 +150,16 @@ struct ServerProc {
     env: Vec<(String, String)>,
 }
 
+/// A workspace binary: beside this one, or in `LOADGEN_BIN_DIR` (to compare builds).
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().expect("bin dir").join(name);
+    let dir = match std::env::var_os("LOADGEN_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent().expect("bin dir").to_path_buf()
+        }
+    };
+    let p = dir.join(name);
     if !p.is_file() {
         die(&format!(
             "{} not found: build the workspace binaries first",
@@ -1004,171 +1029,6 @@ async fn storm(args: &Args) -> Result<(), Fail> {
     Ok(())
 }
 
-async fn latency(args: &Args) -> Result<(), Fail> {
-    let server = ServerProc::start(args.database_url.clone(), 5)?;
-    let api = Api::new(&server.addr, &server.token);
-    let creds = enrol_many(&api, 1).await?;
-    let (host_id, agent_id, token) = creds[0].clone();
-    let dir = tempfile::tempdir()?;
-    let cfg = dir.path().join("agent.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server:\n  url: ws://{}\nagent:\n  id: {agent_id}\n  auth_token: {token}\ndocker:\n  socket: unix:///var/run/docker.sock\n  timeout: 30\nlogging:\n  level: warn\n",
-            server.addr
-        ),
-    )?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let mut agent = std::process::Command::new(bin("docker-ctl-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .env("DOCKER_CTL_STATE_FILE", dir.path().join("state.json"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, h) = api
-            .call("GET", &format!("/api/v1/hosts/{host_id}"), None)
-            .await?;
-        if h["status"] == "online" {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = agent.kill();
-            return Err("the agent did not come online".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A container to inspect.
-    let name = format!("loadgen-lat-{}", std::process::id());
-    let _ = std::process::Command::new("docker")
-        .args([
-            "create",
-            "--name",
-            &name,
-            "docker-ctl-test/busybox:latest",
-            "true",
-        ])
-        .output();
-
-    let docker = DirectDocker::new();
-    let mut report = Vec::new();
-    for (op, params, path) in [
-        (
-            "container.list",
-            json!({"all": true}),
-            "/v1.41/containers/json?all=1".to_string(),
-        ),
-        (
-            "container.inspect",
-            json!({"id": name}),
-            format!("/v1.41/containers/{name}/json"),
-        ),
-    ] {
-        // Warm up both paths.
-        for _ in 0..20 {
-            let _ = api
-                .call(
-                    "POST",
-                    &format!("/api/v1/hosts/{host_id}/operations"),
-                    Some(json!({"operation": op, "params": params})),
-                )
-                .await;
-            let _ = docker.get(&path).await;
-        }
-        let mut tunnel = Vec::with_capacity(args.calls);
-        let mut direct = Vec::with_capacity(args.calls);
-        for _ in 0..args.calls {
-            let t = Instant::now();
-            let (st, _) = api
-                .call(
-                    "POST",
-                    &format!("/api/v1/hosts/{host_id}/operations"),
-                    Some(json!({"operation": op, "params": params})),
-                )
-                .await?;
-            if st != 200 {
-                return Err(format!("{op} through the tunnel answered {st}").into());
-            }
-            tunnel.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            docker.get(&path).await?;
-            direct.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        tunnel.sort_by(|a, b| a.total_cmp(b));
-        direct.sort_by(|a, b| a.total_cmp(b));
-        report.push((op, tunnel, direct));
-    }
-    let _ = std::process::Command::new("docker")
-        .args(["rm", "-f", &name])
-        .output();
-    let agent_rss = rss_bytes(agent.id());
-    let server_rss = rss_bytes(server.pid());
-    let _ = agent.kill();
-    let _ = agent.wait();
-    println!(
-        "--- latency: {} calls each, same machine, same run ---",
-        args.calls
-    );
-    for (op, t, d) in report {
-        let (tp50, tp99, dp50, dp99) = (
-            percentile(&t, 50.0),
-            percentile(&t, 99.0),
-            percentile(&d, 50.0),
-            percentile(&d, 99.0),
-        );
-        println!(
-            "{op}: through server+agent p50 {tp50:.3} ms p99 {tp99:.3} ms | direct socket p50 {dp50:.3} ms p99 {dp99:.3} ms | added p50 {:.3} ms p99 {:.3} ms | ratio p50 {:.2}x",
-            tp50 - dp50,
-            tp99 - dp99,
-            tp50 / dp50
-        );
-        println!(
-            "METRIC {}_added_p50_ms {:.3}",
-            op.replace('.', "_"),
-            tp50 - dp50
-        );
-    }
-    println!(
-        "RSS after the run: agent {:.2} MiB, server {:.1} MiB",
-        mib(agent_rss),
-        mib(server_rss)
-    );
-    Ok(())
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / 1024.0 / 1024.0
-}
-
-/// A keep-alive HTTP/1.1 client on the Docker socket, for the direct baseline.
-struct DirectDocker {
-    client: hyper_util::client::legacy::Client<
-        hyperlocal::UnixConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
-}
-
-impl DirectDocker {
-    fn new() -> DirectDocker {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(hyperlocal::UnixConnector);
-        DirectDocker { client }
-    }
-
-    async fn get(&self, path: &str) -> Result<bytes::Bytes, Fail> {
-        use http_body_util::BodyExt;
-        let uri: hyper::Uri = hyperlocal::Uri::new("/var/run/docker.sock", path).into();
-        let req = hyper::Request::get(uri).body(http_body_util::Full::new(bytes::Bytes::new()))?;
-        let resp = self.client.request(req).await?;
-        if !resp.status().is_success() {
-            return Err(format!("docker GET {path}: {}", resp.status()).into());
-        }
-        Ok(resp.into_body().collect().await?.to_bytes())
-    }
 }

@@ -133,6 +133,11 @@ impl<'a> Session<'a> {
     }
 
     fn send(&mut self, env: Envelope) -> Result<(), Outcome> {
+        self.send_encoded(&env)
+    }
+
+    /// Sends an envelope the caller keeps (no copy of its payload is made).
+    fn send_encoded(&mut self, env: &Envelope) -> Result<(), Outcome> {
         let text = self.seal(env.encode());
         match self.ws.send(tungstenite::Message::Text(text.into())) {
             Ok(()) => Ok(()),
@@ -576,7 +581,9 @@ impl<'a> Session<'a> {
             let Some(env) = self.agent.outbox.pop() else {
                 break;
             };
-            if let Err(o) = self.send(env.clone()) {
+            // Encoded from the queued envelope itself: a command's answer is not copied
+            // (a deep copy of a large result cost the session thread more than sending it).
+            if let Err(o) = self.send_encoded(&env) {
                 // Not delivered: keep it for the next connection.
                 self.agent.outbox.put_back(env);
                 return Err(o);

@@ -275,6 +275,24 @@ impl DockerClient {
         self.connect(None)
     }
 
+    /// A connection for a passthrough GET or HEAD without a body, which may be kept alive
+    /// afterwards ([`DockerClient::keep`]): an idle one when there is one (`true`: it may
+    /// have been closed by the daemon meanwhile, so a failure before any answer is retried
+    /// on a new one), else a new one. Reads never time out, as on [`DockerClient::connect_raw`].
+    pub fn connect_reusable(&self) -> Result<(Conn, bool)> {
+        if let Some(conn) = self.take_idle() {
+            if conn.set_read_timeout(None).is_ok() {
+                return Ok((conn, true));
+            }
+        }
+        Ok((self.connect_raw()?, false))
+    }
+
+    /// Keeps a connection whose answer was read to its end, for the next GET or HEAD.
+    pub fn keep(&self, conn: Conn) {
+        self.put_idle(conn);
+    }
+
     fn connect(&self, deadline: Option<Instant>) -> Result<Conn> {
         let t = match deadline {
             Some(d) => self

@@ -46,6 +46,9 @@ pub enum Out {
     Text(String),
 }
 
+/// A response head: the daemon's status and end-to-end headers.
+pub type Head = (u16, Vec<(String, String)>);
+
 /// What the session thread sends next.
 #[derive(Debug)]
 pub enum Item {
@@ -122,6 +125,16 @@ impl Ctl {
         if let Some(c) = st.conn.take() {
             c.shutdown();
         }
+    }
+
+    /// Takes back the daemon connection of a stream whose answer was read to its end, to keep
+    /// it alive for the next request; `None` when the stream was cancelled.
+    pub(super) fn take_conn(&self) -> Option<Conn> {
+        let mut st = self.st();
+        if st.cancelled {
+            return None;
+        }
+        st.conn.take()
     }
 
     /// Remembers the daemon connection; false (and the connection closed) when the stream
@@ -229,25 +242,76 @@ impl Hub {
         self.agent.waker.wake();
     }
 
-    /// Queues data (waiting for room in the queue); false when the stream or session ended.
-    fn push_data(&self, ctl: &Ctl, out: Out) -> bool {
+    /// The queues once there is room for more data; `None` when the stream or session ended.
+    fn room(&self, ctl: &Ctl) -> Option<MutexGuard<'_, Queues>> {
         let mut q = self.q();
         loop {
             if self.closed.load(Ordering::SeqCst) || ctl.is_cancelled() {
-                return false;
+                return None;
             }
             if q.data_bytes < QUEUE_CAP {
-                break;
+                return Some(q);
             }
             q = match self.space.wait_timeout(q, Duration::from_millis(200)) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
         }
+    }
+
+    /// Queues data (waiting for room in the queue); false when the stream or session ended.
+    fn push_data(&self, ctl: &Ctl, out: Out) -> bool {
+        let Some(mut q) = self.room(ctl) else {
+            return false;
+        };
         if let Out::Frame(f) = &out {
             q.data_bytes += f.len();
         }
         q.data.push_back(out);
+        drop(q);
+        self.agent.waker.wake();
+        true
+    }
+
+    /// Queues the same messages as [`Hub::respond`] (when `head` is given), [`Hub::send_data`]
+    /// and [`Hub::end`] (when `end`), in that order, but all at once with one wake-up of the
+    /// session: a small answer then leaves in one write instead of one per message, and the
+    /// session thread wakes once. False when the stream or session ended.
+    pub fn answer(&self, ctl: &Ctl, head: Option<Head>, mut data: &[u8], end: bool) -> bool {
+        let mut frames = Vec::new();
+        while !data.is_empty() {
+            let want = data.len().min(STREAM_CHUNK) as u32;
+            let Some(n) = ctl.acquire(want) else {
+                return false;
+            };
+            let (piece, rest) = data.split_at(n as usize);
+            frames.push(encode_data_frame(ctl.id, piece));
+            data = rest;
+        }
+        let head = head.map(|(status, headers)| {
+            let m = StreamResponsePayload {
+                stream_id: ctl.id,
+                status,
+                headers,
+            };
+            self.envelope("sc", Message::StreamResponse(m)).encode()
+        });
+        let end = end.then(|| {
+            let m = StreamEndPayload {
+                stream_id: ctl.id,
+                error: None,
+            };
+            self.envelope("se", Message::StreamEnd(m)).encode()
+        });
+        let Some(mut q) = self.room(ctl) else {
+            return false;
+        };
+        q.control.extend(head);
+        for f in frames {
+            q.data_bytes += f.len();
+            q.data.push_back(Out::Frame(f));
+        }
+        q.data.extend(end.map(Out::Text));
         drop(q);
         self.agent.waker.wake();
         true

@@ -1,6 +1,6 @@
 //! Docker Engine API passthrough streams (protocol version 2): each `stream_open` of the
-//! server is one HTTP request to the daemon on its own connection, multiplexed over the
-//! agent's single WebSocket.
+//! server is one HTTP request to the daemon on its own connection (plain GET and HEAD requests
+//! reuse kept-alive ones), multiplexed over the agent's single WebSocket.
 //!
 //! [`open`] checks a `stream_open` and starts its thread; [`hub`] holds the session's open
 //! streams, flow control and the queues towards the server; [`worker`] runs one stream.

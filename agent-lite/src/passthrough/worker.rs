@@ -1,12 +1,15 @@
-//! One passthrough stream on its own thread: a new daemon connection, the request (its body
-//! buffered when small and inspectable, streamed chunked when large), the response head as
-//! `stream_response`, and the body as data frames within the server's credit. After a `101`
+//! One passthrough stream on its own thread: a daemon connection (a kept-alive one for a
+//! plain GET or HEAD without a body, given back when its answer was read to the end), the
+//! request (its body buffered when small and inspectable, streamed chunked when large), the
+//! response head as `stream_response` (a plain answer's head held until its body's first
+//! piece, so a small answer is queued whole), and the body as data frames within the server's
+//! credit. After a `101`
 //! the connection is hijacked: raw bytes flow both ways, and the server's `stream_end`
 //! half-closes the daemon socket.
 //!
 //! Owns: HTTP framing towards the daemon for one stream. Must not: touch the WebSocket.
 
-use super::hub::{spawn_up, streams_body, Ctl, Hub, Up, UpRx, BODY_LIMIT};
+use super::hub::{spawn_up, streams_body, Ctl, Head, Hub, Up, UpRx, BODY_LIMIT};
 use crate::daemon::http::{Framing, HttpError, ResponseReader};
 use crate::daemon::Conn;
 use crate::policy::query;
@@ -123,53 +126,36 @@ fn serve(
     } = prepared;
     let mut rx = Some(rx);
 
-    let conn = agent.daemon.connect_raw().map_err(ErrorBody::from)?;
-    if !ctl.set_conn(conn.try_clone().map_err(unreachable)?) {
-        return Ok(());
+    // A plain GET or HEAD goes on a kept-alive daemon connection (kept again afterwards).
+    let reuse = mode == BodyMode::None
+        && !upgrade
+        && route.shape == Shape::Plain
+        && matches!(open.method.as_str(), "GET" | "HEAD");
+    let body_len = body.as_ref().map_or(0, Vec::len);
+    let mut out = request_head(open, &target, mode, upgrade, reuse, body_len).into_bytes();
+    if let Some(b) = body {
+        out.extend_from_slice(&b);
     }
-
-    let head = request_head(
-        open,
-        &target,
-        mode,
-        upgrade,
-        body.as_ref().map_or(0, Vec::len),
-    );
-    let mut out = head.into_bytes();
-    if let Some(b) = &body {
-        out.extend_from_slice(b);
-    }
-    let mut w = conn.try_clone().map_err(unreachable)?;
-    w.write_all(&out).map_err(unreachable)?;
-    drop(out);
-    drop(body);
-
     // Streamed request bodies are written by a second thread while the answer is read.
-    if matches!(mode, BodyMode::Chunked | BodyMode::Length(_)) {
-        if let Some(r) = rx.take() {
-            spawn_writer(hub, ctl, w, r, mode == BodyMode::Chunked, false)?;
+    let streamed = matches!(mode, BodyMode::Chunked | BodyMode::Length(_));
+    let mut after_write = |w: Conn| match rx.take() {
+        Some(r) if streamed => spawn_writer(hub, ctl, w, r, mode == BodyMode::Chunked, false),
+        other => {
+            rx = other;
+            Ok(())
         }
-    }
-
-    let mut reader = ResponseReader::new(conn).with_read_size(STREAM_CHUNK);
-    let resp = match reader.read_head() {
-        Ok(h) => h,
-        Err(_) if ctl.is_cancelled() => return Ok(()),
-        Err(e) => return Err(unreachable(e)),
     };
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k))
-        .map(|(k, v)| (canonical(k), v.clone()))
-        .collect();
+    let Some((mut reader, resp)) = exchange(hub, ctl, &out, reuse, &mut after_write)? else {
+        return Ok(());
+    };
+    drop(out);
     let hijacked = resp.status == 101 && upgrade;
     let framing = if hijacked {
         Framing::ToEof
     } else {
         Framing::of(open.method.eq_ignore_ascii_case("HEAD"), &resp).map_err(unreachable)?
     };
-    hub.respond(ctl, resp.status, headers);
+    let mut held = Held::head(hub, ctl, &resp, !hijacked && route.shape == Shape::Plain);
     if hijacked {
         log::debug!("stream {}: hijacked ({})", ctl.id, route.action);
         if let Some(r) = rx.take() {
@@ -179,18 +165,128 @@ fn serve(
     }
 
     let filter = answer.filter(|_| (200..300).contains(&resp.status));
-    relay(hub, ctl, reader, framing, filter, deadline)
+    let r = relay(hub, ctl, &mut reader, framing, filter, deadline, &mut held);
+    if r.is_err() {
+        // What an error ends is sent first, as when nothing is held.
+        held.release(hub, ctl, false);
+    } else if reuse && framing != Framing::ToEof && !closes(&resp) {
+        if let (Some(conn), Some(_)) = (reader.into_inner_if_drained(), ctl.take_conn()) {
+            agent.daemon.keep(conn);
+        }
+    }
+    r
+}
+
+/// Whether the daemon closes the connection after this answer.
+fn closes(resp: &crate::daemon::http::Head) -> bool {
+    resp.header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+}
+
+/// Connects (to a kept-alive connection when `reuse` and there is one), remembers the
+/// connection for cancelling, writes `out`, hands a writer to `after_write`, and reads the
+/// answer's head. A kept-alive connection that fails before any answer (the daemon may have
+/// closed it meanwhile) is replaced once by a new one; only requests without a body are
+/// sent on one, so sending again is safe. `None`: the stream was cancelled.
+fn exchange(
+    hub: &Hub,
+    ctl: &Ctl,
+    out: &[u8],
+    reuse: bool,
+    after_write: &mut dyn FnMut(Conn) -> Result<(), ErrorBody>,
+) -> Result<Option<(ResponseReader<Conn>, crate::daemon::http::Head)>, ErrorBody> {
+    let daemon = &hub.agent.daemon;
+    let mut idle_ok = reuse;
+    loop {
+        let (conn, idle) = match idle_ok {
+            true => daemon.connect_reusable(),
+            false => daemon.connect_raw().map(|c| (c, false)),
+        }
+        .map_err(ErrorBody::from)?;
+        idle_ok = false;
+        if !ctl.set_conn(conn.try_clone().map_err(unreachable)?) {
+            return Ok(None);
+        }
+        let mut w = conn.try_clone().map_err(unreachable)?;
+        let written = w.write_all(out);
+        if written.is_ok() {
+            after_write(w)?;
+        }
+        let mut reader = ResponseReader::new(conn).with_read_size(STREAM_CHUNK);
+        match written
+            .map_err(HttpError::Io)
+            .and_then(|()| reader.read_head())
+        {
+            Ok(h) => return Ok(Some((reader, h))),
+            Err(_) if ctl.is_cancelled() => return Ok(None),
+            Err(e) if idle => log::debug!(
+                "stream {}: a kept-alive daemon connection failed ({e}); using a new one",
+                ctl.id
+            ),
+            Err(e) => return Err(unreachable(e)),
+        }
+    }
+}
+
+/// A plain answer's head and the first piece of its body, held until the body ends or more
+/// of it comes, so that a small answer is queued in one go ([`Hub::answer`]).
+struct Held {
+    head: Option<Head>,
+    first: Option<Vec<u8>>,
+}
+
+impl Held {
+    /// The daemon's status and end-to-end headers: held when `hold` (a plain answer, whose
+    /// body follows at once), else sent now.
+    fn head(hub: &Hub, ctl: &Ctl, resp: &crate::daemon::http::Head, hold: bool) -> Held {
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .filter(|(k, _)| !is_hop_by_hop(k))
+            .map(|(k, v)| (canonical(k), v.clone()))
+            .collect();
+        let head = if hold {
+            Some((resp.status, headers))
+        } else {
+            hub.respond(ctl, resp.status, headers);
+            None
+        };
+        Held { head, first: None }
+    }
+
+    /// Sends `d` (or holds it, if it is the first piece after a held head); false when the
+    /// stream or session ended.
+    fn send(&mut self, hub: &Hub, ctl: &Ctl, d: &[u8]) -> bool {
+        if self.head.is_none() {
+            return hub.send_data(ctl, d);
+        }
+        if self.first.is_none() {
+            self.first = Some(d.to_vec());
+            return true;
+        }
+        self.release(hub, ctl, false) && hub.send_data(ctl, d)
+    }
+
+    /// Queues what is held (with `stream_end` when `end`); false when the stream ended.
+    fn release(&mut self, hub: &Hub, ctl: &Ctl, end: bool) -> bool {
+        let (head, first) = (self.head.take(), self.first.take());
+        if head.is_none() && first.is_none() && !end {
+            return true;
+        }
+        hub.answer(ctl, head, first.as_deref().unwrap_or_default(), end)
+    }
 }
 
 /// Sends the daemon's answer body as data frames (after the policy's filter, if any), then
-/// `stream_end`.
+/// `stream_end`; a held head goes with the first frame.
 fn relay(
     hub: &Hub,
     ctl: &Ctl,
-    mut reader: ResponseReader<Conn>,
+    reader: &mut ResponseReader<Conn>,
     framing: Framing,
     filter: Option<Answer>,
     deadline: Option<Instant>,
+    held: &mut Held,
 ) -> Result<(), ErrorBody> {
     let agent = &hub.agent;
     let mut ok = true;
@@ -203,12 +299,12 @@ fn relay(
                 deadline,
             };
             let scope = Scope::new(&agent.config.policy, &daemon);
-            ok = hub.send_data(ctl, &filter_answer(&scope, answer, &buf)?);
+            ok = held.send(hub, ctl, &filter_answer(&scope, answer, &buf)?);
         }
         r
     } else {
         reader.read_body_coalesced(framing, usize::MAX, STREAM_CHUNK, &mut |d| {
-            if ok && !hub.send_data(ctl, d) {
+            if ok && !held.send(hub, ctl, d) {
                 ok = false;
                 ctl.cancel();
             }
@@ -219,7 +315,7 @@ fn relay(
     }
     match result {
         Ok(_) => {
-            hub.end(ctl, None);
+            held.release(hub, ctl, true);
             Ok(())
         }
         Err(HttpError::TooLarge(n)) => Err(ErrorBody::new(
@@ -322,6 +418,7 @@ fn request_head(
     target: &str,
     mode: BodyMode,
     upgrade: bool,
+    keep_alive: bool,
     body_len: usize,
 ) -> String {
     let mut head = format!("{} {target} HTTP/1.1\r\nHost: docker\r\n", open.method);
@@ -345,6 +442,8 @@ fn request_head(
     }
     if upgrade {
         head.push_str("Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n");
+    } else if keep_alive {
+        head.push_str("\r\n");
     } else {
         head.push_str("Connection: close\r\n\r\n");
     }

@@ -291,7 +291,7 @@ struct DaemonTunnel(hyper::upgrade::OnUpgrade);
 impl Tunnel for DaemonTunnel {
     fn pump(
         self: Box<Self>,
-        client: hyper::upgrade::Upgraded,
+        client: Box<dyn super::ClientIo>,
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -302,7 +302,7 @@ impl Tunnel for DaemonTunnel {
                     return;
                 }
             };
-            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut client = client;
             let mut daemon = hyper_util::rt::TokioIo::new(daemon);
             match tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
                 Ok((up, down)) => {

@@ -1,0 +1,361 @@
+//! `docker-ctl-loadgen latency`: what the tunnel adds to a call, against the Docker socket.
+//!
+//! One run measures, interleaved call by call (so the machine's noise hits every path alike):
+//! - `direct`: `GET /v1.41/containers/json?all=1` on the Docker socket, keep-alive;
+//! - `relay`: the same through a plain TCP relay in front of the socket (the reference for
+//!   what any hop costs);
+//! - `passthrough`: the same through `GET /api/v1/hosts/{id}/docker/v1.41/containers/json?all=1`
+//!   (server + agent);
+//! - `operation`: `POST /api/v1/hosts/{id}/operations` with `container.list` `{"all": true}`.
+//!
+//! Every HTTP client keeps its connection alive and sets `TCP_NODELAY`. There are `--rounds`
+//! rounds (default 2) of a warm-up and `--calls` calls per path; the figures of each round
+//! are printed, and the `METRIC` lines carry the better round (the lower added figure).
+//! The run tops the daemon up to `--containers` containers (default 6, labelled and removed
+//! afterwards). The agent is `--agent PATH` (or `AGENT_BIN`), by default the static
+//! x86_64-musl build in `dist/agent/`, else the `docker-ctl-agent` beside this binary.
+
+use crate::{bin, die, enrol_many, mib, percentile, rss_bytes, Api, Args, Fail, ServerProc};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const DOCKER_SOCK: &str = "/var/run/docker.sock";
+const LIST: &str = "/v1.41/containers/json?all=1";
+const WARMUP: usize = 50;
+
+/// The four paths, in the order they are printed.
+const PATHS: [&str; 4] = ["direct", "relay", "passthrough", "operation"];
+
+pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
+    let server = ServerProc::start(args.database_url.clone(), 5)?;
+    let api = Api::new(&server.addr, &server.token);
+    let creds = enrol_many(&api, 1).await?;
+    let (host_id, agent_id, token) = creds[0].clone();
+    let dir = tempfile::tempdir()?;
+    let agent_bin = agent_binary(args);
+    let mut agent = start_agent(&agent_bin, dir.path(), &server.addr, &agent_id, &token)?;
+    let label = format!("docker-ctl.loadgen=latency-{}", std::process::id());
+    let result = async {
+        wait_online(&api, &host_id).await?;
+        let listed = top_up_containers(&label, args.containers)?;
+        let relay = start_relay().await?;
+        let paths = Paths {
+            api: api.clone(),
+            host_id: host_id.clone(),
+            direct: UnixHttp::new(),
+            relay: RelayHttp::new(&relay),
+        };
+        println!(
+            "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {} ---",
+            args.calls,
+            args.rounds,
+            agent_bin.display(),
+            server.pid(),
+            agent.id()
+        );
+        let mut rounds = Vec::new();
+        for r in 0..args.rounds {
+            let samples = measure(&paths, args.calls, r).await?;
+            print_round(r + 1, &samples);
+            rounds.push(samples);
+        }
+        Ok::<_, Fail>(rounds)
+    }
+    .await;
+    remove_containers(&label);
+    let agent_rss = rss_bytes(agent.id());
+    let server_rss = rss_bytes(server.pid());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let rounds = result?;
+    print_best(&rounds);
+    println!(
+        "RSS after the run: agent {:.2} MiB, server {:.1} MiB",
+        mib(agent_rss),
+        mib(server_rss)
+    );
+    Ok(())
+}
+
+fn agent_binary(args: &Args) -> PathBuf {
+    if let Some(p) = &args.agent {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let musl = PathBuf::from("dist/agent/x86_64-unknown-linux-musl/docker-ctl-agent");
+    if musl.is_file() {
+        return musl;
+    }
+    bin("docker-ctl-agent")
+}
+
+fn start_agent(
+    agent_bin: &PathBuf,
+    dir: &std::path::Path,
+    addr: &str,
+    agent_id: &str,
+    token: &str,
+) -> Result<std::process::Child, Fail> {
+    if !agent_bin.is_file() {
+        die(&format!("agent binary {} not found", agent_bin.display()));
+    }
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  url: ws://{addr}\nagent:\n  id: {agent_id}\n  auth_token: {token}\ndocker:\n  socket: unix://{DOCKER_SOCK}\n  timeout: 30\nlogging:\n  level: warn\n"
+        ),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(std::process::Command::new(agent_bin)
+        .arg("--config")
+        .arg(&cfg)
+        .env("DOCKER_CTL_STATE_FILE", dir.join("state.json"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
+async fn wait_online(api: &Api, host_id: &str) -> Result<(), Fail> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = api
+            .call("GET", &format!("/api/v1/hosts/{host_id}"), None)
+            .await?;
+        if h["status"] == "online" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the agent did not come online within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn docker(args: &[&str]) -> Result<String, Fail> {
+    let out = std::process::Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("docker {}: {}", args.join(" "), err.trim()).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates labelled containers until the daemon has `want` (created, not started); returns
+/// how many the daemon lists.
+fn top_up_containers(label: &str, want: usize) -> Result<usize, Fail> {
+    let have = docker(&["ps", "-aq"])?.lines().count();
+    for i in have..want {
+        let name = format!("loadgen-lat-{}-{i}", std::process::id());
+        let image = "docker-ctl-test/busybox:latest";
+        docker(&["create", "--label", label, "--name", &name, image, "true"])?;
+    }
+    Ok(docker(&["ps", "-aq"])?.lines().count())
+}
+
+fn remove_containers(label: &str) {
+    let filter = format!("label={label}");
+    let ids = docker(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
+    for id in ids.split_whitespace() {
+        let _ = docker(&["rm", "-f", id]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The clients
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// A keep-alive HTTP/1.1 client on the Docker socket.
+struct UnixHttp {
+    client: hyper_util::client::legacy::Client<hyperlocal::UnixConnector, Body>,
+}
+
+impl UnixHttp {
+    fn new() -> UnixHttp {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyperlocal::UnixConnector);
+        UnixHttp { client }
+    }
+
+    async fn get(&self, path: &str) -> Result<usize, Fail> {
+        let uri: hyper::Uri = hyperlocal::Uri::new(DOCKER_SOCK, path).into();
+        let req = hyper::Request::get(uri).body(Body::default())?;
+        body_len(self.client.request(req).await?).await
+    }
+}
+
+/// A keep-alive HTTP/1.1 client over TCP with `TCP_NODELAY`.
+struct RelayHttp {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Body,
+    >,
+    base: String,
+}
+
+impl RelayHttp {
+    fn new(addr: &str) -> RelayHttp {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(http);
+        RelayHttp {
+            client,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<usize, Fail> {
+        let req = hyper::Request::get(format!("{}{path}", self.base))
+            .header("Host", "docker")
+            .body(Body::default())?;
+        body_len(self.client.request(req).await?).await
+    }
+}
+
+async fn body_len(resp: hyper::Response<hyper::body::Incoming>) -> Result<usize, Fail> {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        return Err(format!("answered {status}: {}", String::from_utf8_lossy(&bytes)).into());
+    }
+    Ok(bytes.len())
+}
+
+/// A plain TCP relay in front of the Docker socket: each connection is copied both ways to
+/// its own socket connection (`TCP_NODELAY` on the TCP side).
+async fn start_relay() -> Result<String, Fail> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(DOCKER_SOCK).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring
+
+struct Paths {
+    api: Api,
+    host_id: String,
+    direct: UnixHttp,
+    relay: RelayHttp,
+}
+
+impl Paths {
+    /// One call on path `i` of [`PATHS`].
+    async fn call(&self, i: usize) -> Result<(), Fail> {
+        match i {
+            0 => self.direct.get(LIST).await.map(drop),
+            1 => self.relay.get(LIST).await.map(drop),
+            2 => {
+                let path = format!("/api/v1/hosts/{}/docker{LIST}", self.host_id);
+                api_call(&self.api, "GET", &path, None).await.map(drop)
+            }
+            _ => {
+                let path = format!("/api/v1/hosts/{}/operations", self.host_id);
+                let body = r#"{"operation":"container.list","params":{"all":true}}"#;
+                api_call(&self.api, "POST", &path, Some(body))
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+}
+
+/// A call on the REST API that keeps the body as bytes (no client-side JSON decoding, as on
+/// the other paths).
+async fn api_call(api: &Api, method: &str, path: &str, body: Option<&str>) -> Result<usize, Fail> {
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", api.base))
+        .header("Authorization", format!("Bearer {}", api.token));
+    if body.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
+    let req = req.body(Body::from(body.unwrap_or_default().to_string()))?;
+    body_len(api.client.request(req).await?).await
+}
+
+/// One round: a warm-up, then `calls` calls per path, interleaved (the order rotates every
+/// call so no path always follows another). Returns each path's sorted latencies in ms.
+///
+/// `LATENCY_ONLY=passthrough` (a name of [`PATHS`]) calls only that path after the warm-up,
+/// so a profiler attached to the server or the agent sees one path alone.
+async fn measure(paths: &Paths, calls: usize, round: usize) -> Result<Vec<Vec<f64>>, Fail> {
+    for k in 0..WARMUP {
+        for i in 0..PATHS.len() {
+            paths.call((i + k) % PATHS.len()).await?;
+        }
+    }
+    let only = std::env::var("LATENCY_ONLY").ok();
+    let only = only.and_then(|n| PATHS.iter().position(|p| *p == n));
+    let mut samples = vec![Vec::with_capacity(calls); PATHS.len()];
+    for k in 0..calls {
+        for j in 0..PATHS.len() {
+            let i = (j + k + round) % PATHS.len();
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let t = Instant::now();
+            paths.call(i).await?;
+            samples[i].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    for s in &mut samples {
+        s.sort_by(|a, b| a.total_cmp(b));
+    }
+    Ok(samples)
+}
+
+/// (p50, p99) of a path, and what it adds over the direct socket.
+fn figures(samples: &[Vec<f64>], i: usize) -> (f64, f64, f64, f64) {
+    let (p50, p99) = (percentile(&samples[i], 50.0), percentile(&samples[i], 99.0));
+    let (d50, d99) = (percentile(&samples[0], 50.0), percentile(&samples[0], 99.0));
+    (p50, p99, p50 - d50, p99 - d99)
+}
+
+fn print_round(round: usize, samples: &[Vec<f64>]) {
+    for (i, name) in PATHS.iter().enumerate() {
+        let (p50, p99, a50, a99) = figures(samples, i);
+        let max = samples[i].last().copied().unwrap_or(f64::NAN);
+        println!(
+            "round {round} {name:<12} p50 {p50:.3} ms  p99 {p99:.3} ms  max {max:.2} ms  added p50 {a50:+.3} ms  p99 {a99:+.3} ms"
+        );
+    }
+}
+
+/// The better of the rounds, per figure, as `METRIC` lines.
+fn print_best(rounds: &[Vec<Vec<f64>>]) {
+    for (i, name) in PATHS.iter().enumerate() {
+        let best = |f: fn((f64, f64, f64, f64)) -> f64| {
+            rounds
+                .iter()
+                .map(|s| f(figures(s, i)))
+                .fold(f64::INFINITY, f64::min)
+        };
+        println!("METRIC {name}_p50_ms {:.3}", best(|f| f.0));
+        println!("METRIC {name}_p99_ms {:.3}", best(|f| f.1));
+        if i > 0 {
+            println!("METRIC {name}_added_p50_ms {:.3}", best(|f| f.2));
+            println!("METRIC {name}_added_p99_ms {:.3}", best(|f| f.3));
+        }
+    }
+}
