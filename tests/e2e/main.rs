@@ -8,3 +8,4 @@ mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;
+mod stacks;
