@@ -5,6 +5,8 @@ import { api, wsUrl, ago, can } from './api.js';
 
 const enc = encodeURIComponent;
 // A host's state only moves forward; a late answer never takes it back.
+// What ran: the steps' operations (a stack rollout has none: its kind).
+const what = (b) => (b.operations || []).join(' → ') || b.kind;
 const RANK = { pending: 0, running: 1, queued: 2, succeeded: 3, failed: 3, skipped: 3, cancelled: 3 };
 
 // The feed, with whether it is open: progress is only watched once it is.
@@ -65,7 +67,7 @@ function Detail({ id, live, log, onCancel }) {
     return l && RANK[l] >= RANK[t.state] ? l : t.state;
   };
   return html`<${Loading} s=${s}>${d && html`<div class="card" id="bulk-detail" data-bulk=${d.id}>
-    <div class="bar"><h2>${d.operations.join(' → ')}</h2><span class="grow"></span>
+    <div class="bar"><h2>${what(d)}</h2><span class="grow"></span>
       <span id="bulk-state"><${Badge} v=${live.done || d.state} /></span>
       ${d.state === 'running' && !d.cancel_requested && can('operator') && html`<button class="danger" onClick=${() => onCancel(d.id)}>Cancel</button>`}</div>
     <p class="muted">${d.selector || d.group} · ${d.hosts} hosts · by ${d.created_by} ${ago(d.created_at)}${d.reason ? ' · ' + d.reason : ''}</p>
@@ -100,7 +102,7 @@ function Operations() {
     ${current && html`<${Detail} id=${current} live=${live} log=${log} onCancel=${cancel} />`}
     <h2>Recent</h2>
     <${Loading} s=${list}>${list.data && html`<table class="grid" id="bulk-list"><thead><tr><th>Operation</th><th>Hosts</th><th>Selector or group</th><th>State</th><th>By</th><th>Started</th><th></th></tr></thead>
-      <tbody>${list.data.bulk_operations.map((b) => html`<tr data-bulk=${b.id}><td>${b.operations.join(' → ')}</td><td>${b.hosts}</td>
+      <tbody>${list.data.bulk_operations.map((b) => html`<tr data-bulk=${b.id}><td>${what(b)}</td><td>${b.hosts}</td>
         <td><code>${b.selector || b.group}</code></td><td><${Badge} v=${b.state} /></td><td>${b.created_by}</td><td>${ago(b.created_at)}</td>
         <td><button onClick=${() => show(b.id)}>Show</button></td></tr>`)}</tbody></table>`}</${Loading}>`;
 }
