@@ -29,6 +29,7 @@ APPSTATE_ALLOWED = re.compile(r"^(lib\.rs|app\.rs|state\.rs|quickstart\.rs|main\
 # The server's layers, top first (see docs/architecture.md); "" is the crate root.
 SERVER_LAYERS = [
     ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
+    ("stack deployment", {"deploy"}),
     ("rollouts", {"rollouts"}),
     ("commands", {"commands", "updates"}),
     ("fleet", {"fleet"}),

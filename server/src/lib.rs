@@ -28,6 +28,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod deploy;
 pub mod enrolment;
 pub mod error;
 pub mod feed;

@@ -21,6 +21,7 @@ use crate::auth::{FailureLimiter, RateLimiter};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
+use crate::deploy::{Deployer, StackKind};
 use crate::feed::Feed;
 use crate::fleet::Fleet;
 use crate::hosts::Adapters;
@@ -41,9 +42,11 @@ pub struct AppState {
     pub adapters: Adapters,
     /// The owner of every command's life.
     pub commands: Commands,
+    /// Stacks: their versions, deployments and status.
+    pub deployer: Deployer,
     /// Which hosts a selector picks.
     pub fleet: Fleet,
-    /// The owner of every rollout's life (bulk operations).
+    /// The owner of every rollout's life (bulk operations, stack changes).
     pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
@@ -147,6 +150,16 @@ impl AppState {
             failures_per_user: s.failures_per_user,
         };
         let fleet = Fleet::new(store.clone(), adapters.clone());
+        let deployer = Deployer::new(
+            commands.clone(),
+            store.clone(),
+            keys.clone(),
+            audit.clone(),
+            fleet.clone(),
+        );
+        let stack_kind = StackKind {
+            deployer: deployer.clone(),
+        };
         let bulk = rollouts::bulk::BulkKind {
             commands: commands.clone(),
             fleet: fleet.clone(),
@@ -159,8 +172,9 @@ impl AppState {
                 audit: audit.clone(),
                 server_id: server_id.clone(),
             },
-            vec![Arc::new(bulk)],
+            vec![Arc::new(bulk), Arc::new(stack_kind)],
         );
+        let deployer = deployer.with_rollouts(rollouts.clone());
         match rollouts.resume().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "continuing rollouts left running"),
@@ -168,6 +182,7 @@ impl AppState {
         }
         Ok(AppState {
             updates,
+            deployer,
             accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),

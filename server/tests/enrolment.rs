@@ -834,3 +834,73 @@ async fn approval_sqlite() {
 async fn approval_postgres() {
     approval_suite(&TestDb::postgres().await).await;
 }
+
+/// `POST /api/v1/enrolment-tokens` with a `Host` header (or none): the install lines.
+async fn install_lines(st: &AppState, admin: &str, host: Option<&str>) -> (String, Vec<Value>) {
+    use tower::ServiceExt;
+    let mut b = axum::http::Request::builder()
+        .method("POST")
+        .uri("/api/v1/enrolment-tokens")
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/json");
+    if let Some(h) = host {
+        b = b.header("host", h);
+    }
+    let req = b
+        .body(axum::body::Body::from(json!({"name": "lines"}).to_string()))
+        .expect("request");
+    let resp = server::app(st.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    let lines = v["install_lines"]
+        .as_array()
+        .expect("install_lines")
+        .clone();
+    (v["token"].as_str().expect("token").to_string(), lines)
+}
+
+#[tokio::test]
+async fn a_created_token_comes_with_one_install_line_per_cpu() {
+    let db = TestDb::sqlite();
+    let st = state(&db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let (secret, lines) = install_lines(&st, &admin, Some("ctl.example:8080")).await;
+    let cpus: Vec<&str> = lines.iter().map(|l| l["cpu"].as_str().unwrap()).collect();
+    assert_eq!(cpus, ["x86_64", "aarch64", "armv7"]);
+    for l in &lines {
+        let line = l["line"].as_str().unwrap();
+        assert!(line.contains(&format!("'{secret}'")), "{line}");
+        assert!(line.contains("--server 'ws://ctl.example:8080'"), "{line}");
+        assert!(line.contains("--enrol-token-file enrol.token"), "{line}");
+    }
+    // A Host a shell could misread is not used: the listen address is.
+    let listen = format!("--server 'ws://{}'", st.config.listen);
+    for bad in ["x';rm -rf /;'", "a b", "h/p?q"] {
+        let (_, lines) = install_lines(&st, &admin, Some(bad)).await;
+        let line = lines[0]["line"].as_str().unwrap();
+        assert!(line.contains(&listen), "{bad}: {line}");
+    }
+    let (_, lines) = install_lines(&st, &admin, None).await;
+    assert!(lines[0]["line"].as_str().unwrap().contains(&listen));
+    // Lists never carry them.
+    let (_, list) = call(&st, "GET", "/api/v1/enrolment-tokens", Some(&admin), None).await;
+    assert!(!list.to_string().contains("install_lines"), "{list}");
+
+    // A configured public_url wins over the Host.
+    let db2 = TestDb::sqlite();
+    let mut c = test_config(&db2);
+    c.public_url = Some("wss://ctl.example".into());
+    let st2 = state_with(&db2, c).await;
+    let admin2 = token(&st2, "admin", Role::Admin).await;
+    let (_, lines) = install_lines(&st2, &admin2, Some("other.example")).await;
+    assert!(lines[2]["line"]
+        .as_str()
+        .unwrap()
+        .contains("--server 'wss://ctl.example'"));
+}

@@ -352,3 +352,196 @@ fn a_csrf_attempt_from_another_origin_fails() {
         "{audit}"
     );
 }
+
+/// Answers every `confirm()` of the page with yes.
+fn confirm_all(b: &Browser) {
+    b.js("window.confirm = () => true; return 1", json!([]));
+}
+
+fn pending_host(server: &Server, name: &str) -> String {
+    docker_ctl_tests::wait_for(&format!("{name} pending"), ONLINE, || {
+        let (st, v) = server.api("GET", "/api/v1/hosts?status=pending&limit=100", None);
+        assert_eq!(st, 200, "{v}");
+        v["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["id"].as_str().expect("id").to_string())
+    })
+}
+
+#[test]
+fn enrol_a_host_with_a_token_approve_one_reject_another_and_revoke() {
+    let site = Site::start();
+    let server = &site.server;
+    let b = signed_in(&site, "admin");
+    b.goto(&format!("{}/enrol", site.base()));
+    let run = unique("site");
+    let tname = unique("ui-token");
+    let name = b.find("#enrol-name", PAGE);
+    b.type_into(&name, &tname);
+    let labels = b.find("#enrol-labels", PAGE);
+    b.type_into(&labels, &format!("site={run}, role=edge"));
+    b.js(
+        "document.querySelector('#enrol-approval').click(); return 1",
+        json!([]),
+    );
+    b.click_button(
+        "form[aria-label='Create enrolment token']",
+        "Create enrolment token",
+        PAGE,
+    );
+    let (token, _) = b.wait_text("#new-secret", PAGE, |t| t.starts_with("dctl_e_"));
+    // One install line per CPU, each with this token and this server's address.
+    for cpu in ["x86_64", "aarch64", "armv7"] {
+        let line = b.text_of(&format!("#new-enrolment-token [data-cpu='{cpu}'] pre"));
+        assert!(line.contains(&token), "{cpu}: {line}");
+        assert!(
+            line.contains("--enrol-token-file enrol.token"),
+            "{cpu}: {line}"
+        );
+        assert!(
+            line.contains(&format!("--server '{}'", server.ws())),
+            "{cpu}: {line}"
+        );
+    }
+    let row = format!("#enrolment-tokens tr[data-token='{tname}']");
+    let (text, _) = b.wait_text(&row, PAGE, |t| t.contains("active"));
+    assert!(
+        text.contains(&format!("site={run}")) && text.contains("required"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&token),
+        "the list must not show the token: {text}"
+    );
+    b.screenshot("enrol-token-created");
+
+    // A real agent enrols with it and waits for approval.
+    let good = unique("ui-enrolled");
+    let _good_agent = Agent::start_enrolling(&server.ws(), &token, &good);
+    let good_id = pending_host(server, &good);
+    let docker_version = format!("/api/v1/hosts/{good_id}/docker/version");
+    assert_eq!(
+        server.api("GET", &docker_version, None).0,
+        409,
+        "a pending host gets no request"
+    );
+    let bad = unique("ui-refused");
+    let _bad_agent = Agent::start_enrolling(&server.ws(), &token, &bad);
+    let bad_id = pending_host(server, &bad);
+
+    b.click_button("#enrol", "Refresh", PAGE);
+    let good_row = format!("#pending-hosts tr[data-host='{good_id}']");
+    let bad_row = format!("#pending-hosts tr[data-host='{bad_id}']");
+    b.wait_text(&good_row, PAGE, |t| t.contains(&good));
+    b.wait_text(&bad_row, PAGE, |t| t.contains(&bad));
+    b.screenshot("enrol-pending");
+    confirm_all(&b);
+    b.click_button(&good_row, "Approve", PAGE);
+    b.wait_text(&good_row, PAGE, str::is_empty);
+    server.wait_status(&good_id, "online", ONLINE);
+    let (st, v) = server.api("GET", &docker_version, None);
+    assert_eq!(st, 200, "the approved host answers: {v}");
+    let (_, h) = server.api("GET", &format!("/api/v1/hosts/{good_id}"), None);
+    assert_eq!(h["labels"]["site"], json!(run), "{h}");
+    assert_eq!(h["labels"]["role"], json!("edge"), "{h}");
+
+    b.click_button(&bad_row, "Reject", PAGE);
+    b.find("#pending-none", PAGE);
+    let (st, _) = server.api("GET", &format!("/api/v1/hosts/{bad_id}"), None);
+    assert_eq!(st, 404, "a rejected host is deleted");
+
+    b.click_button(&row, "Revoke", PAGE);
+    b.wait_text(&row, PAGE, |t| t.contains("revoked"));
+    b.screenshot("enrol-revoked");
+    let mut late = Agent::start_enrolling(&server.ws(), &token, &unique("ui-late"));
+    assert_eq!(late.wait_exit(ONLINE), Some(78), "{}", late.output.text());
+    assert!(late.output.contains("revoked"), "{}", late.output.text());
+}
+
+#[test]
+fn a_bulk_operation_over_a_selector_shows_each_hosts_progress_live() {
+    let site = Site::start();
+    let server = &site.server;
+    let name2 = unique("ui-host");
+    let (host2, agent_id, token) = server.enrol(&name2);
+    let _agent2 = Agent::start(&server.ws(), &agent_id, &token);
+    server.wait_status(&host2, "online", ONLINE);
+    let run = unique("bulk");
+    let mut cleanup = DockerCleanup::default();
+    let mut names = Vec::new();
+    for id in [&site.host_id, &host2] {
+        let (st, h) = server.api(
+            "PATCH",
+            &format!("/api/v1/hosts/{id}"),
+            Some(json!({ "labels": { "ui-bulk": run } })),
+        );
+        assert_eq!(st, 200, "{h}");
+        let n = h["name"].as_str().expect("name").to_string();
+        cleanup.container(&format!("ui-bulk-{n}"));
+        names.push(n);
+    }
+    let b = signed_in(&site, "admin");
+    b.goto(&format!("{}/bulk", site.base()));
+
+    // A saved group over the same selector.
+    b.click_button(".tabs", "Groups", PAGE);
+    let group = unique("ui-group");
+    let gn = b.find("#group-name", PAGE);
+    b.type_into(&gn, &group);
+    let gs = b.find("#group-selector", PAGE);
+    b.type_into(&gs, &format!("ui-bulk={run}"));
+    b.click_button("form[aria-label='Create group']", "Create group", PAGE);
+    b.wait_text(&format!("#groups tr[data-group='{group}']"), PAGE, |t| {
+        t.contains(&format!("ui-bulk={run}"))
+    });
+    let (st, g) = server.api("GET", &format!("/api/v1/groups/{group}"), None);
+    assert_eq!(st, 200, "{g}");
+    assert_eq!(g["hosts_total"], json!(2), "{g}");
+    b.screenshot("bulk-groups");
+
+    b.click_button(".tabs", "Operations", PAGE);
+    let sel = b.find("#bulk-selector", PAGE);
+    b.type_into(&sel, &format!("ui-bulk={run}"));
+    let op = b.find("#bulk-operation", PAGE);
+    b.type_into(&op, "container.create");
+    let params = b.find("#bulk-params", PAGE);
+    b.clear(&params);
+    b.type_into(
+        &params,
+        &json!({
+            "name": "ui-bulk-{{host.name}}", "image": IMAGE,
+            "labels": { "docker-ctl-test": "browser" }, "cmd": ["sleep", "300"]
+        })
+        .to_string(),
+    );
+    b.js("window.__noReload = 1; return 1", json!([]));
+    // "Start" shows once the feed is open.
+    b.click_button("form[aria-label='Start bulk operation']", "Start", PAGE);
+    b.wait_text("#bulk-state", ONLINE, |t| t == "succeeded");
+    for id in [&site.host_id, &host2] {
+        b.wait_text(
+            &format!("#bulk-hosts tr[data-host='{id}'] .state"),
+            PAGE,
+            |t| t == "succeeded",
+        );
+    }
+    // The progress came from the feed: each host's `bulk_progress` messages, in order.
+    let log = b.text_of("#bulk-log");
+    for id in [&site.host_id, &host2] {
+        let running = log.find(&format!("{id}: running"));
+        let done = log.find(&format!("{id}: succeeded"));
+        assert!(
+            running.is_some() && done.is_some() && running < done,
+            "{id}: {log}"
+        );
+    }
+    assert!(log.contains("done: succeeded"), "{log}");
+    assert_eq!(b.js("return window.__noReload", json!([])), json!(1));
+    b.screenshot("bulk-progress");
+    for n in &names {
+        let c = docker_get(&format!("/containers/ui-bulk-{n}/json"));
+        assert_eq!(c["Config"]["Labels"]["docker-ctl-test"], "browser", "{c}");
+    }
+}

@@ -8,4 +8,5 @@ mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;
+mod stacks;
 mod update;

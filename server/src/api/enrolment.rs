@@ -7,7 +7,7 @@
 //! shown once, or enrol anything (agents enrol on `/ws/enrol`).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -146,9 +146,35 @@ pub fn audit_detail(t: &EnrolmentToken) -> Value {
     })
 }
 
+/// The URL the install lines dial: `public_url`, else this server as the caller reached it
+/// (its `Host`, when that is a plain host and port), else the listen address.
+fn install_url(config: &crate::config::Config, headers: &HeaderMap) -> String {
+    let (url, guessed) = config.agent_url();
+    if !guessed {
+        return url;
+    }
+    let scheme = if config.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|h| format!("{scheme}://{h}"))
+        .unwrap_or(url)
+}
+
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
@@ -174,6 +200,12 @@ pub async fn create(
     let (row, token) = result?;
     let mut v = token_json(&row);
     v["token"] = json!(token.expose());
+    // Shown with the token, once: it holds the token.
+    let url = install_url(&state.config, &headers);
+    v["install_lines"] = enrolment::install_lines(&url, token.expose(), protocol::VERSION)
+        .into_iter()
+        .map(|(cpu, line)| json!({ "cpu": cpu, "line": line }))
+        .collect();
     Ok((StatusCode::CREATED, Json(v)))
 }
 

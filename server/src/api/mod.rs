@@ -20,6 +20,7 @@ mod passthrough;
 mod records;
 mod releases;
 mod session;
+mod stacks;
 mod stream;
 mod system;
 mod tokens;
@@ -164,6 +165,22 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/stacks", get(stacks::list).post(stacks::create))
+        .route(
+            "/api/v1/stacks/{name}",
+            get(stacks::get_one)
+                .put(stacks::update)
+                .delete(stacks::delete),
+        )
+        .route("/api/v1/stacks/{name}/redeploy", post(stacks::redeploy))
+        .route(
+            "/api/v1/registries",
+            get(stacks::registries).post(stacks::add_registry),
+        )
+        .route(
+            "/api/v1/registries/{id}",
+            axum::routing::delete(stacks::delete_registry),
+        )
         .route("/assets/{version}/{*path}", get(ui::asset))
         .fallback(ui::fallback)
 }

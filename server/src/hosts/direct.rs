@@ -104,6 +104,9 @@ impl DirectHostAdapter {
         if req.body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
+        if let Some(a) = &req.registry_auth {
+            builder = builder.header("x-registry-auth", a.expose());
+        }
         let r = builder
             .uri(target)
             .body(Full::new(body))
@@ -143,6 +146,7 @@ impl DirectHostAdapter {
                     query: Vec::new(),
                     body: None,
                     progress: false,
+                    registry_auth: None,
                 };
                 let resp = self.send(&ping, None).await?;
                 let daemon = match resp.header("api-version") {

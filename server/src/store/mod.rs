@@ -5,8 +5,9 @@
 //! and every SQL statement of the server, one file per table (`users`, `tokens`, `hosts`,
 //! `agents`, `agent_events`, `docker_events`, `audit`, `commands` with its write-behind
 //! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `enrolment_tokens` with the
-//! enrolment transaction, `sessions` with sign-in links), plus the read-through `cache` of
-//! tokens and hosts. Must not: decide policy (auth, roles) or hold
+//! enrolment transaction, `sessions` with sign-in links, `stacks` with their versions, hosts
+//! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
+//! (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
 //! Portability rules: runtime `sqlx::query` with `$N` binds only, ids are TEXT, times are
@@ -26,6 +27,7 @@ mod groups;
 mod hosts;
 mod journal;
 mod sessions;
+mod stacks;
 mod tokens;
 mod users;
 
@@ -41,6 +43,7 @@ pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToke
 pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
 pub use sessions::{NewSession, UserSession};
+pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};
 pub use users::{Role, User};
 

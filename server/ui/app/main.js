@@ -6,6 +6,8 @@ import { HostPage } from './host.js';
 import { ContainerPage } from './container.js';
 import { Audit } from './audit.js';
 import { Admin, Account } from './admin.js';
+import { Enrol } from './enrol.js';
+import { Bulk } from './bulk.js';
 
 function applyTheme(t) { document.documentElement.dataset.theme = t; }
 applyTheme(localStorage.getItem('theme') || (matchMedia('(prefers-color-scheme: light)').matches ? 'light' : 'dark'));
@@ -52,7 +54,8 @@ function Nav({ onOut }) {
     <${Link} href="/" class="brand">docker-ctl</${Link}>
     <nav aria-label="Main">
       <${Link} href="/">Fleet</${Link}>
-      ${can('admin') && html`<${Link} href="/audit">Audit</${Link}><${Link} href="/admin">Admin</${Link}>`}
+      <${Link} href="/bulk">Bulk</${Link}>
+      ${can('admin') && html`<${Link} href="/enrol">Enrol</${Link}><${Link} href="/audit">Audit</${Link}><${Link} href="/admin">Admin</${Link}>`}
       <${Link} href="/account">Account</${Link}>
     </nav>
     <span class="grow"></span>
@@ -66,6 +69,8 @@ function route(path) {
   let m;
   if ((m = path.match(/^\/hosts\/([^/]+)\/containers\/([^/]+)$/))) return html`<${ContainerPage} host=${decodeURIComponent(m[1])} id=${decodeURIComponent(m[2])} />`;
   if ((m = path.match(/^\/hosts\/([^/]+)$/))) return html`<${HostPage} host=${decodeURIComponent(m[1])} />`;
+  if (path === '/bulk') return html`<${Bulk} />`;
+  if (path === '/enrol') return html`<${Enrol} />`;
   if (path === '/audit') return html`<${Audit} />`;
   if (path === '/admin') return html`<${Admin} />`;
   if (path === '/account') return html`<${Account} />`;
