@@ -31,7 +31,7 @@ SERVER_LAYERS = [
     ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
     ("stack deployment", {"deploy"}),
     ("rollouts", {"rollouts"}),
-    ("commands", {"commands"}),
+    ("commands", {"commands", "updates"}),
     ("fleet", {"fleet"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),

@@ -32,6 +32,9 @@ bash scripts/check-deps.sh
 step "agent edge builds (static; the ARM ones run under qemu in the tests)"
 bash scripts/build-agent.sh
 
+step "agent builds the self-update tests install (two versions and one that exits at start)"
+bash scripts/build-update-agents.sh
+
 step "cargo test (tests/browser: the web UI in chromium against a real server, agent and dockerd)"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 echo "screenshots (artifacts): $(ls target/browser-screenshots/*.png | tr '\n' ' ')" >&2

@@ -14,6 +14,7 @@ use crate::ops::outbox::Outbox;
 use crate::settings::Settings;
 use crate::signing::Signer;
 use crate::stats::Stats;
+use crate::update::Updater;
 use crate::waker::Waker;
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Agent {
     /// Signs and verifies messages when `agent.signing_key` is set.
     pub signer: Option<Signer>,
     pub ids: MessageIds,
+    /// Self-update: the record of the last update and the one being installed.
+    pub update: Updater,
 }
 
 impl Agent {
@@ -48,5 +51,22 @@ impl Agent {
     /// A fresh message id: `{kind}-{random}-{n}`.
     pub fn next_id(&self, kind: &str) -> String {
         self.ids.next(kind)
+    }
+}
+
+impl crate::update::Host for Agent {
+    fn updater(&self) -> &Updater {
+        &self.update
+    }
+
+    fn send(&self, m: protocol::Message) {
+        self.outbox
+            .send(protocol::Envelope::new(self.next_id("upd"), m));
+    }
+
+    fn commands_running(&self) -> u64 {
+        self.stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

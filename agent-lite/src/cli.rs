@@ -159,7 +159,7 @@ pub fn parse(
             "-V" | "--version" => {
                 return Ok(Parsed::Print(format!(
                     "docker-ctl-agent {}\n",
-                    env!("CARGO_PKG_VERSION")
+                    protocol::VERSION
                 )))
             }
             "--check-config" => {
@@ -295,9 +295,6 @@ mod tests {
         let Ok(Parsed::Print(v)) = run(&["-V"], &[]) else {
             panic!()
         };
-        assert_eq!(
-            v,
-            format!("docker-ctl-agent {}\n", env!("CARGO_PKG_VERSION"))
-        );
+        assert_eq!(v, format!("docker-ctl-agent {}\n", protocol::VERSION));
     }
 }

@@ -81,6 +81,7 @@ pub use protocol::endpoint::Endpoint;
 pub use server::{Pin, ServerUrl};
 
 use crate::signing::SigningKey;
+use crate::update::versions::VersionReq;
 use protocol::Secret;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -127,6 +128,8 @@ pub struct Parsed {
     /// `unix://` or `tcp://` (the agent refuses `https://`).
     pub docker: Endpoint,
     pub signing_key: Option<SigningKey>,
+    /// `update.allowed_versions`, parsed.
+    pub allowed_versions: Option<VersionReq>,
 }
 
 /// A configuration that passed [`Config::validate`], with what it parsed. Built by
@@ -157,6 +160,99 @@ pub struct Config {
     /// The agent's local policy, which the server cannot override (see [`crate::policy`]).
     #[serde(default)]
     pub policy: crate::policy::Policy,
+    /// Self-update (see [`crate::update`]).
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// `update:`: whether and to what the agent updates itself when the server asks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// `false` refuses every update.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The release public key (`release.pub`, minisign format) that every release must be
+    /// signed with. The server cannot change it.
+    #[serde(default = "d_public_key")]
+    pub public_key: PathBuf,
+    /// Versions accepted, e.g. `">=1.2.0, <2.0.0"` (see [`crate::update::versions`]);
+    /// absent: any version.
+    #[serde(default)]
+    pub allowed_versions: Option<String>,
+    /// Seconds the new binary has to authenticate and send a heartbeat before the previous
+    /// one is restored.
+    #[serde(default = "d_probation")]
+    pub probation_secs: u64,
+    /// Starts of the new binary on probation (a crash loop under systemd or procd) after
+    /// which the previous one is restored.
+    #[serde(default = "d_probation_starts")]
+    pub probation_starts: u32,
+    /// Seconds a download may take, resumptions included.
+    #[serde(default = "d_download_timeout")]
+    pub download_timeout: u64,
+}
+
+/// The default `update.public_key`, where `install.sh --release-pub` puts it.
+pub const DEFAULT_RELEASE_PUB: &str = "/etc/docker-ctl/release.pub";
+
+fn d_public_key() -> PathBuf {
+    PathBuf::from(DEFAULT_RELEASE_PUB)
+}
+fn d_probation() -> u64 {
+    60
+}
+fn d_probation_starts() -> u32 {
+    3
+}
+fn d_download_timeout() -> u64 {
+    900
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            enabled: true,
+            public_key: d_public_key(),
+            allowed_versions: None,
+            probation_secs: d_probation(),
+            probation_starts: d_probation_starts(),
+            download_timeout: d_download_timeout(),
+        }
+    }
+}
+
+impl UpdateConfig {
+    /// Checks the values; returns the parsed `allowed_versions`.
+    fn check(&self) -> Result<Option<VersionReq>, ConfigError> {
+        if !(5..=3600).contains(&self.probation_secs) {
+            return invalid(format!(
+                "update.probation_secs must be 5 to 3600, got {}",
+                self.probation_secs
+            ));
+        }
+        if !(1..=100).contains(&self.probation_starts) {
+            return invalid(format!(
+                "update.probation_starts must be 1 to 100, got {}",
+                self.probation_starts
+            ));
+        }
+        if !(10..=86_400).contains(&self.download_timeout) {
+            return invalid(format!(
+                "update.download_timeout must be 10 to 86400 seconds, got {}",
+                self.download_timeout
+            ));
+        }
+        if self.public_key.as_os_str().is_empty() {
+            return invalid("update.public_key must be a file path".into());
+        }
+        match &self.allowed_versions {
+            Some(v) => VersionReq::parse(v)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("update.allowed_versions: {e}"))),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -483,6 +579,7 @@ impl Config {
             logging: LoggingConfig::default(),
             reconnection: ReconnectionConfig::default(),
             policy: crate::policy::Policy::default(),
+            update: UpdateConfig::default(),
         }
     }
 
@@ -525,6 +622,7 @@ impl Config {
             return invalid("server.client_cert and server.client_key go together".into());
         }
         self.policy_check()?;
+        let allowed_versions = self.update.check()?;
         let pin = match &self.server.pin_sha256 {
             Some(p) => Some(Pin::parse(p).ok_or_else(|| {
                 ConfigError::Invalid(
@@ -538,6 +636,7 @@ impl Config {
             pin,
             docker,
             signing_key,
+            allowed_versions,
         })
     }
 
@@ -807,6 +906,17 @@ impl Config {
         let _ = writeln!(s, "policy.container_labels: {:?}", p.container_labels);
         let _ = writeln!(s, "policy.redact_env: {}", p.redact_env);
         let _ = writeln!(s, "policy.redact_env_patterns: {:?}", p.redact_env_patterns);
+        let u = &self.update;
+        let _ = writeln!(s, "update.enabled: {}", u.enabled);
+        let _ = writeln!(s, "update.public_key: {}", u.public_key.display());
+        let _ = writeln!(
+            s,
+            "update.allowed_versions: {}",
+            u.allowed_versions.as_deref().unwrap_or("(any)")
+        );
+        let _ = writeln!(s, "update.probation_secs: {}", u.probation_secs);
+        let _ = writeln!(s, "update.probation_starts: {}", u.probation_starts);
+        let _ = writeln!(s, "update.download_timeout: {}", u.download_timeout);
         s
     }
 }

@@ -10,7 +10,8 @@
 //! through [`policy`] to the daemon client ([`daemon`]); [`agent`] is the state they share;
 //! [`enrol`] gets the credentials of an agent that enrols itself (with [`machine`]);
 //! [`config`], [`signing`], [`health`], [`state`] and the small ones below them own one thing
-//! each. This file only declares them and names the entry points.
+//! each; [`update`] installs signed releases and rolls back one that does not come up.
+//! This file only declares them and names the entry points.
 
 pub mod agent;
 pub mod cli;
@@ -33,8 +34,9 @@ pub mod shutdown;
 pub mod signing;
 pub mod state;
 pub mod stats;
+pub mod update;
 pub mod waker;
 
 pub use error::{Error, Result};
-pub use runtime::{run, run_valid};
+pub use runtime::{run, run_started, run_valid};
 pub use shutdown::Shutdown;

@@ -1,15 +1,16 @@
 //! `docker-ctl-agent`: loads the config (see `agent_lite::config` for the precedence of
 //! flags, environment and file), installs the logger and signal handling, and runs the
-//! agent until SIGTERM or SIGINT.
+//! agent until SIGTERM or SIGINT, or re-executes it after a self-update or a rollback.
 
 use agent_lite::cli::{Args, Parsed};
 use agent_lite::config::{check_permissions, Config, Overrides, ValidConfig};
+use agent_lite::update::swap::Relaunch;
+use agent_lite::update::{self as update, Start};
 use agent_lite::Shutdown;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG: &str = "/etc/docker-ctl/agent.yaml";
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::config::ConfigError> {
     let env = |k: &str| std::env::var(k).ok();
@@ -41,6 +42,8 @@ fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::confi
 }
 
 fn main() -> ExitCode {
+    // Before anything can replace the binary: afterwards /proc/self/exe names the old file.
+    let relaunch = Relaunch::capture();
     let env = |k: &str| std::env::var(k).ok();
     let args = match agent_lite::cli::parse(std::env::args().skip(1), &env) {
         Ok(Parsed::Run(a)) => a,
@@ -53,6 +56,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the config: a release that cannot even load it counts its starts too.
+    let start = if args.check_config {
+        Start::Normal
+    } else {
+        update::at_start(&relaunch)
+    };
+    if start == Start::Relaunch {
+        return re_execute(&relaunch);
+    }
     let (valid, path) = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -61,27 +73,70 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        match &path {
-            Some(p) => println!("# config file: {}", p.display()),
-            None => println!("# no config file; flags, environment and defaults only"),
-        }
-        print!("{}", valid.config.render());
-        if let Some(w) = path.as_deref().and_then(check_permissions) {
-            println!("# warning: {w}");
-        }
-        println!("# config OK");
-        return ExitCode::SUCCESS;
+        return check_config(&valid, path.as_deref());
     }
-    let config = &valid.config;
-    if let Err(e) = agent_lite::log::init(
+    if let Err(code) = init_logging(&valid.config) {
+        return code;
+    }
+    let (version, target) = (protocol::VERSION, protocol::version::TARGET);
+    match &valid.config.agent.enrol_token {
+        Some(_) => {
+            log::info!("docker-ctl-agent {version} ({target}) starting with an enrolment token")
+        }
+        None => log::info!(
+            "docker-ctl-agent {version} ({target}) starting as {}",
+            valid.config.agent.id
+        ),
+    }
+    if let Some(w) = path.as_deref().and_then(check_permissions) {
+        log::warn!("{w}");
+    }
+    #[cfg(feature = "fault-exit-at-start")]
+    {
+        // A release that dies at start, for the rollback tests; never in a release build.
+        log::error!("built with fault-exit-at-start: exiting");
+        return ExitCode::from(3);
+    }
+    #[allow(unreachable_code)]
+    run(valid, relaunch, start)
+}
+
+/// Replaces this process with its binary; returns only when that failed.
+fn re_execute(relaunch: &Relaunch) -> ExitCode {
+    let binary = relaunch.binary.as_deref().unwrap_or(Path::new("?"));
+    log::info!("re-executing {}", binary.display());
+    eprintln!("docker-ctl-agent: re-executing {}", binary.display());
+    let e = relaunch.exec();
+    log::error!("cannot re-execute the agent: {e}");
+    eprintln!("docker-ctl-agent: cannot re-execute the agent: {e}");
+    ExitCode::FAILURE
+}
+
+fn check_config(valid: &ValidConfig, path: Option<&Path>) -> ExitCode {
+    match path {
+        Some(p) => println!("# config file: {}", p.display()),
+        None => println!("# no config file; flags, environment and defaults only"),
+    }
+    print!("{}", valid.config.render());
+    if let Some(w) = path.and_then(check_permissions) {
+        println!("# warning: {w}");
+    }
+    println!("# config OK");
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) -> Result<(), ExitCode> {
+    let secrets = [
+        config.agent.auth_token.expose(),
+        config.agent.signing_key.as_ref().map_or("", |k| k.expose()),
+        config.agent.enrol_token.as_ref().map_or("", |k| k.expose()),
+    ];
+    agent_lite::log::init(
         &config.logging.level,
         config.logging.file.as_deref(),
-        &[
-            config.agent.auth_token.expose(),
-            config.agent.signing_key.as_ref().map_or("", |k| k.expose()),
-            config.agent.enrol_token.as_ref().map_or("", |k| k.expose()),
-        ],
-    ) {
+        &secrets,
+    )
+    .map_err(|e| {
         let file = config
             .logging
             .file
@@ -89,21 +144,20 @@ fn main() -> ExitCode {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         eprintln!("docker-ctl-agent: cannot open the log file {file}: {e}");
-        return ExitCode::from(2);
-    }
-    match config.agent.enrol_token {
-        Some(_) => log::info!("docker-ctl-agent {VERSION} starting with an enrolment token"),
-        None => log::info!("docker-ctl-agent {VERSION} starting as {}", config.agent.id),
-    }
-    if let Some(w) = path.as_deref().and_then(check_permissions) {
-        log::warn!("{w}");
-    }
+        ExitCode::from(2)
+    })
+}
+
+/// Signal handling, then the agent until SIGTERM or SIGINT, or until an update or a
+/// rollback asks to start again.
+fn run(valid: ValidConfig, relaunch: Relaunch, start: Start) -> ExitCode {
     let shutdown = Shutdown::new();
     if let Err(e) = watch_signals(&shutdown) {
         log::error!("{e}");
         return ExitCode::FAILURE;
     }
-    match agent_lite::run_valid(valid, shutdown) {
+    match agent_lite::run_started(valid, shutdown.clone(), relaunch.clone(), start) {
+        Ok(()) if shutdown.restart_requested() => re_execute(&relaunch),
         Ok(()) => {
             log::info!("stopped");
             ExitCode::SUCCESS

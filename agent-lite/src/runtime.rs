@@ -7,7 +7,7 @@
 //! [`crate::connection`]) or run commands (that is [`crate::ops`]).
 
 use crate::agent::Agent;
-use crate::config::{Config, Endpoint, ValidConfig};
+use crate::config::{Config, Parsed, ValidConfig};
 use crate::connection::{reconnect, tls};
 use crate::daemon::DockerClient;
 use crate::error::{Error, Result};
@@ -19,9 +19,13 @@ use crate::ops::outbox::Outbox;
 use crate::ops::pool::Pool;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::signing::{Signer, SigningKey};
+use crate::signing::Signer;
 use crate::state::{now_secs, StateFile};
+use crate::update::download::Source;
+use crate::update::swap::Relaunch;
+use crate::update::{Start, Updater};
 use crate::waker::Waker;
+use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +37,17 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
 /// [`run`] with a config that was validated already.
 pub fn run_valid(valid: ValidConfig, shutdown: Shutdown) -> Result<()> {
+    run_started(valid, shutdown, Relaunch::capture(), Start::Normal)
+}
+
+/// [`run_valid`] for the binary: `relaunch` is how it was started, `start` what
+/// [`crate::update::at_start`] found (a binary on probation watches its deadline).
+pub fn run_started(
+    valid: ValidConfig,
+    shutdown: Shutdown,
+    relaunch: Relaunch,
+    start: Start,
+) -> Result<()> {
     let ValidConfig { mut config, parsed } = valid;
     let tls = tls::for_link(&config.server, &parsed.server_url, parsed.pin)?;
     let env = |k: &str| std::env::var(k).ok();
@@ -52,13 +67,30 @@ pub fn run_valid(valid: ValidConfig, shutdown: Shutdown) -> Result<()> {
         config.agent.auth_token = c.auth_token;
     }
     let memory = Memory::with_keys(state_file, keys);
+    let url = parsed.server_url.clone();
     let agent = Arc::new(build(
         config,
-        parsed.docker,
-        parsed.signing_key,
+        parsed,
+        tls.clone(),
         memory,
         &shutdown,
+        relaunch,
+        &start,
     )?);
+    match start {
+        Start::Normal => {}
+        Start::Relaunch => {
+            shutdown.restart();
+            return Ok(());
+        }
+        Start::Probation(limit) => {
+            let a = agent.clone();
+            std::thread::Builder::new()
+                .name("probation".into())
+                .stack_size(64 * 1024)
+                .spawn(move || a.update.watch_probation(limit))?;
+        }
+    }
     let probe_limit = agent.daemon.timeout().min(Duration::from_secs(5));
     first_probe(&agent, probe_limit);
     let pool = Pool::new(agent.config.agent.workers, agent.config.agent.queue)?;
@@ -71,22 +103,24 @@ pub fn run_valid(valid: ValidConfig, shutdown: Shutdown) -> Result<()> {
     )?;
     let events =
         events::spawn_follower(agent.daemon.clone(), agent.events.clone(), shutdown.clone())?;
-    let url = &parsed.server_url;
-    let result = reconnect::keep_connected(&agent, url, tls.as_ref(), &pool, &shutdown);
+    let result = reconnect::keep_connected(&agent, &url, tls.as_ref(), &pool, &shutdown);
     shutdown.trigger();
     events.stop();
     result
 }
 
-/// The shared state, from the validated config.
+/// The shared state, from the validated config and what it parsed.
 fn build(
     config: Config,
-    docker: Endpoint,
-    key: Option<SigningKey>,
+    parsed: Parsed,
+    tls: Option<Arc<ClientConfig>>,
     commands: Memory,
     shutdown: &Shutdown,
+    relaunch: Relaunch,
+    start: &Start,
 ) -> Result<Agent> {
-    let daemon = DockerClient::new(docker, config.docker_timeout());
+    let daemon = DockerClient::new(parsed.docker, config.docker_timeout());
+    let key = parsed.signing_key;
     if key.is_some() {
         log::info!("message signing is on: every JSON message is signed and must be signed");
     }
@@ -94,16 +128,34 @@ fn build(
     let waker = Arc::new(waker);
     shutdown.add_waker(waker.clone());
     let a = &config.agent;
+    let stats: Arc<crate::stats::Stats> = Arc::default();
+    let source = Source::new(
+        &parsed.server_url,
+        &a.id,
+        &a.auth_token,
+        tls,
+        Duration::from_secs_f64(config.server.connect_timeout),
+        stats.clone(),
+    );
+    let update = Updater::new(
+        config.update.clone(),
+        parsed.allowed_versions,
+        source,
+        relaunch,
+        start,
+        shutdown.clone(),
+    );
     Ok(Agent {
         settings: Arc::new(Settings::new(a.heartbeat_interval, a.command_timeout)),
         events: Arc::new(EventBuffer::new(a.event_buffer).with_waker(waker.clone())),
-        stats: Arc::default(),
+        stats,
         health: Arc::default(),
         commands,
         outbox: Outbox::default().with_waker(waker.clone()),
         waker,
         signer: key.map(Signer::new),
         ids: MessageIds::default(),
+        update,
         daemon,
         config,
     })

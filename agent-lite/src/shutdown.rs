@@ -1,7 +1,9 @@
-//! A shutdown request that sleeping threads notice at once.
+//! A shutdown request that sleeping threads notice at once, and whether the process should
+//! start itself again afterwards (a self-update or a rollback).
 //!
-//! Owns: the flag, the condition variable threads sleep on, and the wakers of threads that
-//! sleep in `poll` instead. Must not: stop anything itself (each thread checks and returns).
+//! Owns: the flags, the condition variable threads sleep on, and the wakers of threads that
+//! sleep in `poll` instead. Must not: stop anything itself (each thread checks and returns),
+//! or re-execute (the binary does, after `run` returned).
 
 use crate::waker::Waker;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +19,8 @@ struct Inner {
     set: Mutex<bool>,
     cv: Condvar,
     flag: AtomicBool,
+    /// The process should re-execute itself once everything stopped.
+    restart: AtomicBool,
     /// Woken on trigger: the session thread sleeps in `poll`, not on the condvar.
     wakers: Mutex<Vec<Arc<Waker>>>,
 }
@@ -46,6 +50,17 @@ impl Shutdown {
         if self.is_set() {
             w.wake();
         }
+    }
+
+    /// Shuts down and asks the binary to start itself again afterwards.
+    pub fn restart(&self) {
+        self.0.restart.store(true, Ordering::SeqCst);
+        self.trigger();
+    }
+
+    /// Whether [`Shutdown::restart`] asked for a re-execution.
+    pub fn restart_requested(&self) -> bool {
+        self.0.restart.load(Ordering::SeqCst)
     }
 
     pub fn is_set(&self) -> bool {

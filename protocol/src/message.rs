@@ -20,7 +20,11 @@ use std::collections::BTreeMap;
 ///
 /// Version 1: the seed's messages plus `disconnect` and `command_progress`.
 /// Version 2: Docker API passthrough streams (`stream_*` messages and binary data frames).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: agent self-update (`agent_update`, `agent_update_progress`).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The protocol version that adds agent self-update.
+pub const UPDATES_PROTOCOL_VERSION: u32 = 3;
 
 /// The largest text message either side accepts, in bytes. Larger frames are refused
 /// before any parsing.
@@ -48,13 +52,16 @@ pub enum MessageType {
     StreamEnd,
     StreamCancel,
     StreamCredit,
+    // agent self-update (protocol version 3)
+    AgentUpdate,
+    AgentUpdateProgress,
     // enrolment, on its own socket (`/ws/enrol`)
     Enrol,
     EnrolResponse,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 17] = [
+    pub const ALL: [MessageType; 19] = [
         MessageType::Auth,
         MessageType::Heartbeat,
         MessageType::CommandResponse,
@@ -70,6 +77,8 @@ impl MessageType {
         MessageType::StreamEnd,
         MessageType::StreamCancel,
         MessageType::StreamCredit,
+        MessageType::AgentUpdate,
+        MessageType::AgentUpdateProgress,
         MessageType::Enrol,
         MessageType::EnrolResponse,
     ];
@@ -91,6 +100,8 @@ impl MessageType {
             MessageType::StreamEnd => "stream_end",
             MessageType::StreamCancel => "stream_cancel",
             MessageType::StreamCredit => "stream_credit",
+            MessageType::AgentUpdate => "agent_update",
+            MessageType::AgentUpdateProgress => "agent_update_progress",
             MessageType::Enrol => "enrol",
             MessageType::EnrolResponse => "enrol_response",
         }
@@ -119,6 +130,15 @@ pub struct AuthPayload {
     /// Absent means 1, which a server refuses for a signing agent (upgrade the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_version: Option<u32>,
+    /// The target triple the agent was built for (`protocol::version::TARGET`), which picks
+    /// the release it updates to. Absent from agents older than protocol version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// How the agent's last self-update went, as it recorded it (sent at every `auth`
+    /// until another update replaces it), so a server that restarted, or missed an
+    /// `agent_update_progress`, learns the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<AgentUpdateProgressPayload>,
     /// The agent's own labels (`agent.labels` in its config), Kubernetes label syntax. The
     /// server shows them apart from the admin's labels of the host. Absent means none (older
     /// agents).
@@ -364,6 +384,83 @@ pub struct StreamCreditPayload {
     pub bytes: u32,
 }
 
+/// `agent_update` (server -> agent, protocol version 3): install release `version` for the
+/// agent's `target`. The agent downloads `{path}/signature` and `{path}/binary` from the
+/// server it is connected to (its own TLS trust, its agent token), verifies them against its
+/// own release public key, and reports with `agent_update_progress` messages carrying the
+/// same `update_id`. An `agent_update` whose `update_id` the agent already handles or
+/// handled is not started again: the agent reports where that update is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUpdatePayload {
+    /// Names this attempt in every report about it.
+    pub update_id: String,
+    /// The release version, as its trusted comment signs it (`version:V`).
+    pub version: String,
+    /// The target triple of the release (`target:T`); the agent refuses another one.
+    pub target: String,
+    /// The release's path on the server, below the server's base URL, e.g.
+    /// `/api/v1/releases/1.3.0/aarch64-unknown-linux-musl`.
+    pub path: String,
+    /// The binary's size in bytes.
+    pub size: u64,
+}
+
+/// Where an agent's self-update is, as `agent_update_progress` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Fetching the signature and the binary.
+    Downloading,
+    /// Checking the signature, the ELF header and the new binary's `--version`.
+    Verifying,
+    /// The new binary is in place; the agent re-executes itself and starts on probation.
+    Restarting,
+    /// The new version authenticated and sent a heartbeat within its probation.
+    Succeeded,
+    /// Refused or failed before the swap; the old version keeps running. `error` says why.
+    Failed,
+    /// The new version did not pass its probation; the previous binary runs again. `error`
+    /// says why.
+    RolledBack,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Downloading => "downloading",
+            UpdateState::Verifying => "verifying",
+            UpdateState::Restarting => "restarting",
+            UpdateState::Succeeded => "succeeded",
+            UpdateState::Failed => "failed",
+            UpdateState::RolledBack => "rolled_back",
+        }
+    }
+
+    /// `succeeded`, `failed` and `rolled_back` end an update.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            UpdateState::Succeeded | UpdateState::Failed | UpdateState::RolledBack
+        )
+    }
+}
+
+/// `agent_update_progress` (agent -> server, protocol version 3): where update `update_id`
+/// is. Also the `update` field of `auth`: the agent's last update as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentUpdateProgressPayload {
+    pub update_id: String,
+    pub state: UpdateState,
+    /// The version being installed.
+    pub version: String,
+    /// Bytes of the binary downloaded so far (state `downloading`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Why, for `failed` and `rolled_back`; `details.check` names the check that refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
 /// The protocol version that adds passthrough streams.
 pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
 /// Bytes a sender may have in flight per stream and direction before it waits for credit.
@@ -478,6 +575,8 @@ pub enum Message {
     StreamEnd(StreamEndPayload),
     StreamCancel(StreamCancelPayload),
     StreamCredit(StreamCreditPayload),
+    AgentUpdate(AgentUpdatePayload),
+    AgentUpdateProgress(AgentUpdateProgressPayload),
     Enrol(EnrolPayload),
     EnrolResponse(EnrolResponsePayload),
 }
@@ -500,6 +599,8 @@ impl Message {
             Message::StreamEnd(_) => MessageType::StreamEnd,
             Message::StreamCancel(_) => MessageType::StreamCancel,
             Message::StreamCredit(_) => MessageType::StreamCredit,
+            Message::AgentUpdate(_) => MessageType::AgentUpdate,
+            Message::AgentUpdateProgress(_) => MessageType::AgentUpdateProgress,
             Message::Enrol(_) => MessageType::Enrol,
             Message::EnrolResponse(_) => MessageType::EnrolResponse,
         }
@@ -522,6 +623,8 @@ impl Message {
             Message::StreamEnd(p) => serde_json::to_value(p),
             Message::StreamCancel(p) => serde_json::to_value(p),
             Message::StreamCredit(p) => serde_json::to_value(p),
+            Message::AgentUpdate(p) => serde_json::to_value(p),
+            Message::AgentUpdateProgress(p) => serde_json::to_value(p),
             Message::Enrol(p) => serde_json::to_value(p),
             Message::EnrolResponse(p) => serde_json::to_value(p),
         };
@@ -642,6 +745,8 @@ impl Envelope {
             MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
             MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
             MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
+            MessageType::AgentUpdate => Message::AgentUpdate(payload(kind, p)?),
+            MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(payload(kind, p)?),
             MessageType::Enrol => Message::Enrol(payload(kind, p)?),
             MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
         };

@@ -80,6 +80,8 @@ fn one_of_each() -> Vec<Message> {
             capabilities: vec!["docker".into()],
             protocol_version: Some(PROTOCOL_VERSION),
             signing_version: None,
+            target: None,
+            update: None,
             labels: Default::default(),
         }),
         Message::Heartbeat(HeartbeatPayload::default()),
@@ -175,6 +177,40 @@ fn one_of_each() -> Vec<Message> {
         Message::StreamCredit(StreamCreditPayload {
             stream_id: 7,
             bytes: 65536,
+        }),
+        Message::Auth(AuthPayload {
+            agent_id: "a1".into(),
+            auth_token: Secret::new("t0k"),
+            version: "1.3.0".into(),
+            capabilities: vec!["docker".into()],
+            protocol_version: Some(PROTOCOL_VERSION),
+            signing_version: None,
+            labels: Default::default(),
+            target: Some("aarch64-unknown-linux-musl".into()),
+            update: Some(AgentUpdateProgressPayload {
+                update_id: "u1:0".into(),
+                state: UpdateState::RolledBack,
+                version: "1.3.0".into(),
+                bytes: None,
+                error: Some(
+                    ErrorBody::new(ErrorCode::Timeout, "no heartbeat within 60 s")
+                        .with_details(json!({"check": "probation"})),
+                ),
+            }),
+        }),
+        Message::AgentUpdate(AgentUpdatePayload {
+            update_id: "u1:0".into(),
+            version: "1.3.0".into(),
+            target: "aarch64-unknown-linux-musl".into(),
+            path: "/api/v1/releases/1.3.0/aarch64-unknown-linux-musl".into(),
+            size: 2_000_000,
+        }),
+        Message::AgentUpdateProgress(AgentUpdateProgressPayload {
+            update_id: "u1:0".into(),
+            state: UpdateState::Downloading,
+            version: "1.3.0".into(),
+            bytes: Some(65536),
+            error: None,
         }),
         Message::Enrol(EnrolPayload {
             enrol_token: Secret::new("dctl_e_t0k"),

@@ -63,6 +63,27 @@ pub enum ReleaseCommand {
     Keygen(ReleaseKeygenArgs),
     /// Sign a file with a release key: writes FILE.minisig (prehashed; `minisign -V` checks it).
     Sign(ReleaseSignArgs),
+    /// Store a signed agent binary in the data directory, for agents to update to. The
+    /// signature is checked against `release_public_key` of the config first.
+    Add(ReleaseAddArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseAddArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The agent binary.
+    #[arg(long, value_name = "BINARY")]
+    pub file: PathBuf,
+    /// Its signature [default: BINARY.minisig]
+    #[arg(long, value_name = "F.minisig")]
+    pub signature: Option<PathBuf>,
+    /// The target triple it was built for (as its signature's `target:`).
+    #[arg(long, value_name = "TRIPLE")]
+    pub target: String,
+    /// Its version (as its signature's `version:`).
+    #[arg(long, value_name = "V")]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -372,6 +393,9 @@ pub struct Config {
     /// Default: none (the TCP peer is the client).
     #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
+    /// `release_public_key`: the `release.pub` whose signature a release must carry before
+    /// `release add` stores it. None: no release can be added.
+    pub release_public_key: Option<PathBuf>,
     pub sessions: SessionsConfig,
     pub agent: AgentConfig,
 }
@@ -464,6 +488,7 @@ impl Default for Config {
             api_requests_per_second: 200,
             http_header_timeout: Seconds::secs(30),
             trusted_proxies: Vec::new(),
+            release_public_key: None,
             sessions: SessionsConfig::default(),
             agent: AgentConfig::default(),
         }

@@ -10,7 +10,7 @@
 //! - the wiring and HTTP: [`app`], [`state`], [`quickstart`], and [`api`] (REST handlers,
 //!   the Docker API passthrough, the live feed);
 //! - rollouts over many hosts: [`rollouts`] (the engine, and the bulk operation);
-//! - a command's life: [`commands`];
+//! - a command's life: [`commands`]; one agent's self-update: [`updates`];
 //! - which hosts a selector picks: [`fleet`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
@@ -46,6 +46,7 @@ pub mod stacks;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod updates;
 
 pub use app::{app, run, serve};
 pub use forwarded::ClientIp;

@@ -1,5 +1,5 @@
 //! `docker-ctl-server`: `serve`, `token create`, `enrol-token create|list|revoke`,
-//! `user create`, `audit verify`, `quickstart`, `release keygen|sign`.
+//! `user create`, `audit verify`, `quickstart`, `release keygen|sign|add`.
 
 use anyhow::Context;
 use clap::Parser;
@@ -260,7 +260,7 @@ async fn user_create(args: UserCreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `release keygen` and `release sign`: files only, no database, no logging.
+/// `release keygen`, `sign` and `add`: files only, no database, no logging.
 fn release_command(cmd: ReleaseCommand) -> anyhow::Result<()> {
     use server::releases;
     match cmd {
@@ -277,7 +277,32 @@ fn release_command(cmd: ReleaseCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("signing {}", args.file.display()))?;
             println!("{}", path.display());
         }
+        ReleaseCommand::Add(args) => release_add(args)?,
     }
+    Ok(())
+}
+
+/// `release add`: checks the release against `release_public_key` and stores it in the data
+/// directory, where a running server on the same data serves it at once.
+fn release_add(args: server::config::ReleaseAddArgs) -> anyhow::Result<()> {
+    use server::releases::{shelf, Shelf};
+    let config = Config::load_common(&args.common)?;
+    let Some(key_path) = &config.release_public_key else {
+        anyhow::bail!("release add needs release_public_key (the release.pub releases are signed with) in the config file");
+    };
+    let key = shelf::read_public_key(key_path)
+        .with_context(|| format!("release_public_key {}", key_path.display()))?;
+    let signature = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| server::releases::signature_path(&args.file));
+    let r = Shelf::new(&config.data_dir)
+        .add(&key, &args.file, &signature, &args.target, &args.version)
+        .with_context(|| format!("adding {}", args.file.display()))?;
+    println!(
+        "added release {} for {} ({} bytes, sha256 {}, key id {})",
+        r.version, r.target, r.size, r.sha256, r.key_id
+    );
     Ok(())
 }
 

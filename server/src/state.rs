@@ -29,6 +29,7 @@ use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::rollouts::{self, Rollouts};
 use crate::store::Store;
+use crate::updates::Updates;
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -56,6 +57,8 @@ pub struct AppState {
     pub api_rate: Arc<RateLimiter>,
     /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
     pub leases: Leases,
+    /// Agent self-updates and the releases they install.
+    pub updates: Updates,
     /// People who sign in: sessions, sign-in limits, sign-in links.
     pub accounts: Accounts,
 }
@@ -133,6 +136,12 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
+        let updates = Updates::new(
+            store.clone(),
+            agents.clone(),
+            crate::releases::Shelf::new(&config.data_dir),
+            feed.clone(),
+        );
         let s = &config.sessions;
         let policy = accounts::Policy {
             idle: s.idle_timeout.get(),
@@ -172,6 +181,7 @@ impl AppState {
             Err(e) => tracing::warn!(error = %e, "could not continue the rollouts left running"),
         }
         Ok(AppState {
+            updates,
             deployer,
             accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),

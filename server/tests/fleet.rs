@@ -40,6 +40,8 @@ async fn agent_with_labels(
             protocol_version: Some(1),
             signing_version: None,
             labels,
+            target: None,
+            update: None,
         }),
     ))
     .await;

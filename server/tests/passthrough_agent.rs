@@ -45,6 +45,8 @@ impl Agent {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(version),
                 signing_version: None,
+                target: None,
+                update: None,
                 labels: Default::default(),
             }),
         ))

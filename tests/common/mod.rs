@@ -632,6 +632,28 @@ impl Agent {
         a
     }
 
+    /// Starts `program` with extra top-level YAML appended to its config and extra
+    /// environment variables.
+    pub fn start_custom(
+        program: Vec<String>,
+        server_ws: &str,
+        agent_id: &str,
+        token: &str,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let mut a = Self::start_program(program, server_ws, agent_id, token);
+        a.kill();
+        let cfg = a.config_dir.path().join("agent.yaml");
+        let mut text = std::fs::read_to_string(&cfg).expect("read agent.yaml");
+        text.push_str(extra_yaml);
+        std::fs::write(&cfg, text).expect("write agent.yaml");
+        a.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        a.spawn();
+        a
+    }
+
     /// Starts an agent binary through a runner such as `qemu-aarch64`.
     pub fn start_program(
         program: Vec<String>,

@@ -163,6 +163,8 @@ fn agent_handshake(server: &Server, agent_id: &str, token: &str) -> Option<Strin
             capabilities: vec!["docker".into()],
             protocol_version: Some(2),
             signing_version: None,
+            target: None,
+            update: None,
             labels: Default::default(),
         }),
     );

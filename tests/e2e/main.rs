@@ -9,3 +9,4 @@ mod fleet;
 mod lifecycle;
 mod passthrough;
 mod stacks;
+mod update;

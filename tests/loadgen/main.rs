@@ -504,6 +504,8 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                target: None,
+                update: None,
                 labels: Default::default(),
             }),
         );
@@ -721,6 +723,8 @@ async fn heartbeat_lag(
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: None,
+                target: None,
+                update: None,
                 labels: Default::default(),
             }),
         );

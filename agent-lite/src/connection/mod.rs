@@ -154,17 +154,16 @@ impl Write for Stream {
 /// `error` instead of dropping the link.
 pub const WS_MAX_MESSAGE: usize = protocol::MAX_MESSAGE_SIZE * 2;
 
-/// Dials the server and completes the WebSocket handshake on `target` (a URL of the server
-/// `url`: [`ServerUrl::agent_url`] or [`ServerUrl::enrol_url`]), with the same TLS settings
-/// (CA, pin, client certificate) either way.
-pub fn dial(
-    config: &Config,
+/// Opens the agent's link to the server of `url`: TCP (each resolved address in turn, within
+/// `timeout`), then TLS with the agent's config for `wss://`, handshake completed (so
+/// certificate errors are reported as such). The WebSocket and self-update downloads both
+/// go over such a link.
+pub fn open(
     url: &ServerUrl,
-    target: &str,
     tls: Option<&Arc<ClientConfig>>,
+    timeout: Duration,
     stats: Arc<Stats>,
-) -> Result<WebSocket<Stream>, String> {
-    let timeout = Duration::from_secs_f64(config.server.connect_timeout);
+) -> Result<Stream, String> {
     let addrs: Vec<_> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("resolving {}: {e}", url.host))?
@@ -190,29 +189,41 @@ pub fn dial(
         nonblocking: false,
         write_timeout: Some(timeout),
     };
-    let stream = if url.tls {
-        let cfg = tls.ok_or_else(|| "wss:// without a TLS config".to_string())?;
-        let name = ServerName::try_from(url.host.clone())
-            .map_err(|e| format!("invalid TLS server name {:?}: {e}", url.host))?;
-        let conn =
-            ClientConnection::new(cfg.clone(), name).map_err(|e| format!("starting TLS: {e}"))?;
-        let mut s = StreamOwned::new(conn, tcp);
-        // Complete the TLS handshake here so certificate errors are reported as such.
-        while s.conn.is_handshaking() {
-            s.conn
-                .complete_io(&mut s.sock)
-                .map_err(|e| format!("TLS handshake with {}: {e}", url.host))?;
-        }
-        Stream {
-            inner: Inner::Tls(Box::new(s)),
-            stats,
-        }
-    } else {
-        Stream {
+    if !url.tls {
+        return Ok(Stream {
             inner: Inner::Plain(tcp),
             stats,
-        }
-    };
+        });
+    }
+    let cfg = tls.ok_or_else(|| "wss:// without a TLS config".to_string())?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| format!("invalid TLS server name {:?}: {e}", url.host))?;
+    let conn =
+        ClientConnection::new(cfg.clone(), name).map_err(|e| format!("starting TLS: {e}"))?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .map_err(|e| format!("TLS handshake with {}: {e}", url.host))?;
+    }
+    Ok(Stream {
+        inner: Inner::Tls(Box::new(s)),
+        stats,
+    })
+}
+
+/// Dials the server and completes the WebSocket handshake on `target` (a URL of the server
+/// `url`: [`ServerUrl::agent_url`] or [`ServerUrl::enrol_url`]), with the same TLS settings
+/// (CA, pin, client certificate) either way.
+pub fn dial(
+    config: &Config,
+    url: &ServerUrl,
+    target: &str,
+    tls: Option<&Arc<ClientConfig>>,
+    stats: Arc<Stats>,
+) -> Result<WebSocket<Stream>, String> {
+    let timeout = Duration::from_secs_f64(config.server.connect_timeout);
+    let stream = open(url, tls, timeout, stats)?;
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(WS_MAX_MESSAGE))
         .max_frame_size(Some(WS_MAX_MESSAGE));

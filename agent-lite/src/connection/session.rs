@@ -298,6 +298,8 @@ impl<'a> Session<'a> {
                 if now >= next_hb {
                     let hb = self.heartbeat();
                     self.send(hb)?;
+                    // Authenticated and a heartbeat sent: a new version's probation is over.
+                    self.agent.update.healthy(self.agent.as_ref());
                     if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
                         if !is_timeout(&e) {
                             return Err(self.lost(format!("ping failed: {e}")));
@@ -355,7 +357,7 @@ impl<'a> Session<'a> {
             Message::Auth(AuthPayload {
                 agent_id: self.agent.config.agent.id.clone(),
                 auth_token: self.agent.config.agent.auth_token.clone(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: protocol::VERSION.to_string(),
                 capabilities,
                 protocol_version: Some(PROTOCOL_VERSION),
                 signing_version: self
@@ -363,6 +365,8 @@ impl<'a> Session<'a> {
                     .signer
                     .as_ref()
                     .map(|_| protocol::signing::SIGNING_VERSION),
+                target: Some(protocol::version::TARGET.to_string()),
+                update: self.agent.update.report(),
                 labels: self.agent.config.agent.labels.clone(),
             }),
         )
@@ -487,6 +491,11 @@ impl<'a> Session<'a> {
                 }
             }
             Message::ConfigUpdate(u) => self.apply(&u.config),
+            Message::AgentUpdate(u) => {
+                if !self.refused_before_auth("agent_update", &env.id)? {
+                    crate::update::Updater::handle(self.agent, u);
+                }
+            }
             Message::StreamOpen(open) => {
                 if !self.refused_before_auth("stream_open", &env.id)? {
                     passthrough::open(&self.hub, open);

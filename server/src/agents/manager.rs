@@ -489,6 +489,36 @@ impl AgentManager {
         s.tx.try_send(env).is_ok()
     }
 
+    /// Sends `agent_update` to the agent's live session. Refused when the agent is not
+    /// connected, or its session's protocol is older than the one that has self-update.
+    pub fn send_update(
+        &self,
+        agent_ref: &str,
+        update: protocol::AgentUpdatePayload,
+    ) -> Result<(), ErrorBody> {
+        let s = self.get(agent_ref).ok_or_else(not_connected)?;
+        if s.protocol_version < protocol::UPDATES_PROTOCOL_VERSION {
+            return Err(ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "the agent speaks protocol {}: self-update needs {} (update it by hand once)",
+                    s.protocol_version,
+                    protocol::UPDATES_PROTOCOL_VERSION
+                ),
+            ));
+        }
+        let env = Envelope::new(
+            uuid::Uuid::new_v4().to_string(),
+            Message::AgentUpdate(update),
+        );
+        s.tx.try_send(env).map_err(|_| {
+            ErrorBody::new(
+                ErrorCode::AgentOffline,
+                "the agent's queue is full or closed",
+            )
+        })
+    }
+
     /// Stops accepting agents, closes every session and waits (at most `deadline`) until
     /// their cleanup ran.
     pub async fn shutdown(&self, deadline: Duration) {

@@ -73,6 +73,7 @@ fn check_agent_id(id: &str) -> ApiResult<()> {
 fn agent_json(state: &AppState, a: &Agent) -> Value {
     let live = state.agents.status(&a.id);
     json!({
+        "target": a.target,
         "agent_id": a.agent_id,
         "host_id": a.host_id,
         "status": super::lookup::agent_status(state, a),
@@ -265,7 +266,11 @@ pub async fn get_one(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let a = load(&state, &agent_id).await?;
-    Ok(Json(agent_json(&state, &a)))
+    let mut v = agent_json(&state, &a);
+    // The agent's last self-update (see `POST /api/v1/agents/{agent_id}/update`).
+    let last = state.store.agent_updates_of(&a.id, 1).await?;
+    v["update"] = json!(last.first());
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,7 @@ mod operations;
 mod paging;
 mod passthrough;
 mod records;
+mod releases;
 mod session;
 mod stacks;
 mod stream;
@@ -98,6 +99,19 @@ pub fn router() -> Router<AppState> {
             post(agents::rotate_signing_key),
         )
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
+        .route(
+            "/api/v1/agents/{agent_id}/update",
+            post(releases::update_agent),
+        )
+        .route("/api/v1/releases", get(releases::list))
+        .route(
+            "/api/v1/releases/{version}/{target}/signature",
+            get(releases::signature),
+        )
+        .route(
+            "/api/v1/releases/{version}/{target}/binary",
+            get(releases::binary),
+        )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(

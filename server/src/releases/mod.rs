@@ -2,16 +2,19 @@
 //! release files, in minisign's formats, so `minisign -V` checks what we sign and a key
 //! made by `minisign -G -W` signs here too.
 //!
-//! Owns: the secret key file (`release.key`, [`keys`]) and signing ([`sign`]). The public
+//! Owns: the secret key file (`release.key`, [`keys`]), signing ([`sign`]), and the
+//! releases a server stores and serves ([`shelf`]). The public
 //! formats (`release.pub`, `.minisig`) and verification belong to `protocol::minisign`,
 //! which the agent shares.
 //! Must not: import the rest of the server (it runs with no database, config or network),
 //! or let a secret key reach a log, an error or Debug output.
 
 pub mod keys;
+pub mod shelf;
 pub mod sign;
 
 pub use keys::{write_key_pair, SecretKey, PUBLIC_KEY_FILE, SECRET_KEY_FILE};
+pub use shelf::{Release, Shelf, ShelfError};
 pub use sign::{default_trusted_comment, sign_file, sign_reader, signature_path};
 
 use protocol::minisign::MinisignError;

@@ -57,6 +57,8 @@ pub struct Agent {
     pub status: String,
     pub session_id: Option<String>,
     pub version: Option<String>,
+    /// The target triple the agent reported at its last auth (protocol version 3).
+    pub target: Option<String>,
     pub capabilities: Vec<String>,
     pub health: Value,
     pub rtt_ms: Option<f64>,
@@ -94,7 +96,7 @@ pub struct AgentSettingsPatch {
 impl Store {
     pub(super) const AGENT_COLS: &'static str = "id, agent_id, host_id, auth_token_hash, token_expires_at, prev_token_hash, \
         prev_token_valid_until, revoked_at, allowed_cidrs, heartbeat_interval, command_timeout, status, session_id, \
-        version, capabilities, health, rtt_ms, last_heartbeat, connected_at, disconnected_at, created_at, updated_at, signing_key_enc";
+        version, target, capabilities, health, rtt_ms, last_heartbeat, connected_at, disconnected_at, created_at, updated_at, signing_key_enc";
 
     pub(super) fn agent_row(r: &AnyRow) -> Result<Agent> {
         let cidrs: Option<String> = r.try_get("allowed_cidrs")?;
@@ -116,6 +118,7 @@ impl Store {
             status: r.try_get("status")?,
             session_id: r.try_get("session_id")?,
             version: r.try_get("version")?,
+            target: r.try_get("target")?,
             capabilities: serde_json::from_value(caps).unwrap_or_default(),
             health: parse_json(r.try_get("health")?),
             rtt_ms: r.try_get("rtt_ms")?,
@@ -400,6 +403,16 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// The target triple an agent reported at auth (`None` from agents before protocol 3).
+    pub async fn set_agent_target(&self, id: &str, target: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE docker_agents SET target = $1 WHERE id = $2")
+            .bind(target)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //! BIGINT Unix milliseconds, JSON is TEXT, integers are BIGINT (decoded as `i64`).
 
 mod agent_events;
+mod agent_updates;
 mod agents;
 mod audit;
 mod bulk_operations;
@@ -31,6 +32,7 @@ mod tokens;
 mod users;
 
 pub use agent_events::AgentEvent;
+pub use agent_updates::{AgentUpdateRecord, NewAgentUpdate};
 pub use agents::{Agent, AgentSettingsPatch, NewAgent};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
 pub use bulk_operations::{NewRollout, RolloutRecord, RolloutState};

@@ -284,6 +284,8 @@ impl FakeAgent {
                 capabilities: vec!["docker".into()],
                 protocol_version: Some(1),
                 signing_version: None,
+                target: None,
+                update: None,
                 labels: Default::default(),
             }),
         )

@@ -57,6 +57,10 @@ pub(super) async fn handle(
             }
             None
         }
+        Message::AgentUpdateProgress(p) => {
+            update_progress(ep, session, &p).await;
+            None
+        }
         Message::Disconnect(d) => {
             let reason = d.reason.unwrap_or_else(|| "agent disconnected".into());
             close(socket, CLOSE_NORMAL, "bye").await;
@@ -178,6 +182,40 @@ fn store_heartbeat(
         }
         s.heartbeat_write.store(false, Ordering::Release);
     });
+}
+
+/// Where an update of this agent stands (`agent_update_progress`, or the `update` of its
+/// `auth`): stored on the update's row (only this agent's, and never out of a final state)
+/// and published.
+pub(super) async fn update_progress(
+    ep: &AgentEndpoint,
+    session: &Session,
+    p: &protocol::AgentUpdateProgressPayload,
+) {
+    let bytes = p.bytes.map(|b| b.min(i64::MAX as u64) as i64);
+    let changed = ep
+        .store
+        .set_agent_update_state(
+            &p.update_id,
+            &session.agent_ref,
+            p.state.as_str(),
+            bytes,
+            p.error.as_ref(),
+        )
+        .await;
+    match changed {
+        Ok(true) => {
+            tracing::info!(agent_id = %session.agent_id, update_id = %p.update_id, state = p.state.as_str(), "agent update progress");
+            ep.feed.publish(
+                "agent_update_progress",
+                session.host_id.as_deref(),
+                json!({ "agent_id": session.agent_id, "update_id": p.update_id, "state": p.state,
+                        "version": p.version, "bytes": p.bytes, "error": p.error }),
+            );
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "could not store agent update progress"),
+    }
 }
 
 /// Progress of a command somebody waits for goes to the live feed.

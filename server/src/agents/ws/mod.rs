@@ -263,6 +263,21 @@ async fn record_connected(
     {
         tracing::error!(error = %e, "could not record agent connection");
     }
+    if let Err(e) = ep
+        .store
+        .set_agent_target(
+            &agent.id,
+            auth.target
+                .as_deref()
+                .filter(|t| crate::releases::shelf::valid_name(t)),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "could not record the agent's target");
+    }
+    if let Some(u) = &auth.update {
+        messages::update_progress(ep, session, u).await;
+    }
     let host = agent.host_id.as_deref();
     if let Some(h) = host {
         record_agent_labels(ep, agent, h, &auth.labels).await;

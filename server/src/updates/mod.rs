@@ -1,0 +1,232 @@
+//! Updating one agent to a stored release: the step a rollout takes for each agent, and
+//! what `POST /api/v1/agents/{agent_id}/update` starts.
+//!
+//! ```text
+//! start:  agent row (target from its last auth) ─ release version/target on the shelf ─
+//!         row `pending` in agent_updates ─ `agent_update` to the live session
+//! agent:  agent_update_progress downloading → verifying → restarting ─ re-executes ─
+//!         auth (update: succeeded | rolled_back | failed)    (stored by the agent endpoint)
+//! wait:   the row reaches a final state, or the deadline passes (then `failed`)
+//! ```
+//!
+//! The server only hands out what was signed where releases are built: each agent checks the
+//! signature against its own key. An update is sent again with the same id when the server
+//! restarted mid-rollout ([`Updates::resume`]); the agent answers from its record.
+//!
+//! Owns: starting, resuming and waiting for one agent's update. Must not: verify releases for
+//! the agent, decide a rollout's order or failures (the rollout engine does), or touch the
+//! socket (the agent registry sends).
+
+use protocol::{AgentUpdatePayload, ErrorBody, ErrorCode};
+use std::time::{Duration, Instant};
+
+use crate::agents::AgentManager;
+use crate::feed::Feed;
+use crate::releases::{Release, Shelf};
+use crate::store::{Agent, AgentUpdateRecord, NewAgentUpdate, Store};
+
+/// How long a rollout waits for one agent's update to end: the agent's default download
+/// timeout (900 s) and probation (60 s), and room for the restart.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20 * 60);
+/// How often [`Updates::wait`] reads the row.
+const POLL: Duration = Duration::from_millis(250);
+
+/// States that end an update.
+pub fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "rolled_back")
+}
+
+/// Starts and follows agent updates. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Updates {
+    store: Store,
+    agents: AgentManager,
+    shelf: Shelf,
+    feed: Feed,
+}
+
+/// The release path agents download from, below the server's base URL.
+pub fn release_path(r: &Release) -> String {
+    format!("/api/v1/releases/{}/{}", r.version, r.target)
+}
+
+impl Updates {
+    pub fn new(store: Store, agents: AgentManager, shelf: Shelf, feed: Feed) -> Updates {
+        Updates {
+            store,
+            agents,
+            shelf,
+            feed,
+        }
+    }
+
+    pub fn shelf(&self) -> &Shelf {
+        &self.shelf
+    }
+
+    /// The release `agent` would update to for `version`, or why there is none.
+    pub fn release_for(&self, agent: &Agent, version: &str) -> Result<Release, ErrorBody> {
+        let target = agent.target.as_deref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "agent {} has not reported its target triple (it predates self-update, or never connected)",
+                    agent.agent_id
+                ),
+            )
+        })?;
+        self.shelf.get(version, target).ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("no release {version} for {target} (add it with `docker-ctl-server release add`)"),
+            )
+        })
+    }
+
+    /// Records an update of `agent` to `version` and sends it. The row is written first and
+    /// is `failed` with the reason when it cannot be sent; `Err` only when nothing could be
+    /// recorded (no such release, or the database).
+    pub async fn start(
+        &self,
+        agent: &Agent,
+        version: &str,
+        origin: Option<&str>,
+    ) -> Result<AgentUpdateRecord, ErrorBody> {
+        let release = self.release_for(agent, version)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .add_agent_update(&NewAgentUpdate {
+                id: &id,
+                agent_ref: &agent.id,
+                agent_id: &agent.agent_id,
+                version,
+                target: &release.target,
+                from_version: agent.version.as_deref(),
+                origin,
+            })
+            .await
+            .map_err(internal)?;
+        tracing::info!(agent_id = %agent.agent_id, update_id = %id, %version, "agent update started");
+        if let Err(e) = self.send(&agent.id, &id, &release) {
+            self.fail(&id, &agent.id, &e).await;
+        }
+        self.get(&id).await
+    }
+
+    /// One agent's step of rollout `origin`: starts its update, or after a server restart
+    /// finds the one this rollout started and sends it again, then waits (at most `limit`)
+    /// until it ends. The step succeeded when the row reads `succeeded`.
+    pub async fn run_step(
+        &self,
+        agent: &Agent,
+        version: &str,
+        origin: &str,
+        limit: Duration,
+    ) -> Result<AgentUpdateRecord, ErrorBody> {
+        let existing = self
+            .store
+            .agent_updates_by_origin(origin)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.agent_ref == agent.id);
+        let row = match existing {
+            Some(r) => {
+                self.resume(&r).await;
+                r
+            }
+            None => self.start(agent, version, Some(origin)).await?,
+        };
+        self.wait(&row.id, limit).await
+    }
+
+    /// After a server restart: sends a non-final update again with its id (the agent
+    /// answers from its record, or goes on with what it runs). An offline agent gets it
+    /// when the rollout's wait sees it online.
+    pub async fn resume(&self, row: &AgentUpdateRecord) {
+        if is_final(&row.state) {
+            return;
+        }
+        if let Some(r) = self.shelf.get(&row.version, &row.target) {
+            let _ = self.send(&row.agent_ref, &row.id, &r);
+        }
+    }
+
+    fn send(&self, agent_ref: &str, id: &str, r: &Release) -> Result<(), ErrorBody> {
+        self.agents.send_update(
+            agent_ref,
+            AgentUpdatePayload {
+                update_id: id.to_string(),
+                version: r.version.clone(),
+                target: r.target.clone(),
+                path: release_path(r),
+                size: r.size,
+            },
+        )
+    }
+
+    async fn fail(&self, id: &str, agent_ref: &str, e: &ErrorBody) {
+        if let Err(err) = self
+            .store
+            .set_agent_update_state(id, agent_ref, "failed", None, Some(e))
+            .await
+        {
+            tracing::error!(error = %err, update_id = %id, "could not record a failed update");
+        }
+        self.feed.publish(
+            "agent_update_progress",
+            None,
+            serde_json::json!({ "update_id": id, "state": "failed", "error": e }),
+        );
+    }
+
+    pub async fn get(&self, id: &str) -> Result<AgentUpdateRecord, ErrorBody> {
+        self.store
+            .get_agent_update(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no update {id}")))
+    }
+
+    /// Waits until update `id` ends, at most `limit`; an update that does not end in time
+    /// is recorded `failed` (`timeout`). While it waits, an agent that reconnected without
+    /// having started the update (it was offline, or the server restarted) is sent it again.
+    pub async fn wait(&self, id: &str, limit: Duration) -> Result<AgentUpdateRecord, ErrorBody> {
+        let deadline = Instant::now() + limit;
+        // The caller just sent it to the session there is now.
+        let mut sent_to = self
+            .agents
+            .status(&self.get(id).await?.agent_ref)
+            .map(|s| s.session_id);
+        loop {
+            let row = self.get(id).await?;
+            if is_final(&row.state) {
+                return Ok(row);
+            }
+            if Instant::now() >= deadline {
+                let e = ErrorBody::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the agent did not finish the update within {}s (last state {})",
+                        limit.as_secs(),
+                        row.state
+                    ),
+                );
+                self.fail(id, &row.agent_ref, &e).await;
+                return self.get(id).await;
+            }
+            // A pending update goes to each new session of the agent once.
+            let session = self.agents.status(&row.agent_ref).map(|s| s.session_id);
+            if row.state == "pending" && session.is_some() && session != sent_to {
+                self.resume(&row).await;
+                sent_to = session;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+fn internal(e: crate::store::StoreError) -> ErrorBody {
+    tracing::error!(error = %e, "agent update: database error");
+    ErrorBody::new(ErrorCode::Internal, "database error")
+}
