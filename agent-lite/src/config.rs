@@ -816,6 +816,9 @@ impl Config {
     }
 
     /// The effective values, secrets masked, as `--check-config` prints them.
+    ///
+    /// Longer than 100 lines on purpose: one line per setting, in the order of `agent.yaml`, so
+    /// it reads as the config reference and a new setting is added in one place.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let opt = |p: &Option<PathBuf>| {

@@ -149,37 +149,10 @@ impl AppState {
             failures_per_address: s.failures_per_address,
             failures_per_user: s.failures_per_user,
         };
-        let fleet = Fleet::new(store.clone(), adapters.clone());
-        let deployer = Deployer::new(
-            commands.clone(),
-            store.clone(),
-            keys.clone(),
-            audit.clone(),
-            fleet.clone(),
-        );
-        let stack_kind = StackKind {
-            deployer: deployer.clone(),
-        };
-        let bulk = rollouts::bulk::BulkKind {
-            commands: commands.clone(),
-            fleet: fleet.clone(),
-        };
-        let rollouts = Rollouts::new(
-            rollouts::Parts {
-                store: store.clone(),
-                keys: keys.clone(),
-                feed: feed.clone(),
-                audit: audit.clone(),
-                server_id: server_id.clone(),
-            },
-            vec![Arc::new(bulk), Arc::new(stack_kind)],
-        );
-        let deployer = deployer.with_rollouts(rollouts.clone());
-        match rollouts.resume().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(n, "continuing rollouts left running"),
-            Err(e) => tracing::warn!(error = %e, "could not continue the rollouts left running"),
-        }
+        let (fleet, deployer, rollouts) = start_rollouts(
+            &store, &commands, &adapters, &keys, &audit, &feed, &server_id,
+        )
+        .await;
         Ok(AppState {
             updates,
             deployer,
@@ -201,4 +174,49 @@ impl AppState {
             keys,
         })
     }
+}
+
+/// The fleet, the stack deployer and the rollout engine with every kind of rollout (bulk
+/// operations, stacks), and the rollouts a previous run left running resumed.
+async fn start_rollouts(
+    store: &Store,
+    commands: &Commands,
+    adapters: &Adapters,
+    keys: &KeyBox,
+    audit: &Auditor,
+    feed: &Feed,
+    server_id: &str,
+) -> (Fleet, Deployer, Rollouts) {
+    let fleet = Fleet::new(store.clone(), adapters.clone());
+    let deployer = Deployer::new(
+        commands.clone(),
+        store.clone(),
+        keys.clone(),
+        audit.clone(),
+        fleet.clone(),
+    );
+    let stack_kind = StackKind {
+        deployer: deployer.clone(),
+    };
+    let bulk = rollouts::bulk::BulkKind {
+        commands: commands.clone(),
+        fleet: fleet.clone(),
+    };
+    let rollouts = Rollouts::new(
+        rollouts::Parts {
+            store: store.clone(),
+            keys: keys.clone(),
+            feed: feed.clone(),
+            audit: audit.clone(),
+            server_id: server_id.to_string(),
+        },
+        vec![Arc::new(bulk), Arc::new(stack_kind)],
+    );
+    let deployer = deployer.with_rollouts(rollouts.clone());
+    match rollouts.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "continuing rollouts left running"),
+        Err(e) => tracing::warn!(error = %e, "could not continue the rollouts left running"),
+    }
+    (fleet, deployer, rollouts)
 }

@@ -62,6 +62,16 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(system::metrics))
         .route("/ws/agents/{agent_id}", get(crate::agents::ws::agent_ws))
         .route("/ws/enrol", get(crate::agents::ws::enrol_ws))
+        .merge(host_routes())
+        .merge(people_routes())
+        .merge(fleet_routes())
+        .route("/assets/{version}/{*path}", get(ui::asset))
+        .fallback(ui::fallback)
+}
+
+/// Hosts, their Docker API and their agents, and the releases agents update to.
+fn host_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/v1/hosts", get(hosts::list).post(hosts::create))
         .route(
             "/api/v1/hosts/{id}",
@@ -112,6 +122,11 @@ pub fn router() -> Router<AppState> {
             "/api/v1/releases/{version}/{target}/binary",
             get(releases::binary),
         )
+}
+
+/// Tokens, enrolment tokens, sign-in sessions and users.
+fn people_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(
@@ -148,6 +163,11 @@ pub fn router() -> Router<AppState> {
             "/api/v1/users/{name}/sessions",
             get(users::sessions).delete(users::revoke_sessions),
         )
+}
+
+/// Groups, bulk operations, the audit log, command records, the live feed and stacks.
+fn fleet_routes() -> Router<AppState> {
+    Router::new()
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",
@@ -181,6 +201,4 @@ pub fn router() -> Router<AppState> {
             "/api/v1/registries/{id}",
             axum::routing::delete(stacks::delete_registry),
         )
-        .route("/assets/{version}/{*path}", get(ui::asset))
-        .fallback(ui::fallback)
 }
