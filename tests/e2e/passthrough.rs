@@ -433,7 +433,9 @@ fn exec_non_interactive_and_interactive_with_tty_resize_and_exit_codes() {
     // exec -it: keystrokes reach the shell, the terminal size arrives, the exit code returns.
     let (code, screen) = s.cli.run_tty(
         &format!("exec -it {name} sh"),
-        "stty size\necho typed-$((40+2))\nexit 4\n",
+        // The CLI sends the size right after the exec starts; poll for it (at most 10 s)
+        // rather than race it on a loaded machine.
+        "for i in $(seq 100); do [ \"$(stty size)\" = '45 123' ] && break; sleep 0.1; done; stty size\necho typed-$((40+2))\nexit 4\n",
     );
     assert_eq!(code, 4, "{screen}");
     assert!(
