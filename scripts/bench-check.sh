@@ -8,6 +8,9 @@
 #     socket (the better of two interleaved rounds of 1,000 calls, 6 containers)
 #   - capacity: 1,000 simulated agents, <= 25 KiB server RSS per agent, p99 <= 10 ms at
 #     1,000 commands/s
+#   - TLS: 1,000 simulated agents over wss:// to the server's own TLS listener, <= 20 KiB
+#     server RSS per agent, and a 1,000-agent TLS reconnect storm back in <= 30 s with no
+#     failed handshake (needs the openssl CLI for the test CA)
 # Needs dockerd (scripts/services.sh). Builds release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,14 @@ out=$("$lg" capacity --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee
 check server_rss_per_agent_kib "$(metric server_rss_per_agent_kib "$out")" "<=" 25
 check command_p99_ms "$(metric command_p99_ms "$out")" "<=" 10
 check command_errors "$(metric command_errors "$out")" "<=" 0
+
+echo "== TLS capacity and reconnect storm (1,000 agents, wss://)"
+out=$("$lg" capacity --tls --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee >(cat >&2))
+check tls_server_rss_per_agent_kib "$(metric server_rss_per_agent_kib "$out")" "<=" 20
+check tls_command_errors "$(metric command_errors "$out")" "<=" 0
+out=$("$lg" storm --tls --agents 1000 | tee >(cat >&2))
+check tls_storm_all_online_secs "$(metric storm_all_online_secs "$out")" "<=" 30
+check tls_storm_failed_handshakes "$(metric storm_failed_handshakes "$out")" "<=" 0
 
 [ "$fail" = 0 ] && echo "bench-check: all targets met" || echo "bench-check: targets missed" >&2
 exit "$fail"

@@ -29,13 +29,15 @@ APPSTATE_ALLOWED = re.compile(r"^(lib\.rs|app\.rs|state\.rs|quickstart\.rs|main\
 # The server's layers, top first (see docs/architecture.md); "" is the crate root.
 SERVER_LAYERS = [
     ("wiring and HTTP", {"", "app", "state", "quickstart", "api"}),
+    ("stack deployment", {"deploy"}),
     ("rollouts", {"rollouts"}),
     ("commands", {"commands"}),
     ("fleet", {"fleet"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
-    ("parts", {"store", "audit", "auth", "leases", "metrics", "feed", "crypto", "forwarded",
-               "reply", "error", "config", "stacks", "releases", "labels"}),
+    ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto",
+               "forwarded", "reply", "error", "config", "stacks", "releases", "labels",
+               "enrolment", "tls"}),
 ]
 
 

@@ -32,8 +32,9 @@ bash scripts/check-deps.sh
 step "agent edge builds (static; the ARM ones run under qemu in the tests)"
 bash scripts/build-agent.sh
 
-step "cargo test"
+step "cargo test (tests/browser: the web UI in chromium against a real server, agent and dockerd)"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+echo "screenshots (artifacts): $(ls target/browser-screenshots/*.png | tr '\n' ' ')" >&2
 
 step "fuzz targets (a bounded run of each)"
 bash scripts/fuzz.sh "${FUZZ_SECS:-15}"

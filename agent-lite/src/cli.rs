@@ -16,6 +16,9 @@ pub struct Args {
     pub agent_id: Option<String>,
     pub token: Option<String>,
     pub docker_socket: Option<String>,
+    pub enrol_token: Option<String>,
+    pub name: Option<String>,
+    pub state_file: Option<PathBuf>,
     pub check_config: bool,
 }
 
@@ -50,7 +53,7 @@ struct Opt {
     help: &'static str,
 }
 
-const OPTS: [Opt; 5] = [
+const OPTS: [Opt; 8] = [
     Opt {
         long: "config",
         value: "FILE",
@@ -85,6 +88,27 @@ const OPTS: [Opt; 5] = [
         env: "DOCKER_CTL_DOCKER_SOCKET",
         hide_env_value: false,
         help: "Docker endpoint: unix:///var/run/docker.sock or tcp://host:port (overrides docker.socket)",
+    },
+    Opt {
+        long: "enrol-token",
+        value: "TOKEN",
+        env: "DOCKER_CTL_ENROL_TOKEN",
+        hide_env_value: true,
+        help: "Enrol this host with an enrolment token on first start, instead of --agent-id and --token (overrides agent.enrol_token; needs a writable state file)",
+    },
+    Opt {
+        long: "name",
+        value: "NAME",
+        env: "DOCKER_CTL_NAME",
+        hide_env_value: false,
+        help: "The host name to enrol as [default: the machine's hostname] (overrides agent.name)",
+    },
+    Opt {
+        long: "state-file",
+        value: "FILE",
+        env: "DOCKER_CTL_STATE_FILE",
+        hide_env_value: false,
+        help: "The state file: idempotency keys and enrolled credentials (overrides agent.state_file)",
     },
 ];
 
@@ -126,7 +150,7 @@ pub fn parse(
     args: impl IntoIterator<Item = String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Parsed, UsageError> {
-    let mut values: [Option<String>; 5] = Default::default();
+    let mut values: [Option<String>; 8] = Default::default();
     let mut check_config = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -185,13 +209,16 @@ pub fn parse(
             values[i] = env(o.env).filter(|v| !v.is_empty());
         }
     }
-    let [config, server, agent_id, token, docker_socket] = values;
+    let [config, server, agent_id, token, docker_socket, enrol_token, name, state_file] = values;
     Ok(Parsed::Run(Args {
         config: config.map(PathBuf::from),
         server,
         agent_id,
         token,
         docker_socket,
+        enrol_token,
+        name,
+        state_file: state_file.map(PathBuf::from),
         check_config,
     }))
 }
@@ -227,6 +254,18 @@ mod tests {
         assert_eq!(a.token.as_deref(), Some("t"));
         assert_eq!(a.docker_socket, None, "an empty variable is unset");
         assert!(a.check_config);
+        let Ok(Parsed::Run(a)) = run(
+            &["--enrol-token=dctl_e_x", "--state-file", "/tmp/s.json"],
+            &[
+                ("DOCKER_CTL_NAME", "pi-7"),
+                ("DOCKER_CTL_STATE_FILE", "/env"),
+            ],
+        ) else {
+            panic!()
+        };
+        assert_eq!(a.enrol_token.as_deref(), Some("dctl_e_x"));
+        assert_eq!(a.name.as_deref(), Some("pi-7"));
+        assert_eq!(a.state_file, Some(PathBuf::from("/tmp/s.json")));
     }
 
     #[test]
@@ -246,6 +285,13 @@ mod tests {
         };
         assert!(h.contains("--docker-socket <ENDPOINT>") && h.contains("[env: DOCKER_CTL_TOKEN]"));
         assert!(!h.contains("sekrit"));
+        let Ok(Parsed::Print(h)) = run(&["--help"], &[("DOCKER_CTL_ENROL_TOKEN", "dctl_e_sekrit")])
+        else {
+            panic!()
+        };
+        assert!(h.contains("--enrol-token <TOKEN>") && h.contains("[env: DOCKER_CTL_ENROL_TOKEN]"));
+        assert!(h.contains("--state-file <FILE>") && h.contains("--name <NAME>"));
+        assert!(!h.contains("dctl_e_sekrit"));
         let Ok(Parsed::Print(v)) = run(&["-V"], &[]) else {
             panic!()
         };

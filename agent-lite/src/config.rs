@@ -13,17 +13,28 @@
 //! | auth token       | `--token`         | `DOCKER_CTL_TOKEN`         | `agent.auth_token` |
 //! | Docker socket    | `--docker-socket` | `DOCKER_CTL_DOCKER_SOCKET` | `docker.socket`  |
 //! | signing key      | (none: flags show in `ps`) | `DOCKER_CTL_SIGNING_KEY` | `agent.signing_key` |
-//! | state file       | (none)            | `DOCKER_CTL_STATE_FILE`    | `agent.state_file` |
+//! | state file       | `--state-file`    | `DOCKER_CTL_STATE_FILE`    | `agent.state_file` |
+//! | enrolment token  | `--enrol-token`   | `DOCKER_CTL_ENROL_TOKEN`   | `agent.enrol_token` |
+//! | host name        | `--name`          | `DOCKER_CTL_NAME`          | `agent.name`     |
+//!
+//! `agent.enrol_token` (optional): instead of `agent.id` and `agent.auth_token` (which it
+//! excludes), an enrolment token an admin created. On first start the agent presents it once
+//! and stores the agent id and token the server hands out in the state file (see
+//! [`crate::enrol`]); later starts use those and never present the token again. It needs a
+//! writable state file (never memory only). `agent.name` is the host name to enrol as
+//! (default: the machine's hostname).
 //!
 //! `agent.signing_key` (optional): the per-agent HMAC key the server shows once, 64 hex
 //! digits (or its 32 bytes in base64). When set, every JSON envelope the agent sends is signed and every
 //! one it receives must carry a valid signature (see `protocol::signing`); binary data
 //! frames of passthrough streams are not signed (TLS protects them). Masked everywhere.
 //!
-//! `agent.state_file` (optional): where idempotency keys are kept across restarts (see
-//! [`crate::state`]). When set, its directory must be writable (created when missing) or
-//! the agent refuses to start; when absent, `/var/lib/docker-ctl/agent-state.json`, then
-//! `$HOME/.local/state/docker-ctl/agent-state.json`, then memory only (with a warning).
+//! `agent.state_file` (optional): where idempotency keys (and enrolled credentials) are kept
+//! across restarts (see [`crate::state`]). When set, its directory must be writable (created
+//! when missing) or the agent refuses to start; when absent,
+//! `/var/lib/docker-ctl/agent-state.json`, then
+//! `$HOME/.local/state/docker-ctl/agent-state.json`, then memory only (with a warning; with
+//! `agent.enrol_token` the agent refuses to start instead).
 //!
 //! Inside the file, `${VAR}` in any string value is replaced by the environment variable
 //! `VAR`; an unset variable is an error naming it; `$$` is a literal `$`. Expansion applies
@@ -217,9 +228,16 @@ pub struct AgentConfig {
     /// The per-agent HMAC signing key (hex or base64); absent: messages are not signed.
     #[serde(default)]
     pub signing_key: Option<Secret>,
-    /// The state file (idempotency keys); absent: the default with fallbacks.
+    /// The state file (idempotency keys, enrolled credentials); absent: the default with
+    /// fallbacks.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// An enrolment token, presented once when the state file holds no credentials yet.
+    #[serde(default)]
+    pub enrol_token: Option<Secret>,
+    /// The host name to enrol as; absent: the machine's hostname.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The agent's own labels, reported at authentication (the server checks them).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -253,6 +271,8 @@ impl Default for AgentConfig {
             command_timeout: d_command_timeout(),
             signing_key: None,
             state_file: None,
+            enrol_token: None,
+            name: None,
             labels: Default::default(),
         }
     }
@@ -416,7 +436,14 @@ pub struct Overrides {
     pub docker_socket: Option<String>,
     pub signing_key: Option<Secret>,
     pub state_file: Option<PathBuf>,
+    pub enrol_token: Option<Secret>,
+    pub name: Option<String>,
 }
+
+/// The longest enrolment token accepted (the server's are 50 characters).
+pub const MAX_ENROL_TOKEN_LEN: usize = 128;
+/// The longest host name (`agent.name`), in bytes.
+pub const MAX_NAME_LEN: usize = 255;
 
 impl Config {
     /// Parses YAML text. `env` looks up variables for `${VAR}` expansion.
@@ -478,6 +505,12 @@ impl Config {
         if let Some(v) = &o.state_file {
             self.agent.state_file = Some(v.clone());
         }
+        if let Some(v) = &o.enrol_token {
+            self.agent.enrol_token = Some(v.clone());
+        }
+        if let Some(v) = &o.name {
+            self.agent.name = Some(v.clone());
+        }
     }
 
     /// Checks every value after parsing and overrides, and returns what the settings written
@@ -533,22 +566,9 @@ impl Config {
     /// `agent.*`; returns the signing key.
     fn check_agent(&self) -> Result<Option<SigningKey>, ConfigError> {
         let a = &self.agent;
-        if a.id.is_empty() {
-            return invalid("agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID)".into());
-        }
-        if a.id.len() > 255
-            || !a
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return invalid(format!(
-                "agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'",
-                a.id
-            ));
-        }
-        if a.auth_token.is_empty() {
-            return invalid("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
+        match &a.enrol_token {
+            Some(t) => self.check_enrolment(t)?,
+            None => self.check_credentials()?,
         }
         if a.workers == 0 || a.workers > 256 {
             return invalid(format!("agent.workers must be 1 to 256, got {}", a.workers));
@@ -578,6 +598,64 @@ impl Config {
             }
         }
         Ok(key)
+    }
+
+    /// `agent.id` and `agent.auth_token`, given by an admin.
+    fn check_credentials(&self) -> Result<(), ConfigError> {
+        let a = &self.agent;
+        if a.id.is_empty() {
+            return invalid(
+                "agent.id is required (or --agent-id / DOCKER_CTL_AGENT_ID), unless the agent enrols itself with agent.enrol_token (--enrol-token)"
+                    .into(),
+            );
+        }
+        if a.id.len() > 255
+            || !a
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return invalid(format!(
+                "agent.id {:?} must be 1 to 255 of letters, digits, '-', '_', '.'",
+                a.id
+            ));
+        }
+        if a.auth_token.is_empty() {
+            return invalid("agent.auth_token is required (or --token / DOCKER_CTL_TOKEN)".into());
+        }
+        if a.name.is_some() {
+            return invalid(
+                "agent.name (--name) is the host name to enrol as: it goes with agent.enrol_token"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `agent.enrol_token` and `agent.name`: the agent gets its id and token from the server.
+    fn check_enrolment(&self, token: &Secret) -> Result<(), ConfigError> {
+        let a = &self.agent;
+        if !a.id.is_empty() || !a.auth_token.is_empty() {
+            return invalid(
+                "agent.enrol_token (--enrol-token) excludes agent.id and agent.auth_token: the agent gets its own from the server and keeps them in the state file"
+                    .into(),
+            );
+        }
+        let t = token.expose();
+        if t.is_empty() || t.len() > MAX_ENROL_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return invalid(format!(
+                "agent.enrol_token must be 1 to {MAX_ENROL_TOKEN_LEN} printable characters without spaces"
+            ));
+        }
+        if let Some(n) = &a.name {
+            if n.trim().is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(char::is_control) {
+                return invalid(format!(
+                    "agent.name must be 1 to {MAX_NAME_LEN} characters without control characters"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `docker.*`; returns the daemon's endpoint.
@@ -658,6 +736,22 @@ impl Config {
         let _ = writeln!(s, "server.connect_timeout: {}", self.server.connect_timeout);
         let _ = writeln!(s, "agent.id: {}", self.agent.id);
         let _ = writeln!(s, "agent.auth_token: {}", self.agent.auth_token);
+        let _ = writeln!(
+            s,
+            "agent.enrol_token: {}",
+            self.agent
+                .enrol_token
+                .as_ref()
+                .map_or("(none)".to_string(), |t| t.to_string())
+        );
+        let _ = writeln!(
+            s,
+            "agent.name: {}",
+            self.agent
+                .name
+                .as_deref()
+                .unwrap_or("(none: the machine's hostname)")
+        );
         let _ = writeln!(s, "agent.workers: {}", self.agent.workers);
         let _ = writeln!(s, "agent.queue: {}", self.agent.queue);
         let _ = writeln!(s, "agent.event_buffer: {}", self.agent.event_buffer);
@@ -964,6 +1058,44 @@ mod tests {
         c.agent.signing_key = None;
         c.agent.state_file = Some(PathBuf::from(""));
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn an_enrolment_token_replaces_the_id_and_token() {
+        let mut c = Config::empty();
+        c.apply(&Overrides {
+            server: Some("wss://ctl.example".into()),
+            enrol_token: Some(Secret::new("dctl_e_s3cret-value")),
+            name: Some("pi-berlin-7".into()),
+            ..Default::default()
+        });
+        c.validate().unwrap();
+        let shown = c.render();
+        assert!(shown.contains("agent.enrol_token: ***"), "{shown}");
+        assert!(shown.contains("agent.name: pi-berlin-7"), "{shown}");
+        assert!(!shown.contains("s3cret") && !format!("{c:?}").contains("s3cret"));
+        c.agent.id = "a1".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("excludes agent.id"), "{err}");
+        c.agent.id.clear();
+        c.agent.enrol_token = Some(Secret::new("has space"));
+        assert!(c.validate().is_err());
+        c.agent.enrol_token = Some(Secret::new("x".repeat(MAX_ENROL_TOKEN_LEN + 1)));
+        assert!(c.validate().is_err());
+        c.agent.enrol_token = Some(Secret::new("dctl_e_ok"));
+        c.agent.name = Some("bad\nname".into());
+        assert!(c.validate().unwrap_err().to_string().contains("agent.name"));
+        // A name without a token is a mistake, and so is neither credentials nor a token.
+        c.agent.enrol_token = None;
+        c.agent.name = Some("pi".into());
+        c.agent.id = "a1".into();
+        c.agent.auth_token = "t".into();
+        assert!(c.validate().unwrap_err().to_string().contains("agent.name"));
+        c.agent.name = None;
+        c.validate().unwrap();
+        c.agent.id.clear();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("agent.enrol_token"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub enum Error {
     /// A thread could not be started (out of memory or process limits).
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The server refused the enrolment token (unknown, revoked, expired, used up) or the
+    /// name: it will not change by itself. Exit with [`EXIT_ENROL_REFUSED`].
+    #[error("enrolment refused: {0}")]
+    EnrolRefused(String),
 }
+
+/// The exit status of a refused enrolment (`EX_CONFIG`), which the systemd unit does not
+/// restart.
+pub const EXIT_ENROL_REFUSED: u8 = 78;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,6 +8,7 @@
 //! Modules, from the top: [`runtime`] starts and stops everything; [`connection`] holds the
 //! link to the server; [`ops`] runs commands and [`passthrough`] Docker API streams, both
 //! through [`policy`] to the daemon client ([`daemon`]); [`agent`] is the state they share;
+//! [`enrol`] gets the credentials of an agent that enrols itself (with [`machine`]);
 //! [`config`], [`signing`], [`health`], [`state`] and the small ones below them own one thing
 //! each. This file only declares them and names the entry points.
 
@@ -16,10 +17,12 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod enrol;
 pub mod error;
 pub mod health;
 pub mod ids;
 pub mod log;
+pub mod machine;
 pub mod ops;
 pub mod passthrough;
 pub mod policy;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG: &str = "/etc/docker-ctl/agent.yaml";
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::config::ConfigError> {
     let env = |k: &str| std::env::var(k).ok();
@@ -28,13 +29,13 @@ fn load(args: &Args) -> Result<(ValidConfig, Option<PathBuf>), agent_lite::confi
         agent_id: args.agent_id.clone(),
         token: args.token.clone().map(Into::into),
         docker_socket: args.docker_socket.clone(),
-        // No flags for these: a key on the command line shows in the process list.
+        // No flag for this one: a key on the command line shows in the process list.
         signing_key: env("DOCKER_CTL_SIGNING_KEY")
             .filter(|v| !v.is_empty())
             .map(Into::into),
-        state_file: env("DOCKER_CTL_STATE_FILE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from),
+        state_file: args.state_file.clone(),
+        enrol_token: args.enrol_token.clone().map(Into::into),
+        name: args.name.clone(),
     });
     Ok((config.into_valid()?, path))
 }
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
         &[
             config.agent.auth_token.expose(),
             config.agent.signing_key.as_ref().map_or("", |k| k.expose()),
+            config.agent.enrol_token.as_ref().map_or("", |k| k.expose()),
         ],
     ) {
         let file = config
@@ -89,37 +91,16 @@ fn main() -> ExitCode {
         eprintln!("docker-ctl-agent: cannot open the log file {file}: {e}");
         return ExitCode::from(2);
     }
-    log::info!(
-        "docker-ctl-agent {} starting as {}",
-        env!("CARGO_PKG_VERSION"),
-        config.agent.id
-    );
+    match config.agent.enrol_token {
+        Some(_) => log::info!("docker-ctl-agent {VERSION} starting with an enrolment token"),
+        None => log::info!("docker-ctl-agent {VERSION} starting as {}", config.agent.id),
+    }
     if let Some(w) = path.as_deref().and_then(check_permissions) {
         log::warn!("{w}");
     }
     let shutdown = Shutdown::new();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let sd = shutdown.clone();
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log::info!("received signal {sig}; shutting down");
-                sd.trigger();
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the signal thread: {e}");
+    if let Err(e) = watch_signals(&shutdown) {
+        log::error!("{e}");
         return ExitCode::FAILURE;
     }
     match agent_lite::run_valid(valid, shutdown) {
@@ -127,9 +108,36 @@ fn main() -> ExitCode {
             log::info!("stopped");
             ExitCode::SUCCESS
         }
+        Err(e @ agent_lite::Error::EnrolRefused(_)) => {
+            log::error!("{e}");
+            // The service manager does not restart a refused enrolment (the unit's
+            // RestartPreventExitStatus): the token will not become valid by itself.
+            ExitCode::from(agent_lite::error::EXIT_ENROL_REFUSED)
+        }
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGTERM and SIGINT trigger `shutdown` (from a small thread of their own).
+fn watch_signals(shutdown: &Shutdown) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let sd = shutdown.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("received signal {sig}; shutting down");
+                sd.trigger();
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
 }

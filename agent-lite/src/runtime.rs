@@ -1,4 +1,5 @@
-//! Starting and stopping the agent: [`run`] validates the config, builds the shared
+//! Starting and stopping the agent: [`run`] validates the config, opens the state file, gets
+//! the credentials of an agent that enrols itself ([`crate::enrol`]), builds the shared
 //! [`Agent`], starts the helper threads (health prober, events follower, command workers) and
 //! holds the link to the server until shutdown or until reconnecting gives up.
 //!
@@ -32,9 +33,32 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<()> {
 
 /// [`run`] with a config that was validated already.
 pub fn run_valid(valid: ValidConfig, shutdown: Shutdown) -> Result<()> {
-    let ValidConfig { config, parsed } = valid;
+    let ValidConfig { mut config, parsed } = valid;
     let tls = tls::for_link(&config.server, &parsed.server_url, parsed.pin)?;
-    let agent = Arc::new(build(config, parsed.docker, parsed.signing_key, &shutdown)?);
+    let env = |k: &str| std::env::var(k).ok();
+    // An agent that enrols keeps its credentials in the state file, never in memory only.
+    let enrolling = config.agent.enrol_token.is_some();
+    let state_file = StateFile::choose(config.agent.state_file.as_deref(), &env, enrolling)
+        .map_err(Error::Setup)?;
+    let keys = state_file.load(now_secs());
+    if enrolling {
+        let url = &parsed.server_url;
+        let got =
+            crate::enrol::credentials(&config, url, tls.as_ref(), &state_file, &keys, &shutdown)?;
+        let Some(c) = got else {
+            return Ok(());
+        };
+        config.agent.id = c.agent_id;
+        config.agent.auth_token = c.auth_token;
+    }
+    let memory = Memory::with_keys(state_file, keys);
+    let agent = Arc::new(build(
+        config,
+        parsed.docker,
+        parsed.signing_key,
+        memory,
+        &shutdown,
+    )?);
     let probe_limit = agent.daemon.timeout().min(Duration::from_secs(5));
     first_probe(&agent, probe_limit);
     let pool = Pool::new(agent.config.agent.workers, agent.config.agent.queue)?;
@@ -59,15 +83,13 @@ fn build(
     config: Config,
     docker: Endpoint,
     key: Option<SigningKey>,
+    commands: Memory,
     shutdown: &Shutdown,
 ) -> Result<Agent> {
     let daemon = DockerClient::new(docker, config.docker_timeout());
     if key.is_some() {
         log::info!("message signing is on: every JSON message is signed and must be signed");
     }
-    let env = |k: &str| std::env::var(k).ok();
-    let state_file =
-        StateFile::choose(config.agent.state_file.as_deref(), &env).map_err(Error::Setup)?;
     let waker = Waker::new().map_err(|e| Error::Setup(format!("cannot create a pipe: {e}")))?;
     let waker = Arc::new(waker);
     shutdown.add_waker(waker.clone());
@@ -77,7 +99,7 @@ fn build(
         events: Arc::new(EventBuffer::new(a.event_buffer).with_waker(waker.clone())),
         stats: Arc::default(),
         health: Arc::default(),
-        commands: Memory::load(state_file, now_secs()),
+        commands,
         outbox: Outbox::default().with_waker(waker.clone()),
         waker,
         signer: key.map(Signer::new),

@@ -1,6 +1,8 @@
 //! The agent's small state file: the idempotency keys of recently executed commands with
 //! their final `command_response` payloads, so a command delivered again (after a
-//! reconnection or an agent restart) runs once.
+//! reconnection or an agent restart) runs once; and, for an agent that enrolled itself, the
+//! credentials the server handed out ([`Credentials`]) and the random machine id used when the
+//! machine has none. Both are written back with every save.
 //!
 //! Bounded in entries ([`MAX_ENTRIES`]), age ([`MAX_AGE_SECS`]) and bytes ([`MAX_BYTES`]).
 //! Only commands that change something (`protocol::ops::access_of` is `Write`) are kept
@@ -14,15 +16,18 @@
 //!
 //! The file is JSON, mode 0600, replaced atomically (temporary file, fsync, rename, fsync
 //! of the directory). A corrupt file is reported, kept aside as `<file>.corrupt`, and
-//! replaced by an empty memory: never a crash.
+//! replaced by an empty memory: never a crash (an enrolled agent then enrols again, and the
+//! same machine with the same name gets its host back).
 //!
-//! Owns: the key memory and its file. Must not: run commands or talk to the server.
+//! Owns: the key memory, the kept credentials and their file. Must not: run commands or talk
+//! to the server.
 
-use protocol::{CommandResponsePayload, ErrorBody, ErrorCode};
+use protocol::{CommandResponsePayload, ErrorBody, ErrorCode, Secret};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Keys remembered at most.
 pub const MAX_ENTRIES: usize = 1000;
@@ -51,10 +56,36 @@ pub struct Entry {
     size: usize,
 }
 
+/// What an enrolment handed out: the agent's own id and token, for the server it enrolled
+/// with. `Debug` masks the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub agent_id: String,
+    pub auth_token: Secret,
+    pub host_id: String,
+    pub host_name: String,
+    /// The server URL it enrolled with (`server.url` then).
+    pub server: String,
+    /// Unix seconds.
+    pub enrolled_at: u64,
+}
+
+/// What the file keeps besides the keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Kept {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<Credentials>,
+    /// The random machine id of a machine without `/etc/machine-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    machine_id: Option<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct FileFormat {
     version: u32,
     idempotency: Vec<Entry>,
+    #[serde(flatten)]
+    kept: Kept,
 }
 
 /// The bounded key memory.
@@ -189,11 +220,16 @@ impl KeyStore {
         }
     }
 
-    /// The file's text.
+    /// The file's text with the keys only.
     pub fn encode(&self) -> String {
+        self.encode_with(&Kept::default())
+    }
+
+    fn encode_with(&self, kept: &Kept) -> String {
         serde_json::to_string(&FileFormat {
             version: 1,
             idempotency: self.entries.iter().cloned().collect(),
+            kept: kept.clone(),
         })
         .unwrap_or_default()
     }
@@ -201,6 +237,10 @@ impl KeyStore {
     /// Parses a state file's text. Keys without a response (their command was running when
     /// the agent stopped) are answered with `outcome_unknown` from now on.
     pub fn decode(text: &str, now: u64) -> Result<KeyStore, String> {
+        Self::decode_file(text, now).map(|(keys, _)| keys)
+    }
+
+    fn decode_file(text: &str, now: u64) -> Result<(KeyStore, Kept), String> {
         let f: FileFormat = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if f.version != 1 {
             return Err(format!("unknown state file version {}", f.version));
@@ -222,20 +262,28 @@ impl KeyStore {
             s.push(e);
         }
         s.evict(now);
-        Ok(s)
+        Ok((s, f.kept))
     }
 }
 
-/// Where the state lives: a file, or memory only.
+/// Where the state lives: a file, or memory only. Clones share what the file keeps.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: Option<PathBuf>,
+    kept: Arc<Mutex<Kept>>,
 }
 
 impl StateFile {
     /// Memory only: keys are forgotten when the agent stops.
     pub fn memory() -> Self {
-        StateFile { path: None }
+        StateFile::at(None)
+    }
+
+    fn at(path: Option<PathBuf>) -> Self {
+        StateFile {
+            path,
+            kept: Arc::default(),
+        }
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -245,38 +293,49 @@ impl StateFile {
     /// Chooses the file. `configured` (`agent.state_file`) must be usable: its directory is
     /// created (mode 0700) when missing and must be writable, else the error says why.
     /// Without it, [`DEFAULT_PATH`] is tried, then `$HOME/.local/state/docker-ctl/`, then
-    /// memory only (with a warning).
+    /// memory only (with a warning) unless `required` (an agent that enrols keeps its
+    /// credentials there, never in memory only): then it is an error.
     pub fn choose(
         configured: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
+        required: bool,
     ) -> Result<Self, String> {
         if let Some(p) = configured {
             return usable(p)
-                .map(|()| StateFile {
-                    path: Some(p.to_path_buf()),
-                })
+                .map(|()| StateFile::at(Some(p.to_path_buf())))
                 .map_err(|e| format!("agent.state_file {}: {e}", p.display()));
         }
         let mut candidates = vec![PathBuf::from(DEFAULT_PATH)];
         if let Some(home) = env("HOME").filter(|h| !h.is_empty()) {
             candidates.push(Path::new(&home).join(".local/state/docker-ctl/agent-state.json"));
         }
+        Self::first_usable(candidates, required)
+    }
+
+    /// The first usable of `candidates`; else memory only (with a warning), or an error when
+    /// a file is `required`.
+    fn first_usable(candidates: Vec<PathBuf>, required: bool) -> Result<Self, String> {
         let mut why = Vec::new();
         for c in candidates {
             match usable(&c) {
                 Ok(()) => {
-                    if why.is_empty() {
-                        return Ok(StateFile { path: Some(c) });
+                    if !why.is_empty() {
+                        log::warn!(
+                            "using the state file {} ({}); set agent.state_file to choose",
+                            c.display(),
+                            why.join("; ")
+                        );
                     }
-                    log::warn!(
-                        "using the state file {} ({}); set agent.state_file to choose",
-                        c.display(),
-                        why.join("; ")
-                    );
-                    return Ok(StateFile { path: Some(c) });
+                    return Ok(StateFile::at(Some(c)));
                 }
                 Err(e) => why.push(format!("{} is not usable: {e}", c.display())),
             }
+        }
+        if required {
+            return Err(format!(
+                "an agent that enrols with agent.enrol_token keeps the credentials it is given in its state file, and none is writable ({}): set agent.state_file (--state-file) to a writable path",
+                why.join("; ")
+            ));
         }
         log::warn!(
             "no usable state file ({}): idempotency keys are kept in memory only and forgotten when the agent stops; set agent.state_file",
@@ -285,8 +344,8 @@ impl StateFile {
         Ok(StateFile::memory())
     }
 
-    /// Loads the keys. A missing file is an empty memory; a corrupt one is reported, moved
-    /// to `<file>.corrupt` and replaced.
+    /// Loads the keys (and keeps what else the file holds, for later saves). A missing file
+    /// is an empty memory; a corrupt one is reported, moved to `<file>.corrupt` and replaced.
     pub fn load(&self, now: u64) -> KeyStore {
         let Some(path) = &self.path else {
             return KeyStore::default();
@@ -302,13 +361,14 @@ impl StateFile {
                 return KeyStore::default();
             }
         };
-        match KeyStore::decode(&text, now) {
-            Ok(s) => {
+        match KeyStore::decode_file(&text, now) {
+            Ok((s, kept)) => {
                 log::info!(
                     "loaded {} idempotency keys from {}",
                     s.len(),
                     path.display()
                 );
+                *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = kept;
                 s
             }
             Err(e) => {
@@ -320,7 +380,7 @@ impl StateFile {
                 );
                 let _ = std::fs::rename(path, &aside);
                 let empty = KeyStore::default();
-                if let Err(e) = self.save(&empty.encode()) {
+                if let Err(e) = self.save(&empty) {
                     log::error!("cannot write the state file {}: {e}", path.display());
                 }
                 empty
@@ -328,8 +388,61 @@ impl StateFile {
         }
     }
 
-    /// Replaces the file with `text` atomically. Memory only: nothing to do.
-    pub fn save(&self, text: &str) -> std::io::Result<()> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The credentials an enrolment stored, if any.
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.kept().credentials.clone()
+    }
+
+    /// The random machine id kept for a machine without one, if any.
+    pub fn machine_id(&self) -> Option<String> {
+        self.kept().machine_id.clone()
+    }
+
+    /// Stores the credentials of an enrolment and writes the file (with `keys`) at once: the
+    /// caller uses them only after this returned `Ok`. Memory only: an error.
+    pub fn keep_credentials(&self, c: Credentials, keys: &KeyStore) -> std::io::Result<()> {
+        self.keep(keys, |k| k.credentials = Some(c))
+    }
+
+    /// Stores a random machine id and writes the file (with `keys`) at once.
+    pub fn keep_machine_id(&self, id: String, keys: &KeyStore) -> std::io::Result<()> {
+        self.keep(keys, |k| k.machine_id = Some(id))
+    }
+
+    fn keep(&self, keys: &KeyStore, change: impl FnOnce(&mut Kept)) -> std::io::Result<()> {
+        if self.path.is_none() {
+            return Err(std::io::Error::other("no state file (memory only)"));
+        }
+        let before = self.kept().clone();
+        let mut after = before.clone();
+        change(&mut after);
+        *self.kept() = after;
+        let written = self.save(keys);
+        if written.is_err() {
+            // Not on disk: not kept.
+            *self.kept() = before;
+        }
+        written
+    }
+
+    /// The file's text: `keys` with what else the file keeps.
+    pub fn encode(&self, keys: &KeyStore) -> String {
+        keys.encode_with(&self.kept())
+    }
+
+    /// Replaces the file with `keys` (and what else it keeps) atomically. Memory only:
+    /// nothing to do.
+    pub fn save(&self, keys: &KeyStore) -> std::io::Result<()> {
+        self.write(&self.encode(keys))
+    }
+
+    /// Replaces the file with `text` (from [`StateFile::encode`]) atomically. Memory only:
+    /// nothing to do.
+    pub fn write(&self, text: &str) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -509,10 +622,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
-        let f = StateFile::choose(Some(&path), &|_| None).unwrap();
+        let f = StateFile::choose(Some(&path), &|_| None, false).unwrap();
         let mut s = KeyStore::default();
         s.finish("k", "container.create", &ok(1), now_secs());
-        f.save(&s.encode()).unwrap();
+        f.save(&s).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!append_ext(&path, "tmp").exists());
@@ -539,12 +652,67 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         // A directory path below a regular file cannot be created.
         let bad = file.join("state.json");
-        let err = StateFile::choose(Some(&bad), &|_| None).unwrap_err();
+        let err = StateFile::choose(Some(&bad), &|_| None, true).unwrap_err();
         assert!(
             err.contains("agent.state_file") && err.contains("cannot create"),
             "{err}"
         );
-        let err = StateFile::choose(Some(dir.path()), &|_| None).unwrap_err();
+        let err = StateFile::choose(Some(dir.path()), &|_| None, false).unwrap_err();
         assert!(err.contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn credentials_survive_key_saves_and_a_reload() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let f = StateFile::choose(Some(&path), &|_| None, true).unwrap();
+        let mut keys = f.load(now_secs());
+        assert!(f.credentials().is_none());
+        let c = Credentials {
+            agent_id: "pi-7-0a0b".into(),
+            auth_token: Secret::new("dctl_a_s3cret"),
+            host_id: "h1".into(),
+            host_name: "pi-7".into(),
+            server: "wss://ctl.example".into(),
+            enrolled_at: 1,
+        };
+        f.keep_credentials(c.clone(), &keys).unwrap();
+        f.keep_machine_id("m".repeat(32), &keys).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!format!("{f:?} {c:?}").contains("s3cret"));
+        // The command memory saves the keys: the credentials stay in the file.
+        keys.finish("k", "container.create", &ok(1), now_secs());
+        f.save(&keys).unwrap();
+        let again = StateFile::choose(Some(&path), &|_| None, true).unwrap();
+        let loaded = again.load(now_secs());
+        assert_eq!(again.credentials(), Some(c));
+        assert_eq!(again.machine_id(), Some("m".repeat(32)));
+        assert!(loaded.get("k", now_secs()).is_some());
+        // Memory only keeps nothing, and says so.
+        let mem = StateFile::memory();
+        assert!(mem.keep_machine_id("x".into(), &keys).is_err());
+        assert!(mem.machine_id().is_none());
+    }
+
+    #[test]
+    fn an_agent_that_enrols_never_falls_back_to_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let unusable = vec![file.join("a/state.json"), dir.path().to_path_buf()];
+        let mem = StateFile::first_usable(unusable.clone(), false).unwrap();
+        assert!(mem.path().is_none(), "without enrolment: memory only");
+        let err = StateFile::first_usable(unusable, true).unwrap_err();
+        assert!(
+            err.contains("agent.enrol_token") && err.contains("--state-file"),
+            "{err}"
+        );
+        let ok = dir.path().join("sub/state.json");
+        let f = StateFile::first_usable(vec![file.join("x"), ok.clone()], true).unwrap();
+        assert_eq!(f.path(), Some(ok.as_path()));
     }
 }

@@ -1,6 +1,7 @@
 //! The agent against a scripted fake daemon on a unix socket: `image.pull` progress
 //! streamed as `command_progress` before the one `command_response`, and an old daemon
-//! (API 1.41 without `Api-Version` on /_ping) negotiated through `/version`.
+//! (API 1.41 without `Api-Version` on /_ping) negotiated through `/version`, and a pull's
+//! registry credentials sent as `X-Registry-Auth`.
 
 mod common;
 
@@ -36,6 +37,9 @@ fn serve(mut s: UnixStream, log: std::sync::mpsc::Sender<String>) {
         }
         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
+        }
+        if h.to_ascii_lowercase().starts_with("x-registry-auth:") {
+            let _ = log.send(format!("auth {}", h["x-registry-auth:".len()..].trim()));
         }
     }
     let mut body = vec![0; len];
@@ -107,7 +111,8 @@ fn image_pull_streams_progress_then_one_response_and_old_daemons_negotiate() {
         "pull-1",
         Message::Command(protocol::CommandPayload {
             operation: "image.pull".into(),
-            params: json!({"image": "busybox", "tag": "latest"}),
+            params: json!({"image": "busybox", "tag": "latest",
+                "auth": {"username": "ci", "password": "pw", "serveraddress": "docker.io"}}),
             timeout: None,
             idempotency_key: None,
         }),
@@ -150,6 +155,14 @@ fn image_pull_streams_progress_then_one_response_and_old_daemons_negotiate() {
         seen.iter().any(|r| r.starts_with("/v1.41/images/create")),
         "{seen:?}"
     );
+    // The registry credentials went to the daemon as X-Registry-Auth.
+    let auth = protocol::ops::RegistryAuth {
+        username: "ci".into(),
+        password: protocol::Secret::new("pw"),
+        serveraddress: "docker.io".into(),
+    };
+    let want = format!("auth {}", auth.header_value().expose());
+    assert!(seen.contains(&want), "{seen:?}");
     shutdown.trigger();
     common::join_within(agent, Duration::from_secs(5)).unwrap();
 }

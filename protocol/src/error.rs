@@ -22,6 +22,9 @@ pub enum ErrorCode {
     Timeout,
     /// The host's agent is not connected.
     AgentOffline,
+    /// The host enrolled itself with a token that needs approval, and no admin approved it
+    /// yet: nothing reaches it until then.
+    HostPending,
     /// The Docker daemon's socket is missing, unreadable or not answering.
     DockerUnreachable,
     /// The daemon answered with an error not covered by a more specific code.
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::InvalidParams => "invalid_params",
             ErrorCode::Timeout => "timeout",
             ErrorCode::AgentOffline => "agent_offline",
+            ErrorCode::HostPending => "host_pending",
             ErrorCode::DockerUnreachable => "docker_unreachable",
             ErrorCode::DockerError => "docker_error",
             ErrorCode::Conflict => "conflict",
@@ -70,7 +74,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::AgentOffline | ErrorCode::Conflict => 409,
+            ErrorCode::AgentOffline | ErrorCode::HostPending | ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unsupported => 501,
             ErrorCode::DockerError | ErrorCode::DockerUnreachable => 502,

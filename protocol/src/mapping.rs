@@ -68,6 +68,8 @@ pub struct DockerRequest {
     /// The answer is a JSON-lines progress stream (`image.pull`): the transport calls its
     /// `on_line` callback for each line as it arrives, and still returns the whole body.
     pub progress: bool,
+    /// The `X-Registry-Auth` header (`image.pull` with credentials); transports send it.
+    pub registry_auth: Option<crate::Secret>,
 }
 
 impl DockerRequest {
@@ -78,6 +80,7 @@ impl DockerRequest {
             query: Vec::new(),
             body: None,
             progress: false,
+            registry_auth: None,
         }
     }
 
@@ -117,6 +120,11 @@ impl DockerRequest {
 
     fn progress(mut self) -> Self {
         self.progress = true;
+        self
+    }
+
+    fn auth(mut self, a: Option<&RegistryAuth>) -> Self {
+        self.registry_auth = a.map(RegistryAuth::header_value);
         self
     }
 
@@ -440,7 +448,8 @@ impl Plan {
                 .q("fromImage", p.image.clone())
                 .q_opt("tag", p.tag.as_ref())
                 .q_opt("platform", p.platform.as_ref())
-                .progress(),
+                .progress()
+                .auth(p.auth.as_ref()),
             ImageRemove(p) => R::new(Delete, format!("/images/{}", path_id(&p.id)))
                 .q_bool("force", p.force)
                 .q_bool("noprune", p.noprune),

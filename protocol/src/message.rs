@@ -48,10 +48,13 @@ pub enum MessageType {
     StreamEnd,
     StreamCancel,
     StreamCredit,
+    // enrolment, on its own socket (`/ws/enrol`)
+    Enrol,
+    EnrolResponse,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 15] = [
+    pub const ALL: [MessageType; 17] = [
         MessageType::Auth,
         MessageType::Heartbeat,
         MessageType::CommandResponse,
@@ -67,6 +70,8 @@ impl MessageType {
         MessageType::StreamEnd,
         MessageType::StreamCancel,
         MessageType::StreamCredit,
+        MessageType::Enrol,
+        MessageType::EnrolResponse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +91,8 @@ impl MessageType {
             MessageType::StreamEnd => "stream_end",
             MessageType::StreamCancel => "stream_cancel",
             MessageType::StreamCredit => "stream_credit",
+            MessageType::Enrol => "enrol",
+            MessageType::EnrolResponse => "enrol_response",
         }
     }
 
@@ -392,6 +399,67 @@ pub fn decode_data_frame(frame: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     Ok((id, &frame[4..]))
 }
 
+/// `enrol` (agent -> server): the first and only message an agent sends on `/ws/enrol`, once,
+/// when it has no credentials yet. The server answers with one `enrol_response` and closes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolPayload {
+    /// The enrolment token an admin created (`dctl_e_...`). Never logged.
+    pub enrol_token: Secret,
+    /// The host name to enrol as: the agent's `--name`, else the machine's hostname.
+    pub name: String,
+    /// `name` is the machine's hostname (no name was chosen): when a host of that name
+    /// belongs to another machine, the server enrols this one as `NAME-XXXXXXXX` (the first 8
+    /// digits of `machine_id`) instead of refusing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub name_is_hostname: bool,
+    /// Lowercase hex SHA-256 of `docker-ctl machine-id:` followed by the machine id, so the
+    /// machine id itself never leaves the machine. The same machine with the same name gets
+    /// its host back instead of a second one.
+    pub machine_id: String,
+    /// The agent's software version.
+    pub version: String,
+    /// The newest protocol version the agent speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolStatus {
+    Enrolled,
+    Rejected,
+}
+
+/// `enrol_response` (server -> agent): the agent's own credentials, shown this once, or why
+/// the enrolment was refused. The server closes the socket after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolResponsePayload {
+    pub status: EnrolStatus,
+    /// The agent id to authenticate as on `/ws/agents/{agent_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The agent's own token. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// The host's name (may carry a suffix, see [`EnrolPayload::name_is_hostname`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// The host waits for an admin's approval: nothing reaches it until then.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending: bool,
+    /// Why the enrolment was refused (`unauthorized`: the token is unknown, revoked, expired
+    /// or used up; `conflict`: the name belongs to another machine; `invalid_params`;
+    /// `rate_limited`, `internal`: retry later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
 /// A typed message: the envelope's `type` and `payload` together.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -410,6 +478,8 @@ pub enum Message {
     StreamEnd(StreamEndPayload),
     StreamCancel(StreamCancelPayload),
     StreamCredit(StreamCreditPayload),
+    Enrol(EnrolPayload),
+    EnrolResponse(EnrolResponsePayload),
 }
 
 impl Message {
@@ -430,6 +500,8 @@ impl Message {
             Message::StreamEnd(_) => MessageType::StreamEnd,
             Message::StreamCancel(_) => MessageType::StreamCancel,
             Message::StreamCredit(_) => MessageType::StreamCredit,
+            Message::Enrol(_) => MessageType::Enrol,
+            Message::EnrolResponse(_) => MessageType::EnrolResponse,
         }
     }
 }
@@ -455,6 +527,8 @@ impl Serialize for PayloadOf<'_> {
             Message::StreamEnd(p) => p.serialize(s),
             Message::StreamCancel(p) => p.serialize(s),
             Message::StreamCredit(p) => p.serialize(s),
+            Message::Enrol(p) => p.serialize(s),
+            Message::EnrolResponse(p) => p.serialize(s),
         }
     }
 }
@@ -578,6 +652,8 @@ impl Envelope {
             MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
             MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
             MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
+            MessageType::Enrol => Message::Enrol(payload(kind, p)?),
+            MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
         };
         Ok(Envelope {
             id: raw.id,

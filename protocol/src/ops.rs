@@ -475,6 +475,32 @@ pub struct ImagePullParams {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// Credentials for the image's registry, sent to the daemon as `X-Registry-Auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// A registry login for one pull. `Debug` masks the password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: crate::Secret,
+    /// The registry's address, e.g. `registry.example:5000`.
+    #[serde(default)]
+    pub serveraddress: String,
+}
+
+impl RegistryAuth {
+    /// The `X-Registry-Auth` header value: base64url of the JSON Docker reads.
+    pub fn header_value(&self) -> crate::Secret {
+        use base64::Engine;
+        let doc = serde_json::json!({
+            "username": self.username,
+            "password": self.password.expose(),
+            "serveraddress": self.serveraddress,
+        });
+        crate::Secret::new(base64::engine::general_purpose::URL_SAFE.encode(doc.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -391,3 +391,47 @@ fn image_references_keep_slashes_and_colons_in_paths() {
         "/v1.41/images/docker-ctl-test/busybox:latest/json"
     );
 }
+
+#[test]
+fn a_pull_with_credentials_sends_them_as_x_registry_auth_and_never_prints_them() {
+    use base64::Engine;
+    let pull = op(
+        "image.pull",
+        json!({"image": "registry.example:5000/team/app", "tag": "1",
+               "auth": {"username": "ci", "password": "pw-123", "serveraddress": "registry.example:5000"}}),
+    );
+    assert!(
+        !format!("{pull:?}").contains("pw-123"),
+        "Debug masks the password"
+    );
+    let (made, _) = drive(
+        pull,
+        vec![DockerResponse {
+            status: 200,
+            headers: vec![],
+            body: b"{\"status\":\"Downloaded\"}\n".to_vec(),
+        }],
+    );
+    let header = made[0].registry_auth.as_ref().expect("the header");
+    assert!(!format!("{:?}", made[0]).contains(header.expose()));
+    let doc: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE
+            .decode(header.expose())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        doc,
+        json!({"username": "ci", "password": "pw-123", "serveraddress": "registry.example:5000"})
+    );
+    // Without credentials, no header.
+    let (made, _) = drive(
+        op("image.pull", json!({"image": "busybox"})),
+        vec![DockerResponse {
+            status: 200,
+            headers: vec![],
+            body: b"{\"status\":\"Downloaded\"}\n".to_vec(),
+        }],
+    );
+    assert!(made[0].registry_auth.is_none());
+}

@@ -178,6 +178,35 @@ fn one_of_each() -> Vec<Message> {
             stream_id: 7,
             bytes: 65536,
         }),
+        Message::Enrol(EnrolPayload {
+            enrol_token: Secret::new("dctl_e_t0k"),
+            name: "pi-berlin-7".into(),
+            name_is_hostname: true,
+            machine_id: "ab".repeat(32),
+            version: "0.1.0".into(),
+            protocol_version: Some(PROTOCOL_VERSION),
+        }),
+        Message::EnrolResponse(EnrolResponsePayload {
+            status: EnrolStatus::Enrolled,
+            agent_id: Some("pi-berlin-7-3f9a2c1e0b7d".into()),
+            auth_token: Some(Secret::new("dctl_a_x")),
+            host_id: Some("h1".into()),
+            host_name: Some("pi-berlin-7".into()),
+            pending: true,
+            error: None,
+        }),
+        Message::EnrolResponse(EnrolResponsePayload {
+            status: EnrolStatus::Rejected,
+            agent_id: None,
+            auth_token: None,
+            host_id: None,
+            host_name: None,
+            pending: false,
+            error: Some(ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "enrolment token expired",
+            )),
+        }),
     ]
 }
 
@@ -201,6 +230,56 @@ fn every_message_type_round_trips() {
         assert_eq!(v["type"], env.message_type().as_str());
         assert!(time::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_some());
     }
+}
+
+#[test]
+fn enrol_messages_mask_their_secrets_and_leave_out_what_is_absent() {
+    let env = Envelope::decode(
+        br#"{"id":"e1","type":"enrol","timestamp":"2024-01-07T10:00:00Z",
+            "payload":{"enrol_token":"dctl_e_s3cret","name":"edge-1","machine_id":"00","version":"1"}}"#,
+    )
+    .expect("a minimal enrol decodes");
+    let Message::Enrol(e) = &env.message else {
+        panic!("not enrol")
+    };
+    assert!(!e.name_is_hostname && e.protocol_version.is_none());
+    assert_eq!(e.enrol_token.expose(), "dctl_e_s3cret");
+    assert!(
+        !format!("{env:?}").contains("s3cret"),
+        "Debug masks the token"
+    );
+    let v = env.to_value();
+    assert!(v["payload"].get("name_is_hostname").is_none(), "{v}");
+    let refused = Envelope::new(
+        "r1",
+        Message::EnrolResponse(EnrolResponsePayload {
+            status: EnrolStatus::Rejected,
+            agent_id: None,
+            auth_token: None,
+            host_id: None,
+            host_name: None,
+            pending: false,
+            error: Some(ErrorBody::new(ErrorCode::HostPending, "x")),
+        }),
+    );
+    assert_eq!(
+        refused.to_value()["payload"],
+        json!({"status": "rejected", "error": {"code": "host_pending", "message": "x"}})
+    );
+    let ok = Envelope::new(
+        "r2",
+        Message::EnrolResponse(EnrolResponsePayload {
+            status: EnrolStatus::Enrolled,
+            agent_id: Some("a".into()),
+            auth_token: Some(Secret::new("dctl_a_hidden")),
+            host_id: Some("h".into()),
+            host_name: Some("n".into()),
+            pending: false,
+            error: None,
+        }),
+    );
+    assert!(!format!("{ok:?}").contains("dctl_a_hidden"));
+    assert_eq!(ok.to_value()["payload"]["auth_token"], "dctl_a_hidden");
 }
 
 #[test]

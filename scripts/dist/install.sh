@@ -2,16 +2,24 @@
 # Offline installer for the docker-ctl agent, run from the extracted release tarball.
 # Needs nothing from the network. POSIX sh, so it runs on busybox (OpenWrt) too.
 #
-#   ./install.sh [--root DIR] [--init systemd|procd|none] [--server URL] [--agent-id ID] [--token-file FILE]
+#   ./install.sh [--root DIR] [--init systemd|procd|none] [--server URL]
+#                [--enrol-token-file FILE [--name NAME] | --agent-id ID --token-file FILE]
 #                [--release-pub FILE]
 #
 #   --root DIR     install under DIR instead of / (for images, chroots and tests); services
 #                  are never started when DIR is not /
 #   --init KIND    which service manager files to install; default: procd on OpenWrt,
 #                  systemd where /run/systemd/system exists, else none
-#   --server, --agent-id, --token-file
-#                  write these into /etc/docker-ctl/agent.env (mode 0600) so agent.yaml's
-#                  ${AGENT_ID} and ${AGENT_AUTH_TOKEN} resolve; the URL goes into agent.yaml
+#   --server URL   the server URL, written into agent.yaml
+#   --enrol-token-file FILE
+#                  the one-line way: an enrolment token (docker-ctl-server enrol-token create).
+#                  It goes into /etc/docker-ctl/agent.env (mode 0600) as AGENT_ENROL_TOKEN,
+#                  agent.yaml gets `enrol_token: ${AGENT_ENROL_TOKEN}` and a state file, and
+#                  the agent enrols itself on first start (its credentials go to the state
+#                  file, mode 0600). --name NAME sets the host name (default: the hostname)
+#   --agent-id, --token-file
+#                  instead: an agent an admin enrolled (POST /api/v1/agents), written into
+#                  agent.env so agent.yaml's ${AGENT_ID} and ${AGENT_AUTH_TOKEN} resolve
 #   --release-pub FILE
 #                  the release public key (minisign format) the agent will trust for its
 #                  updates, installed as /etc/docker-ctl/release.pub; without it, the
@@ -25,7 +33,10 @@ init=auto
 server=""
 agent_id=""
 token_file=""
+enrol_token_file=""
+name=""
 release_pub=""
+state_file=/var/lib/docker-ctl/agent-state.json
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 
@@ -36,13 +47,25 @@ while [ $# -gt 0 ]; do
     --server) server=${2:?--server needs a URL}; shift 2 ;;
     --agent-id) agent_id=${2:?--agent-id needs an id}; shift 2 ;;
     --token-file) token_file=${2:?--token-file needs a file}; shift 2 ;;
+    --enrol-token-file) enrol_token_file=${2:?--enrol-token-file needs a file}; shift 2 ;;
+    --name) name=${2:?--name needs a host name}; shift 2 ;;
     --release-pub) release_pub=${2:?--release-pub needs a file}; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 
 [ -f "$here/docker-ctl-agent" ] || die "docker-ctl-agent not found next to install.sh"
+if [ -n "$enrol_token_file" ]; then
+  { [ -z "$agent_id" ] && [ -z "$token_file" ]; } || die "--enrol-token-file replaces --agent-id and --token-file: give one or the other"
+  [ -r "$enrol_token_file" ] || die "cannot read $enrol_token_file"
+  enrol_token=$(tr -d ' \t\r\n' <"$enrol_token_file")
+  [ -n "$enrol_token" ] || die "$enrol_token_file is empty"
+  case "$enrol_token" in *[!A-Za-z0-9_.-]*) die "$enrol_token_file does not hold an enrolment token" ;; esac
+elif [ -n "$name" ]; then
+  die "--name goes with --enrol-token-file"
+fi
+case "$name" in *[!A-Za-z0-9._-]*) die "--name takes letters, digits, '.', '_' and '-' here (set agent.name in agent.yaml for other names)" ;; esac
 
 # 1. Verify the tarball's checksums.
 if [ -f "$here/SHA256SUMS" ]; then
@@ -63,6 +86,8 @@ fi
 
 root=${root%/}
 if [ "$init" = procd ]; then bindir="$root/usr/bin"; else bindir="$root/usr/local/bin"; fi
+# OpenWrt's /var is in RAM: keep the state file (the enrolled credentials) on flash there.
+if [ "$init" = procd ]; then state_file=/etc/docker-ctl/agent-state.json; fi
 confdir="$root/etc/docker-ctl"
 
 # 1b. The release public key: the one given, else the tarball's unless one is installed.
@@ -99,13 +124,25 @@ echo "installed $bindir/docker-ctl-agent"
 umask 077
 if [ -f "$confdir/agent.yaml" ]; then
   echo "kept existing $confdir/agent.yaml"
-else
-  if [ -n "$server" ]; then
-    sed "s|^  url: .*|  url: $server|" "$here/agent.yaml.example" >"$confdir/agent.yaml"
-  else
-    cp "$here/agent.yaml.example" "$confdir/agent.yaml"
+  if [ -n "$enrol_token_file" ] && ! grep -q '^  enrol_token: ' "$confdir/agent.yaml"; then
+    echo "warning: $confdir/agent.yaml has no agent.enrol_token: set 'enrol_token: \${AGENT_ENROL_TOKEN}' (instead of id and auth_token) for the agent to enrol itself" >&2
   fi
-  chmod 0600 "$confdir/agent.yaml"
+else
+  cp "$here/agent.yaml.example" "$confdir/agent.yaml.new"
+  if [ -n "$server" ]; then
+    sed -i "s|^  url: .*|  url: $server|" "$confdir/agent.yaml.new"
+  fi
+  if [ -n "$enrol_token_file" ]; then
+    # The agent enrols itself: no id or token of its own yet, a state file for the ones it gets.
+    sed -i -e '/^  id: /d' -e '/^  auth_token: /d' \
+      -e 's|^  # enrol_token: |  enrol_token: |' \
+      -e "s|^  # state_file: [^ ]*|  state_file: $state_file|" "$confdir/agent.yaml.new"
+    if [ -n "$name" ]; then
+      sed -i "s|^  # name: [^#]*#|  name: '$name'   #|" "$confdir/agent.yaml.new"
+    fi
+  fi
+  chmod 0600 "$confdir/agent.yaml.new"
+  mv -f "$confdir/agent.yaml.new" "$confdir/agent.yaml"
   echo "wrote $confdir/agent.yaml (mode 0600)"
 fi
 if [ -n "$pub_src" ]; then
@@ -114,7 +151,13 @@ if [ -n "$pub_src" ]; then
   mv -f "$confdir/release.pub.new" "$confdir/release.pub"
   echo "installed $confdir/release.pub (the key the agent trusts for updates)"
 fi
-if [ -n "$agent_id" ] || [ -n "$token_file" ]; then
+if [ -n "$enrol_token_file" ]; then
+  mkdir -p "$root${state_file%/*}"
+  chmod 0700 "$root${state_file%/*}"
+  printf 'AGENT_ENROL_TOKEN=%s\n' "$enrol_token" >"$confdir/agent.env"
+  chmod 0600 "$confdir/agent.env"
+  echo "wrote $confdir/agent.env (mode 0600): the agent enrols itself on first start and keeps its credentials in $state_file"
+elif [ -n "$agent_id" ] || [ -n "$token_file" ]; then
   : >"$confdir/agent.env"
   if [ -n "$agent_id" ]; then echo "AGENT_ID=$agent_id" >>"$confdir/agent.env"; fi
   if [ -n "$token_file" ]; then printf 'AGENT_AUTH_TOKEN=%s\n' "$(cat "$token_file")" >>"$confdir/agent.env"; fi

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::forwarded::resolve_client_ip;
+use crate::forwarded::{resolve_client_ip, TlsConnection};
 use crate::state::AppState;
 use crate::store::now_ms;
 
@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
             proxies,
             resolve_client_ip,
         ))
+        .layer(axum::middleware::from_fn(crate::api::ui::security_headers))
         .layer(axum::middleware::from_fn(trace_request))
 }
 
@@ -68,33 +69,18 @@ pub async fn run(
     serve(listener, state, shutdown).await
 }
 
-fn tls_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("parsing {}", key.display()))?
-        .with_context(|| format!("{} holds no private key", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not fit")?;
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(sc))))
+fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(cert, key)?)),
+        _ => Ok(None),
+    }
 }
 
 /// What every connection task shares.
 #[derive(Clone)]
 struct Conns {
     router: Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     header_timeout: Duration,
     /// Each connection holds a sender; draining means waiting until every one is dropped.
     alive: mpsc::Sender<()>,
@@ -110,7 +96,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = tls_acceptor(&state.config)?;
+    let tls = tls_config(&state.config)?;
     let (conns_tx, mut conns_rx) = mpsc::channel::<()>(1);
     let (conn_stop_tx, conn_stop_rx) = watch::channel(false);
     let conns = Conns {
@@ -175,8 +161,12 @@ async fn accept_until(listener: &TcpListener, conns: &Conns, shutdown: impl Futu
 /// One connection: the TLS handshake (when configured), then HTTP/1 with upgrades.
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, conns: Conns) {
     let router = conns.router.clone();
+    let tls = conns.tls.is_some();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if tls {
+            req.extensions_mut().insert(TlsConnection);
+        }
         let router = router.clone();
         async move { tower::ServiceExt::oneshot(router, req).await }
     });
@@ -185,9 +175,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, conns: Conns) {
         .timer(TokioTimer::new())
         .header_read_timeout(conns.header_timeout);
     let result = match conns.tls {
-        Some(acceptor) => {
-            let s = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
+        Some(tls) => {
+            let s = match tokio::time::timeout(
+                Duration::from_secs(10),
+                crate::tls::accept(tls, stream),
+            )
+            .await
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

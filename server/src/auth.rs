@@ -25,6 +25,8 @@ use crate::store::{now_ms, Agent, Role};
 pub const USER_TOKEN_PREFIX: &str = "dctl_u_";
 /// Prefix of agent tokens.
 pub const AGENT_TOKEN_PREFIX: &str = "dctl_a_";
+/// Prefix of enrolment tokens (an agent presents one once to enrol itself).
+pub const ENROL_TOKEN_PREFIX: &str = "dctl_e_";
 
 /// A new random token: `prefix` + base64url of 32 random bytes (256 bits).
 pub fn generate_token(prefix: &str) -> Secret {
@@ -241,12 +243,18 @@ impl RateLimiter {
     }
 }
 
-/// Who acts: a user's API token and its role. The REST API builds it from the request's
-/// bearer token (`api::Caller`); an in-process runner (a bulk run, a stack) acting for the
-/// user who started it builds it from what it stored.
+/// What `Principal::token_id` starts with when the principal signed in with a browser
+/// session: `session:ID`.
+pub const SESSION_PRINCIPAL_PREFIX: &str = "session:";
+
+/// Who acts: a user's API token or browser session, and the user's role. The REST API builds
+/// it from the request's bearer token or session cookie (`api::Caller`); an in-process
+/// runner (a bulk run, a stack) acting for the user who started it builds it from what it
+/// stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The API token's id (its live sessions end when it is revoked).
+    /// The credential's id: the API token's id, or `session:ID` for a browser session (its
+    /// live sessions end when it is revoked).
     pub token_id: String,
     pub user: String,
     pub role: Role,
@@ -255,6 +263,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The browser session's id, when the principal signed in with one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.token_id.strip_prefix(SESSION_PRINCIPAL_PREFIX)
+    }
+
     /// Refuses with `forbidden` unless the principal has at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {

@@ -39,6 +39,12 @@ pub enum Command {
     /// Manage user API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage enrolment tokens: agents present one once to enrol themselves.
+    #[command(subcommand, name = "enrol-token")]
+    EnrolToken(EnrolTokenCommand),
+    /// Manage people who sign in to the web UI.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -95,9 +101,86 @@ pub struct AuditVerifyArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user who signs in with a password (read from standard input, one line).
+    /// Works beside a running server: the user can sign in at once.
+    Create(UserCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UserCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The user's name.
+    #[arg(long)]
+    pub name: String,
+    /// admin, operator or viewer.
+    #[arg(long)]
+    pub role: Role,
+    /// Read the password from standard input (its first line). Without it the user has no
+    /// password and signs in only with API tokens.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a user API token and print only the token on stdout.
     Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrolTokenCommand {
+    /// Create an enrolment token and print only the token on stdout (with --print-install,
+    /// also the install line for each CPU).
+    Create(EnrolTokenCreateArgs),
+    /// List enrolment tokens (never the tokens themselves), one JSON object per line.
+    List(EnrolTokenListArgs),
+    /// Revoke an enrolment token: no new enrolment with it; enrolled hosts keep working.
+    Revoke(EnrolTokenRevokeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnrolTokenCreateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The token's name (shown in lists and the audit log).
+    #[arg(long)]
+    pub name: String,
+    /// KEY=VALUE: an admin label every host enrolled with the token gets (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::enrolment::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Expire the token after this long: seconds, or 90m, 12h, 7d, 2w [default: never]
+    #[arg(long, value_name = "DURATION", value_parser = crate::enrolment::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Most hosts the token may enrol [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub max_uses: Option<i64>,
+    /// Hosts wait as `pending` until an admin approves them.
+    #[arg(long)]
+    pub require_approval: bool,
+    /// Also print the install line for each CPU (x86_64, aarch64, armv7), run next to the
+    /// release tarball: install.sh --server URL --enrol-token-file FILE.
+    #[arg(long)]
+    pub print_install: bool,
+    /// The URL agents dial, for --print-install [default: public_url of the config, else
+    /// ws(s)://LISTEN]
+    #[arg(long, env = "DOCKER_CTL_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnrolTokenListArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnrolTokenRevokeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The token's id (from `enrol-token list`).
+    pub id: String,
 }
 
 /// Options shared by every subcommand.
@@ -272,6 +355,9 @@ pub struct Config {
     pub shutdown_timeout: Seconds,
     /// This replica's id (stored with each agent session). Default: a random id per start.
     pub server_id: Option<String>,
+    /// The URL agents dial (`wss://ctl.example.com`), printed in install lines by
+    /// `enrol-token create --print-install`. None: `ws(s)://LISTEN`.
+    pub public_url: Option<String>,
     /// Failed user-API authentications allowed per source IP and minute.
     pub api_auth_failures_per_minute: u32,
     /// REST requests per second allowed per API token (burst: twice that); more get 429.
@@ -286,7 +372,35 @@ pub struct Config {
     /// Default: none (the TCP peer is the client).
     #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
+    pub sessions: SessionsConfig,
     pub agent: AgentConfig,
+}
+
+/// Browser sessions of people who sign in to the web UI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Seconds a session may stay unused. Default 28800 (8 hours).
+    pub idle_timeout: Seconds,
+    /// Seconds a session lasts at most. Default 604800 (7 days).
+    pub max_age: Seconds,
+    /// Failed sign-ins per client address and minute before that address's attempts are
+    /// refused unchecked. Default 10.
+    pub failures_per_address: u32,
+    /// Failed sign-ins per user name and fifteen minutes before that user's attempts are
+    /// refused unchecked (except from a browser with the user's device cookie). Default 10.
+    pub failures_per_user: u32,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            idle_timeout: Seconds::secs(8 * 3600),
+            max_age: Seconds::secs(7 * 24 * 3600),
+            failures_per_address: 10,
+            failures_per_user: 10,
+        }
+    }
 }
 
 /// The seed's `AGENT_CONFIG` and the agent endpoint's limits.
@@ -345,10 +459,12 @@ impl Default for Config {
             encryption_key: None,
             shutdown_timeout: Seconds::secs(10),
             server_id: None,
+            public_url: None,
             api_auth_failures_per_minute: 30,
             api_requests_per_second: 200,
             http_header_timeout: Seconds::secs(30),
             trusted_proxies: Vec::new(),
+            sessions: SessionsConfig::default(),
             agent: AgentConfig::default(),
         }
     }
@@ -487,11 +603,23 @@ impl Config {
         if self.http_header_timeout.get().is_zero() {
             bail!("http_header_timeout must be greater than 0");
         }
+        let s = &self.sessions;
+        if s.idle_timeout.get().is_zero() || s.max_age.get().is_zero() {
+            bail!("sessions.idle_timeout and sessions.max_age must be greater than 0");
+        }
+        if s.failures_per_address == 0 || s.failures_per_user == 0 {
+            bail!(
+                "sessions.failures_per_address and sessions.failures_per_user must be at least 1"
+            );
+        }
         if a.max_messages_per_second == 0 {
             bail!("agent.max_messages_per_second must be at least 1");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("--tls-cert and --tls-key go together");
+        }
+        if let Some(u) = &self.public_url {
+            check_public_url(u)?;
         }
         if let Some(url) = &self.database_url {
             let u = url.expose();
@@ -508,6 +636,29 @@ impl Config {
     pub fn database_url(&self) -> Option<&str> {
         self.database_url.as_ref().map(|s| s.expose())
     }
+
+    /// The URL agents dial: `public_url`, else `ws(s)://LISTEN` (true when it was guessed).
+    pub fn agent_url(&self) -> (String, bool) {
+        match &self.public_url {
+            Some(u) => (u.trim_end_matches('/').to_string(), false),
+            None => {
+                let scheme = if self.tls_cert.is_some() { "wss" } else { "ws" };
+                (format!("{scheme}://{}", self.listen), true)
+            }
+        }
+    }
+}
+
+/// A URL agents can dial: `ws://` or `wss://`, with nothing a shell line could misread.
+pub fn check_public_url(u: &str) -> anyhow::Result<()> {
+    let ok = (u.starts_with("wss://") || u.starts_with("ws://"))
+        && u.len() <= 2048
+        && u.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"'\"\\`$;&|<>".contains(&b));
+    if !ok {
+        bail!("public_url {u:?} must be a ws:// or wss:// URL (no quotes, spaces or shell characters)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

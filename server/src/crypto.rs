@@ -1,5 +1,5 @@
 //! Encryption at rest for secrets the server must be able to read back: the TLS client keys
-//! of direct hosts.
+//! of direct hosts; and keyed MACs derived from the same key (the sign-in device cookies).
 //!
 //! Owns: the AES-256-GCM key (from `encryption_key` in the config, or the 0600 file
 //! `DATA_DIR/secret.key`, created on first start) and the `v1:` ciphertext format
@@ -18,9 +18,20 @@ use std::path::Path;
 
 const PREFIX: &str = "v1:";
 
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
 #[derive(Clone)]
 pub struct KeyBox {
     cipher: Aes256Gcm,
+    /// HMAC-SHA256(key, "docker-ctl mac v1"): the root of [`KeyBox::mac`], never the
+    /// encryption key itself.
+    mac_root: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyBox {
@@ -41,7 +52,18 @@ impl KeyBox {
     pub fn from_key(key: &[u8; 32]) -> KeyBox {
         KeyBox {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+            mac_root: hmac_sha256(key, b"docker-ctl mac v1"),
         }
+    }
+
+    /// An HMAC-SHA256 of `data` for the purpose `label` (a key derived from the at-rest key,
+    /// so the value survives restarts and is the same on every replica).
+    pub fn mac(&self, label: &str, data: &[u8]) -> [u8; 32] {
+        let mut msg = Vec::with_capacity(label.len() + 1 + data.len());
+        msg.extend_from_slice(label.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(data);
+        hmac_sha256(&self.mac_root, &msg)
     }
 
     /// The configured key, or the key file in `data_dir` (created with mode 0600 when missing).

@@ -7,7 +7,10 @@
 //! ones to its left were written by the client and prove nothing. The answer feeds the
 //! failed-login limits, the tokens' `allowed_cidrs` and the audit's `source_ip`. The
 //! [`resolve_client_ip`] middleware decides it once per request; handlers read it as the
-//! [`ClientIp`] extractor (or [`source_ip`] of the request parts).
+//! [`ClientIp`] extractor (or [`source_ip`] of the request parts). The same middleware decides
+//! whether the client reached the server over https ([`Https`]): the connection is TLS
+//! ([`TlsConnection`], put there by the listener), or a trusted proxy says
+//! `X-Forwarded-Proto: https` (session cookies are `Secure` then).
 //! Must not: trust a header from a peer outside `trusted_proxies`, or fall back to a value
 //! it could not parse (it answers the peer's own address instead).
 
@@ -26,6 +29,37 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
+/// Whether the client reached the server over https.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Https(pub bool);
+
+/// Marks a request that arrived on a TLS connection (the listener inserts it).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsConnection;
+
+/// Whether a request came over https: a TLS connection, or a trusted proxy's
+/// `X-Forwarded-Proto: https` (its first value: the scheme the client used with the outermost
+/// proxy).
+pub fn is_https(tls: bool, peer: Option<IpAddr>, headers: &HeaderMap, proxies: &[IpNet]) -> bool {
+    if tls {
+        return true;
+    }
+    let Some(peer) = peer.map(canonical) else {
+        return false;
+    };
+    trusted(peer, proxies)
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The scheme decided by [`resolve_client_ip`] for the request of `parts`.
+pub fn https_of(parts: &Parts) -> bool {
+    parts.extensions.get::<Https>().is_some_and(|h| h.0)
+}
+
 /// Decides each request's client address once, before any handler runs.
 pub async fn resolve_client_ip(
     State(proxies): State<Arc<Vec<IpNet>>>,
@@ -37,7 +71,10 @@ pub async fn resolve_client_ip(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let ip = client_ip(peer, req.headers(), &proxies);
+    let tls = req.extensions().get::<TlsConnection>().is_some();
+    let https = is_https(tls, peer, req.headers(), &proxies);
     req.extensions_mut().insert(ClientIp(ip));
+    req.extensions_mut().insert(Https(https));
     next.run(req).await
 }
 
@@ -205,6 +242,22 @@ mod tests {
         // Garbage where the client's hop should be: the proxy's address, not a guess.
         let hdr = h(&[("x-forwarded-for", "198.51.100.4, unknown")]);
         assert_eq!(client_ip(ip("127.0.0.1"), &hdr, &proxies), ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn https_is_tls_or_a_trusted_proxys_word() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let https = h(&[("x-forwarded-proto", "https")]);
+        assert!(is_https(true, ip("192.0.2.1"), &HeaderMap::new(), &proxies));
+        assert!(is_https(false, ip("10.0.0.1"), &https, &proxies));
+        assert!(!is_https(false, ip("192.0.2.1"), &https, &proxies));
+        assert!(!is_https(
+            false,
+            ip("10.0.0.1"),
+            &h(&[("x-forwarded-proto", "http")]),
+            &proxies
+        ));
+        assert!(!is_https(false, None, &https, &proxies));
     }
 
     #[test]

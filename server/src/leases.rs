@@ -144,20 +144,12 @@ impl Leases {
         host: Option<&str>,
         needs: Role,
     ) -> Option<String> {
-        match self.store.get_api_token(token_id).await {
-            Ok(None) => return Some("token revoked".into()),
-            Ok(Some(t)) if t.revoked_at.is_some() => return Some("token revoked".into()),
-            Ok(Some(t)) if t.expires_at.is_some_and(|e| e <= now_ms()) => {
-                return Some("token expired".into())
+        if let Some(session) = token_id.strip_prefix(crate::auth::SESSION_PRINCIPAL_PREFIX) {
+            if let Some(reason) = self.session_still_allowed(session, needs).await {
+                return Some(reason);
             }
-            Ok(Some(t)) if t.role < needs => {
-                return Some(format!("the token's role is now {}", t.role.as_str()))
-            }
-            Ok(Some(_)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not confirm a live session's token");
-                return None;
-            }
+        } else if let Some(reason) = self.token_still_allowed(token_id, needs).await {
+            return Some(reason);
         }
         if let Some(h) = host {
             if let Ok(None) = self.store.get_host(h).await {
@@ -165,6 +157,42 @@ impl Leases {
             }
         }
         None
+    }
+
+    /// A browser session: signed out, expired or demoted below `needs`.
+    async fn session_still_allowed(&self, id: &str, needs: Role) -> Option<String> {
+        match self.store.get_session(id).await {
+            Ok(None) => Some("signed out".into()),
+            Ok(Some(s)) if s.revoked_at.is_some() => Some("signed out".into()),
+            Ok(Some(s)) if s.expires_at <= now_ms() => Some("session expired".into()),
+            Ok(Some(s)) if s.role < needs => {
+                Some(format!("the user's role is now {}", s.role.as_str()))
+            }
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not confirm a live session's sign-in");
+                None
+            }
+        }
+    }
+
+    /// An API token: revoked, expired or demoted below `needs`.
+    async fn token_still_allowed(&self, token_id: &str, needs: Role) -> Option<String> {
+        match self.store.get_api_token(token_id).await {
+            Ok(None) => Some("token revoked".into()),
+            Ok(Some(t)) if t.revoked_at.is_some() => Some("token revoked".into()),
+            Ok(Some(t)) if t.expires_at.is_some_and(|e| e <= now_ms()) => {
+                Some("token expired".into())
+            }
+            Ok(Some(t)) if t.role < needs => {
+                Some(format!("the token's role is now {}", t.role.as_str()))
+            }
+            Ok(Some(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not confirm a live session's token");
+                None
+            }
+        }
     }
 
     /// Ends every lease `pick` selects; returns how many.
@@ -195,6 +223,20 @@ impl Leases {
     /// The user's role is now `role`: sessions that need more end.
     pub fn end_role_below(&self, user: &str, role: Role, reason: &str) -> usize {
         self.end_where(reason.to_string(), |_, e| e.user == user && e.needs > role)
+    }
+
+    /// The user was deleted: every session of theirs ends, whatever opened it.
+    pub fn end_user(&self, user: &str, reason: &str) -> usize {
+        self.end_where(reason.to_string(), |_, e| e.user == user)
+    }
+
+    /// The browser sessions `ids` were revoked: what they opened ends.
+    pub fn end_sessions(&self, ids: &[String], reason: &str) -> usize {
+        self.end_where(reason.to_string(), |_, e| {
+            e.token_id
+                .strip_prefix(crate::auth::SESSION_PRINCIPAL_PREFIX)
+                .is_some_and(|id| ids.iter().any(|x| x == id))
+        })
     }
 
     /// The host was deleted: every session on it ends.

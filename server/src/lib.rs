@@ -14,10 +14,12 @@
 //! - which hosts a selector picks: [`fleet`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
-//! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`leases`], [`metrics`],
+//! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`accounts`], [`leases`], [`metrics`],
 //!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], [`labels`]
-//!   (labels and selectors) and [`stacks`] (pure compose logic).
+//!   (labels and selectors), [`enrolment`] (what enrolment tokens allow) and [`stacks`]
+//!   (pure compose logic).
 
+pub mod accounts;
 pub mod agents;
 pub mod api;
 pub mod app;
@@ -26,6 +28,8 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod deploy;
+pub mod enrolment;
 pub mod error;
 pub mod feed;
 pub mod fleet;
@@ -41,6 +45,7 @@ pub mod rollouts;
 pub mod stacks;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use app::{app, run, serve};
 pub use forwarded::ClientIp;

@@ -1,10 +1,13 @@
-//! `docker-ctl-server`: `serve`, `token create`, `audit verify`, `quickstart`,
-//! `release keygen|sign`.
+//! `docker-ctl-server`: `serve`, `token create`, `enrol-token create|list|revoke`,
+//! `user create`, `audit verify`, `quickstart`, `release keygen|sign`.
 
 use anyhow::Context;
 use clap::Parser;
-use server::config::{AuditCommand, Cli, Command, Config, LogFormat, ReleaseCommand, TokenCommand};
-use server::store::Store;
+use server::config::{
+    AuditCommand, Cli, Command, CommonArgs, Config, EnrolTokenCommand, EnrolTokenCreateArgs,
+    LogFormat, ReleaseCommand, TokenCommand, UserCommand, UserCreateArgs,
+};
+use server::store::{NewAudit, Store};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -68,6 +71,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}", token.expose());
             Ok(())
         }
+        Command::EnrolToken(cmd) => enrol_token_command(cmd).await,
+        Command::User(UserCommand::Create(args)) => user_create(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::load_common(&args.common)?;
             init_logging(config.log_format);
@@ -111,6 +116,148 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Release(cmd) => release_command(cmd),
     }
+}
+
+/// Opens the store of `serve` (beside a running server too: SQLite waits for its writer).
+async fn open_store(common: &CommonArgs) -> anyhow::Result<(Config, Store)> {
+    let config = Config::load_common(common)?;
+    init_logging(config.log_format);
+    let store = Store::open(config.database_url(), &config.data_dir)
+        .await
+        .context("opening the database")?;
+    Ok((config, store))
+}
+
+/// An action of the command line, for the audit log.
+async fn audit_cli(store: &Store, action: &str, target: &str, ok: bool, detail: serde_json::Value) {
+    let entry = NewAudit {
+        actor_kind: "system".into(),
+        actor: "cli".into(),
+        action: action.into(),
+        target: Some(target.into()),
+        outcome: if ok { "success" } else { "error" }.into(),
+        detail: Some(detail),
+        ..Default::default()
+    };
+    if let Err(e) = store.add_audit(&entry).await {
+        tracing::error!(error = %e, "could not write the audit log");
+    }
+}
+
+/// `enrol-token create|list|revoke`.
+async fn enrol_token_command(cmd: EnrolTokenCommand) -> anyhow::Result<()> {
+    use server::api::enrolment::{audit_detail, token_json};
+    match cmd {
+        EnrolTokenCommand::Create(args) => enrol_token_create(args).await,
+        EnrolTokenCommand::List(args) => {
+            let (_, store) = open_store(&args.common).await?;
+            let tokens = store.list_enrolment_tokens().await;
+            store.close().await;
+            for t in tokens.context("reading the enrolment tokens")? {
+                println!("{}", token_json(&t));
+            }
+            Ok(())
+        }
+        EnrolTokenCommand::Revoke(args) => {
+            let (_, store) = open_store(&args.common).await?;
+            let result = store.revoke_enrolment_token(&args.id).await;
+            let detail = match &result {
+                Ok(t) => audit_detail(t),
+                Err(_) => serde_json::json!({ "token_id": args.id }),
+            };
+            let target = result
+                .as_ref()
+                .map_or(args.id.as_str(), |t| t.name.as_str());
+            audit_cli(
+                &store,
+                "enrolment_token.revoke",
+                target,
+                result.is_ok(),
+                detail,
+            )
+            .await;
+            store.close().await;
+            let t = result.with_context(|| format!("revoking enrolment token {:?}", args.id))?;
+            println!("{}", token_json(&t));
+            Ok(())
+        }
+    }
+}
+
+async fn enrol_token_create(args: EnrolTokenCreateArgs) -> anyhow::Result<()> {
+    use server::api::enrolment::{audit_detail, issue, ExpiresIn, TokenRequest};
+    let (config, store) = open_store(&args.common).await?;
+    let (url, guessed) = match &args.public_url {
+        Some(u) => {
+            server::config::check_public_url(u)?;
+            (u.trim_end_matches('/').to_string(), false)
+        }
+        None => config.agent_url(),
+    };
+    let req = TokenRequest {
+        name: args.name.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        expires_in: args.expires_in.map(|d| ExpiresIn::Secs(d.as_secs())),
+        max_uses: args.max_uses,
+        require_approval: args.require_approval,
+    };
+    let result = issue(&store, &req, "cli").await;
+    let detail = match &result {
+        Ok((t, _)) => audit_detail(t),
+        Err(e) => serde_json::json!({ "error": e.body.message }),
+    };
+    audit_cli(
+        &store,
+        "enrolment_token.create",
+        &args.name,
+        result.is_ok(),
+        detail,
+    )
+    .await;
+    store.close().await;
+    let (row, token) = result.map_err(|e| anyhow::anyhow!("{}", e.body.message))?;
+    println!("{}", token.expose());
+    if args.print_install {
+        if guessed {
+            eprintln!(
+                "note: no public_url is configured; the install lines dial {url} (pass --public-url wss://HOST)"
+            );
+        }
+        println!(
+            "# enrolment token {} ({:?}); on each host, next to the release tarball of its CPU:",
+            row.id, row.name
+        );
+        for (cpu, line) in server::enrolment::install_lines(&url, token.expose(), protocol::VERSION)
+        {
+            println!("# {cpu}\n{line}");
+        }
+    }
+    Ok(())
+}
+
+/// `user create`: the password comes from standard input, never from the command line.
+async fn user_create(args: UserCreateArgs) -> anyhow::Result<()> {
+    let config = Config::load_common(&args.common)?;
+    init_logging(config.log_format);
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let p = line.trim_end_matches(['\r', '\n']).to_string();
+        anyhow::ensure!(!p.is_empty(), "standard input held no password");
+        Some(p)
+    } else {
+        None
+    };
+    let store = Store::open(config.database_url(), &config.data_dir)
+        .await
+        .context("opening the database")?;
+    let result = server::api::create_user(&store, &args.name, args.role, password).await;
+    store.close().await;
+    let user = result.map_err(|e| anyhow::anyhow!("{}", e.body.message))?;
+    println!("created user {} ({})", user.name, user.role.as_str());
+    Ok(())
 }
 
 /// `release keygen` and `release sign`: files only, no database, no logging.

@@ -3,8 +3,9 @@
 //! Starts the server on the embedded SQLite default in the data directory, creates an admin
 //! token and, when the local Docker socket exists, a host `local` with the agent
 //! `local-agent`, whose binary (`docker-ctl-agent`, next to this binary or on PATH) is
-//! started connected to this server. Prints the admin token and one curl line that lists the
-//! containers through the agent, then serves until Ctrl-C.
+//! started connected to this server. Prints the web UI's address with a one-time sign-in link
+//! for the admin (single use, valid for [`SIGNIN_LINK_TTL`]), the admin token and one curl
+//! line that lists the containers through the agent, then serves until Ctrl-C.
 //!
 //! Owns: that first-run setup. Must not: be imported by anything but the binary (it is wiring).
 
@@ -25,6 +26,8 @@ use crate::store::{ConnectionMode, Host, NewAgent, NewHost, Role};
 pub const HOST_NAME: &str = "local";
 pub const AGENT_ID: &str = "local-agent";
 pub const ADMIN_NAME: &str = "quickstart-admin";
+/// How long the printed sign-in link works.
+pub const SIGNIN_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The agent binary: `explicit`, else next to this executable, else on PATH.
 pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -62,6 +65,16 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let (_, admin, _) =
         tokens_issue(&state.store, ADMIN_NAME, Role::Admin, None, Vec::new()).await?;
+    let admin_user = state
+        .store
+        .find_user(ADMIN_NAME)
+        .await?
+        .context("the admin user vanished")?;
+    let link = state
+        .accounts
+        .create_link(&admin_user.id, SIGNIN_LINK_TTL)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the sign-in link: {}", e.body.message))?;
     let (child, host_id, note) = if args.docker_socket.exists() {
         let host = local_host(&state, &args.docker_socket).await?;
         let token = local_agent_token(&state, &host).await?;
@@ -79,6 +92,11 @@ pub async fn run(
         "docker-ctl-server is listening on http://{addr} (data in {})",
         data_dir.display()
     );
+    println!(
+        "Web UI: http://{addr}/ - sign in as {ADMIN_NAME} with this one-time link (valid {} minutes):",
+        SIGNIN_LINK_TTL.as_secs() / 60
+    );
+    println!("  http://{addr}/signin#link={}", link.expose());
     println!("Admin token: {}", admin.expose());
     if let Some(h) = &host_id {
         println!("List the containers through the agent:");

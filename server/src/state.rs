@@ -14,12 +14,14 @@ use anyhow::Context;
 use axum::extract::FromRef;
 use std::sync::Arc;
 
+use crate::accounts::{self, Accounts};
 use crate::agents::{AgentEndpoint, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, RateLimiter};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
+use crate::deploy::{Deployer, StackKind};
 use crate::feed::Feed;
 use crate::fleet::Fleet;
 use crate::hosts::Adapters;
@@ -39,9 +41,11 @@ pub struct AppState {
     pub adapters: Adapters,
     /// The owner of every command's life.
     pub commands: Commands,
+    /// Stacks: their versions, deployments and status.
+    pub deployer: Deployer,
     /// Which hosts a selector picks.
     pub fleet: Fleet,
-    /// The owner of every rollout's life (bulk operations).
+    /// The owner of every rollout's life (bulk operations, stack changes).
     pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
@@ -52,6 +56,8 @@ pub struct AppState {
     pub api_rate: Arc<RateLimiter>,
     /// Live user sessions (hijacks, followed streams, the live feed), ended on revocation.
     pub leases: Leases,
+    /// People who sign in: sessions, sign-in limits, sign-in links.
+    pub accounts: Accounts,
 }
 
 impl std::fmt::Debug for AppState {
@@ -127,7 +133,24 @@ impl AppState {
             ),
             Err(e) => tracing::warn!(error = %e, "could not close orphaned commands"),
         }
+        let s = &config.sessions;
+        let policy = accounts::Policy {
+            idle: s.idle_timeout.get(),
+            max_age: s.max_age.get(),
+            failures_per_address: s.failures_per_address,
+            failures_per_user: s.failures_per_user,
+        };
         let fleet = Fleet::new(store.clone(), adapters.clone());
+        let deployer = Deployer::new(
+            commands.clone(),
+            store.clone(),
+            keys.clone(),
+            audit.clone(),
+            fleet.clone(),
+        );
+        let stack_kind = StackKind {
+            deployer: deployer.clone(),
+        };
         let bulk = rollouts::bulk::BulkKind {
             commands: commands.clone(),
             fleet: fleet.clone(),
@@ -140,14 +163,17 @@ impl AppState {
                 audit: audit.clone(),
                 server_id: server_id.clone(),
             },
-            vec![Arc::new(bulk)],
+            vec![Arc::new(bulk), Arc::new(stack_kind)],
         );
+        let deployer = deployer.with_rollouts(rollouts.clone());
         match rollouts.resume().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "continuing rollouts left running"),
             Err(e) => tracing::warn!(error = %e, "could not continue the rollouts left running"),
         }
         Ok(AppState {
+            deployer,
+            accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
             leases: Leases::new(store.clone()),

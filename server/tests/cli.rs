@@ -27,6 +27,25 @@ fn http(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     (status, buf)
 }
 
+fn post_json(addr: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, buf)
+}
+
 /// Reads stderr lines until the JSON log line "listening" and returns its address.
 fn listening_addr(stderr: impl Read + Send + 'static) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -141,7 +160,7 @@ fn serve_refuses_bad_config() {
 }
 
 #[test]
-fn quickstart_prints_the_token_and_a_curl_line() {
+fn quickstart_prints_the_token_a_sign_in_link_and_a_curl_line() {
     assert!(
         std::path::Path::new("/var/run/docker.sock").exists(),
         "dockerd is required (scripts/services.sh)"
@@ -196,6 +215,27 @@ fn quickstart_prints_the_token_and_a_curl_line() {
     let (s, body) = http(&addr, "/api/v1/agents", Some(&token));
     assert_eq!(s, 200);
     assert!(body.contains("local-agent"));
+    // The one-time sign-in link for the web UI signs the admin in, once.
+    let link = out
+        .iter()
+        .find_map(|l| l.trim().split_once("/signin#link="))
+        .map(|(base, link)| {
+            assert_eq!(base, format!("http://{addr}"), "{text}");
+            link.to_string()
+        })
+        .expect("a sign-in link line");
+    let body = serde_json::json!({ "link": link }).to_string();
+    let (s, answer) = post_json(&addr, "/api/v1/session", &body);
+    assert_eq!(s, 200, "{answer}");
+    assert!(
+        answer.contains("\"role\":\"admin\"") && answer.contains("dctl_session="),
+        "{answer}"
+    );
+    assert_eq!(
+        post_json(&addr, "/api/v1/session", &body).0,
+        401,
+        "the link works once"
+    );
     let status = term_and_wait(&mut child);
     assert!(status.success());
 }

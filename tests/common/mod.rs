@@ -347,6 +347,22 @@ impl Server {
         token
     }
 
+    /// Runs `docker-ctl-server ARGS` on this server's database: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("docker-ctl-server"))
+            .args(args)
+            .args(Self::db_args(&self.db, self.data_dir.path()))
+            .env_remove("DATABASE_URL")
+            .env_remove("DOCKER_CTL_PUBLIC_URL")
+            .output()
+            .expect("run docker-ctl-server");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn new_token(&self, name: &str, role: &str) -> String {
         Self::token_create(&self.db, self.data_dir.path(), name, role)
     }
@@ -584,6 +600,8 @@ pub struct Agent {
     pub output: Output,
     pub config_dir: tempfile::TempDir,
     program: Vec<String>,
+    /// Flags after `--config FILE`.
+    args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -644,10 +662,64 @@ impl Agent {
             output: Output::default(),
             config_dir,
             program,
+            args: Vec::new(),
             env,
         };
         a.spawn();
         a
+    }
+
+    /// Starts an agent that enrols itself: `--enrol-token TOKEN --name NAME --state-file
+    /// CONFIG_DIR/state.json` and a config with the server URL and no id or token.
+    pub fn start_enrolling(server_ws: &str, enrol_token: &str, name: &str) -> Agent {
+        let config_dir = tempfile::tempdir().expect("tempdir");
+        let state = config_dir.path().join("state.json").display().to_string();
+        Self::start_enrolling_in(config_dir, server_ws, enrol_token, name, &state)
+    }
+
+    /// [`Agent::start_enrolling`] with the config directory and state file given.
+    pub fn start_enrolling_in(
+        config_dir: tempfile::TempDir,
+        server_ws: &str,
+        enrol_token: &str,
+        name: &str,
+        state_file: &str,
+    ) -> Agent {
+        let cfg = config_dir.path().join("agent.yaml");
+        std::fs::write(
+            &cfg,
+            format!("server:\n  url: {server_ws}\ndocker:\n  socket: unix:///var/run/docker.sock\n  timeout: 60\nlogging:\n  level: debug\nreconnection:\n  enabled: true\n  max_attempts: -1\n  base_delay: 0.2\n  max_delay: 2.0\n"),
+        )
+        .expect("write agent.yaml");
+        set_mode_0600(&cfg);
+        let args = [
+            "--enrol-token",
+            enrol_token,
+            "--name",
+            name,
+            "--state-file",
+            state_file,
+        ];
+        let mut a = Agent {
+            child: None,
+            output: Output::default(),
+            config_dir,
+            program: vec![bin("docker-ctl-agent").display().to_string()],
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        };
+        a.spawn();
+        a
+    }
+
+    /// Waits for the agent to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("a started agent");
+        let status = wait_for("the agent to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status.code()
     }
 
     fn spawn(&mut self) {
@@ -656,6 +728,7 @@ impl Agent {
         cmd.args(&self.program[1..])
             .arg("--config")
             .arg(&cfg)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

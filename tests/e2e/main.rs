@@ -4,6 +4,8 @@
 mod access;
 mod arm;
 mod dist;
+mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;
+mod stacks;

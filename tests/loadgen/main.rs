@@ -7,6 +7,7 @@
 //! ```text
 //! docker-ctl-loadgen capacity --agents 1000 [--rate 1000] [--duration 10] [--heartbeat 5] [--sweep]
 //! docker-ctl-loadgen storm    --agents 1000
+//! docker-ctl-loadgen capacity|storm --tls ...   (the server's own TLS listener, a test CA)
 //! docker-ctl-loadgen latency  --calls 1000 [--rounds 2] [--containers 6] [--agent PATH]
 //! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
 //! ```
@@ -31,6 +32,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+mod tls;
+
 type Fail = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone, Debug)]
@@ -48,6 +51,7 @@ struct Args {
     containers: usize,
     agent: Option<String>,
     parallel: u32,
+    tls: bool,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +68,7 @@ fn parse_args() -> Args {
         containers: 6,
         agent: None,
         parallel: 100,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -98,6 +103,7 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| die("--parallel: 1 to 1000"))
             }
+            "--tls" => a.tls = true,
             other => die(&format!("unknown option {other}")),
         }
     }
@@ -113,7 +119,7 @@ fn parse_args() -> Args {
 }
 
 fn die(msg: &str) -> ! {
-    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--rounds N] [--containers N] [--agent PATH] [--sweep] [--parallel P] [--database-url URL]");
+    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--rounds N] [--containers N] [--agent PATH] [--sweep] [--parallel P] [--tls] [--database-url URL]");
     std::process::exit(2)
 }
 
@@ -148,6 +154,8 @@ struct ServerProc {
     database_url: Option<String>,
     token: String,
     env: Vec<(String, String)>,
+    /// With `--tls`: the test CA and certificate the server serves.
+    tls: Option<tls::Pki>,
 }
 
 /// A workspace binary: beside this one, or in `LOADGEN_BIN_DIR` (to compare builds).
@@ -171,6 +179,15 @@ fn bin(name: &str) -> PathBuf {
 
 impl ServerProc {
     fn start(database_url: Option<String>, heartbeat: u64) -> Result<ServerProc, Fail> {
+        ServerProc::start_with(database_url, heartbeat, None)
+    }
+
+    /// `start`, serving https/wss with `tls` when given.
+    fn start_with(
+        database_url: Option<String>,
+        heartbeat: u64,
+        tls: Option<tls::Pki>,
+    ) -> Result<ServerProc, Fail> {
         let data_dir = tempfile::tempdir()?;
         let mut db_args = vec![
             "--data-dir".to_string(),
@@ -200,6 +217,7 @@ impl ServerProc {
                 "DOCKER_CTL_HEARTBEAT_INTERVAL".into(),
                 heartbeat.to_string(),
             )],
+            tls,
         };
         s.spawn()?;
         Ok(s)
@@ -217,6 +235,9 @@ impl ServerProc {
             .arg(self.data_dir.path());
         if let Some(u) = &self.database_url {
             cmd.args(["--database-url", u]);
+        }
+        if let Some(pki) = &self.tls {
+            cmd.args(pki.server_args());
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -246,6 +267,15 @@ impl ServerProc {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How clients reach this server: plain, or TLS trusting the test CA.
+    fn dialer(&self) -> tls::Dialer {
+        self.tls.as_ref().map(|p| p.dialer()).unwrap_or_default()
+    }
+
+    fn api(&self) -> Api {
+        Api::with_dialer(self.dialer(), &self.addr, &self.token)
     }
 }
 
@@ -292,25 +322,25 @@ fn cpu_secs(pid: u32) -> f64 {
 
 #[derive(Clone)]
 struct Api {
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
+    client: hyper_util::client::legacy::Client<tls::Dialer, http_body_util::Full<bytes::Bytes>>,
     base: String,
     token: String,
 }
 
 impl Api {
     fn new(addr: &str, token: &str) -> Api {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_nodelay(true);
+        Api::with_dialer(tls::Dialer::plain(), addr, token)
+    }
+
+    fn with_dialer(dialer: tls::Dialer, addr: &str, token: &str) -> Api {
+        let base = dialer.http_base(addr);
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_max_idle_per_host(512)
-                .build(http);
+                .build(dialer);
         Api {
             client,
-            base: format!("http://{addr}"),
+            base,
             token: token.to_string(),
         }
     }
@@ -427,6 +457,7 @@ fn canned_containers() -> Value {
 }
 
 struct SimAgent {
+    dialer: tls::Dialer,
     ws_url: String,
     agent_id: String,
     token: String,
@@ -443,13 +474,11 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
         .max_write_buffer_size(1 << 20);
     while !c.stop.load(Ordering::Relaxed) {
         let url = format!("{}/ws/agents/{}", a.ws_url, a.agent_id);
-        let connected = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), true),
-        )
-        .await;
+        let connected =
+            tokio::time::timeout(Duration::from_secs(20), a.dialer.websocket(&url, Some(cfg)))
+                .await;
         let mut ws = match connected {
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 let refused = matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
                 if refused {
@@ -577,7 +606,8 @@ async fn start_agents(
     let mut handles = Vec::with_capacity(creds.len());
     for (i, (_, agent_id, token)) in creds.iter().enumerate() {
         let a = SimAgent {
-            ws_url: format!("ws://{}", server.addr),
+            dialer: server.dialer(),
+            ws_url: server.dialer().ws_base(&server.addr),
             agent_id: agent_id.clone(),
             token: token.clone(),
             heartbeat: Duration::from_secs(heartbeat),
@@ -673,14 +703,12 @@ async fn heartbeat_lag(
     samples: usize,
 ) -> Vec<f64> {
     let mut lags = Vec::new();
+    let dialer = server.dialer();
     for (host_id, agent_id, token) in creds.iter().take(samples) {
         // A dedicated connection per sample, so the marker is ours.
-        let url = format!("ws://{}/ws/agents/{agent_id}", server.addr);
-        let Ok(Ok((mut ws, _))) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
+        let url = format!("{}/ws/agents/{agent_id}", dialer.ws_base(&server.addr));
+        let Ok(Ok(mut ws)) =
+            tokio::time::timeout(Duration::from_secs(10), dialer.websocket(&url, None)).await
         else {
             continue;
         };
@@ -736,8 +764,10 @@ async fn heartbeat_lag(
 
 async fn capacity(args: &Args) -> Result<(), Fail> {
     let n = args.agents;
-    let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
-    let api = Api::new(&server.addr, &server.token);
+    let mut server =
+        ServerProc::start_with(args.database_url.clone(), args.heartbeat, tls::pki(args)?)?;
+    let api = server.api();
+    tls::report(&server.dialer(), &server.addr).await;
     let t_enrol = Instant::now();
     // 20 more agents only for sampling the heartbeat lag, so sampling never replaces the
     // session of an agent that takes commands.
@@ -965,8 +995,10 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
 
 async fn storm(args: &Args) -> Result<(), Fail> {
     let n = args.agents;
-    let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
-    let api = Api::new(&server.addr, &server.token);
+    let mut server =
+        ServerProc::start_with(args.database_url.clone(), args.heartbeat, tls::pki(args)?)?;
+    let api = server.api();
+    tls::report(&server.dialer(), &server.addr).await;
     let creds = enrol_many(&api, n).await?;
     let c = Arc::new(Counters::default());
     let handles = start_agents(&server, &creds, args.heartbeat, &c, Instant::now()).await;

@@ -62,17 +62,28 @@ impl ServerUrl {
 
     /// `ws(s)://host:port/base/ws/agents/{agent_id}`.
     pub fn agent_url(&self, agent_id: &str) -> String {
+        self.url_of(&format!(
+            "/ws/agents/{}",
+            protocol::mapping::percent_encode(agent_id)
+        ))
+    }
+
+    /// `ws(s)://host:port/base/ws/enrol`: where an agent enrols itself once.
+    pub fn enrol_url(&self) -> String {
+        self.url_of("/ws/enrol")
+    }
+
+    fn url_of(&self, path: &str) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
         format!(
-            "{}://{host}:{}{}/ws/agents/{}",
+            "{}://{host}:{}{}{path}",
             if self.tls { "wss" } else { "ws" },
             self.port,
             self.base,
-            protocol::mapping::percent_encode(agent_id)
         )
     }
 }
@@ -119,8 +130,10 @@ mod tests {
         );
         let u = ServerUrl::parse("ws://127.0.0.1:8080/base/").unwrap();
         assert_eq!(u.agent_url("a"), "ws://127.0.0.1:8080/base/ws/agents/a");
+        assert_eq!(u.enrol_url(), "ws://127.0.0.1:8080/base/ws/enrol");
         let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
         assert_eq!(u.agent_url("a"), "wss://[::1]:9443/ws/agents/a");
+        assert_eq!(u.enrol_url(), "wss://[::1]:9443/ws/enrol");
         for bad in [
             "http://x",
             "wss://",

@@ -1,5 +1,6 @@
-//! The link to the server: dialing `{server.url}/ws/agents/{agent_id}` over TCP (+ TLS)
-//! here, the WebSocket session ([`session`]), and the reconnect policy ([`reconnect`]).
+//! The link to the server: dialing `{server.url}/ws/agents/{agent_id}` (or, to enrol once,
+//! `{server.url}/ws/enrol`) over TCP (+ TLS) here, the WebSocket session ([`session`]), and
+//! the reconnect policy ([`reconnect`]).
 //!
 //! Owns: transport streams, handshakes, timeouts on the socket. Must not: run Docker
 //! requests on the session thread (commands go to the worker pool).
@@ -153,10 +154,13 @@ impl Write for Stream {
 /// `error` instead of dropping the link.
 pub const WS_MAX_MESSAGE: usize = protocol::MAX_MESSAGE_SIZE * 2;
 
-/// Dials the server and completes the WebSocket handshake.
+/// Dials the server and completes the WebSocket handshake on `target` (a URL of the server
+/// `url`: [`ServerUrl::agent_url`] or [`ServerUrl::enrol_url`]), with the same TLS settings
+/// (CA, pin, client certificate) either way.
 pub fn dial(
     config: &Config,
     url: &ServerUrl,
+    target: &str,
     tls: Option<&Arc<ClientConfig>>,
     stats: Arc<Stats>,
 ) -> Result<WebSocket<Stream>, String> {
@@ -212,17 +216,14 @@ pub fn dial(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(WS_MAX_MESSAGE))
         .max_frame_size(Some(WS_MAX_MESSAGE));
-    let target = url.agent_url(&config.agent.id);
-    let (ws, _resp) =
-        tungstenite::client::client_with_config(target.as_str(), stream, Some(ws_config)).map_err(
-            |e| match e {
-                tungstenite::HandshakeError::Failure(e) => {
-                    format!("WebSocket handshake with {target} failed: {e}")
-                }
-                tungstenite::HandshakeError::Interrupted(_) => {
-                    format!("WebSocket handshake with {target} timed out")
-                }
-            },
-        )?;
+    let (ws, _resp) = tungstenite::client::client_with_config(target, stream, Some(ws_config))
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => {
+                format!("WebSocket handshake with {target} failed: {e}")
+            }
+            tungstenite::HandshakeError::Interrupted(_) => {
+                format!("WebSocket handshake with {target} timed out")
+            }
+        })?;
     Ok(ws)
 }

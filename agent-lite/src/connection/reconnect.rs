@@ -31,7 +31,7 @@ pub fn keep_connected(
         }
         let target = url.agent_url(&agent.config.agent.id);
         log::info!("connecting to {target}");
-        let wait = match dial(&agent.config, url, tls, agent.stats.clone()) {
+        let wait = match dial(&agent.config, url, &target, tls, agent.stats.clone()) {
             Err(e) => {
                 log::warn!("cannot connect to {target}: {e}");
                 None
@@ -39,8 +39,13 @@ pub fn keep_connected(
             Ok(ws) => match Session::new(agent, ws, pool, shutdown).serve() {
                 Outcome::Shutdown => return Ok(()),
                 Outcome::Rejected(why) => {
+                    let check = if agent.config.agent.enrol_token.is_some() {
+                        "The credentials came from an enrolment and are kept in the state file; the host may have been rejected or its agent revoked (to enrol again, remove the state file's credentials)"
+                    } else {
+                        "Check agent.id and agent.auth_token"
+                    };
                     log::error!(
-                        "the server rejected this agent's credentials: {why}. Check agent.id and agent.auth_token; retrying in {:?}",
+                        "the server rejected this agent's credentials: {why}. {check}; retrying in {:?}",
                         rc.max()
                     );
                     Some(rc.max())

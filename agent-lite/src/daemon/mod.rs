@@ -350,13 +350,14 @@ impl DockerClient {
         &self,
         method: &str,
         uri: &str,
+        extra: &str,
         body: Option<&[u8]>,
         deadline: Option<Instant>,
         keep_alive: bool,
     ) -> Result<(Head, ResponseReader<Deadlined>)> {
         if keep_alive {
             if let Some(conn) = self.take_idle() {
-                match self.exchange(conn, method, uri, body, deadline, true) {
+                match self.exchange(conn, method, uri, extra, body, deadline, true) {
                     Err(Error::Timeout(t)) => return Err(Error::Timeout(t)),
                     Err(e) => {
                         log::debug!("a kept-alive daemon connection failed ({e}); using a new one")
@@ -366,20 +367,22 @@ impl DockerClient {
             }
         }
         let conn = self.connect(deadline)?;
-        self.exchange(conn, method, uri, body, deadline, keep_alive)
+        self.exchange(conn, method, uri, extra, body, deadline, keep_alive)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn exchange(
         &self,
         mut conn: Conn,
         method: &str,
         uri: &str,
+        extra: &str,
         body: Option<&[u8]>,
         deadline: Option<Instant>,
         keep_alive: bool,
     ) -> Result<(Head, ResponseReader<Deadlined>)> {
         let mut req = format!(
-            "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{}",
+            "{method} {uri} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\n{extra}{}",
             self.host_header,
             if keep_alive {
                 ""
@@ -439,8 +442,22 @@ impl DockerClient {
         deadline: Option<Instant>,
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<DockerResponse> {
+        self.send_with(method, uri, "", body, deadline, on_data)
+    }
+
+    /// [`DockerClient::send`] with `extra` header lines (each ending in CRLF).
+    pub fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        extra: &str,
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<DockerResponse> {
         let keep_alive = matches!(method, Method::Get | Method::Head) && body.is_none();
-        let (head, mut reader) = self.start(method.as_str(), uri, body, deadline, keep_alive)?;
+        let (head, mut reader) =
+            self.start(method.as_str(), uri, extra, body, deadline, keep_alive)?;
         let framing = Framing::of(method == Method::Head, &head).map_err(|e| self.http_error(e))?;
         let success = (200..300).contains(&head.status);
         let mut collected = Vec::new();
@@ -547,7 +564,7 @@ impl DockerClient {
     pub fn stream(&self, path_and_query: &str) -> Result<(Stream, Closer), ErrorBody> {
         let v = self.api_version(None)?;
         let uri = format!("/v{v}{path_and_query}");
-        let (head, mut reader) = self.start("GET", &uri, None, None, false)?;
+        let (head, mut reader) = self.start("GET", &uri, "", None, None, false)?;
         let framing = Framing::of(false, &head).map_err(|e| self.http_error(e))?;
         if !(200..300).contains(&head.status) {
             let mut body = Vec::new();
@@ -586,6 +603,16 @@ impl DockerClient {
     }
 }
 
+/// The `X-Registry-Auth` header line of a pull with credentials (base64url: no CR or LF).
+fn registry_auth_header(req: &DockerRequest) -> String {
+    match &req.registry_auth {
+        Some(a) if !a.expose().contains(['\r', '\n']) => {
+            format!("X-Registry-Auth: {}\r\n", a.expose())
+        }
+        _ => String::new(),
+    }
+}
+
 /// Runs catalog operations over a [`DockerClient`] with a deadline.
 pub struct DockerTransport<'a> {
     client: &'a DockerClient,
@@ -602,13 +629,19 @@ impl Transport for DockerTransport<'_> {
         let uri = req.uri(Some(&v));
         let body = req.body_bytes();
         let mut lines = LineSplitter::default();
-        let resp =
-            self.client
-                .send(req.method, &uri, body.as_deref(), self.deadline, &mut |d| {
-                    if req.progress {
-                        lines.feed(d, on_line);
-                    }
-                })?;
+        let extra = registry_auth_header(req);
+        let resp = self.client.send_with(
+            req.method,
+            &uri,
+            &extra,
+            body.as_deref(),
+            self.deadline,
+            &mut |d| {
+                if req.progress {
+                    lines.feed(d, on_line);
+                }
+            },
+        )?;
         if req.progress {
             lines.finish(on_line);
         }

@@ -158,6 +158,11 @@ impl Memory {
     /// Loads the keys kept in `file`.
     pub fn load(file: StateFile, now: u64) -> Self {
         let keys = file.load(now);
+        Self::with_keys(file, keys)
+    }
+
+    /// The memory of `keys`, already loaded from `file`.
+    pub fn with_keys(file: StateFile, keys: KeyStore) -> Self {
         Memory {
             dedup: Mutex::new(Dedup::with_keys(keys)),
             file,
@@ -179,10 +184,10 @@ impl Memory {
             return;
         };
         let text = match self.dedup.lock() {
-            Ok(d) => d.keys.encode(),
+            Ok(d) => self.file.encode(&d.keys),
             Err(_) => return,
         };
-        if let Err(e) = self.file.save(&text) {
+        if let Err(e) = self.file.write(&text) {
             log::error!(
                 "cannot write the state file {}: {e}; idempotency keys may be forgotten on restart",
                 path.display()

@@ -400,6 +400,7 @@ impl Transport for Guarded<'_> {
                 Body::Empty => None,
             },
             progress: req.progress,
+            registry_auth: req.registry_auth.clone(),
         };
         let mut resp = self.inner.call(&sent, on_line)?;
         if let Some(a) = out.answer {

@@ -203,13 +203,14 @@ fn row_json(t: &TargetRecord, show_result: bool) -> Value {
     })
 }
 
-/// The bulk operation `id` (a rollout of another kind is not one).
+/// The bulk operation `id`: a bulk rollout, or a stack's (`POST /api/v1/stacks` names it);
+/// a rollout of another kind is not one.
 async fn find(state: &AppState, id: &str) -> ApiResult<RolloutRecord> {
     state
         .rollouts
         .get(id)
         .await?
-        .filter(|r| r.kind == KIND)
+        .filter(|r| r.kind == KIND || r.kind == crate::deploy::KIND)
         .ok_or_else(|| ApiError::not_found(format!("bulk operation {id:?} not found")))
 }
 

@@ -143,7 +143,8 @@ fn check_connection(h: &Host) -> ApiResult<()> {
     Ok(())
 }
 
-/// The host as the API shows it, with its live status.
+/// The host as the API shows it, with its live status (`pending` while it waits for
+/// approval, whatever its agent does).
 pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value {
     let mut v = json!({
         "id": h.id,
@@ -159,6 +160,13 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
         "agent_id": h.agent_id,
         "labels": h.labels,
         "agent_labels": h.agent_labels,
+        "pending": h.is_pending(),
+        "pending_since": ts(h.pending_since),
+        "enrolment": h.enrolment_token_id.as_ref().map(|t| json!({
+            "token_id": t,
+            // A prefix only: the whole hash is what an enrolment presents.
+            "machine": h.machine_id.as_deref().map(|m| m.chars().take(8).collect::<String>()),
+        })),
         "created_at": ts(Some(h.created_at)),
         "updated_at": ts(Some(h.updated_at)),
     });
@@ -222,6 +230,9 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
             v["version"] = Value::Null;
         }
     }
+    if h.is_pending() {
+        v["status"] = json!("pending");
+    }
     v
 }
 
@@ -257,6 +268,9 @@ pub async fn create(
         updated_at: 0,
         labels: patched_labels(&labels::Labels::new(), &b.labels)?,
         agent_labels: labels::Labels::new(),
+        enrolment_token_id: None,
+        machine_id: None,
+        pending_since: None,
     };
     check_connection(&candidate)?;
     let result = state

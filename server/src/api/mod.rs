@@ -1,8 +1,8 @@
 //! The REST API (`/api/v1/...`), the user WebSocket, and the operational endpoints.
 //!
-//! Owns: routing, request and response JSON, the bearer extractor ([`caller`]), paging
-//! ([`paging`]), role checks and auditing of user actions on hosts, agents, tokens and
-//! groups.
+//! Owns: routing, request and response JSON, the caller extractor ([`caller`]: bearer token
+//! or session cookie), paging ([`paging`]), role checks and auditing of user actions on hosts,
+//! agents, tokens, groups, users and sessions, and serving the embedded web UI ([`ui`]).
 //! Must not: take a step of a command's life (the `commands` module owns it), reach Docker
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
@@ -10,6 +10,7 @@
 mod agents;
 mod bulk;
 mod caller;
+pub mod enrolment;
 mod groups;
 mod hosts;
 mod lookup;
@@ -17,14 +18,19 @@ mod operations;
 mod paging;
 mod passthrough;
 mod records;
+mod session;
+mod stacks;
 mod stream;
 mod system;
 mod tokens;
+pub mod ui;
+mod users;
 
 pub use caller::Caller;
 pub use tokens::issue_user_token as tokens_issue;
+pub use users::create_user;
 
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 
 use crate::state::AppState;
@@ -54,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .route("/ws/agents/{agent_id}", get(crate::agents::ws::agent_ws))
+        .route("/ws/enrol", get(crate::agents::ws::enrol_ws))
         .route("/api/v1/hosts", get(hosts::list).post(hosts::create))
         .route(
             "/api/v1/hosts/{id}",
@@ -62,12 +69,18 @@ pub fn router() -> Router<AppState> {
                 .delete(hosts::delete),
         )
         .route("/api/v1/hosts/{id}/operations", post(operations::post))
+        .route("/api/v1/hosts/{id}/approve", post(enrolment::approve))
+        .route("/api/v1/hosts/{id}/reject", post(enrolment::reject))
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
         .route(
             "/api/v1/hosts/{id}/docker/{*rest}",
             any(passthrough::handle),
+        )
+        .route(
+            "/api/v1/hosts/{id}/exec/{exec_id}/terminal",
+            get(passthrough::terminal),
         )
         .route("/api/v1/agents", get(agents::list).post(agents::create))
         .route(
@@ -87,6 +100,40 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/agents/{agent_id}/events", get(agents::events))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route(
+            "/api/v1/enrolment-tokens",
+            get(enrolment::list).post(enrolment::create),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}",
+            get(enrolment::get_one).delete(enrolment::revoke),
+        )
+        .route(
+            "/api/v1/enrolment-tokens/{id}/revoke",
+            post(enrolment::revoke),
+        )
+        .route(
+            "/api/v1/session",
+            get(session::show)
+                .post(session::create)
+                .delete(session::delete),
+        )
+        .route("/api/v1/me", get(session::show))
+        .route("/api/v1/me/password", put(users::change_password))
+        .route(
+            "/api/v1/me/tokens",
+            get(users::my_tokens).post(users::create_my_token),
+        )
+        .route("/api/v1/me/tokens/{id}", delete(users::revoke_my_token))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::patch(users::patch).delete(users::delete),
+        )
+        .route(
+            "/api/v1/users/{name}/sessions",
+            get(users::sessions).delete(users::revoke_sessions),
+        )
         .route("/api/v1/groups", get(groups::list).post(groups::create))
         .route(
             "/api/v1/groups/{id}",
@@ -104,4 +151,22 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/audit/verify", get(records::audit_verify))
         .route("/api/v1/commands/{id}", get(records::command))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/stacks", get(stacks::list).post(stacks::create))
+        .route(
+            "/api/v1/stacks/{name}",
+            get(stacks::get_one)
+                .put(stacks::update)
+                .delete(stacks::delete),
+        )
+        .route("/api/v1/stacks/{name}/redeploy", post(stacks::redeploy))
+        .route(
+            "/api/v1/registries",
+            get(stacks::registries).post(stacks::add_registry),
+        )
+        .route(
+            "/api/v1/registries/{id}",
+            axum::routing::delete(stacks::delete_registry),
+        )
+        .route("/assets/{version}/{*path}", get(ui::asset))
+        .fallback(ui::fallback)
 }

@@ -112,6 +112,11 @@ impl Commands {
                 tracing::info!(command = %row.id, "queued command expired");
                 continue;
             }
+            if self.waits_for_approval(host_id).await {
+                // Nothing reaches a host waiting for approval; approving it kicks the queue.
+                self.deliverer_done(host_id);
+                return;
+            }
             let Some(link) = self.agents.link_for_host(host_id, row.agent_ref.as_deref()) else {
                 self.deliverer_done(host_id);
                 return;
@@ -122,6 +127,16 @@ impl Commands {
                     attempted.insert(row.id.clone());
                 }
             }
+        }
+    }
+
+    /// Whether the host waits for an admin's approval (an unreadable host counts as waiting:
+    /// the next connection or queued command tries again).
+    async fn waits_for_approval(&self, host_id: &str) -> bool {
+        match self.store.get_host_cached(host_id).await {
+            Ok(Some(h)) => h.is_pending(),
+            Ok(None) => false,
+            Err(_) => true,
         }
     }
 

@@ -9,9 +9,9 @@
 //!
 //! A host's status is its adapter's view ([`HostAdapter::route`](crate::hosts::HostAdapter)):
 //! an agent host is `online` while an agent of it has a live session, a direct host is
-//! always `online` (the server dials it on demand). `pending` (a host waiting for an admin's
-//! approval) matches no host yet: hosts have no approval state so far; when they get one,
-//! [`Fleet::status`] is the one place that reads it.
+//! always `online` (the server dials it on demand). `pending` is a host that enrolled with a
+//! token that needs approval and waits for an admin's ([`Host::is_pending`]), whatever its
+//! agent does; [`Fleet::status`] is the one place that reads it.
 //!
 //! The hosts of a rollout are named one of three ways ([`Targets`]): a selector, a saved
 //! group (its stored selector, by id or name), or a list of host ids (in the order given).
@@ -36,7 +36,7 @@ pub const SCAN_BATCH: i64 = 500;
 pub enum HostStatus {
     Online,
     Offline,
-    /// Waiting for an admin's approval (no host is, yet).
+    /// Waiting for an admin's approval.
     Pending,
 }
 
@@ -100,6 +100,9 @@ impl Fleet {
 
     /// The host's status now (see the module docs).
     pub fn status(&self, h: &Host) -> HostStatus {
+        if h.is_pending() {
+            return HostStatus::Pending;
+        }
         match self.adapters.for_host(h) {
             Ok(a) if a.route().online => HostStatus::Online,
             _ => HostStatus::Offline,
@@ -175,10 +178,6 @@ impl Fleet {
         mut after: Option<String>,
         mut take: impl FnMut(Host) -> bool,
     ) -> Result<()> {
-        if q.status == Some(HostStatus::Pending) {
-            // No host waits for approval yet (see the module docs).
-            return Ok(());
-        }
         let must = q.selector.must_contain();
         loop {
             let batch = self

@@ -228,11 +228,10 @@ struct StreamTunnel {
 impl Tunnel for StreamTunnel {
     fn pump(
         self: Box<Self>,
-        client: hyper::upgrade::Upgraded,
+        client: Box<dyn super::ClientIo>,
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, ()> {
-        let io = hyper_util::rt::TokioIo::new(client);
-        Box::pin(pump(io, self.reader, self.writer, metrics))
+        Box::pin(pump(client, self.reader, self.writer, metrics))
     }
 }
 

@@ -104,6 +104,9 @@ impl DirectHostAdapter {
         if req.body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
+        if let Some(a) = &req.registry_auth {
+            builder = builder.header("x-registry-auth", a.expose());
+        }
         let r = builder
             .uri(target)
             .body(Full::new(body))
@@ -143,6 +146,7 @@ impl DirectHostAdapter {
                     query: Vec::new(),
                     body: None,
                     progress: false,
+                    registry_auth: None,
                 };
                 let resp = self.send(&ping, None).await?;
                 let daemon = match resp.header("api-version") {
@@ -287,7 +291,7 @@ struct DaemonTunnel(hyper::upgrade::OnUpgrade);
 impl Tunnel for DaemonTunnel {
     fn pump(
         self: Box<Self>,
-        client: hyper::upgrade::Upgraded,
+        client: Box<dyn super::ClientIo>,
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -298,7 +302,7 @@ impl Tunnel for DaemonTunnel {
                     return;
                 }
             };
-            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut client = client;
             let mut daemon = hyper_util::rt::TokioIo::new(daemon);
             match tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
                 Ok((up, down)) => {

@@ -104,13 +104,20 @@ impl std::fmt::Debug for StreamResponse {
     }
 }
 
+/// The client's end of a hijacked connection: the client's upgraded HTTP connection (the
+/// docker CLI), or one end of an in-memory pipe (the web UI's exec terminal, whose other end
+/// is its WebSocket).
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> ClientIo for T {}
+
 /// The far end of a hijacked connection (exec, attach).
 pub trait Tunnel: Send {
     /// Pumps bytes both ways between `client` and the daemon until both directions ended
     /// or either side failed. Dropping the future cuts both connections.
     fn pump(
         self: Box<Self>,
-        client: hyper::upgrade::Upgraded,
+        client: Box<dyn ClientIo>,
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, ()>;
 }
@@ -154,6 +161,17 @@ pub fn host_not_found(id: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::NotFound, format!("host {id:?} not found"))
 }
 
+/// `host_pending`: the host enrolled itself and waits for an admin's approval.
+pub fn host_pending(host: &Host) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::HostPending,
+        format!(
+            "host {:?} is waiting for approval: nothing reaches it until an admin approves it (POST /api/v1/hosts/{}/approve)",
+            host.name, host.id
+        ),
+    )
+}
+
 impl Adapters {
     pub fn new(agents: AgentManager, keys: KeyBox, direct_timeout: Duration) -> Adapters {
         Adapters {
@@ -164,11 +182,16 @@ impl Adapters {
         }
     }
 
-    /// The adapter for `host` as it is now.
+    /// The adapter for `host` as it is now. A host waiting for approval has none: no
+    /// command or stream reaches it.
     ///
-    /// Errors: `unsupported` (an agent host while agent mode is disabled), `invalid_params`
-    /// or `internal` (a direct host whose connection settings cannot be used).
+    /// Errors: `host_pending` (the host waits for approval), `unsupported` (an agent host
+    /// while agent mode is disabled), `invalid_params` or `internal` (a direct host whose
+    /// connection settings cannot be used).
     pub fn for_host(&self, host: &Host) -> Result<Arc<dyn HostAdapter>, ErrorBody> {
+        if host.is_pending() {
+            return Err(host_pending(host));
+        }
         match host.connection_mode {
             ConnectionMode::Agent => {
                 if !self.agents.config().enable_agent_mode {

@@ -625,6 +625,7 @@ pub fn pulls(plan: &StackPlan, observed: &Observed) -> Vec<Step> {
                     image,
                     tag: Some(tag),
                     platform: None,
+                    auth: None,
                 },
             });
         }

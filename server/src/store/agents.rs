@@ -92,11 +92,11 @@ pub struct AgentSettingsPatch {
 }
 
 impl Store {
-    const AGENT_COLS: &'static str = "id, agent_id, host_id, auth_token_hash, token_expires_at, prev_token_hash, \
+    pub(super) const AGENT_COLS: &'static str = "id, agent_id, host_id, auth_token_hash, token_expires_at, prev_token_hash, \
         prev_token_valid_until, revoked_at, allowed_cidrs, heartbeat_interval, command_timeout, status, session_id, \
         version, capabilities, health, rtt_ms, last_heartbeat, connected_at, disconnected_at, created_at, updated_at, signing_key_enc";
 
-    fn agent_row(r: &AnyRow) -> Result<Agent> {
+    pub(super) fn agent_row(r: &AnyRow) -> Result<Agent> {
         let cidrs: Option<String> = r.try_get("allowed_cidrs")?;
         let caps = parse_json(r.try_get("capabilities")?);
         Ok(Agent {

@@ -1,6 +1,8 @@
 //! The `docker_hosts` table: the hosts, direct or served by an agent, read through a
 //! short-lived cache on the command and Docker API paths, with their two label sets (the
-//! admin's and the one their agent reports), and the paged scan behind label selectors.
+//! admin's and the one their agent reports), the paged scan behind label selectors and, for a
+//! host that enrolled itself, its token, machine and approval (the enrolment transaction
+//! itself is in `enrolment_tokens.rs`).
 //!
 //! Owns: its SQL and the host rows (TLS keys only as ciphertext). Must not: reach a host or
 //! decide what a selector means (the scan only applies the substrings it is given).
@@ -9,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{map_unique, new_id, now_ms, Bind, Result, Store, StoreError};
+use super::{map_unique, new_id, now_ms, Backend, Bind, Result, Store, StoreError};
 use crate::labels::{self, Labels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,19 @@ pub struct Host {
     pub labels: Labels,
     /// The labels the host's agent reported when it last authenticated.
     pub agent_labels: Labels,
+    /// The enrolment token the host last enrolled with; `None` for hosts an admin created.
+    pub enrolment_token_id: Option<String>,
+    /// The hash of the machine id the host enrolled from (never shown whole).
+    pub machine_id: Option<String>,
+    /// When the host started waiting for an admin's approval; `None`: not waiting.
+    pub pending_since: Option<i64>,
+}
+
+impl Host {
+    /// Waiting for an admin's approval: no command or stream reaches it.
+    pub fn is_pending(&self) -> bool {
+        self.pending_since.is_some()
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -90,16 +105,17 @@ impl std::fmt::Debug for Host {
             .field("connection_mode", &self.connection_mode)
             .field("docker_url", &self.docker_url)
             .field("agent_id", &self.agent_id)
+            .field("pending", &self.is_pending())
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
+    pub(super) const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
         h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at, \
-        h.labels, h.agent_labels";
+        h.labels, h.agent_labels, h.enrolment_token_id, h.machine_id, h.pending_since";
 
-    fn host_row(r: &AnyRow) -> Result<Host> {
+    pub(super) fn host_row(r: &AnyRow) -> Result<Host> {
         Ok(Host {
             id: r.try_get("id")?,
             name: r.try_get("name")?,
@@ -118,6 +134,9 @@ impl Store {
             agent_labels: labels::from_json(
                 r.try_get::<Option<String>, _>("agent_labels")?.as_deref(),
             ),
+            enrolment_token_id: r.try_get("enrolment_token_id")?,
+            machine_id: r.try_get("machine_id")?,
+            pending_since: r.try_get("pending_since")?,
         })
     }
 
@@ -231,6 +250,81 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// Ends a host's wait for approval. Returns the host; `Conflict` when it was not waiting,
+    /// `NotFound` when there is no such host.
+    pub async fn approve_host(&self, id: &str) -> Result<Host> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE docker_hosts SET pending_since = NULL, updated_at = $1 WHERE id = $2 AND pending_since IS NOT NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.hosts.remove(id);
+        let host = self.get_host(id).await?.ok_or(StoreError::NotFound)?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "host {id:?} is not waiting for approval"
+            )));
+        }
+        Ok(host)
+    }
+
+    /// Removes a host that waits for approval and revokes its agents, in one transaction.
+    /// Returns the agents it revoked; `Conflict` when the host is not waiting (any more),
+    /// `NotFound` when there is no such host.
+    pub async fn reject_host(&self, id: &str) -> Result<Vec<super::Agent>> {
+        let now = now_ms();
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        let pending: Option<Option<i64>> =
+            sqlx::query("SELECT pending_since FROM docker_hosts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("pending_since"))
+                .transpose()?;
+        match pending {
+            None => return Err(StoreError::NotFound),
+            Some(None) => {
+                return Err(StoreError::Conflict(format!(
+                    "host {id:?} is not waiting for approval: delete it with DELETE /api/v1/hosts/{{id}}"
+                )))
+            }
+            Some(Some(_)) => {}
+        }
+        let sql = format!(
+            "SELECT {} FROM docker_agents WHERE host_id = $1 AND revoked_at IS NULL",
+            Self::AGENT_COLS
+        );
+        let agents = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(Self::agent_row)
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(
+            "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
+             prev_token_valid_until = NULL, updated_at = $2 WHERE host_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM docker_hosts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hosts.clear();
+        Ok(agents)
     }
 
     /// Stores the labels the agent of `host_id` reported. Writes only when they changed;

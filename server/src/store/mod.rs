@@ -4,8 +4,10 @@
 //! Owns: connecting, applying the embedded migrations (`server/migrations/{postgres,sqlite}`),
 //! and every SQL statement of the server, one file per table (`users`, `tokens`, `hosts`,
 //! `agents`, `agent_events`, `docker_events`, `audit`, `commands` with its write-behind
-//! `journal`, `groups`, `bulk_operations`, `bulk_targets`), plus the read-through `cache` of
-//! tokens and hosts. Must not: decide policy (auth, roles) or hold
+//! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `enrolment_tokens` with the
+//! enrolment transaction, `sessions` with sign-in links, `stacks` with their versions, hosts
+//! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
+//! (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
 //! Portability rules: runtime `sqlx::query` with `$N` binds only, ids are TEXT, times are
@@ -19,9 +21,12 @@ mod bulk_targets;
 mod cache;
 mod commands;
 mod docker_events;
+mod enrolment_tokens;
 mod groups;
 mod hosts;
 mod journal;
+mod sessions;
+mod stacks;
 mod tokens;
 mod users;
 
@@ -32,8 +37,11 @@ pub use bulk_operations::{NewRollout, RolloutRecord, RolloutState};
 pub use bulk_targets::{TargetRecord, TargetState, TargetUpdate};
 pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand};
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
+pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToken, NotEnrolled};
 pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use sessions::{NewSession, UserSession};
+pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};
 pub use users::{Role, User};
 

@@ -143,6 +143,20 @@ impl Store {
         rows.iter().map(Self::token_row).collect()
     }
 
+    /// The tokens of one user, oldest first.
+    pub async fn list_user_api_tokens(&self, user_id: &str) -> Result<Vec<ApiToken>> {
+        let sql = format!(
+            "SELECT {} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.user_id = $1 \
+             ORDER BY t.created_at, t.id",
+            Self::TOKEN_COLS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::token_row).collect()
+    }
+
     /// Marks a token revoked. Returns `NotFound` when there is no such token.
     pub async fn revoke_api_token(&self, id: &str) -> Result<()> {
         let r = sqlx::query(

@@ -1,4 +1,5 @@
-//! `GET /ws/agents/{agent_id}`: the agent's WebSocket.
+//! `GET /ws/agents/{agent_id}`: the agent's WebSocket, and `GET /ws/enrol`, where an agent
+//! without credentials enrols itself once ([`enrol`]).
 //!
 //! Owns: the session's life: `auth` first (within `auth_timeout`), token and allowlist
 //! checks ([`handshake`]), the auth response, then one task per session that reads frames,
@@ -9,9 +10,12 @@
 //! Must not: run Docker operations itself (the agent does), keep the command history (an
 //! answer nobody waits for goes up as a signal), or block on slow consumers.
 
+mod enrol;
 mod handshake;
 mod messages;
 mod session_loop;
+
+pub use enrol::{enrol_ws, MAX_ENROL_SIZE};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -72,8 +76,13 @@ pub struct Ctx {
     /// This server's id, recorded with each session (sessions of a crashed run are reset).
     server_id: String,
     auth_limiter: FailureLimiter,
+    /// Failed enrolments per source address (apart from failed handshakes).
+    enrol_limiter: FailureLimiter,
     /// Which failed handshakes are written down.
     failure_sampler: FailureSampler,
+    /// Which refused enrolments are written down (apart, so that failed handshakes never
+    /// hide them).
+    enrol_sampler: FailureSampler,
     nonces: AgentNonces,
 }
 
@@ -105,7 +114,9 @@ impl AgentEndpoint {
         let config = agents.config().clone();
         AgentEndpoint(Arc::new(Ctx {
             auth_limiter: FailureLimiter::new(config.auth_failures_per_minute),
+            enrol_limiter: FailureLimiter::new(config.auth_failures_per_minute),
             failure_sampler: FailureSampler::default(),
+            enrol_sampler: FailureSampler::default(),
             nonces: AgentNonces::default(),
             agents,
             config,

@@ -14,6 +14,9 @@
 //! kind of host.
 
 mod bodies;
+mod terminal;
+
+pub use terminal::terminal;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
@@ -353,7 +356,7 @@ async fn exchange(
                 }
             };
             tokio::select! {
-                _ = tunnel.pump(client, metrics) => {}
+                _ = tunnel.pump(Box::new(hyper_util::rt::TokioIo::new(client)), metrics) => {}
                 reason = until_ended(lease.as_ref()) => {
                     // Dropping the pump cuts both connections.
                     tracing::info!(%reason, "hijacked connection cut: its lease ended");
