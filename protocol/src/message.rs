@@ -605,31 +605,34 @@ impl Message {
             Message::EnrolResponse(_) => MessageType::EnrolResponse,
         }
     }
+}
 
-    fn payload_value(&self) -> Value {
-        let v = match self {
-            Message::Auth(p) => serde_json::to_value(p),
-            Message::Heartbeat(p) => serde_json::to_value(p),
-            Message::CommandResponse(p) => serde_json::to_value(p),
-            Message::CommandProgress(p) => serde_json::to_value(p),
-            Message::Event(p) => serde_json::to_value(p),
-            Message::Error(p) => serde_json::to_value(p),
-            Message::AuthResponse(p) => serde_json::to_value(p),
-            Message::Command(p) => serde_json::to_value(p),
-            Message::ConfigUpdate(p) => serde_json::to_value(p),
-            Message::Disconnect(p) => serde_json::to_value(p),
-            Message::StreamOpen(p) => serde_json::to_value(p),
-            Message::StreamResponse(p) => serde_json::to_value(p),
-            Message::StreamEnd(p) => serde_json::to_value(p),
-            Message::StreamCancel(p) => serde_json::to_value(p),
-            Message::StreamCredit(p) => serde_json::to_value(p),
-            Message::AgentUpdate(p) => serde_json::to_value(p),
-            Message::AgentUpdateProgress(p) => serde_json::to_value(p),
-            Message::Enrol(p) => serde_json::to_value(p),
-            Message::EnrolResponse(p) => serde_json::to_value(p),
-        };
-        // Our payload types serialise to JSON objects infallibly (string keys only).
-        v.unwrap_or(Value::Null)
+/// Serialises a message's payload as itself: no intermediate `Value` tree.
+struct PayloadOf<'a>(&'a Message);
+
+impl Serialize for PayloadOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Message::Auth(p) => p.serialize(s),
+            Message::Heartbeat(p) => p.serialize(s),
+            Message::CommandResponse(p) => p.serialize(s),
+            Message::CommandProgress(p) => p.serialize(s),
+            Message::Event(p) => p.serialize(s),
+            Message::Error(p) => p.serialize(s),
+            Message::AuthResponse(p) => p.serialize(s),
+            Message::Command(p) => p.serialize(s),
+            Message::ConfigUpdate(p) => p.serialize(s),
+            Message::Disconnect(p) => p.serialize(s),
+            Message::StreamOpen(p) => p.serialize(s),
+            Message::StreamResponse(p) => p.serialize(s),
+            Message::StreamEnd(p) => p.serialize(s),
+            Message::StreamCancel(p) => p.serialize(s),
+            Message::StreamCredit(p) => p.serialize(s),
+            Message::AgentUpdate(p) => p.serialize(s),
+            Message::AgentUpdateProgress(p) => p.serialize(s),
+            Message::Enrol(p) => p.serialize(s),
+            Message::EnrolResponse(p) => p.serialize(s),
+        }
     }
 }
 
@@ -649,7 +652,7 @@ struct RawOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     timestamp: &'a str,
-    payload: Value,
+    payload: PayloadOf<'a>,
 }
 
 #[derive(Deserialize)]
@@ -676,20 +679,27 @@ impl Envelope {
         self.message.message_type()
     }
 
-    /// The JSON value of the whole envelope.
-    pub fn to_value(&self) -> Value {
-        serde_json::to_value(RawOut {
+    fn raw(&self) -> RawOut<'_> {
+        RawOut {
             id: &self.id,
             kind: self.message.message_type().as_str(),
             timestamp: &self.timestamp,
-            payload: self.message.payload_value(),
-        })
-        .unwrap_or(Value::Null)
+            payload: PayloadOf(&self.message),
+        }
     }
 
-    /// The envelope as one JSON text, ready for a WebSocket text frame.
+    /// The JSON value of the whole envelope.
+    pub fn to_value(&self) -> Value {
+        // Our payload types serialise to JSON objects infallibly (string keys only).
+        serde_json::to_value(self.raw()).unwrap_or(Value::Null)
+    }
+
+    /// The envelope as one JSON text, ready for a WebSocket text frame. It is written
+    /// straight from the typed payload (no `Value` tree is built), keys in the seed's order:
+    /// `id`, `type`, `timestamp`, `payload`, and the payload's fields in their declared order.
     pub fn encode(&self) -> String {
-        self.to_value().to_string()
+        // Unreachable error for our payload types (string keys only), as in `to_value`.
+        serde_json::to_string(&self.raw()).unwrap_or_else(|_| "null".into())
     }
 
     /// Decodes one message from untrusted bytes. Checks the size before parsing.

@@ -23,6 +23,8 @@ fn seed_examples_parse_into_typed_structs_and_serialise_back_equal() {
         let env = Envelope::decode(original.to_string().as_bytes())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(env.to_value(), original, "{name} does not round-trip");
+        let text: Value = serde_json::from_str(&env.encode()).expect("encode writes JSON");
+        assert_eq!(text, original, "{name}: the encoded text differs");
     }
 }
 
