@@ -179,8 +179,6 @@ pub struct Hub {
     space: Condvar,
     streams: Mutex<HashMap<u32, Arc<Ctl>>>,
     closed: AtomicBool,
-    /// The session's idle stream threads.
-    pub(crate) spares: Arc<super::spare::Spares>,
 }
 
 impl Hub {
@@ -191,7 +189,6 @@ impl Hub {
             space: Condvar::new(),
             streams: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-            spares: super::spare::Spares::new(super::MAIN_STACK),
         })
     }
 
