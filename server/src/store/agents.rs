@@ -251,6 +251,36 @@ impl Store {
         rows.iter().map(Self::agent_row).collect()
     }
 
+    /// Revokes a host's live agents inside the caller's transaction (a rejected host, a
+    /// machine that enrols again) and returns them as they were, so their sessions can be ended.
+    pub(super) async fn revoke_live_agents_of(
+        conn: &mut sqlx::AnyConnection,
+        host_id: &str,
+        now: i64,
+    ) -> Result<Vec<Agent>> {
+        let sql = format!(
+            "SELECT {} FROM docker_agents WHERE host_id = $1 AND revoked_at IS NULL",
+            Self::AGENT_COLS
+        );
+        let agents = sqlx::query(&sql)
+            .bind(host_id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(Self::agent_row)
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(
+            "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
+             prev_token_valid_until = NULL, updated_at = $2 WHERE host_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(host_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(agents)
+    }
+
     pub async fn agents_of_host(&self, host_id: &str) -> Result<Vec<Agent>> {
         let sql = format!(
             "SELECT {} FROM docker_agents WHERE host_id = $1 ORDER BY agent_id",

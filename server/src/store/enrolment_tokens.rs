@@ -324,26 +324,7 @@ impl Store {
         pending: Option<i64>,
         now: i64,
     ) -> Result<Vec<Agent>> {
-        let sql = format!(
-            "SELECT {} FROM docker_agents WHERE host_id = $1 AND revoked_at IS NULL",
-            Self::AGENT_COLS
-        );
-        let agents = sqlx::query(&sql)
-            .bind(host_id)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(Self::agent_row)
-            .collect::<Result<Vec<_>>>()?;
-        sqlx::query(
-            "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
-             prev_token_valid_until = NULL, updated_at = $2 WHERE host_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(host_id)
-        .execute(&mut *conn)
-        .await?;
+        let agents = Self::revoke_live_agents_of(&mut *conn, host_id, now).await?;
         sqlx::query(
             "UPDATE docker_hosts SET enrolment_token_id = $1, pending_since = COALESCE(pending_since, $2), \
              updated_at = $3 WHERE id = $4",

@@ -298,26 +298,7 @@ impl Store {
             }
             Some(Some(_)) => {}
         }
-        let sql = format!(
-            "SELECT {} FROM docker_agents WHERE host_id = $1 AND revoked_at IS NULL",
-            Self::AGENT_COLS
-        );
-        let agents = sqlx::query(&sql)
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(Self::agent_row)
-            .collect::<Result<Vec<_>>>()?;
-        sqlx::query(
-            "UPDATE docker_agents SET revoked_at = $1, status = 'revoked', prev_token_hash = NULL, \
-             prev_token_valid_until = NULL, updated_at = $2 WHERE host_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        let agents = Self::revoke_live_agents_of(&mut tx, id, now).await?;
         sqlx::query("DELETE FROM docker_hosts WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
