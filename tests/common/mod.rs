@@ -228,7 +228,7 @@ impl Db {
 
 /// Collects a child's output lines so a failing test can show them.
 #[derive(Clone, Default)]
-pub struct Output(Arc<Mutex<Vec<String>>>);
+pub struct Output(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>);
 
 impl Output {
     fn capture(&self, child: &mut Child) {
@@ -246,11 +246,27 @@ impl Output {
         .flatten()
         {
             let sink = self.0.clone();
-            std::thread::spawn(move || {
+            let reader = std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     sink.lock().map(|mut v| v.push(line)).ok();
                 }
             });
+            self.1.lock().map(|mut v| v.push(reader)).ok();
+        }
+    }
+
+    /// Waits (at most 5 s) until the exited child's last lines are read: a process can exit
+    /// before its final log line reaches us through the pipe.
+    fn drain(&self) {
+        let readers = self.1.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for reader in readers {
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
         }
     }
 
@@ -398,7 +414,7 @@ impl Server {
                 || {
                     if let Some(c) = self.child.as_mut() {
                         if let Ok(Some(status)) = c.try_wait() {
-                            panic!("server exited with {status}:\n{}", out.text());
+                            { out.drain(); panic!("server exited with {status}:\n{}", out.text()); }
                         }
                     }
                     out.listening_addr()
@@ -412,7 +428,7 @@ impl Server {
             || {
                 if let Some(c) = self.child.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
-                        panic!("server exited with {status}:\n{}", out.text());
+                        { out.drain(); panic!("server exited with {status}:\n{}", out.text()); }
                     }
                 }
                 ureq::get(&url)
@@ -741,6 +757,7 @@ impl Agent {
             child.try_wait().ok().flatten()
         });
         self.child = None;
+        self.output.drain();
         status.code()
     }
 
