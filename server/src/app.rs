@@ -63,15 +63,36 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = AppState::new(config).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
     serve(listener, state, shutdown).await
 }
 
-fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+/// Connections the kernel may hold fully established until the accept loop takes them
+/// (capped by `net.core.somaxconn`, 4096 by default on Linux). tokio's `TcpListener::bind`
+/// asks for 1,024: when thousands of agents reconnect at once after a restart, the rest of
+/// their handshakes were dropped and waited for the client's SYN retransmission (1 s, then
+/// 3 s, 7 s ...), which pushed TLS handshakes past their deadline.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, as `TcpListener::bind` does on Unix) with
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::Acceptor>>> {
     match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(cert, key)?)),
+        (Some(cert), Some(key)) => Ok(Some(Arc::new(crate::tls::Acceptor::new(
+            crate::tls::server_config(cert, key)?,
+        )))),
         _ => Ok(None),
     }
 }
@@ -80,7 +101,7 @@ fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig
 #[derive(Clone)]
 struct Conns {
     router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::Acceptor>>,
     header_timeout: Duration,
     /// Each connection holds a sender; draining means waiting until every one is dropped.
     alive: mpsc::Sender<()>,
@@ -176,18 +197,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, conns: Conns) {
         .header_read_timeout(conns.header_timeout);
     let result = match conns.tls {
         Some(tls) => {
-            let s = match tokio::time::timeout(
-                Duration::from_secs(10),
-                crate::tls::accept(tls, stream),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+            let s = match tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
             };
             let conn = builder
                 .serve_connection(TokioIo::new(s), svc)
