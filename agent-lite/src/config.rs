@@ -561,7 +561,6 @@ impl Config {
             value = serde_yaml_ng::Value::Mapping(Default::default());
         }
         expand(&mut value, "", path, env)?;
-        join_server_urls(&mut value).map_err(perr)?;
         Config::deserialize(value).map_err(|e| perr(name_section(text, &e.to_string())))
     }
 
@@ -658,14 +657,14 @@ impl Config {
         if self.server.url.trim().is_empty() {
             return invalid("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
         }
-        self.server
-            .url
-            .split(',')
-            .map(|url| {
-                ServerUrl::parse(url.trim())
-                    .map_err(|e| ConfigError::Invalid(format!("server.url {url:?}: {e}")))
-            })
-            .collect()
+        let mut urls = Vec::new();
+        for url in self.server.url.split(',') {
+            match ServerUrl::parse(url.trim()) {
+                Ok(u) => urls.push(u),
+                Err(e) => return invalid(format!("server.url {url:?}: {e}")),
+            }
+        }
+        Ok(urls)
     }
 
     /// `agent.*`; returns the signing key.
@@ -953,22 +952,8 @@ fn name_section(text: &str, message: &str) -> String {
     format!("unknown key `{key}` ({message})")
 }
 
-/// `server.url` may be a YAML list (flow or block): it becomes the comma-separated form that
-/// `--server` and `DOCKER_CTL_SERVER` take.
-fn join_server_urls(v: &mut serde_yaml_ng::Value) -> Result<(), String> {
-    let Some(url) = v.get_mut("server").and_then(|s| s.get_mut("url")) else {
-        return Ok(());
-    };
-    let Some(items) = url.as_sequence() else {
-        return Ok(());
-    };
-    let urls: Option<Vec<_>> = items.iter().map(|u| u.as_str()).collect();
-    let urls = urls.ok_or("server.url: every item of the list must be a URL")?;
-    *url = serde_yaml_ng::Value::String(urls.join(","));
-    Ok(())
-}
-
-/// Expands `${VAR}` in every string value, in place.
+/// Expands `${VAR}` in every string value, in place. `server.url` may be a YAML list (flow or
+/// block): it becomes the comma-separated form that `--server` and `DOCKER_CTL_SERVER` take.
 fn expand(
     v: &mut serde_yaml_ng::Value,
     key: &str,
@@ -998,8 +983,17 @@ fn expand(
             }
         }
         Value::Sequence(items) => {
+            let mut joined = Some(String::new());
             for (i, child) in items.iter_mut().enumerate() {
                 expand(child, &format!("{key}[{i}]"), path, env)?;
+                joined = joined.zip(child.as_str()).map(|(j, u)| j + u + ",");
+            }
+            if key == "server.url" {
+                let joined = joined.ok_or_else(|| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: "server.url: every item of the list must be a URL".into(),
+                })?;
+                *v = Value::String(joined.trim_end_matches(',').into());
             }
         }
         Value::Tagged(t) => expand(&mut t.value, key, path, env)?,

@@ -230,7 +230,8 @@ fn exchange(
             }
             _ => continue,
         };
-        let env = Envelope::decode(text.as_bytes()).map_err(|e| format!("bad answer: {e}"))?;
+        let env = Envelope::decode_from_server(text.as_bytes())
+            .map_err(|e| format!("bad answer: {e}"))?;
         let _ = ws.close(None);
         let _ = ws.flush();
         return match env.message {
