@@ -71,7 +71,7 @@ pub async fn run(
 /// (capped by `net.core.somaxconn`, 4096 by default on Linux). tokio's `TcpListener::bind`
 /// asks for 1,024: when thousands of agents reconnect at once after a restart, the rest of
 /// their handshakes were dropped and waited for the client's SYN retransmission (1 s, then
-/// 3 s, 7 s ...), which pushed TLS handshakes past their deadline.
+/// 3 s, 7 s ...), which pushes TLS handshakes towards their deadline.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `addr` (address reuse on, as `TcpListener::bind` does on Unix) with
@@ -88,11 +88,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::Acceptor>>> {
+fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(Arc::new(crate::tls::Acceptor::new(
-            crate::tls::server_config(cert, key)?,
-        )))),
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(cert, key)?)),
         _ => Ok(None),
     }
 }
@@ -101,7 +99,7 @@ fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::Acceptor
 #[derive(Clone)]
 struct Conns {
     router: Router,
-    tls: Option<Arc<crate::tls::Acceptor>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     header_timeout: Duration,
     /// Each connection holds a sender; draining means waiting until every one is dropped.
     alive: mpsc::Sender<()>,
@@ -197,12 +195,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, conns: Conns) {
         .header_read_timeout(conns.header_timeout);
     let result = match conns.tls {
         Some(tls) => {
-            let s = match tls.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => {
+            let s = match tokio::time::timeout(
+                Duration::from_secs(10),
+                crate::tls::accept(tls, stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+                Err(_) => return,
             };
             let conn = builder
                 .serve_connection(TokioIo::new(s), svc)

@@ -1,13 +1,6 @@
 //! The server side of TLS on the listener: the one rustls [`ServerConfig`] built from
-//! `--tls-cert`/`--tls-key` (shared by every connection), the [`Acceptor`] that admits
-//! handshakes (at most [`HANDSHAKES_AT_ONCE`] at a time, the others wait their turn in
-//! arrival order), and [`TlsStream`], a connection that holds no buffer while it is idle.
-//!
-//! Why a turn: when thousands of agents reconnect at once (a server restart), running every
-//! handshake at the same time shares the CPU among all of them, so all finish late and the
-//! tail passes its deadline; one at a time per permit, they finish in arrival order and the
-//! temporary handshake state of only a bounded number is alive at once. A connection takes
-//! a turn only once its first flight has arrived, so idle connections hold no permit.
+//! `--tls-cert`/`--tls-key` (shared by every connection), and [`TlsStream`], a connection that
+//! holds no buffer while it is idle.
 //!
 //! Why not `tokio_rustls`: a buffered rustls connection keeps a 4 KiB receive buffer (and its
 //! other buffers' spare room) for its whole life, and an agent's session is idle nearly all
@@ -18,15 +11,14 @@
 //! The handshake, the record layer, versions and cipher suites are rustls' own (ring provider,
 //! its safe defaults: TLS 1.2 and 1.3); this module only moves bytes.
 //!
-//! Owns: the TLS server config, the admission and deadlines of handshakes, and the TLS
-//! connection stream. Must not: know HTTP, or keep a buffer around while a connection waits.
+//! Owns: the TLS server config and the TLS connection stream. Must not: know HTTP, or keep a
+//! buffer around while a connection waits.
 
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::server::UnbufferedServerConnection;
@@ -40,48 +32,6 @@ use tokio::net::TcpStream;
 const READ_SIZE: usize = 16 * 1024 + 256;
 /// The most plaintext encrypted per write (one full record).
 const WRITE_CHUNK: usize = 16 * 1024;
-
-/// Handshakes that may be in progress at once (from the client's first flight to the
-/// handshake's end); more wait their turn in arrival order.
-pub const HANDSHAKES_AT_ONCE: usize = 128;
-/// How long a connection may take to send its first flight, and a handshake to complete once
-/// it has its turn.
-pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// How long a connection may wait for its turn.
-pub const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The listener's side of TLS: the config and the gate that lets [`HANDSHAKES_AT_ONCE`]
-/// handshakes run at a time.
-pub struct Acceptor {
-    config: Arc<ServerConfig>,
-    gate: tokio::sync::Semaphore,
-}
-
-impl Acceptor {
-    pub fn new(config: Arc<ServerConfig>) -> Acceptor {
-        Acceptor {
-            config,
-            gate: tokio::sync::Semaphore::new(HANDSHAKES_AT_ONCE),
-        }
-    }
-
-    /// Waits for the client's first flight, then for a turn, then completes the handshake,
-    /// each within its deadline.
-    pub async fn accept(&self, io: TcpStream) -> io::Result<TlsStream> {
-        let timed_out =
-            |what: &str| io::Error::new(io::ErrorKind::TimedOut, format!("TLS: {what}"));
-        tokio::time::timeout(HANDSHAKE_DEADLINE, io.readable())
-            .await
-            .map_err(|_| timed_out("no client hello in time"))??;
-        let _turn = tokio::time::timeout(QUEUE_DEADLINE, self.gate.acquire())
-            .await
-            .map_err(|_| timed_out("no turn for the handshake in time"))?
-            .map_err(io::Error::other)?;
-        tokio::time::timeout(HANDSHAKE_DEADLINE, handshake(self.config.clone(), io))
-            .await
-            .map_err(|_| timed_out("handshake not complete in time"))?
-    }
-}
 
 /// The server's TLS config: the certificate chain and key from PEM files, rustls' ring
 /// provider with its safe default versions (TLS 1.2, 1.3), ALPN `http/1.1`.
@@ -131,7 +81,7 @@ enum Progress {
 }
 
 /// Completes the server side of the handshake on `io`.
-async fn handshake(config: Arc<ServerConfig>, io: TcpStream) -> io::Result<TlsStream> {
+pub async fn accept(config: Arc<ServerConfig>, io: TcpStream) -> io::Result<TlsStream> {
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut s = TlsStream {
         io,
