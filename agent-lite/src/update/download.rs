@@ -528,7 +528,7 @@ mod tests {
         );
         let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
         let s = Source::new(
-            &[u.clone()],
+            std::slice::from_ref(&u),
             "a1",
             &token,
             None,
