@@ -354,7 +354,7 @@ fn updates_in_place(target: &str, runner: Option<&str>, via: Via) {
     let size = std::fs::metadata(site.builds.path("new")).unwrap().len();
     assert_eq!(done["bytes"].as_u64(), Some(size), "{done}");
     eprintln!(
-        "BENCH agent update {target}: {size} bytes sent, took {:.2} s; agent peak RSS {peak_rss_kb} KiB (sampled from /proc every 250 ms or so)",
+        "BENCH agent update {target}: {size} bytes sent, took {:.2} s; agent peak RSS {peak_rss_kb} KiB (VmRSS sampled from /proc at each poll of the API, about every 50 ms)",
         took.as_secs_f64()
     );
     assert_eq!(
@@ -467,6 +467,7 @@ fn a_rollout_updates_several_agents() {
         untouched(&site, i, &old_sha);
     }
 
+    let t0 = Instant::now();
     let id = site.roll_out(json!({ "version": version, "host_ids": hosts, "max_parallel": 2 }));
     let mut seen = std::collections::BTreeSet::new();
     let r = site.final_rollout(&id, Duration::from_secs(180), |v| {
@@ -474,6 +475,10 @@ fn a_rollout_updates_several_agents() {
             seen.insert(t["state"].as_str().unwrap_or_default().to_string());
         }
     });
+    eprintln!(
+        "BENCH agent-updates rollout of 3 x86_64-musl agents, max_parallel 2: {:.2} s to succeeded",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(r["state"], "succeeded", "{r}\n{}", site.logs());
     assert_eq!(r["counts"]["succeeded"], 3, "{r}");
     assert_eq!(r["version"], version.as_str(), "{r}");
