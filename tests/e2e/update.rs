@@ -518,6 +518,32 @@ fn a_rollout_updates_several_agents() {
     assert!(page2["next"].is_null(), "{page2}");
     let (_, list) = site.server.api("GET", "/api/v1/agent-updates", None);
     assert_eq!(list["agent_updates"][0]["id"], id.as_str(), "{list}");
+    // Audited like a bulk operation: the refusal, the start and the end.
+    let audit = |action: &str| {
+        let (st, v) = site
+            .server
+            .api("GET", &format!("/api/v1/audit?action={action}"), None);
+        assert_eq!(st, 200, "{v}");
+        v["entries"].as_array().cloned().unwrap_or_default()
+    };
+    let created = audit("agent_update.create");
+    assert!(
+        created
+            .iter()
+            .any(|e| e["target"] == id.as_str() && e["outcome"] == "success"),
+        "{created:?}"
+    );
+    assert!(
+        created.iter().any(|e| e["outcome"] == "denied"),
+        "the operator's attempt is audited: {created:?}"
+    );
+    let finished = audit("agent_update.finish");
+    assert!(
+        finished
+            .iter()
+            .any(|e| e["target"] == id.as_str() && e["outcome"] == "succeeded"),
+        "{finished:?}"
+    );
     // It is no bulk operation, and a finished rollout cannot be cancelled.
     let (st, _) = site
         .server
