@@ -117,7 +117,7 @@ impl Site {
     /// One agent per entry of `trusts_other`: an agent whose entry is true trusts another
     /// key than the one releases are signed with (a server given the wrong key, or one an
     /// attacker controls, would hand it such releases).
-    fn start(target: &str, runner: Option<&str>, trusts_other: &[bool]) -> Site {
+    fn start(db: Db, target: &str, runner: Option<&str>, trusts_other: &[bool]) -> Site {
         require_docker();
         let builds = Builds::of(target);
         let work = tempfile::tempdir().expect("tempdir");
@@ -130,7 +130,7 @@ impl Site {
         )
         .expect("server.yaml");
         let config_env = config.display().to_string();
-        let server = Server::start_with(Db::Sqlite, &[("DOCKER_CTL_CONFIG", &config_env)]);
+        let server = Server::start_with(db, &[("DOCKER_CTL_CONFIG", &config_env)]);
         let mut site = Site {
             builds,
             work,
@@ -298,6 +298,24 @@ impl Site {
     }
 }
 
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(docker_ctl_tests::Db::Sqlite);
+            }
+            #[test]
+            fn postgres() {
+                super::$name(docker_ctl_tests::Db::postgres());
+            }
+        }
+    };
+}
+
+on_both_stores!(a_rollout_updates_several_agents);
+on_both_stores!(a_rollout_survives_a_server_restart);
+
 /// How an update is started: one agent's endpoint, or a rollout of one host.
 #[derive(Clone, Copy, PartialEq)]
 enum Via {
@@ -309,7 +327,7 @@ enum Via {
 /// disk is the new build, the process is the same (same PID), and `.prev` keeps the old.
 /// Prints the figures of docs/benchmarks.md ("Agent update").
 fn updates_in_place(target: &str, runner: Option<&str>, via: Via) {
-    let mut site = Site::start(target, runner, &[false]);
+    let mut site = Site::start(Db::Sqlite, target, runner, &[false]);
     let pid = site.nodes[0].agent.pid();
     let binary = site.nodes[0].binary.clone();
     let old_sha = sha(&binary);
@@ -403,9 +421,13 @@ fn untouched(site: &Site, i: usize, old_sha: &str) {
 /// A rollout through the API to three agents: bad requests are refused first with a code
 /// and nothing stored; then every agent reports the new version, runs the new binary, and the
 /// rollout reads like a bulk operation (counts, rows paged, listed).
-#[test]
-fn a_rollout_updates_several_agents() {
-    let site = Site::start("x86_64-unknown-linux-musl", None, &[false, false, false]);
+fn a_rollout_updates_several_agents(db: Db) {
+    let site = Site::start(
+        db,
+        "x86_64-unknown-linux-musl",
+        None,
+        &[false, false, false],
+    );
     let old_sha = sha(&site.nodes[0].binary);
     let version = site.add_release("new", &site.agent_key.0.clone());
     let hosts = site.host_ids();
@@ -564,7 +586,12 @@ fn a_rollout_updates_several_agents() {
 /// and the later hosts stay untouched (`cancelled`, never sent an update).
 #[test]
 fn a_release_signed_with_another_key_is_refused_and_max_failures_0_stops_the_rollout() {
-    let site = Site::start("x86_64-unknown-linux-musl", None, &[true, false, false]);
+    let site = Site::start(
+        Db::Sqlite,
+        "x86_64-unknown-linux-musl",
+        None,
+        &[true, false, false],
+    );
     let old_sha = sha(&site.nodes[0].binary);
     let version = site.add_release("new", &site.agent_key.0.clone());
     let id = site.roll_out(json!({ "version": version, "host_ids": site.host_ids(),
@@ -615,7 +642,7 @@ fn a_release_signed_with_another_key_is_refused_and_max_failures_0_stops_the_rol
 /// within the probation time, and the rollout reads `failed`.
 #[test]
 fn a_release_that_exits_at_start_is_rolled_back() {
-    let mut site = Site::start("x86_64-unknown-linux-musl", None, &[false]);
+    let mut site = Site::start(Db::Sqlite, "x86_64-unknown-linux-musl", None, &[false]);
     let old_sha = sha(&site.nodes[0].binary);
     let key = site.agent_key.0.clone();
     let version = site.add_release("broken", &key);
@@ -679,9 +706,13 @@ fn a_release_that_exits_at_start_is_rolled_back() {
 
 /// The server is killed while a rollout runs (one host at a time, the first done): the
 /// restarted server continues it, and it ends `succeeded` with every agent updated once.
-#[test]
-fn a_rollout_survives_a_server_restart() {
-    let mut site = Site::start("x86_64-unknown-linux-musl", None, &[false, false, false]);
+fn a_rollout_survives_a_server_restart(db: Db) {
+    let mut site = Site::start(
+        db,
+        "x86_64-unknown-linux-musl",
+        None,
+        &[false, false, false],
+    );
     let version = site.add_release("new", &site.agent_key.0.clone());
     let id = site.roll_out(json!({ "version": version, "host_ids": site.host_ids(),
         "max_parallel": 1 }));
