@@ -245,8 +245,8 @@ async fn serve_session(
     };
     // Cleanup: the socket is gone (or being closed).
     let current = ep.agents.unregister(&session);
-    ep.cluster.release(&agent.id, &session.session_id).await;
     record_disconnected(&ep, &agent, &session, current, &reason, ip).await;
+    ep.cluster.release(&agent.id, &session.session_id).await;
 }
 
 /// Claims the session for this replica. Refused only when a newer start of this replica id
