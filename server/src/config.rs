@@ -747,8 +747,7 @@ impl Config {
 /// A replica id or a region: 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 

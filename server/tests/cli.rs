@@ -301,7 +301,10 @@ fn a_second_serve_on_the_same_sqlite_file_refuses_to_start() {
         err.contains("another server is already running on the SQLite database"),
         "{err}"
     );
-    assert!(err.contains("PostgreSQL"), "the error names the way out: {err}");
+    assert!(
+        err.contains("PostgreSQL"),
+        "the error names the way out: {err}"
+    );
 
     let run = |args: &[&str], stdin: Option<&str>| {
         let mut c = Command::new(BIN);

@@ -63,16 +63,26 @@ async fn an_agent_held_by_one_replica_is_online_through_another() {
 
     let (_agent, resp) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
     assert_eq!(resp.status, protocol::AuthStatus::Authenticated);
-    wait_until(Duration::from_secs(5), "B sees the agent held by A", || async {
-        host_of(&b, &admin, &host_id).await["status"] == "online"
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "B sees the agent held by A",
+        || async { host_of(&b, &admin, &host_id).await["status"] == "online" },
+    )
     .await;
     let h = host_of(&b, &admin, &host_id).await;
     assert_eq!(h["agent"]["connected"], true, "{h}");
     assert_eq!(h["agent"]["status"], "online", "{h}");
-    assert_eq!(h["agent"]["replica"], json!({"id": "a", "region": "eu"}), "{h}");
+    assert_eq!(
+        h["agent"]["replica"],
+        json!({"id": "a", "region": "eu"}),
+        "{h}"
+    );
     let h = host_of(&a, &admin, &host_id).await;
-    assert_eq!(h["agent"]["replica"], json!({"id": "a", "region": "eu"}), "{h}");
+    assert_eq!(
+        h["agent"]["replica"],
+        json!({"id": "a", "region": "eu"}),
+        "{h}"
+    );
     let (s, list) = call(&b, "GET", "/api/v1/hosts?status=online", Some(&admin), None).await;
     assert_eq!(s, StatusCode::OK, "{list}");
     let (s, agents) = call(&b, "GET", "/api/v1/agents", Some(&admin), None).await;
@@ -134,11 +144,15 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
         .await
         .unwrap();
 
-    let first = Cluster::join(s.store.clone(), identity("r1"), BEAT).await.unwrap();
+    let first = Cluster::join(s.store.clone(), identity("r1"), BEAT)
+        .await
+        .unwrap();
     first.claim(&agent_ref, None, "sess-1").await.unwrap();
     assert_eq!(s.store.list_presence().await.unwrap().len(), 1);
 
-    let second = Cluster::join(s.store.clone(), identity("r1"), BEAT).await.unwrap();
+    let second = Cluster::join(s.store.clone(), identity("r1"), BEAT)
+        .await
+        .unwrap();
     assert_eq!(second.epoch(), first.epoch() + 1);
     assert!(
         s.store.list_presence().await.unwrap().is_empty(),
@@ -149,7 +163,10 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
     assert_eq!(row.status, "disconnected");
 
     let refused = first.claim(&agent_ref, None, "sess-2").await;
-    assert!(matches!(refused, Err(ClaimError::Replaced(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ClaimError::Replaced(_))),
+        "{refused:?}"
+    );
     assert!(s.store.list_presence().await.unwrap().is_empty());
     second.claim(&agent_ref, None, "sess-3").await.unwrap();
     let claims = s.store.list_presence().await.unwrap();
@@ -175,14 +192,20 @@ async fn a_silent_replica_loses_its_claims() {
     let agent_ref = s.store.get_agent("h1-agent").await.unwrap().unwrap().id;
 
     // `dead` joins and claims, and never heartbeats again.
-    let dead = Cluster::join(s.store.clone(), identity("dead"), BEAT).await.unwrap();
+    let dead = Cluster::join(s.store.clone(), identity("dead"), BEAT)
+        .await
+        .unwrap();
     s.store
         .agent_connected(&agent_ref, "sess-1", "dead", "1", &[])
         .await
         .unwrap();
-    dead.claim(&agent_ref, Some(&host_id), "sess-1").await.unwrap();
+    dead.claim(&agent_ref, Some(&host_id), "sess-1")
+        .await
+        .unwrap();
 
-    let live = Cluster::join(s.store.clone(), identity("live"), BEAT).await.unwrap();
+    let live = Cluster::join(s.store.clone(), identity("live"), BEAT)
+        .await
+        .unwrap();
     let seen = live.holder_of_host(&host_id, Some(&agent_ref));
     assert_eq!(
         seen.map(|h| h.replica.id),
@@ -191,10 +214,14 @@ async fn a_silent_replica_loses_its_claims() {
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let beat = tokio::spawn(live.clone().run(stop_rx));
-    wait_until(Duration::from_secs(5), "the silent replica's claim is dropped", || {
-        let store = s.store.clone();
-        async move { store.list_presence().await.unwrap().is_empty() }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the silent replica's claim is dropped",
+        || {
+            let store = s.store.clone();
+            async move { store.list_presence().await.unwrap().is_empty() }
+        },
+    )
     .await;
     assert!(live.holder_of_agent(&agent_ref).is_none());
     assert!(live.holder_of_host(&host_id, None).is_none());

@@ -245,10 +245,7 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
 /// Whether another replica, still heartbeating, holds an online session of an agent bound to
 /// the host (the host's named agent counts while its row says `online`).
 fn remote_online(state: &AppState, h: &Host, named: Option<&crate::store::Agent>) -> bool {
-    let Some(holder) = state
-        .cluster
-        .holder_of_host(&h.id, h.agent_ref.as_deref())
-    else {
+    let Some(holder) = state.cluster.holder_of_host(&h.id, h.agent_ref.as_deref()) else {
         return false;
     };
     match named {

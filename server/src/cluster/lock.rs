@@ -46,8 +46,9 @@ impl ServeLock {
                 db_file.display(),
                 path.display()
             ),
-            Err(e) => Err(std::io::Error::from(e))
-                .with_context(|| format!("locking {}", path.display())),
+            Err(e) => {
+                Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display()))
+            }
         }
     }
 

@@ -214,7 +214,12 @@ impl Cluster {
 
     /// One heartbeat, sweep and refresh.
     async fn beat(&self) {
-        match self.0.store.replica_heartbeat(self.id(), self.0.epoch).await {
+        match self
+            .0
+            .store
+            .replica_heartbeat(self.id(), self.0.epoch)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => tracing::error!(
                 replica = %self.id(),

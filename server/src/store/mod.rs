@@ -44,8 +44,8 @@ pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
 pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToken, NotEnrolled};
 pub use groups::Group;
-pub use replicas::{ReplicaRecord, MISSED_HEARTBEATS};
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use replicas::{ReplicaRecord, MISSED_HEARTBEATS};
 pub use sessions::{NewSession, UserSession};
 pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};
@@ -182,7 +182,10 @@ impl Store {
 
     /// The SQLite file `open` uses for `database_url` and `data_dir`; `None` for PostgreSQL
     /// or an in-memory database.
-    pub fn sqlite_file_of(database_url: Option<&str>, data_dir: &Path) -> Option<std::path::PathBuf> {
+    pub fn sqlite_file_of(
+        database_url: Option<&str>,
+        data_dir: &Path,
+    ) -> Option<std::path::PathBuf> {
         match database_url {
             None => Some(data_dir.join("docker-ctl.db")),
             Some(url) => Store::sqlite_file(url).map(Path::to_path_buf),

@@ -253,7 +253,12 @@ async fn serve_session(
 /// replaced this process: the session is closed (the agent reconnects, to the newer one). A
 /// failing database does not end the session (presence is written again at the next
 /// connection).
-async fn claim(ep: &AgentEndpoint, agent: &Agent, session: &Session, socket: &mut WebSocket) -> bool {
+async fn claim(
+    ep: &AgentEndpoint,
+    agent: &Agent,
+    session: &Session,
+    socket: &mut WebSocket,
+) -> bool {
     match ep
         .cluster
         .claim(&agent.id, agent.host_id.as_deref(), &session.session_id)
