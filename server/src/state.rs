@@ -100,6 +100,7 @@ impl AppState {
         let audit = Auditor::new(store.clone());
         let cluster = Cluster::join(
             store.clone(),
+            &keys,
             Identity::of(&config),
             config.replica_heartbeat_interval.get(),
         )
@@ -118,7 +119,12 @@ impl AppState {
             cluster.clone(),
         );
         let default_timeout = config.agent.command_timeout.get();
-        let adapters = Adapters::new(agents.clone(), keys.clone(), default_timeout);
+        let adapters = Adapters::new(
+            agents.clone(),
+            keys.clone(),
+            default_timeout,
+            cluster.clone(),
+        );
         let parts = commands::Parts {
             store: store.clone(),
             adapters: adapters.clone(),

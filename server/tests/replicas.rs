@@ -12,7 +12,8 @@ use server::store::Role;
 use server::AppState;
 use std::time::Duration;
 
-const BEAT: Duration = Duration::from_millis(200);
+/// Long enough that a loaded test machine never misses 3 in a row by accident.
+const BEAT: Duration = Duration::from_millis(1000);
 
 fn replica_config(db: &TestDb, id: &str, region: &str) -> server::config::Config {
     let mut c = test_config(db);
@@ -144,13 +145,13 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
         .await
         .unwrap();
 
-    let first = Cluster::join(s.store.clone(), identity("r1"), BEAT)
+    let first = Cluster::join(s.store.clone(), &s.keys, identity("r1"), BEAT)
         .await
         .unwrap();
     first.claim(&agent_ref, None, "sess-1").await.unwrap();
     assert_eq!(s.store.list_presence().await.unwrap().len(), 1);
 
-    let second = Cluster::join(s.store.clone(), identity("r1"), BEAT)
+    let second = Cluster::join(s.store.clone(), &s.keys, identity("r1"), BEAT)
         .await
         .unwrap();
     assert_eq!(second.epoch(), first.epoch() + 1);
@@ -192,7 +193,7 @@ async fn a_silent_replica_loses_its_claims() {
     let agent_ref = s.store.get_agent("h1-agent").await.unwrap().unwrap().id;
 
     // `dead` joins and claims, and never heartbeats again.
-    let dead = Cluster::join(s.store.clone(), identity("dead"), BEAT)
+    let dead = Cluster::join(s.store.clone(), &s.keys, identity("dead"), BEAT)
         .await
         .unwrap();
     s.store
@@ -203,7 +204,7 @@ async fn a_silent_replica_loses_its_claims() {
         .await
         .unwrap();
 
-    let live = Cluster::join(s.store.clone(), identity("live"), BEAT)
+    let live = Cluster::join(s.store.clone(), &s.keys, identity("live"), BEAT)
         .await
         .unwrap();
     let seen = live.holder_of_host(&host_id, Some(&agent_ref));
@@ -236,4 +237,96 @@ async fn a_silent_replica_loses_its_claims() {
         !me.alive_at(server::store::now_ms()),
         "a replica that stopped cleanly counts as gone at once"
     );
+}
+
+/// A replica listening on a real port, its config advertising that address.
+async fn replica_on_port(db: &TestDb, id: &str) -> (AppState, Running) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let mut c = replica_config(db, id, "eu");
+    c.advertise_url = Some(format!("http://{addr}"));
+    let state = state_with(db, c).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    (
+        state,
+        Running {
+            addr,
+            stop: Some(tx),
+            task,
+        },
+    )
+}
+
+/// An operation sent to replica B for a host whose agent is held by replica A is forwarded
+/// to A (with the cluster credential) and answered through B; A's internal endpoint refuses
+/// a request without the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_through_another_replica_is_forwarded_to_the_holder() {
+    use protocol::{CommandResponsePayload, Envelope, Message};
+    let db = TestDb::postgres().await;
+    let (a, ra) = replica_on_port(&db, "a").await;
+    let (b, rb) = replica_on_port(&db, "b").await;
+    let admin = token(&a, "admin", Role::Admin).await;
+    let (host_id, agent_token) = enrol(&a, &admin, "h1", "h1-agent").await;
+    let (mut agent, _) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
+    wait_until(
+        Duration::from_secs(10),
+        "B sees the agent held by A",
+        || async { host_of(&b, &admin, &host_id).await["status"] == "online" },
+    )
+    .await;
+
+    let (b2, admin2, host2) = (b.clone(), admin.clone(), host_id.clone());
+    let api = tokio::spawn(async move {
+        call(
+            &b2,
+            "POST",
+            &format!("/api/v1/hosts/{host2}/operations"),
+            Some(&admin2),
+            Some(json!({"operation": "container.list", "params": {"all": true}})),
+        )
+        .await
+    });
+    let (id, cmd) = agent.next_command().await;
+    assert_eq!(cmd.operation, "container.list");
+    let data = json!([{"id": "abc123", "name": "web-1"}]);
+    agent
+        .send(&Envelope::new(
+            id,
+            Message::CommandResponse(CommandResponsePayload::Success { data: data.clone() }),
+        ))
+        .await;
+    let (s, v) = api.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(v["data"], data, "{v}");
+
+    // Without the credential, the internal endpoint runs nothing.
+    let body = json!({"operation": {"operation": "container.list", "params": {}},
+        "command_id": "x", "idempotency_key": "x", "timeout_ms": 1000});
+    let (s, v) = call(
+        &a,
+        "POST",
+        &format!("/internal/v1/hosts/{host_id}/run"),
+        Some(&admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = call(
+        &a,
+        "GET",
+        &format!("/internal/v1/hosts/{host_id}/docker/v1.41/containers/json"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    rb.shutdown().await;
+    ra.shutdown().await;
 }

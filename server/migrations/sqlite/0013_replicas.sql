@@ -29,3 +29,12 @@ CREATE INDEX agent_presence_host ON agent_presence (host_id);
 
 -- The region a host is in (an admin's PATCH), shown beside where its agent is connected.
 ALTER TABLE docker_hosts ADD COLUMN region TEXT;
+
+-- The cluster credential replicas present to each other when one forwards a request to the
+-- replica holding an agent: a random secret made once by the first replica that starts,
+-- stored encrypted with the at-rest key (`v1:`, see crypto.rs). One row, id 1.
+CREATE TABLE cluster_secret (
+    id BIGINT PRIMARY KEY,
+    secret_enc TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -12,14 +12,17 @@
 //!   recorded), and refreshes the in-memory view of every claim that
 //!   [`Cluster::holder_of_agent`] and [`Cluster::holder_of_host`] answer from. A claim counts
 //!   only while its replica heartbeats, whatever the view's age.
+//! - [`credential::Credential`]: the secret replicas forward to each other with.
 //! - [`lock::ServeLock`]: SQLite runs one replica.
 //!
 //! Owns: the replica's identity and epoch, presence, liveness. Must not: touch sessions (the
 //! agent registry does), or reach other replicas.
 
+pub mod credential;
 pub mod lock;
 
 pub use crate::store::MISSED_HEARTBEATS;
+pub use credential::Credential;
 pub use lock::ServeLock;
 
 use std::collections::HashMap;
@@ -28,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::crypto::KeyBox;
 use crate::store::{now_ms, ClaimRefused, Presence, ReplicaRecord, Store};
 
 /// Who this replica is.
@@ -81,6 +85,7 @@ struct Inner {
     epoch: i64,
     interval: Duration,
     view: RwLock<View>,
+    credential: Credential,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -106,7 +111,13 @@ pub enum ClaimError {
 impl Cluster {
     /// Registers this replica with a new epoch; drops the claims and resets the sessions its
     /// previous lives left.
-    pub async fn join(store: Store, me: Identity, interval: Duration) -> anyhow::Result<Cluster> {
+    pub async fn join(
+        store: Store,
+        keys: &KeyBox,
+        me: Identity,
+        interval: Duration,
+    ) -> anyhow::Result<Cluster> {
+        let credential = Credential::load_or_create(&store, keys).await?;
         let interval_ms = interval.as_millis().max(1) as i64;
         let epoch = store
             .replica_started(&me.id, &me.advertise_url, me.region.as_deref(), interval_ms)
@@ -127,6 +138,7 @@ impl Cluster {
             epoch,
             interval,
             view: RwLock::new(View::default()),
+            credential,
         }));
         c.refresh().await;
         Ok(c)
@@ -142,6 +154,11 @@ impl Cluster {
 
     pub fn identity(&self) -> &Identity {
         &self.0.me
+    }
+
+    /// The credential replicas forward with.
+    pub fn credential(&self) -> &Credential {
+        &self.0.credential
     }
 
     /// This replica holds the session `session_id` of agent `agent_ref` (bound to `host_id`).

@@ -21,6 +21,7 @@ mod audit;
 mod bulk_operations;
 mod bulk_targets;
 mod cache;
+mod cluster_secret;
 mod commands;
 mod docker_events;
 mod enrolment_tokens;
