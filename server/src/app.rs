@@ -62,6 +62,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listen = config.listen;
+    // Held until the server stops: a second server on the same SQLite file refuses to start.
+    let _lock = crate::cluster::serve_lock(&config)?;
     let state = AppState::new(config).await?;
     let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
     serve(listener, state, shutdown).await
@@ -128,7 +130,8 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = conns.tls.is_some(), "listening");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let retention = tokio::spawn(retention_loop(state.clone(), stop_rx));
+    let retention = tokio::spawn(retention_loop(state.clone(), stop_rx.clone()));
+    let heartbeat = tokio::spawn(state.cluster.clone().run(stop_rx));
     accept_until(&listener, &conns, shutdown).await;
     drop(listener);
     let deadline = state.config.shutdown_timeout.get();
@@ -151,6 +154,7 @@ pub async fn serve(
         tracing::warn!("in-flight requests did not finish before the deadline");
     }
     let _ = retention.await;
+    let _ = heartbeat.await;
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,7 @@
 //! [`AppState`]: the parts of a running server, built once and handed to the HTTP layer.
 //!
-//! Owns: building every part in order (store, keys, metrics, feed, audit, the agent
+//! Owns: building every part in order (store, keys, metrics, feed, audit, this replica's
+//! place in the cluster, the agent
 //! registry and its endpoint, the host adapters, host selection, the owner of commands, the
 //! owner of rollouts with its kinds, leases, limiters), wiring the registry's signals to the
 //! commands module, and continuing the rollouts a previous run left running. Part of the wiring: only
@@ -18,6 +19,7 @@ use crate::accounts::{self, Accounts};
 use crate::agents::{AgentEndpoint, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, RateLimiter};
+use crate::cluster::{Cluster, Identity};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub updates: Updates,
     /// People who sign in: sessions, sign-in limits, sign-in links.
     pub accounts: Accounts,
+    /// This replica: its identity, heartbeat and where every agent's session is held.
+    pub cluster: Cluster,
 }
 
 impl std::fmt::Debug for AppState {
@@ -94,17 +98,15 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let feed = Feed::default();
         let audit = Auditor::new(store.clone());
-        let server_id = config
-            .server_id
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
-        let stale = store.reset_sessions_of(&server_id).await?;
-        if stale > 0 {
-            tracing::info!(
-                stale,
-                "marked agent sessions left by a previous run as disconnected"
-            );
-        }
+        let cluster = Cluster::join(
+            store.clone(),
+            &keys,
+            Identity::of(&config),
+            config.replica_heartbeat_interval.get(),
+        )
+        .await
+        .context("joining the replicas")?;
+        let server_id = cluster.id().to_string();
         let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
         let agents = AgentManager::new(config.agent.clone(), signals_tx);
         let agent_endpoint = AgentEndpoint::new(
@@ -114,10 +116,15 @@ impl AppState {
             feed.clone(),
             audit.clone(),
             keys.clone(),
-            server_id.clone(),
+            cluster.clone(),
         );
         let default_timeout = config.agent.command_timeout.get();
-        let adapters = Adapters::new(agents.clone(), keys.clone(), default_timeout);
+        let adapters = Adapters::new(
+            agents.clone(),
+            keys.clone(),
+            default_timeout,
+            cluster.clone(),
+        );
         let parts = commands::Parts {
             store: store.clone(),
             adapters: adapters.clone(),
@@ -179,6 +186,7 @@ impl AppState {
             feed,
             audit,
             keys,
+            cluster,
         })
     }
 }

@@ -20,6 +20,7 @@ mod paging;
 mod passthrough;
 mod records;
 mod releases;
+mod replicas;
 mod session;
 mod stacks;
 mod stream;
@@ -86,6 +87,11 @@ fn host_routes() -> Router<AppState> {
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
+        .route("/internal/v1/hosts/{id}/run", post(replicas::run))
+        .route(
+            "/internal/v1/hosts/{id}/docker/{*rest}",
+            any(replicas::docker),
+        )
         .route(
             "/api/v1/hosts/{id}/docker/{*rest}",
             any(passthrough::handle),
