@@ -778,3 +778,48 @@ fn change_the_password_sign_out_the_old_one_is_refused_and_an_admin_resets_it() 
     let (who, _) = b.wait_text("#whoami", PAGE, |t| t.contains(&name));
     assert!(who.contains("viewer"), "{who}");
 }
+
+#[test]
+fn every_page_renders_in_both_themes() {
+    let site = Site::start();
+    let mut cleanup = DockerCleanup::default();
+    let name = site.container(&mut cleanup, "echo ready; sleep 600");
+    let b = signed_in(&site, "admin");
+    let pages = [
+        ("fleet", "/".to_string(), "#fleet"),
+        ("host", format!("/hosts/{}", site.host_id), "#containers"),
+        (
+            "container",
+            format!("/hosts/{}/containers/{name}", site.host_id),
+            "#logs",
+        ),
+        ("bulk", "/bulk".into(), "#bulk-list"),
+        ("stacks", "/stacks".into(), "#stacks-none"),
+        ("updates", "/updates".into(), "#updates"),
+        ("enrol", "/enrol".into(), "#enrolment-tokens"),
+        ("audit", "/audit".into(), "#audit"),
+        ("admin", "/admin".into(), "#users"),
+        ("account", "/account".into(), "form[aria-label='Change password']"),
+    ];
+    for theme in ["light", "dark"] {
+        b.js(
+            "localStorage.setItem('theme', arguments[0]); return 1",
+            json!([theme]),
+        );
+        for (page, path, ready) in &pages {
+            b.goto(&format!("{}{path}", site.base()));
+            b.find(ready, PAGE);
+            assert_eq!(
+                b.js("return document.documentElement.dataset.theme", json!([])),
+                json!(theme)
+            );
+            // No page shows an error of its own loading.
+            let errors = b.js(
+                "return [...document.querySelectorAll('main [role=alert]')].map(e => e.textContent)",
+                json!([]),
+            );
+            assert_eq!(errors, json!([]), "{page} in {theme}");
+            b.screenshot(&format!("theme-{theme}-{page}"));
+        }
+    }
+}

@@ -108,7 +108,7 @@ export function Detail({ id, live, log, onCancel }) {
     <div class="bar"><h2>${what(d)}</h2><span class="grow"></span>
       <span id="bulk-state"><${Badge} v=${live.done || d.state} /></span>
       ${d.state === 'running' && !d.cancel_requested && can('operator') && html`<button class="danger" onClick=${() => onCancel(d.id)}>Cancel</button>`}</div>
-    <p class="muted">${d.selector || d.group} · ${d.hosts} hosts · by ${d.created_by} ${ago(d.created_at)}${d.reason ? ' · ' + d.reason : ''}</p>
+    <p class="muted">${d.selector || d.group || 'chosen hosts'} · ${d.hosts} host${d.hosts === 1 ? '' : 's'} · by ${d.created_by} ${ago(d.created_at)}${d.reason ? ' · ' + d.reason : ''}</p>
     <table class="grid" id="bulk-hosts"><thead><tr><th>Host</th><th>State</th><th>Error</th><th>Finished</th></tr></thead>
       <tbody>${d.targets.map((t) => html`<tr data-host=${t.host_id}><td>${t.host_name}</td><td class="state"><${Badge} v=${state(t)} /></td>
         <td>${t.error ? `${t.error.code}: ${t.error.message}` : ''}</td><td>${ago(t.finished_at)}</td></tr>`)}</tbody></table>

@@ -102,10 +102,10 @@ function Editor({ editing, feedOpen, onDeployed, onClose }) {
       <${Field} label="Max failures"><input type="number" min="0" value=${f.max_failures} onInput=${set('max_failures')} /></${Field}>
     </div>
     <div class="label">Compose file</div>
-    <${ComposeEditor} value=${f.compose} onInput=${(v) => setF({ ...f, compose: v })} problems=${problems} taRef=${ta} />
     ${error && html`<div class="error" role="alert" id="stack-error"><p>${error}</p>
       ${problems.length > 0 && html`<ul id="compose-errors">${problems.map((p) => html`<li data-line=${p.line || ''}>
         ${p.line ? html`<button type="button" class="link" onClick=${() => goToLine(ta.current, p.line)}>line ${p.line}</button> ` : ''}<code>${p.path || 'file'}</code> ${p.kind}: ${p.message}</li>`)}</ul>`}</div>`}
+    <${ComposeEditor} value=${f.compose} onInput=${(v) => setF({ ...f, compose: v })} problems=${problems} taRef=${ta} />
     <${Field} label="Env (KEY=value per line; stored encrypted, never shown)"><textarea id="stack-env" rows="3" spellcheck="false" value=${f.env} onInput=${set('env')}></textarea></${Field}>
     <div class="bar"><button type="submit" class="primary" disabled=${busy || !feedOpen}>${feedOpen ? 'Deploy' : 'Connecting…'}</button></div>
   </form>`;
