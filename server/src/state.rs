@@ -46,7 +46,7 @@ pub struct AppState {
     pub deployer: Deployer,
     /// Which hosts a selector picks.
     pub fleet: Fleet,
-    /// The owner of every rollout's life (bulk operations, stack changes).
+    /// The owner of every rollout's life (bulk operations, stack changes, agent updates).
     pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
@@ -149,10 +149,17 @@ impl AppState {
             failures_per_address: s.failures_per_address,
             failures_per_user: s.failures_per_user,
         };
-        let (fleet, deployer, rollouts) = start_rollouts(
-            &store, &commands, &adapters, &keys, &audit, &feed, &server_id,
-        )
-        .await;
+        let parts = RolloutParts {
+            store: &store,
+            commands: &commands,
+            adapters: &adapters,
+            updates: &updates,
+            keys: &keys,
+            audit: &audit,
+            feed: &feed,
+            server_id: &server_id,
+        };
+        let (fleet, deployer, rollouts) = start_rollouts(parts).await;
         Ok(AppState {
             updates,
             deployer,
@@ -176,17 +183,31 @@ impl AppState {
     }
 }
 
+/// What the rollout engine and its kinds are built from.
+struct RolloutParts<'a> {
+    store: &'a Store,
+    commands: &'a Commands,
+    adapters: &'a Adapters,
+    updates: &'a Updates,
+    keys: &'a KeyBox,
+    audit: &'a Auditor,
+    feed: &'a Feed,
+    server_id: &'a str,
+}
+
 /// The fleet, the stack deployer and the rollout engine with every kind of rollout (bulk
-/// operations, stacks), and the rollouts a previous run left running resumed.
-async fn start_rollouts(
-    store: &Store,
-    commands: &Commands,
-    adapters: &Adapters,
-    keys: &KeyBox,
-    audit: &Auditor,
-    feed: &Feed,
-    server_id: &str,
-) -> (Fleet, Deployer, Rollouts) {
+/// operations, stacks, agent updates), and the rollouts a previous run left running resumed.
+async fn start_rollouts(parts: RolloutParts<'_>) -> (Fleet, Deployer, Rollouts) {
+    let RolloutParts {
+        store,
+        commands,
+        adapters,
+        updates,
+        keys,
+        audit,
+        feed,
+        server_id,
+    } = parts;
     let fleet = Fleet::new(store.clone(), adapters.clone());
     let deployer = Deployer::new(
         commands.clone(),
@@ -202,6 +223,9 @@ async fn start_rollouts(
         commands: commands.clone(),
         fleet: fleet.clone(),
     };
+    let agent_update = rollouts::agent_update::AgentUpdateKind {
+        updates: updates.clone(),
+    };
     let rollouts = Rollouts::new(
         rollouts::Parts {
             store: store.clone(),
@@ -210,7 +234,7 @@ async fn start_rollouts(
             audit: audit.clone(),
             server_id: server_id.to_string(),
         },
-        vec![Arc::new(bulk), Arc::new(stack_kind)],
+        vec![Arc::new(bulk), Arc::new(stack_kind), Arc::new(agent_update)],
     );
     let deployer = deployer.with_rollouts(rollouts.clone());
     match rollouts.resume().await {

@@ -7,6 +7,7 @@
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
 
+mod agent_updates;
 mod agents;
 mod bulk;
 mod caller;
@@ -112,6 +113,15 @@ fn host_routes() -> Router<AppState> {
         .route(
             "/api/v1/agents/{agent_id}/update",
             post(releases::update_agent),
+        )
+        .route(
+            "/api/v1/agent-updates",
+            get(agent_updates::list).post(agent_updates::create),
+        )
+        .route("/api/v1/agent-updates/{id}", get(agent_updates::get_one))
+        .route(
+            "/api/v1/agent-updates/{id}/cancel",
+            post(agent_updates::cancel),
         )
         .route("/api/v1/releases", get(releases::list))
         .route(
