@@ -701,7 +701,13 @@ async fn name_search_suite(db: &TestDb) {
         let (id, _) = enrol(&st, &admin, name, agent).await;
         ids.insert(name, id);
     }
-    set_labels(&st, &admin, &ids["shop-berlin-2"], json!({ "tier": "gold" })).await;
+    set_labels(
+        &st,
+        &admin,
+        &ids["shop-berlin-2"],
+        json!({ "tier": "gold" }),
+    )
+    .await;
     set_labels(&st, &admin, &ids["depot-berlin"], json!({ "tier": "gold" })).await;
 
     // Name order is the database's collation; compare sorted.
@@ -732,8 +738,16 @@ async fn name_search_suite(db: &TestDb) {
     let mut seen = Vec::new();
     let mut next: Option<String> = None;
     for _ in 0..10 {
-        let cursor = next.as_deref().map(|c| format!("&next={c}")).unwrap_or_default();
-        let v = get(&st, &viewer, &format!("/api/v1/hosts?q=SHOP&limit=2{cursor}")).await;
+        let cursor = next
+            .as_deref()
+            .map(|c| format!("&next={c}"))
+            .unwrap_or_default();
+        let v = get(
+            &st,
+            &viewer,
+            &format!("/api/v1/hosts?q=SHOP&limit=2{cursor}"),
+        )
+        .await;
         for h in v["hosts"].as_array().unwrap() {
             seen.push(h["name"].as_str().unwrap().to_string());
         }
@@ -744,7 +758,12 @@ async fn name_search_suite(db: &TestDb) {
     }
     assert_eq!(
         sorted(seen),
-        ["Shop-Berlin-1", "shop-berlin-2", "shopXmunich", "shop_munich"]
+        [
+            "Shop-Berlin-1",
+            "shop-berlin-2",
+            "shopXmunich",
+            "shop_munich"
+        ]
     );
     let (s, v) = call(
         &st,

@@ -126,8 +126,7 @@ impl Fleet {
         q.selector
             .matches(&labels::effective(&h.labels, &h.agent_labels))
             && q.status.is_none_or(|s| self.status(h) == s)
-            && q
-                .name
+            && q.name
                 .as_deref()
                 .is_none_or(|n| h.name.to_lowercase().contains(n))
     }

@@ -113,7 +113,11 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
         };
         let at = |l: &Line| l.indent == indent;
         let hit = match steps[i] {
-            Step::Item(n) => block.iter().enumerate().filter(|(_, l)| at(l) && l.item).nth(n),
+            Step::Item(n) => block
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| at(l) && l.item)
+                .nth(n),
             Step::Key(_) => {
                 // A key may itself hold dots (`com.example.tier` in labels): try the longest
                 // run of the remaining steps joined first.
@@ -141,7 +145,9 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
         // column (YAML allows `ports:` then `- 80` under it, unindented).
         let end = all[start..to]
             .iter()
-            .position(|l| l.indent < line.indent || (l.indent == line.indent && (line.item || !l.item)))
+            .position(|l| {
+                l.indent < line.indent || (l.indent == line.indent && (line.item || !l.item))
+            })
             .map_or(to, |p| start + p);
         (from, to) = (start, end);
         i += 1;
@@ -193,7 +199,10 @@ configs: {}
         assert_eq!(line_of(FILE, "services.web.ports[0]"), Some(7));
         assert_eq!(line_of(FILE, "services.web.ports[1]"), Some(8));
         assert_eq!(line_of(FILE, "services.web.ports[1].published"), Some(9));
-        assert_eq!(line_of(FILE, "services.web.labels.com.example.tier"), Some(11));
+        assert_eq!(
+            line_of(FILE, "services.web.labels.com.example.tier"),
+            Some(11)
+        );
         assert_eq!(line_of(FILE, "services.db.image"), Some(13));
         assert_eq!(line_of(FILE, "networks.back.ipam"), Some(17));
         assert_eq!(line_of(FILE, "configs"), Some(18));

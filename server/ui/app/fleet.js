@@ -69,7 +69,7 @@ export function Fleet() {
     <${Loading} s=${s}>${d && html`
       <table class="grid" id="fleet">
         <thead><tr><th>Host</th><th>Status</th><th>Mode</th><th>Last heartbeat</th><th>Agent</th><th>Docker</th><th>Load</th><th>Memory</th><th>Containers</th><th>Labels</th></tr></thead>
-        <tbody>${shown.map((h) => {
+        <tbody>${shown.length === 0 && html`<tr><td colspan="10" class="muted" id="fleet-none">No hosts match.</td></tr>`}${shown.map((h) => {
           const x = health(h);
           return html`<tr data-host=${h.id}>
             <td><${Link} href=${'/hosts/' + encodeURIComponent(h.id)}>${h.name}</${Link}></td>

@@ -1,19 +1,18 @@
 // Agent updates: start a rollout of a stored release over a selector, a saved group or hosts,
 // watch each agent's progress live (the feed's `bulk_progress` for the rollout, and a reread
 // while it runs), cancel it, and list past rollouts.
-import { html, useState, useEffect, Loading, useLoad, Field, Badge, act } from './ui.js';
+import { html, useState, useEffect, useRef, Loading, useLoad, Field, Badge, act } from './ui.js';
 import { api, ago, can } from './api.js';
 import { useFeed } from './bulk.js';
 
 const enc = encodeURIComponent;
 // How often a running rollout is read again, besides the feed's nudges.
-const REREAD_MS = 2000;
+const REREAD_MS = 1000;
 // The steps of one agent's update, in order, for its progress bar.
 const STEPS = ['pending', 'downloading', 'verifying', 'restarting', 'succeeded'];
 
-const rowsOf = (d) => d.targets || d.agents || [];
-const listOf = (r) => (Array.isArray(r) ? r : r.agent_updates || r.rollouts || []);
-const targetOf = (d) => d.selector || d.group || (d.host_ids ? `${d.host_ids.length} host(s)` : '');
+const targetOf = (d) => d.selector || d.group || 'chosen hosts';
+const FINAL = ['succeeded', 'failed', 'cancelled'];
 
 function Start({ releases, groups, feedOpen, onStarted }) {
   const versions = [...new Set(releases.map((r) => r.version))];
@@ -58,9 +57,20 @@ function Progress({ state }) {
 
 // One rollout: read again while it runs, and whenever the feed says one of its agents moved.
 function Detail({ id, nudge, onCancel }) {
+  const [log, setLog] = useState([]);
   const s = useLoad(() => api.get(`/agent-updates/${enc(id)}`), [id, nudge]);
   const d = s.data;
-  const running = d && !['succeeded', 'failed', 'cancelled', 'rolled_back'].includes(d.state);
+  const running = d && !FINAL.includes(d.state);
+  // Each agent's progress as it is seen to change, in order.
+  const seen = useRef({});
+  useEffect(() => { seen.current = {}; setLog([]); }, [id]);
+  useEffect(() => {
+    if (!d || d.id !== id) return;
+    const moved = (d.targets || []).filter((t) => seen.current[t.host_id] !== t.state);
+    moved.forEach((t) => { seen.current[t.host_id] = t.state; });
+    const at = new Date().toISOString();
+    if (moved.length) setLog((x) => [...x.slice(-199), ...moved.map((t) => `${at} ${t.host_name || t.host_id}: ${t.state}`)]);
+  }, [d]);
   useEffect(() => {
     if (!running) return undefined;
     const t = setTimeout(s.reload, REREAD_MS);
@@ -71,13 +81,12 @@ function Detail({ id, nudge, onCancel }) {
       <span id="update-state"><${Badge} v=${d.state} /></span>
       ${running && !d.cancel_requested && can('admin') && html`<button class="danger" onClick=${() => onCancel(d.id)}>Cancel</button>`}</div>
     <p class="muted">${targetOf(d)} · max ${d.max_parallel ?? '—'} at a time, ${d.max_failures ?? 0} failure(s) allowed · by ${d.created_by || '—'} ${ago(d.created_at)}</p>
-    <table class="grid" id="update-agents"><thead><tr><th>Host</th><th>Agent</th><th>From</th><th>Progress</th><th></th><th>Error</th><th>Finished</th></tr></thead>
-      <tbody>${rowsOf(d).map((t) => {
-        const p = t.progress || t.update_state || t.state;
-        return html`<tr data-agent=${t.agent_id} data-host=${t.host_id}><td>${t.host_name || t.host_id || '—'}</td><td>${t.agent_id || '—'}</td>
-          <td>${t.from_version || '—'}</td><td class="progress-state"><${Badge} v=${p} /></td><td><${Progress} state=${p} /></td>
-          <td>${t.error ? `${t.error.code}: ${t.error.message}` : ''}</td><td>${ago(t.finished_at)}</td></tr>`;
-      })}</tbody></table></div>`}</${Loading}>`;
+    ${d.reason && html`<p class="muted">${d.reason}</p>`}
+    <table class="grid" id="update-agents"><thead><tr><th>Host</th><th>Agent</th><th>From</th><th>Progress</th><th></th><th>Host state</th><th>Error</th><th>Finished</th></tr></thead>
+      <tbody>${(d.targets || []).map((t) => html`<tr data-agent=${t.agent_id || ''} data-host=${t.host_id}><td>${t.host_name || t.host_id}</td><td>${t.agent_id || '—'}</td>
+          <td>${t.from_version || '—'}</td><td class="progress-state"><${Badge} v=${t.state} /></td><td><${Progress} state=${t.state} /></td>
+          <td class="host-state">${t.host_state}</td><td>${t.error ? `${t.error.code}: ${t.error.message}` : ''}</td><td>${ago(t.finished_at)}</td></tr>`)}</tbody></table>
+    <h3>Live progress</h3><ol id="update-log" class="muted">${log.map((l) => html`<li>${l}</li>`)}</ol></div>`}</${Loading}>`;
 }
 
 export function Updates() {
@@ -91,7 +100,7 @@ export function Updates() {
     if (ev.type === 'bulk_done') list.reload();
   });
   const cancel = (id) => act('cancel the update', async () => { await api.post(`/agent-updates/${enc(id)}/cancel`); setNudge((n) => n + 1); });
-  const rollouts = list.data ? listOf(list.data) : [];
+  const rollouts = list.data ? list.data.agent_updates : [];
   return html`<section id="updates"><h1>Agent updates</h1>
     ${can('admin') && html`<${Loading} s=${releases}>${releases.data && html`<${Start} releases=${releases.data.releases || []}
       groups=${(groups.data && groups.data.groups) || []} feedOpen=${feedOpen}
@@ -102,7 +111,7 @@ export function Updates() {
       ? html`<p class="muted" id="updates-none">No agent update rollouts yet.</p>`
       : html`<table class="grid" id="update-list"><thead><tr><th>Version</th><th>Agents of</th><th>Agents</th><th>State</th><th>By</th><th>Started</th><th></th></tr></thead>
       <tbody>${rollouts.map((u) => html`<tr data-update=${u.id}><td>${u.version}</td><td><code>${targetOf(u)}</code></td>
-        <td>${u.hosts ?? u.agents_total ?? '—'}</td><td><${Badge} v=${u.state} /></td><td>${u.created_by || '—'}</td><td>${ago(u.created_at)}</td>
+        <td>${u.hosts}</td><td><${Badge} v=${u.state} /></td><td>${u.created_by || '—'}</td><td>${ago(u.created_at)}</td>
         <td><button onClick=${() => setCurrent(u.id)}>Show</button></td></tr>`)}</tbody></table>`)}</${Loading}>
   </section>`;
 }
