@@ -31,7 +31,7 @@ function Start({ releases, groups, feedOpen, onStarted }) {
     });
   };
   const targets = (v) => releases.filter((r) => r.version === v).map((r) => r.target).join(', ');
-  return html`<form class="card form" onSubmit=${start} aria-label="Start agent update">
+  return html`<form class="card form wide" onSubmit=${start} aria-label="Start agent update">
     <div class="bar">
       <${Field} label="Release"><select id="update-version" required value=${version} onChange=${set('version')}>
         ${versions.length === 0 && html`<option value="">no release stored</option>`}
