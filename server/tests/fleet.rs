@@ -684,12 +684,107 @@ async fn bulk_restart_suite(db: &TestDb) {
     srv.shutdown().await;
 }
 
+/// `q=`: a case-insensitive substring of the name, with LIKE's wildcards taken literally,
+/// combined with the selector, the status and paging.
+async fn name_search_suite(db: &TestDb) {
+    let st = state(db).await;
+    let admin = token(&st, "admin", Role::Admin).await;
+    let viewer = token(&st, "viewer", Role::Viewer).await;
+    let mut ids = BTreeMap::new();
+    for (name, agent) in [
+        ("Shop-Berlin-1", "s-b1"),
+        ("shop-berlin-2", "s-b2"),
+        ("shop_munich", "s-m"),
+        ("depot-berlin", "d-b"),
+        ("shopXmunich", "s-x"),
+    ] {
+        let (id, _) = enrol(&st, &admin, name, agent).await;
+        ids.insert(name, id);
+    }
+    set_labels(
+        &st,
+        &admin,
+        &ids["shop-berlin-2"],
+        json!({ "tier": "gold" }),
+    )
+    .await;
+    set_labels(&st, &admin, &ids["depot-berlin"], json!({ "tier": "gold" })).await;
+
+    // Name order is the database's collation; compare sorted.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(names(&st, &viewer, "q=BERLIN").await),
+        ["Shop-Berlin-1", "depot-berlin", "shop-berlin-2"]
+    );
+    // `_` and `%` are literal, not LIKE's wildcards.
+    assert_eq!(names(&st, &viewer, "q=p_m").await, ["shop_munich"]);
+    assert_eq!(names(&st, &viewer, "q=%25").await, Vec::<String>::new());
+    assert_eq!(
+        names(&st, &viewer, "q=&limit=1000").await,
+        names(&st, &viewer, "limit=1000").await,
+        "an empty q asks nothing"
+    );
+    // With a selector and a status.
+    assert_eq!(
+        names(&st, &viewer, "q=shop&selector=tier%3Dgold").await,
+        ["shop-berlin-2"]
+    );
+    assert_eq!(names(&st, &viewer, "q=shop&status=online").await.len(), 0);
+    assert_eq!(names(&st, &viewer, "q=shop&status=offline").await.len(), 4);
+    // Paging goes through every match once.
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let cursor = next
+            .as_deref()
+            .map(|c| format!("&next={c}"))
+            .unwrap_or_default();
+        let v = get(
+            &st,
+            &viewer,
+            &format!("/api/v1/hosts?q=SHOP&limit=2{cursor}"),
+        )
+        .await;
+        for h in v["hosts"].as_array().unwrap() {
+            seen.push(h["name"].as_str().unwrap().to_string());
+        }
+        next = v["next"].as_str().map(str::to_string);
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        sorted(seen),
+        [
+            "Shop-Berlin-1",
+            "shop-berlin-2",
+            "shopXmunich",
+            "shop_munich"
+        ]
+    );
+    let (s, v) = call(
+        &st,
+        "GET",
+        &format!("/api/v1/hosts?q={}", "x".repeat(300)),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_params", "{v}");
+}
+
 async fn all(db: TestDb) {
     labels_suite(&db).await;
     groups_suite(&db).await;
     bulk_queue_suite(&db).await;
     bulk_stop_suite(&db).await;
     bulk_restart_suite(&db).await;
+    // Last: its hosts share the database with the suites above.
+    name_search_suite(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! flow; each saves a screenshot in `target/browser-screenshots/`.
 
 mod driver;
+mod updates;
 
 use docker_ctl_tests::{
     bin, docker_cli, docker_get, require_docker, unique, Agent, Db, DockerCleanup, Server,
@@ -40,37 +41,7 @@ impl Site {
 
     /// `docker-ctl-server user create --password-stdin`, beside the running server.
     fn user(&self, name: &str, role: &str, password: &str) {
-        let mut args = vec![
-            "user".to_string(),
-            "create".into(),
-            "--name".into(),
-            name.into(),
-            "--role".into(),
-            role.into(),
-            "--password-stdin".into(),
-            "--data-dir".into(),
-            self.server.data_dir.path().display().to_string(),
-        ];
-        if let Db::Postgres(url) = &self.server.db {
-            args.extend(["--database-url".to_string(), url.clone()]);
-        }
-        let mut child = Command::new(bin("docker-ctl-server"))
-            .args(&args)
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn user create");
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(stdin, "{password}").expect("write the password");
-        drop(stdin);
-        let out = child.wait_with_output().expect("user create");
-        assert!(
-            out.status.success(),
-            "user create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_user(&self.server, name, role, password);
     }
 
     fn base(&self) -> String {
@@ -100,6 +71,41 @@ impl Site {
     fn host_page(&self) -> String {
         format!("{}/hosts/{}", self.base(), self.host_id)
     }
+}
+
+/// `docker-ctl-server user create --password-stdin`, beside the running `server`.
+fn create_user(server: &Server, name: &str, role: &str, password: &str) {
+    let mut args = vec![
+        "user".to_string(),
+        "create".into(),
+        "--name".into(),
+        name.into(),
+        "--role".into(),
+        role.into(),
+        "--password-stdin".into(),
+        "--data-dir".into(),
+        server.data_dir.path().display().to_string(),
+    ];
+    if let Db::Postgres(url) = &server.db {
+        args.extend(["--database-url".to_string(), url.clone()]);
+    }
+    let mut child = Command::new(bin("docker-ctl-server"))
+        .args(&args)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn user create");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{password}").expect("write the password");
+    drop(stdin);
+    let out = child.wait_with_output().expect("user create");
+    assert!(
+        out.status.success(),
+        "user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn state_on_dockerd(name: &str) -> String {
@@ -543,5 +549,297 @@ fn a_bulk_operation_over_a_selector_shows_each_hosts_progress_live() {
     for n in &names {
         let c = docker_get(&format!("/containers/ui-bulk-{n}/json"));
         assert_eq!(c["Config"]["Labels"]["docker-ctl-test"], "browser", "{c}");
+    }
+}
+
+/// Sets a `<select>` (or input) to `value` the way a person does: the change event fires.
+fn choose(b: &Browser, css: &str, value: &str) {
+    let ok = b.js(
+        "const e = document.querySelector(arguments[0]); if (!e) return false; e.value = arguments[1];
+         e.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+        json!([css, value]),
+    );
+    assert_eq!(ok, json!(true), "{css}");
+}
+
+/// Replaces the text of the textarea `css` by typing `text`.
+fn retype(b: &Browser, css: &str, text: &str) {
+    let el = b.find(css, PAGE);
+    b.clear(&el);
+    b.type_into(&el, text);
+}
+
+#[test]
+fn a_stack_refused_at_its_line_then_deployed_live_and_deleted() {
+    let site = Site::start();
+    let server = &site.server;
+    let project = unique("uistack");
+    let container = format!("{project}-web-1");
+    let mut cleanup = DockerCleanup::default();
+    cleanup.container(&container);
+    cleanup.network(&format!("{project}_default"));
+    let b = signed_in(&site, "operator");
+    b.goto(&format!("{}/stacks", site.base()));
+    b.click_button("#stacks", "New stack", PAGE);
+    retype(&b, "#stack-name", &project);
+    choose(&b, "#stack-target", "hosts");
+    retype(&b, "#stack-hosts-ids", &site.host_id);
+    let good = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"600\"]\n    labels:\n      docker-ctl-test: browser\n"
+    );
+    // Line 7: a key outside the supported subset.
+    retype(&b, "#stack-compose", &format!("{good}    build: .\n"));
+    b.js("window.__noReload = 1; return 1", json!([]));
+    b.click_button("#stack-editor", "Deploy", PAGE);
+    let (err, _) = b.wait_text("#compose-errors li[data-line='7']", PAGE, |t| {
+        t.contains("services.web.build")
+    });
+    assert!(err.contains("line 7"), "{err}");
+    assert!(
+        b.text_of("#stack-error")
+            .contains("unsupported compose keys"),
+        "the server's message is shown"
+    );
+    // The gutter marks line 7, and only it.
+    let marked = b.js(
+        "return [...document.querySelectorAll('.editor .gutter .bad')].map(e => e.dataset.line)",
+        json!([]),
+    );
+    assert_eq!(marked, json!(["7"]));
+    assert!(b.try_find(".editor .marks .mark[data-line='7']").is_some());
+    b.screenshot("stack-invalid-key");
+    let (st, v) = server.api("GET", &format!("/api/v1/stacks/{project}"), None);
+    assert_eq!(st, 404, "nothing is stored for a refused file: {v}");
+
+    // A YAML syntax error is marked where the parser stopped.
+    retype(&b, "#stack-compose", "services:\n  web:\n    image: [x\n");
+    b.click_button("#stack-editor", "Deploy", PAGE);
+    b.wait_text("#compose-errors", PAGE, |t| t.contains("invalid YAML"));
+    let marked = b.js(
+        "return [...document.querySelectorAll('.editor .gutter .bad')].map(e => Number(e.dataset.line))",
+        json!([]),
+    );
+    let line = marked[0].as_u64().unwrap_or(0);
+    assert!((3..=4).contains(&line), "{marked}");
+
+    // Fixed: it deploys, and the host's progress reaches succeeded live.
+    retype(&b, "#stack-compose", &good);
+    b.click_button("#stack-editor", "Deploy", PAGE);
+    b.wait_text("#bulk-state", ONLINE, |t| t == "succeeded");
+    let row = format!("#bulk-hosts tr[data-host='{}'] .state", site.host_id);
+    b.wait_text(&row, PAGE, |t| t == "succeeded");
+    let log = b.text_of("#bulk-log");
+    let running = log.find(&format!("{}: running", site.host_id));
+    let done = log.find(&format!("{}: succeeded", site.host_id));
+    assert!(
+        running.is_some() && done.is_some() && running < done,
+        "{log}"
+    );
+    assert!(log.contains("done: succeeded"), "{log}");
+    assert!(b.try_find("#compose-errors").is_none());
+    let c = docker_get(&format!("/containers/{container}/json"));
+    assert_eq!(c["State"]["Status"], "running", "{c}");
+    assert_eq!(c["Config"]["Labels"]["docker-ctl-test"], "browser", "{c}");
+    assert_eq!(
+        c["Config"]["Labels"]["com.docker.compose.project"],
+        json!(project),
+        "{c}"
+    );
+    // The stack's page: the host deployed version 1 and runs it without drift.
+    let host_row = format!("#stack-hosts tr[data-host='{}']", site.host_id);
+    b.wait_text(&format!("{host_row} .state"), PAGE, |t| t == "deployed");
+    b.wait_text(&format!("{host_row} .drift"), PAGE, |t| t == "in sync");
+    assert_eq!(b.js("return window.__noReload", json!([])), json!(1));
+    b.screenshot("stack-deployed");
+
+    // Stopped by hand: the stack shows drift; Redeploy repairs it.
+    let (ok, out) = docker_cli(&["stop", "-t", "0", &container]);
+    assert!(ok, "{out}");
+    b.click_button("#stack-detail", "Refresh", PAGE);
+    b.wait_text(&format!("{host_row} .drift"), PAGE, |t| t == "drift");
+    b.wait_text(&format!("{host_row} .services"), PAGE, |t| {
+        t.contains("web: stopped")
+    });
+    b.click_button("#stack-detail", "Redeploy", PAGE);
+    b.wait_text(&row, ONLINE, |t| t == "succeeded");
+    b.wait_text(&format!("{host_row} .drift"), PAGE, |t| t == "in sync");
+    assert_eq!(state_on_dockerd(&container), "running");
+
+    // Deleted: the container goes from dockerd.
+    confirm_all(&b);
+    b.click_button("#stack-detail", "Delete", PAGE);
+    b.wait_text("#bulk-state", ONLINE, |t| t == "succeeded");
+    docker_ctl_tests::wait_for("the stack's container is removed", ONLINE, || {
+        let (ok, _) = docker_cli(&["inspect", &container]);
+        (!ok).then_some(())
+    });
+    b.screenshot("stack-deleted");
+}
+
+#[test]
+fn the_fleet_search_asks_the_server_for_names() {
+    let site = Site::start();
+    let server = &site.server;
+    let run = unique("needle");
+    // More hosts than one page holds, so a filter of the page alone could not find them.
+    let mut wanted = Vec::new();
+    for i in 0..3 {
+        // After the fillers in name order, whatever the case.
+        let name = format!("zz-Fleet-{}-{i}", run.to_uppercase());
+        let (st, h) = server.api(
+            "POST",
+            "/api/v1/hosts",
+            Some(json!({ "name": name, "connection_mode": "agent" })),
+        );
+        assert_eq!(st, 201, "{h}");
+        wanted.push(h["id"].as_str().expect("id").to_string());
+    }
+    for i in 0..55 {
+        let (st, h) = server.api(
+            "POST",
+            "/api/v1/hosts",
+            Some(json!({ "name": format!("aaa-filler-{i:02}"), "connection_mode": "agent" })),
+        );
+        assert_eq!(st, 201, "{h}");
+    }
+    let b = signed_in(&site, "viewer");
+    b.wait_text("#fleet", PAGE, |t| t.contains("aaa-filler-00"));
+    assert!(
+        !b.text_of("#fleet").to_lowercase().contains(&run),
+        "the first page holds only fillers"
+    );
+    let q = b.find("#fleet-q", PAGE);
+    b.type_into(&q, &run);
+    b.wait_text("#fleet", PAGE, |t| !t.contains("aaa-filler"));
+    let rows = b.js(
+        "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.dataset.host)",
+        json!([]),
+    );
+    let mut rows: Vec<String> = serde_json::from_value(rows).expect("ids");
+    rows.sort();
+    wanted.sort();
+    assert_eq!(rows, wanted);
+    b.screenshot("fleet-search");
+    // Combined with the status filter: these hosts never connected.
+    choose(&b, ".bar select", "online");
+    b.find("#fleet-none", PAGE);
+    assert!(!b.text_of("#fleet").to_lowercase().contains(&run));
+}
+
+#[test]
+fn change_the_password_sign_out_the_old_one_is_refused_and_an_admin_resets_it() {
+    let site = Site::start();
+    let name = unique("carol");
+    site.user(&name, "viewer", "the first password");
+    let admin = unique("root");
+    site.user(&admin, "admin", "the admin password");
+    let b = Browser::start();
+    b.sign_in(&site.base(), &name, "the first password");
+    b.find("#fleet", PAGE);
+    b.goto(&format!("{}/account", site.base()));
+    // The old password is required.
+    retype(&b, "#pw-old", "not my password");
+    retype(&b, "#pw-new", "the second password");
+    b.click_button(
+        "form[aria-label='Change password']",
+        "Change password",
+        PAGE,
+    );
+    b.wait_text("#pw-result", PAGE, |t| t.contains("old password is wrong"));
+    retype(&b, "#pw-old", "the first password");
+    retype(&b, "#pw-new", "the second password");
+    b.click_button(
+        "form[aria-label='Change password']",
+        "Change password",
+        PAGE,
+    );
+    b.wait_text("#pw-result", PAGE, |t| t.starts_with("Password changed"));
+    b.screenshot("account-password-changed");
+    b.click_button("header", "Sign out", PAGE);
+    b.find("#signin-name", PAGE);
+
+    b.sign_in(&site.base(), &name, "the first password");
+    b.wait_text("#signin-error", PAGE, |t| {
+        t.contains("wrong user name or password")
+    });
+    let p = b.find("#signin-password", PAGE);
+    b.clear(&p);
+    b.type_into(&p, "the second password\u{E007}");
+    b.find("#fleet", PAGE);
+    b.click_button("header", "Sign out", PAGE);
+
+    // An admin resets it from the Admin page.
+    b.sign_in(&site.base(), &admin, "the admin password");
+    b.find("#fleet", PAGE);
+    b.goto(&format!("{}/admin", site.base()));
+    b.js(
+        "window.prompt = () => 'the third password'; return 1",
+        json!([]),
+    );
+    b.click_button(
+        &format!("#users tr[data-user='{name}']"),
+        "Reset password",
+        PAGE,
+    );
+    b.wait_text(".toasts", PAGE, |t| t.contains("password: done"));
+    b.click_button("header", "Sign out", PAGE);
+    b.sign_in(&site.base(), &name, "the second password");
+    b.wait_text("#signin-error", PAGE, |t| {
+        t.contains("wrong user name or password")
+    });
+    let p = b.find("#signin-password", PAGE);
+    b.clear(&p);
+    b.type_into(&p, "the third password\u{E007}");
+    b.find("#fleet", PAGE);
+    let (who, _) = b.wait_text("#whoami", PAGE, |t| t.contains(&name));
+    assert!(who.contains("viewer"), "{who}");
+}
+
+#[test]
+fn every_page_renders_in_both_themes() {
+    let site = Site::start();
+    let mut cleanup = DockerCleanup::default();
+    let name = site.container(&mut cleanup, "echo ready; sleep 600");
+    let b = signed_in(&site, "admin");
+    let pages = [
+        ("fleet", "/".to_string(), "#fleet"),
+        ("host", format!("/hosts/{}", site.host_id), "#containers"),
+        (
+            "container",
+            format!("/hosts/{}/containers/{name}", site.host_id),
+            "#logs",
+        ),
+        ("bulk", "/bulk".into(), "#bulk-list"),
+        ("stacks", "/stacks".into(), "#stacks-none"),
+        ("updates", "/updates".into(), "#updates"),
+        ("enrol", "/enrol".into(), "#enrolment-tokens"),
+        ("audit", "/audit".into(), "#audit"),
+        ("admin", "/admin".into(), "#users"),
+        (
+            "account",
+            "/account".into(),
+            "form[aria-label='Change password']",
+        ),
+    ];
+    for theme in ["light", "dark"] {
+        b.js(
+            "localStorage.setItem('theme', arguments[0]); return 1",
+            json!([theme]),
+        );
+        for (page, path, ready) in &pages {
+            b.goto(&format!("{}{path}", site.base()));
+            b.find(ready, PAGE);
+            assert_eq!(
+                b.js("return document.documentElement.dataset.theme", json!([])),
+                json!(theme)
+            );
+            // No page shows an error of its own loading.
+            let errors = b.js(
+                "return [...document.querySelectorAll('main [role=alert]')].map(e => e.textContent)",
+                json!([]),
+            );
+            assert_eq!(errors, json!([]), "{page} in {theme}");
+            b.screenshot(&format!("theme-{theme}-{page}"));
+        }
     }
 }

@@ -186,6 +186,7 @@ pub async fn get_one(
     let query = HostQuery {
         selector: Selector::parse(&g.selector).map_err(ApiError::internal)?,
         status: host_query(None, q.status.as_deref())?.status,
+        name: None,
     };
     let limit = paging::limit(q.limit.as_deref())?;
     let after = match q.next.as_deref() {

@@ -70,12 +70,17 @@ pub struct PatchHost {
     region: Option<Option<String>>,
 }
 
+/// The longest name search `GET /api/v1/hosts?q=` takes, in bytes.
+const MAX_NAME_QUERY: usize = 256;
+
 /// `GET /api/v1/hosts` query. Strings, so each bad value gets its own message.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     selector: Option<String>,
     status: Option<String>,
+    /// A case-insensitive substring of the host's name.
+    q: Option<String>,
     limit: Option<String>,
     next: Option<String>,
 }
@@ -93,7 +98,11 @@ pub(super) fn host_query(selector: Option<&str>, status: Option<&str>) -> ApiRes
                 ApiError::bad_request("status must be online, offline or pending")
             })?),
         };
-    Ok(HostQuery { selector, status })
+    Ok(HostQuery {
+        selector,
+        status,
+        name: None,
+    })
 }
 
 /// The admin labels of a patch applied to `now`.
@@ -326,8 +335,8 @@ pub async fn create(
     ))
 }
 
-/// `GET /api/v1/hosts?selector=..&status=..&limit=..&next=..`: the matching hosts in name
-/// order, a page at a time.
+/// `GET /api/v1/hosts?selector=..&status=..&q=..&limit=..&next=..`: the matching hosts in
+/// name order, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -335,7 +344,13 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let query = host_query(q.selector.as_deref(), q.status.as_deref())?;
+    let name = q.q.as_deref().map(str::trim);
+    if name.is_some_and(|n| n.len() > MAX_NAME_QUERY) {
+        return Err(ApiError::bad_request(format!(
+            "q must be at most {MAX_NAME_QUERY} bytes"
+        )));
+    }
+    let query = host_query(q.selector.as_deref(), q.status.as_deref())?.with_name(name);
     let limit = paging::limit(q.limit.as_deref())?;
     let after = match q.next.as_deref() {
         Some(c) => Some(paging::decode("hosts", c)?),

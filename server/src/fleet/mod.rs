@@ -5,7 +5,7 @@
 //! the store narrows each batch in SQL with the substrings the selector needs
 //! ([`Selector::must_contain`]), and the selector itself decides on what comes back, against
 //! the host's admin labels over its agent's ([`labels::effective`]: the admin wins on a shared
-//! key). Memory stays bounded by the batch and the page, whatever the fleet's size.
+//! key). A name search narrows each batch in SQL too. Memory stays bounded by the batch and the page, whatever the fleet's size.
 //!
 //! A host's status is its adapter's view ([`HostAdapter::route`](crate::hosts::HostAdapter)):
 //! an agent host is `online` while an agent of it has a live session, a direct host is
@@ -65,11 +65,23 @@ impl fmt::Display for HostStatus {
     }
 }
 
-/// Which hosts to pick: those the selector matches and, when given, in that status.
+/// Which hosts to pick: those the selector matches and, when given, in that status and
+/// whose name contains `name` (case-insensitively).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostQuery {
     pub selector: Selector,
     pub status: Option<HostStatus>,
+    /// A substring of the host's name, lowercase (see [`HostQuery::with_name`]).
+    pub name: Option<String>,
+}
+
+impl HostQuery {
+    /// The same query, also asking that the name contain `q` in any case. An empty `q`
+    /// asks nothing.
+    pub fn with_name(mut self, q: Option<&str>) -> HostQuery {
+        self.name = q.filter(|q| !q.is_empty()).map(str::to_lowercase);
+        self
+    }
 }
 
 /// One page of hosts, and the name to continue after when more may match.
@@ -114,6 +126,9 @@ impl Fleet {
         q.selector
             .matches(&labels::effective(&h.labels, &h.agent_labels))
             && q.status.is_none_or(|s| self.status(h) == s)
+            && q.name
+                .as_deref()
+                .is_none_or(|n| h.name.to_lowercase().contains(n))
     }
 
     /// Up to `limit` matching hosts whose names sort after `after`, in name order; `next`
@@ -182,7 +197,7 @@ impl Fleet {
         loop {
             let batch = self
                 .store
-                .scan_hosts(after.as_deref(), &must, SCAN_BATCH)
+                .scan_hosts(after.as_deref(), &must, q.name.as_deref(), SCAN_BATCH)
                 .await?;
             let last = batch.len() < SCAN_BATCH as usize;
             for h in batch {
@@ -239,7 +254,7 @@ impl Fleet {
         let selector = Selector::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let q = HostQuery {
             selector,
-            status: None,
+            ..HostQuery::default()
         };
         self.select(&q, max)
             .await?

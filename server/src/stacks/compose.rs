@@ -43,7 +43,8 @@ impl Stack {
 /// `${VAR}` taken from `env`.
 ///
 /// Errors: every problem found, each with its path in the file (unsupported keys, invalid
-/// values, missing images, unknown references, `depends_on` cycles, an invalid project name).
+/// values, missing images, unknown references, `depends_on` cycles, an invalid project name)
+/// and, when it is in the file, its line.
 pub fn parse(
     project: &str,
     yaml: &str,
@@ -56,6 +57,15 @@ pub fn parse(
             m,
         )]));
     }
+    check_file(project, yaml, env).map_err(|e| e.with_lines(yaml))
+}
+
+/// [`parse`] once the project name is known to be valid.
+fn check_file(
+    project: &str,
+    yaml: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Stack, ComposeErrors> {
     let mut root = load(yaml).map_err(|e| ComposeErrors(vec![e]))?;
     let mut problems = Problems::default();
     let mut unset = BTreeSet::new();

@@ -52,6 +52,9 @@ pub struct ComposeError {
     pub path: String,
     pub kind: ErrorKind,
     pub message: String,
+    /// The 1-based line of the file the problem is on, when known (see [`super::locate`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 impl ComposeError {
@@ -60,7 +63,14 @@ impl ComposeError {
             path: path.into(),
             kind,
             message: message.into(),
+            line: None,
         }
+    }
+
+    /// The same problem, on line `line` (1-based).
+    pub fn at_line(mut self, line: Option<usize>) -> Self {
+        self.line = line;
+        self
     }
 }
 
@@ -91,6 +101,14 @@ impl ComposeErrors {
 
     pub fn iter(&self) -> impl Iterator<Item = &ComposeError> {
         self.0.iter()
+    }
+
+    /// Each problem that has no line yet gets the line of its path in `text`.
+    pub(super) fn with_lines(mut self, text: &str) -> Self {
+        for e in self.0.iter_mut().filter(|e| e.line.is_none()) {
+            e.line = super::locate::line_of(text, &e.path);
+        }
+        self
     }
 }
 

@@ -36,7 +36,7 @@ pub(super) fn load(text: &str) -> Result<Mapping, ComposeError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let mut value = Seed(&budget)
         .deserialize(de)
-        .map_err(|e| yaml(format!("invalid YAML: {e}")))?;
+        .map_err(|e| yaml(format!("invalid YAML: {e}")).at_line(e.location().map(|l| l.line())))?;
     merge_keys(&mut value).map_err(yaml)?;
     match value {
         Value::Mapping(m) => Ok(m),

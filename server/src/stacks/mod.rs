@@ -21,6 +21,7 @@ mod convert;
 mod hash;
 mod interpolate;
 mod load;
+mod locate;
 mod schema;
 mod structure;
 mod translate;

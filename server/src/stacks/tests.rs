@@ -1037,3 +1037,31 @@ fn booleans_and_container_network_mode() {
     // No service joins `default`, so no network is planned.
     assert!(plan.networks.is_empty());
 }
+
+#[test]
+fn problems_carry_the_line_they_are_on() {
+    let e = errors_of(
+        "services:\n  web:\n    image: busybox\n    build: .\n    ports:\n      - \"80\"\n      - \"not a port\"\nconfigs: {}\n",
+    );
+    let line = |path: &str| {
+        e.iter()
+            .find(|x| x.path == path)
+            .unwrap_or_else(|| panic!("{path}: {e}"))
+            .line
+    };
+    assert_eq!(line("services.web.build"), Some(4), "{e}");
+    assert_eq!(line("services.web.ports[1]"), Some(7), "{e}");
+    assert_eq!(line("configs"), Some(8), "{e}");
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v[0]["line"], json!(4), "{v}");
+
+    // A syntax error: the parser's line.
+    let e = errors_of("services:\n  web:\n    image: [busybox\n    command: x\n");
+    assert_eq!(e.0[0].kind, ErrorKind::Yaml, "{e}");
+    assert!(matches!(e.0[0].line, Some(3..=5)), "{:?}", e.0[0]);
+
+    // The stack's name is not in the file: no line.
+    let e = parse("Bad Name", "services: {}\n", &BTreeMap::new()).unwrap_err();
+    assert_eq!(e.0[0].line, None);
+    assert!(serde_json::to_value(&e).unwrap()[0].get("line").is_none());
+}

@@ -333,13 +333,14 @@ impl Store {
 
     /// One batch of the scan behind label selectors: at most `limit` hosts whose name sorts
     /// after `after`, in name order, keeping only those whose stored label sets contain, for
-    /// every list in `must_contain`, one of its strings (in the admin's or the agent's set).
-    /// The caller matches the selector itself on what comes back; this only narrows the rows
+    /// every list in `must_contain`, one of its strings (in the admin's or the agent's set),
+    /// and, with `name_contains` (lowercase), whose lowercased name contains it. The caller matches the selector itself on what comes back; this only narrows the rows
     /// in SQL. Memory stays bounded by `limit`.
     pub async fn scan_hosts(
         &self,
         after: Option<&str>,
         must_contain: &[Vec<String>],
+        name_contains: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Host>> {
         let mut sql = format!(
@@ -365,6 +366,15 @@ impl Store {
             }
             sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
         }
+        // Only an ASCII needle narrows in SQL: SQLite's LOWER folds ASCII only, and the
+        // caller decides on the full Unicode lowercase anyway.
+        if let Some(n) = name_contains.filter(|n| !n.is_empty() && n.is_ascii()) {
+            binds.push(Bind::Text(format!("%{}%", like_escape(&n.to_lowercase()))));
+            sql.push_str(&format!(
+                " AND LOWER(h.name) LIKE ${} ESCAPE '\\'",
+                binds.len()
+            ));
+        }
         binds.push(Bind::Int(limit.clamp(1, 10_000)));
         sql.push_str(&format!(" ORDER BY h.name LIMIT ${}", binds.len()));
         let mut q = sqlx::query(&sql);
@@ -377,4 +387,16 @@ impl Store {
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(Self::host_row).collect()
     }
+}
+
+/// `s` with LIKE's wildcards (`%`, `_`) and the escape character (`\`) taken literally.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -35,7 +35,7 @@ function Users() {
       <${Field} label="Password"><input type="password" autocomplete="new-password" value=${f.password} onInput=${(e) => setF({ ...f, password: e.target.value })} /></${Field}>
       <button type="submit" class="primary">Create user</button></form>
     <${Loading} s=${s}>${s.data && html`<table class="grid" id="users"><thead><tr><th>Name</th><th>Role</th><th>Password</th><th>Sessions</th><th>Created</th><th>Actions</th></tr></thead>
-      <tbody>${s.data.users.map((u) => html`<tr><td>${u.name}</td>
+      <tbody>${s.data.users.map((u) => html`<tr data-user=${u.name}><td>${u.name}</td>
         <td><select aria-label=${'Role of ' + u.name} value=${u.role} onChange=${(e) => role(u, e.target.value)}>
           <option>viewer</option><option>operator</option><option>admin</option></select></td>
         <td>${u.has_password ? 'set' : '—'}</td><td>${u.sessions}</td><td>${ago(u.created_at)}</td>
@@ -90,11 +90,16 @@ export function Account() {
   const s = useLoad(() => api.get('/me/tokens'), []);
   const [secret, setSecret] = useState(null);
   const [pw, setPw] = useState({ old_password: '', new_password: '' });
+  const [pwState, setPwState] = useState(null);
   const create = () => act('create a token', async () => { const r = await api.post('/me/tokens', {}); setSecret(r.token); s.reload(); });
   const revoke = (t) => act(`revoke token ${t.prefix}`, async () => { await api.del(`/me/tokens/${enc(t.id)}`); s.reload(); });
   const change = (e) => {
     e.preventDefault();
-    act('change the password', async () => { await api.put('/me/password', pw); setPw({ old_password: '', new_password: '' }); });
+    setPwState(null);
+    api.put('/me/password', pw).then((r) => {
+      setPw({ old_password: '', new_password: '' });
+      setPwState({ ok: true, text: `Password changed${r && r.sessions_ended ? `; ${r.sessions_ended} other session(s) ended` : ''}.` });
+    }, (err) => setPwState({ ok: false, text: err.message }));
   };
   return html`<section><h1>Account</h1>
     <h2>API tokens</h2><p><button class="primary" onClick=${create}>Create token</button></p>
@@ -102,7 +107,8 @@ export function Account() {
     <${Loading} s=${s}>${s.data && html`<${TokenTable} tokens=${s.data.tokens} revoke=${revoke} />`}</${Loading}>
     <h2>Password</h2>
     <form class="card form" onSubmit=${change} aria-label="Change password">
-      <${Field} label="Current password"><input type="password" autocomplete="current-password" value=${pw.old_password} onInput=${(e) => setPw({ ...pw, old_password: e.target.value })} /></${Field}>
-      <${Field} label="New password"><input type="password" autocomplete="new-password" required value=${pw.new_password} onInput=${(e) => setPw({ ...pw, new_password: e.target.value })} /></${Field}>
+      <${Field} label="Current password"><input id="pw-old" type="password" autocomplete="current-password" value=${pw.old_password} onInput=${(e) => setPw({ ...pw, old_password: e.target.value })} /></${Field}>
+      <${Field} label="New password"><input id="pw-new" type="password" autocomplete="new-password" required value=${pw.new_password} onInput=${(e) => setPw({ ...pw, new_password: e.target.value })} /></${Field}>
+      ${pwState && html`<p id="pw-result" class=${pwState.ok ? 'okline' : 'error'} role="status">${pwState.text}</p>`}
       <button type="submit" class="primary">Change password</button></form></section>`;
 }

@@ -3,13 +3,16 @@
 // session's CSRF token; every error becomes an Error with the server's message.
 export const session = { user: null, role: null, csrf: null };
 
-function messageOf(status, text) {
-  try {
-    const j = JSON.parse(text);
-    if (j && j.error && j.error.message) return j.error.message;
-    if (j && j.message) return j.message;
-  } catch (_) { /* not JSON */ }
-  return text || `HTTP ${status}`;
+// The server's error: its message, code and details (e.g. a compose file's problems).
+function errorOf(status, text) {
+  let j = null;
+  try { j = JSON.parse(text); } catch (_) { /* not JSON */ }
+  const body = (j && j.error) || j || {};
+  const e = new Error(body.message || text || `HTTP ${status}`);
+  e.status = status;
+  e.code = body.code;
+  e.details = body.details;
+  return e;
 }
 
 export async function request(method, path, body, raw) {
@@ -22,11 +25,7 @@ export async function request(method, path, body, raw) {
   });
   if (raw) return r;
   const text = await r.text();
-  if (!r.ok) {
-    const e = new Error(messageOf(r.status, text));
-    e.status = r.status;
-    throw e;
-  }
+  if (!r.ok) throw errorOf(r.status, text);
   return text ? JSON.parse(text) : null;
 }
 

@@ -10,7 +10,7 @@ const what = (b) => (b.operations || []).join(' → ') || b.kind;
 const RANK = { pending: 0, running: 1, queued: 2, succeeded: 3, failed: 3, skipped: 3, cancelled: 3 };
 
 // The feed, with whether it is open: progress is only watched once it is.
-function useFeed(onEvent) {
+export function useFeed(onEvent) {
   const cb = useRef(onEvent);
   cb.current = onEvent;
   const [open, setOpen] = useState(false);
@@ -26,6 +26,44 @@ function useFeed(onEvent) {
     return () => { stop = true; clearTimeout(timer); ws && ws.close(); };
   }, []);
   return open;
+}
+
+// Watching one rollout (a bulk operation, a stack's deploy): its hosts' states and a log,
+// moved on by the feed's `bulk_progress` and `bulk_done` messages. `onDone` runs at the end.
+export function useProgress(onDone) {
+  const [current, setCurrent] = useState(null);
+  const [live, setLive] = useState({ hosts: {}, done: null });
+  const [log, setLog] = useState([]);
+  const cur = useRef(null);
+  cur.current = current;
+  const done = useRef(onDone);
+  done.current = onDone;
+  // A rollout's first messages can come before its POST answers with the id: keep recent
+  // ones and replay them when the id is known.
+  const early = useRef([]);
+  const apply = (ev) => {
+    if (ev.type === 'bulk_progress') {
+      setLive((l) => ({ ...l, hosts: { ...l.hosts, [ev.host_id]: RANK[l.hosts[ev.host_id]] > RANK[ev.state] ? l.hosts[ev.host_id] : ev.state } }));
+      setLog((x) => [...x.slice(-199), `${ev.at} ${ev.host_id}: ${ev.state}`]);
+    } else if (ev.type === 'bulk_done') {
+      setLive((l) => ({ ...l, done: ev.state }));
+      setLog((x) => [...x, `${ev.at} done: ${ev.state}`]);
+      if (done.current) done.current(ev);
+    }
+  };
+  const feedOpen = useFeed((ev) => {
+    if (ev.type !== 'bulk_progress' && ev.type !== 'bulk_done') return;
+    if (ev.bulk_id === cur.current) apply(ev);
+    else early.current = [...early.current.slice(-499), ev];
+  });
+  const show = (id) => {
+    setLive({ hosts: {}, done: null }); setLog([]); setCurrent(id);
+    cur.current = id;
+    const mine = early.current.filter((ev) => ev.bulk_id === id);
+    early.current = early.current.filter((ev) => ev.bulk_id !== id);
+    mine.forEach(apply);
+  };
+  return { current, live, log, show, feedOpen };
 }
 
 function Start({ groups, feedOpen, onStarted }) {
@@ -59,7 +97,7 @@ function Start({ groups, feedOpen, onStarted }) {
 }
 
 // One operation: its document, with each host's state moved on by the feed.
-function Detail({ id, live, log, onCancel }) {
+export function Detail({ id, live, log, onCancel }) {
   const s = useLoad(() => api.get(`/bulk-operations/${enc(id)}?limit=1000`), [id, live.done]);
   const d = s.data;
   const state = (t) => {
@@ -70,7 +108,7 @@ function Detail({ id, live, log, onCancel }) {
     <div class="bar"><h2>${what(d)}</h2><span class="grow"></span>
       <span id="bulk-state"><${Badge} v=${live.done || d.state} /></span>
       ${d.state === 'running' && !d.cancel_requested && can('operator') && html`<button class="danger" onClick=${() => onCancel(d.id)}>Cancel</button>`}</div>
-    <p class="muted">${d.selector || d.group} · ${d.hosts} hosts · by ${d.created_by} ${ago(d.created_at)}${d.reason ? ' · ' + d.reason : ''}</p>
+    <p class="muted">${d.selector || d.group || 'chosen hosts'} · ${d.hosts} host${d.hosts === 1 ? '' : 's'} · by ${d.created_by} ${ago(d.created_at)}${d.reason ? ' · ' + d.reason : ''}</p>
     <table class="grid" id="bulk-hosts"><thead><tr><th>Host</th><th>State</th><th>Error</th><th>Finished</th></tr></thead>
       <tbody>${d.targets.map((t) => html`<tr data-host=${t.host_id}><td>${t.host_name}</td><td class="state"><${Badge} v=${state(t)} /></td>
         <td>${t.error ? `${t.error.code}: ${t.error.message}` : ''}</td><td>${ago(t.finished_at)}</td></tr>`)}</tbody></table>
@@ -80,23 +118,7 @@ function Detail({ id, live, log, onCancel }) {
 function Operations() {
   const list = useLoad(() => api.get('/bulk-operations?limit=50'), []);
   const groups = useLoad(() => api.get('/groups?limit=100'), []);
-  const [current, setCurrent] = useState(null);
-  const [live, setLive] = useState({ hosts: {}, done: null });
-  const [log, setLog] = useState([]);
-  const cur = useRef(null);
-  cur.current = current;
-  const feedOpen = useFeed((ev) => {
-    if (!cur.current || ev.bulk_id !== cur.current) return;
-    if (ev.type === 'bulk_progress') {
-      setLive((l) => ({ ...l, hosts: { ...l.hosts, [ev.host_id]: RANK[l.hosts[ev.host_id]] > RANK[ev.state] ? l.hosts[ev.host_id] : ev.state } }));
-      setLog((x) => [...x.slice(-199), `${ev.at} ${ev.host_id}: ${ev.state}`]);
-    } else if (ev.type === 'bulk_done') {
-      setLive((l) => ({ ...l, done: ev.state }));
-      setLog((x) => [...x, `${ev.at} done: ${ev.state}`]);
-      list.reload();
-    }
-  });
-  const show = (id) => { setLive({ hosts: {}, done: null }); setLog([]); setCurrent(id); };
+  const { current, live, log, show, feedOpen } = useProgress(() => list.reload());
   const cancel = (id) => act('cancel the bulk operation', async () => { await api.post(`/bulk-operations/${enc(id)}/cancel`); list.reload(); });
   return html`${can('operator') && html`<${Start} groups=${(groups.data && groups.data.groups) || []} feedOpen=${feedOpen} onStarted=${(id) => { show(id); list.reload(); }} />`}
     ${current && html`<${Detail} id=${current} live=${live} log=${log} onCancel=${cancel} />`}

@@ -40,11 +40,12 @@ export function Fleet() {
     const p = new URLSearchParams({ limit: PAGE });
     if (selector) p.set('selector', selector);
     if (status) p.set('status', status);
+    if (q.trim()) p.set('q', q.trim());
     if (cursor) p.set('next', cursor);
     api.get('/hosts?' + p).then((data) => set({ data, error: null, loading: false }),
       (error) => set((o) => ({ ...o, error, loading: false })));
   };
-  useEffect(() => { const t = setTimeout(load, 250); return () => clearTimeout(t); }, [selector, status, cursor]);
+  useEffect(() => { const t = setTimeout(load, 250); return () => clearTimeout(t); }, [q, selector, status, cursor]);
   useLive((ev) => {
     if (!s.data || !ev.host_id) return;
     const change = { agent_online: { status: 'online' }, agent_offline: { status: 'offline' } }[ev.type];
@@ -54,7 +55,7 @@ export function Fleet() {
   });
   const d = s.data;
   const restart = (f) => (e) => { f(e.target.value); setCursors([null]); };
-  const shown = d ? d.hosts.filter((h) => !q || h.name.toLowerCase().includes(q.toLowerCase())) : [];
+  const shown = d ? d.hosts : [];
   const labels = (h) => Object.entries({ ...(h.agent_labels || {}), ...(h.labels || {}) }).map(([k, v]) => html`<span class="badge neutral">${k}=${v}</span> `);
   return html`<section>
     <div class="bar">
@@ -63,12 +64,12 @@ export function Fleet() {
       <${Field} label="Status"><select value=${status} onChange=${restart(setStatus)}>
         <option value="">any</option><option value="online">online</option><option value="offline">offline</option><option value="pending">pending</option>
       </select></${Field}>
-      <${Field} label="Name (this page)"><input type="search" value=${q} placeholder="host name" onInput=${(e) => setQ(e.target.value)} /></${Field}>
+      <${Field} label="Name"><input id="fleet-q" type="search" value=${q} placeholder="part of a host name" onInput=${restart(setQ)} /></${Field}>
     </div>
     <${Loading} s=${s}>${d && html`
       <table class="grid" id="fleet">
         <thead><tr><th>Host</th><th>Status</th><th>Mode</th><th>Last heartbeat</th><th>Agent</th><th>Docker</th><th>Load</th><th>Memory</th><th>Containers</th><th>Labels</th></tr></thead>
-        <tbody>${shown.map((h) => {
+        <tbody>${shown.length === 0 && html`<tr><td colspan="10" class="muted" id="fleet-none">No hosts match.</td></tr>`}${shown.map((h) => {
           const x = health(h);
           return html`<tr data-host=${h.id}>
             <td><${Link} href=${'/hosts/' + encodeURIComponent(h.id)}>${h.name}</${Link}></td>

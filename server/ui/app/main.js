@@ -8,6 +8,8 @@ import { Audit } from './audit.js';
 import { Admin, Account } from './admin.js';
 import { Enrol } from './enrol.js';
 import { Bulk } from './bulk.js';
+import { Stacks } from './stacks.js';
+import { Updates } from './updates.js';
 
 function applyTheme(t) { document.documentElement.dataset.theme = t; }
 applyTheme(localStorage.getItem('theme') || (matchMedia('(prefers-color-scheme: light)').matches ? 'light' : 'dark'));
@@ -55,6 +57,8 @@ function Nav({ onOut }) {
     <nav aria-label="Main">
       <${Link} href="/">Fleet</${Link}>
       <${Link} href="/bulk">Bulk</${Link}>
+      <${Link} href="/stacks">Stacks</${Link}>
+      <${Link} href="/updates">Updates</${Link}>
       ${can('admin') && html`<${Link} href="/enrol">Enrol</${Link}><${Link} href="/audit">Audit</${Link}><${Link} href="/admin">Admin</${Link}>`}
       <${Link} href="/account">Account</${Link}>
     </nav>
@@ -70,6 +74,8 @@ function route(path) {
   if ((m = path.match(/^\/hosts\/([^/]+)\/containers\/([^/]+)$/))) return html`<${ContainerPage} host=${decodeURIComponent(m[1])} id=${decodeURIComponent(m[2])} />`;
   if ((m = path.match(/^\/hosts\/([^/]+)$/))) return html`<${HostPage} host=${decodeURIComponent(m[1])} />`;
   if (path === '/bulk') return html`<${Bulk} />`;
+  if (path === '/stacks') return html`<${Stacks} />`;
+  if (path === '/updates') return html`<${Updates} />`;
   if (path === '/enrol') return html`<${Enrol} />`;
   if (path === '/audit') return html`<${Audit} />`;
   if (path === '/admin') return html`<${Admin} />`;

@@ -89,7 +89,11 @@ export function Field({ label, children }) {
   return html`<label class="field"><span>${label}</span>${children}</label>`;
 }
 
+const BADGE = {
+  online: 'ok', running: 'ok', offline: 'bad', exited: 'bad', dead: 'bad', success: 'ok', denied: 'bad', error: 'bad',
+  succeeded: 'ok', failed: 'bad', rolled_back: 'bad', cancelled: 'bad', deployed: 'ok', 'in sync': 'ok', drift: 'bad',
+};
 export function Badge({ v }) {
-  const cls = { online: 'ok', running: 'ok', offline: 'bad', exited: 'bad', dead: 'bad', success: 'ok', denied: 'bad', error: 'bad' }[v] || 'neutral';
+  const cls = BADGE[v] || 'neutral';
   return html`<span class=${'badge ' + cls}>${v || '—'}</span>`;
 }
