@@ -228,7 +228,10 @@ impl Db {
 
 /// Collects a child's output lines so a failing test can show them.
 #[derive(Clone, Default)]
-pub struct Output(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>);
+pub struct Output(
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+);
 
 impl Output {
     fn capture(&self, child: &mut Child) {
@@ -258,7 +261,11 @@ impl Output {
     /// Waits (at most 5 s) until the exited child's last lines are read: a process can exit
     /// before its final log line reaches us through the pipe.
     fn drain(&self) {
-        let readers = self.1.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        let readers = self
+            .1
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(5);
         for reader in readers {
             while !reader.is_finished() && Instant::now() < deadline {
@@ -414,7 +421,10 @@ impl Server {
                 || {
                     if let Some(c) = self.child.as_mut() {
                         if let Ok(Some(status)) = c.try_wait() {
-                            { out.drain(); panic!("server exited with {status}:\n{}", out.text()); }
+                            {
+                                out.drain();
+                                panic!("server exited with {status}:\n{}", out.text());
+                            }
                         }
                     }
                     out.listening_addr()
@@ -428,7 +438,10 @@ impl Server {
             || {
                 if let Some(c) = self.child.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
-                        { out.drain(); panic!("server exited with {status}:\n{}", out.text()); }
+                        {
+                            out.drain();
+                            panic!("server exited with {status}:\n{}", out.text());
+                        }
                     }
                 }
                 ureq::get(&url)
