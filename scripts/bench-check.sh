@@ -10,7 +10,8 @@
 #     1,000 commands/s
 #   - TLS: 1,000 simulated agents over wss:// to the server's own TLS listener, <= 20 KiB
 #     server RSS per agent, and a 1,000-agent TLS reconnect storm back in <= 30 s with no
-#     failed handshake (needs the openssl CLI for the test CA)
+#     failed handshake (needs the openssl CLI for the test CA; the storm prints its failed
+#     handshakes by step and cause)
 # Needs dockerd (scripts/services.sh). Builds release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

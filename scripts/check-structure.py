@@ -35,6 +35,7 @@ SERVER_LAYERS = [
     ("fleet", {"fleet"}),
     ("hosts", {"hosts"}),
     ("agents", {"agents"}),
+    ("cluster", {"cluster"}),
     ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto",
                "forwarded", "reply", "error", "config", "stacks", "releases", "labels",
                "enrolment", "tls"}),

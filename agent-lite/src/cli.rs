@@ -66,7 +66,7 @@ const OPTS: [Opt; 8] = [
         value: "URL",
         env: "DOCKER_CTL_SERVER",
         hide_env_value: false,
-        help: "Server URL, e.g. wss://control.example.com (overrides server.url)",
+        help: "Server URL, e.g. wss://control.example.com, or several comma-separated (overrides server.url)",
     },
     Opt {
         long: "agent-id",

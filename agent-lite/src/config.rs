@@ -123,7 +123,8 @@ fn invalid<T>(message: String) -> Result<T, ConfigError> {
 /// the agent uses, so nothing parses them twice.
 #[derive(Debug)]
 pub struct Parsed {
-    pub server_url: ServerUrl,
+    /// `server.url`'s servers in the order they are tried: the first is preferred.
+    pub server_urls: Vec<ServerUrl>,
     pub pin: Option<Pin>,
     /// `unix://` or `tcp://` (the agent refuses `https://`).
     pub docker: Endpoint,
@@ -258,7 +259,9 @@ impl UpdateConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// `wss://host[:port][/base]`, or `ws://` for loopback and development.
+    /// `wss://host[:port][/base]`, or `ws://` for loopback and development. Several servers
+    /// (replicas) are separated by commas, or given as a YAML list: tried in order, the first
+    /// preferred.
     #[serde(default)]
     pub url: String,
     /// `false` accepts any server certificate: only with a loud warning.
@@ -613,7 +616,7 @@ impl Config {
     /// Checks every value after parsing and overrides, and returns what the settings written
     /// as text parse into. The first problem found is the error.
     pub fn validate(&self) -> Result<Parsed, ConfigError> {
-        let server_url = self.check_server_url()?;
+        let server_urls = self.check_server_urls()?;
         let signing_key = self.check_agent()?;
         let docker = self.check_docker()?;
         self.check_timing()?;
@@ -632,7 +635,7 @@ impl Config {
             None => None,
         };
         Ok(Parsed {
-            server_url,
+            server_urls,
             pin,
             docker,
             signing_key,
@@ -649,17 +652,19 @@ impl Config {
         })
     }
 
-    fn check_server_url(&self) -> Result<ServerUrl, ConfigError> {
-        let url = &self.server.url;
-        if url.is_empty() {
+    /// `server.url`: one URL, or several separated by commas (a YAML list in the file).
+    fn check_server_urls(&self) -> Result<Vec<ServerUrl>, ConfigError> {
+        if self.server.url.trim().is_empty() {
             return invalid("server.url is required (or --server / DOCKER_CTL_SERVER)".into());
         }
-        if !(url.starts_with("wss://") || url.starts_with("ws://")) {
-            return invalid(format!(
-                "server.url {url:?} must start with wss:// or ws://"
-            ));
+        let mut urls = Vec::new();
+        for url in self.server.url.split(',') {
+            match ServerUrl::parse(url.trim()) {
+                Ok(u) => urls.push(u),
+                Err(e) => return invalid(format!("server.url {url:?}: {e}")),
+            }
         }
-        ServerUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("server.url {url:?}: {e}")))
+        Ok(urls)
     }
 
     /// `agent.*`; returns the signing key.
@@ -947,7 +952,8 @@ fn name_section(text: &str, message: &str) -> String {
     format!("unknown key `{key}` ({message})")
 }
 
-/// Expands `${VAR}` in every string value, in place.
+/// Expands `${VAR}` in every string value, in place. `server.url` may be a YAML list (flow or
+/// block): it becomes the comma-separated form that `--server` and `DOCKER_CTL_SERVER` take.
 fn expand(
     v: &mut serde_yaml_ng::Value,
     key: &str,
@@ -977,8 +983,17 @@ fn expand(
             }
         }
         Value::Sequence(items) => {
+            let mut joined = Some(String::new());
             for (i, child) in items.iter_mut().enumerate() {
                 expand(child, &format!("{key}[{i}]"), path, env)?;
+                joined = joined.zip(child.as_str()).map(|(j, u)| j + u + ",");
+            }
+            if key == "server.url" {
+                let joined = joined.ok_or_else(|| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: "server.url: every item of the list must be a URL".into(),
+                })?;
+                *v = Value::String(joined.trim_end_matches(',').into());
             }
         }
         Value::Tagged(t) => expand(&mut t.value, key, path, env)?,
@@ -1212,6 +1227,53 @@ mod tests {
     }
 
     #[test]
+    fn several_servers_as_a_yaml_list_or_comma_separated() {
+        let urls = |c: &Config| -> Vec<String> {
+            let v = c.validate().unwrap();
+            v.server_urls.iter().map(|u| u.agent_url("a")).collect()
+        };
+        let want = [
+            "wss://a.example:443/ws/agents/a",
+            "ws://[::1]:9/ws/agents/a",
+        ];
+        let base = "agent: {id: a, auth_token: t}\ndocker: {socket: \"tcp://127.0.0.1:1\"}\n";
+        for server in [
+            "server:\n  url: [\"wss://a.example\", \"ws://[::1]:9\"]\n",
+            "server:\n  url:\n    - wss://a.example\n    - ${B}\n",
+            "server:\n  url: \"wss://a.example, ws://[::1]:9\"\n",
+        ] {
+            let text = format!("{server}{base}");
+            let c = Config::from_yaml(&text, Path::new("a.yaml"), &env(&[("B", "ws://[::1]:9")]))
+                .unwrap();
+            assert_eq!(urls(&c), want, "{server}");
+        }
+        let mut c = Config::from_yaml(
+            &format!("server: {{url: wss://a}}\n{base}"),
+            Path::new("a"),
+            &env(&[]),
+        )
+        .unwrap();
+        c.apply(&Overrides {
+            server: Some("wss://a.example,ws://[::1]:9".into()),
+            ..Default::default()
+        });
+        assert_eq!(urls(&c), want);
+        for bad in ["wss://a,", "wss://a,http://b", ",wss://a"] {
+            c.server.url = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("server.url"), "{bad}: {err}");
+        }
+        let err = Config::from_yaml(
+            &format!("server: {{url: [1, 2]}}\n{base}"),
+            Path::new("a"),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("url"), "{err}");
+    }
+
+    #[test]
     fn validation_returns_the_parsed_settings() {
         let mut c = Config::empty();
         c.apply(&Overrides {
@@ -1223,8 +1285,8 @@ mod tests {
         });
         c.server.pin_sha256 = Some("ab".repeat(32));
         let v = c.into_valid().unwrap();
-        assert_eq!(v.parsed.server_url.host, "control.example");
-        assert_eq!(v.parsed.server_url.port, 8443);
+        assert_eq!(v.parsed.server_urls[0].host, "control.example");
+        assert_eq!(v.parsed.server_urls[0].port, 8443);
         assert_eq!(v.parsed.pin, Some(Pin([0xab; 32])));
         assert_eq!(v.parsed.docker.to_string(), "tcp://[::1]:23750");
         assert!(v.parsed.signing_key.is_none());

@@ -41,7 +41,7 @@ enum Answer {
 /// (stored first). `None` when shutdown was asked for while enrolling.
 pub fn credentials(
     config: &Config,
-    url: &ServerUrl,
+    urls: &[ServerUrl],
     tls: Option<&Arc<ClientConfig>>,
     file: &StateFile,
     keys: &KeyStore,
@@ -64,12 +64,14 @@ pub fn credentials(
     }
     let request = request(config, file, keys)?;
     let rc = &config.reconnection;
-    let target = url.enrol_url();
     let mut attempt: u32 = 0;
     loop {
         if shutdown.is_set() {
             return Ok(None);
         }
+        // Several servers: each attempt asks the next one.
+        let url = &urls[attempt as usize % urls.len()];
+        let target = url.enrol_url();
         log::info!("enrolling as {:?} with {target}", request.name);
         let mut wait = None;
         match exchange(config, url, &target, tls, &request) {
@@ -228,7 +230,8 @@ fn exchange(
             }
             _ => continue,
         };
-        let env = Envelope::decode(text.as_bytes()).map_err(|e| format!("bad answer: {e}"))?;
+        let env = Envelope::decode_from_server(text.as_bytes())
+            .map_err(|e| format!("bad answer: {e}"))?;
         let _ = ws.close(None);
         let _ = ws.flush();
         return match env.message {

@@ -49,7 +49,7 @@ pub fn run_started(
     start: Start,
 ) -> Result<()> {
     let ValidConfig { mut config, parsed } = valid;
-    let tls = tls::for_link(&config.server, &parsed.server_url, parsed.pin)?;
+    let tls = tls::for_link(&config.server, &parsed.server_urls, parsed.pin)?;
     let env = |k: &str| std::env::var(k).ok();
     // An agent that enrols keeps its credentials in the state file, never in memory only.
     let enrolling = config.agent.enrol_token.is_some();
@@ -57,9 +57,9 @@ pub fn run_started(
         .map_err(Error::Setup)?;
     let keys = state_file.load(now_secs());
     if enrolling {
-        let url = &parsed.server_url;
+        let urls = &parsed.server_urls;
         let got =
-            crate::enrol::credentials(&config, url, tls.as_ref(), &state_file, &keys, &shutdown)?;
+            crate::enrol::credentials(&config, urls, tls.as_ref(), &state_file, &keys, &shutdown)?;
         let Some(c) = got else {
             return Ok(());
         };
@@ -67,7 +67,7 @@ pub fn run_started(
         config.agent.auth_token = c.auth_token;
     }
     let memory = Memory::with_keys(state_file, keys);
-    let url = parsed.server_url.clone();
+    let urls = parsed.server_urls.clone();
     let agent = Arc::new(build(
         config,
         parsed,
@@ -103,7 +103,7 @@ pub fn run_started(
     )?;
     let events =
         events::spawn_follower(agent.daemon.clone(), agent.events.clone(), shutdown.clone())?;
-    let result = reconnect::keep_connected(&agent, &url, tls.as_ref(), &pool, &shutdown);
+    let result = reconnect::keep_connected(&agent, &urls, tls.as_ref(), &pool, &shutdown);
     shutdown.trigger();
     events.stop();
     result
@@ -130,7 +130,7 @@ fn build(
     let a = &config.agent;
     let stats: Arc<crate::stats::Stats> = Arc::default();
     let source = Source::new(
-        &parsed.server_url,
+        &parsed.server_urls,
         &a.id,
         &a.auth_token,
         tls,

@@ -153,13 +153,16 @@ pub enum DecodeError {
     /// The payload does not fit the type: a missing field or a wrong JSON type.
     #[error("invalid {kind} payload: {reason}")]
     InvalidPayload { kind: &'static str, reason: String },
+    /// A message only the other side sends (an agent's own `heartbeat`, say, sent to it).
+    #[error("{0} messages are not sent to this side")]
+    NotForThisSide(&'static str),
 }
 
 impl DecodeError {
     /// The error body to answer the peer with.
     pub fn to_error_body(&self) -> ErrorBody {
         let code = match self {
-            DecodeError::UnknownType(_) => ErrorCode::Unsupported,
+            DecodeError::UnknownType(_) | DecodeError::NotForThisSide(_) => ErrorCode::Unsupported,
             _ => ErrorCode::InvalidParams,
         };
         ErrorBody::new(code, self.to_string())

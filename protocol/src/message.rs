@@ -704,40 +704,12 @@ impl Envelope {
 
     /// Decodes one message from untrusted bytes. Checks the size before parsing.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        if bytes.len() > MAX_MESSAGE_SIZE {
-            return Err(DecodeError::TooLarge {
-                size: bytes.len(),
-                max: MAX_MESSAGE_SIZE,
-            });
-        }
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))?;
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        Envelope::from_value(value)
+        Envelope::from_value(parse(bytes)?)
     }
 
     /// Decodes an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
-        if !value.is_object() {
-            return Err(DecodeError::InvalidEnvelope(
-                "the message is not a JSON object".into(),
-            ));
-        }
-        let raw: RawIn = serde_json::from_value(value)
-            .map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
-        if raw.id.is_empty() || raw.id.len() > 256 {
-            return Err(DecodeError::InvalidEnvelope(
-                "id must be 1 to 256 characters".into(),
-            ));
-        }
-        if crate::time::parse_rfc3339(&raw.timestamp).is_none() {
-            return Err(DecodeError::InvalidEnvelope(format!(
-                "timestamp {:?} is not RFC 3339",
-                raw.timestamp
-            )));
-        }
-        let kind = MessageType::parse(&raw.kind).ok_or(DecodeError::UnknownType(raw.kind))?;
+        let (raw, kind) = header(value)?;
         let p = raw.payload;
         let message = match kind {
             MessageType::Auth => Message::Auth(payload(kind, p)?),
@@ -745,20 +717,10 @@ impl Envelope {
             MessageType::CommandResponse => Message::CommandResponse(payload(kind, p)?),
             MessageType::CommandProgress => Message::CommandProgress(payload(kind, p)?),
             MessageType::Event => Message::Event(payload(kind, p)?),
-            MessageType::Error => Message::Error(payload(kind, p)?),
-            MessageType::AuthResponse => Message::AuthResponse(payload(kind, p)?),
-            MessageType::Command => Message::Command(payload(kind, p)?),
-            MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
-            MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
-            MessageType::StreamOpen => Message::StreamOpen(payload(kind, p)?),
             MessageType::StreamResponse => Message::StreamResponse(payload(kind, p)?),
-            MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
-            MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
-            MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
-            MessageType::AgentUpdate => Message::AgentUpdate(payload(kind, p)?),
             MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(payload(kind, p)?),
             MessageType::Enrol => Message::Enrol(payload(kind, p)?),
-            MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
+            _ => return from_server(raw.id, raw.timestamp, kind, p),
         };
         Ok(Envelope {
             id: raw.id,
@@ -766,6 +728,80 @@ impl Envelope {
             message,
         })
     }
+
+    /// [`Envelope::decode`] for the agent: only the messages a server sends. The others are
+    /// [`DecodeError::NotForThisSide`], so the agent carries no decoder for its own messages.
+    pub fn decode_from_server(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let (raw, kind) = header(parse(bytes)?)?;
+        from_server(raw.id, raw.timestamp, kind, raw.payload)
+    }
+}
+
+/// The JSON of one message from untrusted bytes, the size checked before parsing.
+fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_SIZE {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// The envelope's fields, checked, and its message type.
+fn header(value: Value) -> Result<(RawIn, MessageType), DecodeError> {
+    if !value.is_object() {
+        return Err(DecodeError::InvalidEnvelope(
+            "the message is not a JSON object".into(),
+        ));
+    }
+    let raw: RawIn =
+        serde_json::from_value(value).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+    if raw.id.is_empty() || raw.id.len() > 256 {
+        return Err(DecodeError::InvalidEnvelope(
+            "id must be 1 to 256 characters".into(),
+        ));
+    }
+    if crate::time::parse_rfc3339(&raw.timestamp).is_none() {
+        return Err(DecodeError::InvalidEnvelope(format!(
+            "timestamp {:?} is not RFC 3339",
+            raw.timestamp
+        )));
+    }
+    let kind =
+        MessageType::parse(&raw.kind).ok_or_else(|| DecodeError::UnknownType(raw.kind.clone()))?;
+    Ok((raw, kind))
+}
+
+/// The messages a server sends (some go both ways); any other is
+/// [`DecodeError::NotForThisSide`].
+fn from_server(
+    id: String,
+    timestamp: String,
+    kind: MessageType,
+    p: Value,
+) -> Result<Envelope, DecodeError> {
+    let message = match kind {
+        MessageType::Error => Message::Error(payload(kind, p)?),
+        MessageType::AuthResponse => Message::AuthResponse(payload(kind, p)?),
+        MessageType::Command => Message::Command(payload(kind, p)?),
+        MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
+        MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
+        MessageType::StreamOpen => Message::StreamOpen(payload(kind, p)?),
+        MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
+        MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
+        MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
+        MessageType::AgentUpdate => Message::AgentUpdate(payload(kind, p)?),
+        MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
+        other => return Err(DecodeError::NotForThisSide(other.as_str())),
+    };
+    Ok(Envelope {
+        id,
+        timestamp,
+        message,
+    })
 }
 
 fn payload<T: DeserializeOwned>(kind: MessageType, p: Value) -> Result<T, DecodeError> {

@@ -319,6 +319,42 @@ fn enrol_messages_mask_their_secrets_and_leave_out_what_is_absent() {
 }
 
 #[test]
+fn the_agent_decodes_only_what_a_server_sends() {
+    use MessageType as T;
+    let from_agent = [
+        T::Auth,
+        T::Heartbeat,
+        T::CommandResponse,
+        T::CommandProgress,
+        T::Event,
+        T::StreamResponse,
+        T::AgentUpdateProgress,
+        T::Enrol,
+    ];
+    for m in one_of_each() {
+        let env = Envelope::new("m-1", m);
+        let text = env.encode();
+        match Envelope::decode_from_server(text.as_bytes()) {
+            Ok(back) => {
+                assert!(!from_agent.contains(&env.message_type()), "{text}");
+                assert_eq!(back, env, "{text}");
+            }
+            Err(e) => {
+                assert!(from_agent.contains(&env.message_type()), "{text}: {e}");
+                assert_eq!(e, DecodeError::NotForThisSide(env.message_type().as_str()));
+                assert_eq!(e.to_error_body().code, ErrorCode::Unsupported);
+            }
+        }
+    }
+    // The envelope's checks come first, as in `decode`.
+    let bad = br#"{"id":"","type":"heartbeat","timestamp":"2026-01-01T00:00:00Z"}"#;
+    assert!(matches!(
+        Envelope::decode_from_server(bad),
+        Err(DecodeError::InvalidEnvelope(_))
+    ));
+}
+
+#[test]
 fn a_minimal_heartbeat_is_an_empty_object() {
     let env = Envelope::decode(
         br#"{"id":"h","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{}}"#,

@@ -62,11 +62,32 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listen = config.listen;
+    // Held until the server stops: a second server on the same SQLite file refuses to start.
+    let _lock = crate::cluster::serve_lock(&config)?;
     let state = AppState::new(config).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
     serve(listener, state, shutdown).await
+}
+
+/// Connections the kernel may hold fully established until the accept loop takes them
+/// (capped by `net.core.somaxconn`, 4096 by default on Linux). tokio's `TcpListener::bind`
+/// asks for 1,024: when thousands of agents reconnect at once after a restart, the rest of
+/// their handshakes were dropped and waited for the client's SYN retransmission (1 s, then
+/// 3 s, 7 s ...), which pushes TLS handshakes towards their deadline.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, as `TcpListener::bind` does on Unix) with
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn tls_config(config: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
@@ -109,7 +130,8 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = conns.tls.is_some(), "listening");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let retention = tokio::spawn(retention_loop(state.clone(), stop_rx));
+    let retention = tokio::spawn(retention_loop(state.clone(), stop_rx.clone()));
+    let heartbeat = tokio::spawn(state.cluster.clone().run(stop_rx));
     accept_until(&listener, &conns, shutdown).await;
     drop(listener);
     let deadline = state.config.shutdown_timeout.get();
@@ -132,6 +154,7 @@ pub async fn serve(
         tracing::warn!("in-flight requests did not finish before the deadline");
     }
     let _ = retention.await;
+    let _ = heartbeat.await;
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

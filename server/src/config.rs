@@ -239,7 +239,25 @@ pub struct ServeArgs {
     #[arg(long, env = "DOCKER_CTL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Option<Vec<IpNet>>,
     #[command(flatten)]
+    pub replica: ReplicaArgs,
+    #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// This server as one replica of several on one PostgreSQL database.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReplicaArgs {
+    /// This replica's id, unique among the replicas of one database (sets `server_id`)
+    /// [default: default]
+    #[arg(long, env = "DOCKER_CTL_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+    /// The http:// URL other replicas reach this one at (sets `advertise_url`)
+    /// [default: http://LISTEN]
+    #[arg(long, env = "DOCKER_CTL_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// This replica's region (shown with the agents it holds) [default: none]
+    #[arg(long, env = "DOCKER_CTL_REGION", value_name = "R")]
+    pub region: Option<String>,
 }
 
 /// The seed's AGENT_CONFIG keys (and a few more), as flags.
@@ -379,8 +397,17 @@ pub struct Config {
     pub encryption_key: Option<Secret>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout: Seconds,
-    /// This replica's id (stored with each agent session). Default: a random id per start.
+    /// This replica's id (`--replica-id` / `DOCKER_CTL_REPLICA_ID`), stored with each agent
+    /// session and its presence. Default: `default`.
     pub server_id: Option<String>,
+    /// The `http://` URL other replicas reach this one at (`--advertise-url` /
+    /// `DOCKER_CTL_ADVERTISE_URL`). None: `http://LISTEN`.
+    pub advertise_url: Option<String>,
+    /// This replica's region (`--region` / `DOCKER_CTL_REGION`).
+    pub region: Option<String>,
+    /// Seconds between this replica's heartbeats in the database. A replica silent for 3
+    /// intervals has lost the agents it held. Default 2.
+    pub replica_heartbeat_interval: Seconds,
     /// The URL agents dial (`wss://ctl.example.com`), printed in install lines by
     /// `enrol-token create --print-install`. None: `ws(s)://LISTEN`.
     pub public_url: Option<String>,
@@ -490,6 +517,9 @@ impl Default for Config {
             encryption_key: None,
             shutdown_timeout: Seconds::secs(10),
             server_id: None,
+            advertise_url: None,
+            region: None,
+            replica_heartbeat_interval: Seconds::secs(2),
             public_url: None,
             api_auth_failures_per_minute: 30,
             api_requests_per_second: 200,
@@ -561,6 +591,9 @@ impl ServeArgs {
         put(&mut m, "tls_cert", &self.tls_cert);
         put(&mut m, "tls_key", &self.tls_key);
         put(&mut m, "trusted_proxies", &self.trusted_proxies);
+        put(&mut m, "server_id", &self.replica.replica_id);
+        put(&mut m, "advertise_url", &self.replica.advertise_url);
+        put(&mut m, "region", &self.replica.region);
         let a = &self.agent;
         let mut am = Map::new();
         put(&mut am, "websocket_timeout", &a.websocket_timeout);
@@ -665,6 +698,7 @@ impl Config {
         if let Some(u) = &self.public_url {
             check_public_url(u)?;
         }
+        self.validate_replica()?;
         if let Some(url) = &self.database_url {
             let u = url.expose();
             if !(u.starts_with("postgres://")
@@ -675,6 +709,42 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The replica's id, advertise URL and region.
+    fn validate_replica(&self) -> anyhow::Result<()> {
+        if let Some(id) = &self.server_id {
+            if !valid_name(id) {
+                bail!("the replica id (server_id, --replica-id) must be 1 to 64 of [A-Za-z0-9._-], not {id:?}");
+            }
+        }
+        if let Some(r) = &self.region {
+            if !valid_name(r) {
+                bail!("the region (--region) must be 1 to 64 of [A-Za-z0-9._-], not {r:?}");
+            }
+        }
+        if let Some(u) = &self.advertise_url {
+            check_advertise_url(u)?;
+        }
+        if self.replica_heartbeat_interval.get() < Duration::from_millis(100)
+            || self.replica_heartbeat_interval.get() > Duration::from_secs(60)
+        {
+            bail!("replica_heartbeat_interval must be between 0.1 and 60 seconds");
+        }
+        Ok(())
+    }
+
+    /// This replica's id: `server_id`, else `default`.
+    pub fn replica_id(&self) -> String {
+        self.server_id.clone().unwrap_or_else(|| "default".into())
+    }
+
+    /// The URL other replicas reach this one at: `advertise_url`, else `http://LISTEN`.
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
     }
 
     pub fn database_url(&self) -> Option<&str> {
@@ -699,6 +769,28 @@ impl Config {
             }
         }
     }
+}
+
+/// A replica id or a region: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A URL replicas can reach: `http://` with a host, and no path, query or whitespace.
+/// (Replicas authenticate each other with the cluster credential; TLS between them is not
+/// offered yet.)
+pub fn check_advertise_url(u: &str) -> anyhow::Result<()> {
+    let rest = u.strip_prefix("http://");
+    let ok = rest.is_some_and(|r| {
+        let r = r.trim_end_matches('/');
+        !r.is_empty() && !r.contains(['/', '?', '#', '@']) && r.len() <= 255
+    }) && u.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        bail!("advertise_url {u:?} must be an http:// URL of this replica (scheme, host and port only)");
+    }
+    Ok(())
 }
 
 /// A URL agents can dial: `ws://` or `wss://`, with nothing a shell line could misread.
@@ -822,6 +914,44 @@ mod tests {
         let err = Config::from_layers(None, json!({"trusted_proxies": ["nope"]})).unwrap_err();
         assert!(format!("{err:#}").contains("nope"), "{err:#}");
         assert!(Config::default().trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn replica_flags_set_server_id_advertise_url_and_region() {
+        let cli = Cli::try_parse_from([
+            "docker-ctl-server",
+            "serve",
+            "--replica-id",
+            "eu-1",
+            "--advertise-url",
+            "http://10.0.0.5:8080/",
+            "--region",
+            "eu",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.server_id.as_deref(), Some("eu-1"));
+        assert_eq!(c.replica_id(), "eu-1");
+        assert_eq!(c.advertise_url(), "http://10.0.0.5:8080");
+        assert_eq!(c.region.as_deref(), Some("eu"));
+        let d = Config::default();
+        assert_eq!(d.replica_id(), "default");
+        assert_eq!(d.advertise_url(), "http://127.0.0.1:8080");
+        for bad in [
+            json!({"advertise_url": "ws://x:1"}),
+            json!({"advertise_url": "https://x:1"}),
+            json!({"advertise_url": "http://x:1/path"}),
+            json!({"advertise_url": "http://"}),
+            json!({"server_id": "a b"}),
+            json!({"server_id": ""}),
+            json!({"region": "x".repeat(65)}),
+            json!({"replica_heartbeat_interval": 0}),
+        ] {
+            assert!(Config::from_layers(None, bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - which hosts a selector picks: [`fleet`];
 //! - kinds of host: [`hosts`] (the `HostAdapter` seam);
 //! - agent sessions: [`agents`];
+//! - this server as one replica of several: [`cluster`] (identity, heartbeat, presence, the
+//!   SQLite serve lock);
 //! - the parts every layer uses: [`store`], [`audit`], [`auth`], [`accounts`], [`leases`], [`metrics`],
 //!   [`feed`], [`crypto`], [`forwarded`], [`reply`], [`error`], [`config`], [`labels`]
 //!   (labels and selectors), [`enrolment`] (what enrolment tokens allow) and [`stacks`]
@@ -25,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod crypto;

@@ -58,6 +58,7 @@ pub async fn run(
     let config = config_of(&args)?;
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
+    let _lock = crate::cluster::serve_lock(&config)?;
     let state = AppState::new(config).await?;
     let listener = TcpListener::bind(listen)
         .await

@@ -1,6 +1,7 @@
 //! [`AppState`]: the parts of a running server, built once and handed to the HTTP layer.
 //!
-//! Owns: building every part in order (store, keys, metrics, feed, audit, the agent
+//! Owns: building every part in order (store, keys, metrics, feed, audit, this replica's
+//! place in the cluster, the agent
 //! registry and its endpoint, the host adapters, host selection, the owner of commands, the
 //! owner of rollouts with its kinds, leases, limiters), wiring the registry's signals to the
 //! commands module, and continuing the rollouts a previous run left running. Part of the wiring: only
@@ -18,6 +19,7 @@ use crate::accounts::{self, Accounts};
 use crate::agents::{AgentEndpoint, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{FailureLimiter, RateLimiter};
+use crate::cluster::{Cluster, Identity};
 use crate::commands::{self, Commands};
 use crate::config::Config;
 use crate::crypto::KeyBox;
@@ -46,7 +48,7 @@ pub struct AppState {
     pub deployer: Deployer,
     /// Which hosts a selector picks.
     pub fleet: Fleet,
-    /// The owner of every rollout's life (bulk operations, stack changes).
+    /// The owner of every rollout's life (bulk operations, stack changes, agent updates).
     pub rollouts: Rollouts,
     pub metrics: Arc<Metrics>,
     pub feed: Feed,
@@ -61,6 +63,8 @@ pub struct AppState {
     pub updates: Updates,
     /// People who sign in: sessions, sign-in limits, sign-in links.
     pub accounts: Accounts,
+    /// This replica: its identity, heartbeat and where every agent's session is held.
+    pub cluster: Cluster,
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,17 +102,15 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let feed = Feed::default();
         let audit = Auditor::new(store.clone());
-        let server_id = config
-            .server_id
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
-        let stale = store.reset_sessions_of(&server_id).await?;
-        if stale > 0 {
-            tracing::info!(
-                stale,
-                "marked agent sessions left by a previous run as disconnected"
-            );
-        }
+        let cluster = Cluster::join(
+            store.clone(),
+            &keys,
+            Identity::of(&config),
+            config.replica_heartbeat_interval.get(),
+        )
+        .await
+        .context("joining the replicas")?;
+        let server_id = cluster.id().to_string();
         let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
         let agents = AgentManager::new(config.agent.clone(), signals_tx);
         let agent_endpoint = AgentEndpoint::new(
@@ -118,10 +120,15 @@ impl AppState {
             feed.clone(),
             audit.clone(),
             keys.clone(),
-            server_id.clone(),
+            cluster.clone(),
         );
         let default_timeout = config.agent.command_timeout.get();
-        let adapters = Adapters::new(agents.clone(), keys.clone(), default_timeout);
+        let adapters = Adapters::new(
+            agents.clone(),
+            keys.clone(),
+            default_timeout,
+            cluster.clone(),
+        );
         let parts = commands::Parts {
             store: store.clone(),
             adapters: adapters.clone(),
@@ -153,10 +160,17 @@ impl AppState {
             failures_per_address: s.failures_per_address,
             failures_per_user: s.failures_per_user,
         };
-        let (fleet, deployer, rollouts) = start_rollouts(
-            &store, &commands, &adapters, &keys, &audit, &feed, &server_id,
-        )
-        .await;
+        let parts = RolloutParts {
+            store: &store,
+            commands: &commands,
+            adapters: &adapters,
+            updates: &updates,
+            keys: &keys,
+            audit: &audit,
+            feed: &feed,
+            server_id: &server_id,
+        };
+        let (fleet, deployer, rollouts) = start_rollouts(parts).await;
         Ok(AppState {
             updates,
             deployer,
@@ -176,21 +190,36 @@ impl AppState {
             feed,
             audit,
             keys,
+            cluster,
         })
     }
 }
 
+/// What the rollout engine and its kinds are built from.
+struct RolloutParts<'a> {
+    store: &'a Store,
+    commands: &'a Commands,
+    adapters: &'a Adapters,
+    updates: &'a Updates,
+    keys: &'a KeyBox,
+    audit: &'a Auditor,
+    feed: &'a Feed,
+    server_id: &'a str,
+}
+
 /// The fleet, the stack deployer and the rollout engine with every kind of rollout (bulk
-/// operations, stacks), and the rollouts a previous run left running resumed.
-async fn start_rollouts(
-    store: &Store,
-    commands: &Commands,
-    adapters: &Adapters,
-    keys: &KeyBox,
-    audit: &Auditor,
-    feed: &Feed,
-    server_id: &str,
-) -> (Fleet, Deployer, Rollouts) {
+/// operations, stacks, agent updates), and the rollouts a previous run left running resumed.
+async fn start_rollouts(parts: RolloutParts<'_>) -> (Fleet, Deployer, Rollouts) {
+    let RolloutParts {
+        store,
+        commands,
+        adapters,
+        updates,
+        keys,
+        audit,
+        feed,
+        server_id,
+    } = parts;
     let fleet = Fleet::new(store.clone(), adapters.clone());
     let deployer = Deployer::new(
         commands.clone(),
@@ -206,6 +235,9 @@ async fn start_rollouts(
         commands: commands.clone(),
         fleet: fleet.clone(),
     };
+    let agent_update = rollouts::agent_update::AgentUpdateKind {
+        updates: updates.clone(),
+    };
     let rollouts = Rollouts::new(
         rollouts::Parts {
             store: store.clone(),
@@ -214,7 +246,7 @@ async fn start_rollouts(
             audit: audit.clone(),
             server_id: server_id.to_string(),
         },
-        vec![Arc::new(bulk), Arc::new(stack_kind)],
+        vec![Arc::new(bulk), Arc::new(stack_kind), Arc::new(agent_update)],
     );
     let deployer = deployer.with_rollouts(rollouts.clone());
     match rollouts.resume().await {

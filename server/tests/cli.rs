@@ -265,3 +265,95 @@ fn the_systemd_unit_runs_the_server_unprivileged() {
         "the data directory is the state directory"
     );
 }
+
+/// SQLite runs one server: a second `serve` on the same database refuses to start with a
+/// clear error, while the short commands still run beside the first.
+#[test]
+fn a_second_serve_on_the_same_sqlite_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |replica: &str| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--replica-id",
+            replica,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("DOCKER_CTL_REPLICA_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        c
+    };
+    let mut first = serve("one").spawn().unwrap();
+    let addr = listening_addr(first.stderr.take().unwrap());
+    assert_eq!(http(&addr, "/healthz", None).0, 200);
+
+    let second = serve("two").output().unwrap();
+    assert!(!second.status.success(), "the second serve must not start");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another server is already running on the SQLite database"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PostgreSQL"),
+        "the error names the way out: {err}"
+    );
+
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} beside a running server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = run(
+        &["token", "create", "--name", "beside", "--role", "admin"],
+        None,
+    );
+    run(
+        &[
+            "user",
+            "create",
+            "--name",
+            "ann",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        Some("a long enough password 1\n"),
+    );
+    run(&["enrol-token", "create", "--name", "site"], None);
+    assert!(run(&["audit", "verify"], None).contains("audit log OK"));
+    // The running server sees the token made beside it.
+    let (s, body) = http(&addr, "/api/v1/hosts", Some(token.trim()));
+    assert_eq!(s, 200, "{body}");
+
+    assert!(term_and_wait(&mut first).success());
+    // Once the first has stopped, the lock is free again.
+    let mut again = serve("one").spawn().unwrap();
+    let addr = listening_addr(again.stderr.take().unwrap());
+    assert_eq!(http(&addr, "/healthz", None).0, 200);
+    assert!(term_and_wait(&mut again).success());
+}

@@ -101,6 +101,7 @@ async fn postgres_outage_keeps_sessions_and_recovers() {
             id: "during-outage".into(),
             idempotency_key: "during-outage".into(),
             timeout: Duration::from_secs(10),
+            caller: None,
         };
         adapter.run(&op, &call).await
     });

@@ -8,5 +8,6 @@ mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;
+mod servers;
 mod stacks;
 mod update;

@@ -466,6 +466,7 @@ struct Counters {
     online: AtomicU64,
     auth_ok: AtomicU64,
     failed_handshakes: AtomicU64,
+    failures: tls::Failures,
     refused: AtomicU64,
     commands: AtomicU64,
     heartbeats: AtomicU64,
@@ -473,6 +474,13 @@ struct Counters {
     arrivals: Mutex<Vec<u64>>,
     /// Unix time (ms) of each agent's last heartbeat marker, for lag sampling.
     stop: AtomicBool,
+}
+
+impl Counters {
+    fn fail(&self, cause: impl Into<String>) {
+        self.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+        self.failures.add(cause);
+    }
 }
 
 fn canned_containers() -> Value {
@@ -501,23 +509,18 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
         .max_write_buffer_size(1 << 20);
     while !c.stop.load(Ordering::Relaxed) {
         let url = format!("{}/ws/agents/{}", a.ws_url, a.agent_id);
-        let connected =
-            tokio::time::timeout(Duration::from_secs(20), a.dialer.websocket(&url, Some(cfg)))
-                .await;
+        let connected = a
+            .dialer
+            .websocket(&url, Some(cfg), Duration::from_secs(20))
+            .await;
         let mut ws = match connected {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => {
-                let refused = matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
-                if refused {
+            Ok(ws) => ws,
+            Err(e) => {
+                if e.refused() {
                     c.refused.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                    c.fail(e.label());
                 }
-                backoff(&mut attempt).await;
-                continue;
-            }
-            Err(_) => {
-                c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
                 backoff(&mut attempt).await;
                 continue;
             }
@@ -537,7 +540,7 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
             }),
         );
         if ws.send(WsMessage::text(auth.encode())).await.is_err() {
-            c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+            c.fail("auth: send failed");
             backoff(&mut attempt).await;
             continue;
         }
@@ -546,17 +549,19 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 if let WsMessage::Text(t) = m {
                     if let Ok(env) = Envelope::decode(t.as_bytes()) {
                         if let Message::AuthResponse(r) = env.message {
-                            return r.status == AuthStatus::Authenticated;
+                            return (r.status == AuthStatus::Authenticated)
+                                .then_some(())
+                                .ok_or("auth: rejected");
                         }
                     }
                 }
             }
-            false
+            Err("auth: connection closed before the answer")
         })
         .await
-        .unwrap_or(false);
-        if !authed {
-            c.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+        .unwrap_or(Err("auth: no answer within 20 s"));
+        if let Err(cause) = authed {
+            c.fail(cause);
             backoff(&mut attempt).await;
             continue;
         }
@@ -736,9 +741,7 @@ async fn heartbeat_lag(
     for (host_id, agent_id, token) in creds.iter().take(samples) {
         // A dedicated connection per sample, so the marker is ours.
         let url = format!("{}/ws/agents/{agent_id}", dialer.ws_base(&server.addr));
-        let Ok(Ok(mut ws)) =
-            tokio::time::timeout(Duration::from_secs(10), dialer.websocket(&url, None)).await
-        else {
+        let Ok(mut ws) = dialer.websocket(&url, None, Duration::from_secs(10)).await else {
             continue;
         };
         let auth = Envelope::new(
@@ -1047,6 +1050,7 @@ async fn storm(args: &Args) -> Result<(), Fail> {
     wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 100)).await?;
     println!("{n} agents online; restarting the server");
     let failed_before = c.failed_handshakes.load(Ordering::Relaxed);
+    c.failures.clear();
 
     server.kill();
     let t0 = Instant::now();
@@ -1092,6 +1096,7 @@ async fn storm(args: &Args) -> Result<(), Fail> {
         "failed handshakes: {failed} (refused connections while down: {})",
         c.refused.load(Ordering::Relaxed)
     );
+    println!("failed handshakes by cause: {}", c.failures.summary());
     println!("largest number of arrivals in any 100 ms window: {max_window}");
     println!("METRIC storm_failed_handshakes {failed}");
     println!("METRIC storm_all_online_secs {:.3}", took.as_secs_f64());

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -156,6 +157,49 @@ impl Dialer {
     pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
+        self.wrap(tcp).await
+    }
+
+    /// Connects to `url` (`ws://` or `wss://host:port/path`) and completes the WebSocket
+    /// handshake, all within `within`. A failure says which step it was in (TCP connect, TLS
+    /// handshake, WebSocket upgrade) and whether the deadline cut it.
+    pub async fn websocket(
+        &self,
+        url: &str,
+        cfg: Option<WebSocketConfig>,
+        within: Duration,
+    ) -> Result<WebSocketStream<Stream>, DialError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let addr = url
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+            .unwrap_or(url);
+        let step = |stage: Stage| move |e: io::Error| DialError::io(stage, e);
+        let tcp = until(deadline, Stage::Tcp, TcpStream::connect(addr))
+            .await?
+            .map_err(step(Stage::Tcp))?;
+        tcp.set_nodelay(true).map_err(step(Stage::Tcp))?;
+        let stream = until(deadline, Stage::Tls, self.wrap(tcp))
+            .await?
+            .map_err(step(Stage::Tls))?;
+        let (ws, _) = until(
+            deadline,
+            Stage::WebSocket,
+            tokio_tungstenite::client_async_with_config(url, stream, cfg),
+        )
+        .await?
+        .map_err(|e| DialError {
+            stage: Stage::WebSocket,
+            what: match e {
+                tokio_tungstenite::tungstenite::Error::Io(io) => format!("{:?}", io.kind()),
+                e => e.to_string(),
+            },
+        })?;
+        Ok(ws)
+    }
+
+    /// With TLS: the client handshake to the name `localhost` on `tcp`.
+    async fn wrap(&self, tcp: TcpStream) -> io::Result<Stream> {
         match &self.tls {
             None => Ok(Stream::Plain(tcp)),
             Some(c) => {
@@ -165,21 +209,95 @@ impl Dialer {
             }
         }
     }
+}
 
-    /// Connects to `url` (`ws://` or `wss://host:port/path`) and completes the WebSocket
-    /// handshake. An I/O error (refused, TLS handshake failed) comes back as `Error::Io`.
-    pub async fn websocket(
-        &self,
-        url: &str,
-        cfg: Option<WebSocketConfig>,
-    ) -> Result<WebSocketStream<Stream>, tokio_tungstenite::tungstenite::Error> {
-        let addr = url
-            .split_once("://")
-            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
-            .unwrap_or(url);
-        let stream = self.connect(addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, cfg).await?;
-        Ok(ws)
+/// A step of opening a simulated agent's WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Tcp,
+    Tls,
+    WebSocket,
+}
+
+/// Why a dial failed: its step and what happened (`timed out`, an I/O error kind, or the
+/// WebSocket error).
+#[derive(Debug)]
+pub struct DialError {
+    pub stage: Stage,
+    pub what: String,
+}
+
+impl DialError {
+    fn io(stage: Stage, e: io::Error) -> DialError {
+        let what = match e.kind() {
+            // rustls' alerts and certificate errors carry their own text.
+            io::ErrorKind::InvalidData | io::ErrorKind::Other => e.to_string(),
+            k => format!("{k:?}"),
+        };
+        DialError { stage, what }
+    }
+
+    /// The server was not listening (it is down during a storm): not a failed handshake.
+    pub fn refused(&self) -> bool {
+        self.stage == Stage::Tcp && self.what == "ConnectionRefused"
+    }
+
+    /// A short label for counting failures by cause, e.g. `tls: timed out`.
+    pub fn label(&self) -> String {
+        let stage = match self.stage {
+            Stage::Tcp => "tcp connect",
+            Stage::Tls => "tls handshake",
+            Stage::WebSocket => "websocket upgrade",
+        };
+        format!("{stage}: {}", self.what)
+    }
+}
+
+async fn until<T>(
+    deadline: tokio::time::Instant,
+    stage: Stage,
+    f: impl Future<Output = T>,
+) -> Result<T, DialError> {
+    tokio::time::timeout_at(deadline, f)
+        .await
+        .map_err(|_| DialError {
+            stage,
+            what: "timed out".into(),
+        })
+}
+
+/// Failed handshakes counted by cause (a [`DialError::label`] or an authentication step).
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Failures {
+    pub fn add(&self, cause: impl Into<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(cause.into()).or_default() += 1;
+        }
+    }
+
+    /// `cause: count` pairs, most frequent first; `none` when nothing failed.
+    pub fn summary(&self) -> String {
+        let mut v: Vec<(String, u64)> = self
+            .0
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (k.clone(), *n)).collect())
+            .unwrap_or_default();
+        if v.is_empty() {
+            return "none".into();
+        }
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v.iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
     }
 }
 

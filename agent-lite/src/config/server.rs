@@ -74,17 +74,21 @@ impl ServerUrl {
     }
 
     fn url_of(&self, path: &str) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         format!(
-            "{}://{host}:{}{}{path}",
+            "{}://{}{}{path}",
             if self.tls { "wss" } else { "ws" },
-            self.port,
+            self.authority(),
             self.base,
         )
+    }
+
+    /// `host:port`, an IPv6 host in brackets: the URL's authority and the `Host` header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 

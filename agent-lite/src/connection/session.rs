@@ -427,7 +427,7 @@ impl<'a> Session<'a> {
             return self.on_bad_signature(bytes, e);
         }
         self.bad_signatures = 0;
-        match Envelope::decode(bytes) {
+        match Envelope::decode_from_server(bytes) {
             Ok(env) => self.on_message(env),
             Err(e) => {
                 let ref_id = ref_id_of(bytes, &e);
@@ -517,15 +517,12 @@ impl<'a> Session<'a> {
                     e.error
                 );
             }
-            other => {
-                let kind = other.message_type().as_str();
-                log::warn!("the server sent a {kind} message, which this agent does not handle");
-                let body = ErrorBody::new(
-                    ErrorCode::Unsupported,
-                    format!("this agent does not handle {kind} messages"),
-                );
-                self.send(self.error_envelope(body, Some(env.id)))?;
-            }
+            // `decode_from_server` refuses the agent's own messages (answered `unsupported`
+            // in `on_text`); an `enrol_response` outside enrolment is ignored.
+            other => log::warn!(
+                "the server sent a {} message, which this agent does not handle here",
+                other.message_type().as_str()
+            ),
         }
         Ok(Next::Continue)
     }

@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The TLS config of the link to `url`: `None` for `ws://`. Warns loudly about settings
-/// that weaken the link.
+/// The TLS config of the links to `urls`: `None` when all are `ws://`. Warns loudly about
+/// settings that weaken the link.
 pub fn for_link(
     cfg: &ServerConfig,
-    url: &ServerUrl,
+    urls: &[ServerUrl],
     pin: Option<Pin>,
 ) -> Result<Option<Arc<ClientConfig>>, Error> {
     if !cfg.verify_ssl {
@@ -27,8 +27,10 @@ pub fn for_link(
             if pin.is_some() { " (a pin is set, which still protects the link)" } else { "" }
         );
     }
-    if !url.tls {
+    if urls.iter().any(|u| !u.tls) {
         log::warn!("server.url uses ws:// without TLS: the token and all traffic are readable on the network; use wss:// outside development");
+    }
+    if !urls.iter().any(|u| u.tls) {
         return Ok(None);
     }
     client_config(cfg, pin).map(Some)

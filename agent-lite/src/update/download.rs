@@ -37,33 +37,31 @@ const CHUNK: usize = 64 * 1024;
 /// Where releases come from, and who asks.
 #[derive(Clone)]
 pub struct Source {
-    /// `http(s)://host:port/base`.
-    pub base: String,
     /// The `Authorization` header value (Basic, agent id and token).
     authorization: Secret,
     tls: Option<Arc<ClientConfig>>,
-    url: ServerUrl,
-    /// The `Host` header's name (IPv6 in brackets).
-    host: String,
+    /// `server.url`'s servers: a download goes to the one the link last connected to.
+    urls: Vec<ServerUrl>,
     connect_timeout: Duration,
-    /// The agent's byte counters: downloads count as traffic of the link.
+    /// The agent's byte counters (downloads count as traffic of the link), and which server
+    /// the link uses.
     stats: Arc<Stats>,
 }
 
 impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Source")
-            .field("base", &self.base)
+            .field("base", &self.base())
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Source {
-    /// The server of `url` (the agent's WebSocket URL), asked as `agent_id` with `token`,
+    /// The servers of `urls` (the agent's WebSocket URLs), asked as `agent_id` with `token`,
     /// over `tls` for `wss://`.
     pub fn new(
-        url: &ServerUrl,
+        urls: &[ServerUrl],
         agent_id: &str,
         token: &Secret,
         tls: Option<Arc<ClientConfig>>,
@@ -71,34 +69,38 @@ impl Source {
         stats: Arc<Stats>,
     ) -> Source {
         use base64::Engine as _;
-        let host = if url.host.contains(':') {
-            format!("[{}]", url.host)
-        } else {
-            url.host.clone()
-        };
-        let scheme = if url.tls { "https" } else { "http" };
         let pair = format!("{agent_id}:{}", token.expose());
         let basic = base64::engine::general_purpose::STANDARD.encode(pair);
         Source {
-            base: format!("{scheme}://{host}:{}{}", url.port, url.base),
             authorization: Secret::new(format!("Basic {basic}")),
-            tls: if url.tls { tls } else { None },
-            url: url.clone(),
-            host: host.clone(),
+            tls,
+            urls: urls.to_vec(),
             connect_timeout,
             stats,
         }
+    }
+
+    fn url(&self) -> &ServerUrl {
+        let i = self.stats.server.load(std::sync::atomic::Ordering::Relaxed);
+        &self.urls[i % self.urls.len()]
+    }
+
+    /// `http(s)://host:port/base` of the server downloads go to now.
+    pub fn base(&self) -> String {
+        let u = self.url();
+        let scheme = if u.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", u.authority(), u.base)
     }
 
     /// `GET {path}` on a new link, with `headers` (our own values: no line breaks): the
     /// response's status and headers, and its body as a reader. No redirects, no pooling.
     fn get(&self, path: &str, headers: &[(&'static str, &str)]) -> Result<Response, String> {
         use std::fmt::Write as _;
+        let url = self.url();
         let mut req = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: {}\r\nUser-Agent: docker-ctl-agent/{}\r\nConnection: close\r\n",
-            self.url.base,
-            self.host,
-            self.url.port,
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nUser-Agent: docker-ctl-agent/{}\r\nConnection: close\r\n",
+            url.base,
+            url.authority(),
             self.authorization.expose(),
             env!("CARGO_PKG_VERSION"),
         );
@@ -107,7 +109,7 @@ impl Source {
         }
         req.push_str("\r\n");
         let mut stream = crate::connection::open(
-            &self.url,
+            url,
             self.tls.as_ref(),
             self.connect_timeout,
             self.stats.clone(),
@@ -511,21 +513,41 @@ mod tests {
         let u = ServerUrl::parse("ws://127.0.0.1:8080/base").unwrap();
         let stats = Arc::new(Stats::default());
         let s = Source::new(
-            &u,
+            &[u],
             "a1",
             &token,
             None,
             Duration::from_secs(5),
             stats.clone(),
         );
-        assert_eq!(s.base, "http://127.0.0.1:8080/base");
+        assert_eq!(s.base(), "http://127.0.0.1:8080/base");
         assert_eq!(s.authorization.expose(), "Basic YTE6dG9r");
         assert!(
             !format!("{s:?}").contains("YTE6"),
             "no credentials in Debug"
         );
         let u = ServerUrl::parse("wss://[::1]:9443").unwrap();
-        let s = Source::new(&u, "a1", &token, None, Duration::from_secs(5), stats);
-        assert_eq!(s.base, "https://[::1]:9443");
+        let s = Source::new(
+            std::slice::from_ref(&u),
+            "a1",
+            &token,
+            None,
+            Duration::from_secs(5),
+            stats.clone(),
+        );
+        assert_eq!(s.base(), "https://[::1]:9443");
+        // Several servers: downloads go to the one the link uses.
+        let first = ServerUrl::parse("ws://10.0.0.1:8080").unwrap();
+        let s = Source::new(
+            &[first, u],
+            "a1",
+            &token,
+            None,
+            Duration::from_secs(5),
+            stats.clone(),
+        );
+        assert_eq!(s.base(), "http://10.0.0.1:8080");
+        stats.server.store(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(s.base(), "https://[::1]:9443");
     }
 }

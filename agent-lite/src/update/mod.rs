@@ -454,7 +454,7 @@ fn install(agent: &impl Host, p: &AgentUpdatePayload) {
         "updating from {VERSION} to {} ({} bytes from {}{})",
         p.version,
         p.size,
-        u.source.base,
+        u.source.base(),
         p.path
     );
     match fetch_and_verify(agent, p, &download).and_then(|()| swap_in(agent, p, &binary, &download))

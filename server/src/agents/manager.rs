@@ -72,6 +72,8 @@ pub struct Call {
     pub id: String,
     pub idempotency_key: String,
     pub timeout: Duration,
+    /// Who asked (`NAME (ROLE)`), for the log of a replica a command is forwarded to.
+    pub caller: Option<String>,
 }
 
 /// What the API shows about a live session.

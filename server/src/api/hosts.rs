@@ -65,6 +65,9 @@ pub struct PatchHost {
     tls_server_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "labels::deserialize_patch")]
     labels: labels::Patch,
+    /// The host's region (`null` or `""` clears it).
+    #[serde(default, deserialize_with = "double")]
+    region: Option<Option<String>>,
 }
 
 /// `GET /api/v1/hosts` query. Strings, so each bad value gets its own message.
@@ -158,6 +161,7 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
             "server_name": h.tls_server_name,
         },
         "agent_id": h.agent_id,
+        "region": h.region,
         "labels": h.labels,
         "agent_labels": h.agent_labels,
         "pending": h.is_pending(),
@@ -175,10 +179,12 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
         None => None,
     };
     let (online, live) = state.agents.live_for_host(&h.id, h.agent_ref.as_deref());
+    let online = online || remote_online(state, h, agent.as_ref());
     v["agent"] = match &agent {
         Some(a) => json!({
             "agent_id": a.agent_id,
-            "connected": live.is_some(),
+            "connected": super::lookup::agent_connected(state, &a.id),
+            "replica": super::lookup::replica_json(state, &a.id),
             "status": super::lookup::agent_status(state, a),
             "last_heartbeat": ts(a.last_heartbeat),
             "version": a.version,
@@ -236,6 +242,18 @@ pub(super) async fn host_json(state: &AppState, h: &Host, probe: bool) -> Value 
     v
 }
 
+/// Whether another replica, still heartbeating, holds an online session of an agent bound to
+/// the host (the host's named agent counts while its row says `online`).
+fn remote_online(state: &AppState, h: &Host, named: Option<&crate::store::Agent>) -> bool {
+    let Some(holder) = state.cluster.holder_of_host(&h.id, h.agent_ref.as_deref()) else {
+        return false;
+    };
+    match named {
+        Some(a) if a.id == holder.agent_ref => a.status == "online",
+        _ => true,
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,6 +289,7 @@ pub async fn create(
         enrolment_token_id: None,
         machine_id: None,
         pending_since: None,
+        region: None,
     };
     check_connection(&candidate)?;
     let result = state
@@ -349,6 +368,7 @@ pub async fn patch(
     let Json(p) = body?;
     let mut h = super::lookup::host(&state, &id).await?;
     let before = h.connection_mode;
+    let region_before = h.region.clone();
     if let Some(n) = p.name {
         check_name(&n)?;
         h.name = n;
@@ -374,6 +394,16 @@ pub async fn patch(
     if let Some(v) = p.tls_server_name {
         h.tls_server_name = v;
     }
+    if let Some(r) = p.region {
+        if let Some(r) = &r {
+            if !crate::config::valid_name(r) {
+                return Err(ApiError::bad_request(
+                    "region must be 1 to 64 of [A-Za-z0-9._-]",
+                ));
+            }
+        }
+        h.region = r;
+    }
     let labels_before = h.labels.clone();
     h.labels = patched_labels(&h.labels, &p.labels)?;
     check_connection(&h)?;
@@ -382,6 +412,9 @@ pub async fn patch(
     let mut detail = json!({ "connection_mode": { "from": before, "to": h.connection_mode } });
     if h.labels != labels_before {
         detail["labels"] = json!({ "from": labels_before, "to": h.labels });
+    }
+    if h.region != region_before {
+        detail["region"] = json!({ "from": region_before, "to": h.region });
     }
     state
         .audit

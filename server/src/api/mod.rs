@@ -7,6 +7,7 @@
 //! except through a host's adapter, or touch the agent registry except through
 //! `AgentManager`'s methods.
 
+mod agent_updates;
 mod agents;
 mod bulk;
 mod caller;
@@ -19,6 +20,7 @@ mod paging;
 mod passthrough;
 mod records;
 mod releases;
+mod replicas;
 mod session;
 mod stacks;
 mod stream;
@@ -85,6 +87,11 @@ fn host_routes() -> Router<AppState> {
         .route("/api/v1/hosts/{id}/events", get(records::host_events))
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
+        .route("/internal/v1/hosts/{id}/run", post(replicas::run))
+        .route(
+            "/internal/v1/hosts/{id}/docker/{*rest}",
+            any(replicas::docker),
+        )
         .route(
             "/api/v1/hosts/{id}/docker/{*rest}",
             any(passthrough::handle),
@@ -112,6 +119,15 @@ fn host_routes() -> Router<AppState> {
         .route(
             "/api/v1/agents/{agent_id}/update",
             post(releases::update_agent),
+        )
+        .route(
+            "/api/v1/agent-updates",
+            get(agent_updates::list).post(agent_updates::create),
+        )
+        .route("/api/v1/agent-updates/{id}", get(agent_updates::get_one))
+        .route(
+            "/api/v1/agent-updates/{id}/cancel",
+            post(agent_updates::cancel),
         )
         .route("/api/v1/releases", get(releases::list))
         .route(

@@ -312,6 +312,7 @@ impl Commands {
             id: f.id.clone(),
             idempotency_key: f.key.clone(),
             timeout: f.timeout,
+            caller: Some(format!("{} ({})", f.who.user, f.who.role.as_str())),
         };
         let outcome = f.adapter.run(&f.op, &call).await;
         let took = started.elapsed();

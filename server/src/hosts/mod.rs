@@ -3,10 +3,10 @@
 //! - [`agent::AgentHostAdapter`]: over the agent's WebSocket, through the `AgentManager`.
 //! - [`direct::DirectHostAdapter`]: the server dials the daemon itself ([`dial`]: `unix://`,
 //!   `tcp://`, `https://` with client TLS).
+//! - [`forward::ForwardHostAdapter`]: the host's agent is held by another replica; the
+//!   request is forwarded to it. Picked in [`Adapters::for_host`]; no caller changes.
 //!
-//! A third kind (a host whose agent is connected to another replica, reached by forwarding
-//! to that replica) is one more implementation picked in [`Adapters::for_host`]; no caller
-//! changes. Callers never branch on the kind of host: a command runs with
+//! Callers never branch on the kind of host: a command runs with
 //! [`HostAdapter::run`], a Docker API exchange (passthrough, exec and attach hijacks,
 //! followed logs and events) opens with [`HostAdapter::open_stream`], and what the history
 //! and the queue need to know comes from [`HostAdapter::route`].
@@ -23,6 +23,7 @@
 pub mod agent;
 mod dial;
 pub mod direct;
+pub mod forward;
 
 pub use crate::agents::Call;
 pub use dial::{Endpoint, TlsMaterial};
@@ -36,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agents::AgentManager;
+use crate::cluster::Cluster;
 use crate::crypto::KeyBox;
 use crate::metrics::Metrics;
 use crate::reply::Outcome;
@@ -69,6 +71,8 @@ pub struct StreamRequest {
     pub body: Option<Body>,
     /// The client asked to hijack the connection, and its connection can be hijacked.
     pub upgrade: bool,
+    /// Who asked (`NAME (ROLE)`), for the log of a replica the exchange is forwarded to.
+    pub caller: Option<String>,
 }
 
 impl std::fmt::Debug for StreamRequest {
@@ -148,6 +152,10 @@ pub struct Adapters {
     /// Direct adapters by host id, with the `updated_at` they were built from, so the
     /// negotiated API version and the connection pool survive between requests.
     direct: Arc<Mutex<DirectCache>>,
+    /// Who holds the agents of other replicas.
+    cluster: Cluster,
+    /// The pool forwarded requests go out on.
+    forward_client: forward::ForwardClient,
 }
 
 impl std::fmt::Debug for Adapters {
@@ -173,12 +181,19 @@ pub fn host_pending(host: &Host) -> ErrorBody {
 }
 
 impl Adapters {
-    pub fn new(agents: AgentManager, keys: KeyBox, direct_timeout: Duration) -> Adapters {
+    pub fn new(
+        agents: AgentManager,
+        keys: KeyBox,
+        direct_timeout: Duration,
+        cluster: Cluster,
+    ) -> Adapters {
         Adapters {
             agents,
             keys,
             direct_timeout,
             direct: Arc::new(Mutex::new(HashMap::new())),
+            cluster,
+            forward_client: forward::client(),
         }
     }
 
@@ -200,15 +215,57 @@ impl Adapters {
                         "agent mode is disabled on this server",
                     ));
                 }
-                Ok(Arc::new(agent::AgentHostAdapter::new(
-                    self.agents.clone(),
-                    host.id.clone(),
-                    host.agent_ref.clone(),
-                    host.agent_id.clone(),
-                )))
+                Ok(self.agent_or_forward(host))
             }
             ConnectionMode::Direct => Ok(self.direct_for(host)?),
         }
+    }
+
+    /// The agent adapter when an agent of the host is online here; else, when another live
+    /// replica holds one, the adapter that forwards to it; else the agent adapter (offline:
+    /// queue or `agent_offline`).
+    fn agent_or_forward(&self, host: &Host) -> Arc<dyn HostAdapter> {
+        let preferred = host.agent_ref.as_deref();
+        let here = self
+            .agents
+            .online_agent_for_host(&host.id, preferred)
+            .is_some();
+        if !here {
+            if let Some(holder) = self.cluster.holder_of_host(&host.id, preferred) {
+                return Arc::new(forward::ForwardHostAdapter {
+                    client: self.forward_client.clone(),
+                    cluster: self.cluster.clone(),
+                    agents: self.agents.clone(),
+                    host_id: host.id.clone(),
+                    preferred: host.agent_ref.clone(),
+                    agent_id: host.agent_id.clone(),
+                    holder,
+                    stream_timeout: self.direct_timeout,
+                });
+            }
+        }
+        Arc::new(self.local_agent(host))
+    }
+
+    fn local_agent(&self, host: &Host) -> agent::AgentHostAdapter {
+        agent::AgentHostAdapter::new(
+            self.agents.clone(),
+            host.id.clone(),
+            host.agent_ref.clone(),
+            host.agent_id.clone(),
+        )
+    }
+
+    /// The agent adapter of `host` when an agent of it is online on this replica (what a
+    /// request forwarded here runs on; it is never forwarded again).
+    pub fn held_here(&self, host: &Host) -> Option<Arc<dyn HostAdapter>> {
+        let online = !host.is_pending()
+            && host.connection_mode == ConnectionMode::Agent
+            && self
+                .agents
+                .online_agent_for_host(&host.id, host.agent_ref.as_deref())
+                .is_some();
+        online.then(|| Arc::new(self.local_agent(host)) as Arc<dyn HostAdapter>)
     }
 
     /// The cached direct adapter of `host`, rebuilt when the host changed.

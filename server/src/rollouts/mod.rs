@@ -13,8 +13,9 @@
 //!
 //! A job is what one kind of rollout does to one host ([`Job`]); a [`JobKind`] builds it
 //! from the stored spec, at start and again after a restart. The bulk operation
-//! ([`bulk`]) is the first kind; stacks and agent updates are the next ones, with the same
-//! states, defaults, feed messages and audit. A job never runs a host's work twice: it
+//! ([`bulk`]) is the first kind; stacks (`crate::deploy`) and agent updates
+//! ([`agent_update`]) are the next ones, with the same states, defaults, feed messages and
+//! audit. A job never runs a host's work twice: it
 //! derives each command's idempotency key from the rollout, the host and the step, and the
 //! command path answers a repeated key with the first command.
 //!
@@ -23,6 +24,7 @@
 //! `KIND.finish` audit entries. Must not: run commands itself (jobs submit them through
 //! `commands`), or know HTTP.
 
+pub mod agent_update;
 pub mod bulk;
 mod runner;
 

@@ -153,3 +153,23 @@ impl Store {
         rows.iter().map(row).collect()
     }
 }
+
+impl Store {
+    /// The updates of `ids` (a page of a rollout's rows), in no particular order.
+    pub async fn agent_updates_by_ids(&self, ids: &[String]) -> Result<Vec<AgentUpdateRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {COLS} FROM agent_updates WHERE id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(row).collect()
+    }
+}

@@ -88,6 +88,8 @@ pub struct Host {
     pub machine_id: Option<String>,
     /// When the host started waiting for an admin's approval; `None`: not waiting.
     pub pending_since: Option<i64>,
+    /// The region the host is in (an admin's setting).
+    pub region: Option<String>,
 }
 
 impl Host {
@@ -113,7 +115,7 @@ impl std::fmt::Debug for Host {
 impl Store {
     pub(super) const HOST_COLS: &'static str = "h.id, h.name, h.connection_mode, h.docker_url, h.tls_ca, h.tls_cert, \
         h.tls_key_enc, h.tls_server_name, h.agent_id AS agent_ref, a.agent_id AS agent_name, h.created_at, h.updated_at, \
-        h.labels, h.agent_labels, h.enrolment_token_id, h.machine_id, h.pending_since";
+        h.labels, h.agent_labels, h.enrolment_token_id, h.machine_id, h.pending_since, h.region";
 
     pub(super) fn host_row(r: &AnyRow) -> Result<Host> {
         Ok(Host {
@@ -137,6 +139,7 @@ impl Store {
             enrolment_token_id: r.try_get("enrolment_token_id")?,
             machine_id: r.try_get("machine_id")?,
             pending_since: r.try_get("pending_since")?,
+            region: r.try_get("region")?,
         })
     }
 
@@ -217,7 +220,8 @@ impl Store {
     pub async fn update_host(&self, h: &Host) -> Result<Host> {
         let r = sqlx::query(
             "UPDATE docker_hosts SET name = $1, connection_mode = $2, docker_url = $3, tls_ca = $4, tls_cert = $5, \
-             tls_key_enc = $6, tls_server_name = $7, agent_id = $8, updated_at = $9, labels = $10 WHERE id = $11",
+             tls_key_enc = $6, tls_server_name = $7, agent_id = $8, updated_at = $9, labels = $10, region = $11 \
+             WHERE id = $12",
         )
         .bind(&h.name)
         .bind(h.connection_mode.as_str())
@@ -229,6 +233,7 @@ impl Store {
         .bind(&h.agent_ref)
         .bind(now_ms())
         .bind((!h.labels.is_empty()).then(|| labels::to_json(&h.labels)))
+        .bind(&h.region)
         .bind(&h.id)
         .execute(&self.pool)
         .await

@@ -3,7 +3,7 @@
 //!
 //! Owns: connecting, applying the embedded migrations (`server/migrations/{postgres,sqlite}`),
 //! and every SQL statement of the server, one file per table (`users`, `tokens`, `hosts`,
-//! `agents`, `agent_events`, `docker_events`, `audit`, `commands` with its write-behind
+//! `agents`, `agent_events`, `agent_presence`, `replicas`, `docker_events`, `audit`, `commands` with its write-behind
 //! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `enrolment_tokens` with the
 //! enrolment transaction, `sessions` with sign-in links, `stacks` with their versions, hosts
 //! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
@@ -14,24 +14,28 @@
 //! BIGINT Unix milliseconds, JSON is TEXT, integers are BIGINT (decoded as `i64`).
 
 mod agent_events;
+mod agent_presence;
 mod agent_updates;
 mod agents;
 mod audit;
 mod bulk_operations;
 mod bulk_targets;
 mod cache;
+mod cluster_secret;
 mod commands;
 mod docker_events;
 mod enrolment_tokens;
 mod groups;
 mod hosts;
 mod journal;
+mod replicas;
 mod sessions;
 mod stacks;
 mod tokens;
 mod users;
 
 pub use agent_events::AgentEvent;
+pub use agent_presence::{ClaimRefused, Presence};
 pub use agent_updates::{AgentUpdateRecord, NewAgentUpdate};
 pub use agents::{Agent, AgentSettingsPatch, NewAgent};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
@@ -42,6 +46,7 @@ pub use docker_events::{DockerEventRecord, NewDockerEvent};
 pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToken, NotEnrolled};
 pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use replicas::{ReplicaRecord, MISSED_HEARTBEATS};
 pub use sessions::{NewSession, UserSession};
 pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
 pub use tokens::{ApiToken, NewApiToken};
@@ -201,6 +206,18 @@ impl Store {
                     .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
                 Store::connect_with(&Store::sqlite_url_in(data_dir), pool).await
             }
+        }
+    }
+
+    /// The SQLite file `open` uses for `database_url` and `data_dir`; `None` for PostgreSQL
+    /// or an in-memory database.
+    pub fn sqlite_file_of(
+        database_url: Option<&str>,
+        data_dir: &Path,
+    ) -> Option<std::path::PathBuf> {
+        match database_url {
+            None => Some(data_dir.join("docker-ctl.db")),
+            Some(url) => Store::sqlite_file(url).map(Path::to_path_buf),
         }
     }
 

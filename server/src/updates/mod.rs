@@ -123,6 +123,19 @@ impl Updates {
         origin: &str,
         limit: Duration,
     ) -> Result<AgentUpdateRecord, ErrorBody> {
+        let row = self.begin_step(agent, version, origin).await?;
+        self.wait(&row.id, limit).await
+    }
+
+    /// The first half of [`Updates::run_step`], for a caller that records the update's id
+    /// before it waits ([`Updates::wait`] is the second half): starts the update of
+    /// `agent` for rollout `origin`, or finds the one it started and sends it again.
+    pub async fn begin_step(
+        &self,
+        agent: &Agent,
+        version: &str,
+        origin: &str,
+    ) -> Result<AgentUpdateRecord, ErrorBody> {
         let existing = self
             .store
             .agent_updates_by_origin(origin)
@@ -130,14 +143,38 @@ impl Updates {
             .map_err(internal)?
             .into_iter()
             .find(|r| r.agent_ref == agent.id);
-        let row = match existing {
+        match existing {
             Some(r) => {
                 self.resume(&r).await;
-                r
+                Ok(r)
             }
-            None => self.start(agent, version, Some(origin)).await?,
-        };
-        self.wait(&row.id, limit).await
+            None => self.start(agent, version, Some(origin)).await,
+        }
+    }
+
+    /// Whether `version` is stored for at least one target.
+    pub fn has_version(&self, version: &str) -> bool {
+        self.shelf.list().iter().any(|r| r.version == version)
+    }
+
+    /// The agent a rollout updates on `host_id`: of its agents that are not revoked, the
+    /// one connected now, else the one connected last. None when the host has no agent.
+    pub async fn agent_of_host(&self, host_id: &str) -> Result<Option<Agent>, ErrorBody> {
+        let mut agents: Vec<Agent> = self
+            .store
+            .agents_of_host(host_id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| a.revoked_at.is_none())
+            .collect();
+        agents.sort_by_key(|a| (self.agents.is_online(&a.id), a.connected_at));
+        Ok(agents.pop())
+    }
+
+    /// Whether the agent (by `docker_agents.id`) has a live session that is not silent.
+    pub fn is_online(&self, agent_ref: &str) -> bool {
+        self.agents.is_online(agent_ref)
     }
 
     /// After a server restart: sends a non-final update again with its id (the agent

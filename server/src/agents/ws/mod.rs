@@ -35,6 +35,7 @@ use super::signing::{AgentNonces, Signer};
 use super::{effective_settings, AgentManager};
 use crate::audit::Auditor;
 use crate::auth::{AgentAuthFailure, FailureLimiter, MAX_AGENT_ID_LEN};
+use crate::cluster::{ClaimError, Cluster};
 use crate::config::{AgentConfig, Seconds};
 use crate::crypto::KeyBox;
 use crate::error::ApiError;
@@ -75,6 +76,9 @@ pub struct Ctx {
     keys: KeyBox,
     /// This server's id, recorded with each session (sessions of a crashed run are reset).
     server_id: String,
+    /// Presence: each session is claimed for this replica at the handshake and released at
+    /// close.
+    cluster: Cluster,
     auth_limiter: FailureLimiter,
     /// Failed enrolments per source address (apart from failed handshakes).
     enrol_limiter: FailureLimiter,
@@ -111,7 +115,7 @@ impl AgentEndpoint {
         feed: Feed,
         audit: Auditor,
         keys: KeyBox,
-        server_id: String,
+        cluster: Cluster,
     ) -> AgentEndpoint {
         let config = agents.config().clone();
         AgentEndpoint(Arc::new(Ctx {
@@ -128,7 +132,8 @@ impl AgentEndpoint {
             feed,
             audit,
             keys,
-            server_id,
+            server_id: cluster.id().to_string(),
+            cluster,
         }))
     }
 }
@@ -221,6 +226,9 @@ async fn serve_session(
         handshake::refuse(&ep, &mut socket, &auth_env.id, failure).await;
         return;
     }
+    if !claim(&ep, &agent, &session, &mut socket).await {
+        return;
+    }
     record_connected(&ep, &agent, &session, &auth, ip).await;
     drop(turn);
     let reply = Envelope::new(
@@ -248,6 +256,36 @@ async fn serve_session(
     // Cleanup: the socket is gone (or being closed).
     let current = ep.agents.unregister(&session);
     record_disconnected(&ep, &agent, &session, current, &reason, ip).await;
+    ep.cluster.release(&agent.id, &session.session_id).await;
+}
+
+/// Claims the session for this replica. Refused only when a newer start of this replica id
+/// replaced this process: the session is closed (the agent reconnects, to the newer one). A
+/// failing database does not end the session (presence is written again at the next
+/// connection).
+async fn claim(
+    ep: &AgentEndpoint,
+    agent: &Agent,
+    session: &Session,
+    socket: &mut WebSocket,
+) -> bool {
+    match ep
+        .cluster
+        .claim(&agent.id, agent.host_id.as_deref(), &session.session_id)
+        .await
+    {
+        Ok(()) => true,
+        Err(ClaimError::Store(e)) => {
+            tracing::error!(agent_id = %agent.agent_id, error = %e, "could not record the agent's presence");
+            true
+        }
+        Err(e @ ClaimError::Replaced(_)) => {
+            tracing::error!(agent_id = %agent.agent_id, error = %e, "agent session refused");
+            ep.agents.unregister(session);
+            close(socket, CLOSE_GOING_AWAY, "this server replica was replaced").await;
+            false
+        }
+    }
 }
 
 /// A new session: metrics, the agent's row, its event, the audit, the live feed.

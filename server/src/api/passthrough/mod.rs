@@ -38,7 +38,7 @@ use crate::state::AppState;
 use crate::store::Host;
 
 /// A Docker-style error: `{"message": "..."}` with `status`.
-fn docker_error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn docker_error(status: StatusCode, message: impl Into<String>) -> Response {
     let mut r = (status, axum::Json(json!({ "message": message.into() }))).into_response();
     r.headers_mut().insert(
         HeaderName::from_static("api-version"),
@@ -68,7 +68,7 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 }
 
 /// End-to-end request headers as (name, value) pairs.
-fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+pub(super) fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let connection_named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -89,7 +89,7 @@ fn forward_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Whether the client asked to hijack the connection (`Connection: Upgrade`, `Upgrade: tcp`).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub(super) fn wants_upgrade(headers: &HeaderMap) -> bool {
     let conn = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -101,7 +101,7 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
     conn && headers.contains_key(header::UPGRADE)
 }
 
-fn has_body(headers: &HeaderMap) -> bool {
+pub(super) fn has_body(headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return true;
     }
@@ -113,7 +113,11 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// Builds the client's response head from the daemon's status and headers.
-fn response_head(status: u16, headers: &HeaderMap, upgrade: bool) -> axum::http::response::Builder {
+pub(super) fn response_head(
+    status: u16,
+    headers: &HeaderMap,
+    upgrade: bool,
+) -> axum::http::response::Builder {
     let mut b =
         Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
     for (k, v) in headers {
@@ -239,6 +243,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         headers: forward_headers(&parts.headers),
         body,
         upgrade: on_upgrade.is_some(),
+        caller: Some(format!("{} ({})", ex.caller.user, ex.caller.role.as_str())),
     };
     exchange(ex, &host, req, on_upgrade).await
 }

@@ -89,6 +89,7 @@ async fn open(ex: &mut Exchange, below: &str) -> Result<(Box<dyn Tunnel>, Lease)
         ],
         body: Some(axum::body::Body::from(&body[..])),
         upgrade: true,
+        caller: Some(format!("{} ({})", ex.caller.user, ex.caller.role.as_str())),
     };
     let opened = match state.adapters.for_host(&host) {
         Ok(a) => {
