@@ -24,7 +24,7 @@ const MAX_ATTEMPTS: u32 = 20;
 
 /// How one agent's handshake ended.
 enum Attempt {
-    Authenticated(common::Ws),
+    Authenticated(Box<common::Ws>),
     /// Closed with 1013: try again later.
     Deferred,
 }
@@ -51,7 +51,7 @@ async fn handshake(
                 let env = protocol::Envelope::decode(t.as_bytes()).expect("envelope");
                 match env.message {
                     Message::AuthResponse(r) if r.status == AuthStatus::Authenticated => {
-                        return Attempt::Authenticated(a.ws)
+                        return Attempt::Authenticated(Box::new(a.ws))
                     }
                     other => panic!("{agent_id}: refused during the storm: {other:?}"),
                 }
