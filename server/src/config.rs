@@ -382,6 +382,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `database_url` / `--database-url` / `DATABASE_URL`. None: SQLite in `data_dir`.
     pub database_url: Option<Secret>,
+    /// Connections in the database pool. Default 16 on PostgreSQL, 8 on SQLite. Agent
+    /// handshakes are admitted a half of it at a time (see `docs/api.md`).
+    pub database_max_connections: Option<u32>,
+    /// Seconds a statement waits for a free pool connection before it fails. Default 10.
+    pub database_acquire_timeout: Option<Seconds>,
     /// `data_dir` / `--data-dir` / `DOCKER_CTL_DATA_DIR`.
     pub data_dir: PathBuf,
     pub tls_cert: Option<PathBuf>,
@@ -503,6 +508,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
+            database_max_connections: None,
+            database_acquire_timeout: None,
             data_dir: PathBuf::from("data"),
             tls_cert: None,
             tls_key: None,
@@ -655,6 +662,18 @@ impl Config {
         if a.max_agents_per_host == 0 {
             bail!("agent.max_agents_per_host must be at least 1");
         }
+        if self
+            .database_max_connections
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            bail!("database_max_connections must be between 1 and 1000");
+        }
+        if self
+            .database_acquire_timeout
+            .is_some_and(|t| t.get().is_zero())
+        {
+            bail!("database_acquire_timeout must be greater than 0");
+        }
         if self.api_requests_per_second == 0 {
             bail!("api_requests_per_second must be at least 1");
         }
@@ -730,6 +749,14 @@ impl Config {
 
     pub fn database_url(&self) -> Option<&str> {
         self.database_url.as_ref().map(|s| s.expose())
+    }
+
+    /// The database pool's settings.
+    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.database_max_connections,
+            acquire_timeout: self.database_acquire_timeout.map(|s| s.get()),
+        }
     }
 
     /// The URL agents dial: `public_url`, else `ws(s)://LISTEN` (true when it was guessed).

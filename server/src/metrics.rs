@@ -73,6 +73,7 @@ pub struct Metrics {
     reconnections: AtomicU64,
     auth_failures: AtomicU64,
     auth_failures_unrecorded: AtomicU64,
+    handshakes_deferred: AtomicU64,
     ws_messages_in: AtomicU64,
     ws_messages_out: AtomicU64,
     ws_bytes_in: AtomicU64,
@@ -122,6 +123,12 @@ impl Metrics {
 
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An agent handshake the server could not serve yet (no turn in time, or the database
+    /// did not answer): closed with 1013 for the agent to retry after its backoff.
+    pub fn handshake_deferred(&self) {
+        self.handshakes_deferred.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A refused agent handshake that was counted but not written to `agent_events` and the
@@ -217,6 +224,12 @@ impl Metrics {
             "docker_ctl_agent_auth_failures_unrecorded_total",
             "Refused agent authentications counted here only: sampled out of agent_events and the audit log, or refused before any work.",
             self.auth_failures_unrecorded.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "docker_ctl_agent_handshakes_deferred_total",
+            "Agent handshakes closed with 1013 (try again later): no turn within the wait, or the database did not answer.",
+            self.handshakes_deferred.load(Ordering::Relaxed),
         );
         counter(
             out,

@@ -85,9 +85,13 @@ impl FromRef<AppState> for AgentEndpoint {
 impl AppState {
     /// Opens the database (applying migrations) and builds the state.
     pub async fn new(config: Config) -> anyhow::Result<AppState> {
-        let store = Store::open(config.database_url(), &config.data_dir)
-            .await
-            .context("opening the database")?;
+        let store = Store::open_with(
+            config.database_url(),
+            &config.data_dir,
+            config.pool_settings(),
+        )
+        .await
+        .context("opening the database")?;
         AppState::with_store(config, store).await
     }
 

@@ -141,7 +141,7 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
     enrol(&s, &admin, "h1", "h1-agent").await;
     let agent_ref = s.store.get_agent("h1-agent").await.unwrap().unwrap().id;
     s.store
-        .agent_connected(&agent_ref, "sess-1", "r1", "1", &[])
+        .agent_connected(&agent_ref, "sess-1", "r1", "1", &[], None)
         .await
         .unwrap();
 
@@ -197,7 +197,7 @@ async fn a_silent_replica_loses_its_claims() {
         .await
         .unwrap();
     s.store
-        .agent_connected(&agent_ref, "sess-1", "dead", "1", &[])
+        .agent_connected(&agent_ref, "sess-1", "dead", "1", &[], None)
         .await
         .unwrap();
     dead.claim(&agent_ref, Some(&host_id), "sess-1")

@@ -137,7 +137,7 @@ async fn suite(db: &TestDb) {
     assert!(matches!(dup, Err(StoreError::Conflict(_))));
 
     store
-        .agent_connected(&a.id, "s1", "srv", "1.0", &["docker".to_string()])
+        .agent_connected(&a.id, "s1", "srv", "1.0", &["docker".to_string()], None)
         .await
         .unwrap();
     store
@@ -235,7 +235,7 @@ async fn suite(db: &TestDb) {
 
     // sessions left by a crashed run
     store
-        .agent_connected(&a.id, "s9", "srv", "1.0", &[])
+        .agent_connected(&a.id, "s9", "srv", "1.0", &[], None)
         .await
         .unwrap();
     assert_eq!(store.reset_sessions_of("srv").await.unwrap(), 1);

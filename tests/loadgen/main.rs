@@ -332,6 +332,28 @@ impl Api {
         Api::with_dialer(tls::Dialer::plain(), addr, token)
     }
 
+    /// A plain-text answer (`/metrics`).
+    async fn text(&self, path: &str) -> Result<String, Fail> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(30), self.client.request(req)).await??;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// One unlabelled counter or gauge of the server's `/metrics` (0 when absent).
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.text("/metrics").await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     fn with_dialer(dialer: tls::Dialer, addr: &str, token: &str) -> Api {
         let base = dialer.http_base(addr);
         let client =
@@ -381,9 +403,14 @@ fn id_of(v: &Value) -> String {
     }
 }
 
-/// Creates N hosts with one agent each; returns (host_id, agent_id, token).
+/// Hosts being enrolled at once (two API calls each): enough to keep the server's pool
+/// busy, few enough that no request waits long.
+const ENROL_PARALLEL: usize = 64;
+
+/// Creates N hosts with one agent each through the API, [`ENROL_PARALLEL`] at a time;
+/// returns (host_id, agent_id, token).
 async fn enrol_many(api: &Api, n: usize) -> Result<Vec<(String, String, String)>, Fail> {
-    let sem = Arc::new(Semaphore::new(16));
+    let sem = Arc::new(Semaphore::new(ENROL_PARALLEL));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let api = api.clone();
@@ -897,20 +924,31 @@ async fn bulk(args: &Args) -> Result<(), Fail> {
     let n = args.agents;
     let mut server = ServerProc::start(args.database_url.clone(), args.heartbeat)?;
     let api = Api::new(&server.addr, &server.token);
+    let t_enrol = Instant::now();
     let creds = enrol_many(&api, n).await?;
+    println!(
+        "{n} hosts enrolled through the API in {:.1} s ({ENROL_PARALLEL} at a time)",
+        t_enrol.elapsed().as_secs_f64()
+    );
     let c = Arc::new(Counters::default());
     let handles = start_agents(&server, &creds, args.heartbeat, &c, Instant::now()).await;
-    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 50))
-        .await
-        .inspect_err(|_| {
-            eprintln!(
-                "authenticated {}, failed handshakes {}, refused {}",
-                c.auth_ok.load(Ordering::Relaxed),
-                c.failed_handshakes.load(Ordering::Relaxed),
-                c.refused.load(Ordering::Relaxed)
-            )
-        })?;
-    println!("{n} agents online in {:.1} s", up.as_secs_f64());
+    let up = wait_online(&c, n as u64, Duration::from_secs(120 + n as u64 / 50)).await;
+    let deferred = api
+        .metric("docker_ctl_agent_handshakes_deferred_total")
+        .await;
+    let auth_failures = api.metric("docker_ctl_agent_auth_failures_total").await;
+    let handshakes = format!(
+        "authenticated {}, failed handshakes {} (of them deferred by the server with 1013: {deferred}; \
+         refused as authentication failures: {auth_failures}), refused connections {}",
+        c.auth_ok.load(Ordering::Relaxed),
+        c.failed_handshakes.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed)
+    );
+    let up = up.inspect_err(|_| eprintln!("{handshakes}"))?;
+    println!(
+        "{n} agents online in {:.1} s; {handshakes}",
+        up.as_secs_f64()
+    );
     // Statistics reach pg_stat_user_tables within PostgreSQL's flush interval (10 s idle).
     tokio::time::sleep(Duration::from_secs(12)).await;
     let before = args.database_url.as_deref().map(pg_writes);

@@ -409,7 +409,8 @@ impl Store {
         Ok(())
     }
 
-    /// An agent authenticated: a new session.
+    /// An agent authenticated: a new session, with the target triple it reported (`None`
+    /// from agents before protocol 3). One statement: it runs once per handshake.
     pub async fn agent_connected(
         &self,
         id: &str,
@@ -417,11 +418,13 @@ impl Store {
         server_id: &str,
         version: &str,
         capabilities: &[String],
+        target: Option<&str>,
     ) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE docker_agents SET status = 'online', session_id = $1, server_id = $2, version = $3, \
-             capabilities = $4, connected_at = $5, last_heartbeat = $6, updated_at = $7 WHERE id = $8",
+             capabilities = $4, connected_at = $5, last_heartbeat = $6, updated_at = $7, target = $8 \
+             WHERE id = $9",
         )
         .bind(session_id)
         .bind(server_id)
@@ -430,19 +433,10 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(target)
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// The target triple an agent reported at auth (`None` from agents before protocol 3).
-    pub async fn set_agent_target(&self, id: &str, target: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE docker_agents SET target = $1 WHERE id = $2")
-            .bind(target)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 

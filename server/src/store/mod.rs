@@ -126,6 +126,8 @@ fn parse_json(s: Option<String>) -> Value {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The pool's size: what callers that bound their own concurrency size it to.
+    max_connections: u32,
     /// Serialises audit appends within this process (see `audit.rs`).
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Audit entries waiting for the next group commit (see `audit.rs`).
@@ -147,6 +149,23 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Entries at most per cache.
 const CACHE_CAP: usize = 50_000;
 
+/// Connections in the pool unless `database_max_connections` says otherwise. PostgreSQL's
+/// default `max_connections` is 100, shared by every replica and tool.
+pub const DEFAULT_PG_CONNECTIONS: u32 = 16;
+/// SQLite has one writer whatever the pool; readers beside it in WAL mode.
+pub const DEFAULT_SQLITE_CONNECTIONS: u32 = 8;
+/// How long a statement waits for a free connection before it fails with a pool timeout,
+/// unless `database_acquire_timeout` says otherwise.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pool's settings (`database_max_connections`, `database_acquire_timeout`); `None`
+/// takes the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolSettings {
+    pub max_connections: Option<u32>,
+    pub acquire_timeout: Option<Duration>,
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -167,8 +186,17 @@ impl Store {
     /// Opens `database_url`, or the SQLite file in `data_dir` when it is `None`, and applies
     /// the migrations.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Store> {
+        Store::open_with(database_url, data_dir, PoolSettings::default()).await
+    }
+
+    /// [`Store::open`] with the pool's settings.
+    pub async fn open_with(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        pool: PoolSettings,
+    ) -> Result<Store> {
         match database_url {
-            Some(url) => Store::connect(url).await,
+            Some(url) => Store::connect_with(url, pool).await,
             None => {
                 use std::os::unix::fs::DirBuilderExt;
                 std::fs::DirBuilder::new()
@@ -176,7 +204,7 @@ impl Store {
                     .mode(0o700)
                     .create(data_dir)
                     .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-                Store::connect(&Store::sqlite_url_in(data_dir)).await
+                Store::connect_with(&Store::sqlite_url_in(data_dir), pool).await
             }
         }
     }
@@ -222,6 +250,12 @@ impl Store {
 
     /// Connects to `url` (`postgres://...` or `sqlite://...`) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// [`Store::connect`] with the pool's settings (by default [`DEFAULT_PG_CONNECTIONS`] or
+    /// [`DEFAULT_SQLITE_CONNECTIONS`], and [`DEFAULT_ACQUIRE_TIMEOUT`]).
+    pub async fn connect_with(url: &str, pool: PoolSettings) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -239,10 +273,21 @@ impl Store {
                 Store::private_sqlite_file(file)?;
             }
         }
-        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
-        opts = match backend {
-            Backend::Postgres => opts.max_connections(16),
-            Backend::Sqlite => opts.max_connections(8).after_connect(|conn, _meta| {
+        let max_connections = pool.max_connections.unwrap_or(match backend {
+            Backend::Postgres => DEFAULT_PG_CONNECTIONS,
+            Backend::Sqlite => DEFAULT_SQLITE_CONNECTIONS,
+        });
+        if max_connections == 0 {
+            return Err(StoreError::Db(sqlx::Error::Configuration(
+                "database_max_connections must be at least 1".into(),
+            )));
+        }
+        let opts = AnyPoolOptions::new()
+            .acquire_timeout(pool.acquire_timeout.unwrap_or(DEFAULT_ACQUIRE_TIMEOUT))
+            .max_connections(max_connections);
+        let opts = match backend {
+            Backend::Postgres => opts,
+            Backend::Sqlite => opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers run beside the one writer; the busy timeout makes
                     // concurrent writers wait instead of failing.
@@ -267,6 +312,7 @@ impl Store {
             journal: journal::Journal::start(pool.clone()),
             pool,
             backend,
+            max_connections,
             audit_lock: Default::default(),
             audit_pending: Default::default(),
             audit_flush_scheduled: Default::default(),
@@ -287,6 +333,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The pool's size (connections at most).
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
     }
 
     /// Checks the database answers (for `/readyz`).

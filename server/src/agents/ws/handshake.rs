@@ -3,9 +3,16 @@
 //! with `rejected` on failure. Failed handshakes are counted, limited per address and
 //! sampled into `agent_events` and the audit log (see `super::super::sampling`).
 //!
-//! Owns: the checks before a session exists, and the check again right after it registered.
-//! Must not: register sessions (the caller does) or tell a wrong token anything about the
-//! agent.
+//! Handshakes take turns ([`Turns`]): at most half the database pool's connections' worth
+//! of them do their database work at once, the others wait (FIFO) up to [`TURN_WAIT`]. One
+//! that gets no turn in time, or whose lookup the database did not answer, is closed with
+//! 1013 (try again later) and no `auth_response`, so the agent retries after its ordinary
+//! backoff: a reconnect storm of thousands of agents queues here instead of exhausting the
+//! pool, and a busy server never tells an agent that its credentials are wrong.
+//!
+//! Owns: the checks before a session exists, the turns, and the check again right after
+//! it registered. Must not: register sessions (the caller does) or tell a wrong token
+//! anything about the agent.
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
 use protocol::{
@@ -13,6 +20,9 @@ use protocol::{
 };
 use serde_json::json;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::super::sampling::Sample;
 use super::super::signing::{self, Signer};
@@ -24,28 +34,77 @@ use crate::store::Agent;
 /// The largest `auth` message accepted before the agent is known.
 const MAX_AUTH_SIZE: usize = 16 * 1024;
 
-/// Reads and checks the first message. On failure the socket is answered and closed.
+/// RFC 6455 "Try Again Later": the server cannot serve this handshake now.
+pub(super) const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// How long a handshake waits for its turn: well below the 30 s an agent waits for its
+/// `auth_response`, long enough to drain a queue of thousands at the pace the database takes.
+pub(super) const TURN_WAIT: Duration = Duration::from_secs(15);
+
+/// The turns of handshakes at their database work (lookups, the session's rows, events,
+/// audit): half the pool's connections, at least one, so that heartbeats, commands and the
+/// API keep the other half while a storm of agents reconnects.
+#[derive(Debug)]
+pub(super) struct Turns(Arc<Semaphore>);
+
+/// A handshake's turn; dropping it lets the next one in.
+pub(super) type Turn = OwnedSemaphorePermit;
+
+impl Turns {
+    pub(super) fn for_pool(max_connections: u32) -> Turns {
+        let n = (max_connections / 2).max(1) as usize;
+        Turns(Arc::new(Semaphore::new(n)))
+    }
+
+    /// A turn within `wait` (first come, first served), or `None`.
+    async fn take(&self, wait: Duration) -> Option<Turn> {
+        match tokio::time::timeout(wait, self.0.clone().acquire_owned()).await {
+            Ok(Ok(turn)) => Some(turn),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+}
+
+/// Closes a handshake the server cannot serve now with 1013 and no `auth_response`: the
+/// agent's backoff brings it back. Not an authentication failure: nothing is counted
+/// against the agent or its address.
+pub(super) async fn defer(ep: &AgentEndpoint, socket: &mut WebSocket, agent_id: &str, why: &str) {
+    ep.metrics.handshake_deferred();
+    tracing::debug!(
+        agent_id,
+        reason = why,
+        "agent handshake deferred: try again later"
+    );
+    close(socket, CLOSE_TRY_AGAIN, why).await;
+}
+
+/// Reads and checks the first message, in its turn. On failure the socket is answered and
+/// closed. The turn comes back with the agent: the caller holds it until the session's rows
+/// are written.
 pub(super) async fn authenticate(
     ep: &AgentEndpoint,
     path_agent_id: &str,
     ip: Option<IpAddr>,
     socket: &mut WebSocket,
-) -> Option<(Envelope, AuthPayload, Agent)> {
+) -> Option<(Envelope, AuthPayload, Agent, Turn)> {
     let text = read_first(ep, path_agent_id, ip, socket).await?;
     let (env, auth) = decode_auth(ep, path_agent_id, ip, socket, &text).await?;
+    let Some(turn) = ep.handshakes.take(TURN_WAIT).await else {
+        defer(ep, socket, path_agent_id, "server busy: try again later").await;
+        return None;
+    };
     // Only failures count against the address, and only failures are refused for it: an
     // agent with a valid token connects whatever others did from the same address.
-    let verdict = check(ep, path_agent_id, &auth, &text, ip)
-        .await
-        .map_err(|(failure, agent)| {
-            if ip.is_some_and(|ip| ep.auth_limiter.blocked(ip)) {
-                (AgentAuthFailure::RateLimited, agent)
-            } else {
-                (failure, agent)
-            }
-        });
-    let (failure, agent) = match verdict {
-        Ok(agent) => return Some((env, auth, agent)),
+    let (failure, agent) = match check(ep, path_agent_id, &auth, &text, ip).await {
+        Ok(agent) => return Some((env, auth, agent, turn)),
+        Err((AgentAuthFailure::Unconfirmed, _)) => {
+            drop(turn);
+            defer(ep, socket, path_agent_id, "database busy: try again later").await;
+            return None;
+        }
+        Err((_, agent)) if ip.is_some_and(|ip| ep.auth_limiter.blocked(ip)) => {
+            (AgentAuthFailure::RateLimited, agent)
+        }
         Err(e) => e,
     };
     let detail = if auth.agent_id != path_agent_id {
@@ -61,6 +120,8 @@ pub(super) async fn authenticate(
     };
     let event = "auth_failed";
     record_failure(ep, path_agent_id, agent.as_ref(), ip, event, &detail).await;
+    // The answer and the close (which waits for the agent's Close) need no database.
+    drop(turn);
     refuse(ep, socket, &env.id, failure).await;
     None
 }
@@ -217,8 +278,9 @@ async fn check(
             return Err((AgentAuthFailure::UnknownAgent, None));
         }
         Err(e) => {
-            tracing::error!(error = %e, "agent lookup failed");
-            return Err((AgentAuthFailure::UnknownAgent, None));
+            // The database's fault, not the agent's: the caller defers the handshake.
+            tracing::warn!(error = %e, "agent lookup failed");
+            return Err((AgentAuthFailure::Unconfirmed, None));
         }
     };
     if let Err(f) = verify_agent_token(&agent, auth.auth_token.expose(), ip) {
@@ -261,7 +323,7 @@ pub(super) async fn recheck(
         Ok(Some(a)) => a,
         Ok(None) => return Err(AgentAuthFailure::Revoked),
         Err(e) => {
-            tracing::error!(error = %e, "agent lookup failed");
+            tracing::warn!(error = %e, "agent lookup failed");
             return Err(AgentAuthFailure::Unconfirmed);
         }
     };

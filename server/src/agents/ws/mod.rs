@@ -34,7 +34,7 @@ use super::session::{NewSession, Session};
 use super::signing::{AgentNonces, Signer};
 use super::{effective_settings, AgentManager};
 use crate::audit::Auditor;
-use crate::auth::{FailureLimiter, MAX_AGENT_ID_LEN};
+use crate::auth::{AgentAuthFailure, FailureLimiter, MAX_AGENT_ID_LEN};
 use crate::cluster::{ClaimError, Cluster};
 use crate::config::{AgentConfig, Seconds};
 use crate::crypto::KeyBox;
@@ -88,6 +88,8 @@ pub struct Ctx {
     /// hide them).
     enrol_sampler: FailureSampler,
     nonces: AgentNonces,
+    /// Handshakes at their database work, half the pool at a time (see [`handshake`]).
+    handshakes: handshake::Turns,
 }
 
 impl std::ops::Deref for AgentEndpoint {
@@ -122,6 +124,7 @@ impl AgentEndpoint {
             failure_sampler: FailureSampler::default(),
             enrol_sampler: FailureSampler::default(),
             nonces: AgentNonces::default(),
+            handshakes: handshake::Turns::for_pool(store.max_connections()),
             agents,
             config,
             store,
@@ -181,7 +184,7 @@ async fn serve_session(
 ) {
     // Boxed: its state (database lookups, audit) is the largest of the session and would
     // otherwise stay in every idle session's task for as long as it lives.
-    let Some((auth_env, auth, agent)) = Box::pin(handshake::authenticate(
+    let Some((auth_env, auth, agent, turn)) = Box::pin(handshake::authenticate(
         &ep,
         &path_agent_id,
         ip,
@@ -213,6 +216,12 @@ async fn serve_session(
     // whatever lands after this look finds the session and closes it.
     if let Err(failure) = handshake::recheck(&ep, &agent, &auth, ip).await {
         ep.agents.unregister(&session);
+        drop(turn);
+        if failure == AgentAuthFailure::Unconfirmed {
+            let why = "database busy: try again later";
+            handshake::defer(&ep, &mut socket, &agent.agent_id, why).await;
+            return;
+        }
         tracing::warn!(agent_id = %agent.agent_id, reason = failure.reason(), "agent lost its access while authenticating");
         handshake::refuse(&ep, &mut socket, &auth_env.id, failure).await;
         return;
@@ -221,6 +230,7 @@ async fn serve_session(
         return;
     }
     record_connected(&ep, &agent, &session, &auth, ip).await;
+    drop(turn);
     let reply = Envelope::new(
         auth_env.id.clone(),
         Message::AuthResponse(AuthResponsePayload {
@@ -288,6 +298,10 @@ async fn record_connected(
 ) {
     let reconnection = agent.connected_at.is_some();
     ep.metrics.agent_connected(reconnection);
+    let target = auth
+        .target
+        .as_deref()
+        .filter(|t| crate::releases::shelf::valid_name(t));
     if let Err(e) = ep
         .store
         .agent_connected(
@@ -296,22 +310,11 @@ async fn record_connected(
             &ep.server_id,
             &auth.version,
             &auth.capabilities,
+            target,
         )
         .await
     {
         tracing::error!(error = %e, "could not record agent connection");
-    }
-    if let Err(e) = ep
-        .store
-        .set_agent_target(
-            &agent.id,
-            auth.target
-                .as_deref()
-                .filter(|t| crate::releases::shelf::valid_name(t)),
-        )
-        .await
-    {
-        tracing::error!(error = %e, "could not record the agent's target");
     }
     if let Some(u) = &auth.update {
         messages::update_progress(ep, session, u).await;
