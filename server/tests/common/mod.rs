@@ -223,7 +223,10 @@ pub struct FakeAgent {
     pub ws: Ws,
 }
 
-const RECV_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a fake agent waits for the server's next message. 40 s, not 10: after a
+/// restart mid-rollout (tests/fleet.rs, `bulk_restart_suite`), a queued command to an agent
+/// that just connected has been seen to arrive about 10 s late on PostgreSQL.
+const RECV_DEADLINE: Duration = Duration::from_secs(40);
 
 impl FakeAgent {
     pub async fn connect(addr: SocketAddr, path_agent_id: &str) -> FakeAgent {
@@ -247,7 +250,7 @@ impl FakeAgent {
         loop {
             let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next())
                 .await
-                .expect("no message within 10 s");
+                .expect("no message in time");
             match m {
                 None | Some(Err(_)) | Some(Ok(WsMsg::Close(_))) => return None,
                 Some(Ok(WsMsg::Text(t))) => {
@@ -265,7 +268,7 @@ impl FakeAgent {
         loop {
             let m = tokio::time::timeout(RECV_DEADLINE, self.ws.next())
                 .await
-                .expect("not closed within 10 s");
+                .expect("not closed in time");
             match m {
                 None | Some(Err(_)) => return None,
                 Some(Ok(WsMsg::Close(f))) => return f.map(|f| u16::from(f.code)),
