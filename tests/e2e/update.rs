@@ -298,21 +298,6 @@ impl Site {
     }
 }
 
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
-}
-
 on_both_stores!(a_rollout_updates_several_agents);
 on_both_stores!(a_rollout_survives_a_server_restart);
 
