@@ -1007,3 +1007,20 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// Runs `docker-ctl-server ARGS` outside any server (no database or config from the
+/// environment) and returns its stdout; panics with its stderr when it fails.
+pub fn server_cli(args: &[&str]) -> String {
+    let out = Command::new(bin("docker-ctl-server"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("DOCKER_CTL_CONFIG")
+        .output()
+        .expect("run docker-ctl-server");
+    assert!(
+        out.status.success(),
+        "docker-ctl-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

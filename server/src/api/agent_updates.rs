@@ -127,12 +127,7 @@ fn row_json(t: &TargetRecord, u: Option<&AgentUpdateRecord>) -> Value {
 
 /// The agent update rollout `id`; a rollout of another kind is not one.
 async fn find(state: &AppState, id: &str) -> ApiResult<RolloutRecord> {
-    state
-        .rollouts
-        .get(id)
-        .await?
-        .filter(|r| r.kind == KIND)
-        .ok_or_else(|| ApiError::not_found(format!("agent update {id:?} not found")))
+    rollout_pages::find(state, id, &[KIND], "agent update").await
 }
 
 pub async fn get_one(

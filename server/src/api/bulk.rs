@@ -155,12 +155,7 @@ fn row_json(t: &TargetRecord, show_result: bool) -> Value {
 /// The bulk operation `id`: a bulk rollout, or a stack's (`POST /api/v1/stacks` names it);
 /// a rollout of another kind is not one.
 async fn find(state: &AppState, id: &str) -> ApiResult<RolloutRecord> {
-    state
-        .rollouts
-        .get(id)
-        .await?
-        .filter(|r| r.kind == KIND || r.kind == crate::deploy::KIND)
-        .ok_or_else(|| ApiError::not_found(format!("bulk operation {id:?} not found")))
+    rollout_pages::find(state, id, &[KIND, crate::deploy::KIND], "bulk operation").await
 }
 
 pub async fn get_one(

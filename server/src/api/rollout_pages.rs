@@ -26,6 +26,22 @@ pub struct RowsQuery {
     next: Option<String>,
 }
 
+/// The rollout `id` if it is of one of `kinds`; else 404 naming it as a `noun` (e.g.
+/// "agent update").
+pub async fn find(
+    state: &AppState,
+    id: &str,
+    kinds: &[&str],
+    noun: &str,
+) -> ApiResult<RolloutRecord> {
+    state
+        .rollouts
+        .get(id)
+        .await?
+        .filter(|r| kinds.contains(&r.kind.as_str()))
+        .ok_or_else(|| ApiError::not_found(format!("{noun} {id:?} not found")))
+}
+
 /// The hosts a create request names: exactly one of a selector, host ids and a group.
 pub fn targets_of(
     selector: &Option<String>,
