@@ -4,10 +4,11 @@
 
 use crate::driver::Browser;
 use crate::{choose, create_user, retype, ONLINE, PAGE};
-use docker_ctl_tests::{bin, repo_root, require_docker, unique, wait_for, Agent, Db, Server};
+use docker_ctl_tests::{
+    repo_root, require_docker, server_cli, unique, wait_for, Agent, Db, Server,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
@@ -25,21 +26,6 @@ fn build(name: &str) -> (PathBuf, String) {
         .trim()
         .to_string();
     (path, version)
-}
-
-fn server_cli(args: &[&str]) -> String {
-    let out = Command::new(bin("docker-ctl-server"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("DOCKER_CTL_CONFIG")
-        .output()
-        .expect("run docker-ctl-server");
-    assert!(
-        out.status.success(),
-        "docker-ctl-server {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Signs `file` with `key` for `version` and stores it as a release of the server.

@@ -7,9 +7,10 @@
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -931,4 +932,95 @@ impl DockerCli {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     }
+}
+
+/// A loopback TCP relay to `target` (for 10 minutes at most): the agent dials the relay, so
+/// the test can cut it (its listener closes and every connection through it is shut down)
+/// or partition its port, while the test's own calls still reach the server directly.
+pub struct Relay {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    /// Connections relayed so far.
+    pub accepted: Arc<AtomicUsize>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(target: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("relay addr").port();
+        let relay = Relay {
+            port,
+            stop: Arc::default(),
+            accepted: Arc::default(),
+            live: Arc::default(),
+        };
+        let (stop, accepted, live) = (
+            relay.stop.clone(),
+            relay.accepted.clone(),
+            relay.live.clone(),
+        );
+        let target = target.to_string();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(upstream) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                client.set_nonblocking(false).expect("blocking");
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let mut guard = live.lock().unwrap();
+                guard.push(client.try_clone().expect("clone"));
+                guard.push(upstream.try_clone().expect("clone"));
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        upstream.try_clone().expect("clone"),
+                    ),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        relay
+    }
+
+    pub fn cut(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Runs `docker-ctl-server ARGS` outside any server (no database or config from the
+/// environment) and returns its stdout; panics with its stderr when it fails.
+pub fn server_cli(args: &[&str]) -> String {
+    let out = Command::new(bin("docker-ctl-server"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("DOCKER_CTL_CONFIG")
+        .output()
+        .expect("run docker-ctl-server");
+    assert!(
+        out.status.success(),
+        "docker-ctl-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -11,21 +11,6 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
-}
-
 on_both_stores!(a_moved_agent_never_answers_for_its_old_host);
 on_both_stores!(revocation_ends_live_sessions_within_a_second);
 

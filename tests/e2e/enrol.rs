@@ -9,21 +9,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
-}
-
 on_both_stores!(five_agents_enrol_with_one_token_and_restarts_reuse_their_credentials);
 on_both_stores!(a_pending_host_gets_nothing_until_approved);
 

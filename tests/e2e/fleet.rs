@@ -10,21 +10,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
-}
-
 on_both_stores!(bulk_create_and_start_with_an_offline_agent_through_a_restart);
 on_both_stores!(max_failures_stops_a_rollout);
 

@@ -11,21 +11,6 @@ use std::time::Duration;
 /// Heartbeat interval the tests run the server with (seconds); see `Server::start`.
 const HEARTBEAT: u64 = 1;
 
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
-}
-
 on_both_stores!(enrol_and_run_the_full_lifecycle);
 on_both_stores!(agent_killed_goes_offline_and_comes_back);
 on_both_stores!(server_killed_and_restarted_agent_reconnects_by_itself);

@@ -5,82 +5,8 @@
 
 use docker_ctl_tests::*;
 use serde_json::json;
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// A loopback TCP relay to `target` that can be cut: its listener closes and every
-/// connection through it is shut down.
-struct Relay {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
-    live: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Relay {
-    fn start(target: &str) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("relay addr").port();
-        let relay = Relay {
-            port,
-            stop: Arc::default(),
-            accepted: Arc::default(),
-            live: Arc::default(),
-        };
-        let (stop, accepted, live) = (
-            relay.stop.clone(),
-            relay.accepted.clone(),
-            relay.live.clone(),
-        );
-        let target = target.to_string();
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                let Ok(upstream) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                client.set_nonblocking(false).expect("blocking");
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let mut guard = live.lock().unwrap();
-                guard.push(client.try_clone().expect("clone"));
-                guard.push(upstream.try_clone().expect("clone"));
-                for (mut from, mut to) in [
-                    (
-                        client.try_clone().expect("clone"),
-                        upstream.try_clone().expect("clone"),
-                    ),
-                    (upstream, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        relay
-    }
-
-    fn cut(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in self.live.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
 
 #[test]
 fn an_agent_with_several_servers_uses_the_first_it_reaches_and_moves_on_when_it_goes() {

@@ -44,21 +44,6 @@ impl Builds {
     }
 }
 
-fn server_cli(args: &[&str]) -> String {
-    let out = Command::new(bin("docker-ctl-server"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("DOCKER_CTL_CONFIG")
-        .output()
-        .expect("run docker-ctl-server");
-    assert!(
-        out.status.success(),
-        "docker-ctl-server {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A key pair from `release keygen`.
 fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
     server_cli(&["release", "keygen", "--out", &dir.display().to_string()]);
@@ -296,21 +281,6 @@ impl Site {
             .collect::<Vec<_>>()
             .join("\n---\n")
     }
-}
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(docker_ctl_tests::Db::Sqlite);
-            }
-            #[test]
-            fn postgres() {
-                super::$name(docker_ctl_tests::Db::postgres());
-            }
-        }
-    };
 }
 
 on_both_stores!(a_rollout_updates_several_agents);

@@ -311,36 +311,6 @@ fn postgres_restart_under_load_keeps_agent_sessions_and_readyz_shows_the_outage(
     );
 }
 
-/// A loopback TCP relay to the server: the agent dials the relay, so dropping the relay's
-/// port partitions this agent from the server (new connections included) while the test's
-/// own API calls still reach the server directly.
-fn relay_to(server_addr: &str) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
-    let port = listener.local_addr().expect("relay addr").port();
-    let target = server_addr.to_string();
-    std::thread::spawn(move || {
-        for client in listener.incoming().take(1000) {
-            let Ok(client) = client else { continue };
-            let Ok(upstream) = std::net::TcpStream::connect(&target) else {
-                continue;
-            };
-            for (mut from, mut to) in [
-                (
-                    client.try_clone().expect("clone"),
-                    upstream.try_clone().expect("clone"),
-                ),
-                (upstream, client),
-            ] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        }
-    });
-    port
-}
-
 /// Drops every packet to and from a loopback port while it lives. No FIN, no RST: a
 /// half-open link, as when a cellular router loses its signal.
 struct Partition {
@@ -385,13 +355,13 @@ fn a_partition_is_detected_as_half_open_and_the_agent_reconnects_after_it_heals(
     require_docker();
     let server = Server::start(Db::Sqlite);
     let (host_id, agent_id, token) = server.enrol(&unique("f-part"));
-    let relay = relay_to(&server.addr);
-    let agent = Agent::start(&format!("ws://127.0.0.1:{relay}"), &agent_id, &token);
+    let relay = Relay::start(&server.addr);
+    let agent = Agent::start(&format!("ws://127.0.0.1:{}", relay.port), &agent_id, &token);
     server.wait_status(&host_id, "online", Duration::from_secs(20));
     let before = agent.output.text().matches("authenticated").count();
     let t0 = Instant::now();
     {
-        let _cut = Partition::new(relay);
+        let _cut = Partition::new(relay.port);
         // The server marks the agent offline after 3 missed heartbeats (1 s each here).
         server.wait_status(&host_id, "offline", Duration::from_secs(30));
         eprintln!(

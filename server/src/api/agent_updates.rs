@@ -15,14 +15,13 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
 use super::caller::Caller;
-use super::{paging, ts};
+use super::paging::PageQuery;
+use super::rollout_pages::{self, RowsQuery};
+use super::ts;
 use crate::error::{ApiError, ApiResult};
-use crate::fleet::Targets;
 use crate::reply;
 use crate::rollouts::agent_update::{AgentUpdateKind, UpdateSpec, KIND};
-use crate::rollouts::{
-    full_counts, Plan, Policy, RolloutRecord, RolloutState, TargetRecord, TargetState, MAX_TARGETS,
-};
+use crate::rollouts::{Plan, Policy, RolloutRecord, TargetRecord, TargetState, MAX_TARGETS};
 use crate::state::AppState;
 use crate::store::{AgentUpdateRecord, Role};
 
@@ -42,35 +41,6 @@ pub struct CreateUpdate {
     max_failures: Option<u32>,
 }
 
-/// `GET /api/v1/agent-updates/{id}` query: a page of the rows.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetQuery {
-    state: Option<String>,
-    limit: Option<String>,
-    next: Option<String>,
-}
-
-/// `GET /api/v1/agent-updates` query.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<String>,
-    next: Option<String>,
-}
-
-/// Exactly one way of naming the hosts.
-fn targets_of(b: &CreateUpdate) -> ApiResult<Targets> {
-    match (&b.selector, &b.host_ids, &b.group) {
-        (Some(s), None, None) => Ok(Targets::Selector(s.clone())),
-        (None, Some(ids), None) => Ok(Targets::HostIds(ids.clone())),
-        (None, None, Some(g)) => Ok(Targets::Group(g.clone())),
-        _ => Err(ApiError::bad_request(
-            "name the hosts with exactly one of selector, host_ids and group",
-        )),
-    }
-}
-
 /// The job kind that plans a rollout's targets.
 fn kind(state: &AppState) -> AgentUpdateKind {
     AgentUpdateKind {
@@ -84,7 +54,7 @@ pub async fn create(
     body: Result<Json<CreateUpdate>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(b) = body?;
-    let targets = targets_of(&b)?;
+    let targets = rollout_pages::targets_of(&b.selector, &b.host_ids, &b.group)?;
     let spec = UpdateSpec {
         version: b.version.clone(),
     };
@@ -117,26 +87,7 @@ pub async fn create(
 }
 
 fn summary_json(rec: &RolloutRecord, counts: Option<&BTreeMap<TargetState, i64>>) -> Value {
-    let s = &rec.summary;
-    json!({
-        "id": rec.id,
-        "kind": rec.kind,
-        "state": rec.state,
-        "reason": rec.reason,
-        "version": s["version"],
-        "selector": s["selector"],
-        "group": s["group"],
-        "max_parallel": rec.max_parallel,
-        "max_failures": rec.max_failures,
-        "hosts": rec.total,
-        "counts": full_counts(counts),
-        "cancel_requested": rec.cancel_requested_at.is_some(),
-        "cancelled_by": rec.cancelled_by,
-        "created_by": rec.created_by,
-        "created_at": ts(Some(rec.created_at)),
-        "updated_at": ts(Some(rec.updated_at)),
-        "finished_at": ts(rec.finished_at),
-    })
+    rollout_pages::summary_json(rec, counts, &["version"])
 }
 
 /// A row's progress: the agent's update once it started (unless the rollout ended the host
@@ -176,52 +127,20 @@ fn row_json(t: &TargetRecord, u: Option<&AgentUpdateRecord>) -> Value {
 
 /// The agent update rollout `id`; a rollout of another kind is not one.
 async fn find(state: &AppState, id: &str) -> ApiResult<RolloutRecord> {
-    state
-        .rollouts
-        .get(id)
-        .await?
-        .filter(|r| r.kind == KIND)
-        .ok_or_else(|| ApiError::not_found(format!("agent update {id:?} not found")))
-}
-
-fn parse_state(s: Option<&str>) -> ApiResult<Vec<TargetState>> {
-    match s {
-        None => Ok(Vec::new()),
-        Some(s) => Ok(vec![TargetState::parse(s).ok_or_else(|| {
-            let all: Vec<&str> = TargetState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(format!("state must be one of {}", all.join(", ")))
-        })?]),
-    }
+    rollout_pages::find(state, id, &[KIND], "agent update").await
 }
 
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<RowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let states = parse_state(q.state.as_deref())?;
-    let limit = paging::limit(q.limit.as_deref())?;
-    let after = match q.next.as_deref() {
-        Some(c) => Some(
-            paging::decode("agent-update-rows", c)?
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request("next is not a cursor of this list"))?,
-        ),
-        None => None,
-    };
     let rec = find(&state, &id).await?;
-    let counts = state.rollouts.counts(std::slice::from_ref(&rec.id)).await?;
-    let mut rows = state
-        .rollouts
-        .targets(&rec.id, &states, after, limit as i64 + 1)
-        .await?;
-    let next = (rows.len() > limit).then(|| {
-        rows.truncate(limit);
-        paging::encode("agent-update-rows", &rows[limit - 1].position.to_string())
-    });
+    let (counts, rows, next) =
+        rollout_pages::rows_page(&state, &rec, &q, "agent-update-rows").await?;
     // Each started row records its update's id as its first command id.
     let ids: Vec<String> = rows
         .iter()
@@ -234,7 +153,7 @@ pub async fn get_one(
         .into_iter()
         .map(|u| (u.id.clone(), u))
         .collect();
-    let mut v = summary_json(&rec, counts.get(&rec.id));
+    let mut v = summary_json(&rec, Some(&counts));
     v["targets"] = rows
         .iter()
         .map(|t| row_json(t, t.command_ids.first().and_then(|id| updates.get(id))))
@@ -246,37 +165,12 @@ pub async fn get_one(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let limit = paging::limit(q.limit.as_deref())?;
-    let before = match q.next.as_deref() {
-        Some(c) => {
-            let v = paging::decode("agent-updates", c)?;
-            let bad = || ApiError::bad_request("next is not a cursor of this list");
-            let (at, id) = v.split_once(':').ok_or_else(bad)?;
-            Some((at.parse::<i64>().map_err(|_| bad())?, id.to_string()))
-        }
-        None => None,
-    };
-    let before_ref = before.as_ref().map(|(at, id)| (*at, id.as_str()));
-    let mut recs = state
-        .rollouts
-        .list(KIND, before_ref, limit as i64 + 1)
-        .await?;
-    let next = (recs.len() > limit).then(|| {
-        recs.truncate(limit);
-        let last = &recs[limit - 1];
-        paging::encode("agent-updates", &format!("{}:{}", last.created_at, last.id))
-    });
-    let ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
-    let counts = state.rollouts.counts(&ids).await?;
-    let items: Vec<Value> = recs
-        .iter()
-        .map(|r| summary_json(r, counts.get(&r.id)))
-        .collect();
-    Ok(Json(json!({ "agent_updates": items, "next": next })))
+    let names = ("agent-updates", "agent_updates");
+    rollout_pages::list_page(&state, KIND, &q, names, summary_json).await
 }
 
 /// Stops what has not started (admins, who start them); updates already sent finish.
@@ -287,17 +181,6 @@ pub async fn cancel(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
     let rec = find(&state, &id).await?;
-    if !state.rollouts.cancel(&caller, &rec.id).await? {
-        let now = find(&state, &id).await?;
-        let why = if now.state == RolloutState::Running {
-            "a cancel was already asked for".to_string()
-        } else {
-            format!("the agent update is {}", now.state.as_str())
-        };
-        return Err(ApiError::conflict(why));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": rec.id, "state": RolloutState::Running, "cancel_requested": true })),
-    ))
+    let v = rollout_pages::cancel(&state, &caller, &rec, "the agent update").await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }

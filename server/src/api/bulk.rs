@@ -14,15 +14,14 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use super::caller::Caller;
-use super::{paging, ts};
+use super::paging::PageQuery;
+use super::rollout_pages::{self, RowsQuery};
+use super::ts;
 use crate::auth::role_for;
 use crate::error::{ApiError, ApiResult};
-use crate::fleet::Targets;
 use crate::reply;
 use crate::rollouts::bulk::{BulkSpec, Step, KIND};
-use crate::rollouts::{
-    full_counts, Plan, Policy, RolloutRecord, RolloutState, TargetRecord, TargetState, MAX_TARGETS,
-};
+use crate::rollouts::{Plan, Policy, RolloutRecord, TargetRecord, TargetState, MAX_TARGETS};
 use crate::state::AppState;
 use crate::store::Role;
 
@@ -53,35 +52,6 @@ pub struct CreateBulk {
     timeout: Option<u64>,
 }
 
-/// `GET /api/v1/bulk-operations/{id}` query: a page of the rows.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetQuery {
-    state: Option<String>,
-    limit: Option<String>,
-    next: Option<String>,
-}
-
-/// `GET /api/v1/bulk-operations` query.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<String>,
-    next: Option<String>,
-}
-
-/// Exactly one way of naming the hosts.
-fn targets_of(b: &CreateBulk) -> ApiResult<Targets> {
-    match (&b.selector, &b.host_ids, &b.group) {
-        (Some(s), None, None) => Ok(Targets::Selector(s.clone())),
-        (None, Some(ids), None) => Ok(Targets::HostIds(ids.clone())),
-        (None, None, Some(g)) => Ok(Targets::Group(g.clone())),
-        _ => Err(ApiError::bad_request(
-            "name the hosts with exactly one of selector, host_ids and group",
-        )),
-    }
-}
-
 /// `operation` (+ `params`) or `steps`, not both.
 fn steps_of(b: &CreateBulk) -> ApiResult<Vec<Step>> {
     match (&b.operation, &b.steps) {
@@ -105,7 +75,7 @@ pub async fn create(
     body: Result<Json<CreateBulk>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(b) = body?;
-    let targets = targets_of(&b)?;
+    let targets = rollout_pages::targets_of(&b.selector, &b.host_ids, &b.group)?;
     let spec = BulkSpec {
         steps: steps_of(&b)?,
         queue_offline: b.queue_offline.unwrap_or(true),
@@ -160,29 +130,8 @@ fn result_role(rec: &RolloutRecord) -> Role {
 }
 
 fn summary_json(rec: &RolloutRecord, counts: Option<&BTreeMap<TargetState, i64>>) -> Value {
-    let s = &rec.summary;
-    json!({
-        "id": rec.id,
-        "kind": rec.kind,
-        "state": rec.state,
-        "reason": rec.reason,
-        "operations": s["operations"],
-        "selector": s["selector"],
-        "group": s["group"],
-        "queue_offline": s["queue_offline"],
-        "expires_in": s["expires_in"],
-        "timeout": s["timeout"],
-        "max_parallel": rec.max_parallel,
-        "max_failures": rec.max_failures,
-        "hosts": rec.total,
-        "counts": full_counts(counts),
-        "cancel_requested": rec.cancel_requested_at.is_some(),
-        "cancelled_by": rec.cancelled_by,
-        "created_by": rec.created_by,
-        "created_at": ts(Some(rec.created_at)),
-        "updated_at": ts(Some(rec.updated_at)),
-        "finished_at": ts(rec.finished_at),
-    })
+    let fields = ["operations", "queue_offline", "expires_in", "timeout"];
+    rollout_pages::summary_json(rec, counts, &fields)
 }
 
 fn row_json(t: &TargetRecord, show_result: bool) -> Value {
@@ -206,50 +155,21 @@ fn row_json(t: &TargetRecord, show_result: bool) -> Value {
 /// The bulk operation `id`: a bulk rollout, or a stack's (`POST /api/v1/stacks` names it);
 /// a rollout of another kind is not one.
 async fn find(state: &AppState, id: &str) -> ApiResult<RolloutRecord> {
-    state
-        .rollouts
-        .get(id)
-        .await?
-        .filter(|r| r.kind == KIND || r.kind == crate::deploy::KIND)
-        .ok_or_else(|| ApiError::not_found(format!("bulk operation {id:?} not found")))
+    rollout_pages::find(state, id, &[KIND, crate::deploy::KIND], "bulk operation").await
 }
 
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<RowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let states = match q.state.as_deref() {
-        None => Vec::new(),
-        Some(s) => vec![TargetState::parse(s).ok_or_else(|| {
-            let all: Vec<&str> = TargetState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request(format!("state must be one of {}", all.join(", ")))
-        })?],
-    };
-    let limit = paging::limit(q.limit.as_deref())?;
-    let after = match q.next.as_deref() {
-        Some(c) => Some(
-            paging::decode("bulk-rows", c)?
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request("next is not a cursor of this list"))?,
-        ),
-        None => None,
-    };
     let rec = find(&state, &id).await?;
-    let counts = state.rollouts.counts(std::slice::from_ref(&rec.id)).await?;
-    let mut rows = state
-        .rollouts
-        .targets(&rec.id, &states, after, limit as i64 + 1)
-        .await?;
-    let next = (rows.len() > limit).then(|| {
-        rows.truncate(limit);
-        paging::encode("bulk-rows", &rows[limit - 1].position.to_string())
-    });
+    let (counts, rows, next) = rollout_pages::rows_page(&state, &rec, &q, "bulk-rows").await?;
     let show = caller.role >= result_role(&rec);
-    let mut v = summary_json(&rec, counts.get(&rec.id));
+    let mut v = summary_json(&rec, Some(&counts));
     v["targets"] = rows.iter().map(|t| row_json(t, show)).collect();
     v["next"] = json!(next);
     Ok(Json(v))
@@ -258,37 +178,11 @@ pub async fn get_one(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;
-    let limit = paging::limit(q.limit.as_deref())?;
-    let before = match q.next.as_deref() {
-        Some(c) => {
-            let v = paging::decode("bulk", c)?;
-            let bad = || ApiError::bad_request("next is not a cursor of this list");
-            let (at, id) = v.split_once(':').ok_or_else(bad)?;
-            Some((at.parse::<i64>().map_err(|_| bad())?, id.to_string()))
-        }
-        None => None,
-    };
-    let before_ref = before.as_ref().map(|(at, id)| (*at, id.as_str()));
-    let mut recs = state
-        .rollouts
-        .list(KIND, before_ref, limit as i64 + 1)
-        .await?;
-    let next = (recs.len() > limit).then(|| {
-        recs.truncate(limit);
-        let last = &recs[limit - 1];
-        paging::encode("bulk", &format!("{}:{}", last.created_at, last.id))
-    });
-    let ids: Vec<String> = recs.iter().map(|r| r.id.clone()).collect();
-    let counts = state.rollouts.counts(&ids).await?;
-    let items: Vec<Value> = recs
-        .iter()
-        .map(|r| summary_json(r, counts.get(&r.id)))
-        .collect();
-    Ok(Json(json!({ "bulk_operations": items, "next": next })))
+    rollout_pages::list_page(&state, KIND, &q, ("bulk", "bulk_operations"), summary_json).await
 }
 
 /// Stops what has not started; an operator may cancel any bulk operation.
@@ -299,17 +193,6 @@ pub async fn cancel(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
     let rec = find(&state, &id).await?;
-    if !state.rollouts.cancel(&caller, &rec.id).await? {
-        let now = find(&state, &id).await?;
-        let why = if now.state == RolloutState::Running {
-            "a cancel was already asked for".to_string()
-        } else {
-            format!("the bulk operation is {}", now.state.as_str())
-        };
-        return Err(ApiError::conflict(why));
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": rec.id, "state": RolloutState::Running, "cancel_requested": true })),
-    ))
+    let v = rollout_pages::cancel(&state, &caller, &rec, "the bulk operation").await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }

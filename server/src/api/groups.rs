@@ -55,14 +55,6 @@ pub struct GroupQuery {
     next: Option<String>,
 }
 
-/// `GET /api/v1/groups` query.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<String>,
-    next: Option<String>,
-}
-
 /// A group name: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
 fn check_name(name: &str) -> ApiResult<()> {
     let b = name.as_bytes();
@@ -152,7 +144,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<super::paging::PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let Query(q) = q?;

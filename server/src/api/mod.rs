@@ -21,6 +21,7 @@ mod passthrough;
 mod records;
 mod releases;
 mod replicas;
+mod rollout_pages;
 mod session;
 mod stacks;
 mod stream;

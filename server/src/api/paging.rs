@@ -6,8 +6,17 @@
 //! Owns: encoding and checking cursors and limits. Must not: read anything.
 
 use base64::Engine;
+use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
+
+/// The query of a plain paged list: `limit` and `next`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub next: Option<String>,
+}
 
 /// The default page size and the largest one.
 pub(super) const DEFAULT_LIMIT: usize = 100;

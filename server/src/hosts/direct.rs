@@ -25,9 +25,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, OnceCell};
 
 use super::dial::{client_tls_config, Endpoint, TlsMaterial, Transport};
-use super::{Call, HostAdapter, Route, StreamRequest, StreamResponse, Tunnel};
+use super::{Call, HostAdapter, Route, StreamRequest, StreamResponse, UpgradedTunnel};
 use crate::crypto::KeyBox;
-use crate::metrics::Metrics;
 use crate::reply::Outcome;
 use crate::store::Host;
 
@@ -242,7 +241,10 @@ impl DirectHostAdapter {
                 status,
                 headers,
                 body: Body::empty(),
-                tunnel: Some(Box::new(DaemonTunnel(daemon))),
+                tunnel: Some(Box::new(UpgradedTunnel {
+                    upgrade: daemon,
+                    peer: "the daemon",
+                })),
             });
         }
         Ok(StreamResponse {
@@ -282,36 +284,6 @@ impl HostAdapter for DirectHostAdapter {
 
     fn open_stream(&self, req: StreamRequest) -> BoxFuture<'_, Result<StreamResponse, ErrorBody>> {
         Box::pin(self.forward(req))
-    }
-}
-
-/// The daemon's side of a hijacked connection.
-struct DaemonTunnel(hyper::upgrade::OnUpgrade);
-
-impl Tunnel for DaemonTunnel {
-    fn pump(
-        self: Box<Self>,
-        client: Box<dyn super::ClientIo>,
-        metrics: Arc<Metrics>,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let daemon = match self.0.await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(error = %e, "the daemon's upgrade failed");
-                    return;
-                }
-            };
-            let mut client = client;
-            let mut daemon = hyper_util::rt::TokioIo::new(daemon);
-            match tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
-                Ok((up, down)) => {
-                    metrics.passthrough_bytes(true, up);
-                    metrics.passthrough_bytes(false, down);
-                }
-                Err(e) => tracing::debug!(error = %e, "hijacked connection ended with an error"),
-            }
-        })
     }
 }
 

@@ -24,15 +24,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use protocol::{ErrorBody, ErrorCode, Operation};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use super::agent::AgentHostAdapter;
-use super::{Call, HostAdapter, Route, StreamRequest, StreamResponse, Tunnel};
+use super::{Call, HostAdapter, Route, StreamRequest, StreamResponse, UpgradedTunnel};
 use crate::agents::AgentManager;
 use crate::cluster::{credential, Cluster, Holder};
-use crate::metrics::Metrics;
 use crate::reply::{self, Outcome};
 
 /// The header naming who asked (`NAME (ROLE)`), for the holder's log.
@@ -228,7 +226,10 @@ impl ForwardHostAdapter {
                 status,
                 headers,
                 body: Body::empty(),
-                tunnel: Some(Box::new(ReplicaTunnel(upgraded))),
+                tunnel: Some(Box::new(UpgradedTunnel {
+                    upgrade: upgraded,
+                    peer: "the holding replica",
+                })),
             });
         }
         Ok(StreamResponse {
@@ -304,34 +305,4 @@ fn unreachable_holder(holder: &Holder) -> ErrorBody {
             holder.replica.id
         ),
     )
-}
-
-/// The holder's side of a hijacked connection.
-struct ReplicaTunnel(hyper::upgrade::OnUpgrade);
-
-impl Tunnel for ReplicaTunnel {
-    fn pump(
-        self: Box<Self>,
-        client: Box<dyn super::ClientIo>,
-        metrics: Arc<Metrics>,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let upgraded = match self.0.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "the holding replica's upgrade failed");
-                    return;
-                }
-            };
-            let mut client = client;
-            let mut far = hyper_util::rt::TokioIo::new(upgraded);
-            match tokio::io::copy_bidirectional(&mut client, &mut far).await {
-                Ok((up, down)) => {
-                    metrics.passthrough_bytes(true, up);
-                    metrics.passthrough_bytes(false, down);
-                }
-                Err(e) => tracing::debug!(error = %e, "forwarded hijack ended with an error"),
-            }
-        })
-    }
 }

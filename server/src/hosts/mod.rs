@@ -126,6 +126,43 @@ pub trait Tunnel: Send {
     ) -> BoxFuture<'static, ()>;
 }
 
+/// The far end of a hijacked connection that is an upgraded HTTP connection: the daemon's
+/// (a direct host) or the holding replica's (a forwarded one); `peer` names it in logs.
+pub struct UpgradedTunnel {
+    pub upgrade: hyper::upgrade::OnUpgrade,
+    pub peer: &'static str,
+}
+
+impl Tunnel for UpgradedTunnel {
+    fn pump(
+        self: Box<Self>,
+        client: Box<dyn ClientIo>,
+        metrics: Arc<Metrics>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let peer = self.peer;
+            let far = match self.upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, peer, "the upgrade failed");
+                    return;
+                }
+            };
+            let mut client = client;
+            let mut far = hyper_util::rt::TokioIo::new(far);
+            match tokio::io::copy_bidirectional(&mut client, &mut far).await {
+                Ok((up, down)) => {
+                    metrics.passthrough_bytes(true, up);
+                    metrics.passthrough_bytes(false, down);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, peer, "hijacked connection ended with an error")
+                }
+            }
+        })
+    }
+}
+
 /// The one seam for a kind of host.
 pub trait HostAdapter: Send + Sync {
     /// Where the host's commands go now.
