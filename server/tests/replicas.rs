@@ -149,14 +149,14 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
         .await
         .unwrap();
     first.claim(&agent_ref, None, "sess-1").await.unwrap();
-    assert_eq!(s.store.list_presence().await.unwrap().len(), 1);
+    assert_eq!(s.store.list_presence(None).await.unwrap().len(), 1);
 
     let second = Cluster::join(s.store.clone(), &s.keys, identity("r1"), BEAT)
         .await
         .unwrap();
     assert_eq!(second.epoch(), first.epoch() + 1);
     assert!(
-        s.store.list_presence().await.unwrap().is_empty(),
+        s.store.list_presence(None).await.unwrap().is_empty(),
         "the previous life's claim is gone"
     );
     let row = s.store.get_agent("h1-agent").await.unwrap().unwrap();
@@ -168,18 +168,18 @@ async fn a_restarted_replica_reclaims_nothing_stale() {
         matches!(refused, Err(ClaimError::Replaced(_))),
         "{refused:?}"
     );
-    assert!(s.store.list_presence().await.unwrap().is_empty());
+    assert!(s.store.list_presence(None).await.unwrap().is_empty());
     second.claim(&agent_ref, None, "sess-3").await.unwrap();
-    let claims = s.store.list_presence().await.unwrap();
+    let claims = s.store.list_presence(None).await.unwrap();
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].session_id, "sess-3");
     assert_eq!(claims[0].replica.epoch, second.epoch());
 
     // A late release of an older session leaves the newer claim alone.
     first.release(&agent_ref, "sess-1").await;
-    assert_eq!(s.store.list_presence().await.unwrap().len(), 1);
+    assert_eq!(s.store.list_presence(None).await.unwrap().len(), 1);
     second.release(&agent_ref, "sess-3").await;
-    assert!(s.store.list_presence().await.unwrap().is_empty());
+    assert!(s.store.list_presence(None).await.unwrap().is_empty());
 }
 
 /// A replica that stops heartbeating (a kill -9) loses its claims after 3 intervals: the
@@ -220,7 +220,7 @@ async fn a_silent_replica_loses_its_claims() {
         "the silent replica's claim is dropped",
         || {
             let store = s.store.clone();
-            async move { store.list_presence().await.unwrap().is_empty() }
+            async move { store.list_presence(None).await.unwrap().is_empty() }
         },
     )
     .await;

@@ -248,9 +248,10 @@ impl Cluster {
         self.refresh().await;
     }
 
-    /// Reads every claim; drops those of replicas that stopped heartbeating.
+    /// Reads the other replicas' claims (every use of the view skips this replica's own,
+    /// which its agent registry knows); drops those of replicas that stopped heartbeating.
     async fn refresh(&self) {
-        let claims = match self.0.store.list_presence().await {
+        let claims = match self.0.store.list_presence(Some(self.id())).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "reading agent presence failed");

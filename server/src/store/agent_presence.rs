@@ -97,15 +97,21 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// Every claim made in its replica's current epoch, with that replica.
-    pub async fn list_presence(&self) -> Result<Vec<Presence>> {
-        let rows = sqlx::query(
-            "SELECT p.agent_ref, p.host_id, p.session_id, p.claimed_at, r.id, r.advertise_url, r.region, \
+    /// Every claim made in its replica's current epoch, with that replica; with `except`, the
+    /// claims of other replicas only (a replica knows its own sessions without the database).
+    pub async fn list_presence(&self, except: Option<&str>) -> Result<Vec<Presence>> {
+        const ALL: &str = "SELECT p.agent_ref, p.host_id, p.session_id, p.claimed_at, r.id, r.advertise_url, r.region, \
              r.epoch, r.started_at, r.heartbeat_at, r.heartbeat_interval_ms \
-             FROM agent_presence p JOIN replicas r ON r.id = p.replica_id AND r.epoch = p.epoch",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             FROM agent_presence p JOIN replicas r ON r.id = p.replica_id AND r.epoch = p.epoch";
+        let rows = match except {
+            None => sqlx::query(ALL).fetch_all(&self.pool).await?,
+            Some(me) => {
+                sqlx::query(&format!("{ALL} WHERE p.replica_id <> $1"))
+                    .bind(me)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter()
             .map(|r| {
                 Ok(Presence {
