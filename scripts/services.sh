@@ -20,6 +20,8 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 # The release signing tests cross-check our signatures with the real minisign.
 command -v minisign >/dev/null 2>&1 || need_pkgs+=(minisign)
+# The replica tests put three servers behind Debian's HAProxy.
+command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
 # The web UI's browser tests (tests/browser) drive Debian's chromium through chromedriver.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_pkgs+=(chromium-driver)
