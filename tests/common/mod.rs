@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod replicas;
+pub use replicas::*;
+
 pub const TEST_IMAGE: &str = "docker-ctl-test/busybox:latest";
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -146,9 +149,14 @@ pub struct DockerCleanup {
     containers: Vec<String>,
     volumes: Vec<String>,
     networks: Vec<String>,
+    labels: Vec<String>,
 }
 
 impl DockerCleanup {
+    /// Every container carrying the label `key=value` (made by the test, named or not).
+    pub fn label(&mut self, key_value: &str) {
+        self.labels.push(key_value.to_string());
+    }
     pub fn container(&mut self, name: &str) {
         self.containers.push(name.to_string());
     }
@@ -164,6 +172,15 @@ impl Drop for DockerCleanup {
     fn drop(&mut self) {
         for c in &self.containers {
             let _ = docker_cli(&["rm", "-f", c]);
+        }
+        for l in &self.labels {
+            let (_, ids) = docker_cli(&["ps", "-aq", "--filter", &format!("label={l}")]);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            for chunk in ids.chunks(100) {
+                let mut args = vec!["rm", "-f"];
+                args.extend_from_slice(chunk);
+                let _ = docker_cli(&args);
+            }
         }
         for n in &self.networks {
             let _ = docker_cli(&["network", "rm", n]);
@@ -309,6 +326,11 @@ pub struct Server {
     child: Option<Child>,
     pub output: Output,
     pub extra_env: Vec<(String, String)>,
+    /// Flags added to `serve` (a replica's `--replica-id`, `--advertise-url`, `--region`).
+    pub serve_args: Vec<String>,
+    /// Whether dropping this server drops its PostgreSQL database (not for one replica of
+    /// several: the [`Replicas`] that started them drops it last).
+    owns_db: bool,
 }
 
 impl Server {
@@ -333,6 +355,46 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            serve_args: Vec::new(),
+            owns_db: true,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts one replica of several on `db`: `--replica-id ID --advertise-url
+    /// http://127.0.0.1:PORT --region REGION` on a free port, with `at_rest_key` (base64 of 32
+    /// bytes, the same for every replica) as its `DATA_DIR/secret.key`. The database is not
+    /// dropped with this server.
+    pub fn start_replica(
+        db: &Db,
+        at_rest_key: &str,
+        admin_token: &str,
+        id: &str,
+        region: &str,
+    ) -> Server {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let key = data_dir.path().join("secret.key");
+        std::fs::write(&key, at_rest_key).expect("write secret.key");
+        set_mode_0600(&key);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut s = Server {
+            db: db.clone(),
+            data_dir,
+            serve_args: vec![
+                "--replica-id".into(),
+                id.into(),
+                "--advertise-url".into(),
+                format!("http://{addr}"),
+                "--region".into(),
+                region.into(),
+            ],
+            addr,
+            admin_token: admin_token.to_string(),
+            child: None,
+            output: Output::default(),
+            extra_env: Vec::new(),
+            owns_db: false,
         };
         s.spawn();
         s
@@ -403,6 +465,7 @@ impl Server {
                 "1",
             ])
             .args(Self::db_args(&self.db, self.data_dir.path()))
+            .args(&self.serve_args)
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -556,7 +619,9 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("--- server output ---\n{}", self.output.text());
         }
-        self.db.drop_database();
+        if self.owns_db {
+            self.db.drop_database();
+        }
     }
 }
 
@@ -850,6 +915,11 @@ pub fn docker_cli_path() -> PathBuf {
 
 impl DockerCli {
     pub fn new(server: &Server, host_id: &str, token: &str) -> DockerCli {
+        Self::at(&server.addr, host_id, token)
+    }
+
+    /// The CLI pointed at the server (or a proxy in front of servers) at `addr` (`HOST:PORT`).
+    pub fn at(addr: &str, host_id: &str, token: &str) -> DockerCli {
         let config = tempfile::tempdir().expect("tempdir");
         std::fs::write(
             config.path().join("config.json"),
@@ -857,7 +927,7 @@ impl DockerCli {
         )
         .expect("write config.json");
         DockerCli {
-            host: format!("tcp://{}/api/v1/hosts/{host_id}/docker", server.addr),
+            host: format!("tcp://{addr}/api/v1/hosts/{host_id}/docker"),
             config,
         }
     }

@@ -24,6 +24,7 @@ mod enrol;
 mod fleet;
 mod lifecycle;
 mod passthrough;
+mod replicas;
 mod servers;
 mod stacks;
 mod update;
