@@ -189,8 +189,17 @@ pub fn holder_of(host: &Value) -> Option<String> {
 }
 
 /// Debian's HAProxy in front of server replicas, in the foreground, killed on drop.
+///
+/// Two frontends: `port` in HTTP mode (the API, the web UI, agents' WebSockets, and the
+/// docker CLI but for hijacks), and `cli_port` in TCP mode for the docker CLI. HAProxy from
+/// 2.4 up to its fix in 3.1 (haproxy/haproxy#2684) does not upgrade a request that has a
+/// body, and the Engine API's hijacks (`exec -it`, `attach`, `run -it`) are POSTs with one:
+/// through an HTTP frontend the CLI gets `unable to upgrade to tcp, received 200`.
 pub struct Haproxy {
+    /// The HTTP frontend.
     pub port: u16,
+    /// The TCP frontend (docker CLI contexts).
+    pub cli_port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub output: Output,
@@ -206,13 +215,15 @@ impl Haproxy {
             std::fs::write(dir.path().join(file), error_page(*status, body)).expect("errorfile");
         }
         let port = free_port();
+        let cli_port = free_port();
         let servers: Vec<(String, String)> = backends
             .iter()
             .enumerate()
             .map(|(i, s)| (replica_id(i), s.addr.clone()))
             .collect();
         let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, Self::config(port, &servers, dir.path())).expect("haproxy.cfg");
+        std::fs::write(&cfg, Self::config(port, cli_port, &servers, dir.path()))
+            .expect("haproxy.cfg");
         let mut child = Command::new("haproxy")
             .arg("-f")
             .arg(&cfg)
@@ -226,6 +237,7 @@ impl Haproxy {
         output.capture(&mut child);
         let mut h = Haproxy {
             port,
+            cli_port,
             dir,
             child: Some(child),
             output,
@@ -247,8 +259,13 @@ impl Haproxy {
 
     /// The configuration the tests run, the one the README shows (plus logging to stdout,
     /// and paths and ports of the test's own).
-    pub fn config(port: u16, servers: &[(String, String)], errors: &Path) -> String {
-        let mut c = format!(
+    pub fn config(
+        port: u16,
+        cli_port: u16,
+        servers: &[(String, String)],
+        errors: &Path,
+    ) -> String {
+        format!(
             "global
     maxconn 4096
     log stdout format raw local0 info
@@ -289,13 +306,28 @@ backend replicas
     option httpchk GET /healthz
     http-check expect status 200
     default-server inter 1s fall 2 rise 2
-",
-            errors = errors.display()
-        );
-        for (name, addr) in servers {
-            c.push_str(&format!("    server {name} {addr} check\n"));
-        }
-        c
+{servers}
+# The docker CLI: its hijacks (exec -it, attach, run -it) are POSTs with a body, which
+# HAProxy before 3.1 cannot upgrade in HTTP mode; in TCP mode they pass untouched.
+frontend docker_ctl_cli
+    mode tcp
+    option tcplog
+    bind 127.0.0.1:{cli_port}
+    default_backend replicas_cli
+
+backend replicas_cli
+    mode tcp
+    balance leastconn
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 2
+{servers}",
+            errors = errors.display(),
+            servers = servers
+                .iter()
+                .map(|(name, addr)| format!("    server {name} {addr} check\n"))
+                .collect::<String>(),
+        )
     }
 
     pub fn addr(&self) -> String {
@@ -304,6 +336,11 @@ backend replicas
 
     pub fn http(&self) -> String {
         format!("http://{}", self.addr())
+    }
+
+    /// The TCP frontend for docker CLI contexts (`HOST:PORT`).
+    pub fn cli_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cli_port)
     }
 
     pub fn ws(&self) -> String {
