@@ -259,12 +259,7 @@ impl Haproxy {
 
     /// The configuration the tests run, the one the README shows (plus logging to stdout,
     /// and paths and ports of the test's own).
-    pub fn config(
-        port: u16,
-        cli_port: u16,
-        servers: &[(String, String)],
-        errors: &Path,
-    ) -> String {
+    pub fn config(port: u16, cli_port: u16, servers: &[(String, String)], errors: &Path) -> String {
         format!(
             "global
     maxconn 4096

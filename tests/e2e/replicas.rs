@@ -69,8 +69,7 @@ impl Fleet {
         let hosts = orders
             .iter()
             .map(|order| {
-                let (host_id, _, agent) =
-                    replicas.enrol(&unique("rep"), &replicas.ws_of(order));
+                let (host_id, _, agent) = replicas.enrol(&unique("rep"), &replicas.ws_of(order));
                 Placed {
                     host_id,
                     home: order[0],
@@ -163,7 +162,10 @@ fn try_op(
         .send(json!({"operation": operation, "params": params}).to_string())
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
     Ok((
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -258,7 +260,6 @@ fn agents_spread_over_the_replicas_every_replica_agrees_and_operations_run_throu
     );
 }
 
-
 /// A running container of the test image made on dockerd itself, with the fleet's labels.
 fn running(f: &Fleet, prefix: &str, cmd: &[&str]) -> String {
     let name = unique(prefix);
@@ -273,8 +274,8 @@ fn running(f: &Fleet, prefix: &str, cmd: &[&str]) -> String {
     name
 }
 
-/// `ps`, `logs -f`, `exec -it` (when `hijacks`), `cp` both ways and `save` through `cli`
-/// (named `way`).
+/// `ps`, `logs -f`, `exec -it` (when `hijacks`: not through HAProxy's HTTP frontend), `cp`
+/// both ways and `save` through `cli` (named `way`).
 fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
     let t0 = Instant::now();
     let name = running(f, "rep-cli", &["sleep", "300"]);
@@ -289,6 +290,7 @@ fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
     );
 
     logs_follow(f, cli, way);
+    follow_cut(&f.hosts[0].agent, cli, &name, way, hijacks);
 
     if hijacks {
         // exec -it: keystrokes reach the shell, the terminal size arrives, the exit code
@@ -298,19 +300,31 @@ fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
             "for i in $(seq 100); do [ \"$(stty size)\" = '45 123' ] && break; sleep 0.1; done; stty size\necho typed-$((40+2))\nexit 4\n",
         );
         assert_eq!(code, 4, "exec -it through {way}: {screen}");
-        assert!(screen.contains("typed-42"), "keystrokes through {way}: {screen}");
-        assert!(screen.contains("45 123"), "the resize through {way}: {screen}");
+        assert!(
+            screen.contains("typed-42"),
+            "keystrokes through {way}: {screen}"
+        );
+        assert!(
+            screen.contains("45 123"),
+            "the resize through {way}: {screen}"
+        );
     }
 
     // cp into the container and back out.
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.txt");
-    let payload: String = (0..30_000).map(|i| format!("line {i} via {way}\n")).collect();
+    let payload: String = (0..30_000)
+        .map(|i| format!("line {i} via {way}\n"))
+        .collect();
     std::fs::write(&src, &payload).unwrap();
     cli.ok(&["cp", src.to_str().unwrap(), &format!("{name}:/tmp/in.txt")]);
     let (ok, inside) = docker_cli(&["exec", &name, "sh", "-c", "wc -c < /tmp/in.txt"]);
     assert!(ok, "{inside}");
-    assert_eq!(inside.trim(), payload.len().to_string(), "cp in through {way}");
+    assert_eq!(
+        inside.trim(),
+        payload.len().to_string(),
+        "cp in through {way}"
+    );
     let back = dir.path().join("back.txt");
     cli.ok(&["cp", &format!("{name}:/tmp/in.txt"), back.to_str().unwrap()]);
     assert!(
@@ -329,10 +343,25 @@ fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
         .env("DOCKER_HOST", format!("unix://{DOCKER_SOCKET}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (a, b) = (std::fs::read(&tar).unwrap(), std::fs::read(&direct).unwrap());
-    assert!(a.len() > 1_000_000, "the image tar is complete: {} bytes", a.len());
-    assert_eq!(a.len(), b.len(), "save through {way}: the size of dockerd's own tar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        std::fs::read(&tar).unwrap(),
+        std::fs::read(&direct).unwrap(),
+    );
+    assert!(
+        a.len() > 1_000_000,
+        "the image tar is complete: {} bytes",
+        a.len()
+    );
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "save through {way}: the size of dockerd's own tar"
+    );
     let manifest = |p: &std::path::Path| {
         let out = std::process::Command::new("tar")
             .arg("-xOf")
@@ -343,8 +372,15 @@ fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
         assert!(out.status.success(), "manifest.json in {}", p.display());
         serde_json::from_slice::<Value>(&out.stdout).expect("manifest JSON")
     };
-    assert_eq!(manifest(&tar), manifest(&direct), "the manifest through {way}");
-    assert!(a == b, "save through {way}: dockerd's own tar, byte for byte");
+    assert_eq!(
+        manifest(&tar),
+        manifest(&direct),
+        "the manifest through {way}"
+    );
+    assert!(
+        a == b,
+        "save through {way}: dockerd's own tar, byte for byte"
+    );
     eprintln!(
         "BENCH replicas: docker CLI through {way}: save of {} bytes in {:.0} ms; whole session {:.1} s",
         a.len(),
@@ -406,7 +442,60 @@ fn logs_follow(f: &Fleet, cli: &DockerCli, way: &str) {
         Duration::from_secs(20),
         || follow.try_wait().ok().flatten(),
     );
-    assert!(status.success(), "logs -f through {way} ended with {status}");
+    assert!(
+        status.success(),
+        "logs -f through {way} ended with {status}"
+    );
+}
+
+/// A `docker logs -f` whose CLI goes away: the agent (held by another replica) is told to
+/// cancel the stream, so nothing keeps streaming on the holder for a client that is gone.
+///
+/// HAProxy's HTTP frontend (`silent_cut` false) takes the client's close for a half-close
+/// and keeps a silent response open: it lets go at the first bytes it cannot deliver, so the
+/// container writes a line every half second there.
+fn follow_cut(agent: &Agent, cli: &DockerCli, name: &str, way: &str, silent_cut: bool) {
+    let count = |needle: &str| {
+        agent
+            .output
+            .text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let opened = count("(container.logs)");
+    let cancelled = count("cancelled by the server");
+    let mut follow = cli
+        .command(&["logs", "-f", "--tail", "0", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &format!("the agent streaming logs -f through {way}"),
+        Duration::from_secs(20),
+        || (count("(container.logs)") > opened).then_some(()),
+    );
+    let t = Instant::now();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let mut last_write = Instant::now();
+    wait_for(
+        &format!("the agent told to cancel the followed logs after the CLI through {way} went"),
+        Duration::from_secs(20),
+        || {
+            if !silent_cut && last_write.elapsed() > Duration::from_millis(500) {
+                docker_cli(&["exec", name, "sh", "-c", "echo nobody-reads > /proc/1/fd/1"]);
+                last_write = Instant::now();
+            }
+            (count("cancelled by the server") > cancelled).then_some(())
+        },
+    );
+    eprintln!(
+        "BENCH replicas: docker logs -f through {way}: CLI killed -> the agent's stream cancelled after {:.0} ms{}",
+        t.elapsed().as_secs_f64() * 1000.0,
+        if silent_cut { "" } else { " (the container writing a line every 0.5 s)" }
+    );
 }
 
 #[test]
@@ -423,7 +512,12 @@ fn the_docker_cli_through_another_replica_and_through_haproxy_reaches_an_agent_h
     let via_proxy_http = DockerCli::at(&f.proxy.addr(), &host, &f.operator);
     docker_cli_session(&f, &via_proxy_http, "haproxy (http)", false);
     // Nothing moved: every exchange went to the agent on a.
-    assert_eq!(f.hosts[0].sessions(), 1, "{}", f.hosts[0].agent.output.text());
+    assert_eq!(
+        f.hosts[0].sessions(),
+        1,
+        "{}",
+        f.hosts[0].agent.output.text()
+    );
     assert_eq!(f.replicas.holder_via(2, &host).as_deref(), Some("a"));
 }
 
@@ -535,11 +629,43 @@ fn kill_9_of_a_replica_during_a_stream_of_commands_then_its_restart_reclaims_not
     let only_a_session = f.replicas.sql(&format!(
         "SELECT session_id FROM agent_presence WHERE host_id = '{only_a}'"
     ));
-    assert!(!only_a_session.is_empty(), "a holds the agent that knows only a");
+    assert!(
+        !only_a_session.is_empty(),
+        "a holds the agent that knows only a"
+    );
+    // Two slow commands in flight on a, through an HAProxy whose only backend is a, for a
+    // host held by b: when a dies, HAProxy answers them itself, with a code.
+    let only_a_proxy = Haproxy::start(&[&f.replicas.servers[0]]);
+    let sleeper = running(&f, "rep-sleeper", &["sleep", "300"]);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (base, token, host) = (
+                only_a_proxy.http(),
+                f.operator.clone(),
+                f.hosts[3].host_id.clone(),
+            );
+            let params = json!({"id": sleeper, "cmd": ["sleep", "5"]});
+            std::thread::spawn(move || try_op(&base, &token, &host, "container.exec", params))
+        })
+        .collect();
+    wait_for("the slow commands running", Duration::from_secs(20), || {
+        let c = docker_get(&format!("/containers/{sleeper}/json"));
+        (c["ExecIDs"].as_array().map_or(0, Vec::len) >= 2).then_some(())
+    });
+
     let at_kill = f.containers_by_cmd();
     let t_kill = Instant::now();
     killed.store(true, Ordering::SeqCst);
     f.replicas.kill(0);
+    for s in slow {
+        let (st, body) = s.join().expect("a slow command").expect("an HTTP answer");
+        assert_eq!(st, 502, "{body}");
+        assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
 
     // a's agents are back on b or c within 10 s, as every live replica sees it.
     let mut back = Vec::new();
@@ -595,6 +721,9 @@ fn check_outcomes(f: &Fleet, sent: &[Sent]) {
     assert!(!sent.is_empty());
     let on_dockerd = f.containers_by_cmd();
     let mut tally: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for s in sent.iter().filter(|s| s.outcome != "succeeded") {
+        eprintln!("not succeeded: {s:?}");
+    }
     for s in sent {
         *tally.entry((s.way, s.outcome.as_str())).or_default() += 1;
         assert!(
@@ -621,7 +750,8 @@ fn check_outcomes(f: &Fleet, sent: &[Sent]) {
         );
     }
     // Nothing ran that nobody sent.
-    for cmd in on_dockerd.keys() {
+    let streamed = |c: &&String| c.starts_with("haproxy-") || c.starts_with("b-");
+    for cmd in on_dockerd.keys().filter(streamed) {
         assert!(
             sent.iter().any(|s| &s.cmd == cmd),
             "dockerd has a container of command {cmd:?} that was never sent"
@@ -660,10 +790,17 @@ fn restart_reclaims_nothing_stale(
         .sql("SELECT epoch FROM replicas WHERE id = 'a'")
         .parse()
         .expect("a's epoch");
-    assert!(epoch_after > epoch_before, "{epoch_before} -> {epoch_after}");
+    assert!(
+        epoch_after > epoch_before,
+        "{epoch_before} -> {epoch_after}"
+    );
     let stale = "SELECT count(*) FROM agent_presence p JOIN replicas r ON r.id = p.replica_id \
                  WHERE p.replica_id = 'a' AND p.epoch <> r.epoch";
-    assert_eq!(f.replicas.sql(stale), "0", "a's claims of its previous life");
+    assert_eq!(
+        f.replicas.sql(stale),
+        "0",
+        "a's claims of its previous life"
+    );
 
     let only_a = f.hosts[2].host_id.clone();
     f.replicas
@@ -680,24 +817,47 @@ fn restart_reclaims_nothing_stale(
         Some(epoch_after.to_string().as_str()),
         "claimed in a's new epoch"
     );
-    assert_ne!(session.split('|').next(), Some(only_a_session), "a new session");
-    assert_eq!(f.replicas.sql(stale), "0", "a's claims of its previous life");
+    assert_ne!(
+        session.split('|').next(),
+        Some(only_a_session),
+        "a new session"
+    );
+    assert_eq!(
+        f.replicas.sql(stale),
+        "0",
+        "a's claims of its previous life"
+    );
 
     // The agents that moved stay where they are, and a itself shows them there.
     for (h, (holder, _)) in f.hosts[..2].iter().zip(moved) {
         assert_eq!(
-            f.replicas.wait_held_by(&h.host_id, &[holder.as_str()], Duration::from_secs(10)),
+            f.replicas
+                .wait_held_by(&h.host_id, &[holder.as_str()], Duration::from_secs(10)),
             *holder
         );
-        assert_eq!(h.sessions(), 2, "one new session: {}", h.agent.output.text());
+        assert_eq!(
+            h.sessions(),
+            2,
+            "one new session: {}",
+            h.agent.output.text()
+        );
     }
     // Commands through the restarted a reach a moved agent, and through b the agent on a.
     let a = f.replicas.servers[0].http();
     let b = f.replicas.servers[1].http();
-    for (base, host) in [(&a, &f.hosts[0].host_id), (&b, &only_a), (&a, &f.hosts[3].host_id)] {
-        let (st, body) =
-            try_op(base, &f.operator, host, "container.list", json!({"all": true}))
-                .expect("container.list");
+    for (base, host) in [
+        (&a, &f.hosts[0].host_id),
+        (&b, &only_a),
+        (&a, &f.hosts[3].host_id),
+    ] {
+        let (st, body) = try_op(
+            base,
+            &f.operator,
+            host,
+            "container.list",
+            json!({"all": true}),
+        )
+        .expect("container.list");
         assert_eq!(st, 200, "{base} -> {host}: {body}");
     }
 }
