@@ -27,6 +27,7 @@ const CMD_LABEL: &str = "docker-ctl-e2e-cmd";
 /// A host and its agent.
 struct Placed {
     host_id: String,
+    agent_id: String,
     /// The replica the agent dials first.
     home: usize,
     agent: Agent,
@@ -69,9 +70,11 @@ impl Fleet {
         let hosts = orders
             .iter()
             .map(|order| {
-                let (host_id, _, agent) = replicas.enrol(&unique("rep"), &replicas.ws_of(order));
+                let (host_id, agent_id, agent) =
+                    replicas.enrol(&unique("rep"), &replicas.ws_of(order));
                 Placed {
                     host_id,
+                    agent_id,
                     home: order[0],
                     agent,
                 }
@@ -197,6 +200,39 @@ fn agents_spread_over_the_replicas_every_replica_agrees_and_operations_run_throu
             .filter_map(|h| Some((h["id"].as_str()?.to_string(), holder_of(h)?)))
             .collect();
         assert_eq!(got, want, "hosts and their holders through {name}");
+    }
+
+    // GET /api/v1/agents too.
+    for (name, base) in f.bases() {
+        let (st, v) = api_call(
+            &base,
+            Some(&f.replicas.admin_token),
+            "GET",
+            "/api/v1/agents",
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        let list = v
+            .as_array()
+            .or_else(|| v["agents"].as_array())
+            .expect("agents");
+        for h in &f.hosts {
+            let a = list
+                .iter()
+                .find(|a| a["agent_id"] == h.agent_id.as_str())
+                .unwrap_or_else(|| panic!("{} listed through {name}: {v}", h.agent_id));
+            assert_eq!(a["connected"], true, "through {name}: {a}");
+            assert_eq!(
+                a["replica"]["id"],
+                replica_id(h.home).as_str(),
+                "through {name}: {a}"
+            );
+            assert_eq!(
+                a["replica"]["region"],
+                replica_region(h.home).as_str(),
+                "{a}"
+            );
+        }
     }
 
     // An operation through each way in reaches each host, wherever its agent is held.
