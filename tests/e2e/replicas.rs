@@ -270,6 +270,19 @@ fn agents_spread_over_the_replicas_every_replica_agrees_and_operations_run_throu
         );
     }
 
+    // An agent may dial HAProxy itself: its WebSocket lands on some replica, which every
+    // replica then shows, and commands reach it through every way in.
+    let (host_id, agent_id, token) = f.replicas.servers[0].enrol(&unique("rep-lb"));
+    let _lb_agent = Agent::start(&f.proxy.ws(), &agent_id, &token);
+    let holder = f
+        .replicas
+        .wait_held_by(&host_id, &["a", "b", "c"], Duration::from_secs(20));
+    for (name, base) in f.bases() {
+        let (st, body) = try_op(&base, &f.operator, &host_id, "system.ping", json!({}))
+            .unwrap_or_else(|e| panic!("system.ping through {name}: {e}"));
+        assert_eq!(st, 200, "through {name} to the agent on {holder}: {body}");
+    }
+
     // What one forwarding hop adds to a small command (loopback, shared CPU).
     let h = &f.hosts[0];
     let mut direct = Vec::new();
