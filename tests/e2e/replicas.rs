@@ -702,10 +702,52 @@ fn kill_9_of_a_replica_during_a_stream_of_commands_then_its_restart_reclaims_not
         (c["ExecIDs"].as_array().map_or(0, Vec::len) >= 2).then_some(())
     });
 
+    // A followed log and an exec session through b to the agent held by a.
+    let streamer = running(&f, "rep-streamer", &["sleep", "300"]);
+    let cli_b = DockerCli::new(&f.replicas.servers[1], &target, &f.operator);
+    let agent_log = |needle: &str| f.hosts[0].agent.output.text().matches(needle).count();
+    let (logs0, hijacks0) = (agent_log("(container.logs)"), agent_log(": hijacked ("));
+    let mut clis = [
+        cli_b
+            .command(&["logs", "-f", &streamer])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        cli_b
+            .command(&["exec", "-i", &streamer, "sh"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ];
+    wait_for(
+        "the streams open on a's agent",
+        Duration::from_secs(20),
+        || {
+            (agent_log("(container.logs)") > logs0 && agent_log(": hijacked (") > hijacks0)
+                .then_some(())
+        },
+    );
+
     let at_kill = f.containers_by_cmd();
     let t_kill = Instant::now();
     killed.store(true, Ordering::SeqCst);
     f.replicas.kill(0);
+    // The CLIs whose streams a carried end; none hangs.
+    for (cli, what) in clis.iter_mut().zip(["logs -f", "exec -i"]) {
+        wait_for(
+            &format!("docker {what} through b to end when a died"),
+            Duration::from_secs(15),
+            || cli.try_wait().ok().flatten(),
+        );
+        eprintln!(
+            "BENCH replicas: kill -9 of a -> docker {what} through b ended after {:.0} ms",
+            t_kill.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     for s in slow {
         let (st, body) = s.join().expect("a slow command").expect("an HTTP answer");
         assert_eq!(st, 502, "{body}");
