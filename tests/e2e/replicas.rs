@@ -184,7 +184,7 @@ fn p50_ms(mut v: Vec<Duration>) -> f64 {
 
 #[test]
 fn agents_spread_over_the_replicas_every_replica_agrees_and_operations_run_through_each() {
-    let f = Fleet::start(&[&[0, 1, 2], &[1, 2, 0], &[2, 0, 1]]);
+    let mut f = Fleet::start(&[&[0, 1, 2], &[1, 2, 0], &[2, 0, 1]]);
     let want: BTreeMap<String, String> = f
         .hosts
         .iter()
@@ -307,6 +307,21 @@ fn agents_spread_over_the_replicas_every_replica_agrees_and_operations_run_throu
         p50_ms(direct),
         p50_ms(forwarded)
     );
+
+    // With every replica gone, HAProxy's own answer carries a code too.
+    for i in 0..f.replicas.len() {
+        f.replicas.kill(i);
+    }
+    let (st, body) = try_op(
+        &f.proxy.http(),
+        &f.operator,
+        &h.host_id,
+        "system.ping",
+        json!({}),
+    )
+    .expect("an HTTP answer from HAProxy");
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(body["error"]["code"], "agent_offline", "{body}");
 }
 
 /// A running container of the test image made on dockerd itself, with the fleet's labels.
