@@ -722,7 +722,7 @@ fn kill_9_of_a_replica_during_a_stream_of_commands_then_its_restart_reclaims_not
     let cli_b = DockerCli::new(&f.replicas.servers[1], &target, &f.operator);
     let agent_log = |needle: &str| f.hosts[0].agent.output.text().matches(needle).count();
     let (logs0, hijacks0) = (agent_log("(container.logs)"), agent_log(": hijacked ("));
-    let mut clis = [
+    let clis = [
         cli_b
             .command(&["logs", "-f", &streamer])
             .stdin(Stdio::null())
@@ -751,18 +751,25 @@ fn kill_9_of_a_replica_during_a_stream_of_commands_then_its_restart_reclaims_not
     let t_kill = Instant::now();
     killed.store(true, Ordering::SeqCst);
     f.replicas.kill(0);
-    // The CLIs whose streams a carried end; none hangs.
-    for (cli, what) in clis.iter_mut().zip(["logs -f", "exec -i"]) {
-        wait_for(
-            &format!("docker {what} through b to end when a died"),
-            Duration::from_secs(15),
-            || cli.try_wait().ok().flatten(),
-        );
-        eprintln!(
-            "BENCH replicas: kill -9 of a -> docker {what} through b ended after {:.0} ms",
-            t_kill.elapsed().as_secs_f64() * 1000.0
-        );
-    }
+    // The CLIs whose streams a carried end (none hangs): watched from now on.
+    let cli_ends: Vec<_> = clis
+        .into_iter()
+        .zip(["logs -f", "exec -i"])
+        .map(|(mut cli, what)| {
+            std::thread::spawn(move || {
+                let deadline = t_kill + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = cli.try_wait() {
+                        return (what, Some(t_kill.elapsed()));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = cli.kill();
+                let _ = cli.wait();
+                (what, None)
+            })
+        })
+        .collect();
     for s in slow {
         let (st, body) = s.join().expect("a slow command").expect("an HTTP answer");
         assert_eq!(st, 502, "{body}");
@@ -788,6 +795,14 @@ fn kill_9_of_a_replica_during_a_stream_of_commands_then_its_restart_reclaims_not
         reconnect.as_secs_f64() * 1000.0
     );
     assert!(reconnect <= Duration::from_secs(10), "{reconnect:?}");
+    for end in cli_ends {
+        let (what, took) = end.join().expect("a CLI watcher");
+        let took = took.unwrap_or_else(|| panic!("docker {what} through b hangs after a died"));
+        eprintln!(
+            "BENCH replicas: kill -9 of a -> docker {what} through b ended after {:.0} ms",
+            took.as_secs_f64() * 1000.0
+        );
+    }
 
     // The stream goes on: commands through both ways make containers again.
     wait_for(
