@@ -537,3 +537,59 @@ fn c_template(host_id: &str) -> NewCommand {
         origin: None,
     }
 }
+
+/// Heartbeats without an RTT and with one, on one PostgreSQL connection: the first must not
+/// leave the cached statement expecting a 4-byte float (sqlx's Any driver binds a NULL double
+/// as `float4`), or every later RTT fails with "incorrect binary data format".
+#[tokio::test]
+async fn heartbeats_with_and_without_an_rtt_share_a_postgres_connection() {
+    let db = TestDb::postgres().await;
+    let pool = PoolSettings {
+        max_connections: Some(1),
+        acquire_timeout: None,
+    };
+    let store = Store::connect_with(&db.url, pool).await.unwrap();
+    let h = store
+        .create_host(&NewHost {
+            name: "rtt".into(),
+            connection_mode: ConnectionMode::Agent,
+            docker_url: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key_enc: None,
+            tls_server_name: None,
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    let a = store
+        .create_agent(&NewAgent {
+            agent_id: "rtt-1".into(),
+            host_id: h.id.clone(),
+            token_hash: "rtt".into(),
+            token_expires_at: None,
+            allowed_cidrs: vec![],
+        })
+        .await
+        .unwrap();
+    store
+        .agent_connected(&a.id, "s1", "srv", "1.0", &[], None)
+        .await
+        .unwrap();
+    let health = json!({"docker_reachable": true});
+    for rtt in [None, Some(2.5), None, Some(3.5)] {
+        store
+            .agent_heartbeat(&a.id, "s1", &health, rtt)
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat with rtt {rtt:?}: {e}"));
+    }
+    // A heartbeat without an RTT keeps the last one.
+    store
+        .agent_heartbeat(&a.id, "s1", &health, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent("rtt-1").await.unwrap().unwrap().rtt_ms,
+        Some(3.5)
+    );
+}

@@ -470,18 +470,28 @@ impl Store {
         rtt_ms: Option<f64>,
     ) -> Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE docker_agents SET status = 'online', health = $1, rtt_ms = COALESCE($2, rtt_ms), \
-             last_heartbeat = $3, updated_at = $4 WHERE id = $5 AND session_id = $6",
-        )
-        .bind(json_text(health))
-        .bind(rtt_ms)
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .bind(session_id)
-        .execute(&self.pool)
-        .await?;
+        // The RTT is bound only when there is one: sqlx's Any driver binds a NULL double as a
+        // 4-byte float, and PostgreSQL keeps that type in the statement cached on the
+        // connection, refusing every later 8-byte RTT ("incorrect binary data format").
+        let q = match rtt_ms {
+            Some(rtt) => sqlx::query(
+                "UPDATE docker_agents SET status = 'online', health = $1, rtt_ms = $2, \
+                 last_heartbeat = $3, updated_at = $4 WHERE id = $5 AND session_id = $6",
+            )
+            .bind(json_text(health))
+            .bind(rtt),
+            None => sqlx::query(
+                "UPDATE docker_agents SET status = 'online', health = $1, \
+                 last_heartbeat = $2, updated_at = $3 WHERE id = $4 AND session_id = $5",
+            )
+            .bind(json_text(health)),
+        };
+        q.bind(now)
+            .bind(now)
+            .bind(id)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
