@@ -330,3 +330,275 @@ async fn an_operation_through_another_replica_is_forwarded_to_the_holder() {
     rb.shutdown().await;
     ra.shutdown().await;
 }
+
+/// Replicas on real ports, each seeing the others as live peers and hearing their wake-ups.
+async fn cluster_of(db: &TestDb, ids: &[&str]) -> Vec<(AppState, Running)> {
+    let mut rs = Vec::new();
+    for id in ids {
+        rs.push(replica_on_port(db, id).await);
+    }
+    let ready = |rs: &Vec<(AppState, Running)>| {
+        rs.iter().all(|(s, _)| {
+            s.cluster.notifier().is_listening() && s.cluster.peers().len() == ids.len() - 1
+        })
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "every replica sees the others and listens for their wake-ups",
+        || {
+            let r = ready(&rs);
+            async move { r }
+        },
+    )
+    .await;
+    rs
+}
+
+async fn stop_all(rs: Vec<(AppState, Running)>) {
+    for (_, r) in rs {
+        r.shutdown().await;
+    }
+}
+
+/// The close code of `feed`, when it closes within `within`.
+async fn feed_closed_within(feed: &mut Ws, within: Duration) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMsg;
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let next = tokio::time::timeout_at(end, feed.next()).await.ok()?;
+        match next {
+            Some(Ok(WsMsg::Close(f))) => return Some(f.map(|f| u16::from(f.code)).unwrap_or(0)),
+            None | Some(Err(_)) => return Some(0),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// The next feed message that `pick` selects within `within`; every message before it is
+/// handed to `seen`.
+async fn feed_until(
+    feed: &mut Ws,
+    within: Duration,
+    pick: impl Fn(&Value) -> bool,
+    mut seen: impl FnMut(&Value),
+) -> Option<Value> {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let v = tokio::time::timeout_at(end, feed_next(feed)).await.ok()?;
+        if pick(&v) {
+            return Some(v);
+        }
+        seen(&v);
+    }
+}
+
+fn docker_event(actor: &str) -> protocol::Envelope {
+    protocol::Envelope::new(
+        format!("ev-{actor}"),
+        protocol::Message::Event(protocol::EventPayload {
+            kind: "container".into(),
+            action: "start".into(),
+            actor_id: actor.into(),
+            attributes: Default::default(),
+            time_nano: 1,
+        }),
+    )
+}
+
+async fn answer_success(agent: &mut FakeAgent, id: String) {
+    use protocol::{CommandResponsePayload, Envelope, Message};
+    agent
+        .send(&Envelope::new(
+            id,
+            Message::CommandResponse(CommandResponsePayload::Success { data: json!({}) }),
+        ))
+        .await;
+}
+
+/// Revoking an agent on replica C ends its WebSocket session on replica A, which holds it,
+/// within a second; the agent is refused when it connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_agent_on_one_replica_ends_its_session_on_the_holder() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "c"]).await;
+    let ((a, ra), (c, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (_, agent_token) = enrol(a, &admin, "h1", "h1-agent").await;
+    let (mut agent, resp) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
+    assert_eq!(resp.status, protocol::AuthStatus::Authenticated);
+
+    let (s, v) = call(c, "DELETE", "/api/v1/agents/h1-agent", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["disconnected"], false, "C does not hold the session: {v}");
+    let closed = tokio::time::timeout(Duration::from_secs(1), agent.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "A did not close the revoked agent's session within 1 s"
+    );
+
+    let (_again, resp) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
+    assert_eq!(resp.status, protocol::AuthStatus::Rejected);
+    stop_all(rs).await;
+}
+
+/// An API token revoked on replica B is refused by replica A at once (not when A's cached
+/// copy expires, 2 s later), and the live feed it opened on A closes within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_replica_is_refused_at_once_by_another() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "b"]).await;
+    let ((a, ra), (b, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (viewer, viewer_id) = token_and_id(a, "watcher", Role::Viewer).await;
+    let mut feed = open_feed(ra.addr, &viewer, "").await;
+    // A has the token in its cache now.
+    let (s, v) = call(a, "GET", "/api/v1/hosts", Some(&viewer), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let (s, v) = call(
+        b,
+        "DELETE",
+        &format!("/api/v1/tokens/{viewer_id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let revoked_at = tokio::time::Instant::now();
+    wait_until(
+        Duration::from_secs(1),
+        "A refuses the revoked token",
+        || async {
+            call(a, "GET", "/api/v1/hosts", Some(&viewer), None).await.0 == StatusCode::UNAUTHORIZED
+        },
+    )
+    .await;
+    assert!(revoked_at.elapsed() < server::store::CACHE_TTL);
+    let code = feed_closed_within(&mut feed, Duration::from_secs(1)).await;
+    assert_eq!(code, Some(1008), "the revoked token's feed on A ends");
+    stop_all(rs).await;
+}
+
+/// A command queued on replica B for an offline host is delivered once, by replica A, when
+/// the agent connects to A; a command queued on B while A holds the agent is delivered by A
+/// and answered through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_on_one_replica_are_delivered_once_by_the_holder() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "b"]).await;
+    let ((a, ra), (b, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (host_id, agent_token) = enrol(a, &admin, "h1", "h1-agent").await;
+    let ops = format!("/api/v1/hosts/{host_id}/operations");
+
+    let queued = json!({"operation": "container.start", "params": {"id": "first"}, "queue": true});
+    let (s, v) = call(b, "POST", &ops, Some(&admin), Some(queued)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["state"], "queued", "{v}");
+    let first = v["command_id"].as_str().unwrap().to_string();
+
+    let (mut agent, _) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
+    let (id, cmd) = tokio::time::timeout(Duration::from_secs(10), agent.next_command())
+        .await
+        .expect("A delivers the command queued on B");
+    assert_eq!(
+        (id.as_str(), cmd.operation.as_str()),
+        (first.as_str(), "container.start")
+    );
+    answer_success(&mut agent, id).await;
+    let uri = format!("/api/v1/commands/{first}");
+    wait_until(
+        Duration::from_secs(10),
+        "the first command succeeded",
+        || async { call(b, "GET", &uri, Some(&admin), None).await.1["state"] == "succeeded" },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "B sees the agent held by A",
+        || async { host_of(b, &admin, &host_id).await["agent"]["replica"]["id"] == "a" },
+    )
+    .await;
+
+    let (b2, admin2, ops2) = (b.clone(), admin.clone(), ops.clone());
+    let api = tokio::spawn(async move {
+        let body =
+            json!({"operation": "container.stop", "params": {"id": "second"}, "queue": true});
+        call(&b2, "POST", &ops2, Some(&admin2), Some(body)).await
+    });
+    // The next command the agent sees is the second one: the first was not sent again.
+    let (id, cmd) = tokio::time::timeout(Duration::from_secs(10), agent.next_command())
+        .await
+        .expect("A delivers the command queued on B while it holds the agent");
+    assert_eq!(cmd.operation, "container.stop");
+    answer_success(&mut agent, id.clone()).await;
+    let (s, v) = tokio::time::timeout(Duration::from_secs(5), api)
+        .await
+        .expect("B answers once A delivered it")
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "success", "{v}");
+    let (_, second) = call(
+        b,
+        "GET",
+        &format!("/api/v1/commands/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(second["operation"], "container.stop", "{second}");
+    let (_, c) = call(b, "GET", &uri, Some(&admin), None).await;
+    assert_eq!(c["attempts"], 1, "sent once: {c}");
+    stop_all(rs).await;
+}
+
+/// The live feed on replica B carries the events of an agent held by replica A; a feed on
+/// B filtered to another host does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_feed_of_one_replica_carries_the_events_of_another() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "b"]).await;
+    let ((a, ra), (_, rb)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let viewer = token(a, "viewer", Role::Viewer).await;
+    let (h1, t1) = enrol(a, &admin, "h1", "h1-agent").await;
+    let (h2, t2) = enrol(a, &admin, "h2", "h2-agent").await;
+    let mut all = open_feed(rb.addr, &viewer, "").await;
+    let mut only_h2 = open_feed(rb.addr, &viewer, &format!("?host_id={h2}")).await;
+    let (mut ag1, _) = FakeAgent::auth(ra.addr, "h1-agent", &t1).await;
+
+    // B follows A's feed from its next look at the live replicas: probe until it shows.
+    let mut shown = None;
+    for i in 0..50 {
+        let actor = format!("probe-{i}");
+        ag1.send(&docker_event(&actor)).await;
+        let is_probe = |v: &Value| v["type"] == "docker_event" && v["event"]["actor_id"] == actor;
+        shown = feed_until(&mut all, Duration::from_millis(200), is_probe, |_| {}).await;
+        if shown.is_some() {
+            break;
+        }
+    }
+    let ev = shown.expect("B's feed shows an event of the agent A holds");
+    assert_eq!(ev["host_id"], h1.as_str(), "{ev}");
+    assert_eq!(ev["agent_id"], "h1-agent", "{ev}");
+
+    // Events travel from A in order: an h1 event leaking through the filter would come
+    // before this h2 event.
+    let (mut ag2, _) = FakeAgent::auth(ra.addr, "h2-agent", &t2).await;
+    ag2.send(&docker_event("probe-h2")).await;
+    let mut before = Vec::new();
+    let is_h2 = |v: &Value| v["type"] == "docker_event" && v["event"]["actor_id"] == "probe-h2";
+    let ev = feed_until(&mut only_h2, Duration::from_secs(10), is_h2, |v| {
+        before.push(v.clone())
+    })
+    .await
+    .expect("the filtered feed on B shows h2's event");
+    assert_eq!(ev["host_id"], h2.as_str());
+    assert!(
+        before.iter().all(|v| v["host_id"] == h2.as_str()),
+        "only h2's events: {before:?}"
+    );
+    stop_all(rs).await;
+}

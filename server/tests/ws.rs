@@ -20,19 +20,6 @@ fn secs(s: f64) -> Seconds {
     Seconds(Duration::from_secs_f64(s))
 }
 
-async fn feed_next(feed: &mut common::Ws) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), feed.next())
-            .await
-            .expect("feed message in time")
-        {
-            Some(Ok(WsMsg::Text(t))) => return serde_json::from_str::<Value>(&t).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("feed ended: {other:?}"),
-        }
-    }
-}
-
 async fn host_status(st: &server::AppState, admin: &str, host_id: &str) -> Value {
     call(
         st,

@@ -220,6 +220,14 @@ impl Commands {
         };
         self.finish(fin, &outcome, Some(took.as_millis() as i64))
             .await;
+        if !self.cluster.peers().is_empty() {
+            // Its submitter (or a stack, or a bulk run) may wait on another replica.
+            self.cluster
+                .notifier()
+                .send(crate::cluster::WakeUp::CommandDone {
+                    commands: vec![row.id.clone()],
+                });
+        }
         let code = outcome.as_ref().err().map(|e| e.code.as_str());
         self.metrics
             .command(&row.operation, code.unwrap_or("success"), took);

@@ -258,12 +258,15 @@ impl Commands {
             )
             .await;
         if !f.adapter.route().online {
+            // The agent may be connecting to another replica right now.
+            self.hand_off_queue(&f.host.id);
             tracing::info!(host = %f.host.id, operation = f.op.name(), command = %f.id, "operation queued for an offline agent");
             return Ok(Reply::of(&row, false));
         }
-        // Online: it goes through the queue (behind older queued commands) and we wait.
+        // Online (here, or held by another replica, which delivers it): it goes through the
+        // queue (behind older queued commands) and we wait.
         let mut waiter = self.inner.finals.watch(&f.id);
-        self.kick_queue(&f.host.id);
+        self.hand_off_queue(&f.host.id);
         if let Ok(Some((state, outcome))) = tokio::time::timeout(f.timeout, waiter.recv()).await {
             return Ok(Reply {
                 outcome: Some(outcome),

@@ -28,6 +28,7 @@ mod enrolment_tokens;
 mod groups;
 mod hosts;
 mod journal;
+mod notify;
 mod replicas;
 mod sessions;
 mod stacks;
@@ -41,11 +42,13 @@ pub use agents::{Agent, AgentSettingsPatch, NewAgent};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
 pub use bulk_operations::{NewRollout, RolloutRecord, RolloutState};
 pub use bulk_targets::{TargetRecord, TargetState, TargetUpdate};
+pub use cache::CacheDrop;
 pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand};
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
 pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToken, NotEnrolled};
 pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use notify::Listener;
 pub use replicas::{ReplicaRecord, MISSED_HEARTBEATS};
 pub use sessions::{NewSession, UserSession};
 pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
@@ -140,6 +143,10 @@ pub struct Store {
     tokens: std::sync::Arc<cache::TtlCache<ApiToken>>,
     /// Hosts by id, for routing commands and Docker API requests.
     hosts: std::sync::Arc<cache::TtlCache<Host>>,
+    /// Where this store's own cache drops are reported, once someone asks (see `notify.rs`).
+    drops: cache::DropReports,
+    /// The PostgreSQL URL, for the one listening connection of `notify.rs`; `None` on SQLite.
+    listen_url: Option<std::sync::Arc<protocol::Secret>>,
 }
 
 /// How long a cached token or host row is used before it is read again: how late another
@@ -318,6 +325,9 @@ impl Store {
             audit_flush_scheduled: Default::default(),
             tokens: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
             hosts: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
+            drops: cache::DropReports::default(),
+            listen_url: (backend == Backend::Postgres)
+                .then(|| std::sync::Arc::new(protocol::Secret::new(url))),
         };
         store.migrate().await?;
         Ok(store)
