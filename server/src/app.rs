@@ -132,6 +132,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = tokio::spawn(retention_loop(state.clone(), stop_rx.clone()));
     let heartbeat = tokio::spawn(state.cluster.clone().run(stop_rx.clone()));
+    crate::api::revoke::listen(
+        state.cluster.notifier(),
+        state.agents.clone(),
+        state.leases.clone(),
+        state.store.clone(),
+    );
     let wake_ups = tokio::spawn(state.cluster.notifier().clone().run(stop_rx.clone()));
     let peer_feeds = tokio::spawn(crate::cluster::peer_feed::follow(
         state.cluster.clone(),

@@ -172,20 +172,13 @@ impl AppState {
             server_id: &server_id,
         };
         let (fleet, deployer, rollouts) = start_rollouts(parts).await;
-        let leases = Leases::new(store.clone());
-        crate::api::revoke::listen(
-            cluster.notifier(),
-            agents.clone(),
-            leases.clone(),
-            store.clone(),
-        );
         Ok(AppState {
             updates,
             deployer,
             accounts: Accounts::new(store.clone(), keys.clone(), policy),
             api_rate: Arc::new(RateLimiter::new(config.api_requests_per_second)),
             api_auth_limiter: Arc::new(FailureLimiter::new(config.api_auth_failures_per_minute)),
-            leases,
+            leases: Leases::new(store.clone()),
             config: Arc::new(config),
             store,
             agents,

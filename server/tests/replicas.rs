@@ -602,3 +602,53 @@ async fn the_live_feed_of_one_replica_carries_the_events_of_another() {
     );
     stop_all(rs).await;
 }
+
+/// When PostgreSQL drops a replica's listening connection, the replica listens again, and
+/// a revocation on another replica still ends the session it holds within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_listens_again_after_postgresql_drops_its_connection() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "c"]).await;
+    let ((a, ra), (c, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (_, agent_token) = enrol(a, &admin, "h1", "h1-agent").await;
+    let (mut agent, _) = FakeAgent::auth(ra.addr, "h1-agent", &agent_token).await;
+
+    let before = a.cluster.notifier().listens();
+    let dropped = drop_listening_connections(&db).await;
+    assert!(
+        dropped >= 2,
+        "both replicas' listening connections were dropped"
+    );
+    wait_until(Duration::from_secs(10), "A listens again", || async {
+        a.cluster.notifier().listens() > before && a.cluster.notifier().is_listening()
+    })
+    .await;
+
+    let (s, v) = call(c, "DELETE", "/api/v1/agents/h1-agent", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let closed = tokio::time::timeout(Duration::from_secs(1), agent.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "A did not close the revoked agent's session within 1 s"
+    );
+    stop_all(rs).await;
+}
+
+/// Terminates the connections that listen for wake-ups in the test's database (as a
+/// PostgreSQL restart or a network cut would); returns how many.
+async fn drop_listening_connections(db: &TestDb) -> usize {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::postgres::PgConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let rows = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("terminate");
+    conn.close().await.ok();
+    rows.iter().filter(|r| r.get::<bool, _>(0)).count()
+}

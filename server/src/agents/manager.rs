@@ -257,6 +257,11 @@ impl AgentManager {
         self.get(agent_ref).is_some_and(|s| s.is_online())
     }
 
+    /// The agents (row ids) with a live session here.
+    pub fn live_agents(&self) -> Vec<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
     /// The hosts an online agent here is bound to.
     pub fn online_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self

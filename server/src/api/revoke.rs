@@ -126,12 +126,30 @@ pub fn host(state: &AppState, host_id: &str, reason: &str) -> usize {
 
 /// Applies the other replicas' revocations here, for as long as the notifier lives.
 pub fn listen(notifier: &Notifier, agents: AgentManager, leases: Leases, store: Store) {
-    notifier.on(move |e| {
-        let Event::WakeUp(w) = e else {
-            return;
-        };
-        apply(w, &agents, &leases, &store);
+    notifier.on(move |e| match e {
+        Event::WakeUp(w) => apply(w, &agents, &leases, &store),
+        Event::Resync => {
+            let (agents, leases, store) = (agents.clone(), leases.clone(), store.clone());
+            tokio::spawn(async move { recheck(&agents, &leases, &store).await });
+        }
     });
+}
+
+/// Wake-ups may have been missed: every live session here is checked against the database
+/// (a revoked agent or token, a token rotated, a user demoted or deleted, a host deleted).
+async fn recheck(agents: &AgentManager, leases: &Leases, store: &Store) {
+    for agent in agents.live_agents() {
+        match store.get_agent_by_ref(&agent).await {
+            Ok(Some(row)) if row.revoked_at.is_none() => {
+                agents.end_session_without_valid_token(&row, TOKEN_ROTATED);
+            }
+            Ok(_) => {
+                agents.disconnect(&agent, AGENT_REVOKED);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check a live agent session again"),
+        }
+    }
+    leases.recheck_all().await;
 }
 
 fn apply(w: &WakeUp, agents: &AgentManager, leases: &Leases, store: &Store) {

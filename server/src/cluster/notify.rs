@@ -20,7 +20,7 @@
 //! quick and spawn what waits).
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -74,7 +74,8 @@ pub enum Event {
     /// Another replica's wake-up.
     WakeUp(WakeUp),
     /// The listening connection was lost and is back: wake-ups may have been missed; do
-    /// again what they would have done (look at the queues of the hosts held here).
+    /// again what they would have done (check the live sessions here against the database,
+    /// look at the queues of the hosts held here).
     Resync,
 }
 
@@ -101,6 +102,8 @@ struct Inner {
     handlers: RwLock<Vec<Handler>>,
     /// The listening connection is up.
     listening: AtomicBool,
+    /// How many times a listening connection was opened.
+    listens: AtomicU64,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -128,6 +131,7 @@ impl Notifier {
             tx,
             handlers: RwLock::new(Vec::new()),
             listening: AtomicBool::new(false),
+            listens: AtomicU64::new(0),
         }))
     }
 
@@ -141,6 +145,12 @@ impl Notifier {
     /// Whether this replica hears the others' wake-ups now (its listening connection is up).
     pub fn is_listening(&self) -> bool {
         self.0.listening.load(Ordering::SeqCst)
+    }
+
+    /// How many times this replica opened its listening connection (more than once: it
+    /// was lost and opened again).
+    pub fn listens(&self) -> u64 {
+        self.0.listens.load(Ordering::SeqCst)
     }
 
     /// Calls `handler` with every wake-up from another replica and every [`Event::Resync`].
@@ -215,6 +225,7 @@ impl Notifier {
             }
             first = false;
             self.0.listening.store(true, Ordering::SeqCst);
+            self.0.listens.fetch_add(1, Ordering::SeqCst);
             self.listen(listener, &mut stop).await;
             self.0.listening.store(false, Ordering::SeqCst);
         }

@@ -172,3 +172,47 @@ fn republish(feed: &Feed, origin: &str, line: &[u8]) {
         Err(e) => tracing::debug!(replica = %origin, error = %e, "an unreadable feed line"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_own_events_are_offered_and_read_back_as_remote() {
+        let here = Feed::new(16);
+        let mut rx = here.subscribe();
+        here.publish(
+            "health",
+            Some("h1"),
+            serde_json::json!({ "agent_id": "a1" }),
+        );
+        here.republish(
+            "b",
+            Some("h2".into()),
+            serde_json::json!({ "type": "health" }),
+        );
+        let own = rx.recv().await.unwrap();
+        let line = line_of(&own).expect("an own event is offered");
+        assert!(line.ends_with('\n'));
+        let remote = rx.recv().await.unwrap();
+        assert_eq!(remote.origin.as_deref(), Some("b"));
+        assert!(
+            line_of(&remote).is_none(),
+            "a republished event is never offered again"
+        );
+
+        let there = Feed::new(16);
+        let mut rx = there.subscribe();
+        republish(&there, "a", line.trim_end().as_bytes());
+        republish(&there, "a", b"");
+        republish(&there, "a", b"not json");
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.origin.as_deref(), Some("a"));
+        assert_eq!(got.host_id.as_deref(), Some("h1"));
+        assert_eq!(got.body["agent_id"], "a1");
+        assert!(
+            rx.try_recv().is_err(),
+            "blank and unreadable lines are dropped"
+        );
+    }
+}

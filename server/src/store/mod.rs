@@ -6,7 +6,8 @@
 //! `agents`, `agent_events`, `agent_presence`, `replicas`, `docker_events`, `audit`, `commands` with its write-behind
 //! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `enrolment_tokens` with the
 //! enrolment transaction, `sessions` with sign-in links, `stacks` with their versions, hosts
-//! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
+//! and registries), plus the read-through `cache` of tokens and hosts and `notify`
+//! (PostgreSQL `NOTIFY`/`LISTEN` for the cluster's wake-ups). Must not: decide policy
 //! (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
@@ -150,8 +151,8 @@ pub struct Store {
 }
 
 /// How long a cached token or host row is used before it is read again: how late another
-/// server replica's revocation or host change shows here (this process's own writes show at
-/// once).
+/// server replica's revocation or host change shows here when its wake-up was lost (this
+/// process's own writes, and the other replicas' that wake it, show at once).
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Entries at most per cache.
 const CACHE_CAP: usize = 50_000;
