@@ -258,7 +258,9 @@ impl Commands {
             )
             .await;
         if !f.adapter.route().online {
-            // The agent may be connecting to another replica right now.
+            // The agent may have connected (here, or to another replica) since the route was
+            // read, its queue kicked before this row existed: a session seen now (after the
+            // insert) gets a kick of its own, and the other replicas are woken.
             self.hand_off_queue(&f.host.id);
             tracing::info!(host = %f.host.id, operation = f.op.name(), command = %f.id, "operation queued for an offline agent");
             return Ok(Reply::of(&row, false));
