@@ -652,3 +652,60 @@ async fn drop_listening_connections(db: &TestDb) -> usize {
     conn.close().await.ok();
     rows.iter().filter(|r| r.get::<bool, _>(0)).count()
 }
+
+/// A bulk operation started on replica B reaches hosts whose agents replica A holds: each
+/// step is queued on B and delivered by A, the host connected from the start and the one
+/// that connects later alike, and the operation on B ends `succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_operation_on_one_replica_runs_on_agents_held_by_another() {
+    let db = TestDb::postgres().await;
+    let rs = cluster_of(&db, &["a", "b"]).await;
+    let ((a, ra), (b, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (h1, t1) = enrol(a, &admin, "h1", "h1-agent").await;
+    let (h2, t2) = enrol(a, &admin, "h2", "h2-agent").await;
+    let (mut ag1, _) = FakeAgent::auth(ra.addr, "h1-agent", &t1).await;
+    wait_until(
+        Duration::from_secs(10),
+        "B sees h1's agent held by A",
+        || async { host_of(b, &admin, &h1).await["agent"]["replica"]["id"] == "a" },
+    )
+    .await;
+
+    let body = json!({ "host_ids": [h1, h2], "queue_offline": true, "steps": [
+        { "operation": "container.start", "params": { "id": "web" } },
+        { "operation": "container.restart", "params": { "id": "web" } } ] });
+    let (s, v) = call(
+        b,
+        "POST",
+        "/api/v1/bulk-operations",
+        Some(&admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    for want in ["container.start", "container.restart"] {
+        let (c, p) = tokio::time::timeout(Duration::from_secs(10), ag1.next_command())
+            .await
+            .expect("A delivers h1's step");
+        assert_eq!(p.operation, want);
+        answer_success(&mut ag1, c).await;
+    }
+    let (mut ag2, _) = FakeAgent::auth(ra.addr, "h2-agent", &t2).await;
+    for want in ["container.start", "container.restart"] {
+        let (c, p) = tokio::time::timeout(Duration::from_secs(10), ag2.next_command())
+            .await
+            .expect("A delivers h2's step once its agent connects");
+        assert_eq!(p.operation, want);
+        answer_success(&mut ag2, c).await;
+    }
+    let uri = format!("/api/v1/bulk-operations/{id}");
+    wait_until(
+        Duration::from_secs(10),
+        "the bulk operation on B succeeded",
+        || async { call(b, "GET", &uri, Some(&admin), None).await.1["state"] == "succeeded" },
+    )
+    .await;
+    stop_all(rs).await;
+}
