@@ -600,6 +600,24 @@ async fn the_live_feed_of_one_replica_carries_the_events_of_another() {
         before.iter().all(|v| v["host_id"] == h2.as_str()),
         "only h2's events: {before:?}"
     );
+    // B follows A's feed: A's shutdown ends that stream instead of waiting for it (or for
+    // B to notice that A stopped heartbeating).
+    drop((ag1, ag2));
+    wait_until(
+        Duration::from_secs(10),
+        "A's agent sessions closed",
+        || async { a.agents.live_count() == 0 },
+    )
+    .await;
+    let mut rs = rs;
+    let (_, ra) = rs.remove(0);
+    let began = tokio::time::Instant::now();
+    ra.shutdown().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "A's shutdown waited {:?} for the feed B follows",
+        began.elapsed()
+    );
     stop_all(rs).await;
 }
 

@@ -2,7 +2,8 @@
 //! (`cluster::peer_feed` follows it), one JSON line per event
 //! (`{"host_id": .., "event": {..}}`), an empty line every `KEEPALIVE` when idle.
 //!
-//! Owns: checking the cluster credential (401 otherwise) and streaming the lines. A follower
+//! Owns: checking the cluster credential (401 otherwise) and streaming the lines until this
+//! replica stops (the shutdown does not wait for its followers). A follower
 //! that falls behind gets one `{"type":"lagged","missed":N}` event instead of the events it
 //! missed, as a local subscriber does. Must not: offer events that other replicas published
 //! (no loops), or filter for callers (each replica's stream does).
@@ -12,6 +13,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
@@ -25,9 +28,13 @@ pub async fn offer(State(state): State<AppState>, headers: HeaderMap) -> Respons
         return unauthorised();
     }
     let rx = state.feed.subscribe();
-    let lines = stream::unfold(rx, |mut rx| async move {
-        let line = next_line(&mut rx).await?;
-        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    let stopping: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(state.cluster.stopping());
+    let lines = stream::unfold((rx, stopping), |(mut rx, mut stopping)| async move {
+        let line = tokio::select! {
+            line = next_line(&mut rx) => line?,
+            _ = &mut stopping => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(line), (rx, stopping)))
     });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],

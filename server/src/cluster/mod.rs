@@ -92,6 +92,8 @@ struct Inner {
     view: RwLock<View>,
     credential: Credential,
     notifier: Notifier,
+    /// Turns true when [`Cluster::run`] ends (the replica is stopping).
+    stopping: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -146,6 +148,7 @@ impl Cluster {
             interval,
             view: RwLock::new(View::default()),
             credential,
+            stopping: watch::channel(false).0,
         }));
         c.refresh().await;
         Ok(c)
@@ -182,6 +185,15 @@ impl Cluster {
             .filter(|r| r.alive_at(now))
             .cloned()
             .collect()
+    }
+
+    /// Completes once this replica is stopping: what other replicas keep open here (the
+    /// internal feed they follow) ends then, so the shutdown does not wait for it.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }
 
     /// How often the view is refreshed.
@@ -252,6 +264,7 @@ impl Cluster {
             }
             self.beat().await;
         }
+        self.0.stopping.send_replace(true);
         if let Err(e) = self.0.store.replica_stopped(self.id(), self.0.epoch).await {
             tracing::warn!(error = %e, "could not mark this replica stopped");
         }

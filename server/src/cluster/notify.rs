@@ -210,9 +210,8 @@ impl Notifier {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not listen for other replicas' wake-ups");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
+                    if !pause(&mut stop, backoff).await {
+                        return;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -226,25 +225,32 @@ impl Notifier {
             first = false;
             self.0.listening.store(true, Ordering::SeqCst);
             self.0.listens.fetch_add(1, Ordering::SeqCst);
-            self.listen(listener, &mut stop).await;
+            let stopped = self.listen(listener, &mut stop).await;
             self.0.listening.store(false, Ordering::SeqCst);
+            if stopped || !pause(&mut stop, backoff).await {
+                return;
+            }
         }
     }
 
-    /// Hears payloads until the connection is lost or `stop` turns true.
-    async fn listen(&self, mut l: crate::store::Listener, stop: &mut watch::Receiver<bool>) {
+    /// Hears payloads until the connection is lost (false) or `stop` turns true (true).
+    async fn listen(
+        &self,
+        mut l: crate::store::Listener,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         loop {
             tokio::select! {
                 p = l.recv() => match p {
                     Some(p) => self.received(&p),
                     None => {
                         tracing::warn!("the connection listening for wake-ups was lost");
-                        return;
+                        return false;
                     }
                 },
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
-                        return;
+                        return true;
                     }
                 }
             }
@@ -257,6 +263,14 @@ impl Notifier {
         store.drop_cached(&CacheDrop::Tokens);
         store.drop_cached(&CacheDrop::Hosts);
         self.dispatch(&Event::Resync);
+    }
+}
+
+/// Waits `d`; false when `stop` turned true (or went away) meanwhile.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => !*stop.borrow(),
+        r = stop.changed() => r.is_ok() && !*stop.borrow(),
     }
 }
 
