@@ -153,6 +153,7 @@ impl AppState {
             agents.clone(),
             crate::releases::Shelf::new(&config.data_dir),
             feed.clone(),
+            cluster.clone(),
         );
         let s = &config.sessions;
         let policy = accounts::Policy {

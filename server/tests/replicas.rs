@@ -727,3 +727,71 @@ async fn a_bulk_operation_on_one_replica_runs_on_agents_held_by_another() {
     .await;
     stop_all(rs).await;
 }
+
+/// An agent update started on replica B for an agent that replica A holds is sent by A
+/// (A's agent gets `agent_update` with the update's id), and B shows the agent online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_update_started_on_one_replica_is_sent_by_the_holder() {
+    use protocol::Message;
+    const TARGET: &str = "aarch64-unknown-linux-musl";
+    let db = TestDb::postgres().await;
+    // Both replicas use the test's data directory: one shelf of releases.
+    let (key, _, _) = server::releases::write_key_pair(&db.dir.path().join("k"), false).unwrap();
+    let f = signed_release(db.dir.path(), &key, "3.0.0", TARGET);
+    server::releases::Shelf::new(db.dir.path())
+        .add(
+            &key.public_key(),
+            &f,
+            &server::releases::signature_path(&f),
+            TARGET,
+            "3.0.0",
+        )
+        .unwrap();
+    let rs = cluster_of(&db, &["a", "b"]).await;
+    let ((a, ra), (b, _)) = (&rs[0], &rs[1]);
+    let admin = token(a, "admin", Role::Admin).await;
+    let (host_id, tok) = enrol(a, &admin, "h1", "h1-agent").await;
+    let mut agent = FakeAgent::connect(ra.addr, "h1-agent").await;
+    let mut auth = FakeAgent::auth_env("h1-agent", &tok);
+    if let Message::Auth(p) = &mut auth.message {
+        p.protocol_version = Some(3);
+        p.target = Some(TARGET.into());
+    }
+    agent.send(&auth).await;
+    assert!(matches!(
+        agent.recv().await.unwrap().message,
+        Message::AuthResponse(_)
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "B sees the agent held by A",
+        || async { host_of(b, &admin, &host_id).await["agent"]["replica"]["id"] == "a" },
+    )
+    .await;
+
+    let (s, v) = call(
+        b,
+        "POST",
+        "/api/v1/agents/h1-agent/update",
+        Some(&admin),
+        Some(json!({"version": "3.0.0"})),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {v}");
+    let update_id = v["id"].as_str().expect("the update's id").to_string();
+    assert_ne!(v["state"], "failed", "{v}");
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match agent.recv().await.map(|e| e.message) {
+                Some(Message::AgentUpdate(u)) => return u,
+                Some(_) => continue,
+                None => panic!("the session closed"),
+            }
+        }
+    })
+    .await
+    .expect("A sends the update started on B");
+    assert_eq!(sent.update_id, update_id);
+    assert_eq!(sent.version, "3.0.0");
+    stop_all(rs).await;
+}

@@ -56,6 +56,8 @@ pub enum WakeUp {
     RevokeHost { host: String },
     /// Commands were queued for the host: the replica holding its agent delivers them.
     Queue { host: String },
+    /// An update (its id) of the agent was started elsewhere: the holder sends it.
+    SendUpdate { agent: String, update: String },
     /// These queued commands reached their final state (for waiters on other replicas).
     CommandDone { commands: Vec<String> },
     /// The cached API token changed.

@@ -381,3 +381,19 @@ pub async fn feed_next(feed: &mut Ws) -> Value {
         }
     }
 }
+
+/// Writes a fake agent binary and its signature by `key` (version and target in the
+/// signature's comment); returns the binary's path.
+pub fn signed_release(
+    dir: &std::path::Path,
+    key: &server::releases::SecretKey,
+    version: &str,
+    target: &str,
+) -> std::path::PathBuf {
+    let file = dir.join(format!("agent-{version}"));
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, bytes).unwrap();
+    let comment = format!("file:docker-ctl-agent version:{version} target:{target}");
+    server::releases::sign_file(key, &file, Some(&comment)).unwrap();
+    file
+}
