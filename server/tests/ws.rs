@@ -192,9 +192,16 @@ async fn agent_connects_and_runs_commands() {
         (s, v["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("agent_offline"))
     );
-    let (_, a) = call(&st, "GET", "/api/v1/agents/edge-1", Some(&admin), None).await;
-    assert_eq!(a["status"], "disconnected");
-    assert!(a["disconnected_at"].is_string());
+    // The session's end is written after the registry let it go: poll for the row.
+    wait_until(
+        Duration::from_secs(10),
+        "the agent's row shows it disconnected",
+        || async {
+            let (_, a) = call(&st, "GET", "/api/v1/agents/edge-1", Some(&admin), None).await;
+            a["status"] == "disconnected" && a["disconnected_at"].is_string()
+        },
+    )
+    .await;
     srv.shutdown().await;
 }
 
