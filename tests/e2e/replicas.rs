@@ -3,12 +3,13 @@
 //! agent (and through HAProxy), kill -9 of a replica during a stream of commands, and its
 //! restart with the same id.
 //!
+//! Across replicas too: the live feed through each replica shows the events of an agent held
+//! by another, and revoking an agent on one replica ends its session on the replica holding
+//! it within a second.
+//!
 //! [`Fleet::start`] sets the scene: replicas `a`, `b`, `c`, HAProxy in front of them, and
 //! one agent per `server.url` order given (its first replica is its home, where it is held
-//! once the fleet is up). A new cross-replica test is a few lines on top of it: revoke
-//! through `f.replicas.servers[2]` an agent held by `a` and wait (1 s) for
-//! [`Placed::sessions`] to move; or read the live feed through each of [`Fleet::bases`] while
-//! agents held elsewhere change something.
+//! once the fleet is up); [`Fleet::bases`] lists every way in.
 
 use docker_ctl_tests::*;
 use serde_json::{json, Value};
@@ -981,4 +982,134 @@ fn restart_reclaims_nothing_stale(
         .expect("container.list");
         assert_eq!(st, 200, "{base} -> {host}: {body}");
     }
+}
+
+/// The live feed `/api/v1/stream?host_id=HOST` at `addr`, read on a thread into a channel
+/// (for 60 s at most, or until the receiver goes).
+fn live_feed(addr: &str, token: &str, host_id: &str) -> mpsc::Receiver<Value> {
+    use tokio_tungstenite::tungstenite::{client, client::IntoClientRequest, Message};
+    let stream = std::net::TcpStream::connect(addr).expect("connect to the feed");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/api/v1/stream?host_id={host_id}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = client(req, stream).expect("feed handshake");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v = serde_json::from_str(&t).unwrap_or(Value::Null);
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+                Ok(Message::Close(_)) => return,
+                Ok(_) => {}
+                Err(tokio_tungstenite::tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_live_feed_through_each_replica_shows_the_events_of_an_agent_held_by_another() {
+    let f = Fleet::start(&[&[0, 1, 2]]);
+    let host = f.hosts[0].host_id.clone();
+    let viewer = f.replicas.servers[1].new_token(&unique("viewer"), "viewer");
+    let mut feeds: Vec<(String, mpsc::Receiver<Value>, bool)> = f
+        .replicas
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (replica_id(i), s.addr.clone()))
+        .chain([("haproxy".to_string(), f.proxy.addr())])
+        .map(|(name, addr)| (name, live_feed(&addr, &viewer, &host), false))
+        .collect();
+    // A container made on the host's daemon: its `create` event, pushed by the agent on a,
+    // shows in every feed (feeds go live a moment after they open: make more until it does).
+    let t0 = Instant::now();
+    let mut made: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while feeds.iter().any(|(_, _, seen)| !seen) && Instant::now() < deadline {
+        let name = unique("rep-feed");
+        let run = format!("{RUN_LABEL}={}", f.run);
+        let (ok, id) = docker_cli(&["create", "--name", &name, "--label", &run, TEST_IMAGE]);
+        assert!(ok, "{id}");
+        made.push(id);
+        let until = Instant::now() + Duration::from_secs(1);
+        for (_, rx, seen) in feeds.iter_mut().filter(|(_, _, seen)| !*seen) {
+            while let Ok(v) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                let ours = v["type"] == "docker_event"
+                    && made.iter().any(|id| v["event"]["actor_id"] == id.as_str());
+                if ours {
+                    assert_eq!(v["host_id"], host.as_str(), "{v}");
+                    *seen = true;
+                    break;
+                }
+            }
+        }
+    }
+    for (name, _, seen) in &feeds {
+        assert!(
+            *seen,
+            "the feed through {name} shows the agent's events (held by a)"
+        );
+    }
+    eprintln!(
+        "BENCH replicas: the live feed through a, b, c and haproxy showed an event of the agent on a after {:.0} ms ({} containers made)",
+        t0.elapsed().as_secs_f64() * 1000.0,
+        made.len()
+    );
+}
+
+#[test]
+fn revoking_an_agent_on_c_ends_its_session_on_a_within_a_second() {
+    let f = Fleet::start(&[&[0, 1, 2]]);
+    let h = &f.hosts[0];
+    let lost = || {
+        h.agent
+            .output
+            .text()
+            .matches("connection to the server lost")
+            .count()
+    };
+    let before = lost();
+    let asked = Instant::now();
+    let (st, body) =
+        f.replicas.servers[2].api("DELETE", &format!("/api/v1/agents/{}", h.agent_id), None);
+    assert!(st == 200 || st == 204, "revoke through c: {st} {body}");
+    let t = Instant::now();
+    wait_for(
+        "the agent's session on a to end",
+        Duration::from_secs(1),
+        || (lost() > before).then_some(()),
+    );
+    eprintln!(
+        "BENCH replicas: an agent revoked on c -> its session on a ended {:.0} ms after the request ({:.0} ms after c answered)",
+        asked.elapsed().as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    // It is refused wherever it dials next, and shown disconnected everywhere.
+    wait_for(
+        "the revoked agent shown disconnected on every replica",
+        Duration::from_secs(10),
+        || {
+            (0..f.replicas.len())
+                .all(|i| f.replicas.holder_via(i, &h.host_id).is_none())
+                .then_some(())
+        },
+    );
+    assert_eq!(h.sessions(), 1, "{}", h.agent.output.text());
 }
