@@ -826,6 +826,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Load {
     /// Latencies of the answered commands, ms, sorted.
     lat: Vec<f64>,
+    /// Each answered command: (index in `apis`, index in `hosts`, latency ms), unsorted.
+    calls: Vec<(usize, usize, f64)>,
     errors: u64,
     /// The errors by cause (`cause: count, ...`, or `none`).
     causes: String,
@@ -849,11 +851,13 @@ async fn command_load(apis: &[Api], hosts: &[String], rate: u64, secs: u64) -> L
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let api = apis[i as usize % apis.len()].clone();
+        let a = i as usize % apis.len();
+        let api = apis[a].clone();
         let lat = lat.clone();
         let errors = errors.clone();
         let causes = causes.clone();
-        let host = hosts[rand::random::<u64>() as usize % hosts.len()].clone();
+        let h = rand::random::<u64>() as usize % hosts.len();
+        let host = hosts[h].clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = api
@@ -867,7 +871,7 @@ async fn command_load(apis: &[Api], hosts: &[String], rate: u64, secs: u64) -> L
             match r {
                 Ok((200, _)) => {
                     if let Ok(mut v) = lat.lock() {
-                        v.push(ms)
+                        v.push((a, h, ms))
                     }
                 }
                 Ok((status, body)) => {
@@ -886,10 +890,12 @@ async fn command_load(apis: &[Api], hosts: &[String], rate: u64, secs: u64) -> L
     for t in tasks {
         let _ = t.await;
     }
-    let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    let calls = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut v: Vec<f64> = calls.iter().map(|c| c.2).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     Load {
         lat: v,
+        calls,
         errors: errors.load(Ordering::Relaxed),
         causes: causes.summary(),
     }

@@ -69,6 +69,30 @@ async fn timed(
     r
 }
 
+/// The machine's CPU time so far: (busy, total) in clock ticks, all cores (`/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    // idle and iowait
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU busy since `before` (from [`machine_ticks`]), in percent.
+fn machine_busy_since(before: (u64, u64)) -> f64 {
+    let now = machine_ticks();
+    let total = now.1.saturating_sub(before.1).max(1);
+    now.0.saturating_sub(before.0) as f64 / total as f64 * 100.0
+}
+
 /// The 1, 5 and 15 minute load averages.
 fn loadavg() -> String {
     let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -354,10 +378,34 @@ async fn wait_held_by(api: &Api, host_id: &str, holder: &str) -> Result<(), Fail
     }
 }
 
-/// Each replica's CPU time per call, for each operation path run alone (`calls` calls).
+/// A process's work so far: CPU seconds, context switches (all threads), and read and
+/// write system calls (`/proc/PID/io`: reads and writes of sockets and pipes included).
+fn work(pid: u32) -> (f64, u64, u64) {
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let syscalls = io
+        .lines()
+        .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    (cpu_secs(pid), switches, syscalls)
+}
+
+/// Each replica's CPU time, context switches and read/write system calls per call, for each
+/// operation path run alone (`calls` calls).
 async fn cpu_per_call(paths: &Hop, cluster: &Cluster, calls: usize) -> Result<(), Fail> {
     for (i, name) in paths.names().iter().enumerate().take(2) {
-        let before: Vec<f64> = cluster.replicas.iter().map(|r| cpu_secs(r.pid())).collect();
+        let before: Vec<_> = cluster.replicas.iter().map(|r| work(r.pid())).collect();
         let t = Instant::now();
         for _ in 0..calls {
             paths.call(i).await?;
@@ -369,14 +417,18 @@ async fn cpu_per_call(paths: &Hop, cluster: &Cluster, calls: usize) -> Result<()
             .zip(&before)
             .zip(IDS)
             .map(|((r, b), id)| {
-                let ms = (cpu_secs(r.pid()) - b) * 1000.0 / calls as f64;
+                let a = work(r.pid());
+                let k = calls as f64;
+                let ms = (a.0 - b.0) * 1000.0 / k;
+                let switches = (a.1 - b.1) as f64 / k;
+                let syscalls = (a.2 - b.2) as f64 / k;
                 println!("METRIC replicas_hop_{name}_cpu_ms_{id} {ms:.3}");
-                format!("{id} {ms:.3} ms")
+                format!("{id} {ms:.3} ms CPU, {switches:.1} context switches, {syscalls:.1} read/write calls")
             })
             .collect();
         println!(
-            "{name} alone, {calls} calls: {wall:.3} ms a call (mean); CPU per call: {}",
-            per.join(", ")
+            "{name} alone, {calls} calls: {wall:.3} ms a call (mean); per call: {}",
+            per.join("; ")
         );
     }
     Ok(())
@@ -422,11 +474,17 @@ async fn routed(args: &Args) -> Result<(), Fail> {
             let hosts: Vec<String> = creds.iter().map(|(h, _, _)| h.clone()).collect();
             // Warm-up: connections from the load generator and between the replicas.
             let warm = crate::command_load(&apis, &hosts, args.rate, 1).await;
-            let cpu0 = cluster.cpu();
+            let me = std::process::id();
+            let (cpu0, own0, machine0) = (cluster.cpu(), cpu_secs(me), machine_ticks());
             let t = Instant::now();
             let load = crate::command_load(&apis, &hosts, args.rate, args.duration).await;
-            let cpu = (cluster.cpu() - cpu0) / t.elapsed().as_secs_f64() * 100.0;
-            print_routed(args, n, &load, cpu, warm.errors);
+            let secs = t.elapsed().as_secs_f64();
+            let cpu = Cpu {
+                replicas: (cluster.cpu() - cpu0) / secs * 100.0,
+                loadgen: (cpu_secs(me) - own0) / secs * 100.0,
+                machine: machine_busy_since(machine0),
+            };
+            print_routed(args, n, &load, &cpu, warm.errors);
             Ok::<_, Fail>(())
         }
         .await;
@@ -437,12 +495,20 @@ async fn routed(args: &Args) -> Result<(), Fail> {
     Ok(())
 }
 
-fn print_routed(args: &Args, n: usize, load: &Load, cpu: f64, warm_errors: u64) {
+/// CPU over a run: the replicas' and the load generator's (percent of one core), and the
+/// whole machine's busy share (percent of all cores).
+struct Cpu {
+    replicas: f64,
+    loadgen: f64,
+    machine: f64,
+}
+
+fn print_routed(args: &Args, n: usize, load: &Load, cpu: &Cpu, warm_errors: u64) {
     let lat = &load.lat;
     let (p50, p99) = (percentile(lat, 50.0), percentile(lat, 99.0));
     let max = lat.last().copied().unwrap_or(f64::NAN);
     println!(
-        "routed, {n} replica(s), {}/s for {} s, sent round-robin ({:.0} % forwarded): {} ok, {} errors ({}), p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; replicas' CPU {cpu:.0} % of one core (all together); warm-up errors {warm_errors}",
+        "routed, {n} replica(s), {}/s for {} s, sent round-robin ({:.0} % forwarded): {} ok, {} errors ({}), p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; warm-up errors {warm_errors}",
         args.rate,
         args.duration,
         (n - 1) as f64 / n as f64 * 100.0,
@@ -450,6 +516,29 @@ fn print_routed(args: &Args, n: usize, load: &Load, cpu: f64, warm_errors: u64) 
         load.errors,
         load.causes,
     );
+    println!(
+        "  CPU: replicas {:.0} % of one core (all together), load generator {:.0} %, machine busy {:.0} % of its cores",
+        cpu.replicas, cpu.loadgen, cpu.machine
+    );
+    if n > 1 {
+        // Agent k is held by replica k % n (hosts in enrolment order); command i went to
+        // replica i % n.
+        for (name, forwarded) in [("direct", false), ("forwarded", true)] {
+            let mut v: Vec<f64> = load
+                .calls
+                .iter()
+                .filter(|(a, h, _)| (a != &(h % n)) == forwarded)
+                .map(|c| c.2)
+                .collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "  of them {name}: {}, p50 {:.2} ms, p99 {:.2} ms",
+                v.len(),
+                percentile(&v, 50.0),
+                percentile(&v, 99.0)
+            );
+        }
+    }
     println!("METRIC replicas_routed_p50_ms_n{n} {p50:.3}");
     println!("METRIC replicas_routed_p99_ms_n{n} {p99:.3}");
     println!("METRIC replicas_routed_max_ms_n{n} {max:.3}");
