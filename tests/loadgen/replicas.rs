@@ -378,9 +378,8 @@ async fn wait_held_by(api: &Api, host_id: &str, holder: &str) -> Result<(), Fail
     }
 }
 
-/// A process's work so far: CPU seconds, context switches (all threads), and read and
-/// write system calls (`/proc/PID/io`: reads and writes of sockets and pipes included).
-fn work(pid: u32) -> (f64, u64, u64) {
+/// A process's work so far: CPU seconds and context switches (all threads).
+fn work(pid: u32) -> (f64, u64) {
     let mut switches = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
@@ -392,17 +391,11 @@ fn work(pid: u32) -> (f64, u64, u64) {
                 .sum::<u64>();
         }
     }
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let syscalls = io
-        .lines()
-        .filter(|l| l.starts_with("syscr:") || l.starts_with("syscw:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
-    (cpu_secs(pid), switches, syscalls)
+    (cpu_secs(pid), switches)
 }
 
-/// Each replica's CPU time, context switches and read/write system calls per call, for each
-/// operation path run alone (`calls` calls).
+/// Each replica's CPU time and context switches per call, for each operation path run alone
+/// (`calls` calls).
 async fn cpu_per_call(paths: &Hop, cluster: &Cluster, calls: usize) -> Result<(), Fail> {
     for (i, name) in paths.names().iter().enumerate().take(2) {
         let before: Vec<_> = cluster.replicas.iter().map(|r| work(r.pid())).collect();
@@ -421,9 +414,8 @@ async fn cpu_per_call(paths: &Hop, cluster: &Cluster, calls: usize) -> Result<()
                 let k = calls as f64;
                 let ms = (a.0 - b.0) * 1000.0 / k;
                 let switches = (a.1 - b.1) as f64 / k;
-                let syscalls = (a.2 - b.2) as f64 / k;
                 println!("METRIC replicas_hop_{name}_cpu_ms_{id} {ms:.3}");
-                format!("{id} {ms:.3} ms CPU, {switches:.1} context switches, {syscalls:.1} read/write calls")
+                format!("{id} {ms:.3} ms CPU, {switches:.1} context switches")
             })
             .collect();
         println!(
