@@ -657,13 +657,20 @@ async fn bulk_restart_suite(db: &TestDb) {
     assert_eq!(c2.operation, "container.restart");
     assert_eq!(key_before, key_after, "the same command goes out again");
     answer(&mut a0, &key_after, Ok(json!({ "restarted": true }))).await;
-    for (name, t) in [("r-agent-1", &t1), ("r-agent-2", &t2)] {
+    for (name, t, h) in [("r-agent-1", &t1, &h1), ("r-agent-2", &t2, &h2)] {
         let mut a = FakeAgent::auth(srv.addr, name, t).await.0;
         for want in ["container.start", "container.restart"] {
             let (c, p) = a.next_command().await;
             assert_eq!(p.operation, want);
             answer(&mut a, &c, Ok(json!({}))).await;
         }
+        // The agent stays until its answers are recorded: a socket dropped with unread data
+        // is reset, and a reset can take the last answer with it (it would then be sent again
+        // at the next connection, which this test does not make).
+        wait_until(DEADLINE, "the host's steps are recorded", || async {
+            row(&bulk(&st, &admin, &id).await, h)["state"] == "succeeded"
+        })
+        .await;
     }
     let b = wait_bulk(&st, &admin, &id, "succeeded").await;
     assert_eq!(row(&b, &h0)["result"], json!({ "restarted": true }));

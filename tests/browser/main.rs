@@ -626,6 +626,11 @@ fn a_stack_refused_at_its_line_then_deployed_live_and_deleted() {
     retype(&b, "#stack-compose", &good);
     b.click_button("#stack-editor", "Deploy", PAGE);
     b.wait_text("#bulk-state", ONLINE, |t| t == "succeeded");
+    let title = b.text_of("#bulk-detail h2");
+    assert!(
+        title.starts_with(&format!("Stack {project} · deploy")),
+        "the rollout's title names the stack: {title}"
+    );
     let row = format!("#bulk-hosts tr[data-host='{}'] .state", site.host_id);
     b.wait_text(&row, PAGE, |t| t == "succeeded");
     let log = b.text_of("#bulk-log");

@@ -421,6 +421,28 @@ fn a_rollout_updates_several_agents(db: Db) {
         v["error"]["code"].is_string() && v["error"]["message"].is_string(),
         "{v}"
     );
+    // A host without an agent refuses the whole plan, naming the host (looked up with the
+    // others in one query).
+    let (st, bare) = site.server.api(
+        "POST",
+        "/api/v1/hosts",
+        Some(json!({"name": "upd-no-agent", "connection_mode": "agent"})),
+    );
+    assert_eq!(st, 201, "{bare}");
+    let mut with_bare = hosts.clone();
+    with_bare.push(json_id(&bare));
+    let (st, v) = post(None, json!({ "version": version, "host_ids": with_bare }));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_params")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("1 host(s) cannot take release")
+            && message.contains("upd-no-agent (no agent)"),
+        "{v}"
+    );
     let (st, v) = post(
         None,
         json!({ "version": version, "host_ids": hosts, "selector": "x" }),

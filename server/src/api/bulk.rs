@@ -131,7 +131,14 @@ fn result_role(rec: &RolloutRecord) -> Role {
 
 fn summary_json(rec: &RolloutRecord, counts: Option<&BTreeMap<TargetState, i64>>) -> Value {
     let fields = ["operations", "queue_offline", "expires_in", "timeout"];
-    rollout_pages::summary_json(rec, counts, &fields)
+    let mut v = rollout_pages::summary_json(rec, counts, &fields);
+    // A stack's rollout (listed here too) names its stack, version and action.
+    for f in ["stack", "version", "action"] {
+        if !rec.summary[f].is_null() {
+            v[f] = rec.summary[f].clone();
+        }
+    }
+    v
 }
 
 fn row_json(t: &TargetRecord, show_result: bool) -> Value {

@@ -258,6 +258,11 @@ impl Commands {
             )
             .await;
         if !f.adapter.route().online {
+            // The agent may have connected since the route was read, its queue kicked before
+            // this row existed: a session seen now (after the insert) gets a kick of its own.
+            if self.agents.link_for_host(&f.host.id, None).is_some() {
+                self.kick_queue(&f.host.id);
+            }
             tracing::info!(host = %f.host.id, operation = f.op.name(), command = %f.id, "operation queued for an offline agent");
             return Ok(Reply::of(&row, false));
         }

@@ -109,9 +109,11 @@ impl AgentUpdateKind {
         hosts: &[Host],
         version: &str,
     ) -> Result<Vec<(String, String)>, ApiError> {
+        let ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
+        let agents = self.updates.agents_of_hosts(&ids).await?;
         let mut gaps = Vec::new();
         for h in hosts {
-            let why = match self.updates.agent_of_host(&h.id).await? {
+            let why = match agents.get(&h.id) {
                 None => Some("no agent".to_string()),
                 Some(a) => self
                     .updates

@@ -293,6 +293,27 @@ impl Store {
         rows.iter().map(Self::agent_row).collect()
     }
 
+    /// The agents of these hosts, in chunks of 500 ids per query (for plans over a fleet).
+    pub async fn agents_of_hosts(&self, host_ids: &[String]) -> Result<Vec<Agent>> {
+        let mut out = Vec::new();
+        for chunk in host_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {} FROM docker_agents WHERE host_id IN ({}) ORDER BY agent_id",
+                Self::AGENT_COLS,
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(Self::agent_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Agents of a host that are not revoked (for `max_agents_per_host`).
     pub async fn count_active_agents(&self, host_id: &str) -> Result<i64> {
         let r = sqlx::query(

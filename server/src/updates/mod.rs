@@ -18,6 +18,7 @@
 //! socket (the agent registry sends).
 
 use protocol::{AgentUpdatePayload, ErrorBody, ErrorCode};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::agents::AgentManager;
@@ -160,16 +161,42 @@ impl Updates {
     /// The agent a rollout updates on `host_id`: of its agents that are not revoked, the
     /// one connected now, else the one connected last. None when the host has no agent.
     pub async fn agent_of_host(&self, host_id: &str) -> Result<Option<Agent>, ErrorBody> {
-        let mut agents: Vec<Agent> = self
+        let agents = self.store.agents_of_host(host_id).await.map_err(internal)?;
+        Ok(self.pick(agents))
+    }
+
+    /// [`Updates::agent_of_host`] for many hosts in a few queries: each host id with the agent
+    /// an update would go to (hosts without one are left out).
+    pub async fn agents_of_hosts(
+        &self,
+        host_ids: &[String],
+    ) -> Result<HashMap<String, Agent>, ErrorBody> {
+        let mut by_host: HashMap<String, Vec<Agent>> = HashMap::new();
+        for a in self
             .store
-            .agents_of_host(host_id)
+            .agents_of_hosts(host_ids)
             .await
             .map_err(internal)?
+        {
+            if let Some(h) = a.host_id.clone() {
+                by_host.entry(h).or_default().push(a);
+            }
+        }
+        Ok(by_host
+            .into_iter()
+            .filter_map(|(h, agents)| self.pick(agents).map(|a| (h, a)))
+            .collect())
+    }
+
+    /// Of a host's agents, the one an update goes to: not revoked, online first, then the
+    /// most recently connected.
+    fn pick(&self, agents: Vec<Agent>) -> Option<Agent> {
+        let mut agents: Vec<Agent> = agents
             .into_iter()
             .filter(|a| a.revoked_at.is_none())
             .collect();
         agents.sort_by_key(|a| (self.agents.is_online(&a.id), a.connected_at));
-        Ok(agents.pop())
+        agents.pop()
     }
 
     /// Whether the agent (by `docker_agents.id`) has a live session that is not silent.

@@ -106,6 +106,13 @@ pub fn test_config(db: &TestDb) -> Config {
 }
 
 pub async fn state_with(db: &TestDb, config: Config) -> AppState {
+    // `DOCKER_CTL_TEST_LOG=server=debug` shows the server's log in a test's output.
+    if let Ok(filter) = std::env::var("DOCKER_CTL_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     AppState::new(config)
         .await
         .unwrap_or_else(|e| panic!("state for {}: {e:#}", db.url))

@@ -6,7 +6,15 @@ import { api, wsUrl, ago, can } from './api.js';
 const enc = encodeURIComponent;
 // A host's state only moves forward; a late answer never takes it back.
 // What ran: the steps' operations (a stack rollout has none: its kind).
-const what = (b) => (b.operations || []).join(' → ') || b.kind;
+// A rollout's title: its operations; a stack's rollout names the stack and what it does.
+const what = (b) => {
+  if (b.kind === 'stack_rollout') {
+    const act = (b.action && b.action.action) === 'remove' ? 'remove' : 'deploy';
+    return `Stack ${b.stack || ''} · ${act}${b.version ? ' v' + b.version : ''}`;
+  }
+  if (b.kind === 'agent_update') return `Agent update to ${b.version || '?'}`;
+  return (b.operations || []).join(' → ') || b.kind;
+};
 const RANK = { pending: 0, running: 1, queued: 2, succeeded: 3, failed: 3, skipped: 3, cancelled: 3 };
 
 // The feed, with whether it is open: progress is only watched once it is.

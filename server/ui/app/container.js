@@ -74,7 +74,7 @@ function Logs({ host, c }) {
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   };
-  return html`<div class="bar"><label class="field"><span>Search</span><input type="search" id="log-search" value=${q} onInput=${(e) => setQ(e.target.value)} /></label>
+  return html`<div class="bar fields"><label class="field"><span>Search</span><input type="search" id="log-search" value=${q} onInput=${(e) => setQ(e.target.value)} /></label>
       <span class="muted">${shown.length} of ${lines.length} lines (following)</span><span class="grow"></span>
       <button onClick=${download}>Download</button></div>
     ${err && html`<p class="error" role="alert">${err}</p>`}
