@@ -413,7 +413,7 @@ async fn cpu_per_call(paths: &Hop, cluster: &Cluster, calls: usize) -> Result<()
                 let a = work(r.pid());
                 let k = calls as f64;
                 let ms = (a.0 - b.0) * 1000.0 / k;
-                let switches = (a.1 - b.1) as f64 / k;
+                let switches = a.1.saturating_sub(b.1) as f64 / k;
                 println!("METRIC replicas_hop_{name}_cpu_ms_{id} {ms:.3}");
                 format!("{id} {ms:.3} ms CPU, {switches:.1} context switches")
             })
