@@ -445,6 +445,33 @@ async fn suite(db: &TestDb) {
     assert_eq!((c.attempts, c.duration_ms, c.queued), (1, Some(7), false));
     assert_eq!(c.agent_ref.as_deref(), Some("direct"));
     assert_eq!(c.result["data"][0]["Id"], "abc");
+    // Its start and finish came in one batch (one row written with its final record); a
+    // start committed before its finish comes is updated by it.
+    let slow = uuid::Uuid::new_v4().to_string();
+    store.journal_command_sent(
+        NewCommand {
+            id: slow.clone(),
+            idempotency_key: slow.clone(),
+            ..c_template(&h.id)
+        },
+        "agent-ref",
+    );
+    let s = store.get_command(&slow).await.unwrap().expect("started");
+    assert_eq!((s.state, s.attempts), (CommandState::Sent, 1));
+    assert!(s.completed_at.is_none());
+    store.journal_command_finished(
+        &slow,
+        CommandState::Succeeded,
+        &Ok(json!({"ok": true})),
+        Some(9),
+    );
+    let s = store.get_command(&slow).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.status.as_str(), s.duration_ms),
+        (CommandState::Succeeded, c.status.as_str(), Some(9))
+    );
+    assert_eq!(s.result["data"]["ok"], true);
+    assert!(s.completed_at.is_some() && c.completed_at.is_some());
     let unknown = uuid::Uuid::new_v4().to_string();
     store.journal_command_sent(
         NewCommand {

@@ -117,7 +117,7 @@ impl AgentUpdateKind {
                 None => Some("no agent".to_string()),
                 Some(a) => self
                     .updates
-                    .release_for(&a, version)
+                    .release_for(a, version)
                     .err()
                     .map(|e| e.message),
             };

@@ -273,6 +273,12 @@ impl Finish {
     /// The UPDATE that stores it. Only an unfinished command changes (or, except for an
     /// expiry or a cancel, one whose outcome was unknown: a late real answer replaces that);
     /// an expiry or a cancel applies only to a command that was never sent.
+    /// Whether this finish may be written with its command's start as one row: not an
+    /// expiry or a cancel, which apply only to a queued command, never to a journaled one.
+    pub(super) fn joins_its_start(&self) -> bool {
+        !matches!(self.state, CommandState::Expired | CommandState::Cancelled)
+    }
+
     pub(super) fn sql(&self) -> &'static str {
         if matches!(self.state, CommandState::Expired | CommandState::Cancelled) {
             "UPDATE commands SET state = $1, status = $2, error_code = $3, result = $4, completed_at = $5, \
@@ -293,6 +299,17 @@ pub(super) const INSERT_SENT_SQL: &str =
      queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, \
      sent_at, updated_at, origin) \
      VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'sent', $7, 0, $8, NULL, $9, $10, $11, $12, 1, $13, $14, $15)";
+
+/// [`INSERT_SENT_SQL`] with the command's final record already in (its start and finish were
+/// journaled in the same batch): binds id, host, agent id, operation, requester, final status,
+/// created at, final state, seq, agent ref, timeout, expiry, key, client key, sent at, updated
+/// at (the finish), origin, error code, result, completed at, duration.
+pub(super) const INSERT_FINISHED_SQL: &str =
+    "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, status, created_at, state, seq, \
+     queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, \
+     sent_at, updated_at, origin, error_code, result, completed_at, duration_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, NULL, $11, $12, $13, $14, 1, $15, $16, $17, \
+     $18, $19, $20, $21)";
 
 impl Store {
     /// Records a new command (state `queued`). A second command with the same idempotency

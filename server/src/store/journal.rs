@@ -22,9 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{next_seq, CommandState, Finish, NewCommand, INSERT_SENT_SQL};
+use super::commands::{
+    next_seq, CommandState, Finish, NewCommand, INSERT_FINISHED_SQL, INSERT_SENT_SQL,
+};
 use super::{now_ms, Store};
 use crate::reply::Outcome;
+use std::collections::{HashMap, HashSet};
 
 /// Entries at most per transaction.
 const BATCH: usize = 512;
@@ -155,30 +158,31 @@ async fn write_with_retry(pool: &AnyPool, entries: &[Entry]) {
     }
 }
 
+/// One transaction for the batch. A command whose start and finish are both in it (a fast
+/// command: most are) is written as one row with its final record: one statement instead of
+/// an insert and an update.
 async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    let finishes: HashMap<&str, (&Finish, i64)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Finished { id, finish, at } if finish.joins_its_start() => {
+                Some((id.as_str(), (finish, *at)))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut joined: HashSet<&str> = HashSet::new();
     let mut tx = pool.begin().await?;
     for e in entries {
         match e {
             Entry::Started { cmd, sent_to, at } => {
-                sqlx::query(INSERT_SENT_SQL)
-                    .bind(&cmd.id)
-                    .bind(&cmd.host_id)
-                    .bind(&cmd.agent_id)
-                    .bind(&cmd.operation)
-                    .bind(&cmd.requested_by)
-                    .bind(*at)
-                    .bind(next_seq())
-                    .bind(sent_to)
-                    .bind(cmd.timeout_secs)
-                    .bind(cmd.expires_at)
-                    .bind(&cmd.idempotency_key)
-                    .bind(cmd.client_key as i64)
-                    .bind(*at)
-                    .bind(*at)
-                    .bind(&cmd.origin)
-                    .execute(&mut *tx)
-                    .await?;
+                let end = finishes.get(cmd.id.as_str()).copied();
+                insert_started(&mut tx, cmd, sent_to, *at, end).await?;
+                if end.is_some() {
+                    joined.insert(cmd.id.as_str());
+                }
             }
+            Entry::Finished { id, .. } if joined.contains(id.as_str()) => {}
             Entry::Finished { id, finish, at } => {
                 sqlx::query(finish.sql())
                     .bind(finish.state.as_str())
@@ -195,6 +199,59 @@ async fn write(pool: &AnyPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
         }
     }
     tx.commit().await
+}
+
+/// The row of a command that went out at `at`: `sent`, or with its final record when `end`
+/// (the finish and when it came) is known.
+async fn insert_started(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    cmd: &NewCommand,
+    sent_to: &str,
+    at: i64,
+    end: Option<(&Finish, i64)>,
+) -> Result<(), sqlx::Error> {
+    let q = match end {
+        None => sqlx::query(INSERT_SENT_SQL)
+            .bind(&cmd.id)
+            .bind(&cmd.host_id)
+            .bind(&cmd.agent_id)
+            .bind(&cmd.operation)
+            .bind(&cmd.requested_by)
+            .bind(at)
+            .bind(next_seq())
+            .bind(sent_to)
+            .bind(cmd.timeout_secs)
+            .bind(cmd.expires_at)
+            .bind(&cmd.idempotency_key)
+            .bind(cmd.client_key as i64)
+            .bind(at)
+            .bind(at)
+            .bind(&cmd.origin),
+        Some((f, done)) => sqlx::query(INSERT_FINISHED_SQL)
+            .bind(&cmd.id)
+            .bind(&cmd.host_id)
+            .bind(&cmd.agent_id)
+            .bind(&cmd.operation)
+            .bind(&cmd.requested_by)
+            .bind(f.status)
+            .bind(at)
+            .bind(f.state.as_str())
+            .bind(next_seq())
+            .bind(sent_to)
+            .bind(cmd.timeout_secs)
+            .bind(cmd.expires_at)
+            .bind(&cmd.idempotency_key)
+            .bind(cmd.client_key as i64)
+            .bind(at)
+            .bind(done)
+            .bind(&cmd.origin)
+            .bind(f.code)
+            .bind(&f.doc)
+            .bind(done)
+            .bind(f.duration_ms),
+    };
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 impl Store {
