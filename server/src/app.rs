@@ -131,7 +131,19 @@ pub async fn serve(
     tracing::info!(%addr, tls = conns.tls.is_some(), "listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     let retention = tokio::spawn(retention_loop(state.clone(), stop_rx.clone()));
-    let heartbeat = tokio::spawn(state.cluster.clone().run(stop_rx));
+    let heartbeat = tokio::spawn(state.cluster.clone().run(stop_rx.clone()));
+    crate::api::revoke::listen(
+        state.cluster.notifier(),
+        state.agents.clone(),
+        state.leases.clone(),
+        state.store.clone(),
+    );
+    let wake_ups = tokio::spawn(state.cluster.notifier().clone().run(stop_rx.clone()));
+    let peer_feeds = tokio::spawn(crate::cluster::peer_feed::follow(
+        state.cluster.clone(),
+        state.feed.clone(),
+        stop_rx,
+    ));
     accept_until(&listener, &conns, shutdown).await;
     drop(listener);
     let deadline = state.config.shutdown_timeout.get();
@@ -155,6 +167,8 @@ pub async fn serve(
     }
     let _ = retention.await;
     let _ = heartbeat.await;
+    let _ = wake_ups.await;
+    let _ = peer_feeds.await;
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,8 +1,10 @@
 //! The live feed behind the user WebSocket `GET /api/v1/stream`.
 //!
 //! Owns: a broadcast channel of events (agent online/offline, health, Docker events, command
-//! progress), each tagged with its host. Must not: block publishers: a slow subscriber
-//! misses events (it is told how many) instead of slowing agents down.
+//! progress), each tagged with its host and, when another replica published it, with that
+//! replica (republished here by `cluster::peer_feed`; only this replica's own events are
+//! offered to the other replicas, so nothing loops). Must not: block publishers: a slow
+//! subscriber misses events (it is told how many) instead of slowing agents down.
 
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -13,6 +15,8 @@ pub struct FeedEvent {
     pub host_id: Option<String>,
     /// `{"type": "...", ...}`, sent to subscribers as it is.
     pub body: Value,
+    /// The replica that published it, when not this one.
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +48,16 @@ impl Feed {
         let _ = self.tx.send(Arc::new(FeedEvent {
             host_id: host_id.map(str::to_owned),
             body,
+            origin: None,
+        }));
+    }
+
+    /// Publishes an event replica `origin` published (as it sent it).
+    pub fn republish(&self, origin: &str, host_id: Option<String>, body: Value) {
+        let _ = self.tx.send(Arc::new(FeedEvent {
+            host_id,
+            body,
+            origin: Some(origin.to_string()),
         }));
     }
 

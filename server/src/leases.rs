@@ -6,7 +6,9 @@
 //! them when that principal loses access: a revoked token, a role lowered below what the
 //! session needs, a deleted host. A lease is confirmed against the database once it is
 //! registered, so a revocation that landed between the request's token check and the
-//! registration still ends it (whatever lands after the registration finds the lease).
+//! registration still ends it (whatever lands after the registration finds the lease), and
+//! every lease is confirmed again when revocations may have been missed
+//! ([`Leases::recheck_all`]: another replica's wake-ups were lost).
 //! Must not: know HTTP, or decide who may do what (callers say what changed).
 
 use std::collections::HashMap;
@@ -191,6 +193,22 @@ impl Leases {
             Err(e) => {
                 tracing::warn!(error = %e, "could not confirm a live session's token");
                 None
+            }
+        }
+    }
+
+    /// Confirms every live session against the database again (as at registration): what
+    /// a revocation this process did not hear of would have ended, ends.
+    pub async fn recheck_all(&self) {
+        let all: Vec<(u64, String, Option<String>, Role)> = self
+            .registry()
+            .map
+            .iter()
+            .map(|(id, e)| (*id, e.token_id.clone(), e.host_id.clone(), e.needs))
+            .collect();
+        for (id, token_id, host, needs) in all {
+            if let Some(reason) = self.still_allowed(&token_id, host.as_deref(), needs).await {
+                self.end_where(reason, |eid, _| eid == id);
             }
         }
     }

@@ -137,6 +137,7 @@ impl AppState {
             audit: audit.clone(),
             metrics: metrics.clone(),
             default_timeout,
+            cluster: cluster.clone(),
         };
         let commands = Commands::new(parts, signals_rx);
         match commands.fail_orphaned().await {
@@ -152,6 +153,7 @@ impl AppState {
             agents.clone(),
             crate::releases::Shelf::new(&config.data_dir),
             feed.clone(),
+            cluster.clone(),
         );
         let s = &config.sessions;
         let policy = accounts::Policy {

@@ -15,26 +15,10 @@ use protocol::{
 use serde_json::{json, Value};
 use server::releases::{self, Shelf};
 use server::store::Role;
-use std::path::Path;
 use std::time::Duration;
 use tower::ServiceExt;
 
 const TARGET: &str = "aarch64-unknown-linux-musl";
-
-/// Writes a fake binary and its signature by `key` (version and target in the comment).
-fn signed(
-    dir: &Path,
-    key: &releases::SecretKey,
-    version: &str,
-    target: &str,
-) -> std::path::PathBuf {
-    let file = dir.join(format!("agent-{version}"));
-    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&file, bytes).unwrap();
-    let comment = format!("file:docker-ctl-agent version:{version} target:{target}");
-    releases::sign_file(key, &file, Some(&comment)).unwrap();
-    file
-}
 
 async fn get(
     state: &server::AppState,
@@ -69,13 +53,13 @@ fn the_shelf_takes_only_releases_signed_with_its_key_for_what_they_say() {
     let (other, _, _) = releases::write_key_pair(&dir.path().join("o"), false).unwrap();
     let shelf = Shelf::new(&dir.path().join("data"));
     let pubkey = key.public_key();
-    let f = signed(dir.path(), &other, "1.0.0", TARGET);
+    let f = signed_release(dir.path(), &other, "1.0.0", TARGET);
     let e = shelf.add(&pubkey, &f, &releases::signature_path(&f), TARGET, "1.0.0");
     assert!(
         e.unwrap_err().to_string().contains("key"),
         "another key is refused"
     );
-    let f = signed(dir.path(), &key, "1.0.1", TARGET);
+    let f = signed_release(dir.path(), &key, "1.0.1", TARGET);
     let e = shelf.add(&pubkey, &f, &releases::signature_path(&f), TARGET, "1.0.2");
     assert!(
         e.unwrap_err().to_string().contains("version"),
@@ -108,7 +92,7 @@ fn the_shelf_takes_only_releases_signed_with_its_key_for_what_they_say() {
         "nothing refused was kept: {:?}",
         shelf.list()
     );
-    let f = signed(dir.path(), &key, "1.0.3", TARGET);
+    let f = signed_release(dir.path(), &key, "1.0.3", TARGET);
     let r = shelf
         .add(&pubkey, &f, &releases::signature_path(&f), TARGET, "1.0.3")
         .unwrap();
@@ -138,7 +122,7 @@ async fn releases_are_listed_and_downloaded_with_ranges() {
     let admin = token(&state, "admin", Role::Admin).await;
     let (_, agent_token) = enrol(&state, &admin, "h1", "edge-dl").await;
     let (key, _, _) = releases::write_key_pair(&db.dir.path().join("k"), false).unwrap();
-    let f = signed(db.dir.path(), &key, "2.0.0", TARGET);
+    let f = signed_release(db.dir.path(), &key, "2.0.0", TARGET);
     Shelf::new(db.dir.path())
         .add(
             &key.public_key(),
@@ -278,7 +262,7 @@ async fn one_agent_is_updated_and_its_reports_are_kept() {
     let (_, tok) = enrol(&state, &admin, "h-up", "edge-up").await;
     let (_, other_tok) = enrol(&state, &admin, "h-other", "edge-other").await;
     let (key, _, _) = releases::write_key_pair(&db.dir.path().join("k"), false).unwrap();
-    let f = signed(db.dir.path(), &key, "3.0.0", TARGET);
+    let f = signed_release(db.dir.path(), &key, "3.0.0", TARGET);
     Shelf::new(db.dir.path())
         .add(
             &key.public_key(),

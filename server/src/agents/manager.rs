@@ -257,6 +257,24 @@ impl AgentManager {
         self.get(agent_ref).is_some_and(|s| s.is_online())
     }
 
+    /// The agents (row ids) with a live session here.
+    pub fn live_agents(&self) -> Vec<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
+    /// The hosts an online agent here is bound to.
+    pub fn online_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .sessions()
+            .values()
+            .filter(|s| s.is_online())
+            .filter_map(|s| s.host_id.clone())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
     /// An online agent bound to `host_id`, preferring `preferred`. A session bound to another
     /// host (an agent moved since the host named it) never serves `host_id`.
     pub fn online_agent_for_host(&self, host_id: &str, preferred: Option<&str>) -> Option<String> {

@@ -241,9 +241,11 @@ pub async fn rotate_signing_key(
         )
         .await;
     let key = result?;
-    let disconnected = state
-        .agents
-        .disconnect(&a.id, "signing key rotated; reconnect with the new key");
+    let disconnected = super::revoke::reconnect_agent(
+        &state,
+        &a.id,
+        "signing key rotated; reconnect with the new key",
+    );
     Ok(Json(json!({
         "agent_id": agent_id,
         "signing": true,
@@ -340,9 +342,7 @@ pub async fn patch(
     }
     if p.signing == Some(false) && a.signing_key_enc.is_some() {
         state.store.set_agent_signing_key(&agent_id, None).await?;
-        state
-            .agents
-            .disconnect(&a.id, "message signing turned off; reconnect");
+        super::revoke::reconnect_agent(&state, &a.id, "message signing turned off; reconnect");
     }
     let updated = load(&state, &agent_id).await?;
     if p.heartbeat_interval.is_some() || p.command_timeout.is_some() {
@@ -355,9 +355,7 @@ pub async fn patch(
     }
     if p.allowed_cidrs.is_some() {
         // The live session was checked against the old list: make it authenticate again.
-        state
-            .agents
-            .disconnect(&updated.id, "allowlist changed; reconnect");
+        super::revoke::reconnect_agent(&state, &updated.id, "allowlist changed; reconnect");
     }
     Ok(Json(agent_json(&state, &updated)))
 }
@@ -432,13 +430,13 @@ pub async fn rotate(
 /// A session opened with the old token ends when the old token stops working: at once
 /// without a grace period, else when the grace period ends.
 async fn end_old_token_sessions(state: &AppState, agent_id: &str, grace: std::time::Duration) {
-    let store = state.store.clone();
-    let agents = state.agents.clone();
+    let st = state.clone();
     let agent_id = agent_id.to_string();
     let check = async move {
-        match store.get_agent(&agent_id).await {
+        match st.store.get_agent(&agent_id).await {
             Ok(Some(row)) => {
-                agents.end_session_without_valid_token(
+                super::revoke::agent_token(
+                    &st,
                     &row,
                     "the agent token was rotated; reconnect with the new token",
                 );
@@ -484,7 +482,7 @@ pub async fn revoke(
         crate::store::StoreError::NotFound => ApiError::conflict("the agent is already revoked"),
         other => other.into(),
     })?;
-    let disconnected = state.agents.disconnect(&a.id, "agent revoked");
+    let disconnected = super::revoke::agent(&state, &a.id, "agent revoked");
     let _ = state
         .store
         .add_agent_event(Some(&a.id), "revoked", &json!({ "by": caller.user }))

@@ -289,7 +289,7 @@ pub async fn approve(
         .await;
     let host = result.map_err(|e| pending_error(&id, e))?;
     state.adapters.forget(&id);
-    state.commands.kick_queue(&id);
+    state.commands.hand_off_queue(&id);
     state.feed.publish(
         "host_approved",
         Some(&id),
@@ -326,7 +326,7 @@ pub async fn reject(
         .await;
     let agents = result.map_err(|e| pending_error(&id, e))?;
     for a in &agents {
-        state.agents.disconnect(&a.id, "host rejected");
+        super::revoke::agent(&state, &a.id, "host rejected");
         let _ = state
             .store
             .add_agent_event(
@@ -337,7 +337,7 @@ pub async fn reject(
             .await;
     }
     state.adapters.forget(&id);
-    state.leases.end_host(&id, "host rejected");
+    super::revoke::host(&state, &id, "host rejected");
     state
         .feed
         .publish("host_rejected", Some(&id), json!({ "by": caller.user }));

@@ -458,12 +458,12 @@ pub async fn delete(
     let agents = state.store.agents_of_host(&id).await?;
     for a in agents.iter().filter(|a| a.revoked_at.is_none()) {
         state.store.revoke_agent(&a.agent_id).await?;
-        state.agents.disconnect(&a.id, "host deleted");
+        super::revoke::agent(&state, &a.id, "host deleted");
     }
     let result = state.store.delete_host(&id).await;
     state.adapters.forget(&id);
     if result.is_ok() {
-        state.leases.end_host(&id, "host deleted");
+        super::revoke::host(&state, &id, "host deleted");
     }
     state
         .audit

@@ -18,9 +18,11 @@ mod lookup;
 mod operations;
 mod paging;
 mod passthrough;
+mod peer_feed;
 mod records;
 mod releases;
 mod replicas;
+pub(crate) mod revoke;
 mod rollout_pages;
 mod session;
 mod stacks;
@@ -89,6 +91,7 @@ fn host_routes() -> Router<AppState> {
         .route("/api/v1/hosts/{id}/commands", get(records::host_commands))
         .route("/api/v1/hosts/{id}/docker", any(passthrough::handle))
         .route("/internal/v1/hosts/{id}/run", post(replicas::run))
+        .route(crate::cluster::peer_feed::FEED_PATH, get(peer_feed::offer))
         .route(
             "/internal/v1/hosts/{id}/docker/{*rest}",
             any(replicas::docker),

@@ -38,13 +38,13 @@ pub struct RunRequest {
     timeout_ms: u64,
 }
 
-fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
+pub(super) fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
     headers
         .get(credential::HEADER)
         .is_some_and(|v| state.cluster.credential().check(v.as_bytes()))
 }
 
-fn unauthorised() -> Response {
+pub(super) fn unauthorised() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         axum::Json(serde_json::json!({ "message": "unauthorized" })),

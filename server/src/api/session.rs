@@ -188,7 +188,7 @@ pub async fn delete(
         ));
     };
     state.store.revoke_session(id).await?;
-    let ended = state.leases.end_sessions(&[id.to_string()], "signed out");
+    let ended = super::revoke::sessions(&state, &[id.to_string()], "signed out");
     state
         .audit
         .user(

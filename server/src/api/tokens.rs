@@ -136,7 +136,7 @@ pub async fn revoke(
         .await;
     result?;
     // Its live sessions (hijacks, followed streams, the live feed) end now too.
-    let ended = state.leases.end_token(&id, "token revoked");
+    let ended = super::revoke::token(&state, &id, "token revoked");
     Ok(Json(
         json!({ "id": id, "revoked": true, "sessions_ended": ended }),
     ))

@@ -123,7 +123,7 @@ async fn end_sessions(
     reason: &str,
 ) -> ApiResult<usize> {
     let ids = state.store.revoke_user_sessions(&user.id, keep).await?;
-    state.leases.end_sessions(&ids, reason);
+    super::revoke::sessions(state, &ids, reason);
     Ok(ids.len())
 }
 
@@ -185,9 +185,8 @@ pub async fn patch(
         user = state.store.set_user_role(&name, role).await?;
         if lowered {
             ended += end_sessions(&state, &user, None, "the user's role was lowered").await?;
-            ended += state
-                .leases
-                .end_role_below(&name, role, "the user's role was lowered");
+            ended +=
+                super::revoke::role_lowered(&state, &name, role, "the user's role was lowered");
         }
     }
     let detail = json!({ "role": user.role, "sessions_ended": ended });
@@ -237,7 +236,7 @@ pub async fn delete(
         }
         e => e.into(),
     })?;
-    let ended = state.leases.end_user(&name, "the user was deleted");
+    let ended = super::revoke::user(&state, &name, "the user was deleted");
     Ok(Json(
         json!({ "name": name, "deleted": true, "sessions_ended": ended }),
     ))
@@ -414,7 +413,7 @@ pub async fn revoke_my_token(
         return Err(ApiError::not_found(format!("token {id:?} not found")));
     }
     state.store.revoke_api_token(&id).await?;
-    let ended = state.leases.end_token(&id, "token revoked");
+    let ended = super::revoke::token(&state, &id, "token revoked");
     state
         .audit
         .user(

@@ -20,10 +20,13 @@
 
 pub mod credential;
 pub mod lock;
+pub mod notify;
+pub mod peer_feed;
 
 pub use crate::store::MISSED_HEARTBEATS;
 pub use credential::Credential;
 pub use lock::ServeLock;
+pub use notify::{Event, Notifier, WakeUp};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -73,6 +76,8 @@ struct View {
     by_agent: HashMap<String, Holder>,
     /// Agent refs by host id.
     by_host: HashMap<String, Vec<String>>,
+    /// Every replica but this one, as last read.
+    others: Vec<ReplicaRecord>,
 }
 
 /// This replica's part in the cluster. Cheap to clone.
@@ -86,6 +91,9 @@ struct Inner {
     interval: Duration,
     view: RwLock<View>,
     credential: Credential,
+    notifier: Notifier,
+    /// Turns true when [`Cluster::run`] ends (the replica is stopping).
+    stopping: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -133,12 +141,14 @@ impl Cluster {
         }
         tracing::info!(replica = %me.id, epoch, advertise_url = %me.advertise_url, "replica joined");
         let c = Cluster(Arc::new(Inner {
+            notifier: Notifier::new(store.clone(), &me.id),
             store,
             me,
             epoch,
             interval,
             view: RwLock::new(View::default()),
             credential,
+            stopping: watch::channel(false).0,
         }));
         c.refresh().await;
         Ok(c)
@@ -159,6 +169,36 @@ impl Cluster {
     /// The credential replicas forward with.
     pub fn credential(&self) -> &Credential {
         &self.0.credential
+    }
+
+    /// Wake-ups to and from the other replicas.
+    pub fn notifier(&self) -> &Notifier {
+        &self.0.notifier
+    }
+
+    /// The other replicas that heartbeat, as of the last refresh.
+    pub fn peers(&self) -> Vec<ReplicaRecord> {
+        let now = now_ms();
+        let view = self.0.view.read().unwrap_or_else(|p| p.into_inner());
+        view.others
+            .iter()
+            .filter(|r| r.alive_at(now))
+            .cloned()
+            .collect()
+    }
+
+    /// Completes once this replica is stopping: what other replicas keep open here (the
+    /// internal feed they follow) ends then, so the shutdown does not wait for it.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// How often the view is refreshed.
+    pub fn interval(&self) -> Duration {
+        self.0.interval
     }
 
     /// This replica holds the session `session_id` of agent `agent_ref` (bound to `host_id`).
@@ -224,6 +264,7 @@ impl Cluster {
             }
             self.beat().await;
         }
+        self.0.stopping.send_replace(true);
         if let Err(e) = self.0.store.replica_stopped(self.id(), self.0.epoch).await {
             tracing::warn!(error = %e, "could not mark this replica stopped");
         }
@@ -269,12 +310,27 @@ impl Cluster {
         for (id, epoch) in &dead {
             self.sweep(id, *epoch).await;
         }
-        let view = build_view(
+        let mut view = build_view(
             claims
                 .into_iter()
                 .filter(|p| !dead.iter().any(|(id, _)| *id == p.replica.id)),
         );
+        view.others = self.other_replicas().await;
         *self.0.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    /// Every replica row but this one's (none when the read fails: nobody to follow now).
+    async fn other_replicas(&self) -> Vec<ReplicaRecord> {
+        if self.0.store.backend() != crate::store::Backend::Postgres {
+            return Vec::new();
+        }
+        match self.0.store.list_replicas().await {
+            Ok(rs) => rs.into_iter().filter(|r| r.id != self.0.me.id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the replicas failed");
+                Vec::new()
+            }
+        }
     }
 
     /// Replica `id` stopped heartbeating: its claims and the sessions it recorded are gone.

@@ -69,6 +69,11 @@ impl Finals {
         }
     }
 
+    /// Whether someone here waits for command `id`.
+    pub(super) fn is_watched(&self, id: &str) -> bool {
+        self.waiters().contains_key(id)
+    }
+
     pub(super) fn subscribe(&self) -> broadcast::Receiver<Finished> {
         self.tx.subscribe()
     }

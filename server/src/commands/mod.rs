@@ -39,6 +39,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::agents::{AgentManager, Signal};
 use crate::audit::Auditor;
+use crate::cluster::{Cluster, Event, WakeUp};
 use crate::crypto::KeyBox;
 use crate::error::ApiError;
 use crate::hosts::Adapters;
@@ -96,6 +97,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// The timeout of a command whose submission names none.
     pub default_timeout: Duration,
+    /// This replica: queued commands are handed to the replica holding the host's agent.
+    pub cluster: Cluster,
 }
 
 struct Inner {
@@ -138,7 +141,85 @@ impl Commands {
             deliverers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(listen(Arc::downgrade(&inner), signals));
+        let owner = Arc::downgrade(&inner);
+        inner.parts.cluster.notifier().on(move |e| {
+            if let Some(inner) = owner.upgrade() {
+                Commands { inner }.woken(e);
+            }
+        });
         Commands { inner }
+    }
+
+    /// Another replica's wake-up: commands queued for a host whose agent is held here are
+    /// delivered; a queued command another replica finished reaches its waiters here. After
+    /// a lost listening connection, the queues of every host held here are looked at again.
+    fn woken(&self, e: &Event) {
+        match e {
+            Event::WakeUp(WakeUp::Queue { host }) => {
+                if self.agents.online_agent_for_host(host, None).is_some() {
+                    // The host may have changed there (approved): read it again.
+                    self.store
+                        .drop_cached(&crate::store::CacheDrop::Host(host.clone()));
+                    self.kick_queue(host);
+                }
+            }
+            Event::WakeUp(WakeUp::CommandDone { commands }) => {
+                let watched: Vec<String> = commands
+                    .iter()
+                    .filter(|id| self.inner.finals.is_watched(id))
+                    .cloned()
+                    .collect();
+                if !watched.is_empty() {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.finished_elsewhere(watched).await });
+                }
+            }
+            Event::Resync => {
+                for host in self.agents.online_hosts() {
+                    self.kick_queue(&host);
+                }
+            }
+            Event::WakeUp(_) => {}
+        }
+    }
+
+    /// Commands another replica finished: their waiters here get the stored final state.
+    async fn finished_elsewhere(&self, ids: Vec<String>) {
+        for id in ids {
+            match self.store.get_command(&id).await {
+                Ok(Some(c)) if c.state.is_final() => {
+                    let outcome = c.outcome().unwrap_or_else(|| {
+                        Err(ErrorBody::internal(
+                            "the command finished without an outcome",
+                        ))
+                    });
+                    let fin = Finished {
+                        command_id: c.id,
+                        host_id: c.host_id,
+                        state: c.state,
+                        origin: c.origin,
+                    };
+                    self.inner.finals.notify(fin, &outcome);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(command = %id, error = %e, "reading a command finished elsewhere failed")
+                }
+            }
+        }
+    }
+
+    /// Makes sure the queue of `host_id` is delivered by the replica holding its agent:
+    /// here when it is online here, else the other live replicas are woken (the one that
+    /// holds it delivers; one that gets the agent later reads the queue when it does).
+    pub fn hand_off_queue(&self, host_id: &str) {
+        if self.agents.online_agent_for_host(host_id, None).is_some() {
+            self.kick_queue(host_id);
+        } else if !self.cluster.peers().is_empty() {
+            self.cluster.notifier().send(WakeUp::Queue {
+                host: host_id.to_string(),
+            });
+        }
     }
 
     /// Final states as they happen (see [`Finished`]). A subscriber that falls more than

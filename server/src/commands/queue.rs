@@ -1,7 +1,9 @@
 //! Delivery of queued commands to a host's agent.
 //!
-//! One deliverer task per host at a time. It runs when an agent of the host authenticates
-//! and when a command is queued while an agent is online. It takes the host's queued rows
+//! One deliverer task per host at a time, on the replica holding the host's agent only (it
+//! needs the agent's live link). It runs when an agent of the host authenticates, when a
+//! command is queued while an agent is online here, and when another replica queued one and
+//! woke this one (`Commands::hand_off_queue`, the `queue` wake-up). It takes the host's queued rows
 //! in creation order and, for each: expires it when its expiry passed (never sent), else
 //! marks it `sent`, sends it with its idempotency key on the agent's link, waits for the
 //! answer and finishes it (`succeeded` / `failed`). One command at a time, so the agent sees
@@ -220,6 +222,14 @@ impl Commands {
         };
         self.finish(fin, &outcome, Some(took.as_millis() as i64))
             .await;
+        if !self.cluster.peers().is_empty() {
+            // Its submitter (or a stack, or a bulk run) may wait on another replica.
+            self.cluster
+                .notifier()
+                .send(crate::cluster::WakeUp::CommandDone {
+                    commands: vec![row.id.clone()],
+                });
+        }
         let code = outcome.as_ref().err().map(|e| e.code.as_str());
         self.metrics
             .command(&row.operation, code.unwrap_or("success"), took);

@@ -258,17 +258,17 @@ impl Commands {
             )
             .await;
         if !f.adapter.route().online {
-            // The agent may have connected since the route was read, its queue kicked before
-            // this row existed: a session seen now (after the insert) gets a kick of its own.
-            if self.agents.link_for_host(&f.host.id, None).is_some() {
-                self.kick_queue(&f.host.id);
-            }
+            // The agent may have connected (here, or to another replica) since the route was
+            // read, its queue kicked before this row existed: a session seen now (after the
+            // insert) gets a kick of its own, and the other replicas are woken.
+            self.hand_off_queue(&f.host.id);
             tracing::info!(host = %f.host.id, operation = f.op.name(), command = %f.id, "operation queued for an offline agent");
             return Ok(Reply::of(&row, false));
         }
-        // Online: it goes through the queue (behind older queued commands) and we wait.
+        // Online (here, or held by another replica, which delivers it): it goes through the
+        // queue (behind older queued commands) and we wait.
         let mut waiter = self.inner.finals.watch(&f.id);
-        self.kick_queue(&f.host.id);
+        self.hand_off_queue(&f.host.id);
         if let Ok(Some((state, outcome))) = tokio::time::timeout(f.timeout, waiter.recv()).await {
             return Ok(Reply {
                 outcome: Some(outcome),

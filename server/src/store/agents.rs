@@ -210,7 +210,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hosts.clear();
+        self.forget(super::CacheDrop::Hosts);
         self.get_agent(&a.agent_id)
             .await?
             .ok_or(StoreError::NotFound)
@@ -384,7 +384,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.hosts.clear();
+        self.forget(super::CacheDrop::Hosts);
         Ok(())
     }
 

@@ -1,15 +1,51 @@
 //! A small time-bounded cache for rows read on every request (API tokens, hosts).
 //!
 //! A hit saves a database round trip on the command path. Writes through this process's
-//! [`super::Store`] drop the entries they change at once; a change made by another server
-//! replica on the shared database shows here within the cache's time to live.
+//! [`super::Store`] drop the entries they change at once, and report each drop as a
+//! [`CacheDrop`] to whoever asked for them ([`super::Store::cache_drops`]: the cluster's
+//! wake-ups, which carry them to the other replicas, where [`super::Store::drop_cached`]
+//! applies them). Without a wake-up (SQLite, or a lost one) a change made by another replica
+//! shows here within the cache's time to live.
 //!
-//! Owns: entries and their expiry. Must not: cache misses (an unknown token must not fill
-//! memory), or decide anything about what it holds.
+//! Owns: entries and their expiry, and the report of drops. Must not: cache misses (an
+//! unknown token must not fill memory), or decide anything about what it holds.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Cached rows another replica must drop too: they changed in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDrop {
+    /// The API token with this id.
+    Token(String),
+    /// Every API token (a user's role changed, or the user went).
+    Tokens,
+    /// The host with this id.
+    Host(String),
+    /// Every host.
+    Hosts,
+}
+
+/// Where drops are reported: set once, by the first who asks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DropReports(
+    std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<CacheDrop>>>,
+);
+
+impl DropReports {
+    /// The receiver of every later drop; `None` when someone asked already.
+    pub(crate) fn take(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<CacheDrop>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.0.set(tx).ok().map(|_| rx)
+    }
+
+    pub(crate) fn report(&self, d: CacheDrop) {
+        if let Some(tx) = self.0.get() {
+            let _ = tx.send(d);
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct TtlCache<V> {

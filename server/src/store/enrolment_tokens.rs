@@ -250,7 +250,7 @@ impl Store {
         };
         let agent_ref = Self::insert_enrolled_agent(&mut tx, e, &host_id, now).await?;
         tx.commit().await?;
-        self.hosts.clear();
+        self.forget(super::CacheDrop::Hosts);
         let host = self.get_host(&host_id).await?.ok_or(StoreError::NotFound)?;
         let agent = self
             .get_agent_by_ref(&agent_ref)

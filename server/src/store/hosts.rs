@@ -238,7 +238,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| map_unique(e, "a host with this name"))?;
-        self.hosts.remove(&h.id);
+        self.forget(super::CacheDrop::Host(h.id.clone()));
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -250,7 +250,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        self.hosts.remove(id);
+        self.forget(super::CacheDrop::Host(id.to_string()));
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -268,7 +268,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        self.hosts.remove(id);
+        self.forget(super::CacheDrop::Host(id.to_string()));
         let host = self.get_host(id).await?.ok_or(StoreError::NotFound)?;
         if r.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -309,7 +309,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hosts.clear();
+        self.forget(super::CacheDrop::Hosts);
         Ok(agents)
     }
 
@@ -326,7 +326,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if r.rows_affected() > 0 {
-            self.hosts.remove(host_id);
+            self.forget(super::CacheDrop::Host(host_id.to_string()));
         }
         Ok(r.rows_affected() > 0)
     }

@@ -6,7 +6,8 @@
 //! `agents`, `agent_events`, `agent_presence`, `replicas`, `docker_events`, `audit`, `commands` with its write-behind
 //! `journal`, `groups`, `bulk_operations`, `bulk_targets`, `enrolment_tokens` with the
 //! enrolment transaction, `sessions` with sign-in links, `stacks` with their versions, hosts
-//! and registries), plus the read-through `cache` of tokens and hosts. Must not: decide policy
+//! and registries), plus the read-through `cache` of tokens and hosts and `notify`
+//! (PostgreSQL `NOTIFY`/`LISTEN` for the cluster's wake-ups). Must not: decide policy
 //! (auth, roles) or hold
 //! secrets in clear: tokens arrive here already hashed and TLS keys already encrypted.
 //!
@@ -28,6 +29,7 @@ mod enrolment_tokens;
 mod groups;
 mod hosts;
 mod journal;
+mod notify;
 mod replicas;
 mod sessions;
 mod stacks;
@@ -41,11 +43,13 @@ pub use agents::{Agent, AgentSettingsPatch, NewAgent};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyReport, NewAudit, GENESIS};
 pub use bulk_operations::{NewRollout, RolloutRecord, RolloutState};
 pub use bulk_targets::{TargetRecord, TargetState, TargetUpdate};
+pub use cache::CacheDrop;
 pub use commands::{next_seq, CommandRecord, CommandState, DueCommand, NewCommand};
 pub use docker_events::{DockerEventRecord, NewDockerEvent};
 pub use enrolment_tokens::{Enrolled, Enrolment, EnrolmentToken, NewEnrolmentToken, NotEnrolled};
 pub use groups::Group;
 pub use hosts::{ConnectionMode, Host, NewHost};
+pub use notify::Listener;
 pub use replicas::{ReplicaRecord, MISSED_HEARTBEATS};
 pub use sessions::{NewSession, UserSession};
 pub use stacks::{NewStackVersion, RegistryRecord, StackHost, StackRecord, StackVersion};
@@ -140,11 +144,15 @@ pub struct Store {
     tokens: std::sync::Arc<cache::TtlCache<ApiToken>>,
     /// Hosts by id, for routing commands and Docker API requests.
     hosts: std::sync::Arc<cache::TtlCache<Host>>,
+    /// Where this store's own cache drops are reported, once someone asks (see `notify.rs`).
+    drops: cache::DropReports,
+    /// The PostgreSQL URL, for the one listening connection of `notify.rs`; `None` on SQLite.
+    listen_url: Option<std::sync::Arc<protocol::Secret>>,
 }
 
 /// How long a cached token or host row is used before it is read again: how late another
-/// server replica's revocation or host change shows here (this process's own writes show at
-/// once).
+/// server replica's revocation or host change shows here when its wake-up was lost (this
+/// process's own writes, and the other replicas' that wake it, show at once).
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Entries at most per cache.
 const CACHE_CAP: usize = 50_000;
@@ -318,6 +326,9 @@ impl Store {
             audit_flush_scheduled: Default::default(),
             tokens: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
             hosts: std::sync::Arc::new(cache::TtlCache::new(CACHE_TTL, CACHE_CAP)),
+            drops: cache::DropReports::default(),
+            listen_url: (backend == Backend::Postgres)
+                .then(|| std::sync::Arc::new(protocol::Secret::new(url))),
         };
         store.migrate().await?;
         Ok(store)

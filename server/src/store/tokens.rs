@@ -166,7 +166,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        self.tokens.remove_where(|t| t.id == id);
+        self.forget(super::CacheDrop::Token(id.to_string()));
         if r.rows_affected() == 0 && self.get_api_token(id).await?.is_none() {
             return Err(StoreError::NotFound);
         }

@@ -76,7 +76,7 @@ impl Store {
                 .bind(&u.id)
                 .execute(&self.pool)
                 .await?;
-            self.tokens.clear();
+            self.forget(super::CacheDrop::Tokens);
             return Ok(User { role, ..u });
         }
         self.create_user(name, role, None).await
@@ -158,7 +158,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        self.tokens.clear();
+        self.forget(super::CacheDrop::Tokens);
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -180,7 +180,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.tokens.clear();
+        self.forget(super::CacheDrop::Tokens);
         Ok(user)
     }
 

@@ -11,7 +11,9 @@
 //!
 //! The server only hands out what was signed where releases are built: each agent checks the
 //! signature against its own key. An update is sent again with the same id when the server
-//! restarted mid-rollout ([`Updates::resume`]); the agent answers from its record.
+//! restarted mid-rollout ([`Updates::resume`]); the agent answers from its record. The update
+//! of an agent that another replica holds is sent by that replica (the `send_update`
+//! wake-up); its reports reach the row there, and the wait here reads the row.
 //!
 //! Owns: starting, resuming and waiting for one agent's update. Must not: verify releases for
 //! the agent, decide a rollout's order or failures (the rollout engine does), or touch the
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::agents::AgentManager;
+use crate::cluster::{Cluster, Event, WakeUp};
 use crate::feed::Feed;
 use crate::releases::{Release, Shelf};
 use crate::store::{Agent, AgentUpdateRecord, NewAgentUpdate, Store};
@@ -44,6 +47,8 @@ pub struct Updates {
     agents: AgentManager,
     shelf: Shelf,
     feed: Feed,
+    /// Where agents held by other replicas are: their updates are sent by their holder.
+    cluster: Cluster,
 }
 
 /// The release path agents download from, below the server's base URL.
@@ -52,12 +57,30 @@ pub fn release_path(r: &Release) -> String {
 }
 
 impl Updates {
-    pub fn new(store: Store, agents: AgentManager, shelf: Shelf, feed: Feed) -> Updates {
+    /// The updates of this replica; the update of an agent another replica holds is sent
+    /// by that replica (the `send_update` wake-up, handled here too).
+    pub fn new(
+        store: Store,
+        agents: AgentManager,
+        shelf: Shelf,
+        feed: Feed,
+        cluster: Cluster,
+    ) -> Updates {
+        let (s, a, sh) = (store.clone(), agents.clone(), shelf.clone());
+        cluster.notifier().on(move |e| {
+            if let Event::WakeUp(WakeUp::SendUpdate { agent, update }) = e {
+                if a.is_online(agent) {
+                    let (s, a, sh, update) = (s.clone(), a.clone(), sh.clone(), update.clone());
+                    tokio::spawn(async move { send_held_here(&s, &a, &sh, &update).await });
+                }
+            }
+        });
         Updates {
             store,
             agents,
             shelf,
             feed,
+            cluster,
         }
     }
 
@@ -195,13 +218,14 @@ impl Updates {
             .into_iter()
             .filter(|a| a.revoked_at.is_none())
             .collect();
-        agents.sort_by_key(|a| (self.agents.is_online(&a.id), a.connected_at));
+        agents.sort_by_key(|a| (self.is_online(&a.id), a.connected_at));
         agents.pop()
     }
 
-    /// Whether the agent (by `docker_agents.id`) has a live session that is not silent.
+    /// Whether the agent (by `docker_agents.id`) has a live session that is not silent here,
+    /// or a session on another live replica.
     pub fn is_online(&self, agent_ref: &str) -> bool {
-        self.agents.is_online(agent_ref)
+        self.agents.is_online(agent_ref) || self.cluster.holder_of_agent(agent_ref).is_some()
     }
 
     /// After a server restart: sends a non-final update again with its id (the agent
@@ -216,17 +240,28 @@ impl Updates {
         }
     }
 
+    /// The agent's live session: here, or on another live replica.
+    fn session_of(&self, agent_ref: &str) -> Option<String> {
+        self.agents
+            .status(agent_ref)
+            .map(|s| s.session_id)
+            .or_else(|| {
+                self.cluster
+                    .holder_of_agent(agent_ref)
+                    .map(|h| h.session_id)
+            })
+    }
+
+    /// Sends update `id` to the agent's session here, or has the replica holding it send it.
     fn send(&self, agent_ref: &str, id: &str, r: &Release) -> Result<(), ErrorBody> {
-        self.agents.send_update(
-            agent_ref,
-            AgentUpdatePayload {
-                update_id: id.to_string(),
-                version: r.version.clone(),
-                target: r.target.clone(),
-                path: release_path(r),
-                size: r.size,
-            },
-        )
+        if !self.agents.is_online(agent_ref) && self.cluster.holder_of_agent(agent_ref).is_some() {
+            self.cluster.notifier().send(WakeUp::SendUpdate {
+                agent: agent_ref.to_string(),
+                update: id.to_string(),
+            });
+            return Ok(());
+        }
+        self.agents.send_update(agent_ref, payload(id, r))
     }
 
     async fn fail(&self, id: &str, agent_ref: &str, e: &ErrorBody) {
@@ -258,10 +293,7 @@ impl Updates {
     pub async fn wait(&self, id: &str, limit: Duration) -> Result<AgentUpdateRecord, ErrorBody> {
         let deadline = Instant::now() + limit;
         // The caller just sent it to the session there is now.
-        let mut sent_to = self
-            .agents
-            .status(&self.get(id).await?.agent_ref)
-            .map(|s| s.session_id);
+        let mut sent_to = self.session_of(&self.get(id).await?.agent_ref);
         loop {
             let row = self.get(id).await?;
             if is_final(&row.state) {
@@ -280,7 +312,7 @@ impl Updates {
                 return self.get(id).await;
             }
             // A pending update goes to each new session of the agent once.
-            let session = self.agents.status(&row.agent_ref).map(|s| s.session_id);
+            let session = self.session_of(&row.agent_ref);
             if row.state == "pending" && session.is_some() && session != sent_to {
                 self.resume(&row).await;
                 sent_to = session;
@@ -293,4 +325,43 @@ impl Updates {
 fn internal(e: crate::store::StoreError) -> ErrorBody {
     tracing::error!(error = %e, "agent update: database error");
     ErrorBody::new(ErrorCode::Internal, "database error")
+}
+
+fn payload(id: &str, r: &Release) -> AgentUpdatePayload {
+    AgentUpdatePayload {
+        update_id: id.to_string(),
+        version: r.version.clone(),
+        target: r.target.clone(),
+        path: release_path(r),
+        size: r.size,
+    }
+}
+
+/// Another replica started update `id` of an agent held here: it is sent from here (the
+/// agent downloads the release from this replica, whose shelf must hold it too).
+async fn send_held_here(store: &Store, agents: &AgentManager, shelf: &Shelf, id: &str) {
+    let row = match store.get_agent_update(id).await {
+        Ok(Some(r)) if !is_final(&r.state) => r,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(update_id = %id, error = %e, "reading an update started elsewhere failed");
+            return;
+        }
+    };
+    let sent = match shelf.get(&row.version, &row.target) {
+        Some(r) => agents.send_update(&row.agent_ref, payload(id, &r)),
+        None => Err(ErrorBody::new(
+            ErrorCode::NotFound,
+            format!(
+                "no release {} for {} on the replica holding the agent (add it there too)",
+                row.version, row.target
+            ),
+        )),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(update_id = %id, error = %e.message, "an update started elsewhere could not be sent");
+        let _ = store
+            .set_agent_update_state(id, &row.agent_ref, "failed", None, Some(&e))
+            .await;
+    }
 }

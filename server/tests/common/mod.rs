@@ -124,10 +124,15 @@ pub async fn state(db: &TestDb) -> AppState {
 
 /// A user token with `role`.
 pub async fn token(state: &AppState, name: &str, role: Role) -> String {
-    let (_, t, _) = server::api::tokens_issue(&state.store, name, role, None, Vec::new())
+    token_and_id(state, name, role).await.0
+}
+
+/// A user token with `role`, and its id.
+pub async fn token_and_id(state: &AppState, name: &str, role: Role) -> (String, String) {
+    let (id, t, _) = server::api::tokens_issue(&state.store, name, role, None, Vec::new())
         .await
         .expect("token");
-    t.expose().to_string()
+    (t.expose().to_string(), id)
 }
 
 /// One request through the router (no port). Returns the status and the JSON body (or the
@@ -343,4 +348,52 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Opens the live feed `/api/v1/stream{query}` on `addr` with `token`; its first message
+/// (`subscribed`) is read.
+pub async fn open_feed(addr: SocketAddr, token: &str, query: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/api/v1/stream{query}")
+        .into_client_request()
+        .expect("feed request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (mut feed, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("stream connect");
+    assert_eq!(feed_next(&mut feed).await["type"], "subscribed");
+    feed
+}
+
+/// The feed's next JSON message; panics when it ends or nothing comes within 10 s.
+pub async fn feed_next(feed: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("feed message in time")
+        {
+            Some(Ok(WsMsg::Text(t))) => return serde_json::from_str::<Value>(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("feed ended: {other:?}"),
+        }
+    }
+}
+
+/// Writes a fake agent binary and its signature by `key` (version and target in the
+/// signature's comment); returns the binary's path.
+pub fn signed_release(
+    dir: &std::path::Path,
+    key: &server::releases::SecretKey,
+    version: &str,
+    target: &str,
+) -> std::path::PathBuf {
+    let file = dir.join(format!("agent-{version}"));
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, bytes).unwrap();
+    let comment = format!("file:docker-ctl-agent version:{version} target:{target}");
+    server::releases::sign_file(key, &file, Some(&comment)).unwrap();
+    file
 }

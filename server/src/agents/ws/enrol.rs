@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use super::super::sampling::Sample;
 use super::{close, send, AgentEndpoint, CLOSE_NORMAL, CLOSE_POLICY};
 use crate::auth::{generate_token, hash_token, hashes_equal, AGENT_TOKEN_PREFIX};
+use crate::cluster::WakeUp;
 use crate::enrolment::{self, Refusal};
 use crate::error::ApiError;
 use crate::forwarded::ClientIp;
@@ -233,6 +234,10 @@ async fn record_enrolled(
     ip: Option<IpAddr>,
 ) {
     for old in &e.revoked {
+        // Wherever the replaced agent's session is held.
+        ep.cluster.notifier().send(WakeUp::RevokeAgent {
+            agent: old.id.clone(),
+        });
         ep.agents.disconnect(
             &old.id,
             "the machine enrolled again: these credentials were replaced",
