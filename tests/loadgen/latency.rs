@@ -26,6 +26,21 @@ const WARMUP: usize = 50;
 /// The four paths, in the order they are printed.
 const PATHS: [&str; 4] = ["direct", "relay", "passthrough", "operation"];
 
+/// Paths measured side by side, call by call; path 0 is the reference the others are
+/// compared with.
+pub(crate) trait Calls {
+    /// The paths' names, in the order they are printed.
+    fn names(&self) -> &[&'static str];
+
+    /// One call on path `i`.
+    async fn call(&self, i: usize) -> Result<(), Fail>;
+
+    /// Whether path `i` is printed with what it adds over path 0.
+    fn compared(&self, i: usize) -> bool {
+        i > 0
+    }
+}
+
 pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
     let server = ServerProc::start(args.database_url.clone(), 5)?;
     let api = Api::new(&server.addr, &server.token);
@@ -56,10 +71,10 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
         let mut rounds = Vec::new();
         for r in 0..args.rounds {
             let samples = measure(&paths, args.calls, r).await?;
-            print_round(r + 1, &samples);
+            print_round(&paths, r + 1, &samples);
             rounds.push(samples);
         }
-        Ok::<_, Fail>(rounds)
+        Ok::<_, Fail>((paths, rounds))
     }
     .await;
     remove_containers(&label);
@@ -67,8 +82,8 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
     let server_rss = rss_bytes(server.pid());
     let _ = agent.kill();
     let _ = agent.wait();
-    let rounds = result?;
-    print_best(&rounds);
+    let (paths, rounds) = result?;
+    print_best(&paths, "", &rounds);
     println!(
         "RSS after the run: agent {:.2} MiB, server {:.1} MiB",
         mib(agent_rss),
@@ -91,7 +106,7 @@ fn agent_binary(args: &Args) -> PathBuf {
     bin("docker-ctl-agent")
 }
 
-fn start_agent(
+pub(crate) fn start_agent(
     agent_bin: &PathBuf,
     dir: &std::path::Path,
     addr: &str,
@@ -259,8 +274,11 @@ struct Paths {
     relay: RelayHttp,
 }
 
-impl Paths {
-    /// One call on path `i` of [`PATHS`].
+impl Calls for Paths {
+    fn names(&self) -> &[&'static str] {
+        &PATHS
+    }
+
     async fn call(&self, i: usize) -> Result<(), Fail> {
         match i {
             0 => self.direct.get(LIST).await.map(drop),
@@ -282,7 +300,12 @@ impl Paths {
 
 /// A call on the REST API that keeps the body as bytes (no client-side JSON decoding, as on
 /// the other paths).
-async fn api_call(api: &Api, method: &str, path: &str, body: Option<&str>) -> Result<usize, Fail> {
+pub(crate) async fn api_call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<usize, Fail> {
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(format!("{}{path}", api.base))
@@ -297,20 +320,25 @@ async fn api_call(api: &Api, method: &str, path: &str, body: Option<&str>) -> Re
 /// One round: a warm-up, then `calls` calls per path, interleaved (the order rotates every
 /// call so no path always follows another). Returns each path's sorted latencies in ms.
 ///
-/// `LATENCY_ONLY=passthrough` (a name of [`PATHS`]) calls only that path after the warm-up,
-/// so a profiler attached to the server or the agent sees one path alone.
-async fn measure(paths: &Paths, calls: usize, round: usize) -> Result<Vec<Vec<f64>>, Fail> {
+/// `LATENCY_ONLY=passthrough` (a path's name) calls only that path after the warm-up, so a
+/// profiler attached to the server or the agent sees one path alone.
+pub(crate) async fn measure(
+    paths: &impl Calls,
+    calls: usize,
+    round: usize,
+) -> Result<Vec<Vec<f64>>, Fail> {
+    let n = paths.names().len();
     for k in 0..WARMUP {
-        for i in 0..PATHS.len() {
-            paths.call((i + k) % PATHS.len()).await?;
+        for i in 0..n {
+            paths.call((i + k) % n).await?;
         }
     }
     let only = std::env::var("LATENCY_ONLY").ok();
-    let only = only.and_then(|n| PATHS.iter().position(|p| *p == n));
-    let mut samples = vec![Vec::with_capacity(calls); PATHS.len()];
+    let only = only.and_then(|o| paths.names().iter().position(|p| *p == o));
+    let mut samples = vec![Vec::with_capacity(calls); n];
     for k in 0..calls {
-        for j in 0..PATHS.len() {
-            let i = (j + k + round) % PATHS.len();
+        for j in 0..n {
+            let i = (j + k + round) % n;
             if only.is_some_and(|o| o != i) {
                 continue;
             }
@@ -325,37 +353,42 @@ async fn measure(paths: &Paths, calls: usize, round: usize) -> Result<Vec<Vec<f6
     Ok(samples)
 }
 
-/// (p50, p99) of a path, and what it adds over the direct socket.
+/// (p50, p99) of a path, and what it adds over path 0.
 fn figures(samples: &[Vec<f64>], i: usize) -> (f64, f64, f64, f64) {
     let (p50, p99) = (percentile(&samples[i], 50.0), percentile(&samples[i], 99.0));
     let (d50, d99) = (percentile(&samples[0], 50.0), percentile(&samples[0], 99.0));
     (p50, p99, p50 - d50, p99 - d99)
 }
 
-fn print_round(round: usize, samples: &[Vec<f64>]) {
-    for (i, name) in PATHS.iter().enumerate() {
+pub(crate) fn print_round(paths: &impl Calls, round: usize, samples: &[Vec<f64>]) {
+    for (i, name) in paths.names().iter().enumerate() {
         let (p50, p99, a50, a99) = figures(samples, i);
         let max = samples[i].last().copied().unwrap_or(f64::NAN);
+        let added = if paths.compared(i) {
+            format!("  added p50 {a50:+.3} ms  p99 {a99:+.3} ms")
+        } else {
+            String::new()
+        };
         println!(
-            "round {round} {name:<12} p50 {p50:.3} ms  p99 {p99:.3} ms  max {max:.2} ms  added p50 {a50:+.3} ms  p99 {a99:+.3} ms"
+            "round {round} {name:<12} p50 {p50:.3} ms  p99 {p99:.3} ms  max {max:.2} ms{added}"
         );
     }
 }
 
-/// The better of the rounds, per figure, as `METRIC` lines.
-fn print_best(rounds: &[Vec<Vec<f64>>]) {
-    for (i, name) in PATHS.iter().enumerate() {
+/// The better of the rounds, per figure, as `METRIC` lines named `{prefix}{path}_...`.
+pub(crate) fn print_best(paths: &impl Calls, prefix: &str, rounds: &[Vec<Vec<f64>>]) {
+    for (i, name) in paths.names().iter().enumerate() {
         let best = |f: fn((f64, f64, f64, f64)) -> f64| {
             rounds
                 .iter()
                 .map(|s| f(figures(s, i)))
                 .fold(f64::INFINITY, f64::min)
         };
-        println!("METRIC {name}_p50_ms {:.3}", best(|f| f.0));
-        println!("METRIC {name}_p99_ms {:.3}", best(|f| f.1));
-        if i > 0 {
-            println!("METRIC {name}_added_p50_ms {:.3}", best(|f| f.2));
-            println!("METRIC {name}_added_p99_ms {:.3}", best(|f| f.3));
+        println!("METRIC {prefix}{name}_p50_ms {:.3}", best(|f| f.0));
+        println!("METRIC {prefix}{name}_p99_ms {:.3}", best(|f| f.1));
+        if paths.compared(i) {
+            println!("METRIC {prefix}{name}_added_p50_ms {:.3}", best(|f| f.2));
+            println!("METRIC {prefix}{name}_added_p99_ms {:.3}", best(|f| f.3));
         }
     }
 }

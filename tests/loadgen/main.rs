@@ -10,13 +10,18 @@
 //! docker-ctl-loadgen capacity|storm --tls ...   (the server's own TLS listener, a test CA)
 //! docker-ctl-loadgen latency  --calls 1000 [--rounds 2] [--containers 6] [--agent PATH]
 //! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
+//! docker-ctl-loadgen replicas --database-url URL [--part hop|routed|failover] [--calls 1000]
+//!                             [--agents 1000] [--rate 1000] [--duration 10] [--failover-agents 3000]
 //! ```
+//!
+//! `replicas` runs several server replicas on one PostgreSQL database (see `replicas.rs`).
 //!
 //! `bulk` times one bulk operation (`container.restart` on every simulated host, selected by
 //! label) from its creation to its last result, with the server's CPU and memory, and on
 //! PostgreSQL the rows written per host (from `pg_stat_user_tables`).
 
 mod latency;
+mod replicas;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
@@ -25,7 +30,7 @@ use protocol::{
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -52,6 +57,10 @@ struct Args {
     agent: Option<String>,
     parallel: u32,
     tls: bool,
+    /// replicas: which part (`hop`, `routed`, `failover`; all when absent).
+    part: Option<String>,
+    /// replicas: agents held by the replica that dies.
+    failover_agents: usize,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +78,8 @@ fn parse_args() -> Args {
         agent: None,
         parallel: 100,
         tls: false,
+        part: None,
+        failover_agents: 3000,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -104,6 +115,12 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|_| die("--parallel: 1 to 1000"))
             }
             "--tls" => a.tls = true,
+            "--part" => a.part = Some(val()),
+            "--failover-agents" => {
+                a.failover_agents = val()
+                    .parse()
+                    .unwrap_or_else(|_| die("--failover-agents: a number"))
+            }
             other => die(&format!("unknown option {other}")),
         }
     }
@@ -115,11 +132,12 @@ fn parse_args() -> Args {
     a.rounds = a.rounds.clamp(1, 10);
     a.containers = a.containers.clamp(0, 100);
     a.parallel = a.parallel.clamp(1, 1000);
+    a.failover_agents = a.failover_agents.clamp(1, 20_000);
     a
 }
 
 fn die(msg: &str) -> ! {
-    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--rounds N] [--containers N] [--agent PATH] [--sweep] [--parallel P] [--tls] [--database-url URL]");
+    eprintln!("docker-ctl-loadgen: {msg}\nusage: docker-ctl-loadgen capacity|storm|latency|bulk|replicas [--agents N] [--rate R] [--duration S] [--heartbeat S] [--calls N] [--rounds N] [--containers N] [--agent PATH] [--sweep] [--parallel P] [--tls] [--database-url URL] [--part hop|routed|failover] [--failover-agents N]");
     std::process::exit(2)
 }
 
@@ -135,7 +153,8 @@ fn main() {
             "storm" => storm(&args).await,
             "latency" => latency::run(&args).await,
             "bulk" => bulk(&args).await,
-            _ => die("mode must be capacity, storm, latency or bulk"),
+            "replicas" => replicas::run(&args).await,
+            _ => die("mode must be capacity, storm, latency, bulk or replicas"),
         }
     });
     if let Err(e) = r {
@@ -156,6 +175,16 @@ struct ServerProc {
     env: Vec<(String, String)>,
     /// With `--tls`: the test CA and certificate the server serves.
     tls: Option<tls::Pki>,
+    /// As one replica of several on one PostgreSQL database.
+    replica: Option<Replica>,
+}
+
+/// What makes a server one replica of a cluster: its id, and the at-rest key every replica
+/// of the cluster shares (base64 of 32 bytes, written to its config file).
+#[derive(Clone)]
+struct Replica {
+    id: String,
+    key: String,
 }
 
 /// A workspace binary: beside this one, or in `LOADGEN_BIN_DIR` (to compare builds).
@@ -188,56 +217,104 @@ impl ServerProc {
         heartbeat: u64,
         tls: Option<tls::Pki>,
     ) -> Result<ServerProc, Fail> {
-        let data_dir = tempfile::tempdir()?;
-        let mut db_args = vec![
-            "--data-dir".to_string(),
-            data_dir.path().display().to_string(),
-        ];
-        if let Some(u) = &database_url {
-            db_args.extend(["--database-url".to_string(), u.clone()]);
-        }
-        let out = std::process::Command::new(bin("docker-ctl-server"))
-            .args(["token", "create", "--name", "loadgen", "--role", "admin"])
-            .args(&db_args)
-            .output()?;
-        if !out.status.success() {
-            return Err(format!("token create: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        let token = String::from_utf8(out.stdout)?.trim().to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut s = ServerProc {
-            child: std::process::Command::new("true").spawn()?,
-            addr: format!("127.0.0.1:{port}"),
-            data_dir,
-            database_url,
-            token,
-            env: vec![(
-                "DOCKER_CTL_HEARTBEAT_INTERVAL".into(),
-                heartbeat.to_string(),
-            )],
-            tls,
+        let mut s = ServerProc::prepare(database_url, heartbeat, tls, None)?;
+        s.token = s.token_create()?;
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// Replica `replica` of a cluster on the PostgreSQL database `database_url`, reached
+    /// with `token` (made by the first replica: tokens live in the shared database).
+    fn start_replica(
+        database_url: &str,
+        heartbeat: u64,
+        replica: Replica,
+        token: Option<String>,
+    ) -> Result<ServerProc, Fail> {
+        let mut s = ServerProc::prepare(
+            Some(database_url.to_string()),
+            heartbeat,
+            None,
+            Some(replica),
+        )?;
+        s.token = match token {
+            Some(t) => t,
+            None => s.token_create()?,
         };
         s.spawn()?;
         Ok(s)
     }
 
-    fn spawn(&mut self) -> Result<(), Fail> {
+    /// A server not started yet: its data directory, its config file and a free port.
+    fn prepare(
+        database_url: Option<String>,
+        heartbeat: u64,
+        tls: Option<tls::Pki>,
+        replica: Option<Replica>,
+    ) -> Result<ServerProc, Fail> {
+        let data_dir = tempfile::tempdir()?;
         // The load comes from one admin token: lift the per-token API rate limit.
-        let config = self.data_dir.path().join("server.yaml");
-        std::fs::write(&config, "api_requests_per_second: 1000000\n")?;
+        let mut config = "api_requests_per_second: 1000000\n".to_string();
+        if let Some(r) = &replica {
+            config.push_str(&format!("encryption_key: {}\n", r.key));
+        }
+        std::fs::write(data_dir.path().join("server.yaml"), config)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(ServerProc {
+            child: std::process::Command::new("true").spawn()?,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir,
+            database_url,
+            token: String::new(),
+            env: vec![(
+                "DOCKER_CTL_HEARTBEAT_INTERVAL".into(),
+                heartbeat.to_string(),
+            )],
+            tls,
+            replica,
+        })
+    }
+
+    /// The arguments every subcommand takes: config, data directory, database.
+    fn store_args(&self) -> Vec<String> {
+        let dir = self.data_dir.path();
+        let mut a = vec![
+            "--config".to_string(),
+            dir.join("server.yaml").display().to_string(),
+            "--data-dir".to_string(),
+            dir.display().to_string(),
+        ];
+        if let Some(u) = &self.database_url {
+            a.extend(["--database-url".to_string(), u.clone()]);
+        }
+        a
+    }
+
+    /// `token create` of an admin token for the load.
+    fn token_create(&self) -> Result<String, Fail> {
+        let out = std::process::Command::new(bin("docker-ctl-server"))
+            .args(["token", "create", "--name", "loadgen", "--role", "admin"])
+            .args(self.store_args())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("token create: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    fn spawn(&mut self) -> Result<(), Fail> {
         let mut cmd = std::process::Command::new(bin("docker-ctl-server"));
         cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &self.addr, "--data-dir"])
-            .arg(self.data_dir.path());
-        if let Some(u) = &self.database_url {
-            cmd.args(["--database-url", u]);
-        }
+            .args(["--listen", &self.addr])
+            .args(self.store_args());
         if let Some(pki) = &self.tls {
             cmd.args(pki.server_args());
+        }
+        if let Some(r) = &self.replica {
+            cmd.args(["--replica-id", &r.id, "--advertise-url"])
+                .arg(format!("http://{}", self.addr));
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -472,11 +549,26 @@ struct Counters {
     heartbeats: AtomicU64,
     /// Milliseconds since the storm's start of each successful authentication.
     arrivals: Mutex<Vec<u64>>,
-    /// Unix time (ms) of each agent's last heartbeat marker, for lag sampling.
+    /// Set to end every simulated agent.
     stop: AtomicBool,
+    /// Sessions online per server slot (see [`SimAgent::servers`]).
+    online_on: [AtomicI64; 4],
 }
 
 impl Counters {
+    fn on(&self, slot: usize, delta: i64) {
+        if let Some(n) = self.online_on.get(slot) {
+            n.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions online on server slot `slot`.
+    fn online_at(&self, slot: usize) -> i64 {
+        self.online_on
+            .get(slot)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
     fn fail(&self, cause: impl Into<String>) {
         self.failed_handshakes.fetch_add(1, Ordering::Relaxed);
         self.failures.add(cause);
@@ -493,22 +585,35 @@ fn canned_containers() -> Value {
 
 struct SimAgent {
     dialer: tls::Dialer,
-    ws_url: String,
+    /// The servers it knows, in order: `(slot, ws base URL)`; the slot counts its sessions
+    /// in [`Counters::online_on`].
+    servers: Vec<(usize, String)>,
     agent_id: String,
     token: String,
     heartbeat: Duration,
+    /// How long a session must last to reset the backoff (the agent's
+    /// `reconnection.stable_after`); zero resets it at every authentication.
+    stable_after: Duration,
 }
 
 /// One simulated agent: connects, authenticates, heartbeats, answers commands, and
 /// reconnects with the seed's backoff (base 1 s, factor 2, max 60 s, +10% jitter).
+///
+/// With several servers it does what the real agent does (`connection/reconnect.rs`): each
+/// round tries them in order, the next at once when one cannot be reached (no TCP, TLS or
+/// WebSocket connection), and backs off only when none could or after a session ended;
+/// every round starts again with the first.
 async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
     let mut attempt: u32 = 0;
+    let mut next = 0;
     let cfg = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20);
     while !c.stop.load(Ordering::Relaxed) {
-        let url = format!("{}/ws/agents/{}", a.ws_url, a.agent_id);
+        let i = next % a.servers.len().max(1);
+        let (slot, base) = &a.servers[i];
+        let url = format!("{base}/ws/agents/{}", a.agent_id);
         let connected = a
             .dialer
             .websocket(&url, Some(cfg), Duration::from_secs(20))
@@ -521,10 +626,16 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
                 } else {
                     c.fail(e.label());
                 }
+                next = i + 1;
+                if next < a.servers.len() {
+                    continue;
+                }
+                next = 0;
                 backoff(&mut attempt).await;
                 continue;
             }
         };
+        next = 0;
         let auth = Envelope::new(
             format!("auth-{}", a.agent_id),
             Message::Auth(AuthPayload {
@@ -565,9 +676,10 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
             backoff(&mut attempt).await;
             continue;
         }
-        attempt = 0;
+        let since = Instant::now();
         c.auth_ok.fetch_add(1, Ordering::Relaxed);
         c.online.fetch_add(1, Ordering::Relaxed);
+        c.on(*slot, 1);
         if let Ok(mut v) = c.arrivals.lock() {
             v.push(t0.elapsed().as_millis() as u64);
         }
@@ -614,10 +726,15 @@ async fn run_sim_agent(a: SimAgent, c: Arc<Counters>, t0: Instant) {
             if c.stop.load(Ordering::Relaxed) {
                 let _ = ws.close(None).await;
                 c.online.fetch_sub(1, Ordering::Relaxed);
+                c.on(*slot, -1);
                 return;
             }
         }
         c.online.fetch_sub(1, Ordering::Relaxed);
+        c.on(*slot, -1);
+        if since.elapsed() >= a.stable_after {
+            attempt = 0;
+        }
         backoff(&mut attempt).await;
     }
 }
@@ -637,22 +754,49 @@ async fn start_agents(
     c: &Arc<Counters>,
     t0: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut handles = Vec::with_capacity(creds.len());
-    for (i, (_, agent_id, token)) in creds.iter().enumerate() {
-        let a = SimAgent {
-            dialer: server.dialer(),
-            ws_url: server.dialer().ws_base(&server.addr),
-            agent_id: agent_id.clone(),
-            token: token.clone(),
-            heartbeat: Duration::from_secs(heartbeat),
-        };
-        handles.push(tokio::spawn(run_sim_agent(a, c.clone(), t0)));
-        // Ramp up: 1,000 connections per second at most while first connecting.
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let base = server.dialer().ws_base(&server.addr);
+    let plan = Fleet {
+        dialer: server.dialer(),
+        heartbeat: Duration::from_secs(heartbeat),
+        stable_after: Duration::ZERO,
+    };
+    plan.start(creds, c, t0, |_| vec![(0, base.clone())]).await
+}
+
+/// How a group of simulated agents is started.
+struct Fleet {
+    dialer: tls::Dialer,
+    heartbeat: Duration,
+    stable_after: Duration,
+}
+
+impl Fleet {
+    /// Starts one simulated agent per credential; agent `i` knows the servers `servers(i)`.
+    async fn start(
+        &self,
+        creds: &[(String, String, String)],
+        c: &Arc<Counters>,
+        t0: Instant,
+        servers: impl Fn(usize) -> Vec<(usize, String)>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut handles = Vec::with_capacity(creds.len());
+        for (i, (_, agent_id, token)) in creds.iter().enumerate() {
+            let a = SimAgent {
+                dialer: self.dialer.clone(),
+                servers: servers(i),
+                agent_id: agent_id.clone(),
+                token: token.clone(),
+                heartbeat: self.heartbeat,
+                stable_after: self.stable_after,
+            };
+            handles.push(tokio::spawn(run_sim_agent(a, c.clone(), t0)));
+            // Ramp up: 1,000 connections per second at most while first connecting.
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
+        handles
     }
-    handles
 }
 
 async fn wait_online(c: &Counters, n: u64, timeout: Duration) -> Result<Duration, Fail> {
@@ -678,11 +822,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Sends commands to random hosts at `rate` per second for `secs`; returns (latencies ms, errors).
-async fn command_load(api: &Api, hosts: &[String], rate: u64, secs: u64) -> (Vec<f64>, u64) {
+/// What a run of [`command_load`] saw.
+struct Load {
+    /// Latencies of the answered commands, ms, sorted.
+    lat: Vec<f64>,
+    /// Each answered command: (index in `apis`, index in `hosts`, latency ms), unsorted.
+    calls: Vec<(usize, usize, f64)>,
+    errors: u64,
+    /// The errors by cause (`cause: count, ...`, or `none`).
+    causes: String,
+}
+
+/// Sends commands to random hosts at `rate` per second for `secs`, to the servers of `apis`
+/// in turn (round-robin).
+async fn command_load(apis: &[Api], hosts: &[String], rate: u64, secs: u64) -> Load {
     let total = rate * secs;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let errors = Arc::new(AtomicU64::new(0));
+    let causes = Arc::new(tls::Failures::default());
     let inflight = Arc::new(Semaphore::new(2048));
     let hosts = Arc::new(hosts.to_vec());
     let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -694,10 +851,13 @@ async fn command_load(api: &Api, hosts: &[String], rate: u64, secs: u64) -> (Vec
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let api = api.clone();
+        let a = i as usize % apis.len();
+        let api = apis[a].clone();
         let lat = lat.clone();
         let errors = errors.clone();
-        let host = hosts[rand::random::<u64>() as usize % hosts.len()].clone();
+        let causes = causes.clone();
+        let h = rand::random::<u64>() as usize % hosts.len();
+        let host = hosts[h].clone();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = api
@@ -711,11 +871,17 @@ async fn command_load(api: &Api, hosts: &[String], rate: u64, secs: u64) -> (Vec
             match r {
                 Ok((200, _)) => {
                     if let Ok(mut v) = lat.lock() {
-                        v.push(ms)
+                        v.push((a, h, ms))
                     }
                 }
-                _ => {
+                Ok((status, body)) => {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    let code = body["error"]["code"].as_str().or(body["code"].as_str());
+                    causes.add(format!("{status} {}", code.unwrap_or("-")));
+                }
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    causes.add(format!("request failed: {e}"));
                 }
             }
             drop(permit);
@@ -724,9 +890,15 @@ async fn command_load(api: &Api, hosts: &[String], rate: u64, secs: u64) -> (Vec
     for t in tasks {
         let _ = t.await;
     }
-    let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    let calls = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut v: Vec<f64> = calls.iter().map(|c| c.2).collect();
     v.sort_by(|a, b| a.total_cmp(b));
-    (v, errors.load(Ordering::Relaxed))
+    Load {
+        lat: v,
+        calls,
+        errors: errors.load(Ordering::Relaxed),
+        causes: causes.summary(),
+    }
 }
 
 /// Heartbeat processing lag: how long after a heartbeat is sent the server shows it.
@@ -835,7 +1007,8 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
 
     let cpu_b = cpu_secs(server.pid());
     let tl = Instant::now();
-    let (lat, errors) = command_load(&api, &hosts, args.rate, args.duration).await;
+    let Load { lat, errors, .. } =
+        command_load(std::slice::from_ref(&api), &hosts, args.rate, args.duration).await;
     let load_cpu = (cpu_secs(server.pid()) - cpu_b) / tl.elapsed().as_secs_f64() * 100.0;
     let rss2 = rss_bytes(server.pid());
 
@@ -881,7 +1054,9 @@ async fn capacity(args: &Args) -> Result<(), Fail> {
         let mut rate = args.rate;
         let mut best = 0;
         for _ in 0..6 {
-            let (l, e) = command_load(&api, &hosts, rate, 5).await;
+            let Load {
+                lat: l, errors: e, ..
+            } = command_load(std::slice::from_ref(&api), &hosts, rate, 5).await;
             let p99 = percentile(&l, 99.0);
             println!("sweep: {rate}/s -> p99 {p99:.2} ms, {e} errors");
             if p99 > 50.0 || e > 0 {
@@ -1074,14 +1249,7 @@ async fn storm(args: &Args) -> Result<(), Fail> {
     let took = wait_online(&c, n as u64, Duration::from_secs(180)).await?;
     let mut arrivals = c.arrivals.lock().map(|v| v.clone()).unwrap_or_default();
     arrivals.sort_unstable();
-    let mut max_window = 0;
-    let mut j = 0;
-    for i in 0..arrivals.len() {
-        while arrivals[i] - arrivals[j] >= 100 {
-            j += 1;
-        }
-        max_window = max_window.max(i - j + 1);
-    }
+    let max_window = max_in_window(&arrivals, 100);
     let failed = c.failed_handshakes.load(Ordering::Relaxed) - failed_before;
     println!("--- reconnect storm: N = {n} ---");
     println!(
@@ -1106,6 +1274,19 @@ async fn storm(args: &Args) -> Result<(), Fail> {
         h.abort();
     }
     Ok(())
+}
+
+/// The largest number of the sorted times `arrivals` (ms) within any `window` ms.
+fn max_in_window(arrivals: &[u64], window: u64) -> usize {
+    let mut max = 0;
+    let mut j = 0;
+    for i in 0..arrivals.len() {
+        while arrivals[i] - arrivals[j] >= window {
+            j += 1;
+        }
+        max = max.max(i - j + 1);
+    }
+    max
 }
 
 fn mib(b: u64) -> f64 {
