@@ -251,10 +251,14 @@ pub struct ReplicaArgs {
     /// [default: default]
     #[arg(long, env = "DOCKER_CTL_REPLICA_ID", value_name = "ID")]
     pub replica_id: Option<String>,
-    /// The http:// URL other replicas reach this one at (sets `advertise_url`)
+    /// The http:// or https:// URL other replicas reach this one at (sets `advertise_url`)
     /// [default: http://LISTEN]
     #[arg(long, env = "DOCKER_CTL_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
+    /// PEM file of the CA that signed the replicas' certificates, for forwarding to replicas
+    /// whose advertise URL is https:// (sets `replica_ca`)
+    #[arg(long, env = "DOCKER_CTL_REPLICA_CA", value_name = "FILE")]
+    pub replica_ca: Option<PathBuf>,
     /// This replica's region (shown with the agents it holds) [default: none]
     #[arg(long, env = "DOCKER_CTL_REGION", value_name = "R")]
     pub region: Option<String>,
@@ -400,9 +404,13 @@ pub struct Config {
     /// This replica's id (`--replica-id` / `DOCKER_CTL_REPLICA_ID`), stored with each agent
     /// session and its presence. Default: `default`.
     pub server_id: Option<String>,
-    /// The `http://` URL other replicas reach this one at (`--advertise-url` /
+    /// The `http://` or `https://` URL other replicas reach this one at (`--advertise-url` /
     /// `DOCKER_CTL_ADVERTISE_URL`). None: `http://LISTEN`.
     pub advertise_url: Option<String>,
+    /// The CA (PEM file) that signed the replicas' certificates: the only trust for
+    /// forwarding to a replica whose advertise URL is `https://` (`--replica-ca` /
+    /// `DOCKER_CTL_REPLICA_CA`). Required when this replica's own URL is `https://`.
+    pub replica_ca: Option<PathBuf>,
     /// This replica's region (`--region` / `DOCKER_CTL_REGION`).
     pub region: Option<String>,
     /// Seconds between this replica's heartbeats in the database. A replica silent for 3
@@ -518,6 +526,7 @@ impl Default for Config {
             shutdown_timeout: Seconds::secs(10),
             server_id: None,
             advertise_url: None,
+            replica_ca: None,
             region: None,
             replica_heartbeat_interval: Seconds::secs(2),
             public_url: None,
@@ -593,6 +602,7 @@ impl ServeArgs {
         put(&mut m, "trusted_proxies", &self.trusted_proxies);
         put(&mut m, "server_id", &self.replica.replica_id);
         put(&mut m, "advertise_url", &self.replica.advertise_url);
+        put(&mut m, "replica_ca", &self.replica.replica_ca);
         put(&mut m, "region", &self.replica.region);
         let a = &self.agent;
         let mut am = Map::new();
@@ -725,6 +735,9 @@ impl Config {
         }
         if let Some(u) = &self.advertise_url {
             check_advertise_url(u)?;
+            if u.starts_with("https://") && self.replica_ca.is_none() {
+                bail!("advertise_url {u:?} is https://: set replica_ca (--replica-ca), the CA that signed the replicas' certificates");
+            }
         }
         if self.replica_heartbeat_interval.get() < Duration::from_millis(100)
             || self.replica_heartbeat_interval.get() > Duration::from_secs(60)
@@ -782,13 +795,15 @@ pub fn valid_name(s: &str) -> bool {
 /// (Replicas authenticate each other with the cluster credential; TLS between them is not
 /// offered yet.)
 pub fn check_advertise_url(u: &str) -> anyhow::Result<()> {
-    let rest = u.strip_prefix("http://");
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
     let ok = rest.is_some_and(|r| {
         let r = r.trim_end_matches('/');
         !r.is_empty() && !r.contains(['/', '?', '#', '@']) && r.len() <= 255
     }) && u.bytes().all(|b| b.is_ascii_graphic());
     if !ok {
-        bail!("advertise_url {u:?} must be an http:// URL of this replica (scheme, host and port only)");
+        bail!("advertise_url {u:?} must be an http:// or https:// URL of this replica (scheme, host and port only)");
     }
     Ok(())
 }
@@ -943,6 +958,7 @@ mod tests {
         for bad in [
             json!({"advertise_url": "ws://x:1"}),
             json!({"advertise_url": "https://x:1"}),
+            json!({"advertise_url": "https://x:1/path"}),
             json!({"advertise_url": "http://x:1/path"}),
             json!({"advertise_url": "http://"}),
             json!({"server_id": "a b"}),
@@ -952,6 +968,14 @@ mod tests {
         ] {
             assert!(Config::from_layers(None, bad.clone()).is_err(), "{bad}");
         }
+        let err = Config::from_layers(None, json!({"advertise_url": "https://x:1"})).unwrap_err();
+        assert!(format!("{err:#}").contains("replica_ca"), "{err:#}");
+        let tls = Config::from_layers(
+            None,
+            json!({"advertise_url": "https://r1.internal:8443/", "replica_ca": "/etc/ca.pem"}),
+        )
+        .unwrap();
+        assert_eq!(tls.advertise_url(), "https://r1.internal:8443");
     }
 
     #[test]

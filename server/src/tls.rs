@@ -1,6 +1,7 @@
 //! The server side of TLS on the listener: the one rustls [`ServerConfig`] built from
 //! `--tls-cert`/`--tls-key` (shared by every connection), and [`TlsStream`], a connection that
-//! holds no buffer while it is idle.
+//! holds no buffer while it is idle. Also the one rustls client config builder
+//! ([`client_config`]) for what the server dials over TLS (Docker hosts, other replicas).
 //!
 //! Why not `tokio_rustls`: a buffered rustls connection keeps a 4 KiB receive buffer (and its
 //! other buffers' spare room) for its whole life, and an agent's session is idle nearly all
@@ -11,7 +12,7 @@
 //! The handshake, the record layer, versions and cipher suites are rustls' own (ring provider,
 //! its safe defaults: TLS 1.2 and 1.3); this module only moves bytes.
 //!
-//! Owns: the TLS server config and the TLS connection stream. Must not: know HTTP, or keep a
+//! Owns: the TLS configs and the server's TLS connection stream. Must not: know HTTP, or keep a
 //! buffer around while a connection waits.
 
 use std::io;
@@ -26,6 +27,52 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// TLS material of an https host (the key already decrypted).
+pub struct TlsMaterial {
+    pub ca_pem: Option<String>,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<protocol::Secret>,
+    pub server_name: Option<String>,
+}
+
+/// A rustls client config: the CA of `tls` (or the web PKI roots) and its client certificate.
+/// For https Docker hosts and for replicas that forward to each other over https.
+pub fn client_config(tls: &TlsMaterial) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_pem {
+        Some(ca) => {
+            for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                let cert = cert.map_err(|e| format!("tls_ca: {e}"))?;
+                roots.add(cert).map_err(|e| format!("tls_ca: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("tls_ca holds no PEM certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match (&tls.cert_pem, &tls.key_pem) {
+        (Some(cert), Some(key)) => {
+            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tls_cert: {e}"))?;
+            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+                .map_err(|e| format!("tls_key: {e}"))?
+                .ok_or("tls_key holds no PEM private key")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("tls_cert and tls_key go together".into()),
+    }
+}
 
 /// How many bytes one read from the socket may take: a whole TLS record (16 KiB of payload
 /// and its header and tag), so a bulk stream needs one read per record.

@@ -29,6 +29,7 @@ fn identity(id: &str) -> Identity {
         id: id.into(),
         advertise_url: format!("http://{id}.invalid:8080"),
         region: None,
+        replica_ca: None,
     }
 }
 
@@ -241,12 +242,24 @@ async fn a_silent_replica_loses_its_claims() {
 
 /// A replica listening on a real port, its config advertising that address.
 async fn replica_on_port(db: &TestDb, id: &str) -> (AppState, Running) {
+    replica_with(db, id, |c, addr| {
+        c.advertise_url = Some(format!("http://{addr}"))
+    })
+    .await
+}
+
+/// A replica on a real port, its config tuned by `tune` (given the port's address).
+async fn replica_with(
+    db: &TestDb,
+    id: &str,
+    tune: impl FnOnce(&mut server::config::Config, std::net::SocketAddr),
+) -> (AppState, Running) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().unwrap();
     let mut c = replica_config(db, id, "eu");
-    c.advertise_url = Some(format!("http://{addr}"));
+    tune(&mut c, addr);
     let state = state_with(db, c).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, state.clone(), async move {
@@ -794,4 +807,64 @@ async fn an_agent_update_started_on_one_replica_is_sent_by_the_holder() {
     assert_eq!(sent.update_id, update_id);
     assert_eq!(sent.version, "3.0.0");
     stop_all(rs).await;
+}
+
+/// Replicas whose advertise URLs are https:// reach each other over TLS, trusting only
+/// `replica_ca`: B (which has the CA) follows the feed of A (a TLS listener, an https URL)
+/// and sees A's events; C (without the CA) cannot reach A at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_https_urls_reach_each_other_trusting_the_replica_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let ca = pki.path().join("ca.crt");
+    let db = TestDb::postgres().await;
+    let (a, ra) = replica_with(&db, "a", |c, addr| {
+        c.tls_cert = Some(pki.path().join("server.crt"));
+        c.tls_key = Some(pki.path().join("server.key"));
+        c.advertise_url = Some(format!("https://{addr}"));
+        c.replica_ca = Some(ca.clone());
+    })
+    .await;
+    let (b, rb) = replica_with(&db, "b", |c, addr| {
+        c.advertise_url = Some(format!("http://{addr}"));
+        c.replica_ca = Some(ca.clone());
+    })
+    .await;
+    let (c, rc) = replica_on_port(&db, "c").await;
+    let (mut at_b, mut at_c) = (b.feed.subscribe(), c.feed.subscribe());
+    let seen_at_b = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            a.feed
+                .publish("tls-probe", Some("h-tls"), json!({ "n": 1 }));
+            let got = tokio::time::timeout(Duration::from_millis(200), at_b.recv()).await;
+            if let Ok(Ok(ev)) = got {
+                if ev.body["type"] == "tls-probe" {
+                    return ev;
+                }
+            }
+        }
+    })
+    .await
+    .expect("B follows A's feed over https");
+    assert_eq!(seen_at_b.origin.as_deref(), Some("a"));
+    assert_eq!(seen_at_b.host_id.as_deref(), Some("h-tls"));
+    // C has followed for as long: it never got through A's TLS (it trusts no CA for it).
+    a.feed
+        .publish("tls-probe", Some("h-tls"), json!({ "n": 2 }));
+    let mut at_c_probe = false;
+    while let Ok(ev) = at_c.try_recv() {
+        at_c_probe |= ev.body["type"] == "tls-probe";
+    }
+    assert!(!at_c_probe, "C reached A's https URL without the CA");
+    // A's listener serves TLS only: the plain client of C cannot use it as http://.
+    let plain = server::cluster::transport::client(None).unwrap();
+    let req = hyper::Request::get(format!("http://{}/healthz", ra.addr))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), plain.request(req)).await;
+    assert!(
+        !matches!(answered, Ok(Ok(ref r)) if r.status().is_success()),
+        "A answered plain HTTP"
+    );
+    stop_all(vec![(a, ra), (b, rb), (c, rc)]).await;
 }

@@ -22,6 +22,7 @@ pub mod credential;
 pub mod lock;
 pub mod notify;
 pub mod peer_feed;
+pub mod transport;
 
 pub use crate::store::MISSED_HEARTBEATS;
 pub use credential::Credential;
@@ -43,6 +44,8 @@ pub struct Identity {
     pub id: String,
     pub advertise_url: String,
     pub region: Option<String>,
+    /// The CA this replica trusts for the other replicas' `https://` URLs.
+    pub replica_ca: Option<std::path::PathBuf>,
 }
 
 impl Identity {
@@ -51,6 +54,7 @@ impl Identity {
             id: config.replica_id(),
             advertise_url: config.advertise_url(),
             region: config.region.clone(),
+            replica_ca: config.replica_ca.clone(),
         }
     }
 }
@@ -91,6 +95,8 @@ struct Inner {
     interval: Duration,
     view: RwLock<View>,
     credential: Credential,
+    /// The one client this replica reaches the others with.
+    client: transport::ReplicaClient,
     notifier: Notifier,
     /// Turns true when [`Cluster::run`] ends (the replica is stopping).
     stopping: watch::Sender<bool>,
@@ -126,6 +132,7 @@ impl Cluster {
         interval: Duration,
     ) -> anyhow::Result<Cluster> {
         let credential = Credential::load_or_create(&store, keys).await?;
+        let client = transport::client(me.replica_ca.as_deref())?;
         let interval_ms = interval.as_millis().max(1) as i64;
         let epoch = store
             .replica_started(&me.id, &me.advertise_url, me.region.as_deref(), interval_ms)
@@ -148,6 +155,7 @@ impl Cluster {
             interval,
             view: RwLock::new(View::default()),
             credential,
+            client,
             stopping: watch::channel(false).0,
         }));
         c.refresh().await;
@@ -169,6 +177,12 @@ impl Cluster {
     /// The credential replicas forward with.
     pub fn credential(&self) -> &Credential {
         &self.0.credential
+    }
+
+    /// The client to reach other replicas with (`http://` or, trusting `replica_ca`,
+    /// `https://`): one pool, cheap to clone.
+    pub fn client(&self) -> transport::ReplicaClient {
+        self.0.client.clone()
     }
 
     /// Wake-ups to and from the other replicas.

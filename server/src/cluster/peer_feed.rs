@@ -19,8 +19,6 @@
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -62,14 +60,11 @@ pub fn line_of(ev: &FeedEvent) -> Option<String> {
     })
 }
 
-type FeedClient = Client<HttpConnector, Body>;
+type FeedClient = super::transport::ReplicaClient;
 
 /// Follows the feed of every live peer until `stop` turns true.
 pub async fn follow(cluster: Cluster, feed: Feed, mut stop: watch::Receiver<bool>) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client: FeedClient = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let client = cluster.client();
     let mut followers: HashMap<(String, i64), JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(cluster.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

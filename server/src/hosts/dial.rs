@@ -24,13 +24,7 @@ use tokio::net::TcpStream;
 /// Where a direct host's daemon listens, parsed from `docker_url` by the one endpoint parser.
 pub use protocol::endpoint::Endpoint;
 
-/// TLS material of an https host (the key already decrypted).
-pub struct TlsMaterial {
-    pub ca_pem: Option<String>,
-    pub cert_pem: Option<String>,
-    pub key_pem: Option<protocol::Secret>,
-    pub server_name: Option<String>,
-}
+pub use crate::tls::{client_config as client_tls_config, TlsMaterial};
 
 pub(super) enum Transport<B> {
     Unix(String, Client<hyperlocal::UnixConnector, B>),
@@ -111,44 +105,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
-}
-
-/// The rustls client config of an https host: its CA (or the web PKI roots) and its client
-/// certificate.
-pub(super) fn client_tls_config(tls: &TlsMaterial) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_pem {
-        Some(ca) => {
-            for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
-                let cert = cert.map_err(|e| format!("tls_ca: {e}"))?;
-                roots.add(cert).map_err(|e| format!("tls_ca: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err("tls_ca holds no PEM certificate".into());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match (&tls.cert_pem, &tls.key_pem) {
-        (Some(cert), Some(key)) => {
-            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("tls_cert: {e}"))?;
-            let key = rustls_pemfile::private_key(&mut key.expose().as_bytes())
-                .map_err(|e| format!("tls_key: {e}"))?
-                .ok_or("tls_key holds no PEM private key")?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("client certificate: {e}"))
-        }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err("tls_cert and tls_key go together".into()),
-    }
 }
 
 /// A hyper connector that dials TCP and runs a rustls handshake.

@@ -20,8 +20,6 @@ use axum::body::Body;
 use axum::http::header;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use protocol::{ErrorBody, ErrorCode, Operation};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -43,16 +41,8 @@ pub const NOT_HELD_HEADER: &str = "x-docker-ctl-not-held";
 /// How often a request whose holder is unreachable looks for the agent again.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
-/// The HTTP client replicas forward with (one pool for every forward adapter).
-pub type ForwardClient = Client<HttpConnector, Body>;
-
-/// A new forwarding client: plain HTTP, no Nagle, connect timeout 5 s.
-pub fn client() -> ForwardClient {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(c)
-}
+/// The HTTP client replicas forward with (the cluster's, one pool for every forward adapter).
+pub type ForwardClient = crate::cluster::transport::ReplicaClient;
 
 pub struct ForwardHostAdapter {
     pub(super) client: ForwardClient,

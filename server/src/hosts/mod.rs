@@ -229,8 +229,8 @@ impl Adapters {
             keys,
             direct_timeout,
             direct: Arc::new(Mutex::new(HashMap::new())),
+            forward_client: cluster.client(),
             cluster,
-            forward_client: forward::client(),
         }
     }
 
