@@ -446,12 +446,52 @@ fn docker_cli_session(f: &Fleet, cli: &DockerCli, way: &str, hijacks: bool) {
         a == b,
         "save through {way}: dockerd's own tar, byte for byte"
     );
+    load_and_build(cli, way, dir.path());
     eprintln!(
         "BENCH replicas: docker CLI through {way}: save of {} bytes in {:.0} ms; whole session {:.1} s",
         a.len(),
         save_took.as_secs_f64() * 1000.0,
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// `docker load` and `docker build` through `cli`: a tagged copy of the test image saved,
+/// removed on dockerd, loaded back; an image built from a 2 MiB context streamed up.
+fn load_and_build(cli: &DockerCli, way: &str, dir: &std::path::Path) {
+    let tag = format!("rep-load/{}:v1", unique("img").to_lowercase());
+    assert!(docker_cli(&["tag", TEST_IMAGE, &tag]).0);
+    let tar = dir.join("tagged.tar");
+    cli.ok(&["save", "-o", tar.to_str().unwrap(), &tag]);
+    assert!(docker_cli(&["rmi", &tag]).0);
+    assert!(
+        !docker_cli(&["image", "inspect", &tag]).0,
+        "the tag is gone"
+    );
+    let loaded = cli.ok(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(loaded.contains(&tag), "load through {way}: {loaded}");
+    assert!(docker_cli(&["image", "inspect", &tag]).0, "the tag is back");
+    docker_cli(&["rmi", &tag]);
+
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY blob.bin /blob.bin\nLABEL e2e=replicas\n",
+    )
+    .unwrap();
+    let blob: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(ctx.join("blob.bin"), &blob).unwrap();
+    let built = format!("rep-built/{}:1", unique("b").to_lowercase());
+    cli.ok(&["build", "-t", &built, ctx.to_str().unwrap()]);
+    let img = docker_get(&format!("/images/{built}/json"));
+    assert_eq!(
+        img["Config"]["Labels"]["e2e"], "replicas",
+        "build through {way}"
+    );
+    assert!(img["Size"].as_u64().unwrap_or(0) >= blob.len() as u64);
+    docker_cli(&["rmi", &built]);
 }
 
 /// `docker logs -f` through `cli`: numbered lines arrive one by one while it follows, and
