@@ -853,7 +853,7 @@ impl Agent {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn docker-ctl-agent");
+        let mut child = spawn_retrying_busy(&mut cmd).expect("spawn docker-ctl-agent");
         self.output = Output::default();
         self.output.capture(&mut child);
         self.child = Some(child);
@@ -1093,4 +1093,21 @@ pub fn server_cli(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Spawns `cmd`, trying again (at most 50 times, 20 ms apart) while its program is "busy":
+/// a binary a test has just written can still be open for writing in a child that another
+/// test thread forked at that moment (until that child's exec closes it), and exec then
+/// fails with ETXTBSY.
+pub fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }

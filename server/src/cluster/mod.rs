@@ -84,6 +84,38 @@ struct View {
     others: Vec<ReplicaRecord>,
 }
 
+/// The beat of a replica's periodic work: a tick every interval (late ticks are delayed, not
+/// bunched) until a stop signal.
+pub(crate) struct Ticks {
+    tick: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ticks {
+    pub(crate) fn new(every: Duration, stop: watch::Receiver<bool>) -> Ticks {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { tick, stop }
+    }
+
+    /// Waits for the next tick; false once the stop signal turns true (or its sender is gone).
+    pub(crate) async fn next(&mut self) -> bool {
+        loop {
+            if *self.stop.borrow() {
+                return false;
+            }
+            tokio::select! {
+                _ = self.tick.tick() => return true,
+                r = self.stop.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// This replica's part in the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster(Arc<Inner>);
@@ -265,17 +297,9 @@ impl Cluster {
 
     /// Heartbeats, sweeps silent replicas and refreshes the view until `stop` turns true;
     /// then marks this replica gone at once.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.0.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !*stop.borrow() {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => {
-                    if r.is_err() { break; }
-                    continue;
-                }
-            }
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let mut ticks = Ticks::new(self.0.interval, stop);
+        while ticks.next().await {
             self.beat().await;
         }
         self.0.stopping.send_replace(true);

@@ -63,19 +63,11 @@ pub fn line_of(ev: &FeedEvent) -> Option<String> {
 type FeedClient = super::transport::ReplicaClient;
 
 /// Follows the feed of every live peer until `stop` turns true.
-pub async fn follow(cluster: Cluster, feed: Feed, mut stop: watch::Receiver<bool>) {
+pub async fn follow(cluster: Cluster, feed: Feed, stop: watch::Receiver<bool>) {
     let client = cluster.client();
     let mut followers: HashMap<(String, i64), JoinHandle<()>> = HashMap::new();
-    let mut tick = tokio::time::interval(cluster.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !*stop.borrow() {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = stop.changed() => {
-                if r.is_err() { break; }
-                continue;
-            }
-        }
+    let mut ticks = super::Ticks::new(cluster.interval(), stop);
+    while ticks.next().await {
         let peers = cluster.peers();
         followers.retain(|(id, epoch), task| {
             let live = peers.iter().any(|p| p.id == *id && p.epoch == *epoch);

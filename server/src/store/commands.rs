@@ -301,15 +301,15 @@ pub(super) const INSERT_SENT_SQL: &str =
      VALUES ($1, $2, $3, $4, $5, 'pending', $6, 'sent', $7, 0, $8, NULL, $9, $10, $11, $12, 1, $13, $14, $15)";
 
 /// [`INSERT_SENT_SQL`] with the command's final record already in (its start and finish were
-/// journaled in the same batch): binds id, host, agent id, operation, requester, final status,
-/// created at, final state, seq, agent ref, timeout, expiry, key, client key, sent at, updated
-/// at (the finish), origin, error code, result, completed at, duration.
+/// journaled in the same batch): binds the same fields in the same order (updated at being
+/// the finish's time), then the final status, state, error code, result, completed at and
+/// duration.
 pub(super) const INSERT_FINISHED_SQL: &str =
-    "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, status, created_at, state, seq, \
+    "INSERT INTO commands (id, host_id, agent_id, operation, requested_by, created_at, seq, \
      queued, agent_ref, params_enc, timeout_secs, expires_at, idempotency_key, client_key, attempts, \
-     sent_at, updated_at, origin, error_code, result, completed_at, duration_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, NULL, $11, $12, $13, $14, 1, $15, $16, $17, \
-     $18, $19, $20, $21)";
+     sent_at, updated_at, origin, status, state, error_code, result, completed_at, duration_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, NULL, $9, $10, $11, $12, 1, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21)";
 
 impl Store {
     /// Records a new command (state `queued`). A second command with the same idempotency

@@ -210,46 +210,35 @@ async fn insert_started(
     at: i64,
     end: Option<(&Finish, i64)>,
 ) -> Result<(), sqlx::Error> {
-    let q = match end {
-        None => sqlx::query(INSERT_SENT_SQL)
-            .bind(&cmd.id)
-            .bind(&cmd.host_id)
-            .bind(&cmd.agent_id)
-            .bind(&cmd.operation)
-            .bind(&cmd.requested_by)
-            .bind(at)
-            .bind(next_seq())
-            .bind(sent_to)
-            .bind(cmd.timeout_secs)
-            .bind(cmd.expires_at)
-            .bind(&cmd.idempotency_key)
-            .bind(cmd.client_key as i64)
-            .bind(at)
-            .bind(at)
-            .bind(&cmd.origin),
-        Some((f, done)) => sqlx::query(INSERT_FINISHED_SQL)
-            .bind(&cmd.id)
-            .bind(&cmd.host_id)
-            .bind(&cmd.agent_id)
-            .bind(&cmd.operation)
-            .bind(&cmd.requested_by)
+    let (sql, updated) = match end {
+        None => (INSERT_SENT_SQL, at),
+        Some((_, done)) => (INSERT_FINISHED_SQL, done),
+    };
+    let mut q = sqlx::query(sql)
+        .bind(&cmd.id)
+        .bind(&cmd.host_id)
+        .bind(&cmd.agent_id)
+        .bind(&cmd.operation)
+        .bind(&cmd.requested_by)
+        .bind(at)
+        .bind(next_seq())
+        .bind(sent_to)
+        .bind(cmd.timeout_secs)
+        .bind(cmd.expires_at)
+        .bind(&cmd.idempotency_key)
+        .bind(cmd.client_key as i64)
+        .bind(at)
+        .bind(updated)
+        .bind(&cmd.origin);
+    if let Some((f, done)) = end {
+        q = q
             .bind(f.status)
-            .bind(at)
             .bind(f.state.as_str())
-            .bind(next_seq())
-            .bind(sent_to)
-            .bind(cmd.timeout_secs)
-            .bind(cmd.expires_at)
-            .bind(&cmd.idempotency_key)
-            .bind(cmd.client_key as i64)
-            .bind(at)
-            .bind(done)
-            .bind(&cmd.origin)
             .bind(f.code)
             .bind(&f.doc)
             .bind(done)
-            .bind(f.duration_ms),
-    };
+            .bind(f.duration_ms);
+    }
     q.execute(&mut **tx).await?;
     Ok(())
 }
