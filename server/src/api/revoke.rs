@@ -139,17 +139,23 @@ pub fn listen(notifier: &Notifier, agents: AgentManager, leases: Leases, store: 
 /// (a revoked agent or token, a token rotated, a user demoted or deleted, a host deleted).
 async fn recheck(agents: &AgentManager, leases: &Leases, store: &Store) {
     for agent in agents.live_agents() {
-        match store.get_agent_by_ref(&agent).await {
-            Ok(Some(row)) if row.revoked_at.is_none() => {
-                agents.end_session_without_valid_token(&row, TOKEN_ROTATED);
-            }
-            Ok(_) => {
-                agents.disconnect(&agent, AGENT_REVOKED);
-            }
-            Err(e) => tracing::warn!(error = %e, "could not check a live agent session again"),
-        }
+        check_agent(agents, store, &agent).await;
     }
     leases.recheck_all().await;
+}
+
+/// The live session of agent `agent_ref` against its row: it ends when the agent is gone or
+/// revoked, or when the token it opened with is no longer valid.
+async fn check_agent(agents: &AgentManager, store: &Store, agent_ref: &str) {
+    match store.get_agent_by_ref(agent_ref).await {
+        Ok(Some(row)) if row.revoked_at.is_none() => {
+            agents.end_session_without_valid_token(&row, TOKEN_ROTATED);
+        }
+        Ok(_) => {
+            agents.disconnect(agent_ref, AGENT_REVOKED);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not check a live agent session again"),
+    }
 }
 
 fn apply(w: &WakeUp, agents: &AgentManager, leases: &Leases, store: &Store) {
@@ -165,19 +171,7 @@ fn apply(w: &WakeUp, agents: &AgentManager, leases: &Leases, store: &Store) {
                 return;
             }
             let (agents, store, agent) = (agents.clone(), store.clone(), agent.clone());
-            tokio::spawn(async move {
-                match store.get_agent_by_ref(&agent).await {
-                    Ok(Some(row)) => {
-                        agents.end_session_without_valid_token(&row, TOKEN_ROTATED);
-                    }
-                    Ok(None) => {
-                        agents.disconnect(&agent, AGENT_REVOKED);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not check the agent's session after a rotation")
-                    }
-                }
-            });
+            tokio::spawn(async move { check_agent(&agents, &store, &agent).await });
         }
         WakeUp::RevokeToken { token } => {
             leases.end_token(token, "token revoked");

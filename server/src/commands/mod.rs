@@ -86,6 +86,18 @@ pub struct Finished {
     pub origin: Option<String>,
 }
 
+impl Finished {
+    /// Command `c` reaching `state`.
+    fn of(c: &CommandRecord, state: CommandState) -> Finished {
+        Finished {
+            command_id: c.id.clone(),
+            host_id: c.host_id.clone(),
+            state,
+            origin: c.origin.clone(),
+        }
+    }
+}
+
 /// What [`Commands`] works with.
 #[derive(Debug, Clone)]
 pub struct Parts {
@@ -193,13 +205,9 @@ impl Commands {
                             "the command finished without an outcome",
                         ))
                     });
-                    let fin = Finished {
-                        command_id: c.id,
-                        host_id: c.host_id,
-                        state: c.state,
-                        origin: c.origin,
-                    };
-                    self.inner.finals.notify(fin, &outcome);
+                    self.inner
+                        .finals
+                        .notify(Finished::of(&c, c.state), &outcome);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -327,12 +335,7 @@ impl Commands {
         if !changed {
             return Ok(false);
         }
-        let fin = Finished {
-            command_id: c.id.clone(),
-            host_id: c.host_id.clone(),
-            state: CommandState::Cancelled,
-            origin: c.origin.clone(),
-        };
+        let fin = Finished::of(&c, CommandState::Cancelled);
         self.inner.finals.notify(fin, &outcome);
         let mut detail = json!({ "command_id": c.id, "operation": c.operation, "reason": why });
         if let Some(o) = &c.origin {
@@ -408,12 +411,7 @@ impl Commands {
         if c.host_id.is_none() || c.host_id != host_id {
             return;
         }
-        let fin = Finished {
-            command_id: c.id,
-            host_id: c.host_id,
-            state: CommandState::of(&outcome),
-            origin: c.origin,
-        };
+        let fin = Finished::of(&c, CommandState::of(&outcome));
         self.finish(fin, &outcome, None).await;
     }
 }

@@ -214,12 +214,7 @@ impl Commands {
         outcome: Outcome,
         took: Duration,
     ) {
-        let fin = Finished {
-            command_id: row.id.clone(),
-            host_id: row.host_id.clone(),
-            state: CommandState::of(&outcome),
-            origin: row.origin.clone(),
-        };
+        let fin = Finished::of(row, CommandState::of(&outcome));
         self.finish(fin, &outcome, Some(took.as_millis() as i64))
             .await;
         if !self.cluster.peers().is_empty() {
