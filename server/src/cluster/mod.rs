@@ -222,6 +222,14 @@ impl Cluster {
         &self.0.notifier
     }
 
+    /// Whether another replica heartbeats, as of the last refresh (no copy of the view:
+    /// asked on every queued command).
+    pub fn has_peers(&self) -> bool {
+        let now = now_ms();
+        let view = self.0.view.read().unwrap_or_else(|p| p.into_inner());
+        view.others.iter().any(|r| r.alive_at(now))
+    }
+
     /// The other replicas that heartbeat, as of the last refresh.
     pub fn peers(&self) -> Vec<ReplicaRecord> {
         let now = now_ms();

@@ -223,7 +223,7 @@ impl Commands {
     pub fn hand_off_queue(&self, host_id: &str) {
         if self.agents.online_agent_for_host(host_id, None).is_some() {
             self.kick_queue(host_id);
-        } else if !self.cluster.peers().is_empty() {
+        } else if self.cluster.has_peers() {
             self.cluster.notifier().send(WakeUp::Queue {
                 host: host_id.to_string(),
             });

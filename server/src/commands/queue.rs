@@ -217,7 +217,7 @@ impl Commands {
         let fin = Finished::of(row, CommandState::of(&outcome));
         self.finish(fin, &outcome, Some(took.as_millis() as i64))
             .await;
-        if !self.cluster.peers().is_empty() {
+        if self.cluster.has_peers() {
             // Its submitter (or a stack, or a bulk run) may wait on another replica.
             self.cluster
                 .notifier()
