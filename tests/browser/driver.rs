@@ -1,8 +1,9 @@
 //! A small W3C WebDriver client for Debian's `chromedriver` driving headless `chromium`:
 //! plain JSON over HTTP to a driver on a free local port, nothing else.
 
+use crate::netns::Netns;
 use base64::Engine;
-use docker_ctl_tests::{api_call, free_port, wait_for};
+use docker_ctl_tests::{api_call, wait_for};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,10 +11,13 @@ use std::time::{Duration, Instant};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// chromedriver's port inside the browser's own network namespace.
+const DRIVER_PORT: u16 = 9515;
 
 /// One browser: its driver process and its session, both ended on drop.
 pub struct Browser {
     driver: Child,
+    netns: Netns,
     base: String,
     _profile: tempfile::TempDir,
 }
@@ -28,14 +32,19 @@ impl Browser {
                 "{p} is missing: install Debian's chromium and chromium-driver (scripts/services.sh does)"
             );
         }
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        // chromedriver (and the chromium it starts) in a network namespace of its own, so
+        // dockerd's interface changes never abort the page's requests (see `netns`).
+        let driver = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c"])
+            .arg(format!(
+                "ip link set lo up && exec {CHROMEDRIVER} --port={DRIVER_PORT}"
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn chromedriver");
-        let driver_url = format!("http://127.0.0.1:{port}");
+            .expect("spawn chromedriver in a network namespace of its own (unshare)");
+        let netns = Netns::of(driver.id());
+        let driver_url = format!("http://127.0.0.1:{}", netns.relay_in(DRIVER_PORT));
         let status = format!("{driver_url}/status");
         wait_for("chromedriver", Duration::from_secs(30), || {
             // Connection refused until the driver listens.
@@ -51,7 +60,8 @@ impl Browser {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--window-size=1280,800", "--no-first-run", "--disable-extensions",
                          format!("--user-data-dir={}", profile.path().display())],
-            }
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let (st, v) = api_call(&driver_url, None, "POST", "/session", Some(caps));
         assert_eq!(st, 200, "new WebDriver session: {v}");
@@ -61,6 +71,7 @@ impl Browser {
             .to_string();
         Browser {
             driver,
+            netns,
             base: format!("{driver_url}/session/{id}"),
             _profile: profile,
         }
@@ -72,7 +83,10 @@ impl Browser {
         v["value"].clone()
     }
 
+    /// Opens `url`: an `http://127.0.0.1:PORT/...` (or `localhost`) address, whose port is relayed from the
+    /// browser's namespace to the host's loopback.
     pub fn goto(&self, url: &str) {
+        self.netns.relay_out(port_of(url));
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
@@ -108,7 +122,51 @@ impl Browser {
 
     /// Waits (up to `timeout`) for an element matching `css`.
     pub fn find(&self, css: &str, timeout: Duration) -> String {
-        wait_for(&format!("element {css}"), timeout, || self.try_find(css))
+        self.wait(&format!("element {css}"), timeout, || self.try_find(css))
+    }
+
+    /// Polls `cond` like `wait_for`; a timeout panics with what the page showed and logged, so a
+    /// failure in CI says whether the page never loaded, errored, or showed something else.
+    pub fn wait<T>(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = cond() {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n--- page ---\n{}",
+                    self.page_state()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The page's address, load state, visible text and the browser's console log.
+    fn page_state(&self) -> String {
+        let page = api_call(
+            &self.base,
+            None,
+            "POST",
+            "/execute/sync",
+            Some(
+                json!({"script": "return [location.href, document.readyState, \
+                (document.body ? document.body.innerText : '(no body)').slice(0, 2000)].join('\\n')",
+                "args": []}),
+            ),
+        );
+        let log = api_call(
+            &self.base,
+            None,
+            "POST",
+            "/se/log",
+            Some(json!({"type": "browser"})),
+        );
+        let page = page.1["value"]
+            .as_str()
+            .map_or_else(|| page.1.to_string(), str::to_string);
+        format!("{page}\n--- console ---\n{}", log.1["value"])
     }
 
     pub fn type_into(&self, el: &str, text: &str) {
@@ -142,7 +200,7 @@ impl Browser {
         ok: impl Fn(&str) -> bool,
     ) -> (String, Duration) {
         let t0 = Instant::now();
-        let t = wait_for(&format!("text of {css}"), timeout, || {
+        let t = self.wait(&format!("text of {css}"), timeout, || {
             let t = self.text_of(css);
             ok(&t).then_some(t)
         });
@@ -153,7 +211,7 @@ impl Browser {
     pub fn click_button(&self, scope: &str, label: &str, timeout: Duration) {
         let script = "const b = [...document.querySelectorAll(arguments[0] + ' button')]\
             .find(b => b.textContent.trim() === arguments[1]); if (!b) return false; b.click(); return true;";
-        wait_for(&format!("button {label:?} in {scope}"), timeout, || {
+        self.wait(&format!("button {label:?} in {scope}"), timeout, || {
             self.js(script, json!([scope, label]))
                 .as_bool()
                 .filter(|b| *b)
@@ -188,4 +246,15 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// The port of an `http://127.0.0.1:PORT/...` or `http://localhost:PORT/...` address.
+fn port_of(url: &str) -> u16 {
+    url.strip_prefix("http://127.0.0.1:")
+        .or_else(|| url.strip_prefix("http://localhost:"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("the browser opens loopback http addresses with a port only: {url}")
+        })
 }

@@ -3,6 +3,7 @@
 //! flow; each saves a screenshot in `target/browser-screenshots/`.
 
 mod driver;
+mod netns;
 mod updates;
 
 use docker_ctl_tests::{
