@@ -13,6 +13,7 @@ use crate::secret::Secret;
 use crate::time::now_rfc3339;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -257,11 +258,49 @@ fn is_empty_object(v: &Value) -> bool {
 }
 
 /// `command_response` (agent -> server).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CommandResponsePayload {
     Success { data: Value },
     Error { error: ErrorBody },
+}
+
+/// Read as serde reads the internally tagged enum (`status` names the variant, whose fields
+/// must be there; other members are ignored), but in one pass: serde's own would first copy
+/// the whole payload, `data` and all, into a buffer of its own, then build `data` from that.
+impl<'de> Deserialize<'de> for CommandResponsePayload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Status {
+            Success,
+            Error,
+        }
+        #[derive(Deserialize)]
+        struct Wire {
+            status: Status,
+            /// `Some` whenever the member is there, `null` included.
+            #[serde(default, deserialize_with = "present")]
+            data: Option<Value>,
+            #[serde(default)]
+            error: Option<ErrorBody>,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+            Value::deserialize(d).map(Some)
+        }
+        use serde::de::Error as _;
+        let w = Wire::deserialize(d)?;
+        match w.status {
+            Status::Success => w
+                .data
+                .map(|data| CommandResponsePayload::Success { data })
+                .ok_or_else(|| D::Error::missing_field("data")),
+            Status::Error => w
+                .error
+                .map(|error| CommandResponsePayload::Error { error })
+                .ok_or_else(|| D::Error::missing_field("error")),
+        }
+    }
 }
 
 impl CommandResponsePayload {
@@ -655,14 +694,23 @@ struct RawOut<'a> {
     payload: PayloadOf<'a>,
 }
 
+/// An envelope as it arrives, its payload `P` either a parsed [`Value`] (a signed message,
+/// verified as a tree) or the payload's own text (everything else: parsed once, straight into
+/// its type).
 #[derive(Deserialize)]
-struct RawIn {
+struct RawIn<P> {
     id: String,
     #[serde(rename = "type")]
     kind: String,
     timestamp: String,
-    #[serde(default)]
-    payload: Value,
+    #[serde(default = "Option::default")]
+    payload: Option<P>,
+}
+
+/// A payload on its way to its type.
+enum Body<'a> {
+    Tree(Value),
+    Text(&'a RawValue),
 }
 
 impl Envelope {
@@ -702,15 +750,27 @@ impl Envelope {
         serde_json::to_string(&self.raw()).unwrap_or_else(|_| "null".into())
     }
 
-    /// Decodes one message from untrusted bytes. Checks the size before parsing.
+    /// Decodes one message from untrusted bytes. Checks the size before parsing. The text is
+    /// parsed once: the envelope's fields, then the payload's text straight into its type (no
+    /// tree of the payload is built and then copied).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        Envelope::from_value(parse(bytes)?)
+        let (raw, kind) = header_of_text(bytes)?;
+        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload.map(Body::Text))
     }
 
-    /// Decodes an already parsed JSON value.
+    /// Decodes an already parsed JSON value (a signed message, verified as a tree).
     pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
         let (raw, kind) = header(value)?;
-        let p = raw.payload;
+        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload.map(Body::Tree))
+    }
+
+    /// The envelope of a message of `kind` whose payload is `p`.
+    fn with_payload(
+        id: String,
+        timestamp: String,
+        kind: MessageType,
+        p: Option<Body<'_>>,
+    ) -> Result<Envelope, DecodeError> {
         let message = match kind {
             MessageType::Auth => Message::Auth(payload(kind, p)?),
             MessageType::Heartbeat => Message::Heartbeat(payload(kind, p)?),
@@ -720,11 +780,11 @@ impl Envelope {
             MessageType::StreamResponse => Message::StreamResponse(payload(kind, p)?),
             MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(payload(kind, p)?),
             MessageType::Enrol => Message::Enrol(payload(kind, p)?),
-            _ => return from_server(raw.id, raw.timestamp, kind, p),
+            _ => return from_server(id, timestamp, kind, p),
         };
         Ok(Envelope {
-            id: raw.id,
-            timestamp: raw.timestamp,
+            id,
+            timestamp,
             message,
         })
     }
@@ -732,33 +792,59 @@ impl Envelope {
     /// [`Envelope::decode`] for the agent: only the messages a server sends. The others are
     /// [`DecodeError::NotForThisSide`], so the agent carries no decoder for its own messages.
     pub fn decode_from_server(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let (raw, kind) = header(parse(bytes)?)?;
-        from_server(raw.id, raw.timestamp, kind, raw.payload)
+        let (raw, kind) = header_of_text(bytes)?;
+        from_server(raw.id, raw.timestamp, kind, raw.payload.map(Body::Text))
     }
 }
 
 /// The JSON of one message from untrusted bytes, the size checked before parsing.
-fn parse(bytes: &[u8]) -> Result<Value, DecodeError> {
+fn text_of(bytes: &[u8]) -> Result<&str, DecodeError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
             max: MAX_MESSAGE_SIZE,
         });
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+    std::str::from_utf8(bytes).map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))
+}
+
+/// The envelope's fields of a message's text, checked, and its message type. Text that is not
+/// JSON is `Malformed` (the payload's text is checked as JSON here too); JSON that is not an
+/// envelope is `InvalidEnvelope`.
+fn header_of_text(bytes: &[u8]) -> Result<(RawIn<&RawValue>, MessageType), DecodeError> {
+    let text = text_of(bytes)?;
+    if !text.trim_start().starts_with('{') {
+        // Not an object (or not JSON at all): say which.
+        return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+            Ok(_) => Err(DecodeError::InvalidEnvelope(
+                "the message is not a JSON object".into(),
+            )),
+        };
+    }
+    let raw: RawIn<&RawValue> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DecodeError::InvalidEnvelope(e.to_string()),
+        _ => DecodeError::Malformed(e.to_string()),
+    })?;
+    let kind = check_header(&raw)?;
+    Ok((raw, kind))
 }
 
 /// The envelope's fields, checked, and its message type.
-fn header(value: Value) -> Result<(RawIn, MessageType), DecodeError> {
+fn header(value: Value) -> Result<(RawIn<Value>, MessageType), DecodeError> {
     if !value.is_object() {
         return Err(DecodeError::InvalidEnvelope(
             "the message is not a JSON object".into(),
         ));
     }
-    let raw: RawIn =
+    let raw: RawIn<Value> =
         serde_json::from_value(value).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+    let kind = check_header(&raw)?;
+    Ok((raw, kind))
+}
+
+/// The checks of an envelope's id and timestamp, and its message type.
+fn check_header<P>(raw: &RawIn<P>) -> Result<MessageType, DecodeError> {
     if raw.id.is_empty() || raw.id.len() > 256 {
         return Err(DecodeError::InvalidEnvelope(
             "id must be 1 to 256 characters".into(),
@@ -770,9 +856,7 @@ fn header(value: Value) -> Result<(RawIn, MessageType), DecodeError> {
             raw.timestamp
         )));
     }
-    let kind =
-        MessageType::parse(&raw.kind).ok_or_else(|| DecodeError::UnknownType(raw.kind.clone()))?;
-    Ok((raw, kind))
+    MessageType::parse(&raw.kind).ok_or_else(|| DecodeError::UnknownType(raw.kind.clone()))
 }
 
 /// The messages a server sends (some go both ways); any other is
@@ -781,7 +865,7 @@ fn from_server(
     id: String,
     timestamp: String,
     kind: MessageType,
-    p: Value,
+    p: Option<Body<'_>>,
 ) -> Result<Envelope, DecodeError> {
     let message = match kind {
         MessageType::Error => Message::Error(payload(kind, p)?),
@@ -804,17 +888,20 @@ fn from_server(
     })
 }
 
-fn payload<T: DeserializeOwned>(kind: MessageType, p: Value) -> Result<T, DecodeError> {
-    // A missing payload is an empty object, so `{}`-only messages may omit it.
-    let p = if p.is_null() { empty_object() } else { p };
-    if !p.is_object() {
-        return Err(DecodeError::InvalidPayload {
-            kind: kind.as_str(),
-            reason: "payload must be a JSON object".into(),
-        });
-    }
-    serde_json::from_value(p).map_err(|e| DecodeError::InvalidPayload {
+fn payload<T: DeserializeOwned>(kind: MessageType, p: Option<Body<'_>>) -> Result<T, DecodeError> {
+    let invalid = |reason: String| DecodeError::InvalidPayload {
         kind: kind.as_str(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let not_object = || invalid("payload must be a JSON object".into());
+    // A missing (or null) payload is an empty object, so `{}`-only messages may omit it.
+    match p {
+        None | Some(Body::Tree(Value::Null)) => {
+            serde_json::from_value(empty_object()).map_err(|e| invalid(e.to_string()))
+        }
+        Some(Body::Tree(v)) if !v.is_object() => Err(not_object()),
+        Some(Body::Tree(v)) => serde_json::from_value(v).map_err(|e| invalid(e.to_string())),
+        Some(Body::Text(t)) if !t.get().starts_with('{') => Err(not_object()),
+        Some(Body::Text(t)) => serde_json::from_str(t.get()).map_err(|e| invalid(e.to_string())),
+    }
 }

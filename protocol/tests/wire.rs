@@ -262,6 +262,9 @@ fn every_message_type_round_trips() {
         let text = env.encode();
         let back = Envelope::decode(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(back, env, "{text}");
+        // The tree path (signed messages) reads the same message.
+        let tree = Envelope::from_value(serde_json::from_str(&text).unwrap());
+        assert_eq!(tree.as_ref(), Ok(&env), "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["type"], env.message_type().as_str());
         assert!(time::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_some());
@@ -532,4 +535,83 @@ fn data_frames_carry_the_stream_id_and_are_bounded() {
         decode_data_frame(&big),
         Err(DecodeError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn a_command_response_reads_as_its_tagged_form() {
+    let decode = |payload: &str| {
+        Envelope::decode(
+            format!(r#"{{"id":"c","type":"command_response","timestamp":"2024-01-07T10:00:00Z","payload":{payload}}}"#)
+                .as_bytes(),
+        )
+        .map(|e| e.message)
+    };
+    let ok = |data| {
+        Ok(Message::CommandResponse(CommandResponsePayload::Success {
+            data,
+        }))
+    };
+    assert_eq!(
+        decode(r#"{"status":"success","data":[1,{"a":2}]}"#),
+        ok(json!([1, {"a": 2}]))
+    );
+    assert_eq!(
+        decode(r#"{"data":null,"status":"success"}"#),
+        ok(Value::Null)
+    );
+    // Members of the other variant, or unknown ones, are ignored.
+    assert_eq!(
+        decode(r#"{"status":"success","data":1,"extra":{"x":[]}}"#),
+        ok(json!(1))
+    );
+    assert_eq!(
+        decode(r#"{"status":"error","error":{"code":"not_found","message":"gone"},"data":7}"#),
+        Ok(Message::CommandResponse(CommandResponsePayload::Error {
+            error: ErrorBody::new(ErrorCode::NotFound, "gone")
+        }))
+    );
+    for (bad, names) in [
+        (r#"{"status":"success"}"#, "data"),
+        (r#"{"status":"error","data":1}"#, "error"),
+        (r#"{"data":1}"#, "status"),
+        (r#"{"status":"maybe","data":1}"#, "maybe"),
+    ] {
+        let e = decode(bad).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::InvalidPayload { .. }),
+            "{bad}: {e:?}"
+        );
+        assert!(
+            e.to_string().contains(names),
+            "{bad}: {e} should name {names}"
+        );
+    }
+}
+
+#[test]
+fn text_that_is_not_an_envelope_says_which() {
+    for (text, malformed) in [
+        ("[1,2]", false),
+        ("\"x\"", false),
+        (" 7", false),
+        ("nul", true),
+        (
+            r#"{"id":"x","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{"a":}}"#,
+            true,
+        ),
+        (
+            r#"{"id":"x","id":"y","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z"}"#,
+            false,
+        ),
+    ] {
+        let e = Envelope::decode(text.as_bytes()).unwrap_err();
+        if malformed {
+            assert!(matches!(e, DecodeError::Malformed(_)), "{text}: {e:?}");
+        } else {
+            assert!(
+                matches!(e, DecodeError::InvalidEnvelope(_)),
+                "{text}: {e:?}"
+            );
+        }
+    }
 }

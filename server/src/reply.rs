@@ -22,6 +22,35 @@ pub fn encode(outcome: &Outcome) -> Value {
     }
 }
 
+/// The document of an outcome as it is written (a response body, a stored result): the same
+/// JSON as [`encode`] without building a copy of the data first.
+pub struct Doc<'a>(pub &'a Outcome);
+
+impl serde::Serialize for Doc<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        // `encode`'s object keeps its keys sorted: `data` or `error` comes before `status`.
+        match self.0 {
+            Ok(data) => {
+                m.serialize_entry("data", data)?;
+                m.serialize_entry("status", "success")?;
+            }
+            Err(e) => {
+                m.serialize_entry("error", e)?;
+                m.serialize_entry("status", "error")?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// [`Doc`] as text.
+pub fn encode_text(outcome: &Outcome) -> String {
+    // A `Value` and an `ErrorBody` serialise infallibly (string keys only).
+    serde_json::to_string(&Doc(outcome)).unwrap_or_else(|_| encode(outcome).to_string())
+}
+
 /// The document of an error: `{"status":"error","error":{..}}`.
 pub fn error_doc(e: &ErrorBody) -> Value {
     json!({ "status": "error", "error": e })
@@ -58,10 +87,18 @@ mod tests {
     fn round_trip_and_statuses() {
         let ok: Outcome = Ok(json!([1, 2]));
         assert_eq!(encode(&ok), json!({"status": "success", "data": [1, 2]}));
-        assert_eq!(decode(&encode(&ok)), Some(ok));
+        assert_eq!(decode(&encode(&ok)), Some(ok.clone()));
         let err: Outcome = Err(ErrorBody::new(ErrorCode::NotFound, "No such container: x"));
         assert_eq!(encode(&err)["error"]["code"], "not_found");
-        assert_eq!(decode(&encode(&err)), Some(err));
+        assert_eq!(decode(&encode(&err)), Some(err.clone()));
+        // The written form is the same text.
+        for o in [
+            &ok,
+            &err,
+            &Ok(json!({"b": [1, {"z": null, "a": "x"}], "a": 1.5})),
+        ] {
+            assert_eq!(encode_text(o), encode(o).to_string());
+        }
         assert_eq!(decode(&Value::Null), None);
         assert_eq!(
             http_status(ErrorCode::Unknown),

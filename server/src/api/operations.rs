@@ -71,7 +71,7 @@ fn respond(r: &Reply) -> Response {
                 Ok(_) => StatusCode::OK,
                 Err(e) => reply::http_status(e.code),
             };
-            (status, Json(reply::encode(outcome))).into_response()
+            (status, Json(reply::Doc(outcome))).into_response()
         }
         None => (
             StatusCode::ACCEPTED,

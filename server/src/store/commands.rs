@@ -265,7 +265,7 @@ impl Finish {
             state,
             status: state.legacy_status(),
             code: outcome.as_ref().err().map(|e| e.code.as_str()),
-            doc: reply::encode(outcome).to_string(),
+            doc: reply::encode_text(outcome),
             duration_ms,
         }
     }
