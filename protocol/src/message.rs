@@ -13,6 +13,7 @@ use crate::secret::Secret;
 use crate::time::now_rfc3339;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "text-decode")]
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -707,10 +708,43 @@ struct RawIn<P> {
     payload: Option<P>,
 }
 
-/// A payload on its way to its type.
-enum Body<'a> {
-    Tree(Value),
-    Text(&'a RawValue),
+/// A payload on its way to its type: a parsed tree or its own text. Generic, not an enum, so
+/// each side compiles the decoders of the forms it reads only (the agent reads text only).
+trait Body {
+    /// The payload as `T`; `None` (absent or null) is an empty object, so `{}`-only messages
+    /// may omit it.
+    fn to<T: DeserializeOwned>(self, kind: MessageType) -> Result<T, DecodeError>;
+}
+
+fn invalid_payload(kind: MessageType, reason: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidPayload {
+        kind: kind.as_str(),
+        reason: reason.into(),
+    }
+}
+
+impl Body for Option<Value> {
+    fn to<T: DeserializeOwned>(self, kind: MessageType) -> Result<T, DecodeError> {
+        let v = match self {
+            None | Some(Value::Null) => empty_object(),
+            Some(v) if !v.is_object() => {
+                return Err(invalid_payload(kind, "payload must be a JSON object"))
+            }
+            Some(v) => v,
+        };
+        serde_json::from_value(v).map_err(|e| invalid_payload(kind, e.to_string()))
+    }
+}
+
+#[cfg(feature = "text-decode")]
+impl Body for Option<&RawValue> {
+    fn to<T: DeserializeOwned>(self, kind: MessageType) -> Result<T, DecodeError> {
+        let text = self.map_or("{}", RawValue::get);
+        if !text.starts_with('{') {
+            return Err(invalid_payload(kind, "payload must be a JSON object"));
+        }
+        serde_json::from_str(text).map_err(|e| invalid_payload(kind, e.to_string()))
+    }
 }
 
 impl Envelope {
@@ -753,15 +787,22 @@ impl Envelope {
     /// Decodes one message from untrusted bytes. Checks the size before parsing. The text is
     /// parsed once: the envelope's fields, then the payload's text straight into its type (no
     /// tree of the payload is built and then copied).
+    #[cfg(feature = "text-decode")]
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let (raw, kind) = header_of_text(bytes)?;
-        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload.map(Body::Text))
+        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload)
+    }
+
+    /// Decodes one message from untrusted bytes, through a tree (without `text-decode`).
+    #[cfg(not(feature = "text-decode"))]
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        Envelope::from_value(tree_of(bytes)?)
     }
 
     /// Decodes an already parsed JSON value (a signed message, verified as a tree).
     pub fn from_value(value: Value) -> Result<Envelope, DecodeError> {
         let (raw, kind) = header(value)?;
-        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload.map(Body::Tree))
+        Envelope::with_payload(raw.id, raw.timestamp, kind, raw.payload)
     }
 
     /// The envelope of a message of `kind` whose payload is `p`.
@@ -769,17 +810,17 @@ impl Envelope {
         id: String,
         timestamp: String,
         kind: MessageType,
-        p: Option<Body<'_>>,
+        p: impl Body,
     ) -> Result<Envelope, DecodeError> {
         let message = match kind {
-            MessageType::Auth => Message::Auth(payload(kind, p)?),
-            MessageType::Heartbeat => Message::Heartbeat(payload(kind, p)?),
-            MessageType::CommandResponse => Message::CommandResponse(payload(kind, p)?),
-            MessageType::CommandProgress => Message::CommandProgress(payload(kind, p)?),
-            MessageType::Event => Message::Event(payload(kind, p)?),
-            MessageType::StreamResponse => Message::StreamResponse(payload(kind, p)?),
-            MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(payload(kind, p)?),
-            MessageType::Enrol => Message::Enrol(payload(kind, p)?),
+            MessageType::Auth => Message::Auth(p.to(kind)?),
+            MessageType::Heartbeat => Message::Heartbeat(p.to(kind)?),
+            MessageType::CommandResponse => Message::CommandResponse(p.to(kind)?),
+            MessageType::CommandProgress => Message::CommandProgress(p.to(kind)?),
+            MessageType::Event => Message::Event(p.to(kind)?),
+            MessageType::StreamResponse => Message::StreamResponse(p.to(kind)?),
+            MessageType::AgentUpdateProgress => Message::AgentUpdateProgress(p.to(kind)?),
+            MessageType::Enrol => Message::Enrol(p.to(kind)?),
             _ => return from_server(id, timestamp, kind, p),
         };
         Ok(Envelope {
@@ -791,9 +832,12 @@ impl Envelope {
 
     /// [`Envelope::decode`] for the agent: only the messages a server sends. The others are
     /// [`DecodeError::NotForThisSide`], so the agent carries no decoder for its own messages.
+    /// It reads through a tree, as [`Envelope::from_value`] does: the agent parses JSON into
+    /// trees anyway (Docker's answers), so this costs its binary no decoder per message type,
+    /// and what a server sends it is small.
     pub fn decode_from_server(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let (raw, kind) = header_of_text(bytes)?;
-        from_server(raw.id, raw.timestamp, kind, raw.payload.map(Body::Text))
+        let (raw, kind) = header(tree_of(bytes)?)?;
+        from_server(raw.id, raw.timestamp, kind, raw.payload)
     }
 }
 
@@ -808,9 +852,15 @@ fn text_of(bytes: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(bytes).map_err(|e| DecodeError::Malformed(format!("invalid UTF-8: {e}")))
 }
 
+/// The tree of a message's text.
+fn tree_of(bytes: &[u8]) -> Result<Value, DecodeError> {
+    serde_json::from_str(text_of(bytes)?).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// The envelope's fields of a message's text, checked, and its message type. Text that is not
 /// JSON is `Malformed` (the payload's text is checked as JSON here too); JSON that is not an
 /// envelope is `InvalidEnvelope`.
+#[cfg(feature = "text-decode")]
 fn header_of_text(bytes: &[u8]) -> Result<(RawIn<&RawValue>, MessageType), DecodeError> {
     let text = text_of(bytes)?;
     if !text.trim_start().starts_with('{') {
@@ -865,20 +915,20 @@ fn from_server(
     id: String,
     timestamp: String,
     kind: MessageType,
-    p: Option<Body<'_>>,
+    p: impl Body,
 ) -> Result<Envelope, DecodeError> {
     let message = match kind {
-        MessageType::Error => Message::Error(payload(kind, p)?),
-        MessageType::AuthResponse => Message::AuthResponse(payload(kind, p)?),
-        MessageType::Command => Message::Command(payload(kind, p)?),
-        MessageType::ConfigUpdate => Message::ConfigUpdate(payload(kind, p)?),
-        MessageType::Disconnect => Message::Disconnect(payload(kind, p)?),
-        MessageType::StreamOpen => Message::StreamOpen(payload(kind, p)?),
-        MessageType::StreamEnd => Message::StreamEnd(payload(kind, p)?),
-        MessageType::StreamCancel => Message::StreamCancel(payload(kind, p)?),
-        MessageType::StreamCredit => Message::StreamCredit(payload(kind, p)?),
-        MessageType::AgentUpdate => Message::AgentUpdate(payload(kind, p)?),
-        MessageType::EnrolResponse => Message::EnrolResponse(payload(kind, p)?),
+        MessageType::Error => Message::Error(p.to(kind)?),
+        MessageType::AuthResponse => Message::AuthResponse(p.to(kind)?),
+        MessageType::Command => Message::Command(p.to(kind)?),
+        MessageType::ConfigUpdate => Message::ConfigUpdate(p.to(kind)?),
+        MessageType::Disconnect => Message::Disconnect(p.to(kind)?),
+        MessageType::StreamOpen => Message::StreamOpen(p.to(kind)?),
+        MessageType::StreamEnd => Message::StreamEnd(p.to(kind)?),
+        MessageType::StreamCancel => Message::StreamCancel(p.to(kind)?),
+        MessageType::StreamCredit => Message::StreamCredit(p.to(kind)?),
+        MessageType::AgentUpdate => Message::AgentUpdate(p.to(kind)?),
+        MessageType::EnrolResponse => Message::EnrolResponse(p.to(kind)?),
         other => return Err(DecodeError::NotForThisSide(other.as_str())),
     };
     Ok(Envelope {
@@ -886,22 +936,4 @@ fn from_server(
         timestamp,
         message,
     })
-}
-
-fn payload<T: DeserializeOwned>(kind: MessageType, p: Option<Body<'_>>) -> Result<T, DecodeError> {
-    let invalid = |reason: String| DecodeError::InvalidPayload {
-        kind: kind.as_str(),
-        reason,
-    };
-    let not_object = || invalid("payload must be a JSON object".into());
-    // A missing (or null) payload is an empty object, so `{}`-only messages may omit it.
-    match p {
-        None | Some(Body::Tree(Value::Null)) => {
-            serde_json::from_value(empty_object()).map_err(|e| invalid(e.to_string()))
-        }
-        Some(Body::Tree(v)) if !v.is_object() => Err(not_object()),
-        Some(Body::Tree(v)) => serde_json::from_value(v).map_err(|e| invalid(e.to_string())),
-        Some(Body::Text(t)) if !t.get().starts_with('{') => Err(not_object()),
-        Some(Body::Text(t)) => serde_json::from_str(t.get()).map_err(|e| invalid(e.to_string())),
-    }
 }

@@ -33,9 +33,21 @@ use crate::rollouts::{self, Rollouts};
 use crate::store::Store;
 use crate::updates::Updates;
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs: one shared [`Parts`], so a clone (every extractor and
+/// middleware that takes the state makes one per request) is one reference count, not one
+/// per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// The parts of the state.
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Store,
     pub agents: AgentManager,
@@ -173,7 +185,7 @@ impl AppState {
             server_id: &server_id,
         };
         let (fleet, deployer, rollouts) = start_rollouts(parts).await;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Parts {
             updates,
             deployer,
             accounts: Accounts::new(store.clone(), keys.clone(), policy),
@@ -193,7 +205,7 @@ impl AppState {
             audit,
             keys,
             cluster,
-        })
+        })))
     }
 }
 
