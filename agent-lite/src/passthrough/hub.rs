@@ -179,6 +179,8 @@ pub struct Hub {
     space: Condvar,
     streams: Mutex<HashMap<u32, Arc<Ctl>>>,
     closed: AtomicBool,
+    /// The session's idle stream threads.
+    pub(crate) spares: Arc<super::spare::Spares>,
 }
 
 impl Hub {
@@ -189,6 +191,7 @@ impl Hub {
             space: Condvar::new(),
             streams: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            spares: super::spare::Spares::new(super::MAIN_STACK),
         })
     }
 

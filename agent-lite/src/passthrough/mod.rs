@@ -6,11 +6,13 @@
 //! streams, flow control and the queues towards the server; [`worker`] runs one stream.
 //!
 //! Threads: the session thread calls [`open`] and the hub's `on_*` handlers and never blocks
-//! in them; each stream runs on its own small-stack thread ([`worker`]), plus one more while a
-//! request body or a hijacked connection's input is written to the daemon. Must not: write to
+//! in them; each stream runs on its own small-stack thread ([`worker`]), taken from the session's
+//! idle stream threads when one waits ([`spare`]), plus one more while a request body or a
+//! hijacked connection's input is written to the daemon. Must not: write to
 //! the WebSocket (the session does), or decide policy (that is [`crate::policy`]).
 
 pub mod hub;
+mod spare;
 pub mod worker;
 
 pub use hub::{Hub, Item, Out};
@@ -20,7 +22,7 @@ use protocol::{ErrorBody, ErrorCode, StreamOpenPayload};
 use std::sync::Arc;
 
 /// Stack of a stream's main thread (HTTP framing, JSON policy checks).
-const MAIN_STACK: usize = 128 * 1024;
+pub(crate) const MAIN_STACK: usize = 128 * 1024;
 
 /// `stream_open`: validates, applies the local policy, and starts the stream's thread.
 pub fn open(hub: &Arc<Hub>, open: StreamOpenPayload) {
@@ -57,10 +59,10 @@ pub fn open(hub: &Arc<Hub>, open: StreamOpenPayload) {
     let (ctl, rx) = hub.insert(id);
     log::debug!("stream {id}: {} {} ({})", open.method, path, route.action);
     let (h, c) = (hub.clone(), ctl.clone());
-    let spawned = std::thread::Builder::new()
-        .name(format!("stream-{id}"))
-        .stack_size(MAIN_STACK)
-        .spawn(move || worker::stream_thread(h, c, open, route, rx));
+    let spawned = hub.spares.run(
+        "stream",
+        Box::new(move || worker::stream_thread(h, c, open, route, rx)),
+    );
     if let Err(e) = spawned {
         log::warn!("stream {id}: cannot start a thread: {e}");
         hub.remove(&ctl);
