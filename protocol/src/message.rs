@@ -872,12 +872,50 @@ fn header_of_text(bytes: &[u8]) -> Result<(RawIn<&RawValue>, MessageType), Decod
             )),
         };
     }
+    check_depth(text)?;
     let raw: RawIn<&RawValue> = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::InvalidEnvelope(e.to_string()),
         _ => DecodeError::Malformed(e.to_string()),
     })?;
     let kind = check_header(&raw)?;
     Ok((raw, kind))
+}
+
+/// Nesting at which a message is refused: serde_json's own limit, which the tree path meets
+/// while parsing. The one-pass path skips what a payload type ignores without building it (and
+/// without a limit), so it checks first: a message is refused the same way on both paths.
+#[cfg(feature = "text-decode")]
+const MAX_DEPTH: usize = 128;
+
+/// Refuses text nested [`MAX_DEPTH`] levels or deeper (arrays and objects, outside strings).
+#[cfg(feature = "text-decode")]
+fn check_depth(text: &str) -> Result<(), DecodeError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth >= MAX_DEPTH {
+                    return Err(DecodeError::Malformed(format!(
+                        "recursion limit exceeded at byte {i}"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The envelope's fields, checked, and its message type.

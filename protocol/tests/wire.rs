@@ -615,3 +615,33 @@ fn text_that_is_not_an_envelope_says_which() {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_even_where_the_payload_ignores_it() {
+    let at = |levels: usize| {
+        format!(
+            r#"{{"id":"d","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{{"x":{}{}}}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    // The envelope and the payload are two levels; "[" inside a string is no level.
+    assert!(Envelope::decode(at(100).as_bytes()).is_ok());
+    let quoted = r#"{"id":"d","type":"heartbeat","timestamp":"2024-01-07T10:00:00Z","payload":{"x":"[[[[\"[["}}"#;
+    assert!(Envelope::decode(quoted.as_bytes()).is_ok(), "{quoted}");
+    for levels in [126, 1000, 100_000] {
+        let text = at(levels);
+        assert!(
+            matches!(
+                Envelope::decode(text.as_bytes()),
+                Err(DecodeError::Malformed(_))
+            ),
+            "{levels} levels"
+        );
+        // As the tree path (signed messages, the agent) refuses it.
+        assert!(
+            serde_json::from_str::<Value>(&text).is_err(),
+            "{levels} levels"
+        );
+    }
+}
