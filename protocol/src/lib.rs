@@ -7,6 +7,7 @@
 //! - [`passthrough`]: the allowlist of raw Docker Engine API routes.
 //! - [`endpoint`]: where a Docker daemon listens (`unix://`, `tcp://`, `https://`).
 //! - [`signing`]: optional message signing, its key length and nonce cache.
+//! - [`nesting`]: how deeply JSON text nests, found before parsing it.
 //! - [`error`]: stable error codes.
 //! - [`version`]: this build's version string ([`VERSION`], set by `DOCKER_CTL_VERSION`).
 //! - `minisign` (feature `minisign`): release signatures and their streaming verifier.
@@ -20,6 +21,7 @@ pub mod mapping;
 pub mod message;
 #[cfg(feature = "minisign")]
 pub mod minisign;
+pub mod nesting;
 pub mod ops;
 pub mod passthrough;
 pub mod secret;

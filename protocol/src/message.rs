@@ -887,35 +887,15 @@ fn header_of_text(bytes: &[u8]) -> Result<(RawIn<&RawValue>, MessageType), Decod
 #[cfg(feature = "text-decode")]
 const MAX_DEPTH: usize = 128;
 
-/// Refuses text nested [`MAX_DEPTH`] levels or deeper (arrays and objects, outside strings).
+/// Refuses text nested [`MAX_DEPTH`] levels or deeper.
 #[cfg(feature = "text-decode")]
 fn check_depth(text: &str) -> Result<(), DecodeError> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, b) in text.bytes().enumerate() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth >= MAX_DEPTH {
-                    return Err(DecodeError::Malformed(format!(
-                        "recursion limit exceeded at byte {i}"
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+    match crate::nesting::deeper_than(text.as_bytes(), MAX_DEPTH - 1) {
+        Some(i) => Err(DecodeError::Malformed(format!(
+            "recursion limit exceeded at byte {i}"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The envelope's fields, checked, and its message type.

@@ -98,38 +98,10 @@ impl<'de> Deserialize<'de> for J {
 /// the recursive reading well inside a stream thread's small stack.
 pub const MAX_DEPTH: usize = 32;
 
-/// Whether `bytes` nest objects and lists at most [`MAX_DEPTH`] deep (strings skipped).
-fn shallow(bytes: &[u8]) -> bool {
-    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
-    for &b in bytes {
-        if in_str {
-            match (esc, b) {
-                (true, _) => esc = false,
-                (false, b'\\') => esc = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
-
 /// Parses one JSON value, keeping duplicate keys; bytes after it are refused, and so is
 /// nesting deeper than [`MAX_DEPTH`].
 pub fn parse(bytes: &[u8]) -> Result<J, String> {
-    if !shallow(bytes) {
+    if protocol::nesting::deeper_than(bytes, MAX_DEPTH).is_some() {
         return Err(format!(
             "invalid JSON: nested deeper than {MAX_DEPTH} levels"
         ));
