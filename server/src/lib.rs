@@ -30,6 +30,7 @@ pub mod auth;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod connector;
 pub mod crypto;
 pub mod deploy;
 pub mod enrolment;

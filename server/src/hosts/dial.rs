@@ -6,20 +6,16 @@
 //! Owns: the transports and their TLS. Must not: know what is sent (the direct adapter
 //! decides).
 
-use futures_util::future::BoxFuture;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use protocol::mapping::unreachable;
 use protocol::ErrorBody;
 use rustls::pki_types::ServerName;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
+
+use crate::connector::Connector;
 
 /// Where a direct host's daemon listens, parsed from `docker_url` by the one endpoint parser.
 pub use protocol::endpoint::Endpoint;
@@ -29,7 +25,7 @@ pub use crate::tls::{client_config as client_tls_config, TlsMaterial};
 pub(super) enum Transport<B> {
     Unix(String, Client<hyperlocal::UnixConnector, B>),
     Tcp(String, Client<HttpConnector, B>),
-    Https(String, Client<TlsConnector, B>),
+    Https(String, Client<Connector, B>),
 }
 
 impl<B> Transport<B>
@@ -59,10 +55,11 @@ where
             Endpoint::Https(hp) => {
                 let (config, server_name) =
                     tls.ok_or_else(|| ErrorBody::internal("https without TLS settings"))?;
-                let connector = TlsConnector {
-                    config: config.clone(),
-                    server_name: server_name.clone(),
-                };
+                let connector = Connector::new(
+                    Some(config.clone()),
+                    Some(server_name.clone()),
+                    Duration::from_secs(10),
+                );
                 Transport::Https(
                     hp.authority(),
                     Client::builder(TokioExecutor::new()).build(connector),
@@ -105,76 +102,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
-}
-
-/// A hyper connector that dials TCP and runs a rustls handshake.
-#[derive(Clone)]
-pub(super) struct TlsConnector {
-    config: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
-}
-
-pub(super) struct TlsIo(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
-
-impl Connection for TlsIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl Read for TlsIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl Write for TlsIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl tower::Service<hyper::Uri> for TlsConnector {
-    type Response = TlsIo;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, Result<TlsIo, io::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
-        let config = self.config.clone();
-        let name = self.server_name.clone();
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(2376);
-            let tcp =
-                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TlsIo(TokioIo::new(tls)))
-        })
-    }
 }
