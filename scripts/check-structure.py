@@ -38,7 +38,7 @@ SERVER_LAYERS = [
     ("cluster", {"cluster"}),
     ("parts", {"store", "audit", "auth", "accounts", "leases", "metrics", "feed", "crypto",
                "forwarded", "reply", "error", "config", "stacks", "releases", "labels",
-               "enrolment", "tls"}),
+               "enrolment", "tls", "connector"}),
 ]
 
 
