@@ -2,8 +2,10 @@
 //!
 //! One run measures, interleaved call by call (so the machine's noise hits every path alike):
 //! - `direct`: `GET /v1.41/containers/json?all=1` on the Docker socket, keep-alive;
-//! - `relay`: the same through a plain TCP relay in front of the socket (the reference for
-//!   what any hop costs);
+//! - `relay`: the same through a plain TCP relay in front of the socket, inside this process
+//!   (what one more socket pair costs, without a hand-over to another process);
+//! - `two_hops`: the same through two relay processes in a row (`hop.rs`), in the server's
+//!   and the agent's place and doing no work: the floor any two-process tunnel pays here;
 //! - `passthrough`: the same through `GET /api/v1/hosts/{id}/docker/v1.41/containers/json?all=1`
 //!   (server + agent);
 //! - `operation`: `POST /api/v1/hosts/{id}/operations` with `container.list` `{"all": true}`.
@@ -24,7 +26,7 @@ const LIST: &str = "/v1.41/containers/json?all=1";
 const WARMUP: usize = 50;
 
 /// The four paths, in the order they are printed.
-const PATHS: [&str; 4] = ["direct", "relay", "passthrough", "operation"];
+const PATHS: [&str; 5] = ["direct", "relay", "two_hops", "passthrough", "operation"];
 
 /// Paths measured side by side, call by call; path 0 is the reference the others are
 /// compared with.
@@ -54,11 +56,15 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
         wait_online(&api, &host_id).await?;
         let listed = top_up_containers(&label, args.containers)?;
         let relay = start_relay().await?;
+        let near = RelayProc::start(&format!("unix:{DOCKER_SOCK}"))?;
+        let far = RelayProc::start(&format!("tcp:{}", near.addr))?;
         let paths = Paths {
             api: api.clone(),
             host_id: host_id.clone(),
             direct: UnixHttp::new(),
             relay: RelayHttp::new(&relay),
+            two_hops: RelayHttp::new(&far.addr),
+            _hops: [near, far],
         };
         println!(
             "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {} ---",
@@ -264,6 +270,44 @@ async fn start_relay() -> Result<String, Fail> {
     Ok(addr)
 }
 
+/// A relay process (`docker-ctl-loadgen hop TARGET`), killed on drop.
+struct RelayProc {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl RelayProc {
+    fn start(target: &str) -> Result<RelayProc, Fail> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?;
+        let mut child = std::process::Command::new(exe)
+            .args(["hop", target])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let out = child.stdout.take().ok_or("hop: no stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        match line.trim().strip_prefix("listening ") {
+            Some(addr) => Ok(RelayProc {
+                addr: addr.to_string(),
+                child,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("hop {target}: did not start ({line:?})").into())
+            }
+        }
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Measuring
 
@@ -272,6 +316,9 @@ struct Paths {
     host_id: String,
     direct: UnixHttp,
     relay: RelayHttp,
+    two_hops: RelayHttp,
+    /// The relay processes of `two_hops`, killed when the paths go.
+    _hops: [RelayProc; 2],
 }
 
 impl Calls for Paths {
@@ -283,7 +330,8 @@ impl Calls for Paths {
         match i {
             0 => self.direct.get(LIST).await.map(drop),
             1 => self.relay.get(LIST).await.map(drop),
-            2 => {
+            2 => self.two_hops.get(LIST).await.map(drop),
+            3 => {
                 let path = format!("/api/v1/hosts/{}/docker{LIST}", self.host_id);
                 api_call(&self.api, "GET", &path, None).await.map(drop)
             }
