@@ -5,7 +5,9 @@
 //! Owns: framing and size limits. Must not: know about Docker paths or our error codes, or
 //! open sockets (the caller gives a reader, so tests feed canned bytes).
 
+use std::cell::Cell;
 use std::io::{self, Read};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 /// The most header bytes we accept before the blank line.
@@ -101,13 +103,58 @@ pub trait WaitReadable {
     fn wait_readable(&self, timeout: Duration) -> bool;
 }
 
+/// The largest read buffer a thread keeps for its next reader (a stream's 32 KiB pieces, plus
+/// a piece of the previous read moved to the front).
+const KEEP_MAX: usize = 64 * 1024 + 4096;
+
+thread_local! {
+    /// The read buffer of this thread's last reader, for its next one.
+    static KEPT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A reader's buffer: taken from the thread's kept one and given back when the reader goes.
+/// A stream thread or command worker reads one answer after another; without this, each
+/// answer's buffer was a fresh allocation, which musl's allocator maps, the first read zeroes
+/// page by page, and the last free unmaps again (a `mmap`, page faults and a `munmap` per
+/// call, about 0.1 ms). Its bytes are stale, never shown: a reader reads only what it filled.
+struct Scratch(Vec<u8>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch(KEPT.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() <= KEEP_MAX {
+            let buf = std::mem::take(&mut self.0);
+            // Fails only while the thread exits: the buffer is then freed.
+            let _ = KEPT.try_with(|k| k.set(buf));
+        }
+    }
+}
+
+impl Deref for Scratch {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
 /// Reads successive responses from one connection, keeping bytes read past the current
 /// message for the next one.
 pub struct ResponseReader<R> {
     inner: R,
-    /// Read bytes are `buf[pos..end]`; `buf` only grows (zeroed once), so a read never
-    /// clears memory it is about to overwrite.
-    buf: Vec<u8>,
+    /// Read bytes are `buf[pos..end]`; `buf` only grows (zeroed once, and kept by the thread
+    /// for its next reader), so a read never clears memory it is about to overwrite.
+    buf: Scratch,
     /// Start of unconsumed bytes in `buf`.
     pos: usize,
     /// End of read bytes in `buf`.
@@ -122,7 +169,7 @@ impl<R: Read> ResponseReader<R> {
     pub fn new(inner: R) -> Self {
         ResponseReader {
             inner,
-            buf: Vec::new(),
+            buf: Scratch::take(),
             pos: 0,
             end: 0,
             read_size: 8 * 1024,
@@ -644,6 +691,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_thread_reuses_its_read_buffer_and_never_shows_its_old_bytes() {
+        let read = |raw: &[u8]| {
+            let mut r = ResponseReader::new(io::Cursor::new(raw.to_vec()));
+            let head = r.read_head().unwrap();
+            let framing = Framing::of(false, &head).unwrap();
+            let mut body = Vec::new();
+            r.read_body(framing, 1 << 20, &mut |d| body.extend_from_slice(d))
+                .unwrap();
+            let at = r.buf.as_ptr();
+            (body, at)
+        };
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n{}",
+            "A".repeat(3000)
+        );
+        let (body, first) = read(long.as_bytes());
+        assert_eq!(body, vec![b'A'; 3000]);
+        let (body, second) = read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(body, b"ok");
+        assert_eq!(
+            first, second,
+            "the second reader on the thread took the first's buffer"
+        );
+        // A chunked answer whose end is short: nothing of the 3000 bytes leaks into it.
+        let (body, _) =
+            read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n");
+        assert_eq!(body, b"z");
+        // Two readers at once on one thread: each has its own buffer.
+        let a = ResponseReader::new(io::Cursor::new(Vec::new()));
+        let mut b = ResponseReader::new(io::Cursor::new(b"x".to_vec()));
+        assert_eq!(b.fill().unwrap(), 1);
+        assert_ne!(a.buf.as_ptr(), b.buf.as_ptr());
+        assert_eq!(b.pending(), b"x");
     }
 
     #[test]
