@@ -784,6 +784,26 @@ impl Envelope {
         serde_json::to_string(&self.raw()).unwrap_or_else(|_| "null".into())
     }
 
+    /// The text [`Envelope::encode`] writes for a new envelope (stamped now) of `kind` whose
+    /// payload was already written as `payload`, the compact JSON text of that payload (as
+    /// `serde_json::to_string` of the payload type writes it). A command's answer is written
+    /// once on the agent: the same text is kept for duplicate deliveries and sent.
+    pub fn encode_with_payload(id: &str, kind: MessageType, payload: &str) -> String {
+        let timestamp = now_rfc3339();
+        let mut out = String::with_capacity(payload.len() + id.len() + timestamp.len() + 64);
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        out.push_str("{\"id\":");
+        out.push_str(&json(id));
+        out.push_str(",\"type\":\"");
+        out.push_str(kind.as_str());
+        out.push_str("\",\"timestamp\":");
+        out.push_str(&json(&timestamp));
+        out.push_str(",\"payload\":");
+        out.push_str(payload);
+        out.push('}');
+        out
+    }
+
     /// Decodes one message from untrusted bytes. Checks the size before parsing. The text is
     /// parsed once: the envelope's fields, then the payload's text straight into its type (no
     /// tree of the payload is built and then copied).

@@ -645,3 +645,29 @@ fn deep_nesting_is_refused_even_where_the_payload_ignores_it() {
         );
     }
 }
+
+#[test]
+fn an_envelope_around_a_written_payload_is_the_text_encode_writes() {
+    let answers = [
+        CommandResponsePayload::Success {
+            data: json!({"containers": [{"id": "a\"b\\c", "name": "é\u{1}\n", "n": 1.5}]}),
+        },
+        CommandResponsePayload::Error {
+            error: ErrorBody::new(ErrorCode::DockerError, "no such container: \"x\""),
+        },
+    ];
+    for (i, payload) in answers.into_iter().enumerate() {
+        let id = format!("cmd-{i}-\"quoted\"\u{7f}");
+        let written = serde_json::to_string(&payload).unwrap();
+        let text = Envelope::encode_with_payload(&id, MessageType::CommandResponse, &written);
+        let decoded = Envelope::decode(text.as_bytes()).expect("decodes");
+        let same = Envelope {
+            id: id.clone(),
+            timestamp: decoded.timestamp.clone(),
+            message: Message::CommandResponse(payload),
+        };
+        assert_eq!(text, same.encode(), "byte for byte what encode writes");
+        assert_eq!(decoded.id, id);
+        assert!(decoded.timestamp.ends_with('Z'), "{}", decoded.timestamp);
+    }
+}

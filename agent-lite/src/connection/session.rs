@@ -133,12 +133,12 @@ impl<'a> Session<'a> {
     }
 
     fn send(&mut self, env: Envelope) -> Result<(), Outcome> {
-        self.send_encoded(&env)
+        self.send_text(env.encode())
     }
 
-    /// Sends an envelope the caller keeps (no copy of its payload is made).
-    fn send_encoded(&mut self, env: &Envelope) -> Result<(), Outcome> {
-        let text = self.seal(env.encode());
+    /// Sends an envelope's text (signed first when signing is on).
+    fn send_text(&mut self, text: String) -> Result<(), Outcome> {
+        let text = self.seal(text);
         match self.ws.send(tungstenite::Message::Text(text.into())) {
             Ok(()) => Ok(()),
             // Queued in tungstenite's buffer; the next flush continues.
@@ -584,14 +584,14 @@ impl<'a> Session<'a> {
 
     fn drain_outbox(&mut self) -> Result<(), Outcome> {
         for _ in 0..BATCH {
-            let Some(env) = self.agent.outbox.pop() else {
+            let Some(item) = self.agent.outbox.pop() else {
                 break;
             };
-            // Encoded from the queued envelope itself: a command's answer is not copied
-            // (a deep copy of a large result cost the session thread more than sending it).
-            if let Err(o) = self.send_encoded(&env) {
+            // A command's answer comes written by its worker; other messages are encoded
+            // from the queued envelope itself (no deep copy of a large result).
+            if let Err(o) = self.send_text(item.encode()) {
                 // Not delivered: keep it for the next connection.
-                self.agent.outbox.put_back(env);
+                self.agent.outbox.put_back(item);
                 return Err(o);
             }
         }

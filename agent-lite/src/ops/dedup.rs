@@ -8,7 +8,7 @@
 use crate::state::{KeyStore, StateFile};
 use protocol::CommandResponsePayload;
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many finished command ids (and idempotency keys) are remembered in memory.
 const REMEMBER: usize = 256;
@@ -36,22 +36,25 @@ struct Done {
     resp: Kept,
 }
 
-/// An answer remembered as its JSON text: one allocation. Kept as a tree of values, a
-/// `container.list` answer is hundreds of small allocations, and [`REMEMBER`] of them held
-/// the allocator's pages (about 14 MiB of RSS on a musl build after a few hundred lists).
+/// An answer remembered as its JSON text: one allocation, shared by the ids it answers. Kept
+/// as a tree of values, a `container.list` answer is hundreds of small allocations, and
+/// [`REMEMBER`] of them held the allocator's pages (about 14 MiB of RSS on a musl build after
+/// a few hundred lists).
 #[derive(Clone)]
-struct Kept(Box<str>);
+struct Kept(Arc<str>);
 
 impl Kept {
-    fn new(resp: &CommandResponsePayload) -> Kept {
-        // Our payload types serialise infallibly (string keys only).
-        Kept(serde_json::to_string(resp).unwrap_or_default().into())
-    }
-
     /// The answer again; `None` only if it could not be kept (then the command runs again).
     fn get(&self) -> Option<CommandResponsePayload> {
         serde_json::from_str(&self.0).ok()
     }
+}
+
+/// A command's answer as its payload's JSON text, written once: kept here for duplicate
+/// deliveries and sent as is (`Envelope::encode_with_payload`).
+pub(crate) fn written(resp: &CommandResponsePayload) -> Arc<str> {
+    // Our payload types serialise infallibly (string keys only).
+    serde_json::to_string(resp).unwrap_or_default().into()
 }
 
 pub(crate) enum Seen {
@@ -122,11 +125,11 @@ impl Dedup {
         Some(self.running.swap_remove(i))
     }
 
-    /// Records the answer of `id`; returns the ids waiting for it.
-    pub(crate) fn finish(&mut self, id: &str, resp: &CommandResponsePayload) -> Vec<String> {
+    /// Records the answer of `id`, as [`written`]; returns the ids waiting for it.
+    pub(crate) fn finish(&mut self, id: &str, written: &Arc<str>) -> Vec<String> {
         let r = self.take_running(id);
         let (key, waiters) = r.map_or((None, Vec::new()), |r| (r.key, r.waiters));
-        let kept = Kept::new(resp);
+        let kept = Kept(written.clone());
         for w in waiters.iter().chain(std::iter::once(&id.to_string())) {
             self.done.push_back(Done {
                 id: w.clone(),
@@ -213,7 +216,7 @@ mod tests {
         assert!(matches!(d.check("c1", None, 0), Seen::Running));
         assert!(matches!(d.check("c2", Some("k"), 0), Seen::Waiting(f) if f == "c1"));
         assert!(matches!(d.check("c2", Some("k"), 0), Seen::Waiting(_)));
-        let waiters = d.finish("c1", &ok(1));
+        let waiters = d.finish("c1", &written(&ok(1)));
         assert_eq!(waiters, vec!["c2".to_string()], "one waiter, once");
         assert!(matches!(d.check("c1", None, 0), Seen::Answered(r) if r == ok(1)));
         assert!(matches!(d.check("c2", None, 0), Seen::Answered(_)));
@@ -221,7 +224,7 @@ mod tests {
         for i in 0..(REMEMBER + 10) {
             let id = format!("x{i}");
             assert!(matches!(d.check(&id, None, 0), Seen::New));
-            d.finish(&id, &ok(2));
+            d.finish(&id, &written(&ok(2)));
         }
         assert!(d.done.len() <= REMEMBER);
     }

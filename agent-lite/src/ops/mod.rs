@@ -18,7 +18,7 @@ use dedup::Seen;
 use outbox::Outbox;
 use protocol::{
     Access, CommandPayload, CommandProgressPayload, CommandResponsePayload, Envelope, ErrorBody,
-    ErrorCode, Message, Operation,
+    ErrorCode, Message, MessageType, Operation,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -106,12 +106,14 @@ fn run_job(a: &Agent, id: String, cmd: &CommandPayload) {
     a.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let resp = CommandResponsePayload::from_result(execute(a, &id, cmd, &a.outbox));
     a.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    // Written once: the same text is remembered and sent.
+    let text = dedup::written(&resp);
     let waiters = match a.commands.lock() {
         Some(mut d) => {
             if let Some(k) = key {
                 d.keys.finish(k, &cmd.operation, &resp, now_secs());
             }
-            d.finish(&id, &resp)
+            d.finish(&id, &text)
         }
         None => Vec::new(),
     };
@@ -119,12 +121,13 @@ fn run_job(a: &Agent, id: String, cmd: &CommandPayload) {
         // Durable before the server sees the answer.
         a.commands.save();
     }
-    for w in waiters {
-        a.outbox
-            .send(Envelope::new(w, Message::CommandResponse(resp.clone())));
+    let kind = MessageType::CommandResponse;
+    for w in waiters.into_iter().chain(std::iter::once(id)) {
+        let env = Envelope::encode_with_payload(&w, kind, &text);
+        a.outbox.send_text(w, kind, env);
     }
-    a.outbox
-        .send(Envelope::new(id, Message::CommandResponse(resp)));
+    // The answer's tree is freed only now, while the session sends it.
+    drop(resp);
 }
 
 /// Runs one command to completion on the calling (worker) thread.

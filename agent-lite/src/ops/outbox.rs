@@ -10,7 +10,7 @@
 //! Owns: the queue. Must not: write to the WebSocket.
 
 use crate::waker::Waker;
-use protocol::{Envelope, Message};
+use protocol::{Envelope, MessageType};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,44 @@ use std::sync::{Arc, Mutex};
 /// Messages kept at most.
 pub const CAPACITY: usize = 1024;
 
+/// A queued message: an envelope the session encodes, or one a worker already wrote (a
+/// command's answer, written once for the duplicate-delivery memory and for the server).
+#[derive(Debug)]
+pub enum Queued {
+    Envelope(Box<Envelope>),
+    Text {
+        id: String,
+        kind: MessageType,
+        text: String,
+    },
+}
+
+impl Queued {
+    pub fn id(&self) -> &str {
+        match self {
+            Queued::Envelope(e) => &e.id,
+            Queued::Text { id, .. } => id,
+        }
+    }
+
+    pub fn kind(&self) -> MessageType {
+        match self {
+            Queued::Envelope(e) => e.message_type(),
+            Queued::Text { kind, .. } => *kind,
+        }
+    }
+
+    /// The message's JSON text.
+    pub fn encode(&self) -> String {
+        match self {
+            Queued::Envelope(e) => e.encode(),
+            Queued::Text { text, .. } => text.clone(),
+        }
+    }
+}
+
 pub struct Outbox {
-    queue: Mutex<VecDeque<Envelope>>,
+    queue: Mutex<VecDeque<Queued>>,
     capacity: usize,
     dropped: AtomicU64,
     /// Woken for every queued message.
@@ -50,27 +86,37 @@ impl Outbox {
 
     /// Queues a message at the back.
     pub fn send(&self, env: Envelope) {
+        self.push(Queued::Envelope(Box::new(env)));
+    }
+
+    /// Queues a message already written as its envelope's text (see
+    /// `Envelope::encode_with_payload`).
+    pub fn send_text(&self, id: String, kind: MessageType, text: String) {
+        self.push(Queued::Text { id, kind, text });
+    }
+
+    fn push(&self, item: Queued) {
         let Ok(mut q) = self.queue.lock() else {
             return;
         };
         while q.len() >= self.capacity {
             let i = q
                 .iter()
-                .position(|e| matches!(e.message, Message::CommandProgress(_)))
+                .position(|e| e.kind() == MessageType::CommandProgress)
                 .unwrap_or(0);
             if let Some(old) = q.remove(i) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                if !matches!(old.message, Message::CommandProgress(_)) {
+                if old.kind() != MessageType::CommandProgress {
                     log::warn!(
                         "the outbox is full ({} messages): dropping the {} for {}",
                         self.capacity,
-                        old.message.message_type().as_str(),
-                        old.id
+                        old.kind().as_str(),
+                        old.id()
                     );
                 }
             }
         }
-        q.push_back(env);
+        q.push_back(item);
         drop(q);
         if let Some(w) = &self.waker {
             w.wake();
@@ -78,12 +124,12 @@ impl Outbox {
     }
 
     /// The oldest message.
-    pub fn pop(&self) -> Option<Envelope> {
+    pub fn pop(&self) -> Option<Queued> {
         self.queue.lock().ok()?.pop_front()
     }
 
     /// Puts a message back at the front (its send failed).
-    pub fn put_back(&self, env: Envelope) {
+    pub fn put_back(&self, env: Queued) {
         if let Ok(mut q) = self.queue.lock() {
             if q.len() >= self.capacity {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -97,7 +143,7 @@ impl Outbox {
     pub fn has_response(&self, id: &str) -> bool {
         self.queue.lock().is_ok_and(|q| {
             q.iter()
-                .any(|e| e.id == id && matches!(e.message, Message::CommandResponse(_)))
+                .any(|e| e.id() == id && e.kind() == MessageType::CommandResponse)
         })
     }
 
@@ -117,7 +163,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{CommandProgressPayload, CommandResponsePayload};
+    use protocol::{CommandProgressPayload, CommandResponsePayload, Message};
 
     fn resp(id: &str) -> Envelope {
         Envelope::new(
@@ -149,8 +195,22 @@ mod tests {
         assert!(o.has_response("a") && o.has_response("b") && o.has_response("c"));
         o.send(resp("d"));
         assert!(!o.has_response("a"), "then the oldest");
-        assert_eq!(o.pop().unwrap().id, "b");
-        o.put_back(resp("b"));
-        assert_eq!(o.pop().unwrap().id, "b");
+        assert_eq!(o.pop().unwrap().id(), "b");
+        o.put_back(Queued::Envelope(Box::new(resp("b"))));
+        assert_eq!(o.pop().unwrap().id(), "b");
+    }
+
+    #[test]
+    fn written_answers_queue_like_envelopes() {
+        let o = Outbox::new(2);
+        o.send(progress("p"));
+        let text = Envelope::encode_with_payload("t", MessageType::CommandResponse, "{}");
+        o.send_text("t".into(), MessageType::CommandResponse, text.clone());
+        assert!(o.has_response("t"));
+        o.send(resp("u"));
+        assert_eq!(o.dropped(), 1, "the progress went first");
+        let first = o.pop().unwrap();
+        assert_eq!((first.id(), first.encode()), ("t", text));
+        assert_eq!(o.pop().unwrap().kind(), MessageType::CommandResponse);
     }
 }
