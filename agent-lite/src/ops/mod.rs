@@ -60,10 +60,9 @@ pub fn dispatch(agent: &Arc<Agent>, pool: &pool::Pool, id: String, cmd: CommandP
             None => Vec::new(),
         };
         log::warn!("command {id} refused: queue full");
+        let text = dedup::written(&resp);
         for w in waiters.into_iter().chain(std::iter::once(id)) {
-            agent
-                .outbox
-                .send(Envelope::new(w, Message::CommandResponse(resp.clone())));
+            send_answer(&agent.outbox, w, &text);
         }
     }
 }
@@ -84,9 +83,7 @@ fn answer_duplicate(agent: &Agent, id: &str, operation: &str, seen: Seen) {
             log::info!(
                 "command {id} ({operation}) was already executed (same id or idempotency key); sending the same answer again"
             );
-            agent
-                .outbox
-                .send(Envelope::new(id, Message::CommandResponse(r)));
+            send_answer(&agent.outbox, id.to_string(), &r);
         }
         Seen::New => {}
     }
@@ -121,13 +118,20 @@ fn run_job(a: &Agent, id: String, cmd: &CommandPayload) {
         // Durable before the server sees the answer.
         a.commands.save();
     }
-    let kind = MessageType::CommandResponse;
     for w in waiters.into_iter().chain(std::iter::once(id)) {
-        let env = Envelope::encode_with_payload(&w, kind, &text);
-        a.outbox.send_text(w, kind, env);
+        send_answer(&a.outbox, w, &text);
     }
     // The answer's tree is freed only now, while the session sends it.
     drop(resp);
+}
+
+/// Queues the `command_response` of command `id` whose payload is `written`
+/// ([`dedup::written`]): every answer (fresh, to a waiter, again to a duplicate, a refusal)
+/// leaves as the text written once.
+fn send_answer(outbox: &Outbox, id: String, written: &str) {
+    let kind = MessageType::CommandResponse;
+    let text = Envelope::encode_with_payload(&id, kind, written);
+    outbox.send_text(id, kind, text);
 }
 
 /// Runs one command to completion on the calling (worker) thread.
