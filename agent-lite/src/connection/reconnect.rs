@@ -50,7 +50,7 @@ pub fn keep_connected(
             }
             Ok(ws) => {
                 agent.stats.server.store(i, Ordering::Relaxed);
-                match Session::new(agent, ws, pool, shutdown).serve() {
+                match Session::new(agent, ws, pool, shutdown).map_or_else(|o| o, Session::serve) {
                     Outcome::Shutdown => return Ok(()),
                     Outcome::Rejected(why) => {
                         let check = if agent.config.agent.enrol_token.is_some() {

@@ -9,10 +9,11 @@
 //! Owns: message handling and timing on the link. Must not: block on Docker (commands go
 //! to the pool, health comes from the snapshot the health thread keeps fresh).
 
+use super::link::Link;
 use super::Stream;
 use crate::agent::Agent;
 use crate::ops::{self, pool::Pool};
-use crate::passthrough::{self, Hub, Item, Out};
+use crate::passthrough::{self, Direct, Hub, Item, Out};
 use crate::shutdown::Shutdown;
 use crate::signing::seal;
 use protocol::signing::SignatureError;
@@ -25,7 +26,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -71,7 +72,8 @@ fn is_interrupted(e: &tungstenite::Error) -> bool {
 
 pub(super) struct Session<'a> {
     agent: &'a Arc<Agent>,
-    ws: WebSocket<Stream>,
+    /// The socket, shared with the stream threads (see [`Link`]).
+    link: Arc<Link>,
     pool: &'a Pool,
     shutdown: &'a Shutdown,
     started: Instant,
@@ -104,19 +106,26 @@ impl<'a> Session<'a> {
         ws: WebSocket<Stream>,
         pool: &'a Pool,
         shutdown: &'a Shutdown,
-    ) -> Self {
+    ) -> Result<Self, Outcome> {
         let now = Instant::now();
-        Session {
+        let link = Link::new(ws, agent.clone()).map_err(|e| Outcome::Lost {
+            reason: format!("socket setup: {e}"),
+            authenticated: false,
+            lasted: Duration::ZERO,
+        })?;
+        let link = Arc::new(link);
+        let direct: Weak<dyn Direct> = Arc::downgrade(&link) as Weak<Link>;
+        Ok(Session {
             agent,
-            ws,
+            link,
             pool,
             shutdown,
             started: now,
             last_rx: now,
             authenticated: false,
-            hub: Hub::new(agent.clone()),
+            hub: Hub::new(agent.clone(), Some(direct)),
             bad_signatures: 0,
-        }
+        })
     }
 
     /// Signs an encoded envelope when signing is on (see `protocol::signing`).
@@ -139,7 +148,8 @@ impl<'a> Session<'a> {
     /// Sends an envelope's text (signed first when signing is on).
     fn send_text(&mut self, text: String) -> Result<(), Outcome> {
         let text = self.seal(text);
-        match self.ws.send(tungstenite::Message::Text(text.into())) {
+        let sent = self.link.ws().send(tungstenite::Message::Text(text.into()));
+        match sent {
             Ok(()) => Ok(()),
             // Queued in tungstenite's buffer; the next flush continues.
             Err(e) if is_interrupted(&e) => Ok(()),
@@ -169,7 +179,7 @@ impl<'a> Session<'a> {
     /// failed: the next read says how).
     fn wait(&self, timeout: Duration, waker: bool) -> Result<bool, Outcome> {
         let ts = Timespec::try_from(timeout).ok();
-        let tcp = self.ws.get_ref().tcp();
+        let tcp = self.link.tcp();
         let mut fds = [PollFd::new(tcp, PollFlags::IN), self.agent.waker.poll_fd()];
         let n = if waker { 2 } else { 1 };
         match poll(&mut fds[..n], ts.as_ref()) {
@@ -189,7 +199,8 @@ impl<'a> Session<'a> {
     /// see, so reading goes on until the stream itself says there is nothing more.
     fn read_available(&mut self) -> Result<Read, Outcome> {
         for _ in 0..READ_BATCH {
-            match self.ws.read() {
+            let read = self.link.ws().read();
+            match read {
                 Ok(msg) => {
                     self.last_rx = Instant::now();
                     if let Next::End(o) = self.on_frame(msg)? {
@@ -224,8 +235,8 @@ impl<'a> Session<'a> {
     }
 
     /// Queues one message in tungstenite's buffer (the loop flushes).
-    fn write(&mut self, msg: tungstenite::Message) -> Result<(), Outcome> {
-        match self.ws.write(msg) {
+    fn write(&self, ws: &mut WebSocket<Stream>, msg: tungstenite::Message) -> Result<(), Outcome> {
+        match ws.write(msg) {
             Ok(()) => Ok(()),
             Err(e) if is_interrupted(&e) => Ok(()),
             Err(e) if is_timeout(&e) => {
@@ -236,34 +247,36 @@ impl<'a> Session<'a> {
     }
 
     /// Sends what the streams queued: control messages first, then data up to
-    /// [`DATA_BUDGET`] bytes, checking for control messages before every data frame.
+    /// [`DATA_BUDGET`] bytes, checking for control messages before every data frame. The
+    /// socket is held for the whole turn, so an answer a stream thread writes itself (see
+    /// [`Link`]) never overtakes what is popped here.
     fn pump_streams(&mut self) -> Result<(), Outcome> {
         let mut budget = DATA_BUDGET;
+        let link = self.link.clone();
+        let mut ws = link.ws();
         while let Some(item) = self.hub.pop(budget > 0) {
-            match item {
-                Item::Control(text) => {
-                    let text = self.seal(text);
-                    self.write(tungstenite::Message::Text(text.into()))?
+            let msg = match item {
+                Item::Control(text) | Item::Data(Out::Text(text)) => {
+                    tungstenite::Message::Text(self.seal(text).into())
                 }
                 Item::Data(Out::Frame(f)) => {
                     budget = budget.saturating_sub(f.len());
-                    self.write(tungstenite::Message::Binary(f.into()))?
+                    tungstenite::Message::Binary(f.into())
                 }
-                Item::Data(Out::Text(text)) => {
-                    let text = self.seal(text);
-                    self.write(tungstenite::Message::Text(text.into()))?
-                }
-            }
+            };
+            self.write(&mut ws, msg)?;
         }
         Ok(())
     }
 
     fn serve_turns(&mut self) -> Result<Outcome, Outcome> {
         let hb = self.heartbeat_interval();
-        let stream = self.ws.get_mut();
+        let mut ws = self.link.ws();
+        let stream = ws.get_mut();
         let setup = stream
             .set_nonblocking()
             .and_then(|()| stream.set_write_timeout(hb.max(Duration::from_secs(10))));
+        drop(ws);
         setup.map_err(|e| self.lost(e.to_string()))?;
 
         let auth = self.auth_envelope();
@@ -300,7 +313,11 @@ impl<'a> Session<'a> {
                     self.send(hb)?;
                     // Authenticated and a heartbeat sent: a new version's probation is over.
                     self.agent.update.healthy(self.agent.as_ref());
-                    if let Err(e) = self.ws.send(tungstenite::Message::Ping(Vec::new().into())) {
+                    let ping = self
+                        .link
+                        .ws()
+                        .send(tungstenite::Message::Ping(Vec::new().into()));
+                    if let Err(e) = ping {
                         if !is_timeout(&e) {
                             return Err(self.lost(format!("ping failed: {e}")));
                         }
@@ -323,7 +340,8 @@ impl<'a> Session<'a> {
                     next_hb.min(self.last_rx + interval * 2 + Duration::from_millis(1))
                 }
             };
-            match self.ws.flush() {
+            let flushed = self.link.ws().flush();
+            match flushed {
                 Ok(()) => {}
                 Err(e) if is_interrupted(&e) => {}
                 Err(e) if is_timeout(&e) => {
@@ -560,7 +578,8 @@ impl<'a> Session<'a> {
             if (1..=3600).contains(&h) {
                 self.agent.settings.heartbeat.store(h, Ordering::Relaxed);
                 let _ = self
-                    .ws
+                    .link
+                    .ws()
                     .get_mut()
                     .set_write_timeout(Duration::from_secs(h.max(10)));
             } else {
@@ -650,7 +669,7 @@ impl<'a> Session<'a> {
             let _ = self.drain_outbox();
         }
         let _ = self.send(bye);
-        let _ = self.ws.close(Some(CloseFrame {
+        let _ = self.link.ws().close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "agent shutting down".into(),
         }));
@@ -660,10 +679,11 @@ impl<'a> Session<'a> {
             if left.is_zero() {
                 break;
             }
-            match self.ws.read() {
+            let read = self.link.ws().read();
+            match read {
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => {
-                    let _ = self.ws.flush();
+                    let _ = self.link.ws().flush();
                     if self.wait(left, false).is_err() {
                         break;
                     }

@@ -4,8 +4,10 @@
 //! window for data we send, and the check that the server respects ours), and the outgoing
 //! queues the session thread drains with priority: control messages (`stream_response`,
 //! `stream_credit`) always go ahead of data frames; a stream's `stream_end` travels in the
-//! data queue right after its last data frame, so it never overtakes data. Must not: write
-//! to the WebSocket (the session does) or talk to the daemon (the stream's worker does).
+//! data queue right after its last data frame, so it never overtakes data. A whole answer
+//! may instead go out at once through the session's [`Direct`] writer, on the stream's own
+//! thread, when nothing is queued before it. Must not: write to the WebSocket itself (the
+//! session and its `Direct` writer do) or talk to the daemon (the stream's worker does).
 
 use crate::agent::Agent;
 use crate::daemon::Conn;
@@ -18,7 +20,7 @@ use protocol::{
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// Data bytes queued for the WebSocket across all streams before producers wait. Keeps the
@@ -55,6 +57,14 @@ pub enum Item {
     /// An encoded text message.
     Control(String),
     Data(Out),
+}
+
+/// Writes a stream's messages to the server on the stream's own thread (the session's socket,
+/// `connection::link`).
+pub trait Direct: Send + Sync {
+    /// Writes `items` in order, now, if the socket is free and nothing waits in `hub`'s
+    /// queues (looked at while the socket is held); otherwise gives them back, to be queued.
+    fn try_write(&self, hub: &Hub, items: Vec<Item>) -> Result<(), Vec<Item>>;
 }
 
 #[derive(Default)]
@@ -181,11 +191,14 @@ pub struct Hub {
     closed: AtomicBool,
     /// The session's idle stream threads.
     pub(crate) spares: Arc<super::spare::Spares>,
+    /// The session's socket for whole answers; gone with the session.
+    direct: Option<Weak<dyn Direct>>,
 }
 
 impl Hub {
-    pub fn new(agent: Arc<Agent>) -> Arc<Hub> {
+    pub fn new(agent: Arc<Agent>, direct: Option<Weak<dyn Direct>>) -> Arc<Hub> {
         Arc::new(Hub {
+            direct,
             agent,
             q: Mutex::new(Queues::default()),
             space: Condvar::new(),
@@ -279,7 +292,8 @@ impl Hub {
     /// Queues the same messages as [`Hub::respond`] (when `head` is given), [`Hub::send_data`]
     /// and [`Hub::end`] (when `end`), in that order, but all at once with one wake-up of the
     /// session: a small answer then leaves in one write instead of one per message, and the
-    /// session thread wakes once. False when the stream or session ended.
+    /// session thread wakes once, or not at all: the answer is written at once through the
+    /// session's [`Direct`] writer when that is free. False when the stream or session ended.
     pub fn answer(&self, ctl: &Ctl, head: Option<Head>, mut data: &[u8], end: bool) -> bool {
         let mut frames = Vec::new();
         while !data.is_empty() {
@@ -306,15 +320,30 @@ impl Hub {
             };
             self.envelope("se", Message::StreamEnd(m)).encode()
         });
+        let mut items: Vec<Item> = head.map(Item::Control).into_iter().collect();
+        items.extend(frames.into_iter().map(|f| Item::Data(Out::Frame(f))));
+        items.extend(end.map(|t| Item::Data(Out::Text(t))));
+        let items = match self.direct.as_ref().and_then(Weak::upgrade) {
+            Some(d) if !self.closed.load(Ordering::SeqCst) => match d.try_write(self, items) {
+                Ok(()) => return true,
+                Err(items) => items,
+            },
+            _ => items,
+        };
         let Some(mut q) = self.room(ctl) else {
             return false;
         };
-        q.control.extend(head);
-        for f in frames {
-            q.data_bytes += f.len();
-            q.data.push_back(Out::Frame(f));
+        for item in items {
+            match item {
+                Item::Control(text) => q.control.push_back(text),
+                Item::Data(out) => {
+                    if let Out::Frame(f) = &out {
+                        q.data_bytes += f.len();
+                    }
+                    q.data.push_back(out);
+                }
+            }
         }
-        q.data.extend(end.map(Out::Text));
         drop(q);
         self.agent.waker.wake();
         true
