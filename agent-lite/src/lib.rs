@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod direct;
 pub mod enrol;
 pub mod error;
 pub mod health;

@@ -12,8 +12,9 @@
 use super::link::Link;
 use super::Stream;
 use crate::agent::Agent;
+use crate::direct::Direct;
 use crate::ops::{self, pool::Pool};
-use crate::passthrough::{self, Direct, Hub, Item, Out};
+use crate::passthrough::{self, Hub, Item, Out};
 use crate::shutdown::Shutdown;
 use crate::signing::seal;
 use protocol::signing::SignatureError;
@@ -147,9 +148,15 @@ impl<'a> Session<'a> {
 
     /// Sends an envelope's text (signed first when signing is on).
     fn send_text(&mut self, text: String) -> Result<(), Outcome> {
+        let link = self.link.clone();
+        let mut ws = link.ws();
+        self.send_on(&mut ws, text)
+    }
+
+    /// [`Session::send_text`] on the socket already held.
+    fn send_on(&self, ws: &mut WebSocket<Stream>, text: String) -> Result<(), Outcome> {
         let text = self.seal(text);
-        let sent = self.link.ws().send(tungstenite::Message::Text(text.into()));
-        match sent {
+        match ws.send(tungstenite::Message::Text(text.into())) {
             Ok(()) => Ok(()),
             // Queued in tungstenite's buffer; the next flush continues.
             Err(e) if is_interrupted(&e) => Ok(()),
@@ -169,6 +176,7 @@ impl<'a> Session<'a> {
         let outcome = match self.serve_turns() {
             Ok(o) | Err(o) => o,
         };
+        self.agent.outbox.set_direct(None);
         // Streams live and die with the session: their daemon connections close now.
         self.hub.close_all();
         outcome
@@ -553,6 +561,9 @@ impl<'a> Session<'a> {
         match r.status {
             AuthStatus::Authenticated => {
                 self.authenticated = true;
+                // Workers may write their answers themselves from now on.
+                let direct: Weak<dyn Direct> = Arc::downgrade(&self.link) as Weak<Link>;
+                self.agent.outbox.set_direct(Some(direct));
                 if let Some(cfg) = &r.config {
                     self.apply(cfg);
                 }
@@ -601,14 +612,18 @@ impl<'a> Session<'a> {
         );
     }
 
+    /// Sends what workers queued. The socket is held for the whole turn, so an answer a
+    /// worker writes itself (see [`Link`]) never overtakes what is popped here.
     fn drain_outbox(&mut self) -> Result<(), Outcome> {
+        let link = self.link.clone();
+        let mut ws = link.ws();
         for _ in 0..BATCH {
             let Some(item) = self.agent.outbox.pop() else {
                 break;
             };
             // A command's answer comes written by its worker; other messages are encoded
             // from the queued envelope itself (no deep copy of a large result).
-            if let Err(o) = self.send_text(item.encode()) {
+            if let Err(o) = self.send_on(&mut ws, item.encode()) {
                 // Not delivered: keep it for the next connection.
                 self.agent.outbox.put_back(item);
                 return Err(o);
@@ -658,6 +673,7 @@ impl<'a> Session<'a> {
     /// Sends `disconnect` and a normal close, then waits briefly for the server's close.
     fn close(&mut self) -> Outcome {
         log::info!("shutting down: sending disconnect");
+        self.agent.outbox.set_direct(None);
         let bye = Envelope::new(
             self.agent.next_id("bye"),
             Message::Disconnect(DisconnectPayload {

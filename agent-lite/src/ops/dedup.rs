@@ -33,7 +33,19 @@ struct Running {
 struct Done {
     id: String,
     key: Option<String>,
+    /// [`fingerprint`]s of `id` and `key` (0 without a key), compared before the strings:
+    /// every command looks through up to [`REMEMBER`] answers, and comparing the ids
+    /// themselves (the same length, a common prefix) was 2 % of the agent's CPU per command.
+    id_print: u64,
+    key_print: u64,
     resp: Kept,
+}
+
+/// FNV-1a of `s`: cheap, and enough to skip almost every string compare.
+fn fingerprint(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// An answer remembered as its JSON text ([`written`]): one allocation, shared by the ids it
@@ -85,11 +97,14 @@ impl Dedup {
                 return Seen::Waiting(r.id.clone());
             }
         }
-        if let Some(d) = self.done.iter().rev().find(|d| d.id == id) {
+        let print = fingerprint(id);
+        let same_id = |d: &&Done| d.id_print == print && d.id == id;
+        if let Some(d) = self.done.iter().rev().find(same_id) {
             return Seen::Answered(d.resp.clone());
         }
         if let Some(k) = key {
-            let same_key = |d: &&Done| d.key.as_deref() == Some(k);
+            let print = fingerprint(k);
+            let same_key = |d: &&Done| d.key_print == print && d.key.as_deref() == Some(k);
             if let Some(d) = self.done.iter().rev().find(same_key) {
                 return Seen::Answered(d.resp.clone());
             }
@@ -119,10 +134,13 @@ impl Dedup {
         let r = self.take_running(id);
         let (key, waiters) = r.map_or((None, Vec::new()), |r| (r.key, r.waiters));
         let kept = written.clone();
+        let key_print = key.as_deref().map_or(0, fingerprint);
         for w in waiters.iter().chain(std::iter::once(&id.to_string())) {
             self.done.push_back(Done {
                 id: w.clone(),
                 key: key.clone(),
+                id_print: fingerprint(w),
+                key_print,
                 resp: kept.clone(),
             });
         }
@@ -216,6 +234,31 @@ mod tests {
             d.finish(&id, &written(&ok(2)));
         }
         assert!(d.done.len() <= REMEMBER);
+        assert!(
+            matches!(d.check("c3", Some("k"), 0), Seen::New),
+            "the oldest answers and their key are forgotten"
+        );
+    }
+
+    #[test]
+    fn the_newest_answer_for_an_id_or_key_wins() {
+        let mut d = Dedup::default();
+        assert!(matches!(d.check("a", Some("k"), 0), Seen::New));
+        d.finish("a", &written(&ok(1)));
+        // The same id and key answered again later: the newer answer is the one replayed.
+        d.running.push(Running {
+            id: "a".into(),
+            key: Some("k".into()),
+            waiters: Vec::new(),
+        });
+        d.finish("a", &written(&ok(2)));
+        assert!(matches!(d.check("a", None, 0), Seen::Answered(r) if *r == *written(&ok(2))));
+        assert!(matches!(d.check("b", Some("k"), 0), Seen::Answered(r) if *r == *written(&ok(2))));
+        assert!(
+            matches!(d.check("ab", Some("kk"), 0), Seen::New),
+            "no false match"
+        );
+        assert_ne!(fingerprint("a"), fingerprint("b"));
     }
 
     #[test]

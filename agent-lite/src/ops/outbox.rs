@@ -7,13 +7,18 @@
 //! commands that change something: their idempotency key remembers it, and the server
 //! re-sends the command with the same key after reconnection.
 //!
-//! Owns: the queue. Must not: write to the WebSocket.
+//! A message is written at once, on the worker's thread, when the session's socket is free
+//! and nothing is queued before it (`crate::direct`); the queue then stays empty.
+//!
+//! Owns: the queue. Must not: write to the WebSocket itself (the session's `Direct` writer
+//! does).
 
+use crate::direct::{Direct, Frame, Slot};
 use crate::waker::Waker;
 use protocol::{Envelope, MessageType};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Messages kept at most.
 pub const CAPACITY: usize = 1024;
@@ -60,6 +65,8 @@ pub struct Outbox {
     dropped: AtomicU64,
     /// Woken for every queued message.
     waker: Option<Arc<Waker>>,
+    /// The authenticated session's socket, for messages written at once.
+    direct: Slot,
 }
 
 impl Default for Outbox {
@@ -75,6 +82,7 @@ impl Outbox {
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
             waker: None,
+            direct: Slot::default(),
         }
     }
 
@@ -95,7 +103,33 @@ impl Outbox {
         self.push(Queued::Text { id, kind, text });
     }
 
+    /// Lets messages be written at once through the authenticated session's socket (`None`
+    /// when the session ends).
+    pub fn set_direct(&self, direct: Option<Weak<dyn Direct>>) {
+        self.direct.set(direct);
+    }
+
+    /// Writes `item` through the session's socket when it is free and nothing is queued; gives
+    /// it back otherwise, or when writing failed (it then waits for the next connection).
+    fn write_direct(&self, item: Queued) -> Option<Queued> {
+        let Some(d) = self.direct.get() else {
+            return Some(item);
+        };
+        let Some(mut w) = d.try_hold() else {
+            return Some(item);
+        };
+        if !self.is_empty() {
+            return Some(item);
+        }
+        // The text is a copy: the item stays whole in case the write fails.
+        let written = w.write(Frame::Text(item.encode())) && w.finish();
+        (!written).then_some(item)
+    }
+
     fn push(&self, item: Queued) {
+        let Some(item) = self.write_direct(item) else {
+            return;
+        };
         let Ok(mut q) = self.queue.lock() else {
             return;
         };

@@ -6,11 +6,12 @@
 //! `stream_credit`) always go ahead of data frames; a stream's `stream_end` travels in the
 //! data queue right after its last data frame, so it never overtakes data. A whole answer
 //! may instead go out at once through the session's [`Direct`] writer, on the stream's own
-//! thread, when nothing is queued before it. Must not: write to the WebSocket itself (the
+//! thread, when nothing is queued before it (`crate::direct`). Must not: write to the WebSocket itself (the
 //! session and its `Direct` writer do) or talk to the daemon (the stream's worker does).
 
 use crate::agent::Agent;
 use crate::daemon::Conn;
+use crate::direct::{Direct, Frame};
 use protocol::passthrough::Shape;
 use protocol::{
     encode_data_frame, Envelope, ErrorBody, ErrorCode, Message, StreamCancelPayload,
@@ -57,14 +58,6 @@ pub enum Item {
     /// An encoded text message.
     Control(String),
     Data(Out),
-}
-
-/// Writes a stream's messages to the server on the stream's own thread (the session's socket,
-/// `connection::link`).
-pub trait Direct: Send + Sync {
-    /// Writes `items` in order, now, if the socket is free and nothing waits in `hub`'s
-    /// queues (looked at while the socket is held); otherwise gives them back, to be queued.
-    fn try_write(&self, hub: &Hub, items: Vec<Item>) -> Result<(), Vec<Item>>;
 }
 
 #[derive(Default)]
@@ -323,13 +316,11 @@ impl Hub {
         let mut items: Vec<Item> = head.map(Item::Control).into_iter().collect();
         items.extend(frames.into_iter().map(|f| Item::Data(Out::Frame(f))));
         items.extend(end.map(|t| Item::Data(Out::Text(t))));
-        let items = match self.direct.as_ref().and_then(Weak::upgrade) {
-            Some(d) if !self.closed.load(Ordering::SeqCst) => match d.try_write(self, items) {
-                Ok(()) => return true,
-                Err(items) => items,
-            },
-            _ => items,
-        };
+        if let Some(d) = self.direct.as_ref().and_then(Weak::upgrade) {
+            if self.write_direct(d.as_ref(), &mut items) {
+                return true;
+            }
+        }
         let Some(mut q) = self.room(ctl) else {
             return false;
         };
@@ -346,6 +337,32 @@ impl Hub {
         }
         drop(q);
         self.agent.waker.wake();
+        true
+    }
+
+    /// Writes `items` through the session's socket when it is free and nothing is queued
+    /// before them; false (and `items` untouched) otherwise. A failed write drops the link,
+    /// and the stream ends with the session.
+    fn write_direct(&self, d: &dyn Direct, items: &mut Vec<Item>) -> bool {
+        if self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(mut w) = d.try_hold() else {
+            return false;
+        };
+        if self.has_output() {
+            return false;
+        }
+        for item in items.drain(..) {
+            let frame = match item {
+                Item::Control(text) | Item::Data(Out::Text(text)) => Frame::Text(text),
+                Item::Data(Out::Frame(f)) => Frame::Binary(f),
+            };
+            if !w.write(frame) {
+                return true;
+            }
+        }
+        w.finish();
         true
     }
 

@@ -15,7 +15,7 @@ pub mod hub;
 mod spare;
 pub mod worker;
 
-pub use hub::{Direct, Hub, Item, Out};
+pub use hub::{Hub, Item, Out};
 
 use protocol::passthrough::{check_query, classify, Refusal};
 use protocol::{ErrorBody, ErrorCode, StreamOpenPayload};
