@@ -184,38 +184,46 @@ impl AgentManager {
         self.watchers().contains_key(id)
     }
 
-    /// An answer from `session` to command `id`: hands it to every watcher. Returns whether
-    /// anybody waited. Answers from an agent of another host are ignored.
-    pub(super) fn deliver_answer(&self, session: &Session, id: &str, result: Outcome) -> bool {
+    /// An answer from `session` to command `id`: hands it to every watcher (the last one gets
+    /// it without a copy: a result can be a large tree). Gives it back when nobody waited.
+    /// Answers from an agent of another host are ignored.
+    pub(super) fn deliver_answer(
+        &self,
+        session: &Session,
+        id: &str,
+        result: Outcome,
+    ) -> Result<(), Outcome> {
         let ws = {
             let mut map = self.watchers();
             match map.get(id) {
                 Some(ws) if ws.iter().all(|w| w.host_id == session.host_id) => map.remove(id),
                 Some(_) => {
                     tracing::warn!(agent_id = %session.agent_id, id, "answer for a command of another host: ignored");
-                    return false;
+                    return Err(result);
                 }
                 None => None,
             }
         };
         self.flights().remove(id);
-        match ws {
-            Some(ws) => {
-                for w in ws {
-                    let _ = w.tx.send(result.clone());
-                }
-                true
-            }
-            None => false,
+        let Some(mut ws) = ws else {
+            return Err(result);
+        };
+        let last = ws.pop();
+        for w in ws {
+            let _ = w.tx.send(result.clone());
         }
+        if let Some(w) = last {
+            let _ = w.tx.send(result);
+        }
+        Ok(())
     }
 
     /// A `command_response` from `session`: to its waiter, or, when nobody waits any more,
     /// upward as a [`Signal::LateAnswer`] (its result is still worth storing).
     pub(super) fn command_answered(&self, session: &Session, id: &str, outcome: Outcome) {
-        if self.deliver_answer(session, id, outcome.clone()) {
+        let Err(outcome) = self.deliver_answer(session, id, outcome) else {
             return;
-        }
+        };
         tracing::debug!(agent_id = %session.agent_id, id, "answer for no waiting command");
         let _ = self.inner.signals.send(Signal::LateAnswer {
             host_id: session.host_id.clone(),
@@ -792,4 +800,49 @@ fn check_capability(s: &Session, op: &Operation) -> Result<(), ErrorBody> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(host: &str) -> Arc<Session> {
+        let n = NewSession {
+            agent_ref: "ref-1".into(),
+            agent_id: "agent-1".into(),
+            host_id: Some(host.into()),
+            token_hash: String::new(),
+            version: "test".into(),
+            capabilities: Vec::new(),
+            heartbeat: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            protocol_version: protocol::STREAMS_PROTOCOL_VERSION,
+            signer: None,
+        };
+        Session::new(n, 8).0
+    }
+
+    #[test]
+    fn every_watcher_gets_the_answer_and_an_answer_nobody_waits_for_comes_back() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let m = AgentManager::new(AgentConfig::default(), tx);
+        let s = session("h1");
+        let (mut a, mut b) = (m.watch("c1", Some("h1")), m.watch("c1", Some("h1")));
+        let v = serde_json::json!({ "containers": [{ "id": "x", "names": ["/a"] }] });
+        assert_eq!(m.deliver_answer(&s, "c1", Ok(v.clone())), Ok(()));
+        assert_eq!(a.try_recv().expect("first watcher"), Ok(v.clone()));
+        assert_eq!(b.try_recv().expect("last watcher"), Ok(v.clone()));
+        assert_eq!(
+            m.deliver_answer(&s, "c1", Ok(v.clone())),
+            Err(Ok(v.clone())),
+            "nobody waits any more: the answer comes back whole"
+        );
+        let mut other = m.watch("c2", Some("h2"));
+        assert_eq!(
+            m.deliver_answer(&s, "c2", Ok(v.clone())),
+            Err(Ok(v)),
+            "an agent of another host cannot answer"
+        );
+        assert!(other.try_recv().is_err(), "its watcher still waits");
+    }
 }

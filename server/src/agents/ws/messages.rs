@@ -53,7 +53,7 @@ pub(super) async fn handle(
         Message::Error(e) => {
             tracing::warn!(agent_id = %session.agent_id, error = %e.error, ref_id = ?e.ref_id, "agent reported an error");
             if let Some(r) = &e.ref_id {
-                ep.agents.deliver_answer(session, r, Err(e.error.clone()));
+                let _ = ep.agents.deliver_answer(session, r, Err(e.error.clone()));
             }
             None
         }
