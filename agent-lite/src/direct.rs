@@ -36,7 +36,8 @@ pub trait Direct: Send + Sync {
 }
 
 /// The current session's [`Direct`] writer: set once the session is authenticated, cleared
-/// when it ends (a weak reference, so a finished session's socket is never kept open).
+/// when it ends (a weak reference: a finished session's socket stays open only while a
+/// producer that took it just before the end finishes its write).
 #[derive(Default)]
 pub struct Slot(Mutex<Option<Weak<dyn Direct>>>);
 

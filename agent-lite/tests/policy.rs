@@ -313,6 +313,36 @@ fn container_labels_isolate_a_namespace() {
 }
 
 #[test]
+fn a_redacted_inspect_larger_than_the_stream_window_arrives_whole() {
+    let mut s = setup(|c| c.policy.redact_env = true);
+    let c = client();
+    let mut cleanup = Cleanup::new(&c);
+    // 300 KiB of env: more than the server's window for the agent's answer (256 KiB). The
+    // agent reads the whole answer to redact it, then must send it as the credit comes.
+    let big = "x".repeat(100 * 1024);
+    let env: Vec<String> = (0..3)
+        .map(|i| format!("PLAIN{i}={big}"))
+        .chain(["DB_PASSWORD=hunter2".to_string()])
+        .collect();
+    let id = container(&mut cleanup, &c, json!({ "env": env }));
+    let r =
+        s.t.request(Request::get(&format!("/v1.41/containers/{id}/json")));
+    assert_eq!(r.status, Some(200), "{}", message(&r));
+    let v = json_of(&r);
+    let got: Vec<&str> = v["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(got.contains(&"DB_PASSWORD=***"), "redacted");
+    for i in 0..3 {
+        let whole = format!("PLAIN{i}={big}");
+        assert!(got.contains(&whole.as_str()), "PLAIN{i} arrives whole");
+    }
+}
+
+#[test]
 fn redact_env_in_inspect_output() {
     let mut s = setup(|c| c.policy.redact_env = true);
     let c = client();

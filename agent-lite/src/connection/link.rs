@@ -9,6 +9,12 @@
 //! written directly never overtakes a queued message. A producer only ever *tries* to take
 //! the socket, so it never waits for the session thread.
 //!
+//! A producer holds the socket for one answer, at most a stream window (256 KiB) of data,
+//! the session thread's data budget per turn; the session thread waits for it meanwhile.
+//! Once the session ends or starts to close (`disconnect`, the close frame), the link is
+//! retired: producers queue again, and what they queue waits for the next connection (the
+//! outbox) or ends with the session (streams).
+//!
 //! Owns: the lock around the socket. Must not: read from the socket (the session does).
 
 use super::Stream;
@@ -17,7 +23,8 @@ use crate::direct::{Direct, Frame, Writer};
 use crate::signing::seal;
 use std::io;
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use tungstenite::WebSocket;
 
 pub(super) struct Link {
@@ -25,6 +32,10 @@ pub(super) struct Link {
     /// The socket underneath, to `poll` it without holding the lock.
     tcp: TcpStream,
     agent: Arc<Agent>,
+    /// Producers may no longer write (see [`Link::retire`]).
+    retired: AtomicBool,
+    /// Why a producer's write failed, for the session's outcome.
+    failure: OnceLock<String>,
 }
 
 impl Link {
@@ -34,7 +45,21 @@ impl Link {
             ws: Mutex::new(ws),
             tcp,
             agent,
+            retired: AtomicBool::new(false),
+            failure: OnceLock::new(),
         })
+    }
+
+    /// From now on only the session thread writes. Done with the socket held, so an answer a
+    /// producer is writing goes out whole first.
+    pub(super) fn retire(&self) {
+        let _ws = self.ws();
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Why a producer's write failed (it then shut the socket down), if one did.
+    pub(super) fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// The socket, for the session thread (it waits while a producer writes).
@@ -56,13 +81,19 @@ impl Link {
             matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::Interrupted);
         if interrupted {
             self.agent.waker.wake();
-        } else {
-            log::debug!(
-                "writing to the server on a producer's thread failed: {e}; dropping the link"
-            );
-            let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+            return true;
         }
-        interrupted
+        let timed_out = matches!(e, tungstenite::Error::Io(io)
+            if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+        let why = if timed_out {
+            "the server stopped reading (write timed out)".to_string()
+        } else {
+            format!("send failed: {e}")
+        };
+        log::debug!("writing to the server on a producer's thread: {why}; dropping the link");
+        let _ = self.failure.set(why);
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+        false
     }
 }
 
@@ -101,6 +132,9 @@ impl Direct for Link {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
         };
+        if self.retired.load(Ordering::SeqCst) || !ws.can_write() {
+            return None;
+        }
         Some(Box::new(Held { link: self, ws }))
     }
 }

@@ -134,9 +134,22 @@ impl<'a> Session<'a> {
         seal(self.agent.signer.as_ref(), text)
     }
 
+    /// Producers stop writing to the socket: their answers queue for the next connection
+    /// (commands) or end with the session (streams).
+    fn retire(&self) {
+        self.agent.outbox.set_direct(None);
+        self.link.retire();
+    }
+
+    /// The session's end for `reason`, or for the failure of a producer's write (which shut
+    /// the socket down, so the session's own read or write failed next).
     fn lost(&self, reason: impl Into<String>) -> Outcome {
+        let reason = match self.link.failure() {
+            Some(why) => why.to_string(),
+            None => reason.into(),
+        };
         Outcome::Lost {
-            reason: reason.into(),
+            reason,
             authenticated: self.authenticated,
             lasted: self.started.elapsed(),
         }
@@ -176,7 +189,7 @@ impl<'a> Session<'a> {
         let outcome = match self.serve_turns() {
             Ok(o) | Err(o) => o,
         };
-        self.agent.outbox.set_direct(None);
+        self.retire();
         // Streams live and die with the session: their daemon connections close now.
         self.hub.close_all();
         outcome
@@ -673,7 +686,7 @@ impl<'a> Session<'a> {
     /// Sends `disconnect` and a normal close, then waits briefly for the server's close.
     fn close(&mut self) -> Outcome {
         log::info!("shutting down: sending disconnect");
-        self.agent.outbox.set_direct(None);
+        self.retire();
         let bye = Envelope::new(
             self.agent.next_id("bye"),
             Message::Disconnect(DisconnectPayload {

@@ -6,8 +6,9 @@
 //! `stream_credit`) always go ahead of data frames; a stream's `stream_end` travels in the
 //! data queue right after its last data frame, so it never overtakes data. A whole answer
 //! may instead go out at once through the session's [`Direct`] writer, on the stream's own
-//! thread, when nothing is queued before it (`crate::direct`). Must not: write to the WebSocket itself (the
-//! session and its `Direct` writer do) or talk to the daemon (the stream's worker does).
+//! thread, when nothing is queued before it (`crate::direct`). Must not: write to the
+//! WebSocket itself (the session and its `Direct` writer do) or talk to the daemon (the
+//! stream's worker does).
 
 use crate::agent::Agent;
 use crate::daemon::Conn;
@@ -288,6 +289,20 @@ impl Hub {
     /// session thread wakes once, or not at all: the answer is written at once through the
     /// session's [`Direct`] writer when that is free. False when the stream or session ended.
     pub fn answer(&self, ctl: &Ctl, head: Option<Head>, mut data: &[u8], end: bool) -> bool {
+        if data.len() > STREAM_WINDOW as usize {
+            // More than the server's window: it grants credit only as its client reads, so
+            // the pieces go out as credit comes (a filtered answer can be this large).
+            if let Some((status, headers)) = head {
+                self.respond(ctl, status, headers);
+            }
+            if !self.send_data(ctl, data) {
+                return false;
+            }
+            if end {
+                self.end(ctl, None);
+            }
+            return !ctl.is_cancelled();
+        }
         let mut frames = Vec::new();
         while !data.is_empty() {
             let want = data.len().min(STREAM_CHUNK) as u32;
@@ -317,7 +332,7 @@ impl Hub {
         items.extend(frames.into_iter().map(|f| Item::Data(Out::Frame(f))));
         items.extend(end.map(|t| Item::Data(Out::Text(t))));
         if let Some(d) = self.direct.as_ref().and_then(Weak::upgrade) {
-            if self.write_direct(d.as_ref(), &mut items) {
+            if self.write_direct(d.as_ref(), ctl, &mut items) {
                 return true;
             }
         }
@@ -341,16 +356,17 @@ impl Hub {
     }
 
     /// Writes `items` through the session's socket when it is free and nothing is queued
-    /// before them; false (and `items` untouched) otherwise. A failed write drops the link,
-    /// and the stream ends with the session.
-    fn write_direct(&self, d: &dyn Direct, items: &mut Vec<Item>) -> bool {
+    /// before them; false (and `items` untouched) otherwise, and when the stream was
+    /// cancelled (the queueing path then says so). A failed write drops the link, and the
+    /// stream ends with the session.
+    fn write_direct(&self, d: &dyn Direct, ctl: &Ctl, items: &mut Vec<Item>) -> bool {
         if self.closed.load(Ordering::SeqCst) {
             return false;
         }
         let Some(mut w) = d.try_hold() else {
             return false;
         };
-        if self.has_output() {
+        if ctl.is_cancelled() || self.has_output() {
             return false;
         }
         for item in items.drain(..) {

@@ -185,8 +185,9 @@ impl AgentManager {
     }
 
     /// An answer from `session` to command `id`: hands it to every watcher (the last one gets
-    /// it without a copy: a result can be a large tree). Gives it back when nobody waited.
-    /// Answers from an agent of another host are ignored.
+    /// it without a copy: a result can be a large tree). Gives it back when nobody waited, or
+    /// when the command belongs to another host (its watchers are left waiting; the caller
+    /// passes it on as a late answer, which checks the host again).
     pub(super) fn deliver_answer(
         &self,
         session: &Session,
