@@ -24,7 +24,7 @@ use crate::signing::seal;
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use tungstenite::WebSocket;
 
 pub(super) struct Link {
@@ -34,8 +34,8 @@ pub(super) struct Link {
     agent: Arc<Agent>,
     /// Producers may no longer write (see [`Link::retire`]).
     retired: AtomicBool,
-    /// Why a producer's write failed, for the session's outcome.
-    failure: OnceLock<String>,
+    /// A producer's write failed and shut the socket down.
+    failed: AtomicBool,
 }
 
 impl Link {
@@ -46,7 +46,7 @@ impl Link {
             tcp,
             agent,
             retired: AtomicBool::new(false),
-            failure: OnceLock::new(),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -57,9 +57,9 @@ impl Link {
         self.retired.store(true, Ordering::SeqCst);
     }
 
-    /// Why a producer's write failed (it then shut the socket down), if one did.
-    pub(super) fn failure(&self) -> Option<&str> {
-        self.failure.get().map(String::as_str)
+    /// Whether a producer's write failed (and shut the socket down).
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// The socket, for the session thread (it waits while a producer writes).
@@ -75,7 +75,7 @@ impl Link {
     /// Whether a failed write may simply be flushed later: interrupted by a signal, its
     /// bytes are in tungstenite's buffer, and the session thread (woken) flushes them.
     /// Any other failure shuts the socket down, so that the session thread's next read ends
-    /// the session.
+    /// the session, which then names this failure as its reason ([`Link::failed`]).
     fn recover(&self, e: &tungstenite::Error) -> bool {
         let interrupted =
             matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::Interrupted);
@@ -83,15 +83,8 @@ impl Link {
             self.agent.waker.wake();
             return true;
         }
-        let timed_out = matches!(e, tungstenite::Error::Io(io)
-            if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
-        let why = if timed_out {
-            "the server stopped reading (write timed out)".to_string()
-        } else {
-            format!("send failed: {e}")
-        };
-        log::debug!("writing to the server on a producer's thread: {why}; dropping the link");
-        let _ = self.failure.set(why);
+        log::debug!("writing an answer to the server failed: {e}");
+        self.failed.store(true, Ordering::SeqCst);
         let _ = self.tcp.shutdown(std::net::Shutdown::Both);
         false
     }

@@ -141,15 +141,9 @@ impl<'a> Session<'a> {
         self.link.retire();
     }
 
-    /// The session's end for `reason`, or for the failure of a producer's write (which shut
-    /// the socket down, so the session's own read or write failed next).
     fn lost(&self, reason: impl Into<String>) -> Outcome {
-        let reason = match self.link.failure() {
-            Some(why) => why.to_string(),
-            None => reason.into(),
-        };
         Outcome::Lost {
-            reason,
+            reason: reason.into(),
             authenticated: self.authenticated,
             lasted: self.started.elapsed(),
         }
@@ -309,6 +303,10 @@ impl<'a> Session<'a> {
         loop {
             if self.shutdown.is_set() {
                 return Ok(self.close());
+            }
+            if self.link.failed() {
+                // A producer's write failed and shut the socket down (which woke us).
+                return Err(self.lost("writing an answer to the server failed or timed out"));
             }
             let mut more_input = false;
             if readable {

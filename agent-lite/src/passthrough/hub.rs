@@ -289,20 +289,6 @@ impl Hub {
     /// session thread wakes once, or not at all: the answer is written at once through the
     /// session's [`Direct`] writer when that is free. False when the stream or session ended.
     pub fn answer(&self, ctl: &Ctl, head: Option<Head>, mut data: &[u8], end: bool) -> bool {
-        if data.len() > STREAM_WINDOW as usize {
-            // More than the server's window: it grants credit only as its client reads, so
-            // the pieces go out as credit comes (a filtered answer can be this large).
-            if let Some((status, headers)) = head {
-                self.respond(ctl, status, headers);
-            }
-            if !self.send_data(ctl, data) {
-                return false;
-            }
-            if end {
-                self.end(ctl, None);
-            }
-            return !ctl.is_cancelled();
-        }
         let mut frames = Vec::new();
         while !data.is_empty() {
             let want = data.len().min(STREAM_CHUNK) as u32;
