@@ -312,6 +312,15 @@ fn container_labels_isolate_a_namespace() {
     assert_eq!(e.code, ErrorCode::NotFound, "{e}");
 }
 
+/// The strings of a JSON array (a container's `Config.Env`).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 #[test]
 fn a_redacted_inspect_larger_than_the_stream_window_arrives_whole() {
     let mut s = setup(|c| c.policy.redact_env = true);
@@ -329,12 +338,7 @@ fn a_redacted_inspect_larger_than_the_stream_window_arrives_whole() {
         s.t.request(Request::get(&format!("/v1.41/containers/{id}/json")));
     assert_eq!(r.status, Some(200), "{}", message(&r));
     let v = json_of(&r);
-    let got: Vec<&str> = v["Config"]["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let got = strings(&v["Config"]["Env"]);
     assert!(got.contains(&"DB_PASSWORD=***"), "redacted");
     for i in 0..3 {
         let whole = format!("PLAIN{i}={big}");
@@ -353,12 +357,7 @@ fn redact_env_in_inspect_output() {
         json!({"env": ["DB_PASSWORD=hunter2", "api_token=abc", "PLAIN=visible"]}),
     );
     let check = |env: &Value| {
-        let env: Vec<&str> = env
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let env = strings(env);
         assert!(env.contains(&"DB_PASSWORD=***"), "{env:?}");
         assert!(env.contains(&"api_token=***"), "{env:?}");
         assert!(env.contains(&"PLAIN=visible"), "{env:?}");
