@@ -35,15 +35,15 @@ pub trait Direct: Send + Sync {
     fn try_hold(&self) -> Option<Box<dyn Writer + '_>>;
 }
 
-/// The current session's [`Direct`] writer: set once the session is authenticated, cleared
-/// when it ends (a weak reference: a finished session's socket stays open only while a
+/// The current session's [`Direct`] writer: set once the session is authenticated; a session
+/// that ends retires it (a weak reference: a finished session's socket stays open only while a
 /// producer that took it just before the end finishes its write).
 #[derive(Default)]
 pub struct Slot(Mutex<Option<Weak<dyn Direct>>>);
 
 impl Slot {
-    pub fn set(&self, direct: Option<Weak<dyn Direct>>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = direct;
+    pub fn set(&self, direct: Weak<dyn Direct>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(direct);
     }
 
     /// The writer of a live session.

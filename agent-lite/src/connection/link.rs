@@ -24,7 +24,7 @@ use crate::signing::seal;
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use tungstenite::WebSocket;
 
 pub(super) struct Link {
@@ -55,6 +55,11 @@ impl Link {
     pub(super) fn retire(&self) {
         let _ws = self.ws();
         self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// The link for producers (it lives as long as the session holds it).
+    pub(super) fn direct(self: &Arc<Self>) -> Weak<dyn Direct> {
+        Arc::downgrade(self) as Weak<Link>
     }
 
     /// Whether a producer's write failed (and shut the socket down).

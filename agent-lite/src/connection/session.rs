@@ -12,7 +12,6 @@
 use super::link::Link;
 use super::Stream;
 use crate::agent::Agent;
-use crate::direct::Direct;
 use crate::ops::{self, pool::Pool};
 use crate::passthrough::{self, Hub, Item, Out};
 use crate::shutdown::Shutdown;
@@ -27,7 +26,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -115,7 +114,7 @@ impl<'a> Session<'a> {
             lasted: Duration::ZERO,
         })?;
         let link = Arc::new(link);
-        let direct: Weak<dyn Direct> = Arc::downgrade(&link) as Weak<Link>;
+        let direct = link.direct();
         Ok(Session {
             agent,
             link,
@@ -132,13 +131,6 @@ impl<'a> Session<'a> {
     /// Signs an encoded envelope when signing is on (see `protocol::signing`).
     fn seal(&self, text: String) -> String {
         seal(self.agent.signer.as_ref(), text)
-    }
-
-    /// Producers stop writing to the socket: their answers queue for the next connection
-    /// (commands) or end with the session (streams).
-    fn retire(&self) {
-        self.agent.outbox.set_direct(None);
-        self.link.retire();
     }
 
     fn lost(&self, reason: impl Into<String>) -> Outcome {
@@ -183,7 +175,9 @@ impl<'a> Session<'a> {
         let outcome = match self.serve_turns() {
             Ok(o) | Err(o) => o,
         };
-        self.retire();
+        // Producers stop writing to the socket: their answers queue for the next connection
+        // (commands) or end with the session (streams).
+        self.link.retire();
         // Streams live and die with the session: their daemon connections close now.
         self.hub.close_all();
         outcome
@@ -573,8 +567,7 @@ impl<'a> Session<'a> {
             AuthStatus::Authenticated => {
                 self.authenticated = true;
                 // Workers may write their answers themselves from now on.
-                let direct: Weak<dyn Direct> = Arc::downgrade(&self.link) as Weak<Link>;
-                self.agent.outbox.set_direct(Some(direct));
+                self.agent.outbox.set_direct(self.link.direct());
                 if let Some(cfg) = &r.config {
                     self.apply(cfg);
                 }
@@ -684,7 +677,7 @@ impl<'a> Session<'a> {
     /// Sends `disconnect` and a normal close, then waits briefly for the server's close.
     fn close(&mut self) -> Outcome {
         log::info!("shutting down: sending disconnect");
-        self.retire();
+        self.link.retire();
         let bye = Envelope::new(
             self.agent.next_id("bye"),
             Message::Disconnect(DisconnectPayload {

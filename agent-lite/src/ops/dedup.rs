@@ -133,7 +133,6 @@ impl Dedup {
     pub(crate) fn finish(&mut self, id: &str, written: &Arc<str>) -> Vec<String> {
         let r = self.take_running(id);
         let (key, waiters) = r.map_or((None, Vec::new()), |r| (r.key, r.waiters));
-        let kept = written.clone();
         let key_print = key.as_deref().map_or(0, fingerprint);
         for w in waiters.iter().chain(std::iter::once(&id.to_string())) {
             self.done.push_back(Done {
@@ -141,7 +140,7 @@ impl Dedup {
                 key: key.clone(),
                 id_print: fingerprint(w),
                 key_print,
-                resp: kept.clone(),
+                resp: written.clone(),
             });
         }
         while self.done.len() > REMEMBER {

@@ -103,9 +103,9 @@ impl Outbox {
         self.push(Queued::Text { id, kind, text });
     }
 
-    /// Lets messages be written at once through the authenticated session's socket (`None`
-    /// when the session ends).
-    pub fn set_direct(&self, direct: Option<Weak<dyn Direct>>) {
+    /// Lets messages be written at once through the authenticated session's socket (until
+    /// that session retires its link).
+    pub fn set_direct(&self, direct: Weak<dyn Direct>) {
         self.direct.set(direct);
     }
 

@@ -288,35 +288,48 @@ impl Hub {
     /// session: a small answer then leaves in one write instead of one per message, and the
     /// session thread wakes once, or not at all: the answer is written at once through the
     /// session's [`Direct`] writer when that is free. False when the stream or session ended.
-    pub fn answer(&self, ctl: &Ctl, head: Option<Head>, mut data: &[u8], end: bool) -> bool {
-        let mut frames = Vec::new();
-        while !data.is_empty() {
-            let want = data.len().min(STREAM_CHUNK) as u32;
-            let Some(n) = ctl.acquire(want) else {
-                return false;
-            };
-            let (piece, rest) = data.split_at(n as usize);
-            frames.push(encode_data_frame(ctl.id, piece));
-            data = rest;
+    pub fn answer(&self, ctl: &Ctl, head: Option<Head>, data: &[u8], end: bool) -> bool {
+        if data.len() > STREAM_WINDOW as usize {
+            // More than the server's window: it grants credit only as its client reads, so
+            // the pieces go out as the credit comes (a filtered answer is read whole first).
+            if let Some((status, headers)) = head {
+                self.respond(ctl, status, headers);
+            }
+            let sent = self.send_data(ctl, data);
+            if sent && end {
+                self.end(ctl, None);
+            }
+            return sent;
         }
-        let head = head.map(|(status, headers)| {
+        let mut items = Vec::new();
+        if let Some((status, headers)) = head {
             let m = StreamResponsePayload {
                 stream_id: ctl.id,
                 status,
                 headers,
             };
-            self.envelope("sc", Message::StreamResponse(m)).encode()
-        });
-        let end = end.then(|| {
+            items.push(Item::Control(
+                self.envelope("sc", Message::StreamResponse(m)).encode(),
+            ));
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let want = rest.len().min(STREAM_CHUNK) as u32;
+            let Some(n) = ctl.acquire(want) else {
+                return false;
+            };
+            let (piece, tail) = rest.split_at(n as usize);
+            items.push(Item::Data(Out::Frame(encode_data_frame(ctl.id, piece))));
+            rest = tail;
+        }
+        if end {
             let m = StreamEndPayload {
                 stream_id: ctl.id,
                 error: None,
             };
-            self.envelope("se", Message::StreamEnd(m)).encode()
-        });
-        let mut items: Vec<Item> = head.map(Item::Control).into_iter().collect();
-        items.extend(frames.into_iter().map(|f| Item::Data(Out::Frame(f))));
-        items.extend(end.map(|t| Item::Data(Out::Text(t))));
+            let text = self.envelope("se", Message::StreamEnd(m)).encode();
+            items.push(Item::Data(Out::Text(text)));
+        }
         if let Some(d) = self.direct.as_ref().and_then(Weak::upgrade) {
             if self.write_direct(d.as_ref(), ctl, &mut items) {
                 return true;

@@ -261,12 +261,8 @@ impl Held {
             return hub.send_data(ctl, d);
         }
         if self.first.is_none() {
-            // At most a piece is held: the server grants credit only as its client reads, so
-            // a larger answer (a filtered one, read whole) must not wait for credit for all of
-            // it before anything is sent.
-            let (first, rest) = d.split_at(d.len().min(STREAM_CHUNK));
-            self.first = Some(first.to_vec());
-            return rest.is_empty() || (self.release(hub, ctl, false) && hub.send_data(ctl, rest));
+            self.first = Some(d.to_vec());
+            return true;
         }
         self.release(hub, ctl, false) && hub.send_data(ctl, d)
     }
