@@ -6,6 +6,9 @@
 //!   (what one more socket pair costs, without a hand-over to another process);
 //! - `two_hops`: the same through two relay processes in a row (`hop.rs`), in the server's
 //!   and the agent's place and doing no work: the floor any two-process tunnel pays here;
+//! - `floor`: the same through the least WebSocket tunnel our stack can build (`floor.rs`:
+//!   axum and tokio in the server's place, synchronous tungstenite in the agent's, no checks,
+//!   no policy, no flow control): what the stack itself costs, under `passthrough`;
 //! - `passthrough`: the same through `GET /api/v1/hosts/{id}/docker/v1.41/containers/json?all=1`
 //!   (server + agent);
 //! - `operation`: `POST /api/v1/hosts/{id}/operations` with `container.list` `{"all": true}`.
@@ -25,8 +28,15 @@ const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const LIST: &str = "/v1.41/containers/json?all=1";
 const WARMUP: usize = 50;
 
-/// The four paths, in the order they are printed.
-const PATHS: [&str; 5] = ["direct", "relay", "two_hops", "passthrough", "operation"];
+/// The paths, in the order they are printed.
+const PATHS: [&str; 6] = [
+    "direct",
+    "relay",
+    "two_hops",
+    "floor",
+    "passthrough",
+    "operation",
+];
 
 /// Paths measured side by side, call by call; path 0 is the reference the others are
 /// compared with.
@@ -58,13 +68,18 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
         let relay = start_relay().await?;
         let near = RelayProc::start(&format!("unix:{DOCKER_SOCK}"))?;
         let far = RelayProc::start(&format!("tcp:{}", near.addr))?;
+        let floor_server = RelayProc::start_mode("floor-server", None)?;
+        let floor_agent = RelayProc::spawn_mode("floor-agent", &floor_server.addr)?;
+        let floor = RelayHttp::new(&floor_server.addr);
+        wait_floor_ready(&floor).await?;
         let paths = Paths {
             api: api.clone(),
             host_id: host_id.clone(),
             direct: UnixHttp::new(),
             relay: RelayHttp::new(&relay),
             two_hops: RelayHttp::new(&far.addr),
-            _hops: [near, far],
+            floor,
+            _hops: [near, far, floor_server, floor_agent],
         };
         println!(
             "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {} ---",
@@ -278,10 +293,17 @@ struct RelayProc {
 
 impl RelayProc {
     fn start(target: &str) -> Result<RelayProc, Fail> {
+        RelayProc::start_mode("hop", Some(target))
+    }
+
+    /// This binary in `mode` (with `arg`), once it prints `listening ADDR`.
+    fn start_mode(mode: &str, arg: Option<&str>) -> Result<RelayProc, Fail> {
         use std::io::BufRead;
+        let target = arg.unwrap_or(mode);
         let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe)
-            .args(["hop", target])
+            .arg(mode)
+            .args(arg)
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let mut line = String::new();
@@ -295,10 +317,32 @@ impl RelayProc {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(format!("hop {target}: did not start ({line:?})").into())
+                Err(format!("{mode} {target}: did not start ({line:?})").into())
             }
         }
     }
+
+    /// This binary in `mode` with `arg`, a client that prints nothing.
+    fn spawn_mode(mode: &str, arg: &str) -> Result<RelayProc, Fail> {
+        let exe = std::env::current_exe()?;
+        let child = std::process::Command::new(exe).args([mode, arg]).spawn()?;
+        Ok(RelayProc {
+            child,
+            addr: String::new(),
+        })
+    }
+}
+
+/// Waits until the floor's agent is connected to the floor's server.
+async fn wait_floor_ready(floor: &RelayHttp) -> Result<(), Fail> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while floor.get("/ready").await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the floor's agent did not connect within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 impl Drop for RelayProc {
@@ -317,8 +361,9 @@ struct Paths {
     direct: UnixHttp,
     relay: RelayHttp,
     two_hops: RelayHttp,
-    /// The relay processes of `two_hops`, killed when the paths go.
-    _hops: [RelayProc; 2],
+    floor: RelayHttp,
+    /// The processes of `two_hops` and `floor`, killed when the paths go.
+    _hops: [RelayProc; 4],
 }
 
 impl Calls for Paths {
@@ -331,7 +376,8 @@ impl Calls for Paths {
             0 => self.direct.get(LIST).await.map(drop),
             1 => self.relay.get(LIST).await.map(drop),
             2 => self.two_hops.get(LIST).await.map(drop),
-            3 => {
+            3 => self.floor.get(LIST).await.map(drop),
+            4 => {
                 let path = format!("/api/v1/hosts/{}/docker{LIST}", self.host_id);
                 api_call(&self.api, "GET", &path, None).await.map(drop)
             }

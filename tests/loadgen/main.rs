@@ -10,6 +10,7 @@
 //! docker-ctl-loadgen capacity|storm --tls ...   (the server's own TLS listener, a test CA)
 //! docker-ctl-loadgen latency  --calls 1000 [--rounds 2] [--containers 6] [--agent PATH]
 //! docker-ctl-loadgen hop      unix:PATH|tcp:ADDR   (a relay process of the latency mode)
+//! docker-ctl-loadgen floor-server | floor-agent ADDR (the latency mode's least tunnel)
 //! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
 //! docker-ctl-loadgen replicas --database-url URL [--part hop|routed|failover] [--calls 1000]
 //!                             [--agents 1000] [--rate 1000] [--duration 10] [--failover-agents 3000]
@@ -21,6 +22,7 @@
 //! label) from its creation to its last result, with the server's CPU and memory, and on
 //! PostgreSQL the rows written per host (from `pg_stat_user_tables`).
 
+mod floor;
 mod hop;
 mod latency;
 mod replicas;
@@ -147,6 +149,11 @@ fn main() {
     // A relay process of the latency mode: plain threads, before any runtime.
     if std::env::args().nth(1).as_deref() == Some("hop") {
         hop::run(&std::env::args().nth(2).unwrap_or_default());
+    }
+    match std::env::args().nth(1).as_deref() {
+        Some("floor-server") => floor::server(),
+        Some("floor-agent") => floor::agent(&std::env::args().nth(2).unwrap_or_default()),
+        _ => {}
     }
     let args = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
