@@ -5,7 +5,9 @@
 #   - latency: both paths through server + static x86_64-musl agent (the Docker API
 #     passthrough GET .../docker/v1.41/containers/json?all=1, and POST .../operations with
 #     container.list) add <= 0.30 ms at p50 and <= 1.0 ms at p99 over the direct Docker
-#     socket (the better of two interleaved rounds of 1,000 calls, 6 containers)
+#     socket (the better of two interleaved rounds of 1,000 calls, 6 containers); the
+#     `floor` path (the least tunnel the same stack can build, tests/loadgen/floor.rs) is
+#     printed beside them, as what the machine allows
 #   - capacity: 1,000 simulated agents, <= 25 KiB server RSS per agent, p99 <= 10 ms at
 #     1,000 commands/s
 #   - TLS: 1,000 simulated agents over wss:// to the server's own TLS listener, <= 20 KiB
@@ -39,6 +41,8 @@ for path in passthrough operation; do
   check "${path}_added_p50_ms" "$(metric "${path}_added_p50_ms" "$out")" "<=" 0.30
   check "${path}_added_p99_ms" "$(metric "${path}_added_p99_ms" "$out")" "<=" 1.0
 done
+printf 'INFO %-32s %10s (the stack alone, no target)\n' floor_added_p50_ms \
+  "$(metric floor_added_p50_ms "$out")"
 
 echo "== capacity (1,000 agents, 1,000 commands/s)"
 out=$("$lg" capacity --agents 1000 --rate 1000 --duration 10 --heartbeat 5 | tee >(cat >&2))
