@@ -32,6 +32,8 @@ use tokio::sync::oneshot;
 const DOCKER_SOCK: &str = "/var/run/docker.sock";
 /// Answers larger than this are refused (the floor serves small JSON lists).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// How long a call may take, in either process, before it fails instead of hanging the run.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Answer = (u16, bytes::Bytes);
 
@@ -118,12 +120,18 @@ async fn call(State(floor): State<Arc<Floor>>, req: Request) -> Response {
         }
         return (StatusCode::BAD_GATEWAY, "no agent").into_response();
     }
-    match rx.await {
-        Ok((status, body)) => {
+    match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        Err(_) => {
+            if let Ok(mut w) = floor.waiting.lock() {
+                w.remove(&id);
+            }
+            (StatusCode::GATEWAY_TIMEOUT, "the agent did not answer").into_response()
+        }
+        Ok(Ok((status, body))) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             (status, [("content-type", "application/json")], body).into_response()
         }
-        Err(_) => (StatusCode::BAD_GATEWAY, "the agent went away").into_response(),
+        Ok(Err(_)) => (StatusCode::BAD_GATEWAY, "the agent went away").into_response(),
     }
 }
 
@@ -141,6 +149,8 @@ fn agent_loop(addr: &str) -> Result<(), crate::Fail> {
     tcp.set_nodelay(true)?;
     let (mut ws, _) = client(format!("ws://{addr}/agent"), tcp).map_err(|e| e.to_string())?;
     let docker = UnixStream::connect(DOCKER_SOCK)?;
+    docker.set_read_timeout(Some(CALL_TIMEOUT))?;
+    docker.set_write_timeout(Some(CALL_TIMEOUT))?;
     let mut to_docker = docker.try_clone()?;
     let mut from_docker = BufReader::new(docker);
     loop {
