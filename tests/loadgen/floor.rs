@@ -1,7 +1,9 @@
 //! The latency mode's `floor` path: the least tunnel that can be built with our stack, as two
 //! processes in the server's and the agent's place.
 //!
-//! - `docker-ctl-loadgen floor-server`: axum on a multi-thread tokio runtime, as the server.
+//! - `docker-ctl-loadgen floor-server`: axum on a multi-thread tokio runtime, as the server
+//!   (`FLOOR_RT=current`: a single-thread runtime, to see whether the runtime's cross-thread
+//!   wake-ups matter; they did not, within the machine's noise).
 //!   It prints `listening ADDR`; one agent connects to `/agent` (a WebSocket), and every other
 //!   GET goes to that agent as one binary frame (4-byte id, then the request target). The
 //!   agent's frame (4-byte id, 2-byte status, body) becomes the answer. The handler writes its
@@ -46,8 +48,11 @@ struct Floor {
 
 /// `floor-server`: serves until killed.
 pub(crate) fn server() -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let rt = match std::env::var("FLOOR_RT").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
         .build()
         .expect("tokio runtime");
     let r: Result<(), crate::Fail> = rt.block_on(async {
