@@ -66,10 +66,10 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
         wait_online(&api, &host_id).await?;
         let listed = top_up_containers(&label, args.containers)?;
         let relay = start_relay().await?;
-        let near = RelayProc::start(&format!("unix:{DOCKER_SOCK}"))?;
-        let far = RelayProc::start(&format!("tcp:{}", near.addr))?;
-        let floor_server = RelayProc::start_mode("floor-server", None)?;
-        let floor_agent = RelayProc::spawn_mode("floor-agent", &floor_server.addr)?;
+        let near = ModeProc::start(&format!("unix:{DOCKER_SOCK}"))?;
+        let far = ModeProc::start(&format!("tcp:{}", near.addr))?;
+        let floor_server = ModeProc::start_mode("floor-server", None)?;
+        let floor_agent = ModeProc::spawn_mode("floor-agent", &floor_server.addr)?;
         let floor = RelayHttp::new(&floor_server.addr);
         wait_floor_ready(&floor).await?;
         let paths = Paths {
@@ -285,19 +285,20 @@ async fn start_relay() -> Result<String, Fail> {
     Ok(addr)
 }
 
-/// A relay process (`docker-ctl-loadgen hop TARGET`), killed on drop.
-struct RelayProc {
+/// This binary in another mode (a relay: `hop TARGET`; the floor: `floor-server`,
+/// `floor-agent ADDR`), killed on drop.
+struct ModeProc {
     child: std::process::Child,
     addr: String,
 }
 
-impl RelayProc {
-    fn start(target: &str) -> Result<RelayProc, Fail> {
-        RelayProc::start_mode("hop", Some(target))
+impl ModeProc {
+    fn start(target: &str) -> Result<ModeProc, Fail> {
+        ModeProc::start_mode("hop", Some(target))
     }
 
     /// This binary in `mode` (with `arg`), once it prints `listening ADDR`.
-    fn start_mode(mode: &str, arg: Option<&str>) -> Result<RelayProc, Fail> {
+    fn start_mode(mode: &str, arg: Option<&str>) -> Result<ModeProc, Fail> {
         use std::io::BufRead;
         let target = arg.unwrap_or(mode);
         let exe = std::env::current_exe()?;
@@ -310,7 +311,7 @@ impl RelayProc {
         let out = child.stdout.take().ok_or("hop: no stdout")?;
         std::io::BufReader::new(out).read_line(&mut line)?;
         match line.trim().strip_prefix("listening ") {
-            Some(addr) => Ok(RelayProc {
+            Some(addr) => Ok(ModeProc {
                 addr: addr.to_string(),
                 child,
             }),
@@ -323,10 +324,10 @@ impl RelayProc {
     }
 
     /// This binary in `mode` with `arg`, a client that prints nothing.
-    fn spawn_mode(mode: &str, arg: &str) -> Result<RelayProc, Fail> {
+    fn spawn_mode(mode: &str, arg: &str) -> Result<ModeProc, Fail> {
         let exe = std::env::current_exe()?;
         let child = std::process::Command::new(exe).args([mode, arg]).spawn()?;
-        Ok(RelayProc {
+        Ok(ModeProc {
             child,
             addr: String::new(),
         })
@@ -345,7 +346,7 @@ async fn wait_floor_ready(floor: &RelayHttp) -> Result<(), Fail> {
     Ok(())
 }
 
-impl Drop for RelayProc {
+impl Drop for ModeProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -363,7 +364,7 @@ struct Paths {
     two_hops: RelayHttp,
     floor: RelayHttp,
     /// The processes of `two_hops` and `floor`, killed when the paths go.
-    _hops: [RelayProc; 4],
+    _hops: [ModeProc; 4],
 }
 
 impl Calls for Paths {

@@ -146,13 +146,13 @@ fn die(msg: &str) -> ! {
 }
 
 fn main() {
-    // A relay process of the latency mode: plain threads, before any runtime.
-    if std::env::args().nth(1).as_deref() == Some("hop") {
-        hop::run(&std::env::args().nth(2).unwrap_or_default());
-    }
+    // The latency mode's helper processes, before any runtime: a relay (plain threads), and
+    // the floor's server (its own runtime) and agent (one thread).
+    let arg = || std::env::args().nth(2).unwrap_or_default();
     match std::env::args().nth(1).as_deref() {
+        Some("hop") => hop::run(&arg()),
         Some("floor-server") => floor::server(),
-        Some("floor-agent") => floor::agent(&std::env::args().nth(2).unwrap_or_default()),
+        Some("floor-agent") => floor::agent(&arg()),
         _ => {}
     }
     let args = parse_args();
