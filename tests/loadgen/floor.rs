@@ -53,8 +53,8 @@ pub(crate) fn server() -> ! {
         _ => tokio::runtime::Builder::new_multi_thread(),
     }
     .enable_all()
-        .build()
-        .expect("tokio runtime");
+    .build()
+    .expect("tokio runtime");
     let r: Result<(), crate::Fail> = rt.block_on(async {
         use axum::serve::ListenerExt;
         let floor = Arc::new(Floor::default());
