@@ -6,7 +6,7 @@
 #     passthrough GET .../docker/v1.41/containers/json?all=1, and POST .../operations with
 #     container.list) add <= 0.30 ms at p50 and <= 1.0 ms at p99 over the direct Docker
 #     socket (the better of two interleaved rounds of 1,000 calls, 6 containers); the
-#     `floor` path (the least tunnel the same stack can build, tests/loadgen/floor.rs) is
+#     `floor` path (a minimal tunnel built from the same crates, tests/loadgen/floor.rs) is
 #     printed beside them, as what the machine allows
 #   - capacity: 1,000 simulated agents, <= 25 KiB server RSS per agent, p99 <= 10 ms at
 #     1,000 commands/s

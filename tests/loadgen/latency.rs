@@ -5,8 +5,8 @@
 //! - `relay`: the same through a plain TCP relay in front of the socket, inside this process
 //!   (what one more socket pair costs, without a hand-over to another process);
 //! - `two_hops`: the same through two relay processes in a row (`hop.rs`), in the server's
-//!   and the agent's place and doing no work: the floor any two-process tunnel pays here;
-//! - `floor`: the same through the least WebSocket tunnel our stack can build (`floor.rs`:
+//!   and the agent's place and doing no work: what two more processes cost here;
+//! - `floor`: the same through a minimal WebSocket tunnel built from our stack (`floor.rs`:
 //!   axum and tokio in the server's place, synchronous tungstenite in the agent's, no checks,
 //!   no policy, no flow control): what the stack itself costs, under `passthrough`;
 //! - `passthrough`: the same through `GET /api/v1/hosts/{id}/docker/v1.41/containers/json?all=1`
@@ -24,7 +24,7 @@ use crate::{bin, die, enrol_many, mib, percentile, rss_bytes, Api, Args, Fail, S
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const DOCKER_SOCK: &str = "/var/run/docker.sock";
+pub(crate) use docker_ctl_tests::DOCKER_SOCKET as DOCKER_SOCK;
 const LIST: &str = "/v1.41/containers/json?all=1";
 const WARMUP: usize = 50;
 
@@ -79,15 +79,18 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
             relay: RelayHttp::new(&relay),
             two_hops: RelayHttp::new(&far.addr),
             floor,
-            _hops: [near, far, floor_server, floor_agent],
+            // Dropped in this order: the floor's agent goes before its server.
+            helpers: [near, far, floor_agent, floor_server],
         };
         println!(
-            "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {} ---",
+            "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {}, floor pids {} (server) {} (agent) ---",
             args.calls,
             args.rounds,
             agent_bin.display(),
             server.pid(),
-            agent.id()
+            agent.id(),
+            paths.helpers[3].pid(),
+            paths.helpers[2].pid(),
         );
         let mut rounds = Vec::new();
         for r in 0..args.rounds {
@@ -286,10 +289,12 @@ async fn start_relay() -> Result<String, Fail> {
 }
 
 /// This binary in another mode (a relay: `hop TARGET`; the floor: `floor-server`,
-/// `floor-agent ADDR`), killed on drop.
-struct ModeProc {
+/// `floor-agent ADDR`), killed on drop. It exits by itself when this process ends without
+/// dropping it: its stdin is a pipe held here (`crate::exit_with_parent`).
+pub(crate) struct ModeProc {
     child: std::process::Child,
     addr: String,
+    _stdin: Option<std::process::ChildStdin>,
 }
 
 impl ModeProc {
@@ -297,40 +302,47 @@ impl ModeProc {
         ModeProc::start_mode("hop", Some(target))
     }
 
-    /// This binary in `mode` (with `arg`), once it prints `listening ADDR`.
-    fn start_mode(mode: &str, arg: Option<&str>) -> Result<ModeProc, Fail> {
-        use std::io::BufRead;
-        let target = arg.unwrap_or(mode);
+    fn spawn(mode: &str, arg: Option<&str>, stdout: std::process::Stdio) -> Result<ModeProc, Fail> {
         let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe)
             .arg(mode)
             .args(arg)
-            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::piped())
+            .stdout(stdout)
             .spawn()?;
+        let stdin = child.stdin.take();
+        Ok(ModeProc {
+            child,
+            addr: String::new(),
+            _stdin: stdin,
+        })
+    }
+
+    /// This binary in `mode` (with `arg`), once it prints `listening ADDR`.
+    fn start_mode(mode: &str, arg: Option<&str>) -> Result<ModeProc, Fail> {
+        use std::io::BufRead;
+        let what = arg.map_or_else(|| mode.to_string(), |a| format!("{mode} {a}"));
+        // Killed on drop from here on, whatever fails below.
+        let mut p = ModeProc::spawn(mode, arg, std::process::Stdio::piped())?;
+        let out = p.child.stdout.take().ok_or(format!("{what}: no stdout"))?;
         let mut line = String::new();
-        let out = child.stdout.take().ok_or("hop: no stdout")?;
         std::io::BufReader::new(out).read_line(&mut line)?;
         match line.trim().strip_prefix("listening ") {
-            Some(addr) => Ok(ModeProc {
-                addr: addr.to_string(),
-                child,
-            }),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{mode} {target}: did not start ({line:?})").into())
+            Some(addr) => {
+                p.addr = addr.to_string();
+                Ok(p)
             }
+            None => Err(format!("{what}: did not start ({line:?})").into()),
         }
     }
 
     /// This binary in `mode` with `arg`, a client that prints nothing.
     fn spawn_mode(mode: &str, arg: &str) -> Result<ModeProc, Fail> {
-        let exe = std::env::current_exe()?;
-        let child = std::process::Command::new(exe).args([mode, arg]).spawn()?;
-        Ok(ModeProc {
-            child,
-            addr: String::new(),
-        })
+        ModeProc::spawn(mode, Some(arg), std::process::Stdio::null())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -363,8 +375,9 @@ struct Paths {
     relay: RelayHttp,
     two_hops: RelayHttp,
     floor: RelayHttp,
-    /// The processes of `two_hops` and `floor`, killed when the paths go.
-    _hops: [ModeProc; 4],
+    /// The processes of `two_hops` and `floor` (relays, then the floor's agent and server),
+    /// killed when the paths go.
+    helpers: [ModeProc; 4],
 }
 
 impl Calls for Paths {

@@ -10,7 +10,7 @@
 //! docker-ctl-loadgen capacity|storm --tls ...   (the server's own TLS listener, a test CA)
 //! docker-ctl-loadgen latency  --calls 1000 [--rounds 2] [--containers 6] [--agent PATH]
 //! docker-ctl-loadgen hop      unix:PATH|tcp:ADDR   (a relay process of the latency mode)
-//! docker-ctl-loadgen floor-server | floor-agent ADDR (the latency mode's least tunnel)
+//! docker-ctl-loadgen floor-server | floor-agent ADDR (the latency mode's minimal tunnel)
 //! docker-ctl-loadgen bulk     --agents 1000 [--parallel 100] [--database-url URL]
 //! docker-ctl-loadgen replicas --database-url URL [--part hop|routed|failover] [--calls 1000]
 //!                             [--agents 1000] [--rate 1000] [--duration 10] [--failover-agents 3000]
@@ -149,7 +149,14 @@ fn main() {
     // The latency mode's helper processes, before any runtime: a relay (plain threads), and
     // the floor's server (its own runtime) and agent (one thread).
     let arg = || std::env::args().nth(2).unwrap_or_default();
-    match std::env::args().nth(1).as_deref() {
+    let mode = std::env::args().nth(1);
+    if matches!(
+        mode.as_deref(),
+        Some("hop" | "floor-server" | "floor-agent")
+    ) {
+        exit_with_parent();
+    }
+    match mode.as_deref() {
         Some("hop") => hop::run(&arg()),
         Some("floor-server") => floor::server(),
         Some("floor-agent") => floor::agent(&arg()),
@@ -174,6 +181,21 @@ fn main() {
         eprintln!("docker-ctl-loadgen: {e}");
         std::process::exit(1);
     }
+}
+
+/// A helper process exits when the load generator that started it does, however that ends (a
+/// destructor, a signal, a crash): its stdin is a pipe the load generator holds
+/// (`latency::ModeProc`), which reads as ended once the load generator is gone.
+fn exit_with_parent() {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                Ok(0) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------

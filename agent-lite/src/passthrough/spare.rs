@@ -46,8 +46,10 @@ impl Spares {
         let mut job = job;
         while let Some(tx) = self.take_idle() {
             // The idle thread waits in `recv` on its own one-slot channel: the job lands in
-            // the slot and the thread wakes to take it, or `send` gives it back when the
-            // thread is gone; it is never lost.
+            // the slot (never full: this sender is used once) and the thread wakes to take
+            // it, even if the spares are dropped meanwhile. The thread leaves `recv` without a
+            // job only once this sender is gone, so `send` does not fail while we hold it;
+            // the `Err` arm is a safety net that gives the job back rather than lose it.
             match tx.send(job) {
                 Ok(()) => return Ok(()),
                 Err(back) => job = back.0,
@@ -104,6 +106,19 @@ mod tests {
             );
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn a_job_handed_to_an_idle_thread_runs_even_when_the_spares_go_at_once() {
+        let s = Spares::new(64 * 1024);
+        let (tx, rx) = channel();
+        let t = tx.clone();
+        s.run("t", Box::new(move || t.send(1).unwrap())).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        wait_idle(&s, 1);
+        s.run("t", Box::new(move || tx.send(2).unwrap())).unwrap();
+        drop(s);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 2);
     }
 
     #[test]
