@@ -35,7 +35,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::latency::DOCKER_SOCK;
+use docker_ctl_tests::DOCKER_SOCKET;
 
 /// Answers larger than this are refused (the floor serves small JSON lists).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -56,10 +56,9 @@ struct Floor {
 }
 
 impl Floor {
-    fn forget(&self, id: u32) {
-        if let Ok(mut w) = self.waiting.lock() {
-            w.remove(&id);
-        }
+    /// The waiter of call `id`, taken out of the table (its answer came, or it gave up).
+    fn take(&self, id: u32) -> Option<oneshot::Sender<Answer>> {
+        self.waiting.lock().ok().and_then(|mut w| w.remove(&id))
     }
 }
 
@@ -115,8 +114,7 @@ async fn agent_socket(State(floor): State<Arc<Floor>>, ws: WebSocketUpgrade) -> 
             }
             let id = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
             let status = u16::from_be_bytes([b[4], b[5]]);
-            let waiter = floor.waiting.lock().ok().and_then(|mut w| w.remove(&id));
-            if let Some(tx) = waiter {
+            if let Some(tx) = floor.take(id) {
                 let _ = tx.send((status, b.slice(6..)));
             }
         }
@@ -154,12 +152,12 @@ async fn call(State(floor): State<Arc<Floor>>, req: Request) -> Response {
         None => false,
     };
     if !sent {
-        floor.forget(id);
+        floor.take(id);
         return (StatusCode::BAD_GATEWAY, "no agent").into_response();
     }
     match tokio::time::timeout(CALL_TIMEOUT, rx).await {
         Err(_) => {
-            floor.forget(id);
+            floor.take(id);
             (StatusCode::GATEWAY_TIMEOUT, "the agent did not answer").into_response()
         }
         Ok(Ok((status, body))) => {
@@ -183,7 +181,7 @@ fn agent_loop(addr: &str) -> Result<(), crate::Fail> {
     let tcp = std::net::TcpStream::connect(addr)?;
     tcp.set_nodelay(true)?;
     let (mut ws, _) = client(format!("ws://{addr}/agent"), tcp).map_err(|e| e.to_string())?;
-    let docker = UnixStream::connect(DOCKER_SOCK)?;
+    let docker = UnixStream::connect(DOCKER_SOCKET)?;
     docker.set_read_timeout(Some(CALL_TIMEOUT))?;
     docker.set_write_timeout(Some(CALL_TIMEOUT))?;
     let mut to_docker = docker.try_clone()?;

@@ -24,7 +24,7 @@ use crate::{bin, die, enrol_many, mib, percentile, rss_bytes, Api, Args, Fail, S
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub(crate) use docker_ctl_tests::DOCKER_SOCKET as DOCKER_SOCK;
+use docker_ctl_tests::DOCKER_SOCKET as DOCKER_SOCK;
 const LIST: &str = "/v1.41/containers/json?all=1";
 const WARMUP: usize = 50;
 
@@ -72,6 +72,7 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
         let floor_agent = ModeProc::spawn_mode("floor-agent", &floor_server.addr)?;
         let floor = RelayHttp::new(&floor_server.addr);
         wait_floor_ready(&floor).await?;
+        let floor_pids = (floor_server.pid(), floor_agent.pid());
         let paths = Paths {
             api: api.clone(),
             host_id: host_id.clone(),
@@ -80,7 +81,7 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
             two_hops: RelayHttp::new(&far.addr),
             floor,
             // Dropped in this order: the floor's agent goes before its server.
-            helpers: [near, far, floor_agent, floor_server],
+            _helpers: [near, far, floor_agent, floor_server],
         };
         println!(
             "--- latency: {} calls per path and round, {} rounds, {listed} containers listed, agent {}, server pid {}, agent pid {}, floor pids {} (server) {} (agent) ---",
@@ -89,8 +90,8 @@ pub(crate) async fn run(args: &Args) -> Result<(), Fail> {
             agent_bin.display(),
             server.pid(),
             agent.id(),
-            paths.helpers[3].pid(),
-            paths.helpers[2].pid(),
+            floor_pids.0,
+            floor_pids.1,
         );
         let mut rounds = Vec::new();
         for r in 0..args.rounds {
@@ -291,7 +292,7 @@ async fn start_relay() -> Result<String, Fail> {
 /// This binary in another mode (a relay: `hop TARGET`; the floor: `floor-server`,
 /// `floor-agent ADDR`), killed on drop. It exits by itself when this process ends without
 /// dropping it: its stdin is a pipe held here (`crate::exit_with_parent`).
-pub(crate) struct ModeProc {
+struct ModeProc {
     child: std::process::Child,
     addr: String,
     _stdin: Option<std::process::ChildStdin>,
@@ -377,7 +378,7 @@ struct Paths {
     floor: RelayHttp,
     /// The processes of `two_hops` and `floor` (relays, then the floor's agent and server),
     /// killed when the paths go.
-    helpers: [ModeProc; 4],
+    _helpers: [ModeProc; 4],
 }
 
 impl Calls for Paths {

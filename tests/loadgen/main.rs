@@ -149,17 +149,19 @@ fn main() {
     // The latency mode's helper processes, before any runtime: a relay (plain threads), and
     // the floor's server (its own runtime) and agent (one thread).
     let arg = || std::env::args().nth(2).unwrap_or_default();
-    let mode = std::env::args().nth(1);
-    if matches!(
-        mode.as_deref(),
-        Some("hop" | "floor-server" | "floor-agent")
-    ) {
-        exit_with_parent();
-    }
-    match mode.as_deref() {
-        Some("hop") => hop::run(&arg()),
-        Some("floor-server") => floor::server(),
-        Some("floor-agent") => floor::agent(&arg()),
+    match std::env::args().nth(1).as_deref() {
+        Some("hop") => {
+            exit_with_parent();
+            hop::run(&arg())
+        }
+        Some("floor-server") => {
+            exit_with_parent();
+            floor::server()
+        }
+        Some("floor-agent") => {
+            exit_with_parent();
+            floor::agent(&arg())
+        }
         _ => {}
     }
     let args = parse_args();
